@@ -199,7 +199,10 @@ def _resolve_save_path(value: str, org_id: str | None, problems: list[str]) -> s
     if not os.path.isdir(directory):
         problems.append(f"--save_json directory {directory!r} does not exist")
         return None
-    if not os.access(directory, os.W_OK | os.X_OK):
+    try:  # os.access says yes to root even on read-only mounts; a real file says the truth
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError:
         problems.append(f"--save_json directory {directory!r} is not writable")
         return None
     return path
@@ -284,7 +287,8 @@ class RedactingFormatter(logging.Formatter):
 
     def __init__(self, fmt: str, secrets: Iterable[str]) -> None:
         super().__init__(fmt)
-        self.secrets = [s for s in secrets if s]
+        # Masking a blank or tiny "secret" would shred every line; such values fail validation anyway.
+        self.secrets = [s for s in secrets if s and len(s.strip()) >= 8]
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)

@@ -54,7 +54,8 @@ class Fault:
     """Make matching requests misbehave. `path` is a regex searched in the path after /v1."""
 
     path: str
-    kind: str = "status"  # status|reset|truncate|nonjson|wrong_object|data_not_list|no_cursor|repeat_cursor|overlap
+    # status|reset|truncate|nonjson|wrong_object|data_not_list|no_cursor|repeat_cursor|overlap|delay-only
+    kind: str = "status"
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = None
@@ -237,6 +238,8 @@ class FakeOpenAI:
             return 400, _error(f"limit must be between 1 and {max_limit}", "invalid_limit"), fault
         after = query.get("after")
         start = 0
+        if fault is not None and fault.kind == "repeat_cursor":
+            after = None  # the fault answers its own cursor with the same page again
         if after is not None:
             if style == "next":
                 start = decode_next(after)
@@ -451,7 +454,7 @@ def demo_organization() -> Organization:
         ],
     }
 
-    def key(kid: str, owner: dict, access: str = "active", name: str | None = "key") -> dict:
+    def key(kid: str, owner: dict, access: str = "active", name: str = "key") -> dict:
         return {"object": "organization.project.api_key", "id": kid, "name": name, "redacted_value": f"sk-...{kid[-4:]}",
                 "created_at": BASE_TIME, "last_used_at": BASE_TIME + 10, "expires_at": None,
                 "owner_project_access": access, "owner": owner}
@@ -462,7 +465,7 @@ def demo_organization() -> Organization:
                                            "role": "member", "created_at": BASE_TIME}}
     sa_owner = {"type": "service_account", "service_account": {"id": "svc_deploy", "name": "deploy-bot",
                                                                "role": "owner", "created_at": BASE_TIME}}
-    org.api_keys = {"proj_alpha": [key("key_user1", user_owner), key("key_svc1", sa_owner, name=None),
+    org.api_keys = {"proj_alpha": [key("key_user1", user_owner), key("key_svc1", sa_owner, name=""),
                                    key("key_gone", gone_owner, access="inactive")]}
     org.admin_api_keys = [
         {"object": "organization.admin_api_key", "id": "key_admin1", "name": "Veza read-only",

@@ -1,0 +1,81 @@
+"""The fake OpenAI cannot drift from the real API: the official SDK parses and auto-paginates its answers."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from conftest import OPENAI_SECRET
+from fake_openai import FakeOpenAI, demo_organization, generate_organization
+
+
+@pytest.fixture
+def sdk(openai_fake):
+    client = openai.OpenAI(admin_api_key=OPENAI_SECRET, api_key="unused", base_url=openai_fake.base_url,
+                           max_retries=0, _strict_response_validation=True)
+    yield client.admin.organization
+    client.close()
+
+
+def ids(page) -> list[str]:
+    return [item.id for item in page]
+
+
+def test_sdk_pages_through_users_invites_projects_and_admin_keys(sdk, openai_fake):
+    org = openai_fake.org
+    assert ids(sdk.users.list(limit=100)) == [u["id"] for u in org.users]
+    assert openai_fake.calls(r"^/organization/users$") == 3
+    assert ids(sdk.invites.list(limit=2)) == [i["id"] for i in org.invites]
+    assert ids(sdk.projects.list(limit=1, include_archived=True)) == ["proj_alpha", "proj_beta"]
+    assert ids(sdk.projects.list(limit=1)) == ["proj_alpha"]  # archived hidden by default
+    assert ids(sdk.admin_api_keys.list(limit=1)) == [k["id"] for k in org.admin_api_keys]  # item-id cursor
+
+
+def test_sdk_parses_every_per_project_list(sdk, openai_fake):
+    org = openai_fake.org
+    for pid in ("proj_alpha", "proj_beta"):
+        assert ids(sdk.projects.users.list(pid, limit=1)) == [u["id"] for u in org.project_users.get(pid, [])]
+        assert ids(sdk.projects.service_accounts.list(pid, limit=1)) == [
+            s["id"] for s in org.service_accounts.get(pid, [])]
+        assert ids(sdk.projects.roles.list(pid, limit=1)) == [r["id"] for r in org.project_roles.get(pid, [])]
+    keys = list(sdk.projects.api_keys.list("proj_alpha", limit=1, extra_query={"owner_project_access": "any"}))
+    assert [k.id for k in keys] == ["key_user1", "key_svc1", "key_gone"]
+    assert keys[1].owner.service_account.id == "svc_deploy"
+    active_only = ids(sdk.projects.api_keys.list("proj_alpha", limit=1))
+    assert active_only == ["key_user1", "key_svc1"]  # without `any`, the inactive owner's key is hidden
+    assert [g.group_id for g in sdk.projects.groups.list("proj_alpha", limit=1)] == ["group_eng"]
+    policy = sdk.projects.model_permissions.retrieve("proj_alpha")
+    assert policy.mode == "allow_list" and policy.api_model_ids == ["gpt-4o", "gpt-4o-mini"]
+
+
+def test_sdk_pages_through_next_cursor_lists(sdk, openai_fake):
+    org = openai_fake.org
+    assert ids(sdk.groups.list(limit=1)) == [g["id"] for g in org.groups]
+    assert ids(sdk.groups.users.list("group_eng", limit=1)) == [u["id"] for u in org.group_users["group_eng"]]
+    assert ids(sdk.groups.roles.list("group_fin", limit=1)) == ["role-custom-billing"]
+    assert ids(sdk.roles.list(limit=1)) == [r["id"] for r in org.roles]
+    assert ids(sdk.users.roles.list("user-0013", limit=1)) == ["role-custom-billing"]
+    inherited = list(sdk.users.roles.list("user-0012"))
+    assert inherited[0].assignment_sources[0].principal_type == "group"
+    assert ids(sdk.projects.groups.roles.list("group_eng", project_id="proj_alpha", limit=1)) == [
+        "role-custom-proj-deployer"]
+    assert ids(sdk.projects.users.roles.list("user-0011", project_id="proj_alpha", limit=1)) == [
+        "role-custom-proj-deployer"]
+
+
+def test_sdk_parses_the_benchmark_organization():
+    fake = FakeOpenAI(generate_organization(users=150, projects=3, groups=2, custom_roles=True),
+                      admin_key=OPENAI_SECRET).start()
+    try:
+        client = openai.OpenAI(admin_api_key=OPENAI_SECRET, api_key="unused", base_url=fake.base_url,
+                               max_retries=0, _strict_response_validation=True)
+        org = client.admin.organization
+        assert len(list(org.users.list(limit=100))) == 150
+        assert len(list(org.projects.api_keys.list("proj_00001", limit=2))) == 5
+        assert len(list(org.groups.users.list("group_0001", limit=7))) == 20
+        assert len(list(org.roles.list())) == 2
+    finally:
+        fake.stop()
+
+
+def test_demo_organization_is_what_the_fake_serves_by_default():
+    assert demo_organization().org_id == "org-demo0001"
