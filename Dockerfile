@@ -11,8 +11,11 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
 COPY veza_openai.py .
-RUN useradd --create-home --uid 10001 connector && chmod 0755 /app/veza_openai.py
-USER connector
+RUN groupadd --gid 10001 connector \
+    && useradd --uid 10001 --gid 10001 --create-home connector \
+    && chmod 0755 /app/veza_openai.py
+# Numeric, so Kubernetes' runAsNonRoot can verify it; --save_json writes below the home directory.
+USER 10001:10001
 WORKDIR /home/connector
 
 ENTRYPOINT ["python", "/app/veza_openai.py"]

@@ -455,9 +455,9 @@ def demo_organization() -> Organization:
     }
 
     def key(kid: str, owner: dict, access: str = "active", name: str = "key") -> dict:
-        return {"object": "organization.project.api_key", "id": kid, "name": name, "redacted_value": f"sk-...{kid[-4:]}",
-                "created_at": BASE_TIME, "last_used_at": BASE_TIME + 10, "expires_at": None,
-                "owner_project_access": access, "owner": owner}
+        return {"object": "organization.project.api_key", "id": kid, "name": name,
+                "redacted_value": f"sk-...{kid[-4:]}", "created_at": BASE_TIME, "last_used_at": BASE_TIME + 10,
+                "expires_at": None, "owner_project_access": access, "owner": owner}
 
     user_owner = {"type": "user", "user": {"id": "user-0011", "email": "demo11@example.com", "name": "Demo User 11",
                                            "role": "member", "created_at": BASE_TIME}}

@@ -1,0 +1,184 @@
+"""Unit tests of the pure parts: configuration, timestamps, permission mapping, and Snapshot -> OAA mapping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+from oaaclient.templates import OAAPermission
+
+import veza_openai as vo
+
+BASE = 1_700_000_000
+
+
+def user(uid: str, role: str = "reader", **extra) -> dict:
+    return {"object": "organization.user", "id": uid, "name": f"N {uid}", "email": f"{uid}@x.io", "role": role,
+            "added_at": BASE, **extra}
+
+
+def build(snapshot: vo.Snapshot) -> vo.MappingResult:
+    return vo.build_application(snapshot)
+
+
+def payload_of(result: vo.MappingResult) -> dict:
+    return result.application.get_payload()
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+ENV = {"VEZA_URL": "veza.example.com", "VEZA_API_KEY": "veza-key-123456", "OPENAI_ORG_ID": "org-abc",
+       "OPENAI_API_KEY": "sk-admin-unit-123456"}
+
+
+def test_config_takes_env_and_lets_flags_win():
+    config = vo.load_config(["--openai_org", "org-flag"], ENV)
+    assert config.org_id == "org-flag" and config.veza_url == "https://veza.example.com"
+    assert config.data_source_name == "OpenAI - org-flag"
+    assert config.openai_base_url == "https://api.openai.com/v1"
+    assert (config.max_workers, config.role_assignments, config.dry_run) == (8, "auto", False)
+
+
+def test_config_falls_back_to_openai_admin_key():
+    env = {k: v for k, v in ENV.items() if k != "OPENAI_API_KEY"} | {"OPENAI_ADMIN_KEY": "sk-admin-fallback-1"}
+    assert vo.load_config([], env).openai_api_key == "sk-admin-fallback-1"
+
+
+def test_config_reports_every_problem_at_once():
+    with pytest.raises(vo.ConfigError) as caught:
+        vo.load_config(["--max-workers", "x", "--timeout", "-1"], {"OPENAI_BASE_URL": "ftp://x"})
+    problems = caught.value.problems
+    assert len(problems) == 7, problems
+    assert any(p.startswith("OPENAI_API_KEY (or OPENAI_ADMIN_KEY) is not set") for p in problems)
+
+
+def test_dry_run_needs_no_veza_settings(tmp_path):
+    env = {"OPENAI_ORG_ID": "org-abc", "OPENAI_API_KEY": "sk-admin-unit-123456"}
+    config = vo.load_config(["--dry-run", "--save_json", str(tmp_path / "x.json")], env)
+    assert config.veza_url is None and config.save_json == str(tmp_path / "x.json")
+
+
+def test_http_base_url_is_allowed_only_for_loopback():
+    assert vo.load_config(["--openai-base-url", "http://127.0.0.1:8080/v1/"], ENV).openai_base_url == \
+        "http://127.0.0.1:8080/v1"
+    with pytest.raises(vo.ConfigError):
+        vo.load_config(["--openai-base-url", "http://10.0.0.1/v1"], ENV)
+
+
+# --- small pure helpers ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (BASE, "2023-11-14T22:13:20Z"), (BASE + 0.9, "2023-11-14T22:13:20Z"), (str(BASE), "2023-11-14T22:13:20Z"),
+    ("2024-01-02T03:04:05+02:00", "2024-01-02T01:04:05Z"), ("2024-01-02T03:04:05Z", "2024-01-02T03:04:05Z"),
+    (None, None), ("", None), ("not a time", None), (True, None), (10**20, None),
+])
+def test_timestamps_become_rfc3339_utc_with_z(value, expected):
+    assert vo.rfc3339(value) == expected
+
+
+@pytest.mark.parametrize(("permission", "canonical"), [
+    ("api.organization.read", OAAPermission.MetadataRead), ("api.projects.list", OAAPermission.MetadataRead),
+    ("a.view", OAAPermission.MetadataRead), ("a.get", OAAPermission.MetadataRead),
+    ("api.keys.create", OAAPermission.MetadataCreate), ("a.delete", OAAPermission.MetadataDelete),
+    ("a.remove", OAAPermission.MetadataDelete), ("a.write", OAAPermission.MetadataWrite),
+    ("a.update", OAAPermission.MetadataWrite), ("a.manage", OAAPermission.MetadataWrite),
+    ("a.admin", OAAPermission.MetadataWrite), ("api.model.request", OAAPermission.DataRead),
+    ("a.use", OAAPermission.DataRead), ("a.invoke", OAAPermission.DataRead), ("a.READ", OAAPermission.MetadataRead),
+    ("a.frobnicate", OAAPermission.Uncategorized), ("", OAAPermission.Uncategorized),
+    ("read", OAAPermission.MetadataRead),
+])
+def test_permission_strings_map_by_their_last_segment(permission, canonical):
+    assert vo.canonical_permission(permission) == canonical
+
+
+def _response(headers: dict[str, str]) -> requests.Response:
+    response = requests.Response()
+    response.headers.update(headers)
+    return response
+
+
+def test_retry_after_headers_are_read_in_both_units():
+    assert vo._retry_after_seconds(_response({"retry-after-ms": "250"})) == 0.25
+    assert vo._retry_after_seconds(_response({"retry-after": "3"})) == 3.0
+    assert vo._retry_after_seconds(_response({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0
+    assert vo._retry_after_seconds(_response({})) is None
+
+
+def test_pacer_slows_down_once_per_throttle_episode_and_recovers():
+    pacer = vo.RequestPacer(None, time_scale=1.0)
+    for _ in range(5):  # five workers hit the same 429 at once
+        pacer.throttled(1.0)
+    assert pacer._interval == vo.RequestPacer.FLOOR_AFTER_THROTTLE
+    for _ in range(200):
+        pacer.succeeded()
+    assert pacer._interval == 0.0
+
+
+def test_redacting_formatter_masks_secrets_in_messages_and_tracebacks():
+    import logging
+    formatter = vo.RedactingFormatter("%(message)s", ["sk-admin-secret-value", " "])
+    try:
+        raise ValueError("bad key sk-admin-secret-value")
+    except ValueError:
+        import sys
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "key %s", ("sk-admin-secret-value",),
+                                   sys.exc_info())
+    text = formatter.format(record)
+    assert "sk-admin-secret-value" not in text and text.count("[REDACTED]") == 3 and " " in text
+
+
+# --- mapping -------------------------------------------------------------------------------------
+
+def test_the_same_user_twice_is_one_user_and_unknown_roles_warn_once():
+    snapshot = vo.Snapshot(org_id="org-u", users=[user("u1", "billing"), user("u1", "billing"),
+                                                  user("u2", "billing"), {"role": "reader"}])
+    result = build(snapshot)
+    users = result.application.local_users
+    assert list(users) == ["u1", "u2"]
+    assert result.application.local_roles["billing"].name == "Billing"
+    assert [w for w in result.warnings if "billing" in w] == [
+        "unknown organization role 'billing': mapped to a role with no permissions"]
+
+
+def test_a_user_without_email_has_no_identity_and_is_kept():
+    result = build(vo.Snapshot(org_id="org-u", users=[{"id": "u9", "added_at": BASE, "role": "reader",
+                                                       "email": None, "name": None, "user": None}]))
+    entry = result.application.local_users["u9"].to_dict()
+    assert entry["name"] == "u9" and "identities" not in entry and "email" not in entry
+    assert entry["is_active"] is True and entry["created_at"] == "2023-11-14T22:13:20Z"
+
+
+def test_missing_families_leave_out_what_hangs_on_them():
+    snapshot = vo.Snapshot(org_id="org-u", users=[user("owner1", "owner")], projects=None,
+                           project_api_keys=None, admin_api_keys=[
+                               {"id": "key_proj", "redacted_value": "sk-proj-...abcd", "owner": {"id": "owner1"}},
+                               {"id": "key_adm", "redacted_value": "sk-admin-...wxyz", "owner": {"id": "owner1"}}])
+    result = build(snapshot)
+    payload = payload_of(result)
+    assert payload["applications"][0]["resources"] == []
+    assert list(result.application.access_creds) == ["key_adm"]
+    assert any("key_proj" in w and "does not look like an admin key" in w for w in result.warnings)
+    owner_roles = result.application.local_users["owner1"].role_assignments
+    assert list(owner_roles) == ["owner"]
+
+
+def test_mapping_is_deterministic_for_the_same_snapshot():
+    def snapshot() -> vo.Snapshot:
+        return vo.Snapshot(
+            org_id="org-d", users=[user(f"u{i}", "owner" if i == 0 else "reader") for i in range(30)],
+            projects=[{"id": f"p{i}", "name": f"P{i}", "created_at": BASE, "status": "active"} for i in range(5)],
+            project_users={f"p{i}": [{"id": f"u{i}", "role": "member"}] for i in range(5)},
+            groups=[{"id": "g1", "name": "G", "created_at": BASE, "group_type": "group", "is_scim_managed": True}],
+            group_users={"g1": [{"id": "u3", "name": "N u3"}]})
+    first = json.dumps(payload_of(build(snapshot())), sort_keys=False)
+    assert first == json.dumps(payload_of(build(snapshot())), sort_keys=False)
+
+
+def test_a_role_id_that_clashes_with_a_fixed_role_never_replaces_it():
+    snapshot = vo.Snapshot(org_id="org-u", users=[user("u1")],
+                           roles=[{"id": "owner", "name": "Evil", "permissions": ["x.read"], "predefined_role": False,
+                                   "resource_type": "api.organization"}])
+    result = build(snapshot)
+    assert result.application.local_roles["owner"].name == "Owner"
+    assert any("clashes with a fixed role" in w for w in result.warnings)

@@ -1,0 +1,85 @@
+"""The files around the script: layout, lint, Dockerfile, requirements, CI and README agree."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from conftest import ROOT
+
+BIN = os.path.dirname(sys.executable)
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name, path=BIN + os.pathsep + os.environ.get("PATH", ""))
+    assert path, f"{name} is not installed; install tests/requirements.txt"
+    return path
+
+
+def test_top_level_holds_only_the_design_cards_layout():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    top = {line.split("/")[0] for line in tracked.splitlines()}
+    allowed = {"veza_openai.py", "requirements.txt", "Dockerfile", "README.md", "tests", "LICENSE", ".ci"}
+    assert {entry for entry in top if not entry.startswith(".")} <= allowed
+    assert allowed - {"README.md"} <= top | {"README.md"}
+    assert "MIT License" in (ROOT / "LICENSE").read_text()
+
+
+def test_script_is_executable_with_a_python_shebang():
+    script = ROOT / "veza_openai.py"
+    assert os.access(script, os.X_OK)
+    assert script.read_text().startswith("#!/usr/bin/env python3\n")
+
+
+def test_ruff_is_clean():
+    result = subprocess.run([tool("ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_passes_the_dockerfile():
+    result = subprocess.run([tool("hadolint"), "Dockerfile"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_installs_the_requirements_and_runs_the_script_once_as_non_root():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.\d+-slim$", text, re.M)
+    assert "COPY requirements.txt ." in text and "pip install --no-cache-dir -r requirements.txt" in text
+    assert "COPY veza_openai.py ." in text
+    assert re.search(r'^ENTRYPOINT \["python", "/app/veza_openai.py"\]$', text, re.M)
+    user = re.findall(r"^USER (\S+)$", text, re.M)
+    assert user and not user[-1].startswith(("0", "root"))
+    assert "CMD" not in text and "cron" not in text.lower()  # one run, then exit; scheduling is the host's
+
+
+def test_requirements_pin_what_the_script_imports():
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().split())
+    assert pins["oaaclient"] == "1.2.0" and "requests" in pins
+    tree = ast.parse((ROOT / "veza_openai.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+    third_party = {name for name in imported if name not in sys.stdlib_module_names and name != "__future__"}
+    assert third_party == {"oaaclient", "requests"}
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = ".venv/bin/python -m pytest -q tests"
+    assert command in readme and command in ci
+    assert "pip install -r tests/requirements.txt" in readme
+    assert "-r tests/requirements.txt" in ci and "python3 -m venv .venv" in ci
+
+
+def test_the_demo_runs_the_real_script_against_the_bundled_fakes():
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "demo.py")], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "OPENAI_API_KEY": "", "VEZA_API_KEY": ""})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fake Veza received one push to data source 'OpenAI - org-demo0001'" in result.stdout
+    assert re.search(r"the payload is at \S+payload\.json", result.stdout)
