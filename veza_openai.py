@@ -1406,14 +1406,15 @@ def run(config: Config, summary: RunSummary | None = None) -> RunSummary:
     if reader.decision:
         log.info("per-user role assignments %s", reader.decision)
 
+    mapping_started = time.monotonic()
     result = build_application(snapshot)
     summary.counts = result.counts
     summary.warnings = len(result.warnings)
     for message in result.warnings:
         log.warning("%s", message)
-    log.info("mapped %s", " ".join(f"{k}={v}" for k, v in result.counts.items()))
-
     payload = result.application.get_payload()
+    log.info("mapped %s in %.2fs", " ".join(f"{k}={v}" for k, v in result.counts.items()),
+             time.monotonic() - mapping_started)
     if config.save_json:
         save_payload(payload, config.save_json)
         log.info("payload saved to %s", config.save_json)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import random
 import re
 import socket
 import threading
@@ -113,6 +114,8 @@ class FakeOpenAI:
         self.faults: list[Fault] = []
         self.refused: dict[str, int] = {}  # family -> 403 or 404
         self.requests: list[tuple[str, dict]] = []
+        self.timeline: list[tuple[float, str, int]] = []  # (arrival time.monotonic(), path, status answered)
+        self.jitter = 0.0  # extra random latency, up to this many seconds, to shuffle completion order
         self.lock = threading.Lock()
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -293,9 +296,12 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             split = urllib.parse.urlsplit(self.path)
             path = split.path[3:] if split.path.startswith("/v1/") else split.path
             query = dict(urllib.parse.parse_qsl(split.query))
-            if fake.latency:
-                time.sleep(fake.latency)
+            arrived = time.monotonic()
+            if fake.latency or fake.jitter:
+                time.sleep(fake.latency + random.uniform(0, fake.jitter))
             status, body, fault = fake.answer(path, query, self.headers.get("Authorization"))
+            with fake.lock:
+                fake.timeline.append((arrived, path, fault.status if fault and fault.kind == "status" else status))
             headers: dict[str, str] = {}
             if fault is not None:
                 if fault.delay:

@@ -1,0 +1,82 @@
+"""Concurrent reads: minimal calls, deterministic payloads, shared rate limiting, multipart pushes."""
+
+from __future__ import annotations
+
+from conftest import VEZA_SECRET
+from fake_openai import FakeOpenAI, Fault, generate_organization
+from fake_veza import FakeVeza
+
+import veza_openai as vo
+
+
+def test_payload_is_byte_identical_whatever_the_scheduling(run_connector, openai_fake, tmp_path):
+    openai_fake.jitter = 0.01  # answers finish in a different order every run
+    saved = []
+    for workers in ("1", "16", "16"):
+        out = tmp_path / f"payload-{len(saved)}.json"
+        result = run_connector("--dry-run", "--save_json", str(out), "--max-workers", workers)
+        assert result.returncode == 0, result.output
+        saved.append(out.read_bytes())
+    assert saved[0] == saved[1] == saved[2]
+
+
+def test_workers_read_concurrently_up_to_the_limit(run_connector, openai_fake):
+    openai_fake.latency = 0.02
+    assert run_connector("--dry-run", "--max-workers", "4", "--role-assignments", "none").returncode == 0
+    assert openai_fake.peak_in_flight == 4
+
+
+def test_every_list_is_read_once_and_calls_equal_the_minimum(run_connector, openai_fake):
+    result = run_connector("--dry-run", "--role-assignments", "none")
+    assert result.returncode == 0
+    paths = [path for path, query in openai_fake.requests]
+    # users: 3 pages; every other list fits one page; per project: 6 reads; per group: 2; project group roles: 1
+    expected = 3 + 1 + 1 + 1 + 1 + 1 + 1 + 2 * 6 + 2 * 2 + 1
+    assert len(paths) == expected
+    pages = [(path, query.get("after")) for path, query in openai_fake.requests]
+    assert len(set(pages)) == len(pages), "a page was read twice"
+    assert f"calls={expected} retries=0" in result.stderr.splitlines()[-1]
+
+
+def test_a_429_pauses_every_worker_for_the_servers_wait(run_connector, openai_fake):
+    openai_fake.latency = 0.01
+    openai_fake.faults.append(Fault(r"^/organization/invites$", status=429,
+                                    headers={"retry-after-ms": "400"}))
+    result = run_connector("--dry-run", "--max-workers", "8", env={"VEZA_OPENAI_TIME_SCALE": "1"})
+    assert result.returncode == 0, result.output
+    [throttled_at] = [at for at, path, status in openai_fake.timeline if status == 429]
+    # requests already on the wire may land just after the 429; then nobody sends until the wait is over
+    quiet = [path for at, path, status in openai_fake.timeline if throttled_at + 0.1 < at < throttled_at + 0.35]
+    assert quiet == []
+    assert any(at >= throttled_at + 0.35 for at, _, _ in openai_fake.timeline)
+
+
+def test_max_requests_per_second_caps_the_rate(run_connector, openai_fake):
+    result = run_connector("--dry-run", "--max-workers", "8", "--role-assignments", "none",
+                           "--max-requests-per-second", "40", env={"VEZA_OPENAI_TIME_SCALE": "1"})
+    assert result.returncode == 0
+    arrivals = sorted(at for at, _, _ in openai_fake.timeline)
+    assert len(arrivals) > 20
+    for index in range(len(arrivals) - 10):  # any 10 consecutive requests span at least ~9 intervals of 25 ms
+        assert arrivals[index + 10] - arrivals[index] >= 9 * 0.025 * 0.9
+
+
+def test_large_payloads_are_pushed_in_parts(ca, monkeypatch):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca[1])
+    veza = FakeVeza(ca[0], api_key=VEZA_SECRET).start()
+    fake = FakeOpenAI(generate_organization(users=300, projects=5, groups=2)).start()
+    try:
+        config = vo.Config(org_id=fake.org.org_id, openai_api_key=fake.admin_key, openai_base_url=fake.base_url,
+                           veza_url=veza.url, veza_api_key=VEZA_SECRET, time_scale=0.0)
+        client = vo.connect_veza(config)
+        client.MULTIPART_THRESHOLD_SIZE = 10_000  # oaaclient's threshold is 50 MB; this payload is ~200 KB
+        client.DEFAULT_PART_SIZE = 50_000
+        snapshot = vo.OrganizationReader(vo.OpenAIAdminClient(config), config).read()
+        payload = vo.build_application(snapshot).application.get_payload()
+        vo.push_payload(client, config, payload)
+    finally:
+        veza.stop()
+        fake.stop()
+    assert veza.payloads == [payload]
+    parts = [path for method, path in veza.requests if path.endswith(":parts")]
+    assert len(parts) >= 4  # start, several uploads, complete
