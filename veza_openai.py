@@ -631,7 +631,7 @@ class OrganizationReader:
         self.client = client
         self.config = config
         self.snapshot = Snapshot(org_id=config.org_id)
-        self._pending: dict[concurrent.futures.Future, tuple[str, tuple, Callable[[Any], None]]] = {}
+        self._pending: dict[concurrent.futures.Future, tuple[str, Callable[[Any], None]]] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._completed: queue.SimpleQueue[concurrent.futures.Future] = queue.SimpleQueue()
         self._waiting_for_roles = 0
@@ -648,8 +648,8 @@ class OrganizationReader:
             # each call, which is quadratic with the ~10^4 reads of a large organization.
             while self._pending:
                 future = self._completed.get()
-                family, key, store = self._pending.pop(future)
-                self._finish(family, key, store, future)
+                family, store = self._pending.pop(future)
+                self._finish(family, store, future)
             return self.snapshot
         except BaseException:
             self.client.stop.set()
@@ -657,17 +657,21 @@ class OrganizationReader:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _submit(self, family: str, key: tuple, fetch: Callable[[], Any], store: Callable[[Any], None]) -> None:
+    def _submit(self, family: str, fetch: Callable[[], Any], store: Callable[[Any], None]) -> None:
         if family in self.snapshot.unavailable:
             return
         future = self._pool.submit(fetch)
-        self._pending[future] = (family, key, store)
+        self._pending[future] = (family, store)
         future.add_done_callback(self._completed.put)
 
-    def _submit_list(self, family: str, key: tuple, store: Callable[[Any], None], **path_args: str) -> None:
-        self._submit(family, key, lambda: self.client.list_all(FAMILIES[family], **path_args), store)
+    def _submit_list(self, family: str, store: Callable[[Any], None], **path_args: str) -> None:
+        self._submit(family, lambda: self.client.list_all(FAMILIES[family], **path_args), store)
 
-    def _finish(self, family: str, key: tuple, store: Callable[[Any], None], future: concurrent.futures.Future) -> None:
+    def _file(self, attribute: str, key: Any) -> Callable[[Any], None]:
+        """A store callback filing a result under `key` in one of the snapshot's per-key dicts."""
+        return lambda result: getattr(self.snapshot, attribute).__setitem__(key, result)
+
+    def _finish(self, family: str, store: Callable[[Any], None], future: concurrent.futures.Future) -> None:
         try:
             result = future.result()
         except AccessRefused as exc:
@@ -695,15 +699,15 @@ class OrganizationReader:
     # --- the dependency graph of reads -----------------------------------------------------
     def _start(self) -> None:
         s = self.snapshot
-        self._submit("organization", (0,), lambda: self.client.get_legacy_organization(self.config.org_id),
+        self._submit("organization", lambda: self.client.get_legacy_organization(self.config.org_id),
                      lambda org: setattr(s, "organization", org))
-        self._submit_list("users", (1,), self._store_users)
-        self._submit_list("invites", (2,), lambda items: setattr(s, "invites", items))
-        self._submit_list("admin API keys", (3,), lambda items: setattr(s, "admin_api_keys", items))
-        self._submit_list("groups", (4,), self._store_groups)
+        self._submit_list("users", self._store_users)
+        self._submit_list("invites", lambda items: setattr(s, "invites", items))
+        self._submit_list("admin API keys", lambda items: setattr(s, "admin_api_keys", items))
+        self._submit_list("groups", self._store_groups)
         self._waiting_for_roles = 2  # the org roles list, and the projects list (then each project's roles)
-        self._submit_list("roles", (5,), self._store_roles)
-        self._submit_list("projects", (6,), self._store_projects)
+        self._submit_list("roles", self._store_roles)
+        self._submit_list("projects", self._store_projects)
 
     def _store_users(self, items: list[dict]) -> None:
         self.snapshot.users = items
@@ -714,38 +718,27 @@ class OrganizationReader:
         self._role_list_done()
 
     def _store_groups(self, items: list[dict]) -> None:
-        s = self.snapshot
-        s.groups = items
-        for index, group in enumerate(unique_by_id(items)):
+        self.snapshot.groups = items
+        for group in unique_by_id(items):
             gid = group["id"]
-            self._submit_list("group users", (7, index, 0), lambda r, g=gid: s.group_users.__setitem__(g, r),
-                              group_id=gid)
-            self._submit_list("group roles", (7, index, 1), lambda r, g=gid: s.group_roles.__setitem__(g, r),
-                              group_id=gid)
+            self._submit_list("group users", self._file("group_users", gid), group_id=gid)
+            self._submit_list("group roles", self._file("group_roles", gid), group_id=gid)
 
     def _store_projects(self, items: list[dict]) -> None:
-        s = self.snapshot
-        s.projects = items
+        self.snapshot.projects = items
         projects = unique_by_id(items)
         self._waiting_for_roles += len(projects) - 1
         self._project_user_lists_pending = len(projects)
-        for index, project in enumerate(projects):
+        for project in projects:
             pid = project["id"]
-            self._submit_list("project users", (8, index, 0), lambda r, p=pid: self._store_project_users(p, r),
+            self._submit_list("project users", lambda r, p=pid: self._store_project_users(p, r), project_id=pid)
+            self._submit_list("project service accounts", self._file("project_service_accounts", pid),
                               project_id=pid)
-            self._submit_list("project service accounts", (8, index, 1),
-                              lambda r, p=pid: s.project_service_accounts.__setitem__(p, r), project_id=pid)
-            self._submit_list("project API keys", (8, index, 2),
-                              lambda r, p=pid: s.project_api_keys.__setitem__(p, r), project_id=pid)
-            self._submit_list("project roles", (8, index, 3), lambda r, p=pid: self._store_project_roles(p, r),
-                              project_id=pid)
-            self._submit_list("project groups", (8, index, 4),
-                              lambda r, p=pid: self._store_project_groups(p, r), project_id=pid)
-            self._submit("model permissions", (8, index, 5),
-                         lambda p=pid: self.client.get_model_permissions(p),
-                         lambda r, p=pid: s.model_permissions.__setitem__(p, r))
-        if "project users" in s.unavailable:
-            self._project_user_lists_pending = 0
+            self._submit_list("project API keys", self._file("project_api_keys", pid), project_id=pid)
+            self._submit_list("project roles", lambda r, p=pid: self._store_project_roles(p, r), project_id=pid)
+            self._submit_list("project groups", lambda r, p=pid: self._store_project_groups(p, r), project_id=pid)
+            self._submit("model permissions", lambda p=pid: self.client.get_model_permissions(p),
+                         self._file("model_permissions", pid))
         if not projects:
             self._maybe_read_role_assignments()
 
@@ -762,13 +755,11 @@ class OrganizationReader:
         self._role_list_done()
 
     def _store_project_groups(self, project_id: str, items: list[dict]) -> None:
-        s = self.snapshot
-        s.project_groups[project_id] = items
-        for index, link in enumerate(items):
+        self.snapshot.project_groups[project_id] = items
+        for link in items:
             gid = link.get("group_id")
             if isinstance(gid, str) and gid:
-                self._submit_list("project group roles", (9, project_id, index),
-                                  lambda r, k=(project_id, gid): s.project_group_roles.__setitem__(k, r),
+                self._submit_list("project group roles", self._file("project_group_roles", (project_id, gid)),
                                   project_id=project_id, group_id=gid)
 
     def _role_list_done(self) -> None:
@@ -794,15 +785,13 @@ class OrganizationReader:
         self.decision = ("reading them: --role-assignments all" if mode == "all" else
                          "reading them: the Roles API lists custom roles (--role-assignments auto)")
         s.user_roles, s.project_user_roles = {}, {}
-        for index, user in enumerate(unique_by_id(s.users)):
+        for user in unique_by_id(s.users):
             uid = user["id"]
-            self._submit_list("user roles", (10, index), lambda r, u=uid: s.user_roles.__setitem__(u, r),
-                              user_id=uid)
+            self._submit_list("user roles", self._file("user_roles", uid), user_id=uid)
         for pid, members in (s.project_users or {}).items():
             for member in unique_by_id(members):
                 uid = member["id"]
-                self._submit_list("project user roles", (11, pid, uid),
-                                  lambda r, k=(pid, uid): s.project_user_roles.__setitem__(k, r),
+                self._submit_list("project user roles", self._file("project_user_roles", (pid, uid)),
                                   project_id=pid, user_id=uid)
 
 
@@ -957,34 +946,23 @@ class ApplicationBuilder:
         for role_id, (name, permissions) in FIXED_ROLES.items():
             self.app.add_local_role(name, list(permissions), unique_id=role_id)
 
-    def _org_role(self, value: Any, subject: str) -> str:
+    def _role_id(self, value: Any, subject: str, *, project: bool) -> str:
+        """The local role id for an org or project role value; unknown values get an empty role, warned once."""
+        scope = "project" if project else "organization"
         role = _text(value)
         if role is None:
-            self.warn(f"{subject} has no organization role; kept without one")
+            self.warn(f"{subject} has no {scope} role; kept without one")
             return ""
         role = role.lower()
-        if role in ("owner", "reader"):
-            return role
-        if role not in self.app.local_roles:
-            self.app.add_local_role(role.capitalize(), [], unique_id=role)
-        self.warn(f"unknown organization role {role!r}: mapped to a role with no permissions", f"org-role:{role}")
-        return role
-
-    def _project_role(self, value: Any, subject: str) -> str:
-        role = _text(value)
-        if role is None:
-            self.warn(f"{subject} has no project role; kept without one")
+        if project and role == "none":
             return ""
-        role = role.lower()
-        if role in ("owner", "member"):
-            return f"project_{role}"
-        if role == "none":
-            return ""
-        role_id = f"project_{role}"
+        role_id = f"project_{role}" if project else role
+        if role in (("owner", "member") if project else ("owner", "reader")):
+            return role_id
         if role_id not in self.app.local_roles:
-            self.app.add_local_role(f"Project {role.capitalize()}", [], unique_id=role_id)
-        self.warn(f"unknown project role {role!r}: mapped to {role_id!r} with no permissions",
-                  f"project-role:{role}")
+            name = f"Project {role.capitalize()}" if project else role.capitalize()
+            self.app.add_local_role(name, [], unique_id=role_id)
+        self.warn(f"unknown {scope} role {role!r}: mapped to {role_id!r} with no permissions", f"{scope}:{role}")
         return role_id
 
     # --- organization and users -----------------------------------------------------------
@@ -1010,7 +988,7 @@ class ApplicationBuilder:
             user.set_property("api_key_last_used_at", rfc3339(record.get("api_key_last_used_at")), ignore_none=True)
             if isinstance(record.get("is_scim_managed"), bool):
                 user.set_property("is_scim_managed", record["is_scim_managed"])
-            role = self._org_role(record.get("role"), f"user {record['id']}")
+            role = self._role_id(record.get("role"), f"user {record['id']}", project=False)
             if role:
                 user.add_role(role, apply_to_application=True)
                 if role == "owner":
@@ -1087,7 +1065,7 @@ class ApplicationBuilder:
         for pid, project in self.projects.items():
             for member in unique_by_id((self.snapshot.project_users or {}).get(pid, [])):
                 user = self._principal(member["id"], member, f"project {pid}")
-                role = self._project_role(member.get("role"), f"project {pid} member {member['id']}")
+                role = self._role_id(member.get("role"), f"project {pid} member {member['id']}", project=True)
                 if role:
                     user.add_role(role, resources=[project])
                 memberships += 1
@@ -1104,7 +1082,7 @@ class ApplicationBuilder:
                 account.user_type = "service_account"
                 account.created_at = account.created_at or rfc3339(record.get("created_at"))
                 account.set_property("project_id", pid)
-                role = self._project_role(record.get("role"), f"service account {record['id']}")
+                role = self._role_id(record.get("role"), f"service account {record['id']}", project=True)
                 if role:
                     account.add_role(role, resources=[project])
                 count += 1
@@ -1137,7 +1115,8 @@ class ApplicationBuilder:
                 holder = self._principal(detail["id"].strip(), detail, f"project API key {record['id']}",
                                          service_account=owner_type == "service_account")
                 holder.add_access_cred(record["id"])
-                role = self._project_role(detail.get("role"), f"owner of project API key {record['id']}")
+                role = self._role_id(detail.get("role"), f"owner of project API key {record['id']}",
+                                     project=True)
                 if role:
                     cred.add_role(role, resources=[project])
         self.counts["project_api_keys_active"] = active
@@ -1187,14 +1166,14 @@ class ApplicationBuilder:
             invitee.is_active = False
             invitee.set_property("invite_status", "pending")
             invitee.set_property("invite_expires_at", rfc3339(record.get("expires_at")), ignore_none=True)
-            role = self._org_role(record.get("role"), f"invite {record['id']}")
+            role = self._role_id(record.get("role"), f"invite {record['id']}", project=False)
             if role:
                 invitee.add_role(role, apply_to_application=True)
             for grant in record.get("projects") or []:
                 if not isinstance(grant, dict):
                     continue
                 project = self.projects.get(grant.get("id"))
-                project_role = self._project_role(grant.get("role"), f"invite {record['id']}")
+                project_role = self._role_id(grant.get("role"), f"invite {record['id']}", project=True)
                 if project is not None and project_role:
                     invitee.add_role(project_role, resources=[project])
                 elif project is None and self.snapshot.projects is not None:
@@ -1440,6 +1419,8 @@ def main(argv: list[str] | None = None) -> int:
                                   os.environ.get("VEZA_API_KEY", "")])
         for problem in exc.problems:
             log.error("configuration error: %s", problem)
+        summary = RunSummary(outcome="config-error", seconds=time.monotonic() - started)
+        log.error("%s", summary.line())
         return EXIT_CONFIG
     configure_logging(config.debug, config.secrets())
     summary = RunSummary()

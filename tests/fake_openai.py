@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from fake_http import QuietKeepAliveHandler
+
 DEFAULT_ADMIN_KEY = "sk-admin-fake-key-0001"
 BASE_TIME = 1_700_000_000
 
@@ -271,17 +273,7 @@ def _error(message: str, code: str | None) -> dict:
 
 
 def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def setup(self) -> None:
-            super().setup()
-            # Without this, keep-alive answers wait ~40 ms for delayed ACKs.
-            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(QuietKeepAliveHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             with fake.lock:
                 fake.in_flight += 1

@@ -14,7 +14,6 @@ import argparse
 import base64
 import gzip
 import json
-import socket
 import ssl
 import threading
 import urllib.parse
@@ -23,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import trustme
+from fake_http import QuietKeepAliveHandler
 
 DEFAULT_API_KEY = "veza-fake-key-0001"
 
@@ -135,16 +135,7 @@ def _filtered(items: list[dict], query: dict[str, str]) -> list[dict]:
 
 
 def _handler_for(fake: FakeVeza) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def setup(self) -> None:
-            super().setup()
-            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(QuietKeepAliveHandler):
         def _handle(self, method: str) -> None:
             split = urllib.parse.urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)

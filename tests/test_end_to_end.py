@@ -129,6 +129,7 @@ def test_all_missing_settings_are_reported_together_with_exit_2(run_connector, v
         assert re.search(rf"configuration error: {name}\b.*is not set", result.stderr), name
     assert "Traceback" not in result.output
     assert veza.requests == [] and openai_fake.calls() == 0
+    assert re.search(r"summary: outcome=config-error warnings=0 .* calls=0 retries=0", result.stderr.splitlines()[-1])
 
 
 def test_malformed_settings_are_configuration_errors_before_any_request(run_connector, veza, openai_fake):

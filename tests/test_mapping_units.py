@@ -138,7 +138,7 @@ def test_the_same_user_twice_is_one_user_and_unknown_roles_warn_once():
     assert list(users) == ["u1", "u2"]
     assert result.application.local_roles["billing"].name == "Billing"
     assert [w for w in result.warnings if "billing" in w] == [
-        "unknown organization role 'billing': mapped to a role with no permissions"]
+        "unknown organization role 'billing': mapped to 'billing' with no permissions"]
 
 
 def test_a_user_without_email_has_no_identity_and_is_kept():
