@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import email.utils
+import gc
 import ipaddress
 import json
 import logging
@@ -26,7 +28,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -227,10 +229,9 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
                         "(letters, digits, '-' and '_' after 'org-')")
         org_id = None
 
-    key_name = "OPENAI_API_KEY" if env.get("OPENAI_API_KEY") else (
-        "OPENAI_ADMIN_KEY" if env.get("OPENAI_ADMIN_KEY") else "OPENAI_API_KEY")
-    openai_key = _check_secret(env.get(key_name), key_name if key_name != "OPENAI_API_KEY" or
-                               env.get("OPENAI_API_KEY") else "OPENAI_API_KEY (or OPENAI_ADMIN_KEY)", problems)
+    key_name = next((name for name in ("OPENAI_API_KEY", "OPENAI_ADMIN_KEY") if env.get(name)), None)
+    openai_key = _check_secret(env.get(key_name) if key_name else None,
+                               key_name or "OPENAI_API_KEY (or OPENAI_ADMIN_KEY)", problems)
 
     base_url = _check_url(setting(args.openai_base_url, "OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL,
                           "OPENAI_BASE_URL (or --openai-base-url)", problems, allow_loopback_http=True)
@@ -438,10 +439,11 @@ def _retry_after_seconds(response: requests.Response) -> float | None:
 def _error_message(response: requests.Response) -> str:
     try:
         body = response.json()
-        message = body.get("error", {}).get("message") if isinstance(body, dict) else None
     except ValueError:
-        message = None
-    return (message or response.reason or "no message")[:300]
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    return str(message or response.reason or "no message")[:300]
 
 
 class OpenAIAdminClient:
@@ -1264,6 +1266,22 @@ def build_application(snapshot: Snapshot) -> MappingResult:
     return ApplicationBuilder(snapshot).build()
 
 
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector around mapping and payload building.
+
+    They allocate millions of acyclic objects, and every full collection rescans all of them, which
+    made 10x the users cost ~17x the time; reference counting still frees everything.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 # ---------------------------------------------------------------------------------------------
 # Pushing
 # ---------------------------------------------------------------------------------------------
@@ -1288,17 +1306,21 @@ def connect_veza(config: Config) -> OAAClient:
         client = OAAClient(url=config.veza_url, api_key=config.veza_api_key)
     except (OAAClientError, ValueError, requests.RequestException) as exc:
         raise PushError(f"cannot use Veza at {config.veza_url}: {describe_veza_error(exc)}") from None
-    client.enable_multipart = True  # oaaclient switches to parts only above its size threshold
     return client
 
 
-def save_payload(payload: dict, path: str) -> None:
-    """Write the payload atomically, so a half-written file never looks like a snapshot."""
+def serialize_payload(payload: dict) -> str:
+    """The payload as the compact JSON oaaclient pushes (and --save_json writes), byte for byte."""
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def save_payload(document: str, path: str) -> None:
+    """Write the pushed JSON atomically, so a half-written file never looks like a snapshot."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".veza_openai-", suffix=".json", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
+            handle.write(document)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -1306,15 +1328,30 @@ def save_payload(payload: dict, path: str) -> None:
         raise
 
 
-def push_payload(client: OAAClient, config: Config, payload: dict) -> list:
-    """Push to Veza (provider created when missing); return Veza's warnings."""
+def push_document(client: OAAClient, config: Config, document: str) -> list:
+    """Push serialized JSON to Veza (provider and data source created when missing); return Veza's warnings.
+
+    This is oaaclient's push_metadata taking a string instead of a dict, so the payload's Python
+    objects are gone before the push copies, compresses and encodes it: for 100,000 users that
+    keeps peak memory well under 1 GB.
+    """
     try:
         provider = client.get_provider(PROVIDER_NAME)
         if not provider:
             log.info("creating Veza provider %r", PROVIDER_NAME)
             client.create_provider(PROVIDER_NAME, custom_template=CustomApplication.TEMPLATE,
                                    base64_icon=PROVIDER_ICON_SVG)
-        response = client.push_metadata(PROVIDER_NAME, config.data_source_name, payload)
+            provider = client.get_provider(PROVIDER_NAME)
+        source = client.get_data_source(config.data_source_name, provider["id"])
+        if not source:
+            log.info("creating Veza data source %r", config.data_source_name)
+            client.create_data_source(config.data_source_name, provider["id"])
+            source = client.get_data_source(config.data_source_name, provider["id"])
+        if len(document) > client.MULTIPART_THRESHOLD_SIZE:
+            log.info("payload is %d MB: pushing it in parts", len(document) // 1_000_000)
+            response = client.datasource_push_parts(provider["id"], source["id"], document)
+        else:
+            response = client.datasource_push(provider["id"], source["id"], document)
     except (OAAClientError, requests.RequestException) as exc:
         for detail in getattr(exc, "details", None) or []:
             log.error("Veza: %s", detail)
@@ -1349,23 +1386,14 @@ def _log_unavailable(snapshot: Snapshot) -> None:
                     family, reason, FAMILY_GRANT.get(family, "Read"))
 
 
-def run(config: Config, summary: RunSummary | None = None) -> RunSummary:
-    """Read, map, save and push once. Raises DiscoveryError or PushError; fills `summary` as it goes."""
-    summary = summary or RunSummary()
-    veza = None
-    if not config.dry_run:
-        log.info("connecting to Veza at %s", config.veza_url)
-        veza = connect_veza(config)
-
+def read_organization(config: Config, summary: RunSummary) -> tuple[Snapshot, str]:
+    """Every family from OpenAI, and how the per-user role reads were decided."""
     client = OpenAIAdminClient(config)
+    log.info("reading OpenAI organization %s at %s with %d workers", config.org_id, config.openai_base_url,
+             config.max_workers)
+    reader = OrganizationReader(client, config)
     try:
-        log.info("reading OpenAI organization %s at %s with %d workers", config.org_id, config.openai_base_url,
-                 config.max_workers)
-        reader = OrganizationReader(client, config)
-        try:
-            snapshot = reader.read()
-        finally:
-            summary.calls, summary.retries = client.calls, client.retries
+        snapshot = reader.read()
     except AccessRefused as exc:
         if exc.status in (401, 403):
             raise DiscoveryError(
@@ -1374,35 +1402,53 @@ def run(config: Config, summary: RunSummary | None = None) -> RunSummary:
         raise DiscoveryError(f"OpenAI answered HTTP {exc.status} on {exc.endpoint}: check OPENAI_ORG_ID "
                              "and --openai-base-url") from None
     finally:
+        summary.calls, summary.retries = client.calls, client.retries
         client.session.close()
-
     _log_unavailable(snapshot)
     if snapshot.organization is None:
         log.info("is_personal left unset: the organization object is not readable with this key")
     log.info("read %d users, %s projects, %s groups in %d calls (%d retries)", len(snapshot.users),
              "-" if snapshot.projects is None else len(snapshot.projects),
              "-" if snapshot.groups is None else len(snapshot.groups), client.calls, client.retries)
-    if reader.decision:
-        log.info("per-user role assignments %s", reader.decision)
+    return snapshot, reader.decision
 
+
+def discover(config: Config, summary: RunSummary) -> dict:
+    """Read and map; return only the payload, so the records and OAA objects are freed before the push."""
+    snapshot, decision = read_organization(config, summary)
+    if decision:
+        log.info("per-user role assignments %s", decision)
     mapping_started = time.monotonic()
-    result = build_application(snapshot)
+    with cyclic_gc_paused():
+        result = build_application(snapshot)
+        payload = result.application.get_payload()
     summary.counts = result.counts
     summary.warnings = len(result.warnings)
     for message in result.warnings:
         log.warning("%s", message)
-    payload = result.application.get_payload()
     log.info("mapped %s in %.2fs", " ".join(f"{k}={v}" for k, v in result.counts.items()),
              time.monotonic() - mapping_started)
+    return payload
+
+
+def run(config: Config, summary: RunSummary | None = None) -> RunSummary:
+    """Read, map, save and push once. Raises DiscoveryError or PushError; fills `summary` as it goes."""
+    summary = summary or RunSummary()
+    veza = None
+    if not config.dry_run:  # fail fast, before spending OpenAI quota, when Veza cannot take the result
+        log.info("connecting to Veza at %s", config.veza_url)
+        veza = connect_veza(config)
+
+    document = serialize_payload(discover(config, summary))  # the dict is freed here
     if config.save_json:
-        save_payload(payload, config.save_json)
-        log.info("payload saved to %s", config.save_json)
+        save_payload(document, config.save_json)
+        log.info("payload saved to %s (%d bytes)", config.save_json, len(document))
     if config.dry_run:
         summary.outcome = "dry-run"
         return summary
 
     log.info("pushing to Veza data source %r", config.data_source_name)
-    veza_warnings = push_payload(veza, config, payload)
+    veza_warnings = push_document(veza, config, document)
     for warning in veza_warnings:
         log.warning("Veza: %s", warning)
     summary.veza_warnings = len(veza_warnings)

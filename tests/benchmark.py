@@ -6,7 +6,7 @@ max(longest cursor chain, total calls / workers) x latency + mapping time, peak 
 
     python tests/benchmark.py                                  # 20,000 users, 2,000 projects, 50 ms, 1 and 8 workers
     python tests/benchmark.py --workers 8                      # only the default worker count
-    python tests/benchmark.py --users 100000 --projects 5000 --latency 0 --workers 8   # peak memory
+    python tests/benchmark.py --users 100000 --projects 5000 --latency 0 --workers 8 --push   # peak memory
     python tests/benchmark.py --scaling                        # mapping + payload time at N and 10N users
 """
 
@@ -23,15 +23,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import trustme
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from fake_openai import FakeOpenAI, Organization, generate_organization  # noqa: E402
+from fake_veza import FakeVeza  # noqa: E402
 
 import veza_openai as vo  # noqa: E402
 
 ADMIN_KEY = "sk-admin-benchmark-key"
+VEZA_KEY = "veza-benchmark-key"
 
 
 def pages(count: int, limit: int) -> int:
@@ -55,13 +59,17 @@ def minimum_calls(org: Organization) -> tuple[int, int]:
     return sum(chains), max(chains)
 
 
-def run_connector(fake: FakeOpenAI, workers: int, workdir: Path) -> dict:
+def run_connector(fake: FakeOpenAI, workers: int, workdir: Path, veza: FakeVeza | None, ca_file: str) -> dict:
     env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
            "OPENAI_ORG_ID": fake.org.org_id, "OPENAI_API_KEY": ADMIN_KEY, "OPENAI_BASE_URL": fake.base_url}
+    mode = ["--dry-run"]
+    if veza is not None:
+        env.update(VEZA_URL=veza.url, VEZA_API_KEY=VEZA_KEY, REQUESTS_CA_BUNDLE=ca_file)
+        mode = []
     before = fake.calls()
     out = workdir / f"payload-{workers}.json"
     started = time.monotonic()
-    process = subprocess.Popen([str(HERE.parent / "veza_openai.py"), "--dry-run", "--save_json", str(out),
+    process = subprocess.Popen([str(HERE.parent / "veza_openai.py"), *mode, "--save_json", str(out),
                                 "--max-workers", str(workers)], env=env, stderr=subprocess.PIPE, text=True,
                                stdin=subprocess.DEVNULL)
     stderr = process.stderr.read()
@@ -84,16 +92,22 @@ def snapshot_of(org: Organization) -> vo.Snapshot:
         group_users=org.group_users, group_roles=org.group_roles, project_group_roles=org.project_group_roles)
 
 
+def mapping_seconds(users: int, projects: int) -> float:
+    snapshot = snapshot_of(generate_organization(users=users, projects=projects))
+    started = time.perf_counter()
+    with vo.cyclic_gc_paused():  # as run() does
+        json.dumps(vo.build_application(snapshot).application.get_payload())
+    return time.perf_counter() - started
+
+
 def scaling(users: int, projects: int) -> None:
-    print(f"mapping + payload + JSON time (pure, in process), users:projects = {users}:{projects}")
-    timings = []
-    for factor in (1, 10):
-        org = generate_organization(users=users * factor, projects=projects * factor)
-        started = time.perf_counter()
-        json.dumps(vo.build_application(snapshot_of(org)).application.get_payload())
-        timings.append(time.perf_counter() - started)
-        print(f"  {users * factor:>7} users, {projects * factor:>5} projects: {timings[-1]:.2f}s")
-    print(f"  10x the organization costs {timings[1] / timings[0]:.1f}x the time")
+    print("mapping + payload + JSON time (pure, in process)")
+    base = mapping_seconds(users, projects)
+    print(f"  {users:>7} users, {projects:>5} projects: {base:.2f}s")
+    for label, (u, p) in (("10x the users", (users * 10, projects)), ("10x users and projects",
+                                                                      (users * 10, projects * 10))):
+        seconds = mapping_seconds(u, p)
+        print(f"  {u:>7} users, {p:>5} projects: {seconds:.2f}s ({label}: {seconds / base:.1f}x the time)")
 
 
 def main() -> None:
@@ -107,6 +121,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05, help="seconds added to every answer")
     parser.add_argument("--workers", default=f"1,{vo.DEFAULT_MAX_WORKERS}", help="comma-separated worker counts")
     parser.add_argument("--scaling", action="store_true", help="only measure mapping time at N and 10N")
+    parser.add_argument("--push", action="store_true", help="also push to a fake Veza (memory includes the push)")
     args = parser.parse_args()
     if args.scaling:
         scaling(args.users // 10, args.projects // 10)
@@ -122,8 +137,12 @@ def main() -> None:
     print(f"minimum calls {minimum}, longest cursor chain {chain} calls")
     payloads = []
     with tempfile.TemporaryDirectory() as workdir:
+        ca = trustme.CA()
+        ca_file = str(Path(workdir) / "ca.pem")
+        ca.cert_pem.write_to_path(ca_file)
+        veza = FakeVeza(ca, api_key=VEZA_KEY).start() if args.push else None
         for workers in [int(w) for w in args.workers.split(",")]:
-            result = run_connector(fake, workers, Path(workdir))
+            result = run_connector(fake, workers, Path(workdir), veza, ca_file)
             bound = max(chain, minimum / workers) * args.latency + result["mapping"]
             print(f"workers {workers:>2}: calls {result['calls']} (minimum {minimum}), wall {result['wall']:.1f}s "
                   f"(lower bound {bound:.1f}s, ratio {result['wall'] / bound:.2f}), peak memory "
@@ -131,6 +150,9 @@ def main() -> None:
                   f"{fake.peak_in_flight}")
             payloads.append(result["payload"].read_bytes())
             fake.peak_in_flight = 0
+        if veza is not None:
+            print(f"pushed {len(veza.pushes)} payload(s) of {len(payloads[-1]) / 1e6:.0f} MB of JSON")
+            veza.stop()
     if len(payloads) > 1:
         print(f"payloads byte-identical across worker counts: {all(p == payloads[0] for p in payloads)}")
     fake.stop()

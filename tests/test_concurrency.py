@@ -73,7 +73,7 @@ def test_large_payloads_are_pushed_in_parts(ca, monkeypatch):
         client.DEFAULT_PART_SIZE = 50_000
         snapshot = vo.OrganizationReader(vo.OpenAIAdminClient(config), config).read()
         payload = vo.build_application(snapshot).application.get_payload()
-        vo.push_payload(client, config, payload)
+        vo.push_document(client, config, vo.serialize_payload(payload))
     finally:
         veza.stop()
         fake.stop()
