@@ -83,3 +83,30 @@ def test_the_demo_runs_the_real_script_against_the_bundled_fakes():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "fake Veza received one push to data source 'OpenAI - org-demo0001'" in result.stdout
     assert re.search(r"the payload is at \S+payload\.json", result.stdout)
+
+
+def test_both_fakes_run_standalone_from_the_command_line(tmp_path):
+    import requests
+
+    commands = {
+        "openai": [sys.executable, str(ROOT / "tests" / "fake_openai.py"), "--admin-key", "sk-admin-standalone-1"],
+        "veza": [sys.executable, str(ROOT / "tests" / "fake_veza.py"), "--ca-file", str(tmp_path / "ca.pem")],
+    }
+    processes = {name: subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+                 for name, command in commands.items()}
+    try:
+        openai_line = processes["openai"].stdout.readline()
+        veza_line = processes["veza"].stdout.readline()
+        base_url = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", openai_line).group(1)
+        users = requests.get(f"{base_url}/organization/users", params={"limit": 100}, timeout=5,
+                             headers={"Authorization": "Bearer sk-admin-standalone-1"}).json()
+        assert users["object"] == "list" and len(users["data"]) == 100 and users["has_more"] is True
+        veza_url = re.search(r"at (https://127\.0\.0\.1:\d+);", veza_line).group(1)
+        templates = requests.get(f"{veza_url}/api/v1/providers/custom/templates", timeout=5,
+                                 verify=str(tmp_path / "ca.pem"),
+                                 headers={"authorization": "Bearer veza-fake-key-0001"})
+        assert templates.status_code == 200
+    finally:
+        for process in processes.values():
+            process.terminate()
+            process.wait(timeout=10)
