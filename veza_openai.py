@@ -487,15 +487,14 @@ class OpenAIAdminClient:
             if self.stop.is_set():
                 raise Aborted(f"{path}: stopped because another read failed")
             self.pacer.acquire(self.stop)
+            self._count(attempt > 0)
             try:
                 response = self.session.get(url, params=params, timeout=(min(10.0, self.timeout), self.timeout))
             except requests.RequestException as exc:  # refused, reset, timed out, cut short
-                self._count(attempt > 0)
                 what = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
                 problem = f"{type(exc).__name__} ({what})"
                 wait = self._backoff(attempt)
             else:
-                self._count(attempt > 0)
                 status = response.status_code
                 if status == 200:
                     self.pacer.succeeded()
@@ -691,12 +690,10 @@ class OrganizationReader:
         store(result)
 
     def _after_skipped(self, family: str) -> None:
-        if family in ("roles", "project roles"):
+        if family in ("roles", "project roles", "projects"):
             self._role_list_done()
         elif family == "project users":
             self._project_user_list_done()
-        elif family == "projects":
-            self._role_list_done()
 
     # --- the dependency graph of reads -----------------------------------------------------
     def _start(self) -> None:

@@ -378,3 +378,12 @@ def test_a_family_failing_part_way_pushes_nothing_and_exits_1(run_connector, vez
     assert "nothing was pushed" in result.stderr
     assert veza.pushes == []
     assert "outcome=failed" in result.stderr.splitlines()[-1]
+
+
+def test_users_not_found_points_at_the_org_id_and_base_url(run_connector, veza, openai_fake):
+    openai_fake.refused["users"] = 404
+    result = run_connector()
+    assert result.returncode == 1
+    assert "OpenAI answered HTTP 404 on /organization/users: check OPENAI_ORG_ID and --openai-base-url" in \
+        result.stderr
+    assert veza.pushes == []

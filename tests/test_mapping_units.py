@@ -182,3 +182,11 @@ def test_a_role_id_that_clashes_with_a_fixed_role_never_replaces_it():
     result = build(snapshot)
     assert result.application.local_roles["owner"].name == "Owner"
     assert any("clashes with a fixed role" in w for w in result.warnings)
+
+
+def test_cyclic_gc_is_paused_only_while_mapping():
+    import gc
+    assert gc.isenabled()
+    with vo.cyclic_gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
