@@ -50,7 +50,7 @@ class FakeVeza:
         return f"https://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> FakeVeza:
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
         return self
 
     def stop(self) -> None:
