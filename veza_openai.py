@@ -5,17 +5,19 @@ Reads an OpenAI organization through the OpenAI Admin API (users, roles, project
 API keys, admin keys, invites, groups, custom roles and role assignments), models it as an OAA
 Custom Application and pushes it to Veza.
 
-The file reads top to bottom as a pipeline: configuration, reading OpenAI, mapping (pure), pushing,
-main. See README.md for the mapping tables, flags and failure behaviour.
+The file reads top to bottom as a pipeline: configuration, reading OpenAI (one paginated reader,
+paced per endpoint), mapping (pure), pushing, main. README.md has the mapping tables, the flags and
+the failure behaviour this code promises.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import email.utils
+import enum
 import gc
+import heapq
 import ipaddress
 import json
 import logging
@@ -23,11 +25,13 @@ import os
 import queue
 import random
 import re
+import signal
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,26 +40,69 @@ from typing import Any, Callable
 import requests
 from oaaclient.client import OAAClient, OAAClientError, OAAResponseError
 from oaaclient.templates import (
+    AccessCred,
     CustomApplication,
     CustomResource,
     LocalUser,
     OAAPermission,
     OAAPropertyType,
 )
+from requests.packages.urllib3.exceptions import HTTPError as TransportError  # raised by raw.read1
+from requests.packages.urllib3.exceptions import TimeoutError as TransportTimeout
 
 log = logging.getLogger("veza_openai")
 
 PROVIDER_NAME = "OpenAI"
 APPLICATION_TYPE = "OpenAI"
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_MAX_WORKERS = 8
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_MAX_RETRIES = 6
-MAX_RETRY_WAIT = 60.0
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
+
+class ExitStatus(enum.IntEnum):
+    """What the process tells cron, Docker or Kubernetes (README: Exit status)."""
+
+    OK = 0            # pushed; with --dry-run: read, mapped and written
+    FAILED = 1        # nothing pushed, or the push's outcome is unknown (the log says which)
+    CONFIG = 2        # configuration error; no request was sent (argparse uses 2 as well)
+    INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2, as shells report it
+    TERMINATED = 143   # SIGTERM (docker stop, Kubernetes, systemd): 128 + 15
+
+
+# --- defaults an operator can change (README: Configuration) ---------------------------------
+DEFAULT_MAX_WORKERS = 8            # hides latency on large organizations; each endpoint is paced on its own anyway
+DEFAULT_TIMEOUT = 30.0             # seconds for one whole OpenAI answer; a page is a few hundred KB at most
+DEFAULT_MAX_RETRIES = 6            # 5xx and transport faults: 0.5+1+2+4+8+16 s of backoff, then the run fails
+DEFAULT_MAX_THROTTLE_WAIT = 900.0  # 429s are retried this long per request: 15 refills of a 60 s window
+DEFAULT_ROLE_ASSIGNMENTS = "auto"
+
+# --- bounds on what a configuration may say ------------------------------------------------------
+MAX_WORKERS_LIMIT = 64             # more would only queue on the Admin API's per-endpoint limits
+MAX_RETRIES_LIMIT = 20             # 20 doublings of backoff is already hours
+MAX_TIMEOUT = 600.0                # an answer slower than 10 minutes is a dead server
+MAX_REQUESTS_PER_SECOND = 10_000.0  # a cap above this is no cap
+MAX_SECRET_LENGTH = 4096           # real keys are ~200 characters; a 100 KB "key" is a pasted file
+MIN_SECRET_LENGTH_TO_MASK = 8      # masking a blank or tiny value would shred every log line; such keys fail anyway
+
+# --- how requests are paced and retried (README: Rate limits) --------------------------------
+CONNECT_TIMEOUT_CAP = 10.0     # a TCP connect slower than this is a dead host, whatever --timeout says
+BACKOFF_FIRST = 0.5            # first 5xx backoff in seconds; it doubles per retry
+BACKOFF_JITTER = (0.75, 1.0)   # spread retries of concurrent workers apart
+MAX_SERVER_WAIT = 60.0         # a retry-after longer than this is capped: the refill window is ~60 s
+PROBE_FIRST_WAIT = 0.5         # after a 429 with no hint, first probe of the endpoint after this many seconds
+PROBE_MAX_WAIT = 5.0           # probes double up to this, so a refill is seen at most ~5 s late
+REFILL_LEAD = 0.9              # once an endpoint's refill time is known, start probing at 90% of it
+WINDOW_SECONDS = 60.0          # --max-requests-per-minute-per-endpoint counts over a sliding minute
+ASSUMED_REQUESTS_PER_MINUTE = 60  # an endpoint's allowance before it says otherwise (measured estimate, spec)
+WATCHDOG_GRACE = 2.0           # an answer still not whole this long after --timeout is abandoned
+PROGRESS_INTERVAL = 30.0       # seconds between progress lines on a long run
+MIN_PROGRESS_INTERVAL = 1.0    # even when tests shrink time, no more than one progress line a second
+
+# --- what a server can make the connector do (README: Failure behaviour) -----------------------
+MAX_PAGES_PER_LIST = 10_000        # 1,000,000 users at 100 a page; more is a server that never stops
+MAX_ANSWER_BYTES = 32 * 1024 * 1024  # decompressed; a real page is well under 1 MB
+READ_CHUNK_BYTES = 64 * 1024
+VEZA_CHECK_TIMEOUT = 10.0          # the first Veza connection check fails fast instead of oaaclient's ~2.5 min
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx, as the official SDK does
 
 # A plain glyph (not OpenAI's trademark) so the provider is recognisable in Veza's UI.
 PROVIDER_ICON_SVG = (
@@ -84,14 +131,17 @@ class Config:
     openai_base_url: str = DEFAULT_OPENAI_BASE_URL
     veza_url: str | None = None
     veza_api_key: str | None = None
-    save_json: str | None = None  # file path to write, resolved from --save_json
+    save_json_path: str | None = None  # the file --save_json writes, resolved up front
     dry_run: bool = False
     debug: bool = False
     max_workers: int = DEFAULT_MAX_WORKERS
     max_requests_per_second: float | None = None
-    role_assignments: str = "auto"
+    max_requests_per_minute_per_endpoint: int | None = None
+    role_assignments: str = DEFAULT_ROLE_ASSIGNMENTS
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
+    max_throttle_wait: float = DEFAULT_MAX_THROTTLE_WAIT
+    max_run_time: float | None = None
     time_scale: float = 1.0  # tests shrink every wait with VEZA_OPENAI_TIME_SCALE
 
     @property
@@ -123,47 +173,58 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="read and map, write the payload JSON, push nothing; needs no Veza settings")
     parser.add_argument("--debug", action="store_true", help="verbose debug logging (env: none)")
     parser.add_argument("--max-workers", dest="max_workers",
-                        help=f"concurrent OpenAI reads (env: OPENAI_MAX_WORKERS, default {DEFAULT_MAX_WORKERS})")
+                        help=f"concurrent OpenAI requests (env: OPENAI_MAX_WORKERS, default {DEFAULT_MAX_WORKERS})")
     parser.add_argument("--max-requests-per-second", dest="max_rps",
-                        help="hard cap on OpenAI requests per second (env: OPENAI_MAX_REQUESTS_PER_SECOND, "
-                        "default: no cap, adaptive pacing on 429)")
+                        help="hard cap on all OpenAI requests per second (env: OPENAI_MAX_REQUESTS_PER_SECOND, "
+                        "default: no cap)")
+    parser.add_argument("--max-requests-per-minute-per-endpoint", dest="max_rpm_per_endpoint",
+                        help="cap on requests per minute to each Admin API endpoint, for an organization whose "
+                        "limits are known (env: OPENAI_MAX_RPM_PER_ENDPOINT, default: none, each endpoint's "
+                        "limit is learned from its 429 answers)")
     parser.add_argument("--role-assignments", dest="role_assignments",
                         help="per-user role assignment reads: auto, all or none "
-                        "(env: OPENAI_ROLE_ASSIGNMENTS, default auto)")
+                        f"(env: OPENAI_ROLE_ASSIGNMENTS, default {DEFAULT_ROLE_ASSIGNMENTS})")
     parser.add_argument("--timeout", dest="timeout",
-                        help="seconds to wait for one OpenAI answer "
+                        help="seconds to wait for one whole OpenAI answer "
                         f"(env: OPENAI_TIMEOUT, default {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--max-retries", dest="max_retries",
-                        help="retries of one OpenAI request on 429/5xx/connection errors "
+                        help="retries of one OpenAI request on 5xx and connection errors "
                         f"(env: OPENAI_MAX_RETRIES, default {DEFAULT_MAX_RETRIES})")
+    parser.add_argument("--max-throttle-wait", dest="max_throttle_wait",
+                        help="seconds one OpenAI request may keep being answered 429 before the run fails "
+                        f"(env: OPENAI_MAX_THROTTLE_WAIT, default {DEFAULT_MAX_THROTTLE_WAIT:g})")
+    parser.add_argument("--max-run-time", dest="max_run_time",
+                        help="seconds the reading may take before the run fails with nothing pushed "
+                        "(env: OPENAI_MAX_RUN_TIME, default: no limit)")
     return parser
 
 
-ORG_ID_RE = re.compile(r"^org-[A-Za-z0-9_-]{1,128}$")
+ORG_ID_RE = re.compile(r"org-[A-Za-z0-9_-]{1,128}")
 
 
-def _is_loopback(host: str) -> bool:
+def _is_loopback(host: str | None) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host or "").is_loopback
     except ValueError:
         return False
 
 
-def _check_url(value: str, name: str, problems: list[str], *, allow_loopback_http: bool) -> str | None:
-    """Return the normalised URL, or None with a problem recorded."""
-    if any(ch.isspace() for ch in value) or any(ord(ch) < 32 for ch in value):
+def _check_url(value: str, name: str, problems: list[str], *, allow_loopback_http: bool,
+               allow_path: bool) -> str | None:
+    """Return the normalised URL (scheme lower-cased, no trailing slash), or None with a problem recorded."""
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
         problems.append(f"{name} contains whitespace or control characters")
         return None
     candidate = value if "://" in value else f"https://{value}"
     try:
         parts = urllib.parse.urlsplit(candidate)
-        port = parts.port  # raises ValueError on a bad port
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
     except ValueError:
         problems.append(f"{name} is not a valid URL")
         return None
-    del port
+    scheme = parts.scheme.lower()
     if not parts.hostname:
         problems.append(f"{name} is not a valid URL (no host)")
         return None
@@ -173,21 +234,31 @@ def _check_url(value: str, name: str, problems: list[str], *, allow_loopback_htt
     if parts.query or parts.fragment:
         problems.append(f"{name} must not contain a query string or fragment")
         return None
-    if parts.scheme == "http" and allow_loopback_http and _is_loopback(parts.hostname):
+    if not allow_path and parts.path.strip("/"):
+        problems.append(f"{name} must be the instance's address only (https://host), not a page such as "
+                        f"{parts.path[:40]!r}")
+        return None
+    if scheme == "http" and allow_loopback_http and _is_loopback(parts.hostname):
         pass
-    elif parts.scheme != "https":
+    elif scheme != "https":
         problems.append(f"{name} must use https" + (" (http is allowed only for loopback test servers)"
                                                      if allow_loopback_http else ""))
         return None
-    return candidate.rstrip("/")
+    return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", "")).rstrip("/")
 
 
 def _check_secret(value: str | None, name: str, problems: list[str]) -> str | None:
     if not value:
         problems.append(f"{name} is not set")
         return None
+    if len(value) > MAX_SECRET_LENGTH:
+        problems.append(f"{name} is {len(value):,} characters long; an API key is a few hundred at most")
+        return None
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
         problems.append(f"{name} contains whitespace, a newline or control characters")
+        return None
+    if not value.isascii():
+        problems.append(f"{name} contains non-ASCII characters; API keys are plain ASCII (a copy-paste slip?)")
         return None
     return value
 
@@ -201,6 +272,13 @@ def _resolve_save_path(value: str, org_id: str | None, problems: list[str]) -> s
         directory, path = os.path.dirname(value) or ".", value
     if not os.path.isdir(directory):
         problems.append(f"--save_json directory {directory!r} does not exist")
+        return None
+    try:
+        name_max = os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    if len(os.path.basename(path).encode()) > name_max:
+        problems.append(f"--save_json file name is longer than the {name_max} bytes this file system allows")
         return None
     try:  # os.access says yes to root even on read-only mounts; a real file says the truth
         with tempfile.TemporaryFile(dir=directory):
@@ -224,9 +302,9 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     org_id = setting(args.openai_org, "OPENAI_ORG_ID")
     if org_id is None:
         problems.append("OPENAI_ORG_ID (or --openai-org) is not set")
-    elif not ORG_ID_RE.match(org_id):
+    elif not ORG_ID_RE.fullmatch(org_id):
         problems.append("OPENAI_ORG_ID (or --openai-org) must look like org-XXXX "
-                        "(letters, digits, '-' and '_' after 'org-')")
+                        "(letters, digits, '-' and '_' after 'org-', nothing else, no trailing newline)")
         org_id = None
 
     key_name = next((name for name in ("OPENAI_API_KEY", "OPENAI_ADMIN_KEY") if env.get(name)), None)
@@ -234,7 +312,8 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
                                key_name or "OPENAI_API_KEY (or OPENAI_ADMIN_KEY)", problems)
 
     base_url = _check_url(setting(args.openai_base_url, "OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL,
-                          "OPENAI_BASE_URL (or --openai-base-url)", problems, allow_loopback_http=True)
+                          "OPENAI_BASE_URL (or --openai-base-url)", problems, allow_loopback_http=True,
+                          allow_path=True)
 
     veza_url = veza_key = None
     if not args.dry_run:
@@ -242,7 +321,8 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
         if raw_veza_url is None:
             problems.append("VEZA_URL (or --veza_url) is not set")
         else:
-            veza_url = _check_url(raw_veza_url, "VEZA_URL (or --veza_url)", problems, allow_loopback_http=False)
+            veza_url = _check_url(raw_veza_url, "VEZA_URL (or --veza_url)", problems, allow_loopback_http=False,
+                                  allow_path=False)
         veza_key = _check_secret(env.get("VEZA_API_KEY"), "VEZA_API_KEY", problems)
 
     save_json = args.save_json
@@ -256,7 +336,7 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
         if raw is None:
             return default
         try:
-            value = kind(raw)
+            value = kind(raw.strip())
         except ValueError:
             problems.append(f"{label} (env {env_name}) must be a number, got {raw[:20]!r}")
             return default
@@ -265,32 +345,59 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
             return default
         return value
 
-    max_workers = number(args.max_workers, "OPENAI_MAX_WORKERS", "--max-workers", int, DEFAULT_MAX_WORKERS, 1, 64)
+    max_workers = number(args.max_workers, "OPENAI_MAX_WORKERS", "--max-workers", int, DEFAULT_MAX_WORKERS,
+                         1, MAX_WORKERS_LIMIT)
     max_rps = number(args.max_rps, "OPENAI_MAX_REQUESTS_PER_SECOND", "--max-requests-per-second", float,
-                     None, 0.01, 10_000)
-    timeout = number(args.timeout, "OPENAI_TIMEOUT", "--timeout", float, DEFAULT_TIMEOUT, 0.05, 600)
-    max_retries = number(args.max_retries, "OPENAI_MAX_RETRIES", "--max-retries", int, DEFAULT_MAX_RETRIES, 0, 20)
+                     None, 0.01, MAX_REQUESTS_PER_SECOND)
+    max_rpm = number(args.max_rpm_per_endpoint, "OPENAI_MAX_RPM_PER_ENDPOINT",
+                     "--max-requests-per-minute-per-endpoint", int, None, 1, 100_000)
+    timeout = number(args.timeout, "OPENAI_TIMEOUT", "--timeout", float, DEFAULT_TIMEOUT, 0.05, MAX_TIMEOUT)
+    max_retries = number(args.max_retries, "OPENAI_MAX_RETRIES", "--max-retries", int, DEFAULT_MAX_RETRIES,
+                         0, MAX_RETRIES_LIMIT)
+    max_throttle_wait = number(args.max_throttle_wait, "OPENAI_MAX_THROTTLE_WAIT", "--max-throttle-wait", float,
+                               DEFAULT_MAX_THROTTLE_WAIT, 0.1, 86_400)
+    max_run_time = number(args.max_run_time, "OPENAI_MAX_RUN_TIME", "--max-run-time", float, None, 1, 7 * 86_400)
     time_scale = number(None, "VEZA_OPENAI_TIME_SCALE", "time scale", float, 1.0, 0.0, 1.0)
 
-    role_assignments = (setting(args.role_assignments, "OPENAI_ROLE_ASSIGNMENTS") or "auto").lower()
+    role_assignments = (setting(args.role_assignments, "OPENAI_ROLE_ASSIGNMENTS") or DEFAULT_ROLE_ASSIGNMENTS)
+    role_assignments = role_assignments.strip().lower()
     if role_assignments not in ("auto", "all", "none"):
         problems.append("--role-assignments (env OPENAI_ROLE_ASSIGNMENTS) must be auto, all or none")
 
     if problems:
         raise ConfigError(problems)
     return Config(org_id=org_id, openai_api_key=openai_key, openai_base_url=base_url, veza_url=veza_url,
-                  veza_api_key=veza_key, save_json=save_path, dry_run=args.dry_run, debug=args.debug,
-                  max_workers=max_workers, max_requests_per_second=max_rps, role_assignments=role_assignments,
-                  timeout=timeout, max_retries=max_retries, time_scale=time_scale)
+                  veza_api_key=veza_key, save_json_path=save_path, dry_run=args.dry_run, debug=args.debug,
+                  max_workers=max_workers, max_requests_per_second=max_rps,
+                  max_requests_per_minute_per_endpoint=max_rpm, role_assignments=role_assignments,
+                  timeout=timeout, max_retries=max_retries, max_throttle_wait=max_throttle_wait,
+                  max_run_time=max_run_time, time_scale=time_scale)
+
+
+# Control characters (and the Unicode ones that reorder or break lines) from a server could forge
+# log lines or hide text on a terminal; they are shown escaped instead.
+_UNSAFE_IN_LOGS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_for_log(text: str) -> str:
+    """`text` with control characters shown as escapes (\\n, \\x1b, \\u202e), safe on one log line."""
+    def escaped(match: re.Match) -> str:
+        char = match.group()
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char) or (
+            f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+    return _UNSAFE_IN_LOGS.sub(escaped, text)
 
 
 class RedactingFormatter(logging.Formatter):
-    """Formats records, tracebacks included, with every known secret masked."""
+    """One line per record, control characters escaped, every known secret masked (tracebacks too)."""
 
     def __init__(self, fmt: str, secrets: Iterable[str]) -> None:
         super().__init__(fmt)
-        # Masking a blank or tiny "secret" would shred every line; such values fail validation anyway.
-        self.secrets = [s for s in secrets if s and len(s.strip()) >= 8]
+        self.secrets = [s for s in secrets if s and len(s.strip()) >= MIN_SECRET_LENGTH_TO_MASK]
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's naming)
+        record.message = escape_for_log(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -325,94 +432,91 @@ class AccessRefused(DiscoveryError):
         self.status = status
 
 
-class Aborted(DiscoveryError):
-    """Another read failed; this one stopped early."""
+class Stopped(BaseException):
+    """A signal asked the run to stop (SIGTERM or Ctrl-C); like KeyboardInterrupt, not an Exception."""
+
+    def __init__(self, signal_name: str, status: ExitStatus) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.status = status
 
 
-CURSOR_LAST_ID = "last_id"   # after=<last_id>
+CURSOR_LAST_ID = "last_id"   # after=<last_id of the page>
 CURSOR_ITEM_ID = "item_id"   # after=<id of the last item>
-CURSOR_NEXT = "next"         # after=<next>
+CURSOR_NEXT = "next"         # after=<next of the page>
 
 
 @dataclass(frozen=True)
 class Family:
-    """One kind of list the connector reads, with how to page it and what to grant when refused."""
+    """One kind of record the connector reads: its endpoint, how to page it, what to grant when refused.
+
+    `name` is also the Snapshot attribute its result lives in; `per` names the entity a per-entity
+    family is read for ("project", "group", ...), whose 404 means that entity was deleted mid-run.
+    """
 
     name: str
+    label: str
     path: str
-    cursor: str
-    limit: int
-    item_object: str | None
     grant: str
+    cursor: str | None = None        # None: one object, not a list
+    page_size: int = 0               # the largest page the endpoint serves
+    item_object: str | None = None   # the `object` every item must carry, when the API names one
     params: tuple[tuple[str, str], ...] = ()
+    per: str | None = None
+    item_id_field: str = "id"
+    next_falls_back_to_item_id: bool = False  # the SDK documents `after` as an item id for this list
 
 
-FAMILIES = {f.name: f for f in (
-    Family("users", "/organization/users", CURSOR_LAST_ID, 100, "organization.user", "Users: Read"),
-    Family("invites", "/organization/invites", CURSOR_LAST_ID, 100, "organization.invite", "Invites: Read"),
-    Family("projects", "/organization/projects", CURSOR_LAST_ID, 100, "organization.project", "Projects: Read",
-           (("include_archived", "true"),)),
-    Family("project users", "/organization/projects/{project_id}/users", CURSOR_LAST_ID, 100,
-           "organization.project.user", "Projects: Read"),
-    Family("project service accounts", "/organization/projects/{project_id}/service_accounts", CURSOR_LAST_ID,
-           100, "organization.project.service_account", "Projects: Read"),
-    Family("project API keys", "/organization/projects/{project_id}/api_keys", CURSOR_LAST_ID, 100,
-           "organization.project.api_key", "API keys: Read", (("owner_project_access", "any"),)),
-    Family("admin API keys", "/organization/admin_api_keys", CURSOR_ITEM_ID, 100,
-           "organization.admin_api_key", "Admin keys: Read"),
-    Family("groups", "/organization/groups", CURSOR_NEXT, 1000, None, "Groups: Read"),
-    Family("group users", "/organization/groups/{group_id}/users", CURSOR_NEXT, 1000, None, "Groups: Read"),
-    Family("group roles", "/organization/groups/{group_id}/roles", CURSOR_NEXT, 1000, None, "Roles: Read"),
-    Family("roles", "/organization/roles", CURSOR_NEXT, 1000, "role", "Roles: Read"),
-    Family("project roles", "/projects/{project_id}/roles", CURSOR_NEXT, 1000, "role", "Roles: Read"),
-    Family("project groups", "/organization/projects/{project_id}/groups", CURSOR_NEXT, 100, "project.group",
-           "Groups: Read"),
-    Family("project group roles", "/projects/{project_id}/groups/{group_id}/roles", CURSOR_NEXT, 1000, None,
-           "Roles: Read"),
-    Family("user roles", "/organization/users/{user_id}/roles", CURSOR_NEXT, 1000, None, "Roles: Read"),
-    Family("project user roles", "/projects/{project_id}/users/{user_id}/roles", CURSOR_NEXT, 1000, None,
-           "Roles: Read"),
-)}
-
-MODEL_PERMISSIONS_PATH = "/organization/projects/{project_id}/model_permissions"
-RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+def _family(**fields: Any) -> Family:
+    return Family(**fields)
 
 
-class RequestPacer:
-    """Shared pacing for every worker: a 429 slows everyone down, success speeds up slowly."""
-
-    FLOOR_AFTER_THROTTLE = 0.05
-    MAX_INTERVAL = 10.0
-
-    def __init__(self, max_rps: float | None, time_scale: float) -> None:
-        self._lock = threading.Lock()
-        self._scale = time_scale
-        self._min_interval = (1.0 / max_rps) if max_rps else 0.0
-        self._interval = self._min_interval
-        self._next_at = 0.0
-        self._paused_until = 0.0
-
-    def acquire(self, stop: threading.Event) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next_at, self._paused_until)
-            self._next_at = start + self._interval * self._scale
-        if start > now:
-            stop.wait(start - now)
-
-    def throttled(self, wait: float) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now >= self._paused_until:  # one slow-down per throttle episode, not one per worker
-                self._interval = min(max(self._interval * 2, self.FLOOR_AFTER_THROTTLE), self.MAX_INTERVAL)
-            self._paused_until = max(self._paused_until, now + wait * self._scale)
-
-    def succeeded(self) -> None:
-        with self._lock:
-            if self._interval > self._min_interval:
-                self._interval = max(self._min_interval, self._interval * 0.95)
-                if self._interval < 0.005 and not self._min_interval:
-                    self._interval = 0.0
+FAMILY_LIST = [
+    _family(name="organization", label="organization object", path="/organizations/{org_id}",
+            grant="(dashboard-style keys only)"),
+    _family(name="users", label="users", path="/organization/users", grant="Users: Read", cursor=CURSOR_LAST_ID,
+            page_size=100, item_object="organization.user"),
+    _family(name="invites", label="invites", path="/organization/invites", grant="Invites: Read",
+            cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.invite"),
+    _family(name="admin_api_keys", label="admin API keys", path="/organization/admin_api_keys",
+            grant="Admin keys: Read", cursor=CURSOR_ITEM_ID, page_size=100, item_object="organization.admin_api_key"),
+    _family(name="groups", label="groups", path="/organization/groups", grant="Groups: Read", cursor=CURSOR_NEXT,
+            page_size=1000, next_falls_back_to_item_id=True),
+    _family(name="roles", label="roles", path="/organization/roles", grant="Roles: Read", cursor=CURSOR_NEXT,
+            page_size=1000, item_object="role"),
+    _family(name="projects", label="projects", path="/organization/projects", grant="Projects: Read",
+            cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project",
+            params=(("include_archived", "true"),)),
+    _family(name="project_users", label="project users", path="/organization/projects/{project_id}/users",
+            grant="Projects: Read", cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.user",
+            per="project"),
+    _family(name="project_service_accounts", label="project service accounts",
+            path="/organization/projects/{project_id}/service_accounts", grant="Projects: Read",
+            cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.service_account", per="project"),
+    _family(name="project_api_keys", label="project API keys", path="/organization/projects/{project_id}/api_keys",
+            grant="API keys: Read", cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.api_key",
+            params=(("owner_project_access", "any"),), per="project"),
+    _family(name="project_roles", label="project roles", path="/projects/{project_id}/roles", grant="Roles: Read",
+            cursor=CURSOR_NEXT, page_size=1000, item_object="role", per="project"),
+    # The maximum page size of project groups is undocumented; 100 is what every sibling list allows.
+    _family(name="project_groups", label="project groups", path="/organization/projects/{project_id}/groups",
+            grant="Groups: Read", cursor=CURSOR_NEXT, page_size=100, item_object="project.group", per="project",
+            item_id_field="group_id", next_falls_back_to_item_id=True),
+    _family(name="model_permissions", label="model permissions",
+            path="/organization/projects/{project_id}/model_permissions", grant="Projects: Read", per="project"),
+    _family(name="group_users", label="group users", path="/organization/groups/{group_id}/users",
+            grant="Groups: Read", cursor=CURSOR_NEXT, page_size=1000, per="group", next_falls_back_to_item_id=True),
+    _family(name="group_roles", label="group roles", path="/organization/groups/{group_id}/roles",
+            grant="Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per="group"),
+    _family(name="project_group_roles", label="project group roles",
+            path="/projects/{project_id}/groups/{group_id}/roles", grant="Roles: Read", cursor=CURSOR_NEXT,
+            page_size=1000, per="project group"),
+    _family(name="user_roles", label="user roles", path="/organization/users/{user_id}/roles", grant="Roles: Read",
+            cursor=CURSOR_NEXT, page_size=1000, per="user"),
+    _family(name="project_user_roles", label="project user roles", path="/projects/{project_id}/users/{user_id}/roles",
+            grant="Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per="project member"),
+]
+FAMILIES = {family.name: family for family in FAMILY_LIST}
 
 
 def _retry_after_seconds(response: requests.Response) -> float | None:
@@ -436,24 +540,35 @@ def _retry_after_seconds(response: requests.Response) -> float | None:
     return None
 
 
-def _error_message(response: requests.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+def _error_message(body: Any, fallback: str) -> str:
     error = body.get("error") if isinstance(body, dict) else None
     message = error.get("message") if isinstance(error, dict) else error
-    return str(message or response.reason or "no message")[:300]
+    return str(message or fallback or "no message")[:300]
+
+
+@dataclass
+class Answer:
+    """What one HTTP request got: a status and a JSON body, or why there is none."""
+
+    status: int                      # 0: no HTTP answer (refused, reset, timed out)
+    body: Any = None
+    problem: str = ""                # for a failure: what went wrong, for the log ("HTTP 503", "Timeout ...")
+    detail: str = ""                 # the server's error message, when it sent one
+    server_wait: float | None = None  # retry-after / retry-after-ms
+    should_retry: bool | None = None  # x-should-retry, when the server says
+    fatal: bool = False              # retrying cannot help (an answer over the size cap)
 
 
 class OpenAIAdminClient:
-    """HTTP access to the Admin API: one session, timeouts, bounded retries, shared pacing."""
+    """HTTP access to the Admin API: one session, one GET at a time per call, whole answers within a deadline.
+
+    It never sleeps or retries: the reader decides when each request goes, so one endpoint's limit
+    never holds a worker that another endpoint could use.
+    """
 
     def __init__(self, config: Config, session: requests.Session | None = None) -> None:
         self.base_url = config.openai_base_url
         self.timeout = config.timeout
-        self.max_retries = config.max_retries
-        self.time_scale = config.time_scale
         self.session = session or requests.Session()
         self.session.headers.update({
             "Authorization": f"Bearer {config.openai_api_key}",
@@ -461,117 +576,66 @@ class OpenAIAdminClient:
             "User-Agent": "veza-openai-connector",
             "Accept": "application/json",
         })
-        # Many workers share the session; the default pool of 10 would make them queue for sockets.
+        # Workers share the session; the default pool of 10 connections would make them queue for sockets.
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, config.max_workers))
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
-        self.pacer = RequestPacer(config.max_requests_per_second, config.time_scale)
-        self.stop = threading.Event()
-        self._count_lock = threading.Lock()
-        self.calls = 0
-        self.retries = 0
+        # A proxy from HTTP_PROXY would see the admin key of a loopback (test) server in clear text.
+        host = urllib.parse.urlsplit(self.base_url).hostname
+        self.proxies = {"http": None, "https": None, "all": None} if _is_loopback(host) else None
 
-    def _count(self, retried: bool) -> None:
-        with self._count_lock:
-            self.calls += 1
-            self.retries += retried
-
-    def _backoff(self, attempt: int) -> float:
-        return min(MAX_RETRY_WAIT, 0.5 * 2 ** attempt) * random.uniform(0.75, 1.0)
-
-    def get_json(self, path: str, params: dict[str, Any] | None = None, *, retry: bool = True) -> dict:
-        """GET one JSON object; retry 408/409/429/5xx and connection faults; raise DiscoveryError."""
-        url = self.base_url + path
-        attempt = 0
-        while True:
-            if self.stop.is_set():
-                raise Aborted(f"{path}: stopped because another read failed")
-            self.pacer.acquire(self.stop)
-            self._count(attempt > 0)
-            try:
-                response = self.session.get(url, params=params, timeout=(min(10.0, self.timeout), self.timeout))
-            except requests.RequestException as exc:  # refused, reset, timed out, cut short
-                what = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
-                problem = f"{type(exc).__name__} ({what})"
-                wait = self._backoff(attempt)
-            else:
-                status = response.status_code
-                if status == 200:
-                    self.pacer.succeeded()
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        raise DiscoveryError(f"{path}: answer is not JSON (HTTP 200, "
-                                             f"{len(response.content)} bytes)") from None
-                    if not isinstance(body, dict):
-                        raise DiscoveryError(f"{path}: answer is JSON but not an object")
-                    return body
-                if status in (401, 403, 404):
-                    raise AccessRefused(path, status, _error_message(response))
-                if status not in RETRYABLE_STATUS:
-                    raise DiscoveryError(f"{path}: HTTP {status}: {_error_message(response)}")
-                problem = f"HTTP {status}"
-                server_wait = _retry_after_seconds(response)
-                wait = min(MAX_RETRY_WAIT, server_wait) if server_wait is not None else self._backoff(attempt)
-                if status == 429:
-                    self.pacer.throttled(wait)
-            if not retry or attempt >= self.max_retries:
-                raise DiscoveryError(f"{path}: {problem}, gave up after {attempt} retries")
-            attempt += 1
-            log.info("%s: %s, retry %d/%d in %.1fs", path, problem, attempt, self.max_retries, wait)
-            self.stop.wait(wait * self.time_scale)
-
-    def list_all(self, family: Family, **path_args: str) -> list[dict]:
-        """Every item of one list, following the family's cursor style to the end."""
-        path = family.path.format(**{k: urllib.parse.quote(v, safe="") for k, v in path_args.items()})
-        params: dict[str, Any] = {"limit": family.limit, **dict(family.params)}
-        items: list[dict] = []
-        seen_cursors: set[str] = set()
-        while True:
-            page = self.get_json(path, params)
-            data = page.get("data")
-            if page.get("object", "list") != "list":
-                raise DiscoveryError(f"{path}: expected a list, got object {str(page.get('object'))[:40]!r}")
-            if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
-                raise DiscoveryError(f"{path}: 'data' is not a list of objects")
-            if family.item_object:
-                for item in data:
-                    if item.get("object", family.item_object) != family.item_object:
-                        raise DiscoveryError(f"{path}: expected {family.item_object} items, got "
-                                             f"{str(item.get('object'))[:40]!r}")
-            items.extend(data)
-            if not page.get("has_more"):
-                return items
-            if family.cursor == CURSOR_LAST_ID:
-                cursor = page.get("last_id")
-            elif family.cursor == CURSOR_NEXT:
-                cursor = page.get("next")
-            else:
-                cursor = data[-1].get("id") if data else None
-            if not cursor or not isinstance(cursor, str):
-                raise DiscoveryError(f"{path}: has_more is true but the page has no cursor")
-            if cursor in seen_cursors:
-                raise DiscoveryError(f"{path}: the cursor {cursor[:40]!r} repeats; stopping instead of looping")
-            seen_cursors.add(cursor)
-            params["after"] = cursor
-
-    def get_model_permissions(self, project_id: str) -> dict | None:
-        """A project's model policy, or None when the project has none (404)."""
-        path = MODEL_PERMISSIONS_PATH.format(project_id=urllib.parse.quote(project_id, safe=""))
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Answer:
+        """One GET; the body is read whole within --timeout and MAX_ANSWER_BYTES (decompressed)."""
+        started = time.monotonic()
         try:
-            return self.get_json(path)
-        except AccessRefused as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def get_legacy_organization(self, org_id: str) -> dict | None:
-        """The older dashboard organization object, if this key may read it; never raises."""
+            with self.session.get(self.base_url + path, params=params, stream=True, proxies=self.proxies,
+                                  timeout=(min(CONNECT_TIMEOUT_CAP, self.timeout), self.timeout)) as response:
+                raw = read_whole_answer(response, started + self.timeout)
+        except AnswerTooLarge as exc:
+            return Answer(0, problem=str(exc), fatal=True)
+        except (requests.RequestException, TransportError, OSError) as exc:  # refused, reset, timed out, cut short
+            what = "timed out" if isinstance(exc, (requests.Timeout, TransportTimeout)) else "connection failed"
+            return Answer(0, problem=f"{type(exc).__name__} ({what})")
         try:
-            return self.get_json(f"/organizations/{urllib.parse.quote(org_id, safe='')}", retry=False)
-        except DiscoveryError as exc:
-            log.debug("organization object not available: %s", exc)
-            return None
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+            if response.status_code == 200:
+                return Answer(200, problem=f"answer is not JSON (HTTP 200, {len(raw)} bytes)", fatal=True)
+        hint = response.headers.get("x-should-retry", "").strip().lower()
+        return Answer(response.status_code, body, problem=f"HTTP {response.status_code}",
+                      detail=_error_message(body, response.reason),
+                      server_wait=_retry_after_seconds(response),
+                      should_retry={"true": True, "false": False}.get(hint))
+
+
+class AnswerTooLarge(requests.RequestException):
+    """An answer larger than any real page: a broken or hostile server."""
+
+
+def read_whole_answer(response: requests.Response, deadline: float, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    """The decompressed body, or an exception once it passes `deadline` or `limit` bytes.
+
+    requests bounds only the gap between two bytes; a body dripped one byte a second would never
+    time out, and a small gzip body can decompress to gigabytes.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        # read1 returns what one socket read brings, so a dripping body meets the deadline check
+        chunk = response.raw.read1(READ_CHUNK_BYTES, decode_content=True)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise AnswerTooLarge(f"answer larger than {limit // (1024 * 1024)} MB decompressed; stopped reading")
+        if time.monotonic() > deadline:
+            raise requests.Timeout("the whole answer took longer than the timeout")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    # Marked as read, so closing the response hands the connection back to the pool for keep-alive.
+    response._content, response._content_consumed = body, True
+    return body
 
 
 @dataclass
@@ -597,211 +661,646 @@ class Snapshot:
     project_group_roles: dict[tuple[str, str], list[dict]] | None = field(default_factory=dict)
     user_roles: dict[str, list[dict]] | None = None
     project_user_roles: dict[tuple[str, str], list[dict]] | None = None
-    unavailable: dict[str, str] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)  # family name -> why it was left out
+    deleted: list[tuple[str, Any, str]] = field(default_factory=list)  # (entity kind, key, endpoint)
 
 
-# Snapshot attribute that each family fills; refusing the family sets the attribute to None.
-FAMILY_ATTRIBUTE = {
-    "invites": "invites", "projects": "projects", "admin API keys": "admin_api_keys", "groups": "groups",
-    "roles": "roles", "project users": "project_users", "project service accounts": "project_service_accounts",
-    "project API keys": "project_api_keys", "project roles": "project_roles",
-    "project groups": "project_groups", "model permissions": "model_permissions",
-    "group users": "group_users", "group roles": "group_roles", "project group roles": "project_group_roles",
-    "user roles": "user_roles", "project user roles": "project_user_roles",
-}
-
-FAMILY_GRANT = {name: family.grant for name, family in FAMILIES.items()}
-FAMILY_GRANT["model permissions"] = "Projects: Read"
+def has_custom_roles(role_lists: Iterable[list[dict]]) -> bool:
+    return any(role.get("predefined_role") is False for roles in role_lists for role in roles
+               if isinstance(role, dict))
 
 
-def has_custom_roles(snapshot: Snapshot) -> bool:
-    roles = list(snapshot.roles or [])
-    for project_roles in (snapshot.project_roles or {}).values():
-        roles.extend(project_roles)
-    return any(role.get("predefined_role") is False for role in roles)
+def decide_role_assignment_reads(mode: str, roles_refused: bool, role_lists: list[list[dict]],
+                                 role_lists_pending: int) -> tuple[bool | None, str]:
+    """Whether to read per-user and per-project-member roles: (True/False, why), or (None, "") until known.
+
+    `auto` reads them as soon as any role list shows a custom role, and skips them only once every
+    role list has been read and none does.
+    """
+    if roles_refused:
+        return False, "skipped: the Roles API is not available to this key"
+    if mode == "none":
+        return False, "skipped: --role-assignments none"
+    if mode == "all":
+        return True, "reading them: --role-assignments all"
+    if has_custom_roles(role_lists):
+        return True, "reading them: the Roles API lists custom roles (--role-assignments auto)"
+    if role_lists_pending > 0:
+        return None, ""
+    return False, ("skipped: every role the Roles API lists is predefined "
+                   "(--role-assignments auto); use 'all' to read them anyway")
+
+
+class EndpointPacer:
+    """What one endpoint (path template) allows, learned from its answers; pure bookkeeping on `now`.
+
+    A 429 with retry-after(-ms) blocks the endpoint for exactly that long, nothing more. A 429 with no
+    hint blocks it and sends one probe at a time, waiting 0.5 s, 1 s, ... up to 5 s between probes,
+    so a refill is seen at most a few seconds late. The time from the start of a burst to its refill
+    is remembered, so later probes start shortly before the next refill instead of hammering a
+    one-minute window. --max-requests-per-minute-per-endpoint caps each endpoint over a sliding minute.
+    """
+
+    def __init__(self, path: str, time_scale: float = 1.0, max_per_minute: int | None = None) -> None:
+        self.path = path
+        self.scale = time_scale
+        self.max_per_minute = max_per_minute
+        self.in_flight = 0
+        self.blocked_until = 0.0
+        self.probing = False           # after a 429: one request at a time until one succeeds
+        self.probe_wait = PROBE_FIRST_WAIT
+        self.burst_started: float | None = None  # when the current allowance began to be spent
+        self.burst_successes = 0
+        self.refill_seconds: float | None = None  # from a burst's start to its refill, last seen
+        self.refill_burst: int | None = None       # successes that burst allowed
+        self.throttled = 0
+        self.succeeded = 0
+        self.recent_sends: deque[float] = deque()
+
+    def ready_at(self, now: float) -> float:
+        """The earliest time the next request may go (inf while a probe is out)."""
+        if self.probing and self.in_flight:
+            return float("inf")
+        at = max(now, self.blocked_until)
+        if self.max_per_minute:
+            window = WINDOW_SECONDS * self.scale
+            while self.recent_sends and self.recent_sends[0] <= now - window:
+                self.recent_sends.popleft()
+            if len(self.recent_sends) >= self.max_per_minute:
+                at = max(at, self.recent_sends[-self.max_per_minute] + window)
+        return at
+
+    def on_send(self, now: float) -> bool:
+        """Count a request going out; True when it is the probe of a throttled endpoint."""
+        self.in_flight += 1
+        if self.max_per_minute:
+            self.recent_sends.append(now)
+        if self.burst_started is None:
+            self.burst_started = now
+        return self.probing
+
+    def on_success(self, now: float, probe: bool) -> None:
+        self.in_flight -= 1
+        self.succeeded += 1
+        if probe and self.probing:  # the allowance came back
+            if self.burst_started is not None and self.burst_successes:
+                self.refill_seconds = now - self.burst_started
+                self.refill_burst = self.burst_successes
+            self.probing = False
+            self.probe_wait = PROBE_FIRST_WAIT
+            self.burst_started, self.burst_successes = now, 1
+        else:
+            self.burst_successes += 1
+
+    def on_throttled(self, now: float, probe: bool, server_wait: float | None) -> None:
+        self.in_flight -= 1
+        self.throttled += 1
+        if server_wait is not None:  # the server said how long: exactly that, no extra slow-down
+            self.blocked_until = max(self.blocked_until, now + min(server_wait, MAX_SERVER_WAIT) * self.scale)
+            self.probing = True
+            return
+        if self.probing and not probe:
+            return  # an answer to a request sent before the first 429: already handled
+        if probe:
+            self.probe_wait = min(self.probe_wait * 2, PROBE_MAX_WAIT)
+            wait = self.probe_wait * self.scale
+        else:
+            self.probe_wait = PROBE_FIRST_WAIT
+            wait = self.probe_wait * self.scale
+            if self.refill_seconds and self.burst_started is not None:
+                wait = max(wait, self.burst_started + REFILL_LEAD * self.refill_seconds - now)
+        self.probing = True
+        self.blocked_until = max(self.blocked_until, now + wait)
+
+    def requests_per_second(self) -> float | None:
+        """The rate this endpoint is known to allow, or None while it has not limited the run."""
+        if self.refill_seconds and self.refill_burst:
+            return self.refill_burst / self.refill_seconds
+        if self.max_per_minute:
+            return self.max_per_minute / (WINDOW_SECONDS * self.scale or 1e-9)
+        return None
+
+
+@dataclass
+class ListRead:
+    """Every page of one list (or one single object) of one family for one entity."""
+
+    family: Family
+    key: Any                      # where the result is filed: None, an id, or an (id, id) pair
+    path: str
+    on_done: Callable[[Any], None]
+    items: list[dict] = field(default_factory=list)
+    pages: int = 0
+    seen_cursors: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Request:
+    """One GET the reader wants: the next page of a ListRead."""
+
+    read: ListRead
+    params: dict[str, Any]
+    attempt: int = 0                      # 5xx and transport retries so far
+    throttled_since: float | None = None  # the first 429 this request got
+    probe: bool = False
+    ticket: int = 0
+    sent_at: float = 0.0
+
+
+class WorkerPool:
+    """Daemon threads doing one GET each; a stuck one is abandoned, never waited for at exit or Ctrl-C."""
+
+    def __init__(self, client: OpenAIAdminClient, size: int, done: queue.SimpleQueue) -> None:
+        self.client = client
+        self.done = done
+        self.work: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = 0
+        for _ in range(size):
+            self.add_thread()
+
+    def add_thread(self) -> None:
+        self.threads += 1
+        threading.Thread(target=self._work, name=f"openai-read-{self.threads}", daemon=True).start()
+
+    def submit(self, ticket: int, path: str, params: dict[str, Any] | None) -> None:
+        self.work.put((ticket, path, params))
+
+    def _work(self) -> None:
+        while True:
+            job = self.work.get()
+            if job is None:
+                return
+            ticket, path, params = job
+            try:
+                answer = self.client.get(path, params)
+            except Exception as exc:  # a bug must not leave the reader waiting for an answer
+                answer = Answer(0, problem=f"{type(exc).__name__}: {exc}", fatal=True)
+            self.done.put((ticket, answer))
+
+    def close(self) -> None:
+        for _ in range(self.threads):
+            self.work.put(None)
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class OrganizationReader:
-    """Reads every family, fanning per-project and per-principal reads out over a worker pool.
+    """Reads every family, scheduling each GET when its endpoint allows it.
 
-    The main thread owns the snapshot: workers only fetch, and each result is stored under its
-    key, so the snapshot (and so the payload) does not depend on the order reads finish in.
+    The order of reads, top to bottom: the top-level lists (`_start`), then per-project and
+    per-group fan-out as those lists arrive (`_on_projects`, `_on_groups`, `_on_project_groups`),
+    then the per-principal role reads once `decide_role_assignment_reads` says so. Only the main
+    thread touches the snapshot; workers only fetch, and every result is filed under its key, so the
+    payload does not depend on the order answers arrive in.
     """
 
     def __init__(self, client: OpenAIAdminClient, config: Config) -> None:
         self.client = client
         self.config = config
+        self.scale = config.time_scale
         self.snapshot = Snapshot(org_id=config.org_id)
-        self._pending: dict[concurrent.futures.Future, tuple[str, Callable[[Any], None]]] = {}
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._completed: queue.SimpleQueue[concurrent.futures.Future] = queue.SimpleQueue()
-        self._waiting_for_roles = 0
-        self._project_user_lists_pending = 0
-        self.decision: str = ""
+        self.pacers = {name: EndpointPacer(family.path, config.time_scale,
+                                           config.max_requests_per_minute_per_endpoint)
+                       for name, family in FAMILIES.items()}
+        self.queues: dict[str, deque[Request]] = {name: deque() for name in FAMILIES}
+        self.delayed: list[tuple[float, int, Request]] = []   # 5xx backoff: (due, ticket, request)
+        self.in_flight: dict[int, Request] = {}
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
+        self.pool: WorkerPool | None = None
+        self.tickets = 0
+        self.open_reads: dict[str, int] = dict.fromkeys(FAMILIES, 0)
+        self.finished_reads: dict[str, int] = dict.fromkeys(FAMILIES, 0)
+        self.not_found: dict[str, list[tuple[Any, str]]] = {}  # family -> [(entity key, endpoint)] answered 404
+        self.found: dict[str, set] = {}                       # entity kind -> keys some read answered 200 for
+        self.next_global_send = 0.0
+        self.calls = self.retries = self.throttled = 0
+        self.started = 0.0
+        self.next_progress = 0.0
+        self.role_lists_pending = 0
+        self.role_decision: bool | None = None
+        self.role_decision_reason = ""
+        self.user_role_reads_queued = False
 
-    def read(self) -> Snapshot:
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.config.max_workers,
-                                                     thread_name_prefix="openai-read")
-        self._pool = pool
-        try:
-            self._start()
-            # A completion queue, not concurrent.futures.wait(): that rescans every pending future on
-            # each call, which is quadratic with the ~10^4 reads of a large organization.
-            while self._pending:
-                future = self._completed.get()
-                family, store = self._pending.pop(future)
-                self._finish(family, store, future)
-            return self.snapshot
-        except BaseException:
-            self.client.stop.set()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _submit(self, family: str, fetch: Callable[[], Any], store: Callable[[Any], None]) -> None:
-        if family in self.snapshot.unavailable:
-            return
-        future = self._pool.submit(fetch)
-        self._pending[future] = (family, store)
-        future.add_done_callback(self._completed.put)
-
-    def _submit_list(self, family: str, store: Callable[[Any], None], **path_args: str) -> None:
-        self._submit(family, lambda: self.client.list_all(FAMILIES[family], **path_args), store)
-
-    def _file(self, attribute: str, key: Any) -> Callable[[Any], None]:
-        """A store callback filing a result under `key` in one of the snapshot's per-key dicts."""
-        return lambda result: getattr(self.snapshot, attribute).__setitem__(key, result)
-
-    def _finish(self, family: str, store: Callable[[Any], None], future: concurrent.futures.Future) -> None:
-        try:
-            result = future.result()
-        except AccessRefused as exc:
-            if family == "users" or exc.status == 401:
-                raise
-            if family not in self.snapshot.unavailable:
-                self.snapshot.unavailable[family] = f"HTTP {exc.status} on {exc.endpoint}"
-                setattr(self.snapshot, FAMILY_ATTRIBUTE[family], None)
-            result = None
-        if family in self.snapshot.unavailable:
-            # A sibling read of this family was refused; the family is out whole, but what hangs
-            # on a finished read must still be scheduled-around (e.g. the role decision counters).
-            self._after_skipped(family)
-            return
-        store(result)
-
-    def _after_skipped(self, family: str) -> None:
-        if family in ("roles", "project roles", "projects"):
-            self._role_list_done()
-        elif family == "project users":
-            self._project_user_list_done()
-
-    # --- the dependency graph of reads -----------------------------------------------------
+    # --- the order of reads ---------------------------------------------------------------
     def _start(self) -> None:
         s = self.snapshot
-        self._submit("organization", lambda: self.client.get_legacy_organization(self.config.org_id),
-                     lambda org: setattr(s, "organization", org))
-        self._submit_list("users", self._store_users)
-        self._submit_list("invites", lambda items: setattr(s, "invites", items))
-        self._submit_list("admin API keys", lambda items: setattr(s, "admin_api_keys", items))
-        self._submit_list("groups", self._store_groups)
-        self._waiting_for_roles = 2  # the org roles list, and the projects list (then each project's roles)
-        self._submit_list("roles", self._store_roles)
-        self._submit_list("projects", self._store_projects)
+        self._read("organization", lambda org: setattr(s, "organization", org), org_id=self.config.org_id)
+        self._read("users", self._on_users)
+        self._read("invites", lambda items: setattr(s, "invites", items))
+        self._read("admin_api_keys", lambda items: setattr(s, "admin_api_keys", items))
+        self._read("groups", self._on_groups)
+        self.role_lists_pending = 2  # the org roles list, and the project list (then each project's roles)
+        self._read("roles", self._on_roles)
+        self._read("projects", self._on_projects)
 
-    def _store_users(self, items: list[dict]) -> None:
+    def _on_users(self, items: list[dict]) -> None:
         self.snapshot.users = items
-        self._maybe_read_role_assignments()
+        self._read_user_roles_if_decided()
 
-    def _store_roles(self, items: list[dict]) -> None:
+    def _on_groups(self, items: list[dict] | None) -> None:
+        self.snapshot.groups = items
+        for gid in ids_of(items or []):
+            self._read("group_users", self._filed("group_users", gid), key=gid, group_id=gid)
+            self._read("group_roles", self._filed("group_roles", gid), key=gid, group_id=gid)
+
+    def _on_roles(self, items: list[dict] | None) -> None:
         self.snapshot.roles = items
         self._role_list_done()
 
-    def _store_groups(self, items: list[dict]) -> None:
-        self.snapshot.groups = items
-        for group in unique_by_id(items):
-            gid = group["id"]
-            self._submit_list("group users", self._file("group_users", gid), group_id=gid)
-            self._submit_list("group roles", self._file("group_roles", gid), group_id=gid)
-
-    def _store_projects(self, items: list[dict]) -> None:
+    def _on_projects(self, items: list[dict] | None) -> None:
         self.snapshot.projects = items
-        projects = unique_by_id(items)
-        self._waiting_for_roles += len(projects) - 1
-        self._project_user_lists_pending = len(projects)
-        for project in projects:
-            pid = project["id"]
-            self._submit_list("project users", lambda r, p=pid: self._store_project_users(p, r), project_id=pid)
-            self._submit_list("project service accounts", self._file("project_service_accounts", pid),
-                              project_id=pid)
-            self._submit_list("project API keys", self._file("project_api_keys", pid), project_id=pid)
-            self._submit_list("project roles", lambda r, p=pid: self._store_project_roles(p, r), project_id=pid)
-            self._submit_list("project groups", lambda r, p=pid: self._store_project_groups(p, r), project_id=pid)
-            self._submit("model permissions", lambda p=pid: self.client.get_model_permissions(p),
-                         self._file("model_permissions", pid))
-        if not projects:
-            self._maybe_read_role_assignments()
+        projects = ids_of(items or [])
+        self.role_lists_pending += len(projects)
+        for pid in projects:
+            self._read("project_users", lambda r, p=pid: self._on_project_users(p, r), key=pid, project_id=pid)
+            self._read("project_service_accounts", self._filed("project_service_accounts", pid), key=pid,
+                       project_id=pid)
+            self._read("project_api_keys", self._filed("project_api_keys", pid), key=pid, project_id=pid)
+            self._read("project_roles", lambda r, p=pid: self._on_project_roles(p, r), key=pid, project_id=pid)
+            self._read("project_groups", lambda r, p=pid: self._on_project_groups(p, r), key=pid, project_id=pid)
+            self._read("model_permissions", self._filed("model_permissions", pid), key=pid, project_id=pid)
+        self._role_list_done()  # the project list itself
 
-    def _store_project_users(self, project_id: str, items: list[dict]) -> None:
+    def _on_project_users(self, project_id: str, items: list[dict] | None) -> None:
+        if items is None:
+            return
         self.snapshot.project_users[project_id] = items
-        self._project_user_list_done()
+        self._read_project_member_roles_if_decided(project_id)
 
-    def _project_user_list_done(self) -> None:
-        self._project_user_lists_pending -= 1
-        self._maybe_read_role_assignments()
-
-    def _store_project_roles(self, project_id: str, items: list[dict]) -> None:
-        self.snapshot.project_roles[project_id] = items
+    def _on_project_roles(self, project_id: str, items: list[dict] | None) -> None:
+        if items is not None:
+            self.snapshot.project_roles[project_id] = items
         self._role_list_done()
 
-    def _store_project_groups(self, project_id: str, items: list[dict]) -> None:
+    def _on_project_groups(self, project_id: str, items: list[dict] | None) -> None:
+        if items is None:
+            return
         self.snapshot.project_groups[project_id] = items
-        for link in items:
-            gid = link.get("group_id")
-            if isinstance(gid, str) and gid:
-                self._submit_list("project group roles", self._file("project_group_roles", (project_id, gid)),
-                                  project_id=project_id, group_id=gid)
+        for gid in ids_of(items, "group_id"):
+            self._read("project_group_roles", self._filed("project_group_roles", (project_id, gid)),
+                       key=(project_id, gid), project_id=project_id, group_id=gid)
 
     def _role_list_done(self) -> None:
-        self._waiting_for_roles -= 1
-        self._maybe_read_role_assignments()
-
-    def _maybe_read_role_assignments(self) -> None:
-        """Per-principal role reads, once the role lists tell whether they can matter."""
+        self.role_lists_pending -= 1
+        if self.role_decision is not None:
+            return
         s = self.snapshot
-        if self.decision or self._waiting_for_roles > 0 or self._project_user_lists_pending > 0 or not s.users:
+        lists = [s.roles or []] + list((s.project_roles or {}).values())
+        decision, reason = decide_role_assignment_reads(self.config.role_assignments, "roles" in s.unavailable,
+                                                        lists, self.role_lists_pending)
+        if decision is None:
             return
-        mode = self.config.role_assignments
-        if "roles" in s.unavailable:
-            self.decision = "skipped: the Roles API is not available to this key"
+        self.role_decision, self.role_decision_reason = decision, reason
+        log.info("per-user role assignments %s", reason)
+        if decision:
+            s.user_roles, s.project_user_roles = {}, {}
+            self._log_role_read_estimate()
+            self._read_user_roles_if_decided()
+            for pid in list(s.project_users or {}):
+                self._read_project_member_roles_if_decided(pid)
+
+    def _read_user_roles_if_decided(self) -> None:
+        s = self.snapshot
+        if not self.role_decision or not s.users or self.user_role_reads_queued:
             return
-        if mode == "none":
-            self.decision = "skipped: --role-assignments none"
+        self.user_role_reads_queued = True
+        for uid in ids_of(s.users):
+            self._read("user_roles", self._filed("user_roles", uid), key=uid, user_id=uid)
+
+    def _read_project_member_roles_if_decided(self, project_id: str) -> None:
+        s = self.snapshot
+        if not self.role_decision or s.project_users is None or "project_user_roles" in s.unavailable:
             return
-        if mode == "auto" and not has_custom_roles(s):
-            self.decision = ("skipped: every role the Roles API lists is predefined "
-                             "(--role-assignments auto); use 'all' to read them anyway")
+        for uid in ids_of(s.project_users.get(project_id, [])):
+            self._read("project_user_roles", self._filed("project_user_roles", (project_id, uid)),
+                       key=(project_id, uid), project_id=project_id, user_id=uid)
+
+    def _log_role_read_estimate(self) -> None:
+        s = self.snapshot
+        users = len(ids_of(s.users)) if s.users else 0
+        members = sum(len(ids_of(m)) for m in (s.project_users or {}).values())
+        rate = self.pacers["user_roles"].requests_per_second() or ASSUMED_REQUESTS_PER_MINUTE / 60.0
+        known = "" if s.users else " (the user list is still being read)"
+        log.info("role assignment reads: %d users%s and %d project members so far, one call each; at %.0f "
+                 "requests a minute per endpoint that is about %s", users, known, members, rate * 60,
+                 _format_duration(max(users, members) / rate))
+
+    def _filed(self, attribute: str, key: Any) -> Callable[[Any], None]:
+        """A result handler that files the result under `key` in one of the snapshot's per-key dicts."""
+        def file_result(result: Any) -> None:
+            target = getattr(self.snapshot, attribute)
+            if target is not None and result is not None:
+                target[key] = result
+        return file_result
+
+    # --- scheduling ------------------------------------------------------------------------
+    def _read(self, family_name: str, on_done: Callable[[Any], None], key: Any = None, **path_args: str) -> None:
+        family = FAMILIES[family_name]
+        if family_name in self.snapshot.unavailable:
+            on_done(None)
             return
-        self.decision = ("reading them: --role-assignments all" if mode == "all" else
-                         "reading them: the Roles API lists custom roles (--role-assignments auto)")
-        s.user_roles, s.project_user_roles = {}, {}
-        for user in unique_by_id(s.users):
-            uid = user["id"]
-            self._submit_list("user roles", self._file("user_roles", uid), user_id=uid)
-        for pid, members in (s.project_users or {}).items():
-            for member in unique_by_id(members):
-                uid = member["id"]
-                self._submit_list("project user roles", self._file("project_user_roles", (pid, uid)),
-                                  project_id=pid, user_id=uid)
+        path = family.path.format(**{k: urllib.parse.quote(v, safe="") for k, v in path_args.items()})
+        params: dict[str, Any] = dict(family.params)
+        if family.cursor:
+            params["limit"] = family.page_size
+        self.open_reads[family_name] += 1
+        self.queues[family_name].append(Request(ListRead(family, key, path, on_done), params))
+
+    def read(self) -> Snapshot:
+        """Read everything; raise DiscoveryError (or Stopped) as soon as a complete snapshot is impossible."""
+        self.pool = WorkerPool(self.client, self.config.max_workers, self.done)
+        self.started = time.monotonic()
+        self.next_progress = self.started + self._progress_interval()
+        try:
+            self._start()
+            while any(self.open_reads.values()):
+                now = time.monotonic()
+                self._check_run_time(now)
+                self._abandon_stuck_requests(now)
+                self._dispatch(now)
+                try:
+                    ticket, answer = self.done.get(timeout=self._seconds_until_next_event(time.monotonic()))
+                except queue.Empty:
+                    pass
+                else:
+                    self._take(ticket, answer)
+                if time.monotonic() >= self.next_progress:
+                    self._log_progress()
+            self._settle_not_found()
+            return self.snapshot
+        finally:
+            self.pool.close()
+
+    def _progress_interval(self) -> float:
+        return max(MIN_PROGRESS_INTERVAL, PROGRESS_INTERVAL * self.scale)
+
+    def _check_run_time(self, now: float) -> None:
+        limit = self.config.max_run_time
+        if limit and now - self.started > limit:
+            slowest = self._slowest_endpoint()
+            raise DiscoveryError(f"reading took longer than --max-run-time {limit:g}s with "
+                                 f"{sum(self.open_reads.values())} reads still open"
+                                 + (f"; the slowest endpoint is {slowest}" if slowest else ""))
+
+    def _abandon_stuck_requests(self, now: float) -> None:
+        """An answer that never completes (a stuck socket) is given up on, and its worker replaced."""
+        limit = self.config.timeout + min(WATCHDOG_GRACE, self.config.timeout)
+        for ticket, request in list(self.in_flight.items()):
+            if now - request.sent_at > limit:
+                del self.in_flight[ticket]
+                self.pool.add_thread()
+                self._answered(request, Answer(0, problem="Timeout (no whole answer within the timeout)"), now)
+
+    def _dispatch(self, now: float) -> None:
+        while self.delayed and self.delayed[0][0] <= now:
+            request = heapq.heappop(self.delayed)[2]
+            self.queues[request.read.family.name].appendleft(request)
+        while len(self.in_flight) < self.config.max_workers and self.next_global_send <= now:
+            request = self._next_ready_request(now)
+            if request is None:
+                return
+            self._send(request, now)
+
+    def _next_ready_request(self, now: float) -> Request | None:
+        # Families in a fixed order, so the same organization is read the same way every time.
+        for name, waiting in self.queues.items():
+            if waiting and self.pacers[name].ready_at(now) <= now:
+                return waiting.popleft()
+        return None
+
+    def _send(self, request: Request, now: float) -> None:
+        if self.config.max_requests_per_second:
+            interval = self.scale / self.config.max_requests_per_second
+            self.next_global_send = max(now, self.next_global_send) + interval
+        self.tickets += 1
+        request.ticket, request.sent_at = self.tickets, now
+        request.probe = self.pacers[request.read.family.name].on_send(now)
+        self.in_flight[request.ticket] = request
+        self.calls += 1
+        self.pool.submit(request.ticket, request.read.path, request.params)
+
+    def _seconds_until_next_event(self, now: float) -> float:
+        wake = [self.next_progress]
+        if self.delayed:
+            wake.append(self.delayed[0][0])
+        if len(self.in_flight) < self.config.max_workers:  # else only an answer can free a worker
+            for name, waiting in self.queues.items():
+                if waiting:
+                    wake.append(self.pacers[name].ready_at(now))
+            if self.next_global_send > now:
+                wake.append(self.next_global_send)
+        if self.in_flight:
+            oldest = min(r.sent_at for r in self.in_flight.values())
+            wake.append(oldest + self.config.timeout + min(WATCHDOG_GRACE, self.config.timeout))
+        # Capped so a signal or --max-run-time is noticed within a second even when nothing happens.
+        return min(1.0, max(0.0, min(wake) - now))
+
+    # --- answers ----------------------------------------------------------------------------
+    def _take(self, ticket: int, answer: Answer) -> None:
+        request = self.in_flight.pop(ticket, None)
+        if request is not None:  # else: abandoned by the watchdog and already retried
+            self._answered(request, answer, time.monotonic())
+
+    def _answered(self, request: Request, answer: Answer, now: float) -> None:
+        read, pacer = request.read, self.pacers[request.read.family.name]
+        path = read.path
+        if answer.status == 200 and not answer.fatal:
+            pacer.on_success(now, request.probe)
+            request.throttled_since = None
+            self._take_page(request, answer.body)
+            return
+        if answer.status == 429 and answer.should_retry is not False:
+            pacer.on_throttled(now, request.probe, answer.server_wait)
+            self.throttled += 1
+            request.throttled_since = request.throttled_since or now
+            waited = now - request.throttled_since
+            if waited > self.config.max_throttle_wait:
+                raise DiscoveryError(
+                    f"{path}: still HTTP 429 (rate limited) after waiting {waited:.0f}s "
+                    f"(--max-throttle-wait {self.config.max_throttle_wait:g}s)"
+                    + (f"; this endpoint allowed about {pacer.refill_burst} requests per "
+                       f"{pacer.refill_seconds:.0f}s" if pacer.refill_seconds else ""))
+            # The first 429 of an endpoint is news; the rest show in the progress lines and with --debug.
+            log.log(logging.INFO if pacer.throttled == 1 else logging.DEBUG,
+                    "%s: HTTP 429, pausing %s for %.1fs (%s)", path, pacer.path,
+                    max(0.0, pacer.blocked_until - now) / (self.scale or 1),
+                    "the server's retry-after" if answer.server_wait is not None else "no retry-after: probing")
+            self.queues[read.family.name].appendleft(request)
+            return
+        pacer.in_flight -= 1
+        if answer.status in (401, 403, 404):
+            self._refused(request, AccessRefused(path, answer.status, answer.detail))
+            return
+        retryable = answer.status == 0 or answer.status >= 500 or answer.status in RETRYABLE_STATUS
+        if answer.should_retry is not None:
+            retryable = answer.should_retry
+        if answer.fatal or not retryable:
+            raise DiscoveryError(f"{path}: {answer.problem}" + (f": {answer.detail}" if answer.detail else ""))
+        if request.attempt >= self.config.max_retries:
+            raise DiscoveryError(f"{path}: {answer.problem}, gave up after {request.attempt} retries")
+        request.attempt += 1
+        self.retries += 1
+        if answer.server_wait is not None:
+            wait = min(MAX_SERVER_WAIT, answer.server_wait)
+        else:
+            wait = min(MAX_SERVER_WAIT, BACKOFF_FIRST * 2 ** (request.attempt - 1)) * random.uniform(*BACKOFF_JITTER)
+        log.info("%s: %s, retry %d/%d in %.1fs", path, answer.problem, request.attempt,
+                 self.config.max_retries, wait)
+        heapq.heappush(self.delayed, (now + wait * self.scale, request.ticket, request))
+
+    def _take_page(self, request: Request, body: Any) -> None:
+        read, family, path = request.read, request.read.family, request.read.path
+        if not isinstance(body, dict):
+            raise DiscoveryError(f"{path}: answer is JSON but not an object")
+        if family.cursor is None:
+            self._finish(read, body)
+            return
+        data = body.get("data")
+        if body.get("object", "list") != "list":
+            raise DiscoveryError(f"{path}: expected a list, got object {str(body.get('object'))[:40]!r}")
+        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+            raise DiscoveryError(f"{path}: 'data' is not a list of objects")
+        if family.item_object:
+            for item in data:
+                if item.get("object", family.item_object) != family.item_object:
+                    raise DiscoveryError(f"{path}: expected {family.item_object} items, got "
+                                         f"{str(item.get('object'))[:40]!r}")
+        read.items.extend(data)
+        read.pages += 1
+        if not body.get("has_more"):
+            self._finish(read, read.items)
+            return
+        if read.pages >= MAX_PAGES_PER_LIST:
+            raise DiscoveryError(f"{path}: still has_more after {MAX_PAGES_PER_LIST:,} pages; no real organization "
+                                 "is that large, so the server is looping")
+        cursor = self._next_cursor(family, body, data, path)
+        if cursor in read.seen_cursors:
+            raise DiscoveryError(f"{path}: the cursor {cursor[:40]!r} repeats; stopping instead of looping")
+        read.seen_cursors.add(cursor)
+        self.queues[family.name].appendleft(Request(read, {**request.params, "after": cursor}))
+
+    @staticmethod
+    def _next_cursor(family: Family, body: dict, data: list[dict], path: str) -> str:
+        if family.cursor == CURSOR_LAST_ID:
+            cursor = body.get("last_id")
+        elif family.cursor == CURSOR_NEXT:
+            cursor = body.get("next")
+            if not cursor and family.next_falls_back_to_item_id and data:
+                cursor = data[-1].get(family.item_id_field)
+                log.debug("%s: has_more without next; continuing after the last item's id", path)
+        else:
+            cursor = data[-1].get("id") if data else None
+        if not cursor or not isinstance(cursor, str):
+            raise DiscoveryError(f"{path}: has_more is true but the page has no cursor")
+        return cursor
+
+    def _finish(self, read: ListRead, result: Any, *, entity_seen: bool = True) -> None:
+        name = read.family.name
+        self.open_reads[name] -= 1
+        self.finished_reads[name] += 1
+        if entity_seen and read.family.per and read.key is not None:
+            self.found.setdefault(read.family.per, set()).add(read.key)
+            if read.family.per == "project group":
+                self.found.setdefault("group", set()).add(read.key[1])
+        if name in self.snapshot.unavailable:
+            result = None
+        read.on_done(result)
+
+    def _refused(self, request: Request, refusal: AccessRefused) -> None:
+        """401/403/404: the key may not read this, the organization lacks it, or the entity is gone."""
+        read, family = request.read, request.read.family
+        if family.name == "organization":  # asked of dashboard-style keys only; never fails the run
+            log.debug("organization object not available: %s", refusal)
+            self._finish(read, None)
+            return
+        if family.name == "model_permissions" and refusal.status == 404:
+            self._finish(read, None, entity_seen=False)  # the project has no model policy (or is gone)
+            return
+        if family.name == "users" or refusal.status == 401:
+            raise refusal
+        if refusal.status == 404 and family.per:
+            # Maybe deleted during the run; decided once every read of the family is in (_settle_not_found).
+            self.not_found.setdefault(family.name, []).append((read.key, refusal.endpoint))
+            self._finish(read, None, entity_seen=False)
+            return
+        self._leave_out(family, f"HTTP {refusal.status} on {refusal.endpoint}")
+        self._finish(read, None)
+
+    def _leave_out(self, family: Family, reason: str) -> None:
+        if family.name in self.snapshot.unavailable:
+            return
+        self.snapshot.unavailable[family.name] = reason
+        setattr(self.snapshot, family.name, None)
+        waiting = self.queues[family.name]
+        while waiting:  # nothing more of a refused family is worth a call
+            self._finish(waiting.pop().read, None)
+
+    def _settle_not_found(self) -> None:
+        """A 404 on one entity's list means that entity was deleted while the run read; a 404 on every
+        entity of a family, when another read shows them alive, means the family is not there."""
+        for name, misses in self.not_found.items():
+            family = FAMILIES[name]
+            if name in self.snapshot.unavailable:
+                continue
+            keys = [key for key, _ in misses]
+            alive = self.found.get(family.per, set())
+            every_read_missed = self.finished_reads[name] == len(misses)
+            if every_read_missed and (len(misses) > 1 or any(key in alive for key in keys)):
+                self._leave_out(family, f"HTTP 404 on every {family.per} ({misses[0][1]}, ...)")
+                continue
+            for key, endpoint in misses:
+                self.snapshot.deleted.append((family.per, key, endpoint))
+
+    # --- progress ---------------------------------------------------------------------------
+    def _slowest_endpoint(self) -> str:
+        rated = [(pacer.requests_per_second(), pacer.path) for name, pacer in self.pacers.items()
+                 if pacer.throttled and pacer.requests_per_second()]
+        if not rated:
+            return ""
+        rate, path = min(rated)
+        return f"{path} at about {rate * 60:.1f} requests a minute"
+
+    def estimate_seconds_left(self) -> float:
+        """The longest of: each throttled endpoint's pending requests at its learned rate."""
+        estimates = [0.0]
+        for name, pacer in self.pacers.items():
+            pending = self.open_reads[name]
+            rate = pacer.requests_per_second()
+            if pending and rate:
+                estimates.append(pending / rate)
+        return max(estimates)
+
+    def _log_progress(self) -> None:
+        self.next_progress = time.monotonic() + self._progress_interval()
+        pending = ", ".join(f"{FAMILIES[n].label} {self.finished_reads[n]}/{self.finished_reads[n] + c}"
+                            for n, c in self.open_reads.items() if c)
+        slowest = self._slowest_endpoint()
+        log.info("progress: %d reads done, %d open (%s); %d calls, %d answered 429%s; about %s left for the "
+                 "reads known so far", sum(self.finished_reads.values()), sum(self.open_reads.values()), pending,
+                 self.calls, self.throttled, f"; slowest endpoint {slowest}" if slowest else "",
+                 _format_duration(self.estimate_seconds_left()))
+
+
+def ids_of(items: Iterable[dict], key: str = "id") -> list[str]:
+    """The usable ids of `items`, first occurrence kept (pages can overlap; ids compare case-insensitively)."""
+    return [item[key] for item in unique_by_id(items, key)]
 
 
 def unique_by_id(items: Iterable[dict], key: str = "id") -> list[dict]:
-    """Items with a usable id, first occurrence kept (pages can overlap)."""
+    """Items with a usable string id, first occurrence kept, compared case-insensitively as Veza does."""
     seen: set[str] = set()
     result = []
     for item in items:
-        item_id = item.get(key)
-        if isinstance(item_id, str) and item_id and item_id not in seen:
-            seen.add(item_id)
+        item_id = item.get(key) if isinstance(item, dict) else None
+        if isinstance(item_id, str) and item_id.strip() and item_id.casefold() not in seen:
+            seen.add(item_id.casefold())
             result.append(item)
     return result
 
@@ -873,6 +1372,10 @@ def _text(value: Any) -> str | None:
     return None
 
 
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 @dataclass
 class MappingResult:
     application: CustomApplication
@@ -880,8 +1383,17 @@ class MappingResult:
     counts: dict[str, int]
 
 
+DELETED_WHAT = {
+    "project": "left out with its members, service accounts, keys and roles",
+    "group": "left out with its memberships and role grants",
+    "user": "left out with its memberships, keys and role assignments",
+    "project group": "its role grants on the project are left out",
+    "project member": "its role assignments on the project are left out",
+}
+
+
 class ApplicationBuilder:
-    """Builds the CustomApplication from a Snapshot, following oaa-mapping.md."""
+    """Builds the CustomApplication from a Snapshot, following the README's mapping tables."""
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -891,6 +1403,16 @@ class ApplicationBuilder:
         self.counts: dict[str, int] = {}
         self.projects: dict[str, CustomResource] = {}
         self.org_owner_ids: list[str] = []
+        self.deleted: dict[str, set] = {}
+        for kind, key, endpoint in snapshot.deleted:
+            self.deleted.setdefault(kind, set()).add(key)
+            self.warn(f"{kind} {key if isinstance(key, str) else ' in '.join(reversed(key))} was deleted during "
+                      f"the run (HTTP 404 on {endpoint}): {DELETED_WHAT[kind]}")
+        # Each list deduplicated once, deleted entities dropped.
+        s = snapshot
+        self.users = self._records("organization user", s.users, "user")
+        self.groups = self._records("group", s.groups or [], "group")
+        self.project_records = self._records("project", s.projects or [], "project")
 
     def warn(self, message: str, once_key: str | None = None) -> None:
         if once_key is not None:
@@ -898,6 +1420,33 @@ class ApplicationBuilder:
                 return
             self._warned.add(once_key)
         self.warnings.append(message)
+
+    def _records(self, what: str, items: Iterable[Any], kind: str | None = None, key: str = "id") -> list[dict]:
+        """Usable records, first occurrence of each id (case-insensitive, as in Veza), deleted ones dropped.
+
+        The same id on two pages is normal (pages overlap) and silent; a record without a string id,
+        or an id that differs from another only in case, is warned about.
+        """
+        result: list[dict] = []
+        seen: dict[str, str] = {}
+        gone = self.deleted.get(kind, set()) if kind else set()
+        for item in items:
+            item_id = item.get(key) if isinstance(item, dict) else None
+            if not isinstance(item_id, str) or not item_id.strip():
+                message = f"a {what} record has no usable {key} ({type(item_id).__name__}); skipped"
+                self.warn(message, message)
+                continue
+            folded = item_id.casefold()
+            if folded in seen:
+                if seen[folded] != item_id:
+                    message = (f"{what} ids {seen[folded]!r} and {item_id!r} differ only in case; Veza treats ids "
+                               "case-insensitively, so only the first is kept")
+                    self.warn(message, message)
+                continue
+            seen[folded] = item_id
+            if item_id not in gone:
+                result.append(item)
+        return result
 
     def build(self) -> MappingResult:
         self._define_properties()
@@ -945,8 +1494,9 @@ class ApplicationBuilder:
         for role_id, (name, permissions) in FIXED_ROLES.items():
             self.app.add_local_role(name, list(permissions), unique_id=role_id)
 
-    def _role_id(self, value: Any, subject: str, *, project: bool) -> str:
-        """The local role id for an org or project role value; unknown values get an empty role, warned once."""
+    def _role_for_value(self, value: Any, subject: str, *, project: bool) -> str:
+        """The local role id for an org or project role value, creating (and warning once about) an
+        empty role for a value the mapping does not know; "" when there is no role."""
         scope = "project" if project else "organization"
         role = _text(value)
         if role is None:
@@ -955,47 +1505,38 @@ class ApplicationBuilder:
         role = role.lower()
         if project and role == "none":
             return ""
-        role_id = f"project_{role}" if project else role
         if role in (("owner", "member") if project else ("owner", "reader")):
-            return role_id
+            return f"project_{role}" if project else role
+        role_id = f"project_{role}" if project else role
+        if not project and (role_id in FIXED_ROLES or role_id.startswith("project_")):
+            role_id = f"organization_{role}"  # never borrow a fixed role's permissions (e.g. admin_api_key)
         if role_id not in self.app.local_roles:
             name = f"Project {role.capitalize()}" if project else role.capitalize()
             self.app.add_local_role(name, [], unique_id=role_id)
         self.warn(f"unknown {scope} role {role!r}: mapped to {role_id!r} with no permissions", f"{scope}:{role}")
         return role_id
 
-    # --- organization and users -----------------------------------------------------------
-    def _map_organization(self) -> None:
-        self.app.set_property("organization_id", self.snapshot.org_id)
-        personal = (self.snapshot.organization or {}).get("personal")
-        if isinstance(personal, bool):
-            self.app.set_property("is_personal", personal)
-
-    def _map_users(self) -> None:
-        for record in unique_by_id(self.snapshot.users):
-            nested = record.get("user") if isinstance(record.get("user"), dict) else {}
-            email = _text(record.get("email")) or _text(nested.get("email"))
-            name = _text(record.get("name")) or _text(nested.get("name")) or email or record["id"]
-            user = self.app.add_local_user(name, unique_id=record["id"])
-            if email:
-                user.email = email
-                user.add_identity(email)
-            user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
-            user.is_active = not (nested.get("banned") is True or nested.get("enabled") is False)
-            user.user_type = "service_account" if record.get("is_service_account") is True else "human"
-            user.set_property("added_at", rfc3339(record.get("added_at")), ignore_none=True)
-            user.set_property("api_key_last_used_at", rfc3339(record.get("api_key_last_used_at")), ignore_none=True)
-            if isinstance(record.get("is_scim_managed"), bool):
-                user.set_property("is_scim_managed", record["is_scim_managed"])
-            role = self._role_id(record.get("role"), f"user {record['id']}", project=False)
-            if role:
-                user.add_role(role, apply_to_application=True)
-                if role == "owner":
-                    self.org_owner_ids.append(record["id"])
-        self.counts["users"] = len(self.app.local_users)
+    # --- users ---------------------------------------------------------------------------
+    def _add_user(self, record: dict) -> LocalUser:
+        """A local user from an organization user record."""
+        nested = _dict(record.get("user"))
+        email = _text(record.get("email")) or _text(nested.get("email"))
+        name = _text(record.get("name")) or _text(nested.get("name")) or email or record["id"]
+        user = self.app.add_local_user(name, unique_id=record["id"])
+        if email:
+            user.email = email
+            user.add_identity(email)
+        user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
+        user.is_active = not (nested.get("banned") is True or nested.get("enabled") is False)
+        user.user_type = "service_account" if record.get("is_service_account") is True else "human"
+        user.set_property("added_at", rfc3339(record.get("added_at")), ignore_none=True)
+        user.set_property("api_key_last_used_at", rfc3339(record.get("api_key_last_used_at")), ignore_none=True)
+        if isinstance(record.get("is_scim_managed"), bool):
+            user.set_property("is_scim_managed", record["is_scim_managed"])
+        return user
 
     def _principal(self, principal_id: str, record: dict, where: str, *, service_account: bool = False) -> LocalUser:
-        """The local user for an id, created from what `record` says when the org list lacks it."""
+        """The local user for an id, created (with a warning) from what `record` says when the org list lacks it."""
         user = self.app.local_users.get(principal_id)
         if user is not None:
             return user
@@ -1012,12 +1553,31 @@ class ApplicationBuilder:
                   "kept, built from that record")
         return user
 
+    def _is_deleted_user(self, principal_id: Any) -> bool:
+        return principal_id in self.deleted.get("user", ())
+
+    def _map_organization(self) -> None:
+        self.app.set_property("organization_id", self.snapshot.org_id)
+        personal = _dict(self.snapshot.organization).get("personal")
+        if isinstance(personal, bool):
+            self.app.set_property("is_personal", personal)
+
+    def _map_users(self) -> None:
+        for record in self.users:
+            user = self._add_user(record)
+            role = self._role_for_value(record.get("role"), f"user {record['id']}", project=False)
+            if role:
+                user.add_role(role, apply_to_application=True)
+                if role == "owner":
+                    self.org_owner_ids.append(record["id"])
+        self.counts["users"] = len(self.app.local_users)
+
     # --- groups --------------------------------------------------------------------------
     def _map_groups(self) -> None:
         s = self.snapshot
         if s.groups is None:
             return
-        for record in unique_by_id(s.groups):
+        for record in self.groups:
             group = self.app.add_local_group(_text(record.get("name")) or record["id"], unique_id=record["id"])
             group.created_at = rfc3339(record.get("created_at"))
             group.set_property("group_type", _text(record.get("group_type")), ignore_none=True)
@@ -1025,11 +1585,10 @@ class ApplicationBuilder:
                 group.set_property("is_scim_managed", record["is_scim_managed"])
         memberships = 0
         if s.group_users is not None:
-            for group_record in unique_by_id(s.groups):
+            for group_record in self.groups:
                 gid = group_record["id"]
-                for member in unique_by_id(s.group_users.get(gid, [])):
-                    user = self._principal(member["id"], member, f"group {gid}")
-                    user.add_group(gid)
+                for member in self._records(f"group {gid} member", s.group_users.get(gid, []), "user"):
+                    self._principal(member["id"], member, f"group {gid}").add_group(gid)
                     memberships += 1
         self.counts["groups"] = len(self.app.local_groups)
         self.counts["group_memberships"] = memberships
@@ -1039,7 +1598,7 @@ class ApplicationBuilder:
         s = self.snapshot
         if s.projects is None:
             return
-        for record in unique_by_id(s.projects):
+        for record in self.project_records:
             pid = record["id"]
             project = self.app.add_resource(_text(record.get("name")) or pid, resource_type="project", unique_id=pid)
             project.set_property("status", _text(record.get("status")), ignore_none=True)
@@ -1059,12 +1618,17 @@ class ApplicationBuilder:
                 assignment_properties={"granted_by": "organization_owner"})
         self.counts["projects"] = len(self.projects)
 
+    def _project_list(self, family: str, pid: str, kind: str = "user") -> list[dict]:
+        """One project's records of a per-project family, deduplicated, deleted principals dropped."""
+        return self._records(f"project {pid} {FAMILIES[family].label}",
+                             (getattr(self.snapshot, family) or {}).get(pid, []), kind)
+
     def _map_project_members(self) -> None:
         memberships = 0
         for pid, project in self.projects.items():
-            for member in unique_by_id((self.snapshot.project_users or {}).get(pid, [])):
+            for member in self._project_list("project_users", pid):
                 user = self._principal(member["id"], member, f"project {pid}")
-                role = self._role_id(member.get("role"), f"project {pid} member {member['id']}", project=True)
+                role = self._role_for_value(member.get("role"), f"project {pid} member {member['id']}", project=True)
                 if role:
                     user.add_role(role, resources=[project])
                 memberships += 1
@@ -1073,7 +1637,7 @@ class ApplicationBuilder:
     def _map_service_accounts(self) -> None:
         count = 0
         for pid, project in self.projects.items():
-            for record in unique_by_id((self.snapshot.project_service_accounts or {}).get(pid, [])):
+            for record in self._project_list("project_service_accounts", pid, kind=None):
                 account = self.app.local_users.get(record["id"])
                 if account is None:
                     account = self.app.add_local_user(_text(record.get("name")) or record["id"], unique_id=record["id"])
@@ -1081,41 +1645,64 @@ class ApplicationBuilder:
                 account.user_type = "service_account"
                 account.created_at = account.created_at or rfc3339(record.get("created_at"))
                 account.set_property("project_id", pid)
-                role = self._role_id(record.get("role"), f"service account {record['id']}", project=True)
+                role = self._role_for_value(record.get("role"), f"service account {record['id']}", project=True)
                 if role:
                     account.add_role(role, resources=[project])
                 count += 1
         self.counts["service_accounts"] = count
 
     # --- credentials ---------------------------------------------------------------------
+    def _add_credential(self, record: dict, *, is_active: bool) -> AccessCred:
+        """An access credential from a project or admin API key record."""
+        cred = self.app.add_access_cred(record["id"], _text(record.get("name")) or
+                                        _text(record.get("redacted_value")) or record["id"])
+        cred.created_at = rfc3339(record.get("created_at")) or ""
+        cred.last_used_at = rfc3339(record.get("last_used_at")) or ""
+        cred.expires_at = rfc3339(record.get("expires_at")) or ""
+        cred.is_active = is_active
+        cred.set_property("redacted_value", _text(record.get("redacted_value")), ignore_none=True)
+        return cred
+
+    @staticmethod
+    def _key_owner(record: dict) -> tuple[str | None, dict, bool]:
+        """(owner id, the owner's record, is it a service account) of a key record.
+
+        A project key nests its owner (`owner.user` or `owner.service_account`); an admin key's owner
+        is flat (`owner.id`).
+        """
+        owner = _dict(record.get("owner"))
+        owner_type = _text(owner.get("type"))
+        if owner_type in ("user", "service_account") and isinstance(owner.get(owner_type), dict):
+            detail = owner[owner_type]
+        elif record.get("object") == "organization.project.api_key" or "user" in owner or \
+                "service_account" in owner:
+            detail = {}
+        else:
+            detail = owner
+        return _text(detail.get("id")), detail, owner_type == "service_account"
+
     def _map_project_api_keys(self) -> None:
         active = inactive = 0
         for pid, project in self.projects.items():
-            for record in unique_by_id((self.snapshot.project_api_keys or {}).get(pid, [])):
+            for record in self._project_list("project_api_keys", pid, kind=None):
                 if record["id"] in self.app.access_creds:
                     continue
-                cred = self.app.add_access_cred(record["id"], _text(record.get("name")) or
-                                                _text(record.get("redacted_value")) or record["id"])
-                cred.created_at = rfc3339(record.get("created_at")) or ""
-                cred.last_used_at = rfc3339(record.get("last_used_at")) or ""
-                cred.expires_at = rfc3339(record.get("expires_at")) or ""
-                cred.is_active = record.get("owner_project_access") == "active"
+                owner_id, owner, service_account = self._key_owner(record)
+                if self._is_deleted_user(owner_id):
+                    continue
+                cred = self._add_credential(record, is_active=record.get("owner_project_access") == "active")
                 active += cred.is_active
                 inactive += not cred.is_active
-                cred.set_property("redacted_value", _text(record.get("redacted_value")), ignore_none=True)
                 cred.set_property("project_id", pid)
-                owner = record.get("owner") if isinstance(record.get("owner"), dict) else {}
-                owner_type = _text(owner.get("type"))
-                cred.set_property("owner_type", owner_type, ignore_none=True)
-                detail = owner.get(owner_type) if owner_type in ("user", "service_account") else None
-                if not isinstance(detail, dict) or not _text(detail.get("id")):
+                cred.set_property("owner_type", _text(_dict(record.get("owner")).get("type")), ignore_none=True)
+                if owner_id is None:
                     self.warn(f"project API key {record['id']} has no owner in its record")
                     continue
-                holder = self._principal(detail["id"].strip(), detail, f"project API key {record['id']}",
-                                         service_account=owner_type == "service_account")
+                holder = self._principal(owner_id, owner, f"project API key {record['id']}",
+                                         service_account=service_account)
                 holder.add_access_cred(record["id"])
-                role = self._role_id(detail.get("role"), f"owner of project API key {record['id']}",
-                                     project=True)
+                role = self._role_for_value(owner.get("role"), f"owner of project API key {record['id']}",
+                                            project=True)
                 if role:
                     cred.add_role(role, resources=[project])
         self.counts["project_api_keys_active"] = active
@@ -1124,7 +1711,7 @@ class ApplicationBuilder:
     def _map_admin_api_keys(self) -> None:
         count = 0
         project_keys_read = self.snapshot.projects is not None and self.snapshot.project_api_keys is not None
-        for record in unique_by_id(self.snapshot.admin_api_keys or []):
+        for record in self._records("admin API key", self.snapshot.admin_api_keys or []):
             if record["id"] in self.app.access_creds:
                 continue  # the admin list also returns project keys: those stay project keys, once
             redacted = _text(record.get("redacted_value")) or ""
@@ -1134,19 +1721,14 @@ class ApplicationBuilder:
                 self.warn(f"admin API key list returned {record['id']} ({redacted}), which does not look like "
                           "an admin key; left out because project API keys were not read")
                 continue
-            cred = self.app.add_access_cred(record["id"], _text(record.get("name")) or
-                                            _text(record.get("redacted_value")) or record["id"])
-            cred.created_at = rfc3339(record.get("created_at")) or ""
-            cred.last_used_at = rfc3339(record.get("last_used_at")) or ""
-            cred.expires_at = rfc3339(record.get("expires_at")) or ""
-            cred.is_active = True
-            cred.set_property("redacted_value", _text(record.get("redacted_value")), ignore_none=True)
+            owner_id, owner, service_account = self._key_owner(record)
+            if self._is_deleted_user(owner_id):
+                continue
+            cred = self._add_credential(record, is_active=True)
             cred.add_role("admin_api_key", apply_to_application=True)
-            owner = record.get("owner") if isinstance(record.get("owner"), dict) else {}
-            owner_id = _text(owner.get("id"))
             if owner_id:
                 holder = self._principal(owner_id, owner, f"admin API key {record['id']}",
-                                         service_account=owner.get("type") == "service_account")
+                                         service_account=service_account)
                 holder.add_access_cred(record["id"])
             else:
                 self.warn(f"admin API key {record['id']} has no owner in its record")
@@ -1156,8 +1738,11 @@ class ApplicationBuilder:
     # --- invites -------------------------------------------------------------------------
     def _map_invites(self) -> None:
         pending = 0
-        for record in unique_by_id(self.snapshot.invites or []):
+        for record in self._records("invite", self.snapshot.invites or []):
             if record.get("status") != "pending":
+                continue
+            if record["id"] in self.app.local_users:
+                self.warn(f"invite {record['id']} has the id of an existing user; the invite is left out")
                 continue
             email = _text(record.get("email"))
             invitee = self.app.add_local_user(email or record["id"], identities=[email] if email else None,
@@ -1165,14 +1750,15 @@ class ApplicationBuilder:
             invitee.is_active = False
             invitee.set_property("invite_status", "pending")
             invitee.set_property("invite_expires_at", rfc3339(record.get("expires_at")), ignore_none=True)
-            role = self._role_id(record.get("role"), f"invite {record['id']}", project=False)
+            role = self._role_for_value(record.get("role"), f"invite {record['id']}", project=False)
             if role:
                 invitee.add_role(role, apply_to_application=True)
-            for grant in record.get("projects") or []:
+            grants = record.get("projects")
+            for grant in grants if isinstance(grants, list) else []:
                 if not isinstance(grant, dict):
                     continue
-                project = self.projects.get(grant.get("id"))
-                project_role = self._role_id(grant.get("role"), f"invite {record['id']}", project=True)
+                project = self.projects.get(grant.get("id")) if isinstance(grant.get("id"), str) else None
+                project_role = self._role_for_value(grant.get("role"), f"invite {record['id']}", project=True)
                 if project is not None and project_role:
                     invitee.add_role(project_role, resources=[project])
                 elif project is None and self.snapshot.projects is not None:
@@ -1191,7 +1777,16 @@ class ApplicationBuilder:
             return None
         if role_id in self.app.local_roles:
             return role_id
-        permissions = [p for p in record.get("permissions") or [] if isinstance(p, str) and p]
+        raw = record.get("permissions")
+        if isinstance(raw, str):
+            self.warn(f"role {role_id} lists its permissions as one string, not a list; read as one permission",
+                      f"permissions:{role_id}")
+            raw = [raw]
+        elif raw is not None and not isinstance(raw, list):
+            self.warn(f"role {role_id} has permissions of type {type(raw).__name__}; read as none",
+                      f"permissions:{role_id}")
+            raw = []
+        permissions = [p for p in raw or [] if isinstance(p, str) and p]
         for permission in permissions:
             if permission not in self.app.custom_permissions:
                 self.app.add_custom_permission(permission, [canonical_permission(permission)])
@@ -1207,18 +1802,19 @@ class ApplicationBuilder:
         if s.roles is None:
             return
         before = len(self.app.local_roles)
-        for record in unique_by_id(s.roles):
+        for record in self._records("role", s.roles):
             self._add_role_record(record)
         for pid in self.projects:
-            for record in unique_by_id((s.project_roles or {}).get(pid, [])):
+            for record in self._project_list("project_roles", pid, kind=None):
                 self._add_role_record(record)
         self.counts["roles"] = len(self.app.local_roles) - before
 
     def _assign(self, identity: Any, assignments: list[dict], project: CustomResource | None) -> int:
         count = 0
-        for record in unique_by_id(assignments):
-            sources = record.get("assignment_sources") or []
-            if any(isinstance(src, dict) and src.get("principal_type") == "group" for src in sources):
+        for record in self._records("role assignment", assignments):
+            sources = record.get("assignment_sources")
+            if any(isinstance(src, dict) and src.get("principal_type") == "group"
+                   for src in (sources if isinstance(sources, list) else [])):
                 continue  # inherited from a group: Veza derives it from the membership
             role_id = self._add_role_record(record)
             if role_id is None:
@@ -1236,15 +1832,20 @@ class ApplicationBuilder:
             return
         count = 0
         if s.groups is not None and s.group_roles is not None:
-            for record in unique_by_id(s.groups):
+            for record in self.groups:
                 count += self._assign(self.app.local_groups[record["id"]], s.group_roles.get(record["id"], []), None)
         if s.user_roles is not None:
-            for record in unique_by_id(s.users):
+            for record in self.users:
                 count += self._assign(self.app.local_users[record["id"]], s.user_roles.get(record["id"], []), None)
+        gone_links = self.deleted.get("project group", set())
+        gone_members = self.deleted.get("project member", set())
         for pid, project in self.projects.items():
             if s.groups is not None and s.project_groups is not None and s.project_group_roles is not None:
-                for link in unique_by_id(s.project_groups.get(pid, []), key="group_id"):
+                for link in self._records(f"project {pid} group", s.project_groups.get(pid, []), "group",
+                                          key="group_id"):
                     gid = link["group_id"]
+                    if (pid, gid) in gone_links:
+                        continue
                     group = self.app.local_groups.get(gid)
                     if group is None:
                         group = self.app.add_local_group(_text(link.get("group_name")) or gid, unique_id=gid)
@@ -1252,7 +1853,9 @@ class ApplicationBuilder:
                         self.warn(f"project {pid} names group {gid} which is not in the group list; kept")
                     count += self._assign(group, s.project_group_roles.get((pid, gid), []), project)
             if s.project_user_roles is not None and s.project_users is not None:
-                for member in unique_by_id(s.project_users.get(pid, [])):
+                for member in self._project_list("project_users", pid):
+                    if (pid, member["id"]) in gone_members:
+                        continue
                     user = self.app.local_users[member["id"]]
                     count += self._assign(user, s.project_user_roles.get((pid, member["id"]), []), project)
         self.counts["role_assignments"] = count
@@ -1284,10 +1887,14 @@ def cyclic_gc_paused() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 
 class PushError(Exception):
-    """Veza refused or could not take the payload."""
+    """Veza refused or could not take the payload; `reached_veza` says whether it may have arrived anyway."""
+
+    def __init__(self, message: str, *, reached_veza: bool = False) -> None:
+        super().__init__(message)
+        self.reached_veza = reached_veza
 
 
-def describe_veza_error(exc: Exception) -> str:
+def describe_veza_error(exc: BaseException) -> str:
     if isinstance(exc, OAAResponseError) and exc.status_code in (401, 403):
         return (f"Veza refused the API key (HTTP {exc.status_code}): check VEZA_API_KEY "
                 "and that its user may manage OAA providers")
@@ -1297,12 +1904,57 @@ def describe_veza_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _veza_verify() -> bool:
+    # oaaclient's own switch for test instances with self-signed certificates
+    return os.getenv("VEZA_UNSAFE_HTTPS", "").lower() != "true"
+
+
+def check_veza(config: Config) -> None:
+    """One quick request: is Veza there, and does it take the key? Fails in seconds, not oaaclient's minutes."""
+    url = f"{config.veza_url}/api/v1/providers/custom/templates"
+    try:
+        response = requests.get(url, headers={"authorization": f"Bearer {config.veza_api_key}"},
+                                timeout=VEZA_CHECK_TIMEOUT, verify=_veza_verify())
+    except requests.RequestException as exc:
+        raise PushError(f"cannot use Veza at {config.veza_url}: {type(exc).__name__} (not reachable within "
+                        f"{VEZA_CHECK_TIMEOUT:g}s; check VEZA_URL, DNS, proxy and TLS)") from None
+    if response.status_code in (401, 403):
+        raise PushError(f"cannot use Veza at {config.veza_url}: Veza refused the API key "
+                        f"(HTTP {response.status_code}): check VEZA_API_KEY and that its user may manage OAA "
+                        "providers")
+
+
+def bound_veza_answers(client: OAAClient, seconds: float) -> None:
+    """Make every Veza answer arrive whole within `seconds` after its headers, as OpenAI's answers do.
+
+    oaaclient 1.2.0 sends every call through the requests.Session in `_http_adapter`, whose timeout
+    only bounds the gap between two bytes.
+    """
+    session = client._http_adapter
+    send = session.request
+
+    def request(method: str, url: str, **kwargs: Any) -> requests.Response:
+        kwargs["stream"] = True
+        response = send(method, url, **kwargs)
+        try:
+            read_whole_answer(response, time.monotonic() + seconds)
+        except (TransportError, OSError) as exc:
+            raise requests.ConnectionError(f"the answer broke off: {type(exc).__name__}") from None
+        finally:
+            response.close()
+        return response
+
+    session.request = request
+
+
 def connect_veza(config: Config) -> OAAClient:
     """An OAAClient whose connection and key were just checked."""
+    check_veza(config)
     try:
         client = OAAClient(url=config.veza_url, api_key=config.veza_api_key)
     except (OAAClientError, ValueError, requests.RequestException) as exc:
         raise PushError(f"cannot use Veza at {config.veza_url}: {describe_veza_error(exc)}") from None
+    bound_veza_answers(client, float(client._api_timeout))
     return client
 
 
@@ -1325,7 +1977,14 @@ def save_payload(document: str, path: str) -> None:
         raise
 
 
-def push_document(client: OAAClient, config: Config, document: str) -> list:
+@dataclass
+class PushProgress:
+    """How far a push got: once the payload upload began, Veza may have it whatever the answer says."""
+
+    upload_started: bool = False
+
+
+def push_payload(client: OAAClient, config: Config, payload_json: str, progress: PushProgress) -> list:
     """Push serialized JSON to Veza (provider and data source created when missing); return Veza's warnings.
 
     This is oaaclient's push_metadata taking a string instead of a dict, so the payload's Python
@@ -1344,15 +2003,20 @@ def push_document(client: OAAClient, config: Config, document: str) -> list:
             log.info("creating Veza data source %r", config.data_source_name)
             client.create_data_source(config.data_source_name, provider["id"])
             source = client.get_data_source(config.data_source_name, provider["id"])
-        if len(document) > client.MULTIPART_THRESHOLD_SIZE:
-            log.info("payload is %d MB: pushing it in parts", len(document) // 1_000_000)
-            response = client.datasource_push_parts(provider["id"], source["id"], document)
+        progress.upload_started = True
+        if len(payload_json) > client.MULTIPART_THRESHOLD_SIZE:
+            log.info("payload is %d MB: pushing it in parts", len(payload_json) // 1_000_000)
+            response = client.datasource_push_parts(provider["id"], source["id"], payload_json)
         else:
-            response = client.datasource_push(provider["id"], source["id"], document)
+            response = client.datasource_push(provider["id"], source["id"], payload_json)
     except (OAAClientError, requests.RequestException) as exc:
         for detail in getattr(exc, "details", None) or []:
             log.error("Veza: %s", detail)
-        raise PushError(f"push to Veza failed: {describe_veza_error(exc)}") from None
+        # A 4xx with Veza's own error body is a refusal; anything else after the upload began may
+        # have been stored (a reset or a proxy's 502 after Veza took the body).
+        refused = isinstance(exc, OAAResponseError) and 400 <= (exc.status_code or 0) < 500
+        raise PushError(f"push to Veza failed: {describe_veza_error(exc)}",
+                        reached_veza=progress.upload_started and not refused) from None
     return (response.get("warnings") or []) if isinstance(response, dict) else []
 
 
@@ -1366,6 +2030,7 @@ class RunSummary:
     counts: dict[str, int] = field(default_factory=dict)
     warnings: int = 0
     veza_warnings: int = 0
+    throttled: int = 0
     calls: int = 0
     retries: int = 0
     seconds: float = 0.0
@@ -1373,14 +2038,15 @@ class RunSummary:
     def line(self) -> str:
         counts = " ".join(f"{k}={v}" for k, v in self.counts.items())
         return (f"summary: outcome={self.outcome} {counts}{' ' if counts else ''}warnings={self.warnings} "
-                f"veza_warnings={self.veza_warnings} calls={self.calls} retries={self.retries} "
-                f"seconds={self.seconds:.1f}")
+                f"veza_warnings={self.veza_warnings} throttled={self.throttled} calls={self.calls} "
+                f"retries={self.retries} seconds={self.seconds:.1f}")
 
 
 def _log_unavailable(snapshot: Snapshot) -> None:
-    for family, reason in snapshot.unavailable.items():
+    for name, reason in snapshot.unavailable.items():
+        family = FAMILIES[name]
         log.warning("left out %s (%s): grant the admin key '%s', or the organization does not have it",
-                    family, reason, FAMILY_GRANT.get(family, "Read"))
+                    family.label, reason, family.grant)
 
 
 def read_organization(config: Config, summary: RunSummary) -> tuple[Snapshot, str]:
@@ -1399,22 +2065,21 @@ def read_organization(config: Config, summary: RunSummary) -> tuple[Snapshot, st
         raise DiscoveryError(f"OpenAI answered HTTP {exc.status} on {exc.endpoint}: check OPENAI_ORG_ID "
                              "and --openai-base-url") from None
     finally:
-        summary.calls, summary.retries = client.calls, client.retries
+        summary.calls, summary.retries, summary.throttled = reader.calls, reader.retries, reader.throttled
         client.session.close()
     _log_unavailable(snapshot)
     if snapshot.organization is None:
         log.info("is_personal left unset: the organization object is not readable with this key")
-    log.info("read %d users, %s projects, %s groups in %d calls (%d retries)", len(snapshot.users),
+    log.info("read %d users, %s projects, %s groups in %d calls (%d retries, %d answered 429)", len(snapshot.users),
              "-" if snapshot.projects is None else len(snapshot.projects),
-             "-" if snapshot.groups is None else len(snapshot.groups), client.calls, client.retries)
-    return snapshot, reader.decision
+             "-" if snapshot.groups is None else len(snapshot.groups), reader.calls, reader.retries,
+             reader.throttled)
+    return snapshot, reader.role_decision_reason
 
 
 def discover(config: Config, summary: RunSummary) -> dict:
     """Read and map; return only the payload, so the records and OAA objects are freed before the push."""
-    snapshot, decision = read_organization(config, summary)
-    if decision:
-        log.info("per-user role assignments %s", decision)
+    snapshot, _ = read_organization(config, summary)
     mapping_started = time.monotonic()
     with cyclic_gc_paused():
         result = build_application(snapshot)
@@ -1428,29 +2093,62 @@ def discover(config: Config, summary: RunSummary) -> dict:
     return payload
 
 
-def run(config: Config, summary: RunSummary | None = None) -> RunSummary:
+def run(config: Config, summary: RunSummary | None = None, progress: PushProgress | None = None) -> RunSummary:
     """Read, map, save and push once. Raises DiscoveryError or PushError; fills `summary` as it goes."""
     summary = summary or RunSummary()
+    progress = progress or PushProgress()
     veza = None
     if not config.dry_run:  # fail fast, before spending OpenAI quota, when Veza cannot take the result
         log.info("connecting to Veza at %s", config.veza_url)
         veza = connect_veza(config)
 
-    document = serialize_payload(discover(config, summary))  # the dict is freed here
-    if config.save_json:
-        save_payload(document, config.save_json)
-        log.info("payload saved to %s (%d bytes)", config.save_json, len(document))
+    payload_json = serialize_payload(discover(config, summary))  # the dict is freed here
+    if config.save_json_path:
+        try:
+            save_payload(payload_json, config.save_json_path)
+        except OSError as exc:
+            raise PushError(f"could not write the payload to {config.save_json_path}: {exc.strerror or exc} "
+                            "(full disk?); not pushing a snapshot that --save_json could not keep") from None
+        log.info("payload saved to %s (%d bytes)", config.save_json_path, len(payload_json))
     if config.dry_run:
         summary.outcome = "dry-run"
         return summary
 
     log.info("pushing to Veza data source %r", config.data_source_name)
-    veza_warnings = push_document(veza, config, document)
+    veza_warnings = push_payload(veza, config, payload_json, progress)
     for warning in veza_warnings:
         log.warning("Veza: %s", warning)
     summary.veza_warnings = len(veza_warnings)
     summary.outcome = "pushed"
     return summary
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (docker stop, Kubernetes, systemd) stops the run like Ctrl-C does.
+
+    Installing a handler matters most as PID 1 in a container, where a signal with no handler is
+    ignored: without it `docker stop` waits 10 s and kills the run mid-push.
+    """
+    def stop(signum: int, frame: Any) -> None:
+        raise Stopped("SIGTERM", ExitStatus.TERMINATED)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _not_pushed_or_unknown(config: Config, progress: PushProgress, reached_veza: bool = False) -> None:
+    if reached_veza or progress.upload_started:
+        log.error("outcome unknown: Veza may have received the payload; check data source %r in Veza before "
+                  "the next run", config.data_source_name)
+    else:
+        log.error("nothing was pushed; Veza keeps the previous snapshot")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1464,24 +2162,35 @@ def main(argv: list[str] | None = None) -> int:
             log.error("configuration error: %s", problem)
         summary = RunSummary(outcome="config-error", seconds=time.monotonic() - started)
         log.error("%s", summary.line())
-        return EXIT_CONFIG
+        return ExitStatus.CONFIG
     configure_logging(config.debug, config.secrets())
     summary = RunSummary()
-    status = EXIT_FAILED
-    try:
-        run(config, summary)
-        status = EXIT_OK
-    except (DiscoveryError, PushError) as exc:
-        log.error("%s", exc, exc_info=config.debug)
-        log.error("nothing was pushed; Veza keeps the previous snapshot")
-    except KeyboardInterrupt:
-        log.error("interrupted; nothing was pushed")
-    except Exception as exc:  # a bug or an unforeseen answer: still one clear line, no partial push
-        log.error("unexpected error: %s: %s (run with --debug for the traceback)", type(exc).__name__, exc,
-                  exc_info=config.debug)
-    summary.seconds = time.monotonic() - started
-    log.log(logging.INFO if status == EXIT_OK else logging.ERROR, "%s", summary.line())
-    return status
+    progress = PushProgress()
+    status = ExitStatus.FAILED
+    with stop_on_sigterm():
+        try:
+            run(config, summary, progress)
+            status = ExitStatus.OK
+        except (DiscoveryError, PushError) as exc:
+            log.error("%s", exc, exc_info=config.debug)
+            _not_pushed_or_unknown(config, progress, getattr(exc, "reached_veza", False))
+            if getattr(exc, "reached_veza", False):
+                summary.outcome = "unknown"
+        except (KeyboardInterrupt, Stopped) as exc:
+            name, status = ((exc.signal_name, exc.status) if isinstance(exc, Stopped)
+                            else ("Ctrl-C (SIGINT)", ExitStatus.INTERRUPTED))
+            summary.outcome = "unknown" if progress.upload_started else "interrupted"
+            log.error("stopped by %s", name)
+            _not_pushed_or_unknown(config, progress)
+        except Exception as exc:  # a bug or an unforeseen answer: still one clear line, no partial push
+            log.error("unexpected error: %s: %s (run with --debug for the traceback)", type(exc).__name__, exc,
+                      exc_info=config.debug)
+            _not_pushed_or_unknown(config, progress)
+            if progress.upload_started:
+                summary.outcome = "unknown"
+        summary.seconds = time.monotonic() - started
+        log.log(logging.INFO if status == ExitStatus.OK else logging.ERROR, "%s", summary.line())
+    return int(status)
 
 
 if __name__ == "__main__":
