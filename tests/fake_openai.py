@@ -50,6 +50,7 @@ class Organization:
     project_user_roles: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
     model_permissions: dict[str, dict] = field(default_factory=dict)
     legacy_organization: dict | None = None  # GET /v1/organizations/{id}; None answers 403
+    audit_logs: list[dict] = field(default_factory=list)  # any order: served newest first
 
 
 @dataclass
@@ -88,6 +89,7 @@ ROUTES = [
     (r"/projects/(?P<project_id>[^/]+)/groups/(?P<group_id>[^/]+)/roles", "project group roles", "next", 1000, 1000),
     (r"/projects/(?P<project_id>[^/]+)/users/(?P<user_id>[^/]+)/roles", "project user roles", "next", 1000, 1000),
     (r"/organizations/(?P<org_id>[^/]+)", "organization", None, 0, 0),
+    (r"/organization/audit_logs", "audit logs", "last_id", 20, 100),
 ]
 COMPILED_ROUTES = [(re.compile(f"^{regex}$"), *rest) for regex, *rest in ROUTES]
 
@@ -183,6 +185,9 @@ class FakeOpenAI:
                 if policy is None:
                     return 404, _error("No model permissions for this project.", None), fault
                 return 200, {"object": "project.model_permissions", **policy}, fault
+            problem = _query_problem(family, query)
+            if problem is not None:
+                return 400, _error(problem, "invalid_request"), fault
             items = self.items(family, match.groupdict(), query)
             if items is None:
                 return 404, _error(f"No such object: {path}", None), fault
@@ -231,6 +236,8 @@ class FakeOpenAI:
             return org.project_group_roles.get((pid, gid), [])
         if family == "project user roles":
             return org.project_user_roles.get((pid, uid), [])
+        if family == "audit logs":
+            return _audit_logs(org.audit_logs, query)
         raise AssertionError(family)
 
     def page(self, items: list[dict], style: str, default_limit: int, max_limit: int, query: dict[str, str],
@@ -272,6 +279,74 @@ def _error(message: str, code: str | None) -> dict:
     return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
 
 
+def _repeated(raw_query: str) -> dict[str, list[str]]:
+    """Every `name[]` key with all its values, in order (`dict(parse_qsl(...))` keeps only the last)."""
+    values: dict[str, list[str]] = {}
+    for key, value in urllib.parse.parse_qsl(raw_query):
+        if key.endswith("[]"):
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def _values(query: dict, name: str) -> list[str] | None:
+    """A list filter sent as `name[]=a&name[]=b` (the SDK's brackets format) or a single `name=a`."""
+    value = query.get(f"{name}[]", query.get(name))
+    if value is None:
+        return None
+    return list(value) if isinstance(value, list) else [value]
+
+
+EFFECTIVE_AT_BOUNDS = {"gt": int.__gt__, "gte": int.__ge__, "lt": int.__lt__, "lte": int.__le__}
+
+
+def _query_problem(family: str, query: dict) -> str | None:
+    """Why the API would answer 400 to these query parameters, or None."""
+    if family == "audit logs":
+        for bound in EFFECTIVE_AT_BOUNDS:
+            value = query.get(f"effective_at[{bound}]")
+            if value is not None and not re.fullmatch(r"-?\d+", str(value)):
+                return f"effective_at[{bound}] must be an integer (Unix seconds)"
+    if query.get("order") not in (None, "asc", "desc") and family in ORDERED_FAMILIES:
+        return "order must be asc or desc"
+    return None
+
+
+ORDERED_FAMILIES: set[str] = set()  # lists that take `order` (by created_at)
+
+
+def _audit_logs(events: list[dict], query: dict) -> list[dict]:
+    """The events the filters keep, newest first (by effective_at, then id, both descending)."""
+    types = _values(query, "event_types")
+    actors = _values(query, "actor_ids")
+    emails = _values(query, "actor_emails")
+    project_ids = _values(query, "project_ids")
+    resource_ids = _values(query, "resource_ids")
+    bounds = [(EFFECTIVE_AT_BOUNDS[b], int(query[f"effective_at[{b}]"])) for b in EFFECTIVE_AT_BOUNDS
+              if f"effective_at[{b}]" in query]
+    kept = []
+    for event in events:
+        if types is not None and event["type"] not in types:
+            continue
+        if any(not compare(event["effective_at"], bound) for compare, bound in bounds):
+            continue
+        actor = event.get("actor") or {}
+        session_user = (actor.get("session") or {}).get("user") or {}
+        key = actor.get("api_key") or {}
+        actor_ids = {session_user.get("id"), key.get("id"), (key.get("user") or {}).get("id"),
+                     (key.get("service_account") or {}).get("id")} - {None}
+        actor_emails = {session_user.get("email"), (key.get("user") or {}).get("email")} - {None}
+        if actors is not None and not actor_ids & set(actors):
+            continue
+        if emails is not None and not actor_emails & set(emails):
+            continue
+        if project_ids is not None and (event.get("project") or {}).get("id") not in project_ids:
+            continue
+        if resource_ids is not None and (event.get(event["type"]) or {}).get("id") not in resource_ids:
+            continue
+        kept.append(event)
+    return sorted(kept, key=lambda e: (e["effective_at"], e["id"]), reverse=True)
+
+
 def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
     class Handler(QuietKeepAliveHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -288,6 +363,7 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             split = urllib.parse.urlsplit(self.path)
             path = split.path[3:] if split.path.startswith("/v1/") else split.path
             query = dict(urllib.parse.parse_qsl(split.query))
+            query.update(_repeated(split.query))
             arrived = time.monotonic()
             if fake.latency or fake.jitter:
                 time.sleep(fake.latency + random.uniform(0, fake.jitter))
@@ -519,7 +595,65 @@ def demo_organization() -> Organization:
     org.project_group_roles = {("proj_alpha", "group_eng"): [_assignment(project_custom)]}
     org.project_user_roles = {("proj_alpha", "user-0011"): [_assignment(project_custom)]}
     org.model_permissions = {"proj_alpha": {"mode": "allow_list", "model_ids": ["gpt-4o", "gpt-4o-mini"]}}
+    org.audit_logs = demo_audit_logs(int(time.time()))
     return org
+
+
+DAY = 86_400
+
+
+def _session(user_id: str, email: str | None, ip_address: str = "203.0.113.7") -> dict:
+    return {"type": "session", "session": {"user": {"id": user_id, "email": email}, "ip_address": ip_address}}
+
+
+def _event(event_id: str, event_type: str, effective_at: int, actor: dict, details: dict | None = None,
+           project: dict | None = None) -> dict:
+    event = {"id": event_id, "type": event_type, "effective_at": effective_at, "actor": actor,
+             event_type: details if details is not None else {}}
+    if project is not None:
+        event["project"] = project
+    return event
+
+
+def demo_audit_logs(now: int) -> list[dict]:
+    """Audit events relative to `now` (the connector's lookback window is counted back from the clock).
+
+    Logins: user-0010 at now-2d, now-10d and now-200d (latest now-2d); user-0011 at now-5d (and a newer
+    login.failed at now-1d that a type filter must drop); user-0000 at now-1d; user-0012 only at now-200d
+    (outside a 90-day window); user-9999, not an organization user, at now-3d. Key scopes: key_user1
+    created at now-30d with ["api.model.request"], updated at now-4d (by an admin key) to
+    ["api.model.request", "api.files.write"]; key_svc1 created at now-20d with
+    ["api.model.request", "api.responses.write"]; key_gone created at now-120d with ["api.files.read"].
+    Other types: logout.succeeded (user-0010, now-2d+1h) and project.created (proj_beta, now-6d).
+    """
+    alpha = {"id": "proj_alpha", "name": "Alpha"}
+    admin_key_actor = {"type": "api_key", "api_key": {"id": "key_admin1", "type": "user",
+                                                      "user": {"id": "user-0000", "email": "demo0@example.com"}}}
+    return [
+        _event("audit_log-demo001", "login.succeeded", now - 200 * DAY, _session("user-0010", "demo10@example.com")),
+        _event("audit_log-demo002", "login.succeeded", now - 10 * DAY, _session("user-0010", "demo10@example.com")),
+        _event("audit_log-demo003", "login.succeeded", now - 2 * DAY, _session("user-0010", "demo10@example.com")),
+        _event("audit_log-demo004", "logout.succeeded", now - 2 * DAY + 3600,
+               _session("user-0010", "demo10@example.com")),
+        _event("audit_log-demo005", "login.succeeded", now - 5 * DAY,
+               _session("user-0011", "demo11@example.com", "198.51.100.23")),
+        _event("audit_log-demo006", "login.failed", now - 1 * DAY, _session("user-0011", "demo11@example.com"),
+               {"error_code": "invalid_password", "error_message": "Wrong password"}),
+        _event("audit_log-demo007", "login.succeeded", now - 1 * DAY, _session("user-0000", "demo0@example.com")),
+        _event("audit_log-demo008", "login.succeeded", now - 200 * DAY, _session("user-0012", "demo12@example.com")),
+        _event("audit_log-demo009", "login.succeeded", now - 3 * DAY, _session("user-9999", "former@example.com")),
+        _event("audit_log-demo010", "api_key.created", now - 30 * DAY, _session("user-0011", "demo11@example.com"),
+               {"id": "key_user1", "data": {"scopes": ["api.model.request"]}}, alpha),
+        _event("audit_log-demo011", "api_key.updated", now - 4 * DAY, admin_key_actor,
+               {"id": "key_user1", "changes_requested": {"scopes": ["api.model.request", "api.files.write"]}},
+               alpha),
+        _event("audit_log-demo012", "api_key.created", now - 20 * DAY, _session("user-0010", "demo10@example.com"),
+               {"id": "key_svc1", "data": {"scopes": ["api.model.request", "api.responses.write"]}}, alpha),
+        _event("audit_log-demo013", "api_key.created", now - 120 * DAY, _session("user-0020", "demo20@example.com"),
+               {"id": "key_gone", "data": {"scopes": ["api.files.read"]}}, alpha),
+        _event("audit_log-demo014", "project.created", now - 6 * DAY, _session("user-0000", "demo0@example.com"),
+               {"id": "proj_beta", "data": {"name": "Beta", "title": "Beta"}}, {"id": "proj_beta", "name": "Beta"}),
+    ]
 
 
 def main() -> None:

@@ -79,3 +79,49 @@ def test_sdk_parses_the_benchmark_organization():
 
 def test_demo_organization_is_what_the_fake_serves_by_default():
     assert demo_organization().org_id == "org-demo0001"
+
+
+def newest_first(events: list[dict]) -> list[str]:
+    return [e["id"] for e in sorted(events, key=lambda e: (e["effective_at"], e["id"]), reverse=True)]
+
+
+def test_sdk_pages_through_audit_logs_newest_first_with_filters(sdk, openai_fake):
+    events = openai_fake.org.audit_logs
+    every = list(sdk.audit_logs.list(limit=3))
+    assert [e.id for e in every] == newest_first(events)
+    assert openai_fake.calls(r"^/organization/audit_logs$") == 5  # 14 events at 3 a page
+    by_id = {e.id: e for e in every}
+    assert by_id["audit_log-demo003"].actor.session.user.id == "user-0010"
+    assert by_id["audit_log-demo010"].api_key_created.data.scopes == ["api.model.request"]
+    assert by_id["audit_log-demo011"].api_key_updated.changes_requested.scopes == [
+        "api.model.request", "api.files.write"]
+    assert by_id["audit_log-demo011"].actor.api_key.user.id == "user-0000"
+    assert by_id["audit_log-demo006"].login_failed.error_code == "invalid_password"
+
+    cutoff = max(e["effective_at"] for e in events) - 90 * 86_400
+    logins = list(sdk.audit_logs.list(event_types=["login.succeeded"], effective_at={"gte": cutoff}, limit=2))
+    recent = [e for e in events if e["type"] == "login.succeeded" and e["effective_at"] >= cutoff]
+    assert [e.id for e in logins] == newest_first(recent)
+    assert {e.type for e in logins} == {"login.succeeded"}  # login.failed, logout and the rest are left out
+    assert "audit_log-demo001" not in {e.id for e in logins}  # 200 days old
+    assert "audit_log-demo008" not in {e.id for e in logins}
+    latest: dict[str, int] = {}
+    for event in logins:
+        latest.setdefault(event.actor.session.user.id, event.effective_at)
+    assert set(latest) == {"user-0000", "user-0010", "user-0011", "user-9999"}
+
+    both = list(sdk.audit_logs.list(event_types=["api_key.created", "api_key.updated"], limit=1))
+    assert [e.id for e in both] == newest_first([e for e in events if e["type"].startswith("api_key.")])
+    by_actor = list(sdk.audit_logs.list(actor_ids=["user-0010", "user-0011"], event_types=["login.succeeded"]))
+    assert {e.actor.session.user.id for e in by_actor} == {"user-0010", "user-0011"} and len(by_actor) == 4
+    assert [e.id for e in sdk.audit_logs.list(effective_at={"gte": cutoff, "lt": cutoff + 1})] == []
+
+
+def test_audit_log_query_errors_and_refusal(sdk, openai_fake):
+    with pytest.raises(openai.BadRequestError):
+        list(sdk.audit_logs.list(limit=101))
+    with pytest.raises(openai.BadRequestError):
+        sdk.audit_logs.list(extra_query={"effective_at[gte]": "yesterday"})
+    openai_fake.refused["audit logs"] = 403
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk.audit_logs.list()
