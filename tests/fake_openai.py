@@ -51,6 +51,8 @@ class Organization:
     model_permissions: dict[str, dict] = field(default_factory=dict)
     legacy_organization: dict | None = None  # GET /v1/organizations/{id}; None answers 403
     audit_logs: list[dict] = field(default_factory=list)  # any order: served newest first
+    workload_identity_providers: list[dict] = field(default_factory=list)
+    federation_rules: dict[str, list[dict]] = field(default_factory=dict)  # provider id -> its rules
 
 
 @dataclass
@@ -90,6 +92,9 @@ ROUTES = [
     (r"/projects/(?P<project_id>[^/]+)/users/(?P<user_id>[^/]+)/roles", "project user roles", "next", 1000, 1000),
     (r"/organizations/(?P<org_id>[^/]+)", "organization", None, 0, 0),
     (r"/organization/audit_logs", "audit logs", "last_id", 20, 100),
+    (r"/organization/workload_identity_providers", "workload identity providers", "item_id", 20, 100),
+    (r"/organization/workload_identity_providers/(?P<provider_id>[^/]+)/federation_rules", "federation rules",
+     "item_id", 20, 100),
 ]
 COMPILED_ROUTES = [(re.compile(f"^{regex}$"), *rest) for regex, *rest in ROUTES]
 
@@ -238,6 +243,16 @@ class FakeOpenAI:
             return org.project_user_roles.get((pid, uid), [])
         if family == "audit logs":
             return _audit_logs(org.audit_logs, query)
+        if family == "workload identity providers":
+            return _ordered(org.workload_identity_providers, query)
+        if family == "federation rules":
+            provider_id = ids.get("provider_id")
+            if provider_id not in {p["id"] for p in org.workload_identity_providers}:
+                return None
+            rules = org.federation_rules.get(provider_id, [])
+            if query.get("service_account_id") is not None:
+                rules = [r for r in rules if r["service_account_id"] == query["service_account_id"]]
+            return _ordered(rules, query)
         raise AssertionError(family)
 
     def page(self, items: list[dict], style: str, default_limit: int, max_limit: int, query: dict[str, str],
@@ -311,7 +326,14 @@ def _query_problem(family: str, query: dict) -> str | None:
     return None
 
 
-ORDERED_FAMILIES: set[str] = set()  # lists that take `order` (by created_at)
+ORDERED_FAMILIES = {"workload identity providers", "federation rules"}  # lists that take `order` (by created_at)
+
+
+def _ordered(items: list[dict], query: dict) -> list[dict]:
+    """`order=asc|desc` by created_at, desc when omitted (ties keep their stored order)."""
+    if query.get("order", "desc") == "asc":
+        return sorted(items, key=lambda item: item["created_at"])
+    return sorted(items, key=lambda item: -item["created_at"])
 
 
 def _audit_logs(events: list[dict], query: dict) -> list[dict]:
@@ -596,7 +618,49 @@ def demo_organization() -> Organization:
     org.project_user_roles = {("proj_alpha", "user-0011"): [_assignment(project_custom)]}
     org.model_permissions = {"proj_alpha": {"mode": "allow_list", "model_ids": ["gpt-4o", "gpt-4o-mini"]}}
     org.audit_logs = demo_audit_logs(int(time.time()))
+    github = _wif_provider("wip_github", "GitHub Actions", "https://token.actions.githubusercontent.com",
+                           "api://openai", True, BASE_TIME + 100)
+    legacy = _wif_provider("wip_legacy", "Old GitLab", "https://gitlab.example.com", "openai", False,
+                           BASE_TIME + 200, jwks={"keys": []})
+    legacy["attribute_transformations"] = [{"attribute": "repo", "expression": "claims.project_path"}]
+    org.workload_identity_providers = [github, legacy]
+    org.federation_rules = {
+        "wip_github": [
+            _federation_rule("wifr_deploy_main", "wip_github", "proj_alpha", "svc_deploy",
+                             {"repository": "acme/app", "ref": "refs/heads/main"},
+                             {"type": "restricted", "scopes": ["api.model.request", "api.files.read"]},
+                             BASE_TIME + 110, name="deploy from main"),
+            _federation_rule("wifr_unknown_sa", "wip_github", "proj_alpha", "svc_unknown",
+                             {"repository_owner": "acme", "run_attempt": 1, "pull_request": False},
+                             {"type": "service_account_default"}, BASE_TIME + 120),
+        ],
+        "wip_legacy": [
+            _federation_rule("wifr_legacy_deploy", "wip_legacy", "proj_alpha", "svc_deploy",
+                             {"project_path": "acme/app"}, {"type": "service_account_default"}, BASE_TIME + 210,
+                             name="legacy deploy"),
+        ],
+    }
     return org
+
+
+def _wif_provider(provider_id: str, name: str, issuer: str, audience: str, enabled: bool, created_at: int,
+                  jwks: dict | None = None) -> dict:
+    verification = ({"type": "uploaded_jwks", "jwks": jwks} if jwks is not None else
+                    {"type": "discovery", "discovery_url": f"{issuer}/.well-known/openid-configuration"})
+    return {"object": "organization.workload_identity_provider", "id": provider_id, "name": name,
+            "description": None, "issuer": issuer, "audience": audience, "enabled": enabled, "type": "oidc",
+            "attribute_transformations": [], "verification": verification, "created_at": created_at,
+            "updated_at": created_at}
+
+
+def _federation_rule(rule_id: str, provider_id: str, project_id: str, service_account_id: str,
+                     matchers: dict, permissions: dict, created_at: int, name: str | None = None,
+                     enabled: bool = True) -> dict:
+    return {"object": "organization.workload_identity_federation_rule", "id": rule_id, "name": name,
+            "description": None, "enabled": enabled, "project_id": project_id,
+            "service_account_id": service_account_id, "workload_identity_provider_id": provider_id,
+            "attribute_matchers": matchers, "permissions": permissions, "created_at": created_at,
+            "updated_at": created_at}
 
 
 DAY = 86_400

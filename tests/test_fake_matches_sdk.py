@@ -125,3 +125,41 @@ def test_audit_log_query_errors_and_refusal(sdk, openai_fake):
     openai_fake.refused["audit logs"] = 403
     with pytest.raises(openai.PermissionDeniedError):
         sdk.audit_logs.list()
+
+
+def by_created(records: list[dict], order: str = "desc") -> list[str]:
+    return [r["id"] for r in sorted(records, key=lambda r: r["created_at"], reverse=order == "desc")]
+
+
+def test_sdk_pages_through_workload_identity_providers_and_rules(sdk, openai_fake):
+    org = openai_fake.org
+    wif = sdk.workload_identity_providers
+    providers = list(wif.list(limit=1))  # SyncCursorPage: after = the last item's id
+    assert [p.id for p in providers] == by_created(org.workload_identity_providers) == ["wip_legacy", "wip_github"]
+    assert ids(wif.list(limit=1, order="asc")) == ["wip_github", "wip_legacy"]
+    github = next(p for p in providers if p.id == "wip_github")
+    assert (github.issuer, github.audience, github.enabled, github.type) == (
+        "https://token.actions.githubusercontent.com", "api://openai", True, "oidc")
+    assert github.verification.type == "discovery"
+    assert next(p for p in providers if p.id == "wip_legacy").enabled is False
+    rules = list(wif.federation_rules.list("wip_github", limit=1, order="asc"))
+    assert [r.id for r in rules] == ["wifr_deploy_main", "wifr_unknown_sa"]
+    assert openai_fake.calls(r"/federation_rules$") == 2
+    restricted, default = rules
+    assert restricted.permissions.type == "restricted" and restricted.permissions.scopes == [
+        "api.model.request", "api.files.read"]
+    assert restricted.attribute_matchers == {"repository": "acme/app", "ref": "refs/heads/main"}
+    assert (restricted.project_id, restricted.service_account_id, restricted.workload_identity_provider_id) == (
+        "proj_alpha", "svc_deploy", "wip_github")
+    assert default.permissions.type == "service_account_default" and default.name is None
+    assert default.attribute_matchers == {"repository_owner": "acme", "run_attempt": 1, "pull_request": False}
+    assert ids(wif.federation_rules.list("wip_legacy", limit=1)) == ["wifr_legacy_deploy"]
+    assert ids(wif.federation_rules.list("wip_github", service_account_id="svc_deploy")) == ["wifr_deploy_main"]
+    with pytest.raises(openai.NotFoundError):
+        wif.federation_rules.list("wip_nope")
+    openai_fake.refused["federation rules"] = 403
+    with pytest.raises(openai.PermissionDeniedError):
+        wif.federation_rules.list("wip_github")
+    openai_fake.refused["workload identity providers"] = 404
+    with pytest.raises(openai.NotFoundError):
+        wif.list()
