@@ -53,6 +53,11 @@ class Organization:
     audit_logs: list[dict] = field(default_factory=list)  # any order: served newest first
     workload_identity_providers: list[dict] = field(default_factory=list)
     federation_rules: dict[str, list[dict]] = field(default_factory=dict)  # provider id -> its rules
+    certificates: list[dict] = field(default_factory=list)  # organization level, without the PEM
+    project_certificates: dict[str, list[dict]] = field(default_factory=dict)  # without the PEM
+    certificate_contents: dict[str, str] = field(default_factory=dict)  # certificate id -> PEM
+    certificate_content_in_lists: bool = False  # True: lists carry certificate_details.content (not in the SDK)
+    hosted_tool_permissions: dict[str, dict] = field(default_factory=dict)  # project id -> tool -> {enabled}
 
 
 @dataclass
@@ -95,6 +100,9 @@ ROUTES = [
     (r"/organization/workload_identity_providers", "workload identity providers", "item_id", 20, 100),
     (r"/organization/workload_identity_providers/(?P<provider_id>[^/]+)/federation_rules", "federation rules",
      "item_id", 20, 100),
+    (r"/organization/certificates", "certificates", "last_id", 20, 100),
+    (r"/organization/projects/(?P<project_id>[^/]+)/certificates", "project certificates", "last_id", 20, 100),
+    (r"/organization/projects/(?P<project_id>[^/]+)/hosted_tool_permissions", "hosted tool permissions", None, 0, 0),
 ]
 COMPILED_ROUTES = [(re.compile(f"^{regex}$"), *rest) for regex, *rest in ROUTES]
 
@@ -190,6 +198,12 @@ class FakeOpenAI:
                 if policy is None:
                     return 404, _error("No model permissions for this project.", None), fault
                 return 200, {"object": "project.model_permissions", **policy}, fault
+            if family == "hosted tool permissions":
+                known = match["project_id"] in {p["id"] for p in self.org.projects}
+                tools = self.org.hosted_tool_permissions.get(match["project_id"]) if known else None
+                if tools is None:  # an unknown project, or one the fake was given no permissions for
+                    return 404, _error(f"No such object: {path}", None), fault
+                return 200, tools, fault
             problem = _query_problem(family, query)
             if problem is not None:
                 return 400, _error(problem, "invalid_request"), fault
@@ -253,7 +267,19 @@ class FakeOpenAI:
             if query.get("service_account_id") is not None:
                 rules = [r for r in rules if r["service_account_id"] == query["service_account_id"]]
             return _ordered(rules, query)
+        if family == "certificates":
+            return _ordered(self._with_content(org.certificates), query)
+        if family == "project certificates":
+            return _ordered(self._with_content(org.project_certificates.get(pid, [])), query)
         raise AssertionError(family)
+
+    def _with_content(self, certificates: list[dict]) -> list[dict]:
+        """Certificates as listed: the SDK's list model has no `content`, unless the org says to leak it."""
+        if not self.org.certificate_content_in_lists:
+            return certificates
+        return [{**c, "certificate_details": {**c["certificate_details"],
+                                              "content": self.org.certificate_contents.get(c["id"])}}
+                for c in certificates]
 
     def page(self, items: list[dict], style: str, default_limit: int, max_limit: int, query: dict[str, str],
              fault: Fault | None) -> tuple[int, dict, Fault | None]:
@@ -326,7 +352,8 @@ def _query_problem(family: str, query: dict) -> str | None:
     return None
 
 
-ORDERED_FAMILIES = {"workload identity providers", "federation rules"}  # lists that take `order` (by created_at)
+# lists that take `order` (by created_at)
+ORDERED_FAMILIES = {"workload identity providers", "federation rules", "certificates", "project certificates"}
 
 
 def _ordered(items: list[dict], query: dict) -> list[dict]:
@@ -640,7 +667,31 @@ def demo_organization() -> Organization:
                              name="legacy deploy"),
         ],
     }
+    org.certificates = [_certificate("cert_org_root", "organization.certificate", "Corporate root CA", True,
+                                     BASE_TIME + 300, BASE_TIME, BASE_TIME + 3 * 365 * DAY)]
+    org.project_certificates = {"proj_alpha": [
+        _certificate("cert_alpha_mtls", "organization.project.certificate", "alpha mTLS client", False,
+                     BASE_TIME + 400, BASE_TIME + 400, BASE_TIME + 400 + 90 * DAY)]}
+    org.certificate_contents = {cid: f"-----BEGIN CERTIFICATE-----\nFAKEPEM{cid}\n-----END CERTIFICATE-----\n"
+                                for cid in ("cert_org_root", "cert_alpha_mtls")}
+    org.hosted_tool_permissions = {
+        "proj_alpha": _hosted_tools(mcp=True, web_search=True),
+        "proj_beta": _hosted_tools(),
+    }
     return org
+
+
+HOSTED_TOOLS = ("code_interpreter", "file_search", "image_generation", "mcp", "web_search")
+
+
+def _hosted_tools(**enabled: bool) -> dict:
+    return {tool: {"enabled": enabled.get(tool, False)} for tool in HOSTED_TOOLS}
+
+
+def _certificate(cert_id: str, kind: str, name: str | None, active: bool, created_at: int, valid_at: int,
+                 expires_at: int) -> dict:
+    return {"object": kind, "id": cert_id, "name": name, "active": active, "created_at": created_at,
+            "certificate_details": {"valid_at": valid_at, "expires_at": expires_at}}
 
 
 def _wif_provider(provider_id: str, name: str, issuer: str, audience: str, enabled: bool, created_at: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 from conftest import OPENAI_SECRET
-from fake_openai import FakeOpenAI, demo_organization, generate_organization
+from fake_openai import BASE_TIME, FakeOpenAI, demo_organization, generate_organization
 
 
 @pytest.fixture
@@ -163,3 +163,48 @@ def test_sdk_pages_through_workload_identity_providers_and_rules(sdk, openai_fak
     openai_fake.refused["workload identity providers"] = 404
     with pytest.raises(openai.NotFoundError):
         wif.list()
+
+
+def test_sdk_pages_through_certificates_without_the_pem(sdk, openai_fake):
+    org = openai_fake.org
+    listed = list(sdk.certificates.list(limit=1))
+    assert [c.id for c in listed] == ["cert_org_root"]
+    root = listed[0]
+    assert (root.object, root.name, root.active) == ("organization.certificate", "Corporate root CA", True)
+    assert root.certificate_details.valid_at == org.certificates[0]["certificate_details"]["valid_at"]
+    assert root.certificate_details.expires_at > root.certificate_details.valid_at
+    assert "content" not in root.certificate_details.model_dump()  # the list model has no PEM
+    project = list(sdk.projects.certificates.list("proj_alpha", limit=1))
+    assert [(c.id, c.object, c.active) for c in project] == [
+        ("cert_alpha_mtls", "organization.project.certificate", False)]
+    assert list(sdk.projects.certificates.list("proj_beta")) == []
+    with pytest.raises(openai.NotFoundError):
+        sdk.projects.certificates.list("proj_nope")
+    org.certificate_content_in_lists = True  # an API that leaks the PEM into lists, for connector tests
+    leaked = list(sdk.certificates.list())[0]
+    assert leaked.certificate_details.model_extra["content"].startswith("-----BEGIN CERTIFICATE-----")
+    org.project_certificates["proj_alpha"].extend(
+        {**org.project_certificates["proj_alpha"][0], "id": f"cert_more{i}", "created_at": BASE_TIME + 500 + i}
+        for i in range(3))
+    assert ids(sdk.projects.certificates.list("proj_alpha", limit=2)) == [
+        "cert_more2", "cert_more1", "cert_more0", "cert_alpha_mtls"]
+    assert openai_fake.calls(r"^/organization/projects/proj_alpha/certificates$") == 1 + 2  # 4 at 2 a page
+    assert ids(sdk.projects.certificates.list("proj_alpha", limit=3, order="asc"))[0] == "cert_alpha_mtls"
+    openai_fake.refused["project certificates"] = 403
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk.projects.certificates.list("proj_alpha")
+
+
+def test_sdk_reads_hosted_tool_permissions(sdk, openai_fake):
+    alpha = sdk.projects.hosted_tool_permissions.retrieve("proj_alpha")
+    enabled = {tool: getattr(alpha, tool).enabled for tool in
+               ("code_interpreter", "file_search", "image_generation", "mcp", "web_search")}
+    assert enabled == {"code_interpreter": False, "file_search": False, "image_generation": False, "mcp": True,
+                       "web_search": True}
+    beta = sdk.projects.hosted_tool_permissions.retrieve("proj_beta")
+    assert not any(getattr(beta, tool).enabled for tool in enabled)
+    with pytest.raises(openai.NotFoundError):
+        sdk.projects.hosted_tool_permissions.retrieve("proj_nope")
+    openai_fake.refused["hosted tool permissions"] = 403
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk.projects.hosted_tool_permissions.retrieve("proj_alpha")
