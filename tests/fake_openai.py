@@ -484,8 +484,23 @@ def _assignment(role: dict, sources: list[dict] | None = None) -> dict:
 
 def generate_organization(users: int = 20_000, projects: int = 2_000, members: int = 10, service_accounts: int = 2,
                           keys: int = 5, groups: int = 50, group_members: int = 20, custom_roles: bool = False,
-                          org_id: str = "org-bench0001") -> Organization:
-    """A large, regular organization for the benchmark (deterministic)."""
+                          org_id: str = "org-bench0001", login_every: int = 0, wif_every: int = 0,
+                          certificates: int = 0, hosted_tools: bool = False) -> Organization:
+    """A large, regular organization for the benchmark (deterministic, except audit times follow the clock).
+
+    The access-review families are off by default (empty lists; hosted tools 404), so the benchmark's
+    numbers do not move unless asked:
+    - `login_every=K`: audit events (see `_generated_audit_logs`): for every Kth user, login.succeeded at
+      now-(1 + i % 60) days and at now-(100 + i % 60) days plus a logout.succeeded; for the first key of every
+      Kth project, api_key.created (scopes) and a newer api_key.updated. About 3*users/K + 2*projects/K events.
+    - `wif_every=N`: one enabled provider `wip_bench` with one rule per Nth project (ceil(projects/N) rules),
+      for the project's first service account (or `svc_missing` when it has none), restricted (two scopes)
+      and service_account_default alternately; one disabled provider `wip_bench_off` without rules.
+    - `certificates=C`: one organization certificate and C certificates per project (projects*C), the
+      first of each project active.
+    - `hosted_tools`: every project answers hosted tool permissions (mcp on even projects, web_search on
+      every third, the rest off).
+    """
     org = Organization(org_id=org_id)
     for i in range(users):
         org.users.append({"object": "organization.user", "id": f"user-{i:06d}", "name": f"User {i}",
@@ -529,7 +544,61 @@ def generate_organization(users: int = 20_000, projects: int = 2_000, members: i
     if custom_roles:
         org.roles.append(_role_record("role-custom-auditor", "Auditor", ["api.organization.read"], False,
                                       "api.organization"))
+    if login_every:
+        org.audit_logs = _generated_audit_logs(org, login_every, int(time.time()))
+    if wif_every:
+        org.workload_identity_providers = [
+            _wif_provider("wip_bench", "Bench CI", "https://token.actions.githubusercontent.com", "api://openai",
+                          True, BASE_TIME),
+            _wif_provider("wip_bench_off", "Bench CI (old)", "https://ci.example.com", "openai", False,
+                          BASE_TIME + 1)]
+        rules = []
+        for p, project in enumerate(org.projects[::wif_every]):
+            accounts = org.service_accounts.get(project["id"]) or [{"id": "svc_missing"}]
+            permissions = ({"type": "restricted", "scopes": ["api.model.request", "api.files.read"]} if p % 2 == 0
+                           else {"type": "service_account_default"})
+            rules.append(_federation_rule(f"wifr_{project['id']}", "wip_bench", project["id"], accounts[0]["id"],
+                                          {"repository": f"acme/{project['id']}", "ref": "refs/heads/main"},
+                                          permissions, BASE_TIME + p, name=f"deploy {project['id']}"))
+        org.federation_rules = {"wip_bench": rules, "wip_bench_off": []}
+    if certificates:
+        org.certificates = [_certificate("cert_org", "organization.certificate", "Org CA", True, BASE_TIME,
+                                         BASE_TIME, BASE_TIME + 365 * DAY)]
+        for project in org.projects:
+            org.project_certificates[project["id"]] = [
+                _certificate(f"cert_{project['id']}_{c}", "organization.project.certificate", f"cert {c}", c == 0,
+                             BASE_TIME + c, BASE_TIME, BASE_TIME + 365 * DAY) for c in range(certificates)]
+    if hosted_tools:
+        org.hosted_tool_permissions = {project["id"]: _hosted_tools(mcp=p % 2 == 0, web_search=p % 3 == 0)
+                                       for p, project in enumerate(org.projects)}
     return org
+
+
+def _generated_audit_logs(org: Organization, every: int, now: int) -> list[dict]:
+    """Logins of every `every`th user (latest now-(1 + i % 60) days, one more outside a 90-day window), key scopes
+    for the first key of every `every`th project (created now-30d, updated now-(2 + p % 20) days)."""
+    events: list[dict] = []
+
+    def add(event_type: str, at: int, actor: dict, details: dict | None = None, project: dict | None = None) -> None:
+        events.append(_event(f"audit_log-{len(events):07d}", event_type, at, actor, details, project))
+
+    for i, user in enumerate(org.users[::every]):
+        actor = _session(user["id"], user.get("email"))
+        add("login.succeeded", now - (100 + i % 60) * DAY, actor)
+        add("login.succeeded", now - (1 + i % 60) * DAY, actor)
+        add("logout.succeeded", now - (1 + i % 60) * DAY + 600, actor)
+    for p, project in enumerate(org.projects[::every]):
+        keys = org.api_keys.get(project["id"]) or []
+        if not keys:
+            continue
+        owner = keys[0].get("owner", {}).get("user") or {}
+        actor = _session(owner.get("id", "user-unknown"), owner.get("email"))
+        scope = {"id": project["id"], "name": project["name"]}
+        add("api_key.created", now - 30 * DAY, actor, {"id": keys[0]["id"], "data": {"scopes": ["api.model.request"]}},
+            scope)
+        add("api_key.updated", now - (2 + p % 20) * DAY, actor,
+            {"id": keys[0]["id"], "changes_requested": {"scopes": ["api.model.request", "api.files.write"]}}, scope)
+    return events
 
 
 def demo_organization() -> Organization:

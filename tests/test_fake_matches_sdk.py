@@ -208,3 +208,36 @@ def test_sdk_reads_hosted_tool_permissions(sdk, openai_fake):
     openai_fake.refused["hosted tool permissions"] = 403
     with pytest.raises(openai.PermissionDeniedError):
         sdk.projects.hosted_tool_permissions.retrieve("proj_alpha")
+
+
+def test_sdk_parses_the_benchmark_organizations_access_review_families():
+    generated = generate_organization(users=150, projects=7, groups=1, login_every=10, wif_every=3, certificates=2,
+                                      hosted_tools=True)
+    fake = FakeOpenAI(generated, admin_key=OPENAI_SECRET).start()
+    try:
+        client = openai.OpenAI(admin_api_key=OPENAI_SECRET, api_key="unused", base_url=fake.base_url,
+                               max_retries=0, _strict_response_validation=True)
+        org = client.admin.organization
+        events = list(org.audit_logs.list(limit=100))
+        assert len(events) == 3 * 15 + 2 * 1 and events == sorted(events, key=lambda e: -e.effective_at)
+        cutoff = max(e.effective_at for e in events) - 90 * 86_400
+        logins = list(org.audit_logs.list(event_types=["login.succeeded"], effective_at={"gte": cutoff}, limit=7))
+        assert len(logins) == 15 and len({e.actor.session.user.id for e in logins}) == 15
+        scoped = list(org.audit_logs.list(event_types=["api_key.created", "api_key.updated"], limit=1))
+        assert scoped[0].api_key_updated.changes_requested.scopes == ["api.model.request", "api.files.write"]
+        assert ids(org.workload_identity_providers.list(limit=1)) == ["wip_bench_off", "wip_bench"]
+        rules = list(org.workload_identity_providers.federation_rules.list("wip_bench", limit=2))
+        assert sorted(r.project_id for r in rules) == ["proj_00000", "proj_00003", "proj_00006"]
+        assert {r.permissions.type for r in rules} == {"restricted", "service_account_default"}
+        assert ids(org.certificates.list()) == ["cert_org"]
+        assert len(list(org.projects.certificates.list("proj_00006", limit=1))) == 2
+        assert org.projects.hosted_tool_permissions.retrieve("proj_00006").mcp.enabled is True
+        assert org.projects.hosted_tool_permissions.retrieve("proj_00001").web_search.enabled is False
+    finally:
+        fake.stop()
+
+
+def test_the_benchmark_organization_has_no_access_review_data_unless_asked():
+    generated = generate_organization(users=10, projects=2, groups=1)
+    assert not (generated.audit_logs or generated.workload_identity_providers or generated.certificates
+                or generated.project_certificates or generated.hosted_tool_permissions)
