@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 from conftest import OPENAI_SECRET
-from fake_openai import BASE_TIME, FakeOpenAI, demo_organization, generate_organization
+from fake_openai import BASE_TIME, FakeOpenAI, Fault, demo_organization, generate_organization
 
 
 @pytest.fixture
@@ -241,3 +241,18 @@ def test_the_benchmark_organization_has_no_access_review_data_unless_asked():
     generated = generate_organization(users=10, projects=2, groups=1)
     assert not (generated.audit_logs or generated.workload_identity_providers or generated.certificates
                 or generated.project_certificates or generated.hosted_tool_permissions)
+
+
+def test_faults_reach_the_new_endpoints(sdk, openai_fake):
+    openai_fake.faults += [Fault(r"^/organization/audit_logs$", skip=1), Fault(r"/federation_rules$", status=503),
+                           Fault(r"/hosted_tool_permissions$", status=429), Fault(r"/certificates$", kind="nonjson")]
+    pages = sdk.audit_logs.list(limit=5)
+    with pytest.raises(openai.InternalServerError):  # the second page fails
+        list(pages)
+    with pytest.raises(openai.InternalServerError):
+        sdk.workload_identity_providers.federation_rules.list("wip_github")
+    with pytest.raises(openai.RateLimitError):
+        sdk.projects.hosted_tool_permissions.retrieve("proj_alpha")
+    with pytest.raises(openai.APIResponseValidationError):
+        sdk.certificates.list()
+    assert len(list(sdk.audit_logs.list(limit=5))) == len(openai_fake.org.audit_logs)  # each fault fired once
