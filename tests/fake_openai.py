@@ -50,6 +50,14 @@ class Organization:
     project_user_roles: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
     model_permissions: dict[str, dict] = field(default_factory=dict)
     legacy_organization: dict | None = None  # GET /v1/organizations/{id}; None answers 403
+    audit_logs: list[dict] = field(default_factory=list)  # any order: served newest first
+    workload_identity_providers: list[dict] = field(default_factory=list)
+    federation_rules: dict[str, list[dict]] = field(default_factory=dict)  # provider id -> its rules
+    certificates: list[dict] = field(default_factory=list)  # organization level, without the PEM
+    project_certificates: dict[str, list[dict]] = field(default_factory=dict)  # without the PEM
+    certificate_contents: dict[str, str] = field(default_factory=dict)  # certificate id -> PEM
+    certificate_content_in_lists: bool = False  # True: lists carry certificate_details.content (not in the SDK)
+    hosted_tool_permissions: dict[str, dict] = field(default_factory=dict)  # project id -> tool -> {enabled}
 
 
 @dataclass
@@ -88,6 +96,13 @@ ROUTES = [
     (r"/projects/(?P<project_id>[^/]+)/groups/(?P<group_id>[^/]+)/roles", "project group roles", "next", 1000, 1000),
     (r"/projects/(?P<project_id>[^/]+)/users/(?P<user_id>[^/]+)/roles", "project user roles", "next", 1000, 1000),
     (r"/organizations/(?P<org_id>[^/]+)", "organization", None, 0, 0),
+    (r"/organization/audit_logs", "audit logs", "last_id", 20, 100),
+    (r"/organization/workload_identity_providers", "workload identity providers", "item_id", 20, 100),
+    (r"/organization/workload_identity_providers/(?P<provider_id>[^/]+)/federation_rules", "federation rules",
+     "item_id", 20, 100),
+    (r"/organization/certificates", "certificates", "last_id", 20, 100),
+    (r"/organization/projects/(?P<project_id>[^/]+)/certificates", "project certificates", "last_id", 20, 100),
+    (r"/organization/projects/(?P<project_id>[^/]+)/hosted_tool_permissions", "hosted tool permissions", None, 0, 0),
 ]
 COMPILED_ROUTES = [(re.compile(f"^{regex}$"), *rest) for regex, *rest in ROUTES]
 
@@ -183,6 +198,15 @@ class FakeOpenAI:
                 if policy is None:
                     return 404, _error("No model permissions for this project.", None), fault
                 return 200, {"object": "project.model_permissions", **policy}, fault
+            if family == "hosted tool permissions":
+                known = match["project_id"] in {p["id"] for p in self.org.projects}
+                tools = self.org.hosted_tool_permissions.get(match["project_id"]) if known else None
+                if tools is None:  # an unknown project, or one the fake was given no permissions for
+                    return 404, _error(f"No such object: {path}", None), fault
+                return 200, tools, fault
+            problem = _query_problem(family, query)
+            if problem is not None:
+                return 400, _error(problem, "invalid_request"), fault
             items = self.items(family, match.groupdict(), query)
             if items is None:
                 return 404, _error(f"No such object: {path}", None), fault
@@ -231,7 +255,31 @@ class FakeOpenAI:
             return org.project_group_roles.get((pid, gid), [])
         if family == "project user roles":
             return org.project_user_roles.get((pid, uid), [])
+        if family == "audit logs":
+            return _audit_logs(org.audit_logs, query)
+        if family == "workload identity providers":
+            return _ordered(org.workload_identity_providers, query)
+        if family == "federation rules":
+            provider_id = ids.get("provider_id")
+            if provider_id not in {p["id"] for p in org.workload_identity_providers}:
+                return None
+            rules = org.federation_rules.get(provider_id, [])
+            if query.get("service_account_id") is not None:
+                rules = [r for r in rules if r["service_account_id"] == query["service_account_id"]]
+            return _ordered(rules, query)
+        if family == "certificates":
+            return _ordered(self._with_content(org.certificates), query)
+        if family == "project certificates":
+            return _ordered(self._with_content(org.project_certificates.get(pid, [])), query)
         raise AssertionError(family)
+
+    def _with_content(self, certificates: list[dict]) -> list[dict]:
+        """Certificates as listed: the SDK's list model has no `content`, unless the org says to leak it."""
+        if not self.org.certificate_content_in_lists:
+            return certificates
+        return [{**c, "certificate_details": {**c["certificate_details"],
+                                              "content": self.org.certificate_contents.get(c["id"])}}
+                for c in certificates]
 
     def page(self, items: list[dict], style: str, default_limit: int, max_limit: int, query: dict[str, str],
              fault: Fault | None) -> tuple[int, dict, Fault | None]:
@@ -272,6 +320,82 @@ def _error(message: str, code: str | None) -> dict:
     return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
 
 
+def _repeated(raw_query: str) -> dict[str, list[str]]:
+    """Every `name[]` key with all its values, in order (`dict(parse_qsl(...))` keeps only the last)."""
+    values: dict[str, list[str]] = {}
+    for key, value in urllib.parse.parse_qsl(raw_query):
+        if key.endswith("[]"):
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def _values(query: dict, name: str) -> list[str] | None:
+    """A list filter sent as `name[]=a&name[]=b` (the SDK's brackets format) or a single `name=a`."""
+    value = query.get(f"{name}[]", query.get(name))
+    if value is None:
+        return None
+    return list(value) if isinstance(value, list) else [value]
+
+
+EFFECTIVE_AT_BOUNDS = {"gt": int.__gt__, "gte": int.__ge__, "lt": int.__lt__, "lte": int.__le__}
+
+
+def _query_problem(family: str, query: dict) -> str | None:
+    """Why the API would answer 400 to these query parameters, or None."""
+    if family == "audit logs":
+        for bound in EFFECTIVE_AT_BOUNDS:
+            value = query.get(f"effective_at[{bound}]")
+            if value is not None and not re.fullmatch(r"-?\d+", str(value)):
+                return f"effective_at[{bound}] must be an integer (Unix seconds)"
+    if query.get("order") not in (None, "asc", "desc") and family in ORDERED_FAMILIES:
+        return "order must be asc or desc"
+    return None
+
+
+# lists that take `order` (by created_at)
+ORDERED_FAMILIES = {"workload identity providers", "federation rules", "certificates", "project certificates"}
+
+
+def _ordered(items: list[dict], query: dict) -> list[dict]:
+    """`order=asc|desc` by created_at, desc when omitted (ties keep their stored order)."""
+    if query.get("order", "desc") == "asc":
+        return sorted(items, key=lambda item: item["created_at"])
+    return sorted(items, key=lambda item: -item["created_at"])
+
+
+def _audit_logs(events: list[dict], query: dict) -> list[dict]:
+    """The events the filters keep, newest first (by effective_at, then id, both descending)."""
+    types = _values(query, "event_types")
+    actors = _values(query, "actor_ids")
+    emails = _values(query, "actor_emails")
+    project_ids = _values(query, "project_ids")
+    resource_ids = _values(query, "resource_ids")
+    bounds = [(EFFECTIVE_AT_BOUNDS[b], int(query[f"effective_at[{b}]"])) for b in EFFECTIVE_AT_BOUNDS
+              if f"effective_at[{b}]" in query]
+    kept = []
+    for event in events:
+        if types is not None and event["type"] not in types:
+            continue
+        if any(not compare(event["effective_at"], bound) for compare, bound in bounds):
+            continue
+        actor = event.get("actor") or {}
+        session_user = (actor.get("session") or {}).get("user") or {}
+        key = actor.get("api_key") or {}
+        actor_ids = {session_user.get("id"), key.get("id"), (key.get("user") or {}).get("id"),
+                     (key.get("service_account") or {}).get("id")} - {None}
+        actor_emails = {session_user.get("email"), (key.get("user") or {}).get("email")} - {None}
+        if actors is not None and not actor_ids & set(actors):
+            continue
+        if emails is not None and not actor_emails & set(emails):
+            continue
+        if project_ids is not None and (event.get("project") or {}).get("id") not in project_ids:
+            continue
+        if resource_ids is not None and (event.get(event["type"]) or {}).get("id") not in resource_ids:
+            continue
+        kept.append(event)
+    return sorted(kept, key=lambda e: (e["effective_at"], e["id"]), reverse=True)
+
+
 def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
     class Handler(QuietKeepAliveHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -288,6 +412,7 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             split = urllib.parse.urlsplit(self.path)
             path = split.path[3:] if split.path.startswith("/v1/") else split.path
             query = dict(urllib.parse.parse_qsl(split.query))
+            query.update(_repeated(split.query))
             arrived = time.monotonic()
             if fake.latency or fake.jitter:
                 time.sleep(fake.latency + random.uniform(0, fake.jitter))
@@ -359,8 +484,23 @@ def _assignment(role: dict, sources: list[dict] | None = None) -> dict:
 
 def generate_organization(users: int = 20_000, projects: int = 2_000, members: int = 10, service_accounts: int = 2,
                           keys: int = 5, groups: int = 50, group_members: int = 20, custom_roles: bool = False,
-                          org_id: str = "org-bench0001") -> Organization:
-    """A large, regular organization for the benchmark (deterministic)."""
+                          org_id: str = "org-bench0001", login_every: int = 0, wif_every: int = 0,
+                          certificates: int = 0, hosted_tools: bool = False) -> Organization:
+    """A large, regular organization for the benchmark (deterministic, except audit times follow the clock).
+
+    The access-review families are off by default (empty lists; hosted tools 404), so the benchmark's
+    numbers do not move unless asked:
+    - `login_every=K`: audit events (see `_generated_audit_logs`): for every Kth user, login.succeeded at
+      now-(1 + i % 60) days and at now-(100 + i % 60) days plus a logout.succeeded; for the first key of every
+      Kth project, api_key.created (scopes) and a newer api_key.updated. About 3*users/K + 2*projects/K events.
+    - `wif_every=N`: one enabled provider `wip_bench` with one rule per Nth project (ceil(projects/N) rules),
+      for the project's first service account (or `svc_missing` when it has none), restricted (two scopes)
+      and service_account_default alternately; one disabled provider `wip_bench_off` without rules.
+    - `certificates=C`: one organization certificate and C certificates per project (projects*C), the
+      first of each project active.
+    - `hosted_tools`: every project answers hosted tool permissions (mcp on even projects, web_search on
+      every third, the rest off).
+    """
     org = Organization(org_id=org_id)
     for i in range(users):
         org.users.append({"object": "organization.user", "id": f"user-{i:06d}", "name": f"User {i}",
@@ -404,7 +544,61 @@ def generate_organization(users: int = 20_000, projects: int = 2_000, members: i
     if custom_roles:
         org.roles.append(_role_record("role-custom-auditor", "Auditor", ["api.organization.read"], False,
                                       "api.organization"))
+    if login_every:
+        org.audit_logs = _generated_audit_logs(org, login_every, int(time.time()))
+    if wif_every:
+        org.workload_identity_providers = [
+            _wif_provider("wip_bench", "Bench CI", "https://token.actions.githubusercontent.com", "api://openai",
+                          True, BASE_TIME),
+            _wif_provider("wip_bench_off", "Bench CI (old)", "https://ci.example.com", "openai", False,
+                          BASE_TIME + 1)]
+        rules = []
+        for p, project in enumerate(org.projects[::wif_every]):
+            accounts = org.service_accounts.get(project["id"]) or [{"id": "svc_missing"}]
+            permissions = ({"type": "restricted", "scopes": ["api.model.request", "api.files.read"]} if p % 2 == 0
+                           else {"type": "service_account_default"})
+            rules.append(_federation_rule(f"wifr_{project['id']}", "wip_bench", project["id"], accounts[0]["id"],
+                                          {"repository": f"acme/{project['id']}", "ref": "refs/heads/main"},
+                                          permissions, BASE_TIME + p, name=f"deploy {project['id']}"))
+        org.federation_rules = {"wip_bench": rules, "wip_bench_off": []}
+    if certificates:
+        org.certificates = [_certificate("cert_org", "organization.certificate", "Org CA", True, BASE_TIME,
+                                         BASE_TIME, BASE_TIME + 365 * DAY)]
+        for project in org.projects:
+            org.project_certificates[project["id"]] = [
+                _certificate(f"cert_{project['id']}_{c}", "organization.project.certificate", f"cert {c}", c == 0,
+                             BASE_TIME + c, BASE_TIME, BASE_TIME + 365 * DAY) for c in range(certificates)]
+    if hosted_tools:
+        org.hosted_tool_permissions = {project["id"]: _hosted_tools(mcp=p % 2 == 0, web_search=p % 3 == 0)
+                                       for p, project in enumerate(org.projects)}
     return org
+
+
+def _generated_audit_logs(org: Organization, every: int, now: int) -> list[dict]:
+    """Logins of every `every`th user (latest now-(1 + i % 60) days, one more outside a 90-day window), key scopes
+    for the first key of every `every`th project (created now-30d, updated now-(2 + p % 20) days)."""
+    events: list[dict] = []
+
+    def add(event_type: str, at: int, actor: dict, details: dict | None = None, project: dict | None = None) -> None:
+        events.append(_event(f"audit_log-{len(events):07d}", event_type, at, actor, details, project))
+
+    for i, user in enumerate(org.users[::every]):
+        actor = _session(user["id"], user.get("email"))
+        add("login.succeeded", now - (100 + i % 60) * DAY, actor)
+        add("login.succeeded", now - (1 + i % 60) * DAY, actor)
+        add("logout.succeeded", now - (1 + i % 60) * DAY + 600, actor)
+    for p, project in enumerate(org.projects[::every]):
+        keys = org.api_keys.get(project["id"]) or []
+        if not keys:
+            continue
+        owner = keys[0].get("owner", {}).get("user") or {}
+        actor = _session(owner.get("id", "user-unknown"), owner.get("email"))
+        scope = {"id": project["id"], "name": project["name"]}
+        add("api_key.created", now - 30 * DAY, actor, {"id": keys[0]["id"], "data": {"scopes": ["api.model.request"]}},
+            scope)
+        add("api_key.updated", now - (2 + p % 20) * DAY, actor,
+            {"id": keys[0]["id"], "changes_requested": {"scopes": ["api.model.request", "api.files.write"]}}, scope)
+    return events
 
 
 def demo_organization() -> Organization:
@@ -519,7 +713,131 @@ def demo_organization() -> Organization:
     org.project_group_roles = {("proj_alpha", "group_eng"): [_assignment(project_custom)]}
     org.project_user_roles = {("proj_alpha", "user-0011"): [_assignment(project_custom)]}
     org.model_permissions = {"proj_alpha": {"mode": "allow_list", "model_ids": ["gpt-4o", "gpt-4o-mini"]}}
+    org.audit_logs = demo_audit_logs(int(time.time()))
+    github = _wif_provider("wip_github", "GitHub Actions", "https://token.actions.githubusercontent.com",
+                           "api://openai", True, BASE_TIME + 100)
+    legacy = _wif_provider("wip_legacy", "Old GitLab", "https://gitlab.example.com", "openai", False,
+                           BASE_TIME + 200, jwks={"keys": []})
+    legacy["attribute_transformations"] = [{"attribute": "repo", "expression": "claims.project_path"}]
+    org.workload_identity_providers = [github, legacy]
+    org.federation_rules = {
+        "wip_github": [
+            _federation_rule("wifr_deploy_main", "wip_github", "proj_alpha", "svc_deploy",
+                             {"repository": "acme/app", "ref": "refs/heads/main"},
+                             {"type": "restricted", "scopes": ["api.model.request", "api.files.read"]},
+                             BASE_TIME + 110, name="deploy from main"),
+            _federation_rule("wifr_unknown_sa", "wip_github", "proj_alpha", "svc_unknown",
+                             {"repository_owner": "acme", "run_attempt": 1, "pull_request": False},
+                             {"type": "service_account_default"}, BASE_TIME + 120),
+        ],
+        "wip_legacy": [
+            _federation_rule("wifr_legacy_deploy", "wip_legacy", "proj_alpha", "svc_deploy",
+                             {"project_path": "acme/app"}, {"type": "service_account_default"}, BASE_TIME + 210,
+                             name="legacy deploy"),
+        ],
+    }
+    org.certificates = [_certificate("cert_org_root", "organization.certificate", "Corporate root CA", True,
+                                     BASE_TIME + 300, BASE_TIME, BASE_TIME + 3 * 365 * DAY)]
+    org.project_certificates = {"proj_alpha": [
+        _certificate("cert_alpha_mtls", "organization.project.certificate", "alpha mTLS client", False,
+                     BASE_TIME + 400, BASE_TIME + 400, BASE_TIME + 400 + 90 * DAY)]}
+    org.certificate_contents = {cid: f"-----BEGIN CERTIFICATE-----\nFAKEPEM{cid}\n-----END CERTIFICATE-----\n"
+                                for cid in ("cert_org_root", "cert_alpha_mtls")}
+    org.hosted_tool_permissions = {
+        "proj_alpha": _hosted_tools(mcp=True, web_search=True),
+        "proj_beta": _hosted_tools(),
+    }
     return org
+
+
+HOSTED_TOOLS = ("code_interpreter", "file_search", "image_generation", "mcp", "web_search")
+
+
+def _hosted_tools(**enabled: bool) -> dict:
+    return {tool: {"enabled": enabled.get(tool, False)} for tool in HOSTED_TOOLS}
+
+
+def _certificate(cert_id: str, kind: str, name: str | None, active: bool, created_at: int, valid_at: int,
+                 expires_at: int) -> dict:
+    return {"object": kind, "id": cert_id, "name": name, "active": active, "created_at": created_at,
+            "certificate_details": {"valid_at": valid_at, "expires_at": expires_at}}
+
+
+def _wif_provider(provider_id: str, name: str, issuer: str, audience: str, enabled: bool, created_at: int,
+                  jwks: dict | None = None) -> dict:
+    verification = ({"type": "uploaded_jwks", "jwks": jwks} if jwks is not None else
+                    {"type": "discovery", "discovery_url": f"{issuer}/.well-known/openid-configuration"})
+    return {"object": "organization.workload_identity_provider", "id": provider_id, "name": name,
+            "description": None, "issuer": issuer, "audience": audience, "enabled": enabled, "type": "oidc",
+            "attribute_transformations": [], "verification": verification, "created_at": created_at,
+            "updated_at": created_at}
+
+
+def _federation_rule(rule_id: str, provider_id: str, project_id: str, service_account_id: str,
+                     matchers: dict, permissions: dict, created_at: int, name: str | None = None,
+                     enabled: bool = True) -> dict:
+    return {"object": "organization.workload_identity_federation_rule", "id": rule_id, "name": name,
+            "description": None, "enabled": enabled, "project_id": project_id,
+            "service_account_id": service_account_id, "workload_identity_provider_id": provider_id,
+            "attribute_matchers": matchers, "permissions": permissions, "created_at": created_at,
+            "updated_at": created_at}
+
+
+DAY = 86_400
+
+
+def _session(user_id: str, email: str | None, ip_address: str = "203.0.113.7") -> dict:
+    return {"type": "session", "session": {"user": {"id": user_id, "email": email}, "ip_address": ip_address}}
+
+
+def _event(event_id: str, event_type: str, effective_at: int, actor: dict, details: dict | None = None,
+           project: dict | None = None) -> dict:
+    event = {"id": event_id, "type": event_type, "effective_at": effective_at, "actor": actor,
+             event_type: details if details is not None else {}}
+    if project is not None:
+        event["project"] = project
+    return event
+
+
+def demo_audit_logs(now: int) -> list[dict]:
+    """Audit events relative to `now` (the connector's lookback window is counted back from the clock).
+
+    Logins: user-0010 at now-2d, now-10d and now-200d (latest now-2d); user-0011 at now-5d (and a newer
+    login.failed at now-1d that a type filter must drop); user-0000 at now-1d; user-0012 only at now-200d
+    (outside a 90-day window); user-9999, not an organization user, at now-3d. Key scopes: key_user1
+    created at now-30d with ["api.model.request"], updated at now-4d (by an admin key) to
+    ["api.model.request", "api.files.write"]; key_svc1 created at now-20d with
+    ["api.model.request", "api.responses.write"]; key_gone created at now-120d with ["api.files.read"].
+    Other types: logout.succeeded (user-0010, now-2d+1h) and project.created (proj_beta, now-6d).
+    """
+    alpha = {"id": "proj_alpha", "name": "Alpha"}
+    admin_key_actor = {"type": "api_key", "api_key": {"id": "key_admin1", "type": "user",
+                                                      "user": {"id": "user-0000", "email": "demo0@example.com"}}}
+    return [
+        _event("audit_log-demo001", "login.succeeded", now - 200 * DAY, _session("user-0010", "demo10@example.com")),
+        _event("audit_log-demo002", "login.succeeded", now - 10 * DAY, _session("user-0010", "demo10@example.com")),
+        _event("audit_log-demo003", "login.succeeded", now - 2 * DAY, _session("user-0010", "demo10@example.com")),
+        _event("audit_log-demo004", "logout.succeeded", now - 2 * DAY + 3600,
+               _session("user-0010", "demo10@example.com")),
+        _event("audit_log-demo005", "login.succeeded", now - 5 * DAY,
+               _session("user-0011", "demo11@example.com", "198.51.100.23")),
+        _event("audit_log-demo006", "login.failed", now - 1 * DAY, _session("user-0011", "demo11@example.com"),
+               {"error_code": "invalid_password", "error_message": "Wrong password"}),
+        _event("audit_log-demo007", "login.succeeded", now - 1 * DAY, _session("user-0000", "demo0@example.com")),
+        _event("audit_log-demo008", "login.succeeded", now - 200 * DAY, _session("user-0012", "demo12@example.com")),
+        _event("audit_log-demo009", "login.succeeded", now - 3 * DAY, _session("user-9999", "former@example.com")),
+        _event("audit_log-demo010", "api_key.created", now - 30 * DAY, _session("user-0011", "demo11@example.com"),
+               {"id": "key_user1", "data": {"scopes": ["api.model.request"]}}, alpha),
+        _event("audit_log-demo011", "api_key.updated", now - 4 * DAY, admin_key_actor,
+               {"id": "key_user1", "changes_requested": {"scopes": ["api.model.request", "api.files.write"]}},
+               alpha),
+        _event("audit_log-demo012", "api_key.created", now - 20 * DAY, _session("user-0010", "demo10@example.com"),
+               {"id": "key_svc1", "data": {"scopes": ["api.model.request", "api.responses.write"]}}, alpha),
+        _event("audit_log-demo013", "api_key.created", now - 120 * DAY, _session("user-0020", "demo20@example.com"),
+               {"id": "key_gone", "data": {"scopes": ["api.files.read"]}}, alpha),
+        _event("audit_log-demo014", "project.created", now - 6 * DAY, _session("user-0000", "demo0@example.com"),
+               {"id": "proj_beta", "data": {"name": "Beta", "title": "Beta"}}, {"id": "proj_beta", "name": "Beta"}),
+    ]
 
 
 def main() -> None:
