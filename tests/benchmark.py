@@ -138,7 +138,8 @@ def run_limited(fake: FakeOpenAI, args: argparse.Namespace, timeout: float) -> d
             done = subprocess.run([*argv, "--save_json", str(Path(workdir) / "payload.json")], env=env, cwd=workdir,
                                   capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
             status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
-            tail = done.stderr.strip().splitlines()[-1:] if done.returncode else []
+            errors = [line.split(" ERROR ", 1)[1] for line in done.stderr.splitlines() if " ERROR " in line]
+            tail = (errors or done.stderr.strip().splitlines()[-1:]) if done.returncode else []
         except subprocess.TimeoutExpired:
             status, tail = f"timed out ({timeout:g} s)", []
         wall = time.monotonic() - started
@@ -162,7 +163,8 @@ def models_table(args: argparse.Namespace) -> None:
           f"{args.every_k}th request (all endpoints together) retry-after-ms {args.every_retry_after_ms}; "
           f"fixed windows {args.window_project_roles} on project roles, {args.window_requests} elsewhere, per "
           f"{args.window:g} s window per endpoint, sliding from the first request, no headers")
-    rows = []
+    rows: list[str] = []
+    notes: list[str] = []
     clean = None
     for name in ("none", *[m for m in LIMIT_MODELS if m != "none"]):
         fake = FakeOpenAI(org, admin_key=ADMIN_KEY, latency=args.table_latency).start()
@@ -180,13 +182,17 @@ def models_table(args: argparse.Namespace) -> None:
         rows.append(f"| {name} | {result['status']} | {reads} | {result['throttled']} | {result['wall']:.1f} s | "
                     f"{bound:.1f} s | {versus_bound} | {versus_clean} |")
         if result["error"]:
-            rows[-1] += f" <!-- {result['error'][:160]} -->"
+            notes.append(f"- {name}: {result['error'][:200]}")
         print(f"  {name}: {result['status']}, {result['wall']:.1f}s", file=sys.stderr, flush=True)
     print()
     print("| model | result | reads (200s) | 429s | wall | bound | wall / bound | wall / clean run |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
     print()
+    if notes:
+        print("first error of each failed run:")
+        print("\n".join(notes))
+        print()
     print("bound: the wall time the limit alone forces for the reads the run made (fake_limits `bound`); "
           "~0 for every-kth and none, so compare those with the clean run (model none).")
 
