@@ -179,6 +179,8 @@ def models_table(args: argparse.Namespace) -> None:
         reads = sum(result["reads"].values())
         versus_bound = f"{result['wall'] / bound:.2f}" if bound >= 0.05 else "n/a (bound ~0)"
         versus_clean = f"{result['wall'] / clean:.2f}" if clean else "n/a"
+        if result["status"] != "ok":  # partial reads: no ratio means anything
+            versus_bound = versus_clean = "-"
         rows.append(f"| {name} | {result['status']} | {reads} | {result['throttled']} | {result['wall']:.1f} s | "
                     f"{bound:.1f} s | {versus_bound} | {versus_clean} |")
         if result["error"]:
