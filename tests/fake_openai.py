@@ -60,8 +60,8 @@ class Fault:
 
     path: str
     # status|reset|truncate|nonjson|wrong_object|data_not_list|no_cursor|repeat_cursor|overlap|delay-only
-    # |drip|endless|gzip_bomb|hook (see the handler; endless: body = items per page, gzip_bomb: body =
-    # decompressed size in bytes, hook: body = callable(fake), called once, then the request is answered normally)
+    # |drip|endless|gzip_bomb|hook (drip: a byte every `delay` s; endless: body = items per page (1); gzip_bomb: body =
+    # decompressed bytes (50 MB); hook: body = callable(fake), called once, then the request is answered normally)
     kind: str = "status"
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
@@ -379,7 +379,7 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                     self._drip(status, json.dumps(body).encode(), fault.delay)
                     return
                 elif fault.kind == "gzip_bomb":
-                    self._send(200, gzip_bomb(int(fault.body)), {"Content-Encoding": "gzip"})
+                    self._send(200, gzip_bomb(int(fault.body or 50_000_000)), {"Content-Encoding": "gzip"})
                     return
                 elif fault.kind == "truncate":
                     raw = json.dumps(body).encode()
