@@ -8,6 +8,8 @@ max(longest cursor chain, total calls / workers) x latency + mapping time, peak 
     python tests/benchmark.py --workers 8                      # only the default worker count
     python tests/benchmark.py --users 100000 --projects 5000 --latency 0 --workers 8 --push   # peak memory
     python tests/benchmark.py --scaling                        # mapping + payload time at N and 10N users
+    python tests/benchmark.py --limit-model fixed-windows      # behind a rate-limit model (tests/fake_limits.py)
+    python tests/benchmark.py --models-table                   # each rate-limit model once, small org: a table
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from fake_openai import FakeOpenAI, Organization, generate_organization  # noqa: E402
+from fake_limits import EveryKth, FixedWindows, Limiter, TokenBucket  # noqa: E402
+from fake_openai import COMPILED_ROUTES, FakeOpenAI, Organization, generate_organization  # noqa: E402
 from fake_veza import FakeVeza  # noqa: E402
 
 import veza_openai as vo  # noqa: E402
@@ -59,9 +62,11 @@ def minimum_calls(org: Organization) -> tuple[int, int]:
     return sum(chains), max(chains)
 
 
-def run_connector(fake: FakeOpenAI, workers: int, workdir: Path, veza: FakeVeza | None, ca_file: str) -> dict:
+def run_connector(fake: FakeOpenAI, workers: int, workdir: Path, veza: FakeVeza | None, ca_file: str,
+                  extra_env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> dict:
     env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-           "OPENAI_ORG_ID": fake.org.org_id, "OPENAI_API_KEY": ADMIN_KEY, "OPENAI_BASE_URL": fake.base_url}
+           "OPENAI_ORG_ID": fake.org.org_id, "OPENAI_API_KEY": ADMIN_KEY, "OPENAI_BASE_URL": fake.base_url,
+           **(extra_env or {})}
     mode = ["--dry-run"]
     if veza is not None:
         env.update(VEZA_URL=veza.url, VEZA_API_KEY=VEZA_KEY, REQUESTS_CA_BUNDLE=ca_file)
@@ -70,7 +75,7 @@ def run_connector(fake: FakeOpenAI, workers: int, workdir: Path, veza: FakeVeza 
     out = workdir / f"payload-{workers}.json"
     started = time.monotonic()
     process = subprocess.Popen([str(HERE.parent / "veza_openai.py"), *mode, "--save_json", str(out),
-                                "--max-workers", str(workers)], env=env, stderr=subprocess.PIPE, text=True,
+                                "--max-workers", str(workers), *extra_args], env=env, stderr=subprocess.PIPE, text=True,
                                stdin=subprocess.DEVNULL)
     stderr = process.stderr.read()
     _, status, usage = os.wait4(process.pid, 0)
@@ -81,6 +86,117 @@ def run_connector(fake: FakeOpenAI, workers: int, workdir: Path, veza: FakeVeza 
     mapped = re.search(r"mapped .* in ([\d.]+)s", stderr)
     return {"wall": wall, "calls": fake.calls() - before, "peak_mb": usage.ru_maxrss / 1024,
             "mapping": float(mapped.group(1)) if mapped else float("nan"), "payload": out}
+
+
+LIMIT_MODELS = ("token-bucket-ms", "token-bucket-s", "token-bucket-none", "every-kth", "fixed-windows", "none")
+
+
+def limit_model(name: str, args: argparse.Namespace) -> Limiter | None:
+    """The fake_limits model called `name`, built from the command line's parameters (None: no limit)."""
+    if name.startswith("token-bucket-"):
+        hint = {"ms": "ms", "s": "s", "none": None}[name.rsplit("-", 1)[1]]
+        return TokenBucket(args.bucket_rate, args.bucket_burst, hint, time_scale=args.time_scale)
+    if name == "every-kth":
+        return EveryKth(args.every_k, args.every_retry_after_ms)
+    if name == "fixed-windows":
+        return FixedWindows(default=(args.window_requests, args.window),
+                            per_endpoint={"project roles": (args.window_project_roles, args.window)})
+    return None
+
+
+def family_of(path: str) -> str:
+    for regex, family, *_ in COMPILED_ROUTES:
+        if regex.match(path):
+            return family
+    return "?"
+
+
+def reads_per_family(fake: FakeOpenAI, since: int = 0) -> dict[str, int]:
+    """Successful (200) requests per family in the fake's timeline, from entry `since` on."""
+    with fake.lock:
+        timeline = fake.timeline[since:]
+    counts: dict[str, int] = {}
+    for _, path, status in timeline:
+        if status == 200:
+            family = family_of(path)
+            counts[family] = counts.get(family, 0) + 1
+    return counts
+
+
+def run_limited(fake: FakeOpenAI, args: argparse.Namespace, timeout: float) -> dict:
+    """One dry run of the connector as a user runs it; never exits: reports the exit status or the timeout."""
+    env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+           "OPENAI_ORG_ID": fake.org.org_id, "OPENAI_API_KEY": ADMIN_KEY, "OPENAI_BASE_URL": fake.base_url,
+           "VEZA_OPENAI_TIME_SCALE": str(args.time_scale)}
+    argv = [str(HERE.parent / "veza_openai.py"), "--dry-run", "--max-workers", str(args.table_workers)]
+    if args.role_assignments:
+        argv += ["--role-assignments", args.role_assignments]
+    since = len(fake.timeline)
+    with tempfile.TemporaryDirectory() as workdir:
+        started = time.monotonic()
+        try:
+            done = subprocess.run([*argv, "--save_json", str(Path(workdir) / "payload.json")], env=env, cwd=workdir,
+                                  capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+            status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
+            errors = [line.split(" ERROR ", 1)[1] for line in done.stderr.splitlines() if " ERROR " in line]
+            tail = (errors or done.stderr.strip().splitlines()[-1:]) if done.returncode else []
+        except subprocess.TimeoutExpired:
+            status, tail = f"timed out ({timeout:g} s)", []
+        wall = time.monotonic() - started
+    reads = reads_per_family(fake, since)
+    with fake.lock:
+        throttled = sum(1 for _, _, code in fake.timeline[since:] if code == 429)
+    return {"status": status, "wall": wall, "reads": reads, "throttled": throttled, "error": tail[0] if tail else ""}
+
+
+def models_table(args: argparse.Namespace) -> None:
+    """Each rate-limit model once on a small organization; a Markdown table of reads, 429s, wall and bounds."""
+    org = generate_organization(users=args.table_users, projects=args.table_projects, members=args.members,
+                                service_accounts=args.service_accounts, keys=args.keys,
+                                groups=min(args.groups, 10))
+    args.role_assignments = args.role_assignments or "all"
+    print(f"organization: {args.table_users} users, {args.table_projects} projects ({args.members} members each), "
+          f"{min(args.groups, 10)} groups; --role-assignments {args.role_assignments}, "
+          f"--max-workers {args.table_workers}; latency {args.table_latency * 1000:.0f} ms; "
+          f"VEZA_OPENAI_TIME_SCALE={args.time_scale:g}; per-model timeout {args.model_timeout:g} s")
+    print(f"models: token bucket {args.bucket_rate:g}/s burst {args.bucket_burst:g} per endpoint; every "
+          f"{args.every_k}th request (all endpoints together) retry-after-ms {args.every_retry_after_ms}; "
+          f"fixed windows {args.window_project_roles} on project roles, {args.window_requests} elsewhere, per "
+          f"{args.window:g} s window per endpoint, sliding from the first request, no headers")
+    rows: list[str] = []
+    notes: list[str] = []
+    clean = None
+    for name in ("none", *[m for m in LIMIT_MODELS if m != "none"]):
+        fake = FakeOpenAI(org, admin_key=ADMIN_KEY, latency=args.table_latency).start()
+        fake.limiter = limit_model(name, args)
+        try:
+            result = run_limited(fake, args, args.model_timeout)
+        finally:
+            fake.stop()
+        if name == "none" and result["status"] == "ok":
+            clean = result["wall"]
+        bound = fake.limiter.bound(result["reads"]) if fake.limiter is not None else 0.0
+        reads = sum(result["reads"].values())
+        versus_bound = f"{result['wall'] / bound:.2f}" if bound >= 0.05 else "n/a (bound ~0)"
+        versus_clean = f"{result['wall'] / clean:.2f}" if clean else "n/a"
+        if result["status"] != "ok":  # partial reads: no ratio means anything
+            versus_bound = versus_clean = "-"
+        rows.append(f"| {name} | {result['status']} | {reads} | {result['throttled']} | {result['wall']:.1f} s | "
+                    f"{bound:.1f} s | {versus_bound} | {versus_clean} |")
+        if result["error"]:
+            notes.append(f"- {name}: {result['error'][:200]}")
+        print(f"  {name}: {result['status']}, {result['wall']:.1f}s", file=sys.stderr, flush=True)
+    print()
+    print("| model | result | reads (200s) | 429s | wall | bound | wall / bound | wall / clean run |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+    print()
+    if notes:
+        print("first error of each failed run:")
+        print("\n".join(notes))
+        print()
+    print("bound: the wall time the limit alone forces for the reads the run made (fake_limits `bound`); "
+          "~0 for every-kth and none, so compare those with the clean run (model none).")
 
 
 def snapshot_of(org: Organization) -> vo.Snapshot:
@@ -122,15 +238,47 @@ def main() -> None:
     parser.add_argument("--workers", default=f"1,{vo.DEFAULT_MAX_WORKERS}", help="comma-separated worker counts")
     parser.add_argument("--scaling", action="store_true", help="only measure mapping time at N and 10N")
     parser.add_argument("--push", action="store_true", help="also push to a fake Veza (memory includes the push)")
+    limits = parser.add_argument_group("rate limits (tests/fake_limits.py)")
+    limits.add_argument("--limit-model", choices=LIMIT_MODELS, default="none",
+                        help="serve behind this rate-limit model (default none)")
+    limits.add_argument("--models-table", action="store_true",
+                        help="run each rate-limit model once on a small organization and print a Markdown table")
+    limits.add_argument("--time-scale", type=float, default=0.01,
+                        help="VEZA_OPENAI_TIME_SCALE for the connector under a limit model (default 0.01)")
+    limits.add_argument("--bucket-rate", type=float, default=40.0, help="token bucket: tokens/s per endpoint")
+    limits.add_argument("--bucket-burst", type=float, default=20.0, help="token bucket: bucket size per endpoint")
+    limits.add_argument("--every-k", type=int, default=7, help="every-kth: every k-th request (all endpoints) is 429")
+    limits.add_argument("--every-retry-after-ms", type=int, default=20, help="every-kth: retry-after-ms sent")
+    limits.add_argument("--window", type=float, default=0.6, help="fixed windows: window length, real seconds")
+    limits.add_argument("--window-requests", type=int, default=60, help="fixed windows: requests per window")
+    limits.add_argument("--window-project-roles", type=int, default=7,
+                        help="fixed windows: requests per window on project roles")
+    limits.add_argument("--role-assignments", choices=("none", "auto", "all"),
+                        help="passed to the connector (default: its own; 'all' in --models-table)")
+    limits.add_argument("--table-users", type=int, default=300)
+    limits.add_argument("--table-projects", type=int, default=24)
+    limits.add_argument("--table-workers", type=int, default=vo.DEFAULT_MAX_WORKERS)
+    limits.add_argument("--table-latency", type=float, default=0.005,
+                        help="seconds added to every answer in --models-table (default 5 ms: 500 ms at time scale "
+                        "0.01, so latency, windows and waits keep the real API's proportions)")
+    limits.add_argument("--model-timeout", type=float, default=300.0, help="seconds per model in --models-table")
     args = parser.parse_args()
     if args.scaling:
         scaling(args.users // 10, args.projects // 10)
+        return
+    if args.models_table:
+        models_table(args)
         return
 
     org = generate_organization(users=args.users, projects=args.projects, members=args.members,
                                 service_accounts=args.service_accounts, keys=args.keys, groups=args.groups)
     minimum, chain = minimum_calls(org)
     fake = FakeOpenAI(org, admin_key=ADMIN_KEY, latency=args.latency).start()
+    extra_env, extra_args = {}, ()
+    if args.limit_model != "none":
+        extra_env["VEZA_OPENAI_TIME_SCALE"] = str(args.time_scale)
+    if args.role_assignments:
+        extra_args = ("--role-assignments", args.role_assignments)
     print(f"organization: {args.users} users, {args.projects} projects ({args.members} members, "
           f"{args.service_accounts} service accounts, {args.keys} keys each), {args.groups} groups; "
           f"latency {args.latency * 1000:.0f} ms; machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
@@ -142,7 +290,14 @@ def main() -> None:
         ca.cert_pem.write_to_path(ca_file)
         veza = FakeVeza(ca, api_key=VEZA_KEY).start() if args.push else None
         for workers in [int(w) for w in args.workers.split(",")]:
-            result = run_connector(fake, workers, Path(workdir), veza, ca_file)
+            fake.limiter = limit_model(args.limit_model, args)
+            since = len(fake.timeline)
+            result = run_connector(fake, workers, Path(workdir), veza, ca_file, extra_env, extra_args)
+            if fake.limiter is not None:
+                reads = reads_per_family(fake, since)
+                print(f"limit model {args.limit_model}: {sum(reads.values())} reads, "
+                      f"{fake.limiter.total_throttled} answered 429, the limit alone forces "
+                      f"{fake.limiter.bound(reads):.1f}s")
             bound = max(chain, minimum / workers) * args.latency + result["mapping"]
             print(f"workers {workers:>2}: calls {result['calls']} (minimum {minimum}), wall {result['wall']:.1f}s "
                   f"(lower bound {bound:.1f}s, ratio {result['wall'] / bound:.2f}), peak memory "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import json
 import random
 import re
@@ -17,6 +18,7 @@ import socket
 import threading
 import time
 import urllib.parse
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -66,6 +68,8 @@ class Fault:
 
     path: str
     # status|reset|truncate|nonjson|wrong_object|data_not_list|no_cursor|repeat_cursor|overlap|delay-only
+    # |drip|endless|gzip_bomb|hook (drip: a byte every `delay` s; endless: body = items per page (1); gzip_bomb: body =
+    # decompressed bytes (50 MB); hook: body = callable(fake), called once, then the request is answered normally)
     kind: str = "status"
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
@@ -136,6 +140,7 @@ class FakeOpenAI:
         self.lock = threading.Lock()
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.limiter: Any = None  # a fake_limits model: admit(family, now) -> None or 429 headers
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -184,7 +189,18 @@ class FakeOpenAI:
             match = regex.match(path)
             if not match:
                 continue
+            if self.limiter is not None:
+                throttled = self.limiter.admit(family, time.monotonic())
+                if throttled is not None:
+                    body = _error(f"Rate limit reached for {family}. Please try again later.", "rate_limit_exceeded")
+                    return 429, body, Fault(path, status=429, headers=dict(throttled), body=body)
             fault = self.take_fault(path)
+            if fault is not None and fault.kind == "hook":
+                with self.lock:
+                    callback, fault.body = fault.body, None  # once, even with times=None
+                if callback is not None:
+                    callback(self)
+                fault = None
             if family in self.refused:
                 status = self.refused[family]
                 return status, _error(f"{family}: {'insufficient permissions' if status == 403 else 'not found'}",
@@ -248,13 +264,14 @@ class FakeOpenAI:
         if family == "roles":
             return org.roles
         if family == "user roles":
-            return org.user_roles.get(uid, [])
+            return org.user_roles.get(uid, []) if uid in self._user_ids() else None
         if family == "project roles":
             return org.project_roles.get(pid, [])
         if family == "project group roles":
             return org.project_group_roles.get((pid, gid), [])
         if family == "project user roles":
-            return org.project_user_roles.get((pid, uid), [])
+            members = {m.get("id") for m in org.project_users.get(pid, [])}
+            return org.project_user_roles.get((pid, uid), []) if uid in members or uid in self._user_ids() else None
         if family == "audit logs":
             return _audit_logs(org.audit_logs, query)
         if family == "workload identity providers":
@@ -273,6 +290,15 @@ class FakeOpenAI:
             return _ordered(self._with_content(org.project_certificates.get(pid, [])), query)
         raise AssertionError(family)
 
+    def _user_ids(self) -> set[str]:
+        """The organization's user ids, cached until org.users is replaced or changes length."""
+        key = (id(self.org.users), len(self.org.users))
+        cached = getattr(self, "_user_ids_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, {u.get("id") for u in self.org.users})
+            self._user_ids_cache = cached
+        return cached[1]
+
     def _with_content(self, certificates: list[dict]) -> list[dict]:
         """Certificates as listed: the SDK's list model has no `content`, unless the org says to leak it."""
         if not self.org.certificate_content_in_lists:
@@ -283,6 +309,8 @@ class FakeOpenAI:
 
     def page(self, items: list[dict], style: str, default_limit: int, max_limit: int, query: dict[str, str],
              fault: Fault | None) -> tuple[int, dict, Fault | None]:
+        if fault is not None and fault.kind == "endless":
+            return 200, _endless_page(items, style, fault), fault
         try:
             limit = int(query.get("limit", default_limit))
         except ValueError:
@@ -396,6 +424,44 @@ def _audit_logs(events: list[dict], query: dict) -> list[dict]:
     return sorted(kept, key=lambda e: (e["effective_at"], e["id"]), reverse=True)
 
 
+_ENDLESS = itertools.count()
+
+
+def _endless_page(items: list[dict], style: str | None, fault: Fault) -> dict:
+    """Fresh items and a fresh cursor every time, whatever `after` says (fault.body items, default 1)."""
+    template = items[0] if items else {}
+    data = []
+    for _ in range(fault.body if isinstance(fault.body, int) else 1):
+        fresh = f"endless-{next(_ENDLESS):08d}"
+        data.append({**template, "id": fresh, **({"group_id": fresh} if "group_id" in template else {})})
+    body: dict[str, Any] = {"object": "list", "data": data, "has_more": True}
+    if style == "last_id":
+        body["first_id"], body["last_id"] = data[0]["id"], data[-1]["id"]
+    elif style == "next":
+        body["next"] = encode_next(10_000_000 + next(_ENDLESS))
+    return body
+
+
+_BOMBS: dict[int, bytes] = {}
+_BOMB_LOCK = threading.Lock()
+
+
+def gzip_bomb(size: int) -> bytes:
+    """gzip bytes that decompress to `size` bytes: the start of a JSON list, then spaces (cached)."""
+    with _BOMB_LOCK:
+        if size not in _BOMBS:
+            packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip wrapper
+            head = b'{"object":"list","data":['[:size]
+            parts, left = [packer.compress(head)], size - len(head)
+            chunk = b" " * (1 << 20)
+            while left > 0:
+                parts.append(packer.compress(chunk[:min(left, len(chunk))]))
+                left -= len(chunk)
+            parts.append(packer.flush())
+            _BOMBS[size] = b"".join(parts)
+        return _BOMBS[size]
+
+
 def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
     class Handler(QuietKeepAliveHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -421,7 +487,7 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 fake.timeline.append((arrived, path, fault.status if fault and fault.kind == "status" else status))
             headers: dict[str, str] = {}
             if fault is not None:
-                if fault.delay:
+                if fault.delay and fault.kind != "drip":
                     time.sleep(fault.delay)
                 if fault.kind == "reset":
                     self.close_connection = True
@@ -433,6 +499,12 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                     body = fault.body if fault.body is not None else _error(f"injected {fault.status}", None)
                 elif fault.kind == "nonjson":
                     self._send(200, b"<html>upstream error</html>", {"Content-Type": "text/html"})
+                    return
+                elif fault.kind == "drip":
+                    self._drip(status, json.dumps(body).encode(), fault.delay)
+                    return
+                elif fault.kind == "gzip_bomb":
+                    self._send(200, gzip_bomb(int(fault.body or 50_000_000)), {"Content-Encoding": "gzip"})
                     return
                 elif fault.kind == "truncate":
                     raw = json.dumps(body).encode()
@@ -452,6 +524,20 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                     if body.get("data"):
                         body["data"] = body["data"][:1]
             self._send(status, json.dumps(body).encode(), headers)
+
+        def _drip(self, status: int, raw: bytes, interval: float) -> None:
+            """A correct Content-Length, then the body one byte every `interval` seconds."""
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            try:
+                for i in range(len(raw)):
+                    self.wfile.write(raw[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(interval)
+            except OSError:  # the client gave up
+                self.close_connection = True
 
         def _send(self, status: int, raw: bytes, headers: dict[str, str]) -> None:
             self.send_response(status)

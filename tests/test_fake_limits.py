@@ -1,0 +1,262 @@
+"""The fake's rate-limit models (pure: `now` is passed, nothing sleeps) and its hostile-server fault kinds."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import socket
+import threading
+import time
+
+import pytest
+import requests
+from fake_limits import AlwaysThrottled, EveryKth, FixedWindows, Limiter, TokenBucket
+from fake_openai import DEFAULT_ADMIN_KEY, FakeOpenAI, Fault, demo_organization, gzip_bomb
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+def test_no_limit_admits_everything():
+    model = Limiter()
+    assert all(model.admit("users", t) is None for t in range(100))
+    assert model.bound({"users": 10**6}) == 0
+    assert model.admitted["users"] == 100 and model.total_throttled == 0
+
+
+def test_token_bucket_starts_full_then_hints_the_exact_wait_in_ms():
+    model = TokenBucket(rate=10, burst=3, hint="ms")
+    assert [model.admit("users", 0.0) for _ in range(3)] == [None] * 3
+    assert model.admit("users", 0.0) == {"retry-after-ms": "100"}
+    assert model.admit("users", 0.04) == {"retry-after-ms": "60"}  # 0.4 token refilled
+    assert model.admit("users", 0.1) is None  # refused requests took no token
+    assert model.admit("projects", 0.1) is None  # another endpoint, its own bucket
+    assert model.throttled == {"users": 2} and model.admitted == {"users": 4, "projects": 1}
+
+
+def test_token_bucket_hint_in_whole_seconds_rounded_up_or_none():
+    seconds = TokenBucket(rate=0.4, burst=1, hint="s")
+    assert seconds.admit("roles", 0.0) is None
+    assert seconds.admit("roles", 0.0) == {"retry-after": "3"}  # 2.5 s -> 3
+    assert seconds.admit("roles", 2.4) == {"retry-after": "1"}  # 0.1 s -> 1
+    silent = TokenBucket(rate=1, burst=1, hint=None)
+    assert silent.admit("roles", 0.0) is None
+    assert silent.admit("roles", 0.5) == {}
+
+
+def test_token_bucket_hint_is_in_the_clients_unscaled_time():
+    model = TokenBucket(rate=40, burst=1, hint="ms", time_scale=0.01)
+    model.admit("users", 0.0)
+    assert model.admit("users", 0.0) == {"retry-after-ms": "2500"}  # 25 ms real / 0.01
+
+
+def test_token_bucket_per_endpoint_limits_and_bound():
+    model = TokenBucket(rate=10, burst=5, per_endpoint={"project roles": (1, 2)})
+    assert [model.admit("project roles", 0.0) for _ in range(3)] == [None, None, {"retry-after-ms": "1000"}]
+    assert model.bound({"users": 25, "project roles": 12}) == 10.0  # (12 - 2) / 1 > (25 - 5) / 10
+    assert model.bound({"users": 3}) == 0.0
+
+
+def test_every_kth_counts_globally_by_default():
+    model = EveryKth(k=3, retry_after_ms=20)
+    answers = [model.admit(family, 0.0) for family in ["users", "roles", "users", "roles", "users", "roles"]]
+    assert answers == [None, None, {"retry-after-ms": "20"}, None, None, {"retry-after-ms": "20"}]
+    assert model.throttled == {"users": 1, "roles": 1}
+    assert model.bound({"users": 1000}) == 0
+
+
+def test_every_kth_per_endpoint_and_without_header():
+    model = EveryKth(k=2, retry_after_ms=None, per_endpoint=True)
+    answers = [model.admit(family, 0.0) for family in ["users", "roles", "users", "roles"]]
+    assert answers == [None, None, {}, {}]
+
+
+def test_fixed_windows_slide_from_the_first_request_after_a_refill():
+    model = FixedWindows(default=(60, 1.0), per_endpoint={"project roles": (7, 0.5)})
+    assert all(model.admit("project roles", 0.2 + i * 0.01) is None for i in range(7))  # window [0.2, 0.7)
+    assert model.admit("project roles", 0.3) == {}  # no headers
+    assert model.admit("project roles", 0.69) == {}
+    assert model.admit("users", 0.3) is None  # other endpoints unaffected
+    assert model.admit("project roles", 0.7) is None  # refilled: a new window starts now, [0.7, 1.2)
+    assert all(model.admit("project roles", 0.71) is None for _ in range(6))
+    assert model.admit("project roles", 1.19) == {}
+    assert model.admit("project roles", 5.0) is None  # an idle gap: the next window starts at 5.0
+    assert model.throttled == {"project roles": 3}
+
+
+def test_fixed_windows_clock_aligned():
+    model = FixedWindows(default=(2, 1.0), aligned=True)
+    assert [model.admit("users", t) for t in (0.9, 0.95, 0.99)] == [None, None, {}]
+    assert [model.admit("users", t) for t in (1.0, 1.5, 1.9)] == [None, None, {}]
+
+
+def test_fixed_windows_bound():
+    model = FixedWindows(default=(60, 0.6), per_endpoint={"project roles": (7, 0.6)})
+    assert model.bound({"project roles": 7}) == 0.0
+    assert model.bound({"project roles": 8}) == pytest.approx(0.6)
+    assert model.bound({"project roles": 40, "users": 3}) == pytest.approx(5 * 0.6)  # ceil(40/7) - 1 = 5
+    assert model.bound({"users": 121}) == pytest.approx(2 * 0.6)
+    aligned = FixedWindows(default=(7, 0.6), aligned=True)
+    assert aligned.bound({"project roles": 40}) == pytest.approx(4 * 0.6)
+
+
+def test_fixed_windows_bound_is_reachable_by_a_client_that_waits_out_each_window():
+    model = FixedWindows(default=(7, 0.6))
+    tick, reads = 0, 0
+    while reads < 40:  # poll every ms
+        if model.admit("project roles", tick / 1000) is None:
+            reads += 1
+        else:
+            tick += 1
+    assert tick / 1000 == pytest.approx(model.bound({"project roles": 40}), abs=0.006)  # 5 waits, <= 1 ms late each
+
+
+def test_always_throttled():
+    model = AlwaysThrottled({"project roles"})
+    assert all(model.admit("project roles", t) == {} for t in range(50))
+    assert model.admit("users", 0) is None
+    assert model.bound({"users": 5}) == 0 and math.isinf(model.bound({"project roles": 1}))
+    assert model.throttled == {"project roles": 50}
+
+
+def test_models_are_thread_safe():
+    model = EveryKth(k=10)
+    threads = [threading.Thread(target=lambda: [model.admit("users", 0.0) for _ in range(1000)]) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert model.throttled["users"] == 800 and model.admitted["users"] == 7200
+
+
+# --- the fake, over HTTP --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake():
+    server = FakeOpenAI(demo_organization()).start()
+    yield server
+    server.stop()
+
+
+def get(fake: FakeOpenAI, path: str, **params) -> requests.Response:
+    return requests.get(fake.base_url + path, params=params, timeout=10,
+                        headers={"Authorization": f"Bearer {DEFAULT_ADMIN_KEY}"})
+
+
+def test_limiter_answers_429_with_its_headers_and_is_logged(fake):
+    fake.limiter = TokenBucket(rate=0.001, burst=1, hint="ms")
+    assert get(fake, "/projects/proj_alpha/roles").status_code == 200
+    throttled = get(fake, "/projects/proj_beta/roles")  # the same endpoint, another project
+    assert throttled.status_code == 429
+    assert throttled.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(throttled.headers["retry-after-ms"]) > 990_000
+    assert get(fake, "/organization/users").status_code == 200
+    assert [status for _, _, status in fake.timeline] == [200, 429, 200]
+    assert fake.limiter.throttled == {"project roles": 1}
+
+
+def test_limiter_comes_before_refusals_and_faults_but_after_auth(fake):
+    fake.limiter = AlwaysThrottled({"groups"})
+    fake.refused["groups"] = 403
+    fake.faults.append(Fault(r"^/organization/groups$", status=500))
+    assert get(fake, "/organization/groups").status_code == 429
+    assert fake.faults[0].seen == 0
+    bad_key = requests.get(fake.base_url + "/organization/groups", headers={"Authorization": "Bearer nope"})
+    assert bad_key.status_code == 401
+    headers = {name.lower() for name in get(fake, "/organization/groups").headers}
+    assert not any(name.startswith(("retry-after", "x-ratelimit")) for name in headers)
+
+
+def test_drip_sends_a_correct_length_slowly(fake):
+    fake.faults.append(Fault(r"^/organization/projects/[^/]+/model_permissions$", kind="drip", delay=0.01))
+    started = time.monotonic()
+    response = get(fake, "/organization/projects/proj_alpha/model_permissions")
+    assert response.status_code == 200
+    assert response.json()["mode"] == "allow_list"
+    assert int(response.headers["Content-Length"]) == len(response.content)
+    assert time.monotonic() - started >= len(response.content) * 0.01 * 0.8
+
+
+def test_drip_stops_when_the_client_hangs_up(fake):
+    fake.faults.append(Fault(r"^/organization/users$", kind="drip", delay=0.01))
+    with socket.create_connection(("127.0.0.1", fake.port)) as sock:
+        sock.sendall(f"GET /v1/organization/users HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {DEFAULT_ADMIN_KEY}"
+                     "\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+    deadline = time.monotonic() + 5
+    while fake.in_flight and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake.in_flight == 0  # a ~5 KB body would take ~50 s to drip
+
+
+@pytest.mark.parametrize("path, cursor", [("/organization/users", "last_id"), ("/organization/groups", "next"),
+                                          ("/organization/admin_api_keys", None)])
+def test_endless_pages_never_end(fake, path, cursor):
+    fake.faults.append(Fault(f"^{path}$", kind="endless", times=None, body=2))
+    seen_ids, seen_cursors, after = set(), set(), "whatever"
+    for _ in range(5):
+        page = get(fake, path, after=after, limit=2).json()
+        assert page["has_more"] is True and len(page["data"]) == 2
+        ids = [item["id"] for item in page["data"]]
+        assert not seen_ids & set(ids)
+        seen_ids |= set(ids)
+        after = page[cursor] if cursor else ids[-1]
+        assert after not in seen_cursors
+        seen_cursors.add(after)
+    assert page["data"][0].get("object") == get(fake, path).json()["data"][0].get("object")
+
+
+def test_gzip_bomb(fake):
+    fake.faults.append(Fault(r"^/organization/roles$", kind="gzip_bomb", body=5_000_000))
+    response = requests.get(fake.base_url + "/organization/roles", stream=True, timeout=10,
+                            headers={"Authorization": f"Bearer {DEFAULT_ADMIN_KEY}"})
+    assert response.status_code == 200 and response.headers["Content-Encoding"] == "gzip"
+    raw = response.raw.read(decode_content=False)
+    assert len(raw) < 50_000
+    inflated = gzip.decompress(raw)
+    assert len(inflated) == 5_000_000 and inflated.startswith(b'{"object":"list","data":[')
+    assert gzip_bomb(5_000_000) is gzip_bomb(5_000_000)  # cached
+
+
+def test_gzip_bomb_of_50_mb_builds_fast():
+    started = time.monotonic()
+    assert len(gzip_bomb(50_000_000)) < 200_000
+    assert time.monotonic() - started < 5
+
+
+def test_hook_deletes_a_group_mid_run(fake):
+    def delete_finance(server: FakeOpenAI) -> None:
+        server.org.groups = [g for g in server.org.groups if g["id"] != "group_fin"]
+
+    fake.faults.append(Fault(r"^/organization/groups/group_eng/users$", kind="hook", body=delete_finance,
+                             times=None))
+    assert get(fake, "/organization/groups/group_fin/users").status_code == 200
+    assert get(fake, "/organization/groups/group_eng/users").status_code == 200  # answered normally, after the hook
+    assert get(fake, "/organization/groups/group_fin/users").status_code == 404
+    assert get(fake, "/organization/groups/group_fin/roles").status_code == 404
+    assert get(fake, "/organization/groups/group_eng/users").status_code == 200  # called once
+
+
+def test_unknown_users_roles_answer_404(fake):
+    assert get(fake, "/organization/users/user-0012/roles").status_code == 200
+    assert get(fake, "/organization/users/user-nobody/roles").status_code == 404
+    assert get(fake, "/projects/proj_alpha/users/user-0011/roles").status_code == 200
+    assert get(fake, "/projects/proj_alpha/users/user-ghost/roles").status_code == 200  # a listed project member
+    assert get(fake, "/projects/proj_alpha/users/user-nobody/roles").status_code == 404
+    assert get(fake, "/projects/proj_gone/users/user-0011/roles").status_code == 404
+    fake.org.users = [u for u in fake.org.users if u["id"] != "user-0012"]
+    assert get(fake, "/organization/users/user-0012/roles").status_code == 404
+
+
+def test_a_status_fault_carries_x_should_retry(fake):
+    fake.faults.append(Fault(r"^/organization/invites$", status=500, headers={"x-should-retry": "false"}))
+    response = get(fake, "/organization/invites")
+    assert response.status_code == 500 and response.headers["x-should-retry"] == "false"
+    assert fake.timeline[-1][2] == 500
+
+
+def test_existing_fault_kinds_still_work(fake):
+    fake.faults.append(Fault(r"^/organization/invites$", kind="data_not_list"))
+    assert get(fake, "/organization/invites").json()["data"] == {"oops": True}
+    assert json.loads(get(fake, "/organization/invites").text)["data"][0]["object"] == "organization.invite"
