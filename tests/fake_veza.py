@@ -207,6 +207,9 @@ class FakeVeza:
                     return 404, {"code": "NotFound", "message": "query not found"}
                 if method == "GET":
                     return 200, {"value": found}
+                if method == "PUT":  # no oaaclient wrapper: client.api_put(f"{QUERIES}/{id}", spec)
+                    found.update({key: value for key, value in (body or {}).items() if key != "id"})
+                    return 200, {"value": found}
                 if method == "DELETE":
                     holders = [r for r in self.reports if {"query": found["id"]} in r["queries"]]
                     if holders and query.get("force", "False").lower() != "true":

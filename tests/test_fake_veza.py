@@ -34,6 +34,8 @@ def test_query_and_report_calls_round_trip(client, veza):
     assert query["id"] and query["name"] == QUERIES[0]["name"]
     assert [q["id"] for q in client.get_queries()] == [query["id"]]
     assert client.get_query_by_id(query["id"])["source_node_types"] == QUERIES[0]["source_node_types"]
+    client.api_put(f"/api/v1/assessments/queries/{query['id']}", {**QUERIES[0], "description": "changed"})
+    assert veza.queries[0]["description"] == "changed" and veza.queries[0]["id"] == query["id"]
 
     report = client.create_report({"name": "R", "description": "d", "queries": [{"query": query["id"]}]})
     second = client.create_query(QUERIES[1])
