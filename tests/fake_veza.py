@@ -2,8 +2,18 @@
 """A fake Veza OAA API over HTTPS on 127.0.0.1, with a throwaway CA from trustme.
 
 It implements the calls oaaclient makes (connection test, provider and data source lookup and
-create, provider icon, `:push` with its gzip+base64 body, `:parts` multipart upload) and keeps
-every decoded payload. Standalone:
+create, provider icon, `:push` with its gzip+base64 body, `:parts` multipart upload, saved
+assessment queries and reports) and keeps every decoded payload. Knobs for the connector's tests:
+
+- `push_error = (status, body)`: answer every push with that, storing nothing.
+- `push_then`: store the pushed payload, then misbehave instead of answering: "reset" (close the
+  connection without a word), "502" (a gateway's HTML 502), "nonjson" (200 with an HTML body), or
+  "drip" (200 with the right Content-Length, the body one byte every `drip_interval` seconds).
+- `team_key = True`: the key may push but not manage: creating a provider or a data source answers
+  403. `precreate(provider, data_source)` sets up what such a key needs.
+- `user_agents`: the User-Agent header of every request, in order.
+
+Standalone:
 
     python tests/fake_veza.py --port 8443 --api-key veza-demo-key --ca-file /tmp/fake-veza-ca.pem
 """
@@ -14,7 +24,9 @@ import argparse
 import base64
 import gzip
 import json
+import socket
 import ssl
+import struct
 import threading
 import urllib.parse
 import uuid
@@ -25,6 +37,12 @@ import trustme
 from fake_http import QuietKeepAliveHandler
 
 DEFAULT_API_KEY = "veza-fake-key-0001"
+PUSH_THEN = ("reset", "502", "nonjson", "drip")
+FORBIDDEN = {"code": "PermissionDenied", "message": "the API key's role does not allow this operation"}
+GATEWAY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+HTML_PAGE = b"<!DOCTYPE html><html><body><p>Veza is under maintenance.</p></body></html>"
+QUERIES = "/api/v1/assessments/queries"
+REPORTS = "/api/preview/assessments/reports"
 
 
 class FakeVeza:
@@ -37,8 +55,16 @@ class FakeVeza:
         self.push_warnings: list[dict] = []
         self.push_error: tuple[int, dict] | None = None  # answer every push with this
         self.icons: dict[str, str] = {}
+        self.push_then: str | None = None  # see PUSH_THEN
+        self.drip_interval = 1.0  # seconds between body bytes when push_then == "drip"
+        self.team_key = False  # creating providers and data sources answers 403
+        self.user_agents: list[str | None] = []
+        self.queries: list[dict] = []  # saved assessment queries
+        self.reports: list[dict] = []  # {"id", "name", "description", "queries": [{"query": id}], ...}
+        self._stopping = threading.Event()
         self._parts: dict[str, list[bytes]] = {}
         self.lock = threading.Lock()
+        self._local = threading.local()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -54,6 +80,7 @@ class FakeVeza:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -62,17 +89,59 @@ class FakeVeza:
         return [push["payload"] for push in self.pushes]
 
     # --- answering -------------------------------------------------------------------------
+    def precreate(self, provider_name: str, data_source_name: str | None = None,
+                  template: str = "application") -> tuple[dict, dict | None]:
+        """Create a provider (and a data source under it) as an administrator would, for team-key runs."""
+        with self.lock:
+            provider = next((p for p in self.providers if p["name"] == provider_name), None)
+            if provider is None:
+                provider = {"id": str(uuid.uuid4()), "name": provider_name, "custom_template": template}
+                self.providers.append(provider)
+                self.data_sources[provider["id"]] = []
+            source = None
+            if data_source_name is not None:
+                sources = self.data_sources[provider["id"]]
+                source = next((s for s in sources if s["name"] == data_source_name), None)
+                if source is None:
+                    source = {"id": str(uuid.uuid4()), "name": data_source_name}
+                    sources.append(source)
+        return provider, source
+
+    def add_system_query(self, name: str) -> dict:
+        """A query Veza itself ships (query_type SYSTEM_CREATED), which build_report must not reuse."""
+        query = {"id": str(uuid.uuid4()), "name": name, "query_type": "SYSTEM_CREATED"}
+        with self.lock:
+            self.queries.append(query)
+        return query
+
     def answer(self, method: str, path: str, query: dict[str, str], body: Any, auth: str | None) -> tuple[int, dict]:
+        status, answer, _ = self.respond(method, path, query, body, auth)
+        return status, answer
+
+    def respond(self, method: str, path: str, query: dict[str, str], body: Any, auth: str | None,
+                user_agent: str | None = None) -> tuple[int, dict, str | None]:
+        """(status, JSON answer, misbehaviour): the last is push_then when a push was just stored."""
         with self.lock:
             self.requests.append((method, path))
+            self.user_agents.append(user_agent)
+        status, answer = self._route(method, path, query, body, auth)
+        stored = getattr(self._local, "stored", False)
+        self._local.stored = False
+        return status, answer, (self.push_then if stored else None)
+
+    def _route(self, method: str, path: str, query: dict[str, str], body: Any, auth: str | None) -> tuple[int, dict]:
         if auth != f"Bearer {self.api_key}":
             return 401, {"code": "Unauthenticated", "message": "invalid or expired token"}
+        if path.startswith(("/api/v1/assessments/", "/api/preview/assessments/")):
+            return self._assessments(method, path, query, body)
         parts = path.strip("/").split("/")
         if path == "/api/v1/providers/custom/templates" and method == "GET":
             return 200, {"values": [{"id": "application"}, {"id": "identity_provider"}], "has_more": False}
         if path == "/api/v1/providers/custom":
             if method == "GET":
                 return 200, {"values": _filtered(self.providers, query), "has_more": False}
+            if self.team_key:
+                return 403, FORBIDDEN
             provider = {"id": str(uuid.uuid4()), "name": body["name"], "custom_template": body["custom_template"]}
             with self.lock:
                 self.providers.append(provider)
@@ -87,6 +156,8 @@ class FakeVeza:
                 return 404, {"code": "NotFound", "message": "provider not found"}
             if method == "GET":
                 return 200, {"values": _filtered(self.data_sources[provider_id], query), "has_more": False}
+            if self.team_key:
+                return 403, FORBIDDEN
             source = {"id": str(uuid.uuid4()), "name": body["name"]}
             with self.lock:
                 self.data_sources[provider_id].append(source)
@@ -107,6 +178,7 @@ class FakeVeza:
         payload = json.loads(data)
         with self.lock:
             self.pushes.append({"provider_id": provider_id, "data_source_id": source_id, "payload": payload})
+        self._local.stored = True
         return 200, {"id": source_id, "warnings": list(self.push_warnings)}
 
     def _parts_operation(self, provider_id: str, source_id: str, body: dict) -> tuple[int, dict]:
@@ -121,6 +193,86 @@ class FakeVeza:
             return 200, {}
         return self._store(provider_id, source_id, b"".join(self._parts.pop(body["upload_id"])))
 
+    # --- saved queries and reports (oaaclient's get/create/delete_query, *_report, add_query_report) ---
+    def _assessments(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, dict]:
+        with self.lock:
+            if path == QUERIES:
+                if method == "GET":
+                    return 200, _page(self.queries, query)
+                if method == "POST":
+                    return self._create(self.queries, body, "query")
+            elif path.startswith(QUERIES + "/"):
+                found = _by_id(self.queries, path[len(QUERIES) + 1:])
+                if found is None:
+                    return 404, {"code": "NotFound", "message": "query not found"}
+                if method == "GET":
+                    return 200, {"value": found}
+                if method == "PUT":  # no oaaclient wrapper: client.api_put(f"{QUERIES}/{id}", spec)
+                    found.update({key: value for key, value in (body or {}).items() if key != "id"})
+                    return 200, {"value": found}
+                if method == "DELETE":
+                    holders = [r for r in self.reports if {"query": found["id"]} in r["queries"]]
+                    if holders and query.get("force", "False").lower() != "true":
+                        return 400, {"code": "FailedPrecondition", "message": "query is used by a report"}
+                    for report in holders:
+                        report["queries"].remove({"query": found["id"]})
+                    self.queries.remove(found)
+                    return 200, {}
+            elif path == REPORTS:
+                if method == "GET":
+                    return 200, _page(self.reports, query)
+                if method == "POST":
+                    unknown = self._unknown_queries(body)
+                    if unknown:
+                        return 400, {"code": "InvalidArgument", "message": f"unknown queries {unknown}"}
+                    return self._create(self.reports, body, "report")
+            elif path.startswith(REPORTS + "/"):
+                report_id, _, rest = path[len(REPORTS) + 1:].partition("/queries/")
+                report = _by_id(self.reports, report_id)
+                if report is None:
+                    return 404, {"code": "NotFound", "message": "report not found"}
+                if rest:
+                    if method == "PUT":
+                        if _by_id(self.queries, rest) is None:
+                            return 404, {"code": "NotFound", "message": "query not found"}
+                        if {"query": rest} not in report["queries"]:
+                            report["queries"].append({"query": rest})
+                        return 200, {"value": report}
+                elif method == "GET":
+                    return 200, {"value": report}
+                elif method == "PUT":
+                    unknown = self._unknown_queries(body)
+                    if unknown:
+                        return 400, {"code": "InvalidArgument", "message": f"unknown queries {unknown}"}
+                    report.update({key: value for key, value in (body or {}).items() if key != "id"})
+                    return 200, {"value": report}
+                elif method == "DELETE":
+                    self.reports.remove(report)
+                    return 200, {}
+        return 404, {"code": "NotFound", "message": f"no route {method} {path}"}
+
+    def _unknown_queries(self, body: Any) -> list[str]:
+        wanted = [entry.get("query") for entry in (body or {}).get("queries") or []]
+        return [qid for qid in wanted if _by_id(self.queries, qid) is None]
+
+    @staticmethod
+    def _create(items: list[dict], body: Any, kind: str) -> tuple[int, dict]:
+        if not isinstance(body, dict) or not body.get("name"):
+            return 400, {"code": "InvalidArgument", "message": f"a {kind} needs a name"}
+        item = {**body, "id": str(uuid.uuid4())}
+        if kind == "report":
+            item["queries"] = [{"query": entry["query"]} for entry in body.get("queries") or []]
+        items.append(item)
+        return 200, {"value": item}
+
+    def query_names(self) -> list[str]:
+        return [query["name"] for query in self.queries]
+
+    def report_queries(self, name: str) -> list[str]:
+        """The names of the queries in the report called `name`, in order."""
+        report = next(r for r in self.reports if r["name"] == name)
+        return [_by_id(self.queries, entry["query"])["name"] for entry in report["queries"]]
+
     def data_source_names(self) -> list[str]:
         return [source["name"] for sources in self.data_sources.values() for source in sources]
 
@@ -134,6 +286,19 @@ def _filtered(items: list[dict], query: dict[str, str]) -> list[dict]:
     return [item for item in items if item["name"] == name]
 
 
+def _by_id(items: list[dict], item_id: str) -> dict | None:
+    return next((item for item in items if item["id"] == item_id), None)
+
+
+def _page(items: list[dict], query: dict[str, str]) -> dict:
+    """One page as Veza lists answer: page_size and an opaque page_token (here an offset)."""
+    size = int(query.get("page_size") or 100)
+    start = int(query.get("page_token") or 0)
+    chunk = list(items[start:start + size])
+    more = start + size < len(items)
+    return {"values": chunk, "has_more": more, "next_page_token": str(start + size) if more else ""}
+
+
 def _handler_for(fake: FakeVeza) -> type[BaseHTTPRequestHandler]:
     class Handler(QuietKeepAliveHandler):
         def _handle(self, method: str) -> None:
@@ -141,20 +306,57 @@ def _handler_for(fake: FakeVeza) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw else None
-            status, answer = fake.answer(method, split.path, dict(urllib.parse.parse_qsl(split.query)), body,
-                                         self.headers.get("authorization"))
+            status, answer, then = fake.respond(method, split.path, dict(urllib.parse.parse_qsl(split.query)), body,
+                                                self.headers.get("authorization"), self.headers.get("User-Agent"))
             data = json.dumps(answer).encode()
+            if then == "reset":
+                # Stored, then gone: no status line, the TCP connection just ends (RST on close).
+                self.close_connection = True
+                self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.request.shutdown(socket.SHUT_RDWR)
+                return
+            if then == "502":
+                self._send(502, "text/html", GATEWAY_PAGE)
+            elif then == "nonjson":
+                self._send(200, "text/html", HTML_PAGE)
+            elif then == "drip":
+                self._send(200, "application/json", data, drip=fake.drip_interval)
+            else:
+                self._send(status, "application/json", data)
+
+        def _send(self, status: int, content_type: str, data: bytes, drip: float | None = None) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            if drip is None:
+                self.wfile.write(data)
+                return
+            for index in range(len(data)):
+                if index and fake._stopping.wait(drip):
+                    self.close_connection = True
+                    return
+                try:
+                    self.wfile.write(data[index:index + 1])
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    self.close_connection = True
+                    return
 
         def do_GET(self) -> None:  # noqa: N802
             self._handle("GET")
 
         def do_POST(self) -> None:  # noqa: N802
             self._handle("POST")
+
+        def do_PUT(self) -> None:  # noqa: N802
+            self._handle("PUT")
+
+        def do_PATCH(self) -> None:  # noqa: N802
+            self._handle("PATCH")
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            self._handle("DELETE")
 
     return Handler
 

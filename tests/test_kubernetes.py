@@ -1,0 +1,165 @@
+"""The Kubernetes CronJob example is valid YAML and agrees with the Dockerfile and the connector."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+from conftest import ROOT
+
+# TODO: switch to ROOT / "README.md" once the manifest moves there (yaml_documents reads ```yaml blocks).
+MANIFEST = ROOT / "tests" / "k8s_cronjob_draft.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+# TODO: read the connector's default --max-run-time from veza_openai.py once it exists (said to be 6600 s).
+MAX_RUN_TIME = 6600
+FENCE = re.compile(r"^```ya?ml[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+UNITS = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+
+
+def yaml_documents(path: Path) -> list[dict]:
+    """Every YAML document in a .yaml file, or in the ```yaml fenced blocks of a Markdown file."""
+    text = path.read_text()
+    blocks = FENCE.findall(text) if path.suffix.lower() in (".md", ".markdown") else [text]
+    return [doc for block in blocks for doc in yaml.safe_load_all(block) if doc is not None]
+
+
+def dockerfile_user(path: Path) -> tuple[int, int | None]:
+    """The uid (and gid) of the Dockerfile's last USER instruction, which must be numeric."""
+    users = re.findall(r"^USER\s+(\S+)", path.read_text(), re.MULTILINE)
+    assert users, "the Dockerfile sets no USER"
+    uid, _, gid = users[-1].partition(":")
+    return int(uid), int(gid) if gid else None
+
+
+def dockerfile_entrypoint(path: Path) -> list[str]:
+    """The Dockerfile's last ENTRYPOINT, which must be in exec (JSON array) form."""
+    entries = re.findall(r"^ENTRYPOINT\s+(.+)$", path.read_text(), re.MULTILINE)
+    assert entries, "the Dockerfile has no ENTRYPOINT"
+    entrypoint = json.loads(entries[-1])
+    assert isinstance(entrypoint, list) and all(isinstance(part, str) for part in entrypoint)
+    return entrypoint
+
+
+def quantity(value: str | int) -> int:
+    """A Kubernetes memory quantity in bytes: 256Mi, 1Gi, 512M, 1000000."""
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi|k|M|G)?", str(value))
+    assert match, f"not a memory quantity: {value!r}"
+    return int(match.group(1)) * UNITS[match.group(2) or ""]
+
+
+def kind(docs: list[dict], name: str) -> list[dict]:
+    return [doc for doc in docs if doc.get("kind") == name]
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[dict]:
+    return yaml_documents(MANIFEST)
+
+
+@pytest.fixture(scope="module")
+def cronjob(docs) -> dict:
+    jobs = kind(docs, "CronJob")
+    assert len(jobs) == 1
+    assert jobs[0]["apiVersion"] == "batch/v1" and jobs[0]["metadata"]["name"] == "veza-openai"
+    return jobs[0]
+
+
+@pytest.fixture(scope="module")
+def pod(cronjob) -> dict:
+    return cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+@pytest.fixture(scope="module")
+def container(pod) -> dict:
+    assert len(pod["containers"]) == 1
+    return pod["containers"][0]
+
+
+def test_markdown_blocks_are_read_like_a_yaml_file(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("text\n```yaml\nkind: A\n---\nkind: B\n```\n```bash\nkind: C\n```\n```yml\nkind: D\n```\n")
+    assert [doc["kind"] for doc in yaml_documents(readme)] == ["A", "B", "D"]
+
+
+def test_one_run_at_a_time_and_no_pod_retries(cronjob):
+    spec = cronjob["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["startingDeadlineSeconds"] > 0
+    assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+    job = spec["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_the_job_deadline_exceeds_the_connectors_own(cronjob):
+    assert cronjob["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] > MAX_RUN_TIME
+
+
+def test_the_secret_is_mounted_as_files_and_the_file_variables_point_into_it(docs, pod, container):
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    secret_volumes = [v for v in volumes.values() if "secret" in v]
+    assert len(secret_volumes) == 1
+    secret_name = secret_volumes[0]["secret"]["secretName"]
+    mounts = [m for m in container["volumeMounts"] if m["name"] == secret_volumes[0]["name"]]
+    assert len(mounts) == 1 and mounts[0]["readOnly"] is True
+    mode = secret_volumes[0]["secret"].get("defaultMode", 0o644)
+    assert not mode & 0o007, "the key files are not world-readable"
+    # Secret files are owned by root and the fsGroup: a non-root user reads them through that group.
+    assert mode & 0o040 and pod["securityContext"].get("fsGroup") == pod["securityContext"]["runAsGroup"]
+    mount = PurePosixPath(mounts[0]["mountPath"])
+    assert mount == PurePosixPath("/var/run/secrets/veza-openai")
+
+    env = {item["name"]: item for item in container["env"]}
+    assert "OPENAI_API_KEY" not in env and "VEZA_API_KEY" not in env, "keys go in files, not the environment"
+    files = {name: PurePosixPath(env[name]["value"]) for name in ("OPENAI_API_KEY_FILE", "VEZA_API_KEY_FILE")}
+    for path in files.values():
+        assert path.parent == mount
+    for name in ("OPENAI_ORG_ID", "VEZA_URL"):
+        assert env[name]["value"]
+    assert env["LOG_FORMAT"]["value"] == "json"
+
+    secrets = [doc for doc in kind(docs, "Secret") if doc["metadata"]["name"] == secret_name]
+    assert len(secrets) == 1, "the example includes the Secret the CronJob mounts"
+    values = secrets[0].get("stringData") or {}
+    assert {path.name for path in files.values()} == set(values)
+    for value in values.values():
+        assert "REPLACE" in value and not value.startswith(("sk-", "veza-")), "placeholders, not real-looking keys"
+
+
+def test_the_pod_runs_as_the_images_non_root_user_on_a_read_only_root(pod, container):
+    uid, gid = dockerfile_user(DOCKERFILE)
+    assert uid != 0
+    effective = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+    assert effective["runAsNonRoot"] is True
+    assert effective["runAsUser"] == uid
+    if gid is not None:
+        assert effective["runAsGroup"] == gid
+    assert effective["seccompProfile"]["type"] == "RuntimeDefault"
+    own = container["securityContext"]
+    assert own["readOnlyRootFilesystem"] is True
+    assert own["allowPrivilegeEscalation"] is False
+    assert own["capabilities"]["drop"] == ["ALL"]
+
+
+def test_tmp_is_a_writable_empty_dir(pod, container):
+    empty = {volume["name"] for volume in pod["volumes"] if "emptyDir" in volume}
+    assert any(m["mountPath"] == "/tmp" and m["name"] in empty for m in container["volumeMounts"])
+
+
+def test_memory_fits_the_benchmarks_peak(container):
+    resources = container["resources"]
+    request = quantity(resources["requests"]["memory"])
+    limit = quantity(resources["limits"]["memory"])
+    assert request >= quantity("256Mi")
+    assert limit >= max(request, 702 * 1000**2), "the 100,000-user benchmark peaks at 702 MB"
+
+
+def test_the_images_entrypoint_is_not_overridden(container):
+    entrypoint = dockerfile_entrypoint(DOCKERFILE)
+    assert entrypoint[-1].endswith("veza_openai.py")
+    assert "command" not in container, f"a command: would replace the image's ENTRYPOINT {entrypoint}"
+    assert not container.get("args"), "no flags are needed: the settings come from the environment"
+    assert container["image"].split("/")[-1].startswith("veza_openai:")
