@@ -90,6 +90,8 @@ MAX_SERVER_WAIT = 60.0         # a retry-after longer than this is capped: the r
 PROBE_FIRST_WAIT = 0.5         # after a 429 with no hint, first probe of the endpoint after this many seconds
 PROBE_MAX_WAIT = 5.0           # probes double up to this, so a refill is seen at most ~5 s late
 REFILL_LEAD = 0.9              # once an endpoint's refill time is known, start probing at 90% of it
+SPACING_RELAX = 0.95           # after a hinted 429, requests are spaced by the hint, 5% less per success
+LEARNED_WINDOW_MIN = 10.0      # a refill slower than this is a window worth remembering; faster ones are probed
 WINDOW_SECONDS = 60.0          # --max-requests-per-minute-per-endpoint counts over a sliding minute
 ASSUMED_REQUESTS_PER_MINUTE = 60  # an endpoint's allowance before it says otherwise (measured estimate, spec)
 WATCHDOG_GRACE = 2.0           # an answer still not whole this long after --timeout is abandoned
@@ -694,11 +696,14 @@ def decide_role_assignment_reads(mode: str, roles_refused: bool, role_lists: lis
 class EndpointPacer:
     """What one endpoint (path template) allows, learned from its answers; pure bookkeeping on `now`.
 
-    A 429 with retry-after(-ms) blocks the endpoint for exactly that long, nothing more. A 429 with no
-    hint blocks it and sends one probe at a time, waiting 0.5 s, 1 s, ... up to 5 s between probes,
-    so a refill is seen at most a few seconds late. The time from the start of a burst to its refill
-    is remembered, so later probes start shortly before the next refill instead of hammering a
-    one-minute window. --max-requests-per-minute-per-endpoint caps each endpoint over a sliding minute.
+    A 429 with retry-after(-ms) blocks the endpoint for exactly that long, nothing more, and spaces
+    its requests by that wait (relaxing 5% per success), so a token bucket is met at its rate instead
+    of with a burst of 429s. A 429 with no hint blocks the endpoint and sends one probe at a time,
+    waiting 0.5 s, 1 s, ... up to 5 s between probes, so a refill is seen at most a few seconds late.
+    When that refill took a window of 10 s or more (the Admin API's are about a minute), the
+    allowance is remembered: later bursts stop at that many requests, and one probe goes shortly
+    before the window is due, so the window is met without a 429 per attempt.
+    --max-requests-per-minute-per-endpoint caps each endpoint over a sliding minute.
     """
 
     def __init__(self, path: str, time_scale: float = 1.0, max_per_minute: int | None = None) -> None:
@@ -708,20 +713,37 @@ class EndpointPacer:
         self.in_flight = 0
         self.blocked_until = 0.0
         self.probing = False           # after a 429: one request at a time until one succeeds
+        self.hintless = False          # the current throttle came without a retry hint
         self.probe_wait = PROBE_FIRST_WAIT
         self.burst_started: float | None = None  # when the current allowance began to be spent
         self.burst_successes = 0
-        self.refill_seconds: float | None = None  # from a burst's start to its refill, last seen
-        self.refill_burst: int | None = None       # successes that burst allowed
+        self.sent_in_burst = 0
+        self.refill_seconds: float | None = None  # from a burst's first request to its refill, last seen
+        self.refill_burst: int | None = None       # the successes that allowance held
+        self.spacing = 0.0             # seconds between requests, from the server's last retry hint
+        self.last_send = float("-inf")
         self.throttled = 0
         self.succeeded = 0
         self.recent_sends: deque[float] = deque()
+
+    def _allowance_known(self) -> bool:
+        return bool(self.refill_burst and self.refill_seconds
+                    and self.refill_seconds >= LEARNED_WINDOW_MIN * self.scale)
+
+    def _allowance_spent(self) -> bool:
+        return not self.probing and self._allowance_known() and self.sent_in_burst >= self.refill_burst
 
     def ready_at(self, now: float) -> float:
         """The earliest time the next request may go (inf while a probe is out)."""
         if self.probing and self.in_flight:
             return float("inf")
-        at = max(now, self.blocked_until)
+        at = max(now, self.blocked_until, self.last_send + self.spacing)
+        if self.refill_burst and self.in_flight >= self.refill_burst:
+            return float("inf")  # no more at once than the last refill let through
+        if self._allowance_spent():  # probe shortly before the remembered window comes round again
+            if self.in_flight:
+                return float("inf")
+            at = max(at, self.burst_started + REFILL_LEAD * self.refill_seconds)
         if self.max_per_minute:
             window = WINDOW_SECONDS * self.scale
             while self.recent_sends and self.recent_sends[0] <= now - window:
@@ -731,33 +753,41 @@ class EndpointPacer:
         return at
 
     def on_send(self, now: float) -> bool:
-        """Count a request going out; True when it is the probe of a throttled endpoint."""
+        """Count a request going out; True when it is a probe (one request that tests for a refill)."""
+        if self._allowance_spent():
+            self.probing, self.hintless = True, True
         self.in_flight += 1
+        self.last_send = now
         if self.max_per_minute:
             self.recent_sends.append(now)
         if self.burst_started is None:
             self.burst_started = now
+        self.sent_in_burst += 1
         return self.probing
 
     def on_success(self, now: float, probe: bool) -> None:
         self.in_flight -= 1
         self.succeeded += 1
-        if probe and self.probing:  # the allowance came back
-            if self.burst_started is not None and self.burst_successes:
-                self.refill_seconds = now - self.burst_started
-                self.refill_burst = self.burst_successes
-            self.probing = False
-            self.probe_wait = PROBE_FIRST_WAIT
-            self.burst_started, self.burst_successes = now, 1
-        else:
+        self.spacing = self.spacing * SPACING_RELAX if self.spacing * SPACING_RELAX > 1e-4 else 0.0
+        if not (probe and self.probing):
             self.burst_successes += 1
+            return
+        # The allowance came back: remember how much it held and how long it took (hintless limits only).
+        if self.hintless and self.burst_started is not None and self.burst_successes:
+            self.refill_seconds = now - self.burst_started
+            self.refill_burst = self.burst_successes
+        self.probing = self.hintless = False
+        self.probe_wait = PROBE_FIRST_WAIT
+        self.burst_started, self.burst_successes, self.sent_in_burst = now, 1, 1
 
     def on_throttled(self, now: float, probe: bool, server_wait: float | None) -> None:
         self.in_flight -= 1
         self.throttled += 1
         if server_wait is not None:  # the server said how long: exactly that, no extra slow-down
-            self.blocked_until = max(self.blocked_until, now + min(server_wait, MAX_SERVER_WAIT) * self.scale)
-            self.probing = True
+            wait = min(server_wait, MAX_SERVER_WAIT) * self.scale
+            self.blocked_until = max(self.blocked_until, now + wait)
+            self.spacing = max(self.spacing, wait)
+            self.probing, self.hintless = True, False
             return
         if self.probing and not probe:
             return  # an answer to a request sent before the first 429: already handled
@@ -767,9 +797,9 @@ class EndpointPacer:
         else:
             self.probe_wait = PROBE_FIRST_WAIT
             wait = self.probe_wait * self.scale
-            if self.refill_seconds and self.burst_started is not None:
+            if self._allowance_known() and self.burst_started is not None:
                 wait = max(wait, self.burst_started + REFILL_LEAD * self.refill_seconds - now)
-        self.probing = True
+        self.probing, self.hintless = True, True
         self.blocked_until = max(self.blocked_until, now + wait)
 
     def requests_per_second(self) -> float | None:
