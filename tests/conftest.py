@@ -32,6 +32,9 @@ SCRIPT = ROOT / "veza_openai.py"
 # Recognisable fake secrets: a test asserts neither ever reaches output or files.
 OPENAI_SECRET = "sk-admin-TESTSECRET-openai-77"
 VEZA_SECRET = "veza-TESTSECRET-token-88"
+# For tests not about role assignments: the demo org has custom roles, so the default (auto) reads each of
+# its 250 users' role assignments, which is most of a run's requests and time.
+NO_ROLE_READS = ("--role-assignments", "none")
 
 
 @pytest.fixture(scope="session")
@@ -136,12 +139,13 @@ class _ConnectorStream(io.TextIOBase):
         return self.buffer_.getvalue()
 
 
-def run_in_process(monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], environment: dict[str, str],
-                   cwd: Path, timeout: float) -> Run:
+def run_in_process(args: tuple[str, ...], environment: dict[str, str], cwd: Path, timeout: float = 90) -> Run:
     """veza_openai.main(args) with this environment, working directory and captured stdout/stderr.
 
-    It runs in a thread so a hang fails the test after `timeout` seconds instead of stalling the suite.
-    argparse's SystemExit (--help, bad flags) becomes the return code, as in a subprocess.
+    os.environ is exactly `environment` for the call; it, the working directory, sys.argv/stdin/stdout/stderr
+    and the logging configuration main() installs are restored afterwards. It runs in a thread so a hang
+    fails the test after `timeout` seconds instead of stalling the suite. argparse's SystemExit (--help, bad
+    flags) becomes the return code, as in a subprocess.
     """
     import veza_openai
 
@@ -161,7 +165,7 @@ def run_in_process(monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], envir
         except BaseException as exc:  # re-raised in the test's thread, where pytest reports it
             outcome["error"] = exc
 
-    with monkeypatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:
         stdout, stderr = _ConnectorStream(sys.stdout), _ConnectorStream(sys.stderr)
         patch.setattr(os, "environ", environment)
         patch.chdir(cwd)
@@ -185,14 +189,39 @@ def run_in_process(monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], envir
 
 
 @pytest.fixture
-def run_connector(tmp_path, ca, openai_fake, veza, monkeypatch):
+def run_connector(tmp_path, ca, openai_fake, veza):
     """Run veza_openai.main in this process with a clean environment pointing at the fakes (fast)."""
 
     def run(*args: str, env: dict[str, str] | None = None, drop: tuple[str, ...] = (), timeout: float = 90) -> Run:
         environment = clean_environment(tmp_path, ca, openai_fake, veza, env, drop)
-        return run_in_process(monkeypatch, args, environment, tmp_path, timeout)
+        return run_in_process(args, environment, tmp_path, timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def fault_free_payload(ca, tmp_path_factory):
+    """payload(*args): what a clean run with these flags pushes for a fresh demo organization.
+
+    Computed once per flag set and session (per xdist worker), against fakes of its own.
+    """
+    payloads: dict[tuple[str, ...], dict] = {}
+
+    def payload(*args: str) -> dict:
+        if args not in payloads:
+            openai = FakeOpenAI(demo_organization(), admin_key=OPENAI_SECRET).start()
+            veza = FakeVeza(ca[0], api_key=VEZA_SECRET).start()
+            try:
+                workdir = tmp_path_factory.mktemp("fault-free")
+                result = run_in_process(args, clean_environment(workdir, ca, openai, veza, None, ()), workdir)
+                assert result.returncode == 0, result.output
+                [payloads[args]] = veza.payloads
+            finally:
+                veza.stop()
+                openai.stop()
+        return payloads[args]
+
+    return payload
 
 
 @pytest.fixture
