@@ -1,13 +1,22 @@
-"""Fixtures: the fake OpenAI Admin API, the fake Veza over HTTPS, and running the script as a user does."""
+"""Fixtures: the fake OpenAI Admin API, the fake Veza over HTTPS, and running the connector.
+
+`run_connector` calls veza_openai.main() in this process (fast); `run_connector_subprocess` runs
+./veza_openai.py as a user does. Both give it the same clean environment and working directory.
+"""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import socketserver
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 import trustme
@@ -23,6 +32,9 @@ SCRIPT = ROOT / "veza_openai.py"
 # Recognisable fake secrets: a test asserts neither ever reaches output or files.
 OPENAI_SECRET = "sk-admin-TESTSECRET-openai-77"
 VEZA_SECRET = "veza-TESTSECRET-token-88"
+# For tests not about role assignments: the demo org has custom roles, so the default (auto) reads each of
+# its 250 users' role assignments, which is most of a run's requests and time.
+NO_ROLE_READS = ("--role-assignments", "none")
 
 
 @pytest.fixture(scope="session")
@@ -62,27 +74,162 @@ class Run:
         return sorted(self.cwd.rglob("*.json"))
 
 
+def clean_environment(tmp_path: Path, ca: tuple[trustme.CA, str], openai_fake: FakeOpenAI, veza: FakeVeza,
+                      env: dict[str, str] | None, drop: tuple[str, ...]) -> dict[str, str]:
+    """Exactly these variables and no others, pointing at the fakes, as a user's shell would export them."""
+    environment = {
+        # the venv's python first, as after `source .venv/bin/activate`
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "REQUESTS_CA_BUNDLE": ca[1],
+        "OAA_API_RETRIES": "0",  # oaaclient reads it when an OAAClient is created, so it applies in-process too
+        "VEZA_OPENAI_TIME_SCALE": "0.001",
+        "VEZA_URL": veza.url,
+        "VEZA_API_KEY": VEZA_SECRET,
+        "OPENAI_ORG_ID": openai_fake.org.org_id,
+        "OPENAI_API_KEY": OPENAI_SECRET,
+        "OPENAI_BASE_URL": openai_fake.base_url,
+    }
+    environment.update(env or {})
+    for name in drop:
+        environment.pop(name, None)
+    return environment
+
+
+_fake_server_thread = threading.local()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mark_fake_server_threads():
+    """Mark the threads that serve the fakes' requests, so an in-process run captures only the connector's output.
+
+    socketserver prints a traceback to sys.stderr when a client hangs up mid-answer (as the connector does on
+    a timeout); from a subprocess that went to the test's own stderr, never into the connector's output.
+    """
+    original = socketserver.ThreadingMixIn.process_request_thread
+
+    def process_request_thread(self, request, client_address):
+        _fake_server_thread.active = True
+        original(self, request, client_address)
+
+    socketserver.ThreadingMixIn.process_request_thread = process_request_thread
+    yield
+    socketserver.ThreadingMixIn.process_request_thread = original
+
+
+class _ConnectorStream(io.TextIOBase):
+    """sys.stdout/sys.stderr during an in-process run: the connector's writes are kept, the fakes' go on."""
+
+    def __init__(self, passthrough: TextIO) -> None:
+        self.buffer_ = io.StringIO()
+        self.passthrough = passthrough
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if getattr(_fake_server_thread, "active", False):
+            return self.passthrough.write(text)
+        return self.buffer_.write(text)
+
+    def flush(self) -> None:
+        pass
+
+    def getvalue(self) -> str:
+        return self.buffer_.getvalue()
+
+
+def run_in_process(args: tuple[str, ...], environment: dict[str, str], cwd: Path, timeout: float = 90) -> Run:
+    """veza_openai.main(args) with this environment, working directory and captured stdout/stderr.
+
+    os.environ is exactly `environment` for the call; it, the working directory, sys.argv/stdin/stdout/stderr
+    and the logging configuration main() installs are restored afterwards. It runs in a thread so a hang
+    fails the test after `timeout` seconds instead of stalling the suite. argparse's SystemExit (--help, bad
+    flags) becomes the return code, as in a subprocess.
+    """
+    import veza_openai
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    connector_log = logging.getLogger("veza_openai")
+    saved_connector_level = connector_log.level
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["code"] = veza_openai.main(list(args))
+        except SystemExit as exc:
+            outcome["code"] = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if isinstance(exc.code, str):
+                sys.stderr.write(exc.code + "\n")
+        except BaseException as exc:  # re-raised in the test's thread, where pytest reports it
+            outcome["error"] = exc
+
+    with pytest.MonkeyPatch.context() as patch:
+        stdout, stderr = _ConnectorStream(sys.stdout), _ConnectorStream(sys.stderr)
+        patch.setattr(os, "environ", environment)
+        patch.chdir(cwd)
+        patch.setattr(sys, "argv", [str(SCRIPT), *args])
+        patch.setattr(sys, "stdin", io.StringIO())
+        patch.setattr(sys, "stdout", stdout)
+        patch.setattr(sys, "stderr", stderr)
+        try:
+            runner = threading.Thread(target=target, name="veza_openai.main", daemon=True)
+            runner.start()
+            runner.join(timeout)
+        finally:
+            root.handlers[:] = saved_handlers
+            root.setLevel(saved_level)
+            connector_log.setLevel(saved_connector_level)
+    if runner.is_alive():
+        pytest.fail(f"veza_openai.main{args} did not finish within {timeout}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return Run(outcome["code"], stdout.getvalue(), stderr.getvalue(), cwd)
+
+
 @pytest.fixture
 def run_connector(tmp_path, ca, openai_fake, veza):
-    """Run ./veza_openai.py in a subprocess with a clean environment pointing at the fakes."""
+    """Run veza_openai.main in this process with a clean environment pointing at the fakes (fast)."""
 
     def run(*args: str, env: dict[str, str] | None = None, drop: tuple[str, ...] = (), timeout: float = 90) -> Run:
-        environment = {
-            # the venv's python first, as after `source .venv/bin/activate`
-            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(tmp_path),
-            "REQUESTS_CA_BUNDLE": ca[1],
-            "OAA_API_RETRIES": "0",
-            "VEZA_OPENAI_TIME_SCALE": "0.001",
-            "VEZA_URL": veza.url,
-            "VEZA_API_KEY": VEZA_SECRET,
-            "OPENAI_ORG_ID": openai_fake.org.org_id,
-            "OPENAI_API_KEY": OPENAI_SECRET,
-            "OPENAI_BASE_URL": openai_fake.base_url,
-        }
-        environment.update(env or {})
-        for name in drop:
-            environment.pop(name, None)
+        environment = clean_environment(tmp_path, ca, openai_fake, veza, env, drop)
+        return run_in_process(args, environment, tmp_path, timeout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def fault_free_payload(ca, tmp_path_factory):
+    """payload(*args): what a clean run with these flags pushes for a fresh demo organization.
+
+    Computed once per flag set and session (per xdist worker), against fakes of its own.
+    """
+    payloads: dict[tuple[str, ...], dict] = {}
+
+    def payload(*args: str) -> dict:
+        if args not in payloads:
+            openai = FakeOpenAI(demo_organization(), admin_key=OPENAI_SECRET).start()
+            veza = FakeVeza(ca[0], api_key=VEZA_SECRET).start()
+            try:
+                workdir = tmp_path_factory.mktemp("fault-free")
+                result = run_in_process(args, clean_environment(workdir, ca, openai, veza, None, ()), workdir)
+                assert result.returncode == 0, result.output
+                [payloads[args]] = veza.payloads
+            finally:
+                veza.stop()
+                openai.stop()
+        return payloads[args]
+
+    return payload
+
+
+@pytest.fixture
+def run_connector_subprocess(tmp_path, ca, openai_fake, veza):
+    """Run ./veza_openai.py in a subprocess, exactly as a user does, with the same clean environment."""
+
+    def run(*args: str, env: dict[str, str] | None = None, drop: tuple[str, ...] = (), timeout: float = 90) -> Run:
+        environment = clean_environment(tmp_path, ca, openai_fake, veza, env, drop)
         done = subprocess.run([str(SCRIPT), *args], env=environment, cwd=tmp_path, capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         return Run(done.returncode, done.stdout, done.stderr, tmp_path)

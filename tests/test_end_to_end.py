@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 
-from conftest import OPENAI_SECRET, VEZA_SECRET, application, assignments, by_id, load
+from conftest import NO_ROLE_READS, OPENAI_SECRET, VEZA_SECRET, application, assignments, by_id, load
 
 # --- the core connector: users and org roles ---------------------------------------------------
 
 
 def test_pushes_every_user_of_a_multi_page_organization(run_connector, veza, openai_fake):
-    result = run_connector()
+    result = run_connector(*NO_ROLE_READS)
     assert result.returncode == 0, result.output
     assert len(veza.payloads) == 1
     app = application(veza.payloads[0])
@@ -27,7 +27,7 @@ def test_pushes_every_user_of_a_multi_page_organization(run_connector, veza, ope
 
 
 def test_user_fields_roles_and_identities_follow_the_mapping(run_connector, veza):
-    assert run_connector().returncode == 0
+    assert run_connector(*NO_ROLE_READS).returncode == 0
     payload = veza.payloads[0]
     users = by_id(application(payload)["local_users"])
     owner = users["user-0000"]
@@ -50,7 +50,7 @@ def test_user_fields_roles_and_identities_follow_the_mapping(run_connector, veza
 
 
 def test_product_page_roles_and_permissions_are_exact(run_connector, veza):
-    assert run_connector().returncode == 0
+    assert run_connector(*NO_ROLE_READS).returncode == 0
     payload = veza.payloads[0]
     permissions = {p["name"]: p["permission_type"] for p in payload["permissions"]}
     assert permissions["Standard API Requests"] == ["DataRead"]
@@ -76,21 +76,21 @@ def test_unknown_org_role_keeps_the_user_with_an_empty_role_and_one_warning(run_
 
 
 def test_save_json_writes_exactly_the_pushed_payload(run_connector, veza, tmp_path):
-    result = run_connector("--save_json", str(tmp_path / "out.json"))
+    result = run_connector(*NO_ROLE_READS, "--save_json", str(tmp_path / "out.json"))
     assert result.returncode == 0, result.output
     assert load(tmp_path / "out.json") == veza.payloads[0]
     assert f"payload saved to {tmp_path / 'out.json'}" in result.stderr
 
 
 def test_save_json_without_a_path_writes_into_the_working_directory(run_connector, veza):
-    result = run_connector("--save-json")
+    result = run_connector(*NO_ROLE_READS, "--save-json")
     assert result.returncode == 0
     [saved] = result.saved_json()
     assert saved.name.startswith("openai-org-demo0001-") and load(saved) == veza.payloads[0]
 
 
 def test_dry_run_needs_no_veza_settings_and_pushes_nothing(run_connector, veza):
-    result = run_connector("--dry-run", drop=("VEZA_URL", "VEZA_API_KEY"))
+    result = run_connector(*NO_ROLE_READS, "--dry-run", drop=("VEZA_URL", "VEZA_API_KEY"))
     assert result.returncode == 0, result.output
     assert veza.requests == []
     [saved] = result.saved_json()
@@ -99,14 +99,14 @@ def test_dry_run_needs_no_veza_settings_and_pushes_nothing(run_connector, veza):
 
 
 def test_flags_win_over_environment_variables(run_connector, veza, openai_fake):
-    result = run_connector("--veza-url", veza.url, "--openai_org", "org-demo0001",
+    result = run_connector(*NO_ROLE_READS, "--veza-url", veza.url, "--openai_org", "org-demo0001",
                            env={"VEZA_URL": "https://veza.invalid", "OPENAI_ORG_ID": "org-other"})
     assert result.returncode == 0, result.output
     assert veza.data_source_names() == ["OpenAI - org-demo0001"]
 
 
 def test_openai_admin_key_is_used_when_openai_api_key_is_unset(run_connector, veza):
-    result = run_connector(env={"OPENAI_ADMIN_KEY": OPENAI_SECRET}, drop=("OPENAI_API_KEY",))
+    result = run_connector(*NO_ROLE_READS, env={"OPENAI_ADMIN_KEY": OPENAI_SECRET}, drop=("OPENAI_API_KEY",))
     assert result.returncode == 0, result.output
     assert len(veza.pushes) == 1
 
@@ -163,7 +163,7 @@ def test_a_refused_veza_key_says_so_in_one_line_before_reading_openai(run_connec
 
 def test_veza_push_warnings_are_logged_and_not_fatal(run_connector, veza):
     veza.push_warnings = [{"message": "identity demo3@example.com not found"}]
-    result = run_connector()
+    result = run_connector(*NO_ROLE_READS)
     assert result.returncode == 0
     assert "Veza: {'message': 'identity demo3@example.com not found'}" in result.stderr
     assert "veza_warnings=1" in result.stderr
@@ -191,7 +191,7 @@ def test_no_secret_appears_in_output_or_saved_file_even_with_debug(run_connector
 
 def test_is_personal_is_left_unset_when_the_organization_object_is_refused(run_connector, veza, openai_fake):
     openai_fake.org.legacy_organization = None
-    result = run_connector()
+    result = run_connector(*NO_ROLE_READS)
     assert result.returncode == 0
     assert application(veza.payloads[0])["custom_properties"] == {"organization_id": "org-demo0001"}
     assert "is_personal left unset" in result.stderr
@@ -201,7 +201,7 @@ def test_is_personal_is_left_unset_when_the_organization_object_is_refused(run_c
 
 
 def test_projects_include_archived_ones_with_their_properties(run_connector, veza, openai_fake):
-    assert run_connector().returncode == 0
+    assert run_connector(*NO_ROLE_READS).returncode == 0
     projects = by_id(application(veza.payloads[0])["resources"])
     assert set(projects) == {"proj_alpha", "proj_beta"}
     assert projects["proj_beta"]["resource_type"] == "project"
@@ -250,7 +250,7 @@ def test_project_members_get_project_roles_and_org_owners_own_every_project(run_
 
 
 def test_a_project_member_missing_from_the_org_list_is_kept_with_a_warning(run_connector, veza):
-    result = run_connector()
+    result = run_connector(*NO_ROLE_READS)
     ghost = by_id(application(veza.payloads[0])["local_users"])["user-ghost"]
     assert ghost["name"] == "Ghost Member" and ghost["identities"] == ["ghost@example.com"]
     assert ghost["is_active"] is True and ghost["user_type"] == "human"
@@ -259,7 +259,7 @@ def test_a_project_member_missing_from_the_org_list_is_kept_with_a_warning(run_c
 
 
 def test_service_accounts_are_users_with_their_project_role(run_connector, veza):
-    assert run_connector().returncode == 0
+    assert run_connector(*NO_ROLE_READS).returncode == 0
     payload = veza.payloads[0]
     users = by_id(application(payload)["local_users"])
     deploy = users["svc_deploy"]
@@ -271,7 +271,7 @@ def test_service_accounts_are_users_with_their_project_role(run_connector, veza)
 
 
 def test_project_api_keys_are_credentials_of_their_owner_with_the_owners_role(run_connector, veza):
-    assert run_connector().returncode == 0
+    assert run_connector(*NO_ROLE_READS).returncode == 0
     payload = veza.payloads[0]
     app = application(payload)
     creds = by_id(app["local_access_creds"])
@@ -292,7 +292,7 @@ def test_project_api_keys_are_credentials_of_their_owner_with_the_owners_role(ru
 
 
 def test_admin_keys_manage_the_organization_and_project_keys_stay_project_keys(run_connector, veza):
-    assert run_connector().returncode == 0
+    assert run_connector(*NO_ROLE_READS).returncode == 0
     payload = veza.payloads[0]
     app = application(payload)
     creds = by_id(app["local_access_creds"])
@@ -308,7 +308,7 @@ def test_admin_keys_manage_the_organization_and_project_keys_stay_project_keys(r
 
 
 def test_only_pending_invites_become_inactive_users_with_their_roles(run_connector, veza):
-    assert run_connector().returncode == 0
+    assert run_connector(*NO_ROLE_READS).returncode == 0
     payload = veza.payloads[0]
     users = by_id(application(payload)["local_users"])
     invite = users["invite-pending"]
@@ -321,7 +321,7 @@ def test_only_pending_invites_become_inactive_users_with_their_roles(run_connect
 
 
 def test_summary_counts_each_family(run_connector):
-    result = run_connector()
+    result = run_connector(*NO_ROLE_READS)
     summary = result.stderr.strip().splitlines()[-1]
     for fact in ("projects=2", "project_memberships=4", "service_accounts=2", "project_api_keys_active=2",
                  "project_api_keys_inactive=1", "admin_api_keys=1", "invites_pending=1", "groups=2"):
@@ -331,7 +331,7 @@ def test_summary_counts_each_family(run_connector):
 def test_a_refused_optional_family_is_left_out_whole_with_one_warning(run_connector, veza, openai_fake):
     openai_fake.refused["invites"] = 403
     openai_fake.refused["admin API keys"] = 404
-    result = run_connector()
+    result = run_connector(*NO_ROLE_READS)
     assert result.returncode == 0, result.output
     app = application(veza.payloads[0])
     assert not any(u["id"].startswith("invite-") for u in app["local_users"])
@@ -342,7 +342,7 @@ def test_a_refused_optional_family_is_left_out_whole_with_one_warning(run_connec
 
 def test_refused_projects_take_everything_that_hangs_on_them(run_connector, veza, openai_fake):
     openai_fake.refused["projects"] = 403
-    result = run_connector()
+    result = run_connector(*NO_ROLE_READS)
     assert result.returncode == 0
     payload = veza.payloads[0]
     app = application(payload)
@@ -354,7 +354,7 @@ def test_refused_projects_take_everything_that_hangs_on_them(run_connector, veza
 
 def test_a_refused_per_project_family_is_left_out_for_every_project(run_connector, veza, openai_fake):
     openai_fake.refused["project service accounts"] = 403
-    result = run_connector()
+    result = run_connector(*NO_ROLE_READS)
     assert result.returncode == 0
     users = by_id(application(veza.payloads[0])["local_users"])
     assert "svc_idle" not in users
@@ -363,7 +363,7 @@ def test_a_refused_per_project_family_is_left_out_for_every_project(run_connecto
 
 def test_refused_users_fail_the_run_and_push_nothing(run_connector, veza, openai_fake):
     openai_fake.refused["users"] = 403
-    result = run_connector()
+    result = run_connector(*NO_ROLE_READS)
     assert result.returncode == 1
     assert "Admin API key (sk-admin-...)" in result.stderr
     assert veza.pushes == []
@@ -372,7 +372,7 @@ def test_refused_users_fail_the_run_and_push_nothing(run_connector, veza, openai
 def test_a_family_failing_part_way_pushes_nothing_and_exits_1(run_connector, veza, openai_fake):
     from fake_openai import Fault
     openai_fake.faults.append(Fault(path=r"/api_keys$", kind="status", status=500, times=None))
-    result = run_connector(env={"OPENAI_MAX_RETRIES": "2"})
+    result = run_connector(*NO_ROLE_READS, env={"OPENAI_MAX_RETRIES": "2"})
     assert result.returncode == 1
     assert re.search(r"/organization/projects/proj_\w+/api_keys: HTTP 500, gave up after 2 retries", result.stderr)
     assert "nothing was pushed" in result.stderr
@@ -382,7 +382,7 @@ def test_a_family_failing_part_way_pushes_nothing_and_exits_1(run_connector, vez
 
 def test_users_not_found_points_at_the_org_id_and_base_url(run_connector, veza, openai_fake):
     openai_fake.refused["users"] = 404
-    result = run_connector()
+    result = run_connector(*NO_ROLE_READS)
     assert result.returncode == 1
     assert "OpenAI answered HTTP 404 on /organization/users: check OPENAI_ORG_ID and --openai-base-url" in \
         result.stderr

@@ -1,0 +1,68 @@
+"""./veza_openai.py run as a real process, as a user runs it: the smoke tests behind the in-process runner.
+
+Every other end-to-end test calls veza_openai.main() in the test process (`run_connector`); these check what
+only a real process shows: the shebang and executable bit, exit statuses as the shell sees them, argparse
+exiting, and that the in-process runner sees what a real run does.
+"""
+
+from __future__ import annotations
+
+import re
+
+from conftest import OPENAI_SECRET, VEZA_SECRET, application
+
+
+def test_the_executable_script_pushes_the_organization_and_exits_0(run_connector_subprocess, veza):
+    result = run_connector_subprocess()
+    assert result.returncode == 0, result.output
+    assert len(veza.payloads) == 1 and len(application(veza.payloads[0])["local_users"]) > 250
+    assert re.search(r"summary: outcome=pushed users=250 .* retries=0 seconds=", result.stderr.splitlines()[-1])
+    assert OPENAI_SECRET not in result.output and VEZA_SECRET not in result.output
+
+
+def test_help_exits_0_with_the_usage_on_stdout(run_connector_subprocess, veza, openai_fake):
+    result = run_connector_subprocess("--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: veza_openai.py")
+    assert "--role-assignments" in result.stdout and result.stderr == ""
+    assert veza.requests == [] and openai_fake.calls() == 0
+
+
+def test_an_unknown_flag_exits_2_with_argparses_message(run_connector_subprocess):
+    result = run_connector_subprocess("--no-such-flag")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --no-such-flag" in result.stderr
+
+
+def test_a_configuration_error_exits_2_with_a_summary_and_no_traceback(run_connector_subprocess, veza, openai_fake):
+    result = run_connector_subprocess(drop=("OPENAI_ORG_ID",))
+    assert result.returncode == 2
+    assert "configuration error: OPENAI_ORG_ID (or --openai-org) is not set" in result.stderr
+    assert "summary: outcome=config-error" in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.output
+    assert veza.requests == [] and openai_fake.calls() == 0
+
+
+def test_a_failed_run_exits_1_with_one_line_errors_and_no_traceback(run_connector_subprocess, veza, openai_fake):
+    openai_fake.refused["users"] = 403
+    result = run_connector_subprocess()
+    assert result.returncode == 1
+    assert "Admin API key (sk-admin-...)" in result.stderr
+    assert "nothing was pushed; Veza keeps the previous snapshot" in result.stderr
+    assert "outcome=failed" in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.output
+    assert veza.pushes == []
+
+
+def test_in_process_and_subprocess_runs_push_the_same_payload_and_log_the_same_lines(run_connector,
+                                                                                       run_connector_subprocess, veza):
+    def lines(stderr: str) -> list[str]:  # without timestamps, timings, and creating what the first run created
+        return [re.sub(r"\d+\.\d\ds\b|seconds=\S+", "", line.split(" ", 2)[2]) for line in stderr.splitlines()
+                if "creating Veza" not in line]
+
+    in_process = run_connector("--max-workers", "1")
+    real = run_connector_subprocess("--max-workers", "1")
+    assert in_process.returncode == real.returncode == 0
+    assert veza.payloads[0] == veza.payloads[1]
+    assert lines(in_process.stderr) == lines(real.stderr)
+    assert in_process.stdout == real.stdout == ""
