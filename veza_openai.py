@@ -615,12 +615,13 @@ class AnswerTooLarge(requests.RequestException):
     """An answer larger than any real page: a broken or hostile server."""
 
 
-def read_whole_answer(response: requests.Response, deadline: float, limit: int = MAX_ANSWER_BYTES) -> bytes:
+def read_whole_answer(response: requests.Response, deadline: float, limit: int | None = None) -> bytes:
     """The decompressed body, or an exception once it passes `deadline` or `limit` bytes.
 
     requests bounds only the gap between two bytes; a body dripped one byte a second would never
     time out, and a small gzip body can decompress to gigabytes.
     """
+    limit = limit or MAX_ANSWER_BYTES
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -1172,9 +1173,11 @@ class OrganizationReader:
         if answer.should_retry is not None:
             retryable = answer.should_retry
         if answer.fatal or not retryable:
-            raise DiscoveryError(f"{path}: {answer.problem}" + (f": {answer.detail}" if answer.detail else ""))
+            self._failed(read, f"{path}: {answer.problem}" + (f": {answer.detail}" if answer.detail else ""))
+            return
         if request.attempt >= self.config.max_retries:
-            raise DiscoveryError(f"{path}: {answer.problem}, gave up after {request.attempt} retries")
+            self._failed(read, f"{path}: {answer.problem}, gave up after {request.attempt} retries")
+            return
         request.attempt += 1
         self.retries += 1
         if answer.server_wait is not None:
@@ -1185,10 +1188,19 @@ class OrganizationReader:
                  self.config.max_retries, wait)
         heapq.heappush(self.delayed, (now + wait * self.scale, request.ticket, request))
 
+    def _failed(self, read: ListRead, message: str) -> None:
+        """A read that cannot complete: the run fails, except for the optional organization object."""
+        if read.family.name == "organization":
+            log.warning("is_personal left unset: the organization object could not be read (%s)", message)
+            self._finish(read, None)
+            return
+        raise DiscoveryError(message)
+
     def _take_page(self, request: Request, body: Any) -> None:
         read, family, path = request.read, request.read.family, request.read.path
         if not isinstance(body, dict):
-            raise DiscoveryError(f"{path}: answer is JSON but not an object")
+            self._failed(read, f"{path}: answer is JSON but not an object")
+            return
         if family.cursor is None:
             self._finish(read, body)
             return

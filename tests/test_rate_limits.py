@@ -162,7 +162,7 @@ def test_x_should_retry_false_fails_at_once(small_org, run_connector, veza):
 
 # --- the pacer's rules, on explicit clocks ------------------------------------------------------
 
-def test_pacer_honours_a_hint_exactly_and_does_not_slow_down_after_it():
+def test_pacer_honours_a_hint_exactly_then_spaces_requests_by_it_relaxing_on_success():
     pacer = vo.EndpointPacer("/x")
     assert pacer.on_send(0.0) is False
     pacer.on_throttled(0.1, probe=False, server_wait=2.0)
@@ -170,7 +170,10 @@ def test_pacer_honours_a_hint_exactly_and_does_not_slow_down_after_it():
     assert pacer.on_send(2.1) is True  # the one request after the wait
     assert pacer.ready_at(2.1) == float("inf")  # nothing else until it is answered
     pacer.on_success(2.2, probe=True)
-    assert pacer.ready_at(2.2) == 2.2 and pacer.requests_per_second() is None
+    assert pacer.ready_at(2.2) == pytest.approx(2.1 + 2.0 * vo.SPACING_RELAX)  # the hint's pace, no slower
+    for _ in range(200):
+        pacer.on_success(3.0, probe=False)
+    assert pacer.spacing == 0.0 and pacer.requests_per_second() is None  # a hint teaches no lasting limit
 
 
 def test_pacer_probes_a_hintless_limit_with_growing_waits_then_learns_its_window():
