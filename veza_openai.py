@@ -2185,8 +2185,8 @@ def stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _not_pushed_or_unknown(config: Config, progress: PushProgress, reached_veza: bool = False) -> None:
-    if reached_veza or progress.upload_started:
+def _log_what_veza_has(config: Config, maybe_stored: bool) -> None:
+    if maybe_stored:
         log.error("outcome unknown: Veza may have received the payload; check data source %r in Veza before "
                   "the next run", config.data_source_name)
     else:
@@ -2215,19 +2215,20 @@ def main(argv: list[str] | None = None) -> int:
             status = ExitStatus.OK
         except (DiscoveryError, PushError) as exc:
             log.error("%s", exc, exc_info=config.debug)
-            _not_pushed_or_unknown(config, progress, getattr(exc, "reached_veza", False))
-            if getattr(exc, "reached_veza", False):
+            maybe_stored = getattr(exc, "reached_veza", False)
+            _log_what_veza_has(config, maybe_stored)
+            if maybe_stored:
                 summary.outcome = "unknown"
         except (KeyboardInterrupt, Stopped) as exc:
             name, status = ((exc.signal_name, exc.status) if isinstance(exc, Stopped)
                             else ("Ctrl-C (SIGINT)", ExitStatus.INTERRUPTED))
             summary.outcome = "unknown" if progress.upload_started else "interrupted"
             log.error("stopped by %s", name)
-            _not_pushed_or_unknown(config, progress)
+            _log_what_veza_has(config, progress.upload_started)
         except Exception as exc:  # a bug or an unforeseen answer: still one clear line, no partial push
             log.error("unexpected error: %s: %s (run with --debug for the traceback)", type(exc).__name__, exc,
                       exc_info=config.debug)
-            _not_pushed_or_unknown(config, progress)
+            _log_what_veza_has(config, progress.upload_started)
             if progress.upload_started:
                 summary.outcome = "unknown"
         summary.seconds = time.monotonic() - started

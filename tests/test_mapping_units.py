@@ -56,7 +56,7 @@ def test_config_reports_every_problem_at_once():
 def test_dry_run_needs_no_veza_settings(tmp_path):
     env = {"OPENAI_ORG_ID": "org-abc", "OPENAI_API_KEY": "sk-admin-unit-123456"}
     config = vo.load_config(["--dry-run", "--save_json", str(tmp_path / "x.json")], env)
-    assert config.veza_url is None and config.save_json == str(tmp_path / "x.json")
+    assert config.veza_url is None and config.save_json_path == str(tmp_path / "x.json")
 
 
 def test_http_base_url_is_allowed_only_for_loopback():
@@ -103,16 +103,6 @@ def test_retry_after_headers_are_read_in_both_units():
     assert vo._retry_after_seconds(_response({"retry-after": "3"})) == 3.0
     assert vo._retry_after_seconds(_response({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0
     assert vo._retry_after_seconds(_response({})) is None
-
-
-def test_pacer_slows_down_once_per_throttle_episode_and_recovers():
-    pacer = vo.RequestPacer(None, time_scale=1.0)
-    for _ in range(5):  # five workers hit the same 429 at once
-        pacer.throttled(1.0)
-    assert pacer._interval == vo.RequestPacer.FLOOR_AFTER_THROTTLE
-    for _ in range(200):
-        pacer.succeeded()
-    assert pacer._interval == 0.0
 
 
 def test_redacting_formatter_masks_secrets_in_messages_and_tracebacks():
