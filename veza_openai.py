@@ -50,6 +50,9 @@ from oaaclient.templates import (
 from requests.packages.urllib3.exceptions import HTTPError as TransportError  # raised by raw.read1
 from requests.packages.urllib3.exceptions import TimeoutError as TransportTimeout
 
+__version__ = "1.1.0"
+USER_AGENT = f"veza-openai-connector/{__version__}"
+
 log = logging.getLogger("veza_openai")
 
 PROVIDER_NAME = "OpenAI"
@@ -144,6 +147,9 @@ class Config:
     max_retries: int = DEFAULT_MAX_RETRIES
     max_throttle_wait: float = DEFAULT_MAX_THROTTLE_WAIT
     max_run_time: float | None = None
+    create_report: bool = False
+    log_format: str = "text"
+    openai_key_source: str = "OPENAI_API_KEY"  # the variable the key came from, for the log
     time_scale: float = 1.0  # tests shrink every wait with VEZA_OPENAI_TIME_SCALE
 
     @property
@@ -158,9 +164,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="veza_openai.py",
         description="Discover an OpenAI organization's access and push it to Veza (OAA). "
-        "Secrets come from the environment only: VEZA_API_KEY and OPENAI_API_KEY "
-        "(or OPENAI_ADMIN_KEY when OPENAI_API_KEY is unset).",
+        "Secrets come from the environment only: VEZA_API_KEY, and OPENAI_ADMIN_KEY or OPENAI_API_KEY "
+        "(the admin key wins when both are set); each may instead name a file with VEZA_API_KEY_FILE, "
+        "OPENAI_ADMIN_KEY_FILE, OPENAI_API_KEY_FILE.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--veza_url", "--veza-url", dest="veza_url",
                         help="URL of your Veza instance (env: VEZA_URL)")
     parser.add_argument("--openai-org", "--openai_org", dest="openai_org",
@@ -174,6 +182,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", dest="dry_run", action="store_true",
                         help="read and map, write the payload JSON, push nothing; needs no Veza settings")
     parser.add_argument("--debug", action="store_true", help="verbose debug logging (env: none)")
+    parser.add_argument("--log-format", dest="log_format", choices=("text", "json"),
+                        help="text (default) or json: one JSON object per line, for log shippers (env: LOG_FORMAT)")
+    parser.add_argument("--create-report", dest="create_report", action="store_true", default=None,
+                        help="after the push, create or update the Veza report 'OpenAI access review' "
+                        "(env: VEZA_CREATE_REPORT=true)")
     parser.add_argument("--max-workers", dest="max_workers",
                         help=f"concurrent OpenAI requests (env: OPENAI_MAX_WORKERS, default {DEFAULT_MAX_WORKERS})")
     parser.add_argument("--max-requests-per-second", dest="max_rps",
@@ -251,7 +264,8 @@ def _check_url(value: str, name: str, problems: list[str], *, allow_loopback_htt
 
 def _check_secret(value: str | None, name: str, problems: list[str]) -> str | None:
     if not value:
-        problems.append(f"{name} is not set")
+        if not any(problem.startswith(name) for problem in problems):
+            problems.append(f"{name} is not set")
         return None
     if len(value) > MAX_SECRET_LENGTH:
         problems.append(f"{name} is {len(value):,} characters long; an API key is a few hundred at most")
@@ -263,6 +277,37 @@ def _check_secret(value: str | None, name: str, problems: list[str]) -> str | No
         problems.append(f"{name} contains non-ASCII characters; API keys are plain ASCII (a copy-paste slip?)")
         return None
     return value
+
+
+def _secret_setting(env: dict[str, str], name: str, problems: list[str]) -> tuple[str | None, str | None]:
+    """A secret from `name`, or from the file `name`_FILE names (as Docker and Kubernetes mount secrets).
+
+    Returns (value, the variable it came from); (None, None) when neither is set. One trailing newline
+    (or several) of a file is dropped; the file's content never reaches a message.
+    """
+    file_name = f"{name}_FILE"
+    direct, path = env.get(name), env.get(file_name)
+    if direct and path:
+        problems.append(f"{name} and {file_name} are both set; set only one")
+        return None, name
+    if not path:
+        return (direct, name) if direct else (None, None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = handle.read(MAX_SECRET_LENGTH + 2).rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{file_name}: cannot read {path!r} ({getattr(exc, 'strerror', None) or type(exc).__name__})")
+        return None, file_name
+    if not value:
+        problems.append(f"{file_name}: {path!r} is empty")
+        return None, file_name
+    return value, file_name
+
+
+def mask_key(key: str) -> str:
+    """Enough of a key to tell which one it is (its kind and last four characters), never the key."""
+    kind = next((prefix for prefix in ("sk-admin-", "sk-proj-", "sk-svcacct-", "sk-") if key.startswith(prefix)), "")
+    return f"{kind}...{key[-4:]}" if len(key) >= 12 else "[too short to show]"
 
 
 def _resolve_save_path(value: str, org_id: str | None, problems: list[str]) -> str | None:
@@ -309,9 +354,16 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
                         "(letters, digits, '-' and '_' after 'org-', nothing else, no trailing newline)")
         org_id = None
 
-    key_name = next((name for name in ("OPENAI_API_KEY", "OPENAI_ADMIN_KEY") if env.get(name)), None)
-    openai_key = _check_secret(env.get(key_name) if key_name else None,
-                               key_name or "OPENAI_API_KEY (or OPENAI_ADMIN_KEY)", problems)
+    # The admin key wins: a shell may hold a project key in OPENAI_API_KEY for other tools, and the
+    # official SDK reads an admin key from OPENAI_ADMIN_KEY.
+    openai_key = key_source = None
+    for name in ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY"):
+        value, source = _secret_setting(env, name, problems)
+        if source:
+            openai_key, key_source = _check_secret(value, source, problems), source
+            break
+    if key_source is None:
+        problems.append("OPENAI_API_KEY (or OPENAI_ADMIN_KEY, or either's _FILE variant) is not set")
 
     base_url = _check_url(setting(args.openai_base_url, "OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL,
                           "OPENAI_BASE_URL (or --openai-base-url)", problems, allow_loopback_http=True,
@@ -325,7 +377,8 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
         else:
             veza_url = _check_url(raw_veza_url, "VEZA_URL (or --veza_url)", problems, allow_loopback_http=False,
                                   allow_path=False)
-        veza_key = _check_secret(env.get("VEZA_API_KEY"), "VEZA_API_KEY", problems)
+        value, source = _secret_setting(env, "VEZA_API_KEY", problems)
+        veza_key = _check_secret(value, source or "VEZA_API_KEY", problems)
 
     save_json = args.save_json
     if save_json is None and args.dry_run:
@@ -366,6 +419,16 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     if role_assignments not in ("auto", "all", "none"):
         problems.append("--role-assignments (env OPENAI_ROLE_ASSIGNMENTS) must be auto, all or none")
 
+    log_format = (args.log_format or setting(None, "LOG_FORMAT") or "text").strip().lower()
+    if log_format not in ("text", "json"):
+        problems.append("LOG_FORMAT must be text or json")
+    create_report = args.create_report
+    if create_report is None:
+        raw = (setting(None, "VEZA_CREATE_REPORT") or "false").strip().lower()
+        if raw not in ("true", "false", "1", "0", "yes", "no"):
+            problems.append("VEZA_CREATE_REPORT must be true or false")
+        create_report = raw in ("true", "1", "yes")
+
     if problems:
         raise ConfigError(problems)
     return Config(org_id=org_id, openai_api_key=openai_key, openai_base_url=base_url, veza_url=veza_url,
@@ -373,7 +436,8 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
                   max_workers=max_workers, max_requests_per_second=max_rps,
                   max_requests_per_minute_per_endpoint=max_rpm, role_assignments=role_assignments,
                   timeout=timeout, max_retries=max_retries, max_throttle_wait=max_throttle_wait,
-                  max_run_time=max_run_time, time_scale=time_scale)
+                  max_run_time=max_run_time, create_report=create_report and not args.dry_run,
+                  log_format=log_format, openai_key_source=key_source, time_scale=time_scale)
 
 
 # Control characters (and the Unicode ones that reorder or break lines) from a server could forge
@@ -408,9 +472,34 @@ class RedactingFormatter(logging.Formatter):
         return text
 
 
-def configure_logging(debug: bool, secrets: Iterable[str] = ()) -> None:
+class JsonFormatter(RedactingFormatter):
+    """One JSON object per line: time, level, message, and the record's `fields` (stage counts, summary)."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__("%(message)s", secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+                 .replace("+00:00", "Z"), "level": record.levelname, "message": record.getMessage()}
+        entry.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        text = json.dumps(entry, default=str)  # ASCII-only: control and bidi characters come out escaped
+        for secret in self.secrets:
+            text = text.replace(secret, "[REDACTED]")
+        return text
+
+
+def log_with_fields(level: int, fields: dict[str, Any], message: str, *args: Any) -> None:
+    """A log line whose numbers are also fields of the JSON log format."""
+    log.log(level, message, *args, extra={"fields": fields})
+
+
+def configure_logging(debug: bool, secrets: Iterable[str] = (), log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(message)s", secrets))
+    secrets = list(secrets)
+    handler.setFormatter(JsonFormatter(secrets) if log_format == "json" else
+                         RedactingFormatter("%(asctime)s %(levelname)s %(message)s", secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
@@ -575,7 +664,7 @@ class OpenAIAdminClient:
         self.session.headers.update({
             "Authorization": f"Bearer {config.openai_api_key}",
             "OpenAI-Organization": config.org_id,
-            "User-Agent": "veza-openai-connector",
+            "User-Agent": USER_AGENT,
             "Accept": "application/json",
         })
         # Workers share the session; the default pool of 10 connections would make them queue for sockets.
@@ -1324,10 +1413,14 @@ class OrganizationReader:
         pending = ", ".join(f"{FAMILIES[n].label} {self.finished_reads[n]}/{self.finished_reads[n] + c}"
                             for n, c in self.open_reads.items() if c)
         slowest = self._slowest_endpoint()
-        log.info("progress: %d reads done, %d open (%s); %d calls, %d answered 429%s; about %s left for the "
-                 "reads known so far", sum(self.finished_reads.values()), sum(self.open_reads.values()), pending,
-                 self.calls, self.throttled, f"; slowest endpoint {slowest}" if slowest else "",
-                 _format_duration(self.estimate_seconds_left()))
+        left = self.estimate_seconds_left()
+        done, still_open = sum(self.finished_reads.values()), sum(self.open_reads.values())
+        log_with_fields(logging.INFO, {"stage": "progress", "reads_done": done, "reads_open": still_open,
+                                       "calls": self.calls, "throttled": self.throttled,
+                                       "seconds_left_estimate": round(left)},
+                        "progress: %d reads done, %d open (%s); %d calls, %d answered 429%s; about %s left for the "
+                        "reads known so far", done, still_open, pending, self.calls, self.throttled,
+                        f"; slowest endpoint {slowest}" if slowest else "", _format_duration(left))
 
 
 def ids_of(items: Iterable[dict], key: str = "id") -> list[str]:
@@ -1955,7 +2048,8 @@ def check_veza(config: Config) -> None:
     """One quick request: is Veza there, and does it take the key? Fails in seconds, not oaaclient's minutes."""
     url = f"{config.veza_url}/api/v1/providers/custom/templates"
     try:
-        response = requests.get(url, headers={"authorization": f"Bearer {config.veza_api_key}"},
+        response = requests.get(url, headers={"authorization": f"Bearer {config.veza_api_key}",
+                                              "user-agent": USER_AGENT},
                                 timeout=VEZA_CHECK_TIMEOUT, verify=_veza_verify())
     except requests.RequestException as exc:
         raise PushError(f"cannot use Veza at {config.veza_url}: {type(exc).__name__} (not reachable within "
@@ -1996,6 +2090,7 @@ def connect_veza(config: Config) -> OAAClient:
         client = OAAClient(url=config.veza_url, api_key=config.veza_api_key)
     except (OAAClientError, ValueError, requests.RequestException) as exc:
         raise PushError(f"cannot use Veza at {config.veza_url}: {describe_veza_error(exc)}") from None
+    client.update_user_agent(extra=USER_AGENT)
     bound_veza_answers(client, float(client._api_timeout))
     return client
 
@@ -2019,6 +2114,20 @@ def save_payload(document: str, path: str) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _may_not_create(what: str) -> Iterator[None]:
+    """A key that may push but not create (a Veza team key) gets a message saying what to do, not "refused"."""
+    try:
+        yield
+    except OAAResponseError as exc:
+        if exc.status_code != 403:
+            raise
+        raise PushError(f"Veza refused to create {what} (HTTP 403): this API key may not create providers or data "
+                        "sources. Create them once with a key that may (e.g. an administrator's: run the connector "
+                        "once with it), or grant this key's user that right; later runs need only push rights") \
+            from None
+
+
 @dataclass
 class PushProgress:
     """How far a push got: once the payload upload began, Veza may have it whatever the answer says."""
@@ -2037,13 +2146,15 @@ def push_payload(client: OAAClient, config: Config, payload_json: str, progress:
         provider = client.get_provider(PROVIDER_NAME)
         if not provider:
             log.info("creating Veza provider %r", PROVIDER_NAME)
-            client.create_provider(PROVIDER_NAME, custom_template=CustomApplication.TEMPLATE,
-                                   base64_icon=PROVIDER_ICON_SVG)
+            with _may_not_create(f"the provider {PROVIDER_NAME!r} (template application)"):
+                client.create_provider(PROVIDER_NAME, custom_template=CustomApplication.TEMPLATE,
+                                       base64_icon=PROVIDER_ICON_SVG)
             provider = client.get_provider(PROVIDER_NAME)
         source = client.get_data_source(config.data_source_name, provider["id"])
         if not source:
             log.info("creating Veza data source %r", config.data_source_name)
-            client.create_data_source(config.data_source_name, provider["id"])
+            with _may_not_create(f"the data source {config.data_source_name!r} under provider {PROVIDER_NAME!r}"):
+                client.create_data_source(config.data_source_name, provider["id"])
             source = client.get_data_source(config.data_source_name, provider["id"])
         progress.upload_started = True
         if len(payload_json) > client.MULTIPART_THRESHOLD_SIZE:
@@ -2063,6 +2174,91 @@ def push_payload(client: OAAClient, config: Config, payload_json: str, progress:
 
 
 # ---------------------------------------------------------------------------------------------
+# The Veza report (--create-report)
+# ---------------------------------------------------------------------------------------------
+
+# Veza names the entities of an OAA custom application OAA.<application_type>.<kind>, resources
+# OAA.<application_type>.<resource_type>.Resource, and queries custom properties as customprop_<name>
+# (the node types Veza's community connectors' report files use, e.g. OAA.Github.User).
+REPORT_NAME = "OpenAI access review"
+REPORT_DESCRIPTION = ("Who administers the OpenAI organization, its admin keys, inactive users who still hold "
+                      "roles, pending invites, projects whose tools reach outside, and federated workloads.")
+_USER, _APP = f"OAA.{APPLICATION_TYPE}.User", f"OAA.{APPLICATION_TYPE}.Application"
+_CRED, _ROLE = f"OAA.{APPLICATION_TYPE}.AccessCred", f"OAA.{APPLICATION_TYPE}.Role"
+_PROJECT = f"OAA.{APPLICATION_TYPE}.project.Resource"
+
+
+def _nodes(node_type: str, **equals: Any) -> dict:
+    node: dict[str, Any] = {"node_type": node_type}
+    if equals:
+        node["condition_expression"] = {"specs": [{"fn": "EQ", "property": name, "value": value}
+                                                  for name, value in equals.items()]}
+    return {"nodes": [node]}
+
+
+def _query(name: str, description: str, source: dict, **rest: Any) -> dict:
+    return {"name": f"OpenAI {name}", "description": description, "query_type": "SOURCE_TO_DESTINATION",
+            "source_node_types": source, **rest}
+
+
+# Only conditions Veza's query model is known to take (equality, permissions, relations). "Never used",
+# "no expiry" and "no login for N days" need null and relative-date conditions whose JSON Veza does not
+# document publicly; the README says how to add them in the Query Builder.
+REPORT_QUERIES = [
+    _query("organization owners", "Users whose organization role manages members and billing (Owner)",
+           _nodes(_USER), destination_node_types=_nodes(_APP),
+           raw_permissions={"values": ["Manage Members"], "operator": "OR"}),
+    _query("admin API keys", "Credentials holding the organization-wide Admin API Key role", _nodes(_CRED),
+           relates_to_exp={"specs": [{"node_types": _nodes(_ROLE, name="Admin API Key")}]}),
+    _query("inactive users holding roles", "Deactivated or banned users, and pending invites, with any role",
+           _nodes(_USER, is_active=False), relates_to_exp={"specs": [{"node_types": _nodes(_ROLE)}]}),
+    _query("pending invites", "Invitations not yet accepted, with the roles they grant",
+           _nodes(_USER, customprop_invite_status="pending")),
+    _query("projects with MCP enabled", "Projects whose settings let models call MCP servers",
+           _nodes(_PROJECT, customprop_mcp_enabled=True)),
+    _query("projects with web search enabled", "Projects whose settings let models search the web",
+           _nodes(_PROJECT, customprop_web_search_enabled=True)),
+    _query("federated workloads with restricted scopes", "Workload identity federation rules (restricted)",
+           _nodes(_CRED, customprop_permission_type="restricted")),
+    _query("federated workloads with service account permissions",
+           "Workload identity federation rules acting with their service account's full permissions",
+           _nodes(_CRED, customprop_permission_type="service_account_default")),
+]
+
+
+def create_or_update_report(client: OAAClient) -> str:
+    """Make Veza's report and its saved queries match REPORT_QUERIES; return what changed.
+
+    Found by name, so a second run changes nothing. (oaaclient's build_report never updates a query's
+    definition nor adds new queries to an existing report, so this does it with the client's calls.)
+    """
+    changed = created = False
+    existing = {q.get("name"): q for q in client.get_queries() if q.get("query_type") != "SYSTEM_CREATED"}
+    query_ids = []
+    for definition in REPORT_QUERIES:
+        query = existing.get(definition["name"])
+        if query is None:
+            query = client.create_query(definition)
+            changed = True
+        elif any(query.get(key) != value for key, value in definition.items()):
+            client.api_put(f"/api/v1/assessments/queries/{query['id']}", {**definition, "id": query["id"]})
+            changed = True
+        query_ids.append(query["id"])
+    report = next((r for r in client.get_reports() if r.get("name") == REPORT_NAME), None)
+    if report is None:
+        client.create_report({"name": REPORT_NAME, "description": REPORT_DESCRIPTION,
+                              "queries": [{"query": query_id} for query_id in query_ids]})
+        created = True
+    else:
+        present = {entry.get("query") for entry in client.get_report_by_id(report["id"]).get("queries") or []}
+        for query_id in query_ids:
+            if query_id not in present:
+                client.add_query_report(report["id"], query_id)
+                changed = True
+    return "created" if created else "updated" if changed else "unchanged"
+
+
+# ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
 
@@ -2076,12 +2272,19 @@ class RunSummary:
     calls: int = 0
     retries: int = 0
     seconds: float = 0.0
+    report: str = ""  # with --create-report: created, updated, unchanged or failed
+
+    def fields(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, **self.counts, "warnings": self.warnings,
+                "veza_warnings": self.veza_warnings, "throttled": self.throttled, "calls": self.calls,
+                "retries": self.retries, "seconds": round(self.seconds, 1),
+                **({"report": self.report} if self.report else {}), "version": __version__}
 
     def line(self) -> str:
-        counts = " ".join(f"{k}={v}" for k, v in self.counts.items())
-        return (f"summary: outcome={self.outcome} {counts}{' ' if counts else ''}warnings={self.warnings} "
-                f"veza_warnings={self.veza_warnings} throttled={self.throttled} calls={self.calls} "
-                f"retries={self.retries} seconds={self.seconds:.1f}")
+        return "summary: " + " ".join(f"{k}={f'{v:.1f}' if k == 'seconds' else v}" for k, v in self.fields().items())
+
+    def log(self, level: int) -> None:
+        log_with_fields(level, {"summary": True, **self.fields()}, "%s", self.line())
 
 
 def _log_unavailable(snapshot: Snapshot) -> None:
@@ -2112,10 +2315,14 @@ def read_organization(config: Config, summary: RunSummary) -> tuple[Snapshot, st
     _log_unavailable(snapshot)
     if snapshot.organization is None:
         log.info("is_personal left unset: the organization object is not readable with this key")
-    log.info("read %d users, %s projects, %s groups in %d calls (%d retries, %d answered 429)", len(snapshot.users),
-             "-" if snapshot.projects is None else len(snapshot.projects),
-             "-" if snapshot.groups is None else len(snapshot.groups), reader.calls, reader.retries,
-             reader.throttled)
+    log_with_fields(logging.INFO, {"stage": "read", "users": len(snapshot.users),
+                                   "projects": None if snapshot.projects is None else len(snapshot.projects),
+                                   "groups": None if snapshot.groups is None else len(snapshot.groups),
+                                   "calls": reader.calls, "retries": reader.retries, "throttled": reader.throttled},
+                    "read %d users, %s projects, %s groups in %d calls (%d retries, %d answered 429)",
+                    len(snapshot.users), "-" if snapshot.projects is None else len(snapshot.projects),
+                    "-" if snapshot.groups is None else len(snapshot.groups), reader.calls, reader.retries,
+                    reader.throttled)
     return snapshot, reader.role_decision_reason
 
 
@@ -2130,8 +2337,9 @@ def discover(config: Config, summary: RunSummary) -> dict:
     summary.warnings = len(result.warnings)
     for message in result.warnings:
         log.warning("%s", message)
-    log.info("mapped %s in %.2fs", " ".join(f"{k}={v}" for k, v in result.counts.items()),
-             time.monotonic() - mapping_started)
+    seconds = time.monotonic() - mapping_started
+    log_with_fields(logging.INFO, {"stage": "mapped", **result.counts, "seconds": round(seconds, 2)},
+                    "mapped %s in %.2fs", " ".join(f"{k}={v}" for k, v in result.counts.items()), seconds)
     return payload
 
 
@@ -2162,6 +2370,14 @@ def run(config: Config, summary: RunSummary | None = None, progress: PushProgres
         log.warning("Veza: %s", warning)
     summary.veza_warnings = len(veza_warnings)
     summary.outcome = "pushed"
+    if config.create_report:
+        try:
+            summary.report = create_or_update_report(veza)
+            log.info("Veza report %r %s (%d queries)", REPORT_NAME, summary.report, len(REPORT_QUERIES))
+        except (OAAClientError, requests.RequestException) as exc:
+            # The snapshot is in Veza; a report that could not be made is said loudly but does not undo it.
+            summary.report = "failed"
+            log.error("Veza report %r not created or updated: %s", REPORT_NAME, describe_veza_error(exc))
     return summary
 
 
@@ -2203,9 +2419,11 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             log.error("configuration error: %s", problem)
         summary = RunSummary(outcome="config-error", seconds=time.monotonic() - started)
-        log.error("%s", summary.line())
+        summary.log(logging.ERROR)
         return ExitStatus.CONFIG
-    configure_logging(config.debug, config.secrets())
+    configure_logging(config.debug, config.secrets(), config.log_format)
+    log.info("veza_openai %s; OpenAI key from %s (%s)", __version__, config.openai_key_source,
+             mask_key(config.openai_api_key))
     summary = RunSummary()
     progress = PushProgress()
     status = ExitStatus.FAILED
@@ -2232,7 +2450,7 @@ def main(argv: list[str] | None = None) -> int:
             if progress.upload_started:
                 summary.outcome = "unknown"
         summary.seconds = time.monotonic() - started
-        log.log(logging.INFO if status == ExitStatus.OK else logging.ERROR, "%s", summary.line())
+        summary.log(logging.INFO if status == ExitStatus.OK else logging.ERROR)
     return int(status)
 
 
