@@ -135,6 +135,7 @@ class FakeOpenAI:
         self.faults: list[Fault] = []
         self.refused: dict[str, int] = {}  # family -> 403 or 404
         self.requests: list[tuple[str, dict]] = []
+        self.user_agents: list[str | None] = []  # the User-Agent of every request, in order
         self.timeline: list[tuple[float, str, int]] = []  # (arrival time.monotonic(), path, status answered)
         self.jitter = 0.0  # extra random latency, up to this many seconds, to shuffle completion order
         self.lock = threading.Lock()
@@ -482,6 +483,8 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             arrived = time.monotonic()
             if fake.latency or fake.jitter:
                 time.sleep(fake.latency + random.uniform(0, fake.jitter))
+            with fake.lock:
+                fake.user_agents.append(self.headers.get("User-Agent"))
             status, body, fault = fake.answer(path, query, self.headers.get("Authorization"))
             with fake.lock:
                 fake.timeline.append((arrived, path, fault.status if fault and fault.kind == "status" else status))
