@@ -11,7 +11,8 @@ from conftest import VEZA_SECRET
 from fake_veza import REPORTS
 from oaaclient import utils as oaautils
 from oaaclient.client import OAAClient, OAAClientError, OAAConnectionError, OAAResponseError
-from report_draft import QUERIES, REPORT_NAME, report_definition
+
+import veza_openai as vo
 
 PAYLOAD = json.dumps({"applications": [{"name": "org-1"}], "permissions": []})
 
@@ -21,6 +22,15 @@ def client(veza, ca, monkeypatch) -> OAAClient:
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca[1])
     monkeypatch.setenv("OAA_API_RETRIES", "0")
     return OAAClient(url=veza.url, api_key=VEZA_SECRET)
+
+
+QUERIES = vo.REPORT_QUERIES
+REPORT_NAME = vo.REPORT_NAME
+
+
+def report_definition(queries: list[dict] | None = None) -> dict:
+    """The connector's report in the shape oaaclient's build_report takes."""
+    return {"name": REPORT_NAME, "queries": list(QUERIES if queries is None else queries)}
 
 
 def writes(veza, since: int = 0) -> list[tuple[str, str]]:
