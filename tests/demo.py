@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Try the connector without credentials: start the bundled fakes and run the real script against them.
 
-    python tests/demo.py            # prints the connector's log, what the fake Veza received, and the JSON path
+    python tests/demo.py                    # prints the connector's log, what the fake Veza received, the JSON path
+    python tests/demo.py --create-report    # any connector flags pass through; this one also shows the report
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def main() -> int:
     }
     payload_file = workdir / "payload.json"
     try:
-        done = subprocess.run([str(HERE.parent / "veza_openai.py"), "--save_json", str(payload_file)], env=env,
-                              stdin=subprocess.DEVNULL)
+        done = subprocess.run([str(HERE.parent / "veza_openai.py"), "--save_json", str(payload_file),
+                               *sys.argv[1:]], env=env, stdin=subprocess.DEVNULL)
     finally:
         openai_fake.stop()
         veza.stop()
@@ -54,6 +55,11 @@ def main() -> int:
           f"{len(app['resources'])} projects, {len(app['local_access_creds'])} keys")
     print(f"the payload is at {payload_file} ({payload_file.stat().st_size:,} bytes); "
           f"first user: {json.dumps(app['local_users'][0])}")
+    for report in veza.reports:
+        print(f"fake Veza holds the report {report['name']!r} with {len(report['queries'])} saved queries:")
+        for name in veza.report_queries(report["name"]):
+            query = next(q for q in veza.queries if q["name"] == name)
+            print(f"  - {name}: {json.dumps(query['source_node_types'])}")
     return 0
 
 
