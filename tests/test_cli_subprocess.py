@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from conftest import OPENAI_SECRET, VEZA_SECRET, application
+
+pytestmark = pytest.mark.slow  # each starts a Python process
 
 
 def test_the_executable_script_pushes_the_organization_and_exits_0(run_connector_subprocess, veza):
