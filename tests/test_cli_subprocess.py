@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from conftest import OPENAI_SECRET, VEZA_SECRET, application
+
+pytestmark = pytest.mark.slow  # each starts a Python process
 
 
 def test_the_executable_script_pushes_the_organization_and_exits_0(run_connector_subprocess, veza):
@@ -66,3 +69,19 @@ def test_in_process_and_subprocess_runs_push_the_same_payload_and_log_the_same_l
     assert veza.payloads[0] == veza.payloads[1]
     assert lines(in_process.stderr) == lines(real.stderr)
     assert in_process.stdout == real.stdout == ""
+
+
+def test_an_in_process_run_leaves_the_test_process_as_it_found_it(run_connector, tmp_path):
+    import gc
+    import logging
+    import os
+    import sys
+
+    before = (os.environ.copy(), os.getcwd(), sys.argv[:], sys.stdout, sys.stderr, logging.getLogger().handlers[:],
+              logging.getLogger().level, logging.getLogger("veza_openai").level, gc.isenabled())
+    for args in (("--debug", "--save_json", str(tmp_path)), ("--help",), ("--max-workers", "0")):
+        run_connector(*args)
+        after = (os.environ.copy(), os.getcwd(), sys.argv[:], sys.stdout, sys.stderr,
+                 logging.getLogger().handlers[:], logging.getLogger().level, logging.getLogger("veza_openai").level,
+                 gc.isenabled())
+        assert after == before, args

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import VEZA_SECRET
 from fake_openai import FakeOpenAI, Fault, generate_organization
 from fake_veza import FakeVeza
@@ -9,6 +10,7 @@ from fake_veza import FakeVeza
 import veza_openai as vo
 
 
+@pytest.mark.slow
 def test_payload_is_byte_identical_whatever_the_scheduling(run_connector, openai_fake, tmp_path):
     openai_fake.jitter = 0.01  # answers finish in a different order every run
     saved = []
@@ -38,6 +40,8 @@ def test_every_list_is_read_once_and_calls_equal_the_minimum(run_connector, open
     assert f"calls={expected} retries=0" in result.stderr.splitlines()[-1]
 
 
+@pytest.mark.slow
+@pytest.mark.alone  # timing-sensitive: other xdist workers wait, so no other test competes for the CPU
 def test_a_429_pauses_every_worker_for_the_servers_wait(run_connector, openai_fake):
     openai_fake.latency = 0.01
     openai_fake.faults.append(Fault(r"^/organization/invites$", status=429,
@@ -51,6 +55,7 @@ def test_a_429_pauses_every_worker_for_the_servers_wait(run_connector, openai_fa
     assert any(at >= throttled_at + 0.35 for at, _, _ in openai_fake.timeline)
 
 
+@pytest.mark.alone
 def test_max_requests_per_second_caps_the_rate(run_connector, openai_fake):
     result = run_connector("--dry-run", "--max-workers", "8", "--role-assignments", "none",
                            "--max-requests-per-second", "40", env={"VEZA_OPENAI_TIME_SCALE": "1"})

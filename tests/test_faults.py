@@ -87,7 +87,12 @@ FATAL = {
 }
 
 
-@pytest.mark.parametrize("name", FATAL)
+def marked_slow(names, slow: str) -> list:
+    """Parameters with the one that waits out every timeout (~2 s) marked slow."""
+    return [pytest.param(name, marks=pytest.mark.slow) if name.endswith(slow) else name for name in names]
+
+
+@pytest.mark.parametrize("name", marked_slow(FATAL, "slow every time"))
 def test_unrecoverable_faults_exit_1_naming_the_endpoint_and_push_nothing(run_connector, veza, openai_fake, name):
     fault, message = FATAL[name]
     openai_fake.faults.append(fresh(fault))
@@ -190,7 +195,8 @@ SECRET_SCENARIOS = {**{f"recoverable: {k}": v for k, v in RECOVERABLE.items()},
 
 
 # Only with --debug: it logs every record a plain run logs, the same way, plus debug records and tracebacks.
-@pytest.mark.parametrize("name", [*SECRET_SCENARIOS, "veza push 500", "veza refuses key", "openai refuses key"])
+@pytest.mark.parametrize("name", marked_slow([*SECRET_SCENARIOS, "veza push 500", "veza refuses key",
+                                              "openai refuses key"], "slow every time"))
 def test_no_secret_reaches_output_or_files_whatever_goes_wrong(run_connector, veza, openai_fake, tmp_path, name):
     flags = NO_ROLE_READS
     if name in SECRET_SCENARIOS:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 BIN = os.path.dirname(sys.executable)
@@ -71,12 +72,14 @@ def test_requirements_pin_what_the_script_imports():
 def test_ci_runs_exactly_the_readmes_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    command = ".venv/bin/python -m pytest -q tests"
+    command = ".venv/bin/python -m pytest -q -n 4 tests"
     assert command in readme and command in ci
+    assert ci.strip().splitlines()[-1] == command
     assert "pip install -r tests/requirements.txt" in readme
     assert "-r tests/requirements.txt" in ci and "python3 -m venv .venv" in ci
 
 
+@pytest.mark.slow
 def test_the_demo_runs_the_real_script_against_the_bundled_fakes():
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "demo.py")], capture_output=True, text=True,
                             timeout=120, env={**os.environ, "OPENAI_API_KEY": "", "VEZA_API_KEY": ""})
