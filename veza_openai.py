@@ -1458,6 +1458,11 @@ FIXED_ROLES = {  # unique id: (name, permissions)
     "reader": ("Reader", ["Standard API Requests", "Read Organization"]),
     "project_owner": ("Project Owner", ["Standard API Requests", "Read Project", "Manage Project Members",
                                         "Manage Project API Keys"]),
+    # OpenAI's rule: organization owners own every project, listed or not; its own role, so a listed owner
+    # (`project_owner`) is still told apart from the implicit one.
+    "project_owner_via_organization": ("Project Owner (organization owner)",
+                                       ["Standard API Requests", "Read Project", "Manage Project Members",
+                                        "Manage Project API Keys"]),
     "project_member": ("Project Member", ["Standard API Requests", "Read Project"]),
     "admin_api_key": ("Admin API Key", ["Read Organization", "Modify Billing", "Manage Members"]),
 }
@@ -1619,7 +1624,6 @@ class ApplicationBuilder:
         d.define_local_role_property("predefined_role", OAAPropertyType.BOOLEAN)
         d.define_local_role_property("resource_type", OAAPropertyType.STRING)
         d.define_local_role_property("description", OAAPropertyType.STRING)
-        d.define_role_assignment_property("granted_by", OAAPropertyType.STRING)
         for name in ("redacted_value", "project_id", "owner_type", "issuer", "audience",
                      "workload_identity_provider_id", "permission_type"):
             d.define_access_cred_property(name, OAAPropertyType.STRING)
@@ -1658,6 +1662,8 @@ class ApplicationBuilder:
         role_id = f"project_{role}" if project else role
         if not project and (role_id in FIXED_ROLES or role_id.startswith("project_")):
             role_id = f"organization_{role}"  # never borrow a fixed role's permissions (e.g. admin_api_key)
+        elif project and role_id in FIXED_ROLES:
+            role_id = f"project_role_{role}"  # e.g. "owner_via_organization" must not become the implicit owner
         if role_id not in self.app.local_roles:
             name = f"Project {role.capitalize()}" if project else role.capitalize()
             self.app.add_local_role(name, [], unique_id=role_id)
@@ -1767,9 +1773,8 @@ class ApplicationBuilder:
             self.projects[pid] = project
         # Organization owners own every project, listed or not (OpenAI's rule).
         for owner_id in self.org_owner_ids:
-            self.app.local_users[owner_id].add_role(
-                "project_owner", resources=list(self.projects.values()),
-                assignment_properties={"granted_by": "organization_owner"})
+            self.app.local_users[owner_id].add_role("project_owner_via_organization",
+                                                    resources=list(self.projects.values()))
         self.counts["projects"] = len(self.projects)
 
     def _project_list(self, family: str, pid: str, kind: str = "user") -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from conftest import NO_ROLE_READS, OPENAI_SECRET, VEZA_SECRET, application, assignments, by_id, load
@@ -234,18 +235,28 @@ def test_every_list_is_read_at_its_largest_page_size_with_visibility_parameters(
             assert query["owner_project_access"] == "any"
 
 
-def test_project_members_get_project_roles_and_org_owners_own_every_project(run_connector, veza):
+def test_project_members_get_project_roles_and_org_owners_own_every_project(run_connector, veza, openai_fake):
+    # the org owner user-0000 is also listed as owner of proj_beta: that listing must survive the implicit grant
+    openai_fake.org.project_users["proj_beta"].append(
+        {"object": "organization.project.user", "id": "user-0000", "name": "Demo User 0",
+         "email": "demo0@example.com", "role": "owner", "added_at": 1_700_000_000})
     result = run_connector()
     payload = veza.payloads[0]
     assert assignments(payload, "user-0010")["project_owner"]["resources"] == ["proj_alpha"]
     assert assignments(payload, "user-0011")["project_member"]["resources"] == ["proj_alpha"]
-    implicit = assignments(payload, "user-0000")["project_owner"]
-    assert implicit["resources"] == ["proj_alpha", "proj_beta"]
-    assert implicit["custom_properties"] == {"granted_by": "organization_owner"}
+    owner = assignments(payload, "user-0000")
+    assert owner["project_owner_via_organization"]["resources"] == ["proj_alpha", "proj_beta"]
+    assert owner["project_owner"]["resources"] == ["proj_beta"]  # listed: exactly the projects that list it
+    assert "project_owner_via_organization" not in assignments(payload, "user-0010")  # an org reader
+    assert all("custom_properties" not in a for a in owner.values())
     assert "custom_properties" not in assignments(payload, "user-0010")["project_owner"]
+    definitions = payload["custom_property_definition"]["applications"][0]
+    assert "granted_by" not in json.dumps(definitions)
     roles = by_id(application(payload)["local_roles"])
     assert roles["project_owner"]["permissions"] == ["Standard API Requests", "Read Project",
                                                      "Manage Project Members", "Manage Project API Keys"]
+    assert roles["project_owner_via_organization"]["name"] == "Project Owner (organization owner)"
+    assert roles["project_owner_via_organization"]["permissions"] == roles["project_owner"]["permissions"]
     assert roles["project_member"]["permissions"] == ["Standard API Requests", "Read Project"]
     assert roles["project_viewer"]["name"] == "Project Viewer"
     assert assignments(payload, "user-0012")["project_viewer"]["resources"] == ["proj_beta"]
@@ -360,6 +371,7 @@ def test_refused_projects_take_everything_that_hangs_on_them(run_connector, veza
                                                      "wifr_legacy_deploy"}
     assert all(assignments(payload, rule) == {} for rule in ("wifr_deploy_main", "wifr_legacy_deploy"))
     assert "project_owner" not in assignments(payload, "user-0000")
+    assert "project_owner_via_organization" not in assignments(payload, "user-0000")
     assert openai_fake.calls(r"^/organization/projects/") == 0
 
 
