@@ -73,7 +73,7 @@ DEFAULT_TIMEOUT = 30.0             # seconds for one whole OpenAI answer; a page
 DEFAULT_MAX_RETRIES = 6            # 5xx and transport faults: 0.5+1+2+4+8+16 s of backoff, then the run fails
 DEFAULT_MAX_THROTTLE_WAIT = 900.0  # 429s are retried this long per request: 15 refills of a 60 s window
 DEFAULT_ROLE_ASSIGNMENTS = "auto"
-DEFAULT_ACTIVITY_DAYS = 90          # logins and key scopes from the audit log of the last 90 days; 0 turns it off
+DEFAULT_ACTIVITY_DAYS = 90         # logins and key scopes from the audit log of the last 90 days; 0 turns it off
 
 # --- bounds on what a configuration may say ------------------------------------------------------
 MAX_WORKERS_LIMIT = 64             # more would only queue on the Admin API's per-endpoint limits
