@@ -76,12 +76,14 @@ DEFAULT_TIMEOUT = 30.0             # seconds for one whole OpenAI answer; a page
 DEFAULT_MAX_RETRIES = 6            # 5xx and transport faults: 0.5+1+2+4+8+16 s of backoff, then the run fails
 DEFAULT_MAX_THROTTLE_WAIT = 900.0  # 429s are retried this long per request: 15 refills of a 60 s window
 DEFAULT_ROLE_ASSIGNMENTS = "auto"
+DEFAULT_ACTIVITY_DAYS = 90         # logins and key scopes from the audit log of the last 90 days; 0 turns it off
 
 # --- bounds on what a configuration may say ------------------------------------------------------
 MAX_WORKERS_LIMIT = 64             # more would only queue on the Admin API's per-endpoint limits
 MAX_RETRIES_LIMIT = 20             # 20 doublings of backoff is already hours
 MAX_TIMEOUT = 600.0                # an answer slower than 10 minutes is a dead server
 MAX_REQUESTS_PER_SECOND = 10_000.0  # a cap above this is no cap
+MAX_ACTIVITY_DAYS = 3650           # ten years; the audit log keeps far less
 MAX_SECRET_LENGTH = 4096           # real keys are ~200 characters; a 100 KB "key" is a pasted file
 MIN_SECRET_LENGTH_TO_MASK = 8      # masking a blank or tiny value would shred every log line; such keys fail anyway
 
@@ -103,6 +105,7 @@ MIN_PROGRESS_INTERVAL = 1.0    # even when tests shrink time, no more than one p
 
 # --- what a server can make the connector do (README: Failure behaviour) -----------------------
 MAX_PAGES_PER_LIST = 10_000        # 1,000,000 users at 100 a page; more is a server that never stops
+MAX_AUDIT_LOG_PAGES = 500          # 50,000 events: logins are optional, never worth hours of one sequential chain
 MAX_ANSWER_BYTES = 32 * 1024 * 1024  # decompressed; a real page is well under 1 MB
 READ_CHUNK_BYTES = 64 * 1024
 VEZA_CHECK_TIMEOUT = 10.0          # the first Veza connection check fails fast instead of oaaclient's ~2.5 min
@@ -143,6 +146,7 @@ class Config:
     max_requests_per_second: float | None = None
     max_requests_per_minute_per_endpoint: int | None = None
     role_assignments: str = DEFAULT_ROLE_ASSIGNMENTS
+    activity_days: int = DEFAULT_ACTIVITY_DAYS
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
     max_throttle_wait: float = DEFAULT_MAX_THROTTLE_WAIT
@@ -199,6 +203,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--role-assignments", dest="role_assignments",
                         help="per-user role assignment reads: auto, all or none "
                         f"(env: OPENAI_ROLE_ASSIGNMENTS, default {DEFAULT_ROLE_ASSIGNMENTS})")
+    parser.add_argument("--activity-days", dest="activity_days",
+                        help="days of audit log read for last logins and API key scopes; 0 reads none "
+                        f"(env: OPENAI_ACTIVITY_DAYS, default {DEFAULT_ACTIVITY_DAYS})")
     parser.add_argument("--timeout", dest="timeout",
                         help="seconds to wait for one whole OpenAI answer "
                         f"(env: OPENAI_TIMEOUT, default {DEFAULT_TIMEOUT:g})")
@@ -412,6 +419,8 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     max_throttle_wait = number(args.max_throttle_wait, "OPENAI_MAX_THROTTLE_WAIT", "--max-throttle-wait", float,
                                DEFAULT_MAX_THROTTLE_WAIT, 0.1, 86_400)
     max_run_time = number(args.max_run_time, "OPENAI_MAX_RUN_TIME", "--max-run-time", float, None, 1, 7 * 86_400)
+    activity_days = number(args.activity_days, "OPENAI_ACTIVITY_DAYS", "--activity-days", int,
+                           DEFAULT_ACTIVITY_DAYS, 0, MAX_ACTIVITY_DAYS)
     time_scale = number(None, "VEZA_OPENAI_TIME_SCALE", "time scale", float, 1.0, 0.0, 1.0)
 
     role_assignments = (setting(args.role_assignments, "OPENAI_ROLE_ASSIGNMENTS") or DEFAULT_ROLE_ASSIGNMENTS)
@@ -437,7 +446,8 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
                   max_requests_per_minute_per_endpoint=max_rpm, role_assignments=role_assignments,
                   timeout=timeout, max_retries=max_retries, max_throttle_wait=max_throttle_wait,
                   max_run_time=max_run_time, create_report=create_report and not args.dry_run,
-                  log_format=log_format, openai_key_source=key_source, time_scale=time_scale)
+                  log_format=log_format, openai_key_source=key_source, activity_days=activity_days,
+                  time_scale=time_scale)
 
 
 # Control characters (and the Unicode ones that reorder or break lines) from a server could forge
@@ -552,10 +562,14 @@ class Family:
     cursor: str | None = None        # None: one object, not a list
     page_size: int = 0               # the largest page the endpoint serves
     item_object: str | None = None   # the `object` every item must carry, when the API names one
-    params: tuple[tuple[str, str], ...] = ()
+    params: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # a tuple value is sent as repeated keys
     per: str | None = None
     item_id_field: str = "id"
     next_falls_back_to_item_id: bool = False  # the SDK documents `after` as an item id for this list
+
+
+# One read of the audit log brings all three: logins for last_login_at, key creations and updates for scopes.
+AUDIT_EVENT_TYPES = ("login.succeeded", "api_key.created", "api_key.updated")
 
 
 def _family(**fields: Any) -> Family:
@@ -567,6 +581,9 @@ FAMILY_LIST = [
             grant="(dashboard-style keys only)"),
     _family(name="users", label="users", path="/organization/users", grant="Users: Read", cursor=CURSOR_LAST_ID,
             page_size=100, item_object="organization.user"),
+    # The audit log is read newest first, one sequential chain: listed early so its next page goes first.
+    _family(name="audit_logs", label="audit logs", path="/organization/audit_logs", grant="Audit logs: Read",
+            cursor=CURSOR_LAST_ID, page_size=100, params=(("event_types[]", AUDIT_EVENT_TYPES),)),
     _family(name="invites", label="invites", path="/organization/invites", grant="Invites: Read",
             cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.invite"),
     _family(name="admin_api_keys", label="admin API keys", path="/organization/admin_api_keys",
@@ -578,6 +595,12 @@ FAMILY_LIST = [
     _family(name="projects", label="projects", path="/organization/projects", grant="Projects: Read",
             cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project",
             params=(("include_archived", "true"),)),
+    # The maximum page size of both workload identity lists is undocumented; 100 is what every sibling allows.
+    _family(name="workload_identity_providers", label="workload identity providers",
+            path="/organization/workload_identity_providers", grant="Workload identity: Read", cursor=CURSOR_ITEM_ID,
+            page_size=100, item_object="organization.workload_identity_provider"),
+    _family(name="certificates", label="certificates", path="/organization/certificates", grant="Certificates: Read",
+            cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.certificate"),
     _family(name="project_users", label="project users", path="/organization/projects/{project_id}/users",
             grant="Projects: Read", cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.user",
             per="project"),
@@ -595,6 +618,11 @@ FAMILY_LIST = [
             item_id_field="group_id", next_falls_back_to_item_id=True),
     _family(name="model_permissions", label="model permissions",
             path="/organization/projects/{project_id}/model_permissions", grant="Projects: Read", per="project"),
+    _family(name="project_certificates", label="project certificates",
+            path="/organization/projects/{project_id}/certificates", grant="Certificates: Read",
+            cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.certificate", per="project"),
+    _family(name="hosted_tool_permissions", label="hosted tool permissions",
+            path="/organization/projects/{project_id}/hosted_tool_permissions", grant="Projects: Read", per="project"),
     _family(name="group_users", label="group users", path="/organization/groups/{group_id}/users",
             grant="Groups: Read", cursor=CURSOR_NEXT, page_size=1000, per="group", next_falls_back_to_item_id=True),
     _family(name="group_roles", label="group roles", path="/organization/groups/{group_id}/roles",
@@ -602,6 +630,10 @@ FAMILY_LIST = [
     _family(name="project_group_roles", label="project group roles",
             path="/projects/{project_id}/groups/{group_id}/roles", grant="Roles: Read", cursor=CURSOR_NEXT,
             page_size=1000, per="project group"),
+    _family(name="federation_rules", label="federation rules",
+            path="/organization/workload_identity_providers/{provider_id}/federation_rules",
+            grant="Workload identity: Read", cursor=CURSOR_ITEM_ID, page_size=100,
+            item_object="organization.workload_identity_federation_rule", per="provider"),
     _family(name="user_roles", label="user roles", path="/organization/users/{user_id}/roles", grant="Roles: Read",
             cursor=CURSOR_NEXT, page_size=1000, per="user"),
     _family(name="project_user_roles", label="project user roles", path="/projects/{project_id}/users/{user_id}/roles",
@@ -753,6 +785,14 @@ class Snapshot:
     project_group_roles: dict[tuple[str, str], list[dict]] | None = field(default_factory=dict)
     user_roles: dict[str, list[dict]] | None = None
     project_user_roles: dict[tuple[str, str], list[dict]] | None = None
+    audit_logs: list[dict] | None = None          # None: not read (--activity-days 0) or left out
+    activity_since: int | None = None             # Unix seconds the audit log was read from
+    activity_window_days: int | None = None       # the days it covers (fewer when MAX_AUDIT_LOG_PAGES cut it short)
+    workload_identity_providers: list[dict] | None = None
+    federation_rules: dict[str, list[dict]] | None = field(default_factory=dict)  # provider id -> rules
+    certificates: list[dict] | None = None
+    project_certificates: dict[str, list[dict]] | None = field(default_factory=dict)
+    hosted_tool_permissions: dict[str, dict | None] | None = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)  # family name -> why it was left out
     deleted: list[tuple[str, Any, str]] = field(default_factory=list)  # (entity kind, key, endpoint)
 
@@ -1007,6 +1047,7 @@ class OrganizationReader:
         self.role_decision: bool | None = None
         self.role_decision_reason = ""
         self.user_role_reads_queued = False
+        self.audit_log_read: ListRead | None = None
 
     # --- the order of reads ---------------------------------------------------------------
     def _start(self) -> None:
@@ -1019,6 +1060,12 @@ class OrganizationReader:
         self.role_lists_pending = 2  # the org roles list, and the project list (then each project's roles)
         self._read("roles", self._on_roles)
         self._read("projects", self._on_projects)
+        if self.config.activity_days:
+            s.activity_since = int(time.time()) - self.config.activity_days * 86_400
+            self.audit_log_read = self._read("audit_logs", self._on_audit_logs,
+                                             params={"effective_at[gte]": str(s.activity_since)})
+        self._read("workload_identity_providers", self._on_workload_identity_providers)
+        self._read("certificates", lambda items: setattr(s, "certificates", items))
 
     def _on_users(self, items: list[dict]) -> None:
         self.snapshot.users = items
@@ -1046,7 +1093,27 @@ class OrganizationReader:
             self._read("project_roles", lambda r, p=pid: self._on_project_roles(p, r), key=pid, project_id=pid)
             self._read("project_groups", lambda r, p=pid: self._on_project_groups(p, r), key=pid, project_id=pid)
             self._read("model_permissions", self._filed("model_permissions", pid), key=pid, project_id=pid)
+            self._read("project_certificates", self._filed("project_certificates", pid), key=pid, project_id=pid)
+            self._read("hosted_tool_permissions", self._filed("hosted_tool_permissions", pid), key=pid,
+                       project_id=pid)
         self._role_list_done()  # the project list itself
+
+    def _on_audit_logs(self, items: list[dict] | None) -> None:
+        s = self.snapshot
+        s.audit_logs = items
+        if items is None:
+            return
+        read = self.audit_log_read
+        if s.activity_window_days is None:
+            s.activity_window_days = self.config.activity_days
+        log.info("read %d audit log events (logins and API key changes of the last %d days) in %d calls", len(items),
+                 s.activity_window_days, read.pages if read else 0)
+
+    def _on_workload_identity_providers(self, items: list[dict] | None) -> None:
+        self.snapshot.workload_identity_providers = items
+        for provider_id in ids_of(items or []):
+            self._read("federation_rules", self._filed("federation_rules", provider_id), key=provider_id,
+                       provider_id=provider_id)
 
     def _on_project_users(self, project_id: str, items: list[dict] | None) -> None:
         if items is None:
@@ -1121,17 +1188,21 @@ class OrganizationReader:
         return file_result
 
     # --- scheduling ------------------------------------------------------------------------
-    def _read(self, family_name: str, on_done: Callable[[Any], None], key: Any = None, **path_args: str) -> None:
+    def _read(self, family_name: str, on_done: Callable[[Any], None], key: Any = None,
+              params: dict[str, Any] | None = None, **path_args: str) -> ListRead | None:
+        """Queue every page of one list (or one object); `params` are added to the family's own."""
         family = FAMILIES[family_name]
         if family_name in self.snapshot.unavailable:
             on_done(None)
-            return
+            return None
         path = family.path.format(**{k: urllib.parse.quote(v, safe="") for k, v in path_args.items()})
-        params: dict[str, Any] = dict(family.params)
+        query: dict[str, Any] = {**dict(family.params), **(params or {})}
         if family.cursor:
-            params["limit"] = family.page_size
+            query["limit"] = family.page_size
         self.open_reads[family_name] += 1
-        self.queues[family_name].append(Request(ListRead(family, key, path, on_done), params))
+        read = ListRead(family, key, path, on_done)
+        self.queues[family_name].append(Request(read, query))
+        return read
 
     def read(self) -> Snapshot:
         """Read everything; raise DiscoveryError (or Stopped) as soon as a complete snapshot is impossible."""
@@ -1308,6 +1379,9 @@ class OrganizationReader:
         if not body.get("has_more"):
             self._finish(read, read.items)
             return
+        if family.name == "audit_logs" and read.pages >= MAX_AUDIT_LOG_PAGES:
+            self._cut_audit_log(read)
+            return
         if read.pages >= MAX_PAGES_PER_LIST:
             raise DiscoveryError(f"{path}: still has_more after {MAX_PAGES_PER_LIST:,} pages; no real organization "
                                  "is that large, so the server is looping")
@@ -1316,6 +1390,23 @@ class OrganizationReader:
             raise DiscoveryError(f"{path}: the cursor {cursor[:40]!r} repeats; stopping instead of looping")
         read.seen_cursors.add(cursor)
         self.queues[family.name].appendleft(Request(read, {**request.params, "after": cursor}))
+
+    def _cut_audit_log(self, read: ListRead) -> None:
+        """Stop the audit log at MAX_AUDIT_LOG_PAGES: it comes newest first, so what was read is each user's
+        latest login and each key's latest scopes, back to the last event read; older ones are missing."""
+        s = self.snapshot
+        oldest = read.items[-1].get("effective_at") if read.items else None
+        days = self.config.activity_days
+        if isinstance(oldest, (int, float)) and not isinstance(oldest, bool) and s.activity_since is not None:
+            now = s.activity_since + days * 86_400
+            s.activity_window_days = max(0, min(days, int((now - oldest) // 86_400)))
+        else:
+            s.activity_window_days = 0
+        log.warning("audit log: stopped after %d pages (%d events); logins and API key scope changes older than %s "
+                    "are missing, so activity_window_days is %d instead of %d; use a shorter --activity-days",
+                    read.pages, len(read.items), rfc3339(oldest) or "the last event read", s.activity_window_days,
+                    days)
+        self._finish(read, read.items)
 
     @staticmethod
     def _next_cursor(family: Family, body: dict, data: list[dict], path: str) -> str:
@@ -1351,8 +1442,8 @@ class OrganizationReader:
             log.debug("organization object not available: %s", refusal)
             self._finish(read, None)
             return
-        if family.name == "model_permissions" and refusal.status == 404:
-            self._finish(read, None, entity_seen=False)  # the project has no model policy (or is gone)
+        if family.name in ("model_permissions", "hosted_tool_permissions") and refusal.status == 404:
+            self._finish(read, None, entity_seen=False)  # the project has no such settings (or is gone)
             return
         if family.name == "users" or refusal.status == 401:
             raise refusal
@@ -1460,9 +1551,15 @@ FIXED_ROLES = {  # unique id: (name, permissions)
     "reader": ("Reader", ["Standard API Requests", "Read Organization"]),
     "project_owner": ("Project Owner", ["Standard API Requests", "Read Project", "Manage Project Members",
                                         "Manage Project API Keys"]),
+    # OpenAI's rule: organization owners own every project, listed or not; its own role, so a listed owner
+    # (`project_owner`) is still told apart from the implicit one.
+    "project_owner_via_organization": ("Project Owner (organization owner)",
+                                       ["Standard API Requests", "Read Project", "Manage Project Members",
+                                        "Manage Project API Keys"]),
     "project_member": ("Project Member", ["Standard API Requests", "Read Project"]),
     "admin_api_key": ("Admin API Key", ["Read Organization", "Modify Billing", "Manage Members"]),
 }
+HOSTED_TOOLS = ("code_interpreter", "file_search", "image_generation", "mcp", "web_search")
 CANONICAL_BY_VERB = {
     **dict.fromkeys(("read", "list", "view", "get"), OAAPermission.MetadataRead),
     "create": OAAPermission.MetadataCreate,
@@ -1524,6 +1621,7 @@ DELETED_WHAT = {
     "user": "left out with its memberships, keys and role assignments",
     "project group": "its role grants on the project are left out",
     "project member": "its role assignments on the project are left out",
+    "provider": "its federation rules are left out",
 }
 
 
@@ -1538,6 +1636,7 @@ class ApplicationBuilder:
         self.counts: dict[str, int] = {}
         self.projects: dict[str, CustomResource] = {}
         self.org_owner_ids: list[str] = []
+        self.project_key_ids: set[str] = set()
         self.deleted: dict[str, set] = {}
         for kind, key, endpoint in snapshot.deleted:
             self.deleted.setdefault(kind, set()).add(key)
@@ -1597,6 +1696,9 @@ class ApplicationBuilder:
         self._map_invites()
         self._map_custom_roles()
         self._map_role_assignments()
+        self._map_activity()
+        self._map_federation_rules()
+        self._map_certificates()
         return MappingResult(self.app, self.warnings, self.counts)
 
     # --- definitions ---------------------------------------------------------------------
@@ -1604,6 +1706,7 @@ class ApplicationBuilder:
         d = self.app.property_definitions
         d.define_application_property("organization_id", OAAPropertyType.STRING)
         d.define_application_property("is_personal", OAAPropertyType.BOOLEAN)
+        d.define_application_property("activity_window_days", OAAPropertyType.NUMBER)
         for name, kind in (("added_at", OAAPropertyType.TIMESTAMP), ("api_key_last_used_at", OAAPropertyType.TIMESTAMP),
                            ("is_scim_managed", OAAPropertyType.BOOLEAN), ("project_id", OAAPropertyType.STRING),
                            ("invite_status", OAAPropertyType.STRING),
@@ -1614,14 +1717,21 @@ class ApplicationBuilder:
         d.define_local_role_property("predefined_role", OAAPropertyType.BOOLEAN)
         d.define_local_role_property("resource_type", OAAPropertyType.STRING)
         d.define_local_role_property("description", OAAPropertyType.STRING)
-        d.define_role_assignment_property("granted_by", OAAPropertyType.STRING)
-        for name in ("redacted_value", "project_id", "owner_type"):
+        for name in ("redacted_value", "project_id", "owner_type", "issuer", "audience",
+                     "workload_identity_provider_id", "permission_type"):
             d.define_access_cred_property(name, OAAPropertyType.STRING)
+        for name in ("scopes", "attribute_matchers"):
+            d.define_access_cred_property(name, OAAPropertyType.STRING_LIST)
         for name, kind in (("status", OAAPropertyType.STRING), ("created_at", OAAPropertyType.TIMESTAMP),
                            ("archived_at", OAAPropertyType.TIMESTAMP),
                            ("model_permission_mode", OAAPropertyType.STRING),
                            ("model_ids", OAAPropertyType.STRING_LIST)):
             d.define_resource_property("project", name, kind)
+        for tool in HOSTED_TOOLS:
+            d.define_resource_property("project", f"{tool}_enabled", OAAPropertyType.BOOLEAN)
+        d.define_resource_property("certificate", "active", OAAPropertyType.BOOLEAN)
+        for name in ("valid_at", "expires_at"):
+            d.define_resource_property("certificate", name, OAAPropertyType.TIMESTAMP)
 
     def _define_permissions_and_roles(self) -> None:
         for name, canonical in {**ORG_PERMISSIONS, **PROJECT_PERMISSIONS}.items():
@@ -1645,6 +1755,8 @@ class ApplicationBuilder:
         role_id = f"project_{role}" if project else role
         if not project and (role_id in FIXED_ROLES or role_id.startswith("project_")):
             role_id = f"organization_{role}"  # never borrow a fixed role's permissions (e.g. admin_api_key)
+        elif project and role_id in FIXED_ROLES:
+            role_id = f"project_role_{role}"  # e.g. "owner_via_organization" must not become the implicit owner
         if role_id not in self.app.local_roles:
             name = f"Project {role.capitalize()}" if project else role.capitalize()
             self.app.add_local_role(name, [], unique_id=role_id)
@@ -1663,6 +1775,7 @@ class ApplicationBuilder:
             user.add_identity(email)
         user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
         user.is_active = not (nested.get("banned") is True or nested.get("enabled") is False)
+        user.deactivated_at = rfc3339(nested.get("banned_at"))
         user.user_type = "service_account" if record.get("is_service_account") is True else "human"
         user.set_property("added_at", rfc3339(record.get("added_at")), ignore_none=True)
         user.set_property("api_key_last_used_at", rfc3339(record.get("api_key_last_used_at")), ignore_none=True)
@@ -1745,12 +1858,16 @@ class ApplicationBuilder:
                 ids = policy.get("model_ids")
                 if isinstance(ids, list):
                     project.set_property("model_ids", [str(i) for i in ids])
+            tools = (s.hosted_tool_permissions or {}).get(pid)
+            for tool in HOSTED_TOOLS if isinstance(tools, dict) else ():
+                enabled = _dict(tools.get(tool)).get("enabled")
+                if isinstance(enabled, bool):
+                    project.set_property(f"{tool}_enabled", enabled)
             self.projects[pid] = project
         # Organization owners own every project, listed or not (OpenAI's rule).
         for owner_id in self.org_owner_ids:
-            self.app.local_users[owner_id].add_role(
-                "project_owner", resources=list(self.projects.values()),
-                assignment_properties={"granted_by": "organization_owner"})
+            self.app.local_users[owner_id].add_role("project_owner_via_organization",
+                                                    resources=list(self.projects.values()))
         self.counts["projects"] = len(self.projects)
 
     def _project_list(self, family: str, pid: str, kind: str = "user") -> list[dict]:
@@ -1826,6 +1943,7 @@ class ApplicationBuilder:
                 if self._is_deleted_user(owner_id):
                     continue
                 cred = self._add_credential(record, is_active=record.get("owner_project_access") == "active")
+                self.project_key_ids.add(record["id"])
                 active += cred.is_active
                 inactive += not cred.is_active
                 cred.set_property("project_id", pid)
@@ -1994,6 +2112,160 @@ class ApplicationBuilder:
                     user = self.app.local_users[member["id"]]
                     count += self._assign(user, s.project_user_roles.get((pid, member["id"]), []), project)
         self.counts["role_assignments"] = count
+
+
+    # --- access review: audit log activity, workload identity federation, certificates -------
+    def _audit_activity(self) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """(user id -> latest login, project key id -> scopes of its newest scope-setting event) in the window."""
+        since = rfc3339(self.snapshot.activity_since) or ""
+        logins: dict[str, str] = {}
+        newest: dict[str, tuple[tuple[str, str], list[str]]] = {}
+        for event in self.snapshot.audit_logs or []:
+            kind = event.get("type") if isinstance(event, dict) else None
+            at = rfc3339(event.get("effective_at")) if kind else None
+            if at is None or at < since:  # the server filters by type and time; a server that did not is checked
+                continue
+            if kind == "login.succeeded":
+                user_id = _text(_dict(_dict(_dict(event.get("actor")).get("session")).get("user")).get("id"))
+                if user_id and at > logins.get(user_id, ""):
+                    logins[user_id] = at
+            elif kind in ("api_key.created", "api_key.updated"):
+                details = _dict(event.get(kind))  # the details sit under a key named like the type
+                key_id = _text(details.get("id"))
+                scopes = _dict(details.get("data" if kind == "api_key.created" else "changes_requested")).get("scopes")
+                if key_id is None or not isinstance(scopes, list):
+                    continue  # e.g. an update that renamed the key: it says nothing about scopes
+                rank = (at, str(event.get("id") or ""))
+                if key_id not in newest or rank > newest[key_id][0]:
+                    newest[key_id] = (rank, [scope for scope in scopes if isinstance(scope, str)])
+        return logins, {key_id: scopes for key_id, (_, scopes) in newest.items()}
+
+    def _map_activity(self) -> None:
+        s = self.snapshot
+        if s.audit_logs is None:
+            return
+        self.app.set_property("activity_window_days", s.activity_window_days)
+        logins, scopes = self._audit_activity()
+        users = {record["id"] for record in self.users}
+        for user_id in sorted(logins):
+            if user_id in users:
+                self.app.local_users[user_id].last_login_at = logins[user_id]
+            else:
+                log.debug("audit log: login by %s, who is not in the organization user list; ignored", user_id)
+        keys = sorted(key_id for key_id in scopes if key_id in self.project_key_ids)
+        for key_id in keys:
+            self.app.access_creds[key_id].set_property("scopes", scopes[key_id])
+        self.counts["logins"] = len(users & set(logins))
+        self.counts["key_scopes"] = len(keys)
+
+    def _service_account_roles(self) -> dict[tuple[str, str], Any]:
+        """(project id, service account id) -> its role value, from the project service account lists."""
+        return {(pid, record["id"]): record.get("role") for pid in self.projects
+                for record in self._project_list("project_service_accounts", pid, kind=None)}
+
+    def _map_federation_rules(self) -> None:
+        s = self.snapshot
+        if s.workload_identity_providers is None or s.federation_rules is None:
+            return
+        accounts_read = s.projects is not None and s.project_service_accounts is not None
+        if not accounts_read:
+            self.warn("federation rules are kept without holders or project roles: project service accounts "
+                      "were not read")
+        roles = self._service_account_roles() if accounts_read else {}
+        count = 0
+        for provider in self._records("workload identity provider", s.workload_identity_providers, "provider"):
+            provider_id = provider["id"]
+            rules = self._records(f"workload identity provider {provider_id} federation rule",
+                                  s.federation_rules.get(provider_id, []))
+            for rule in rules:
+                if rule["id"] in self.app.access_creds:
+                    self.warn(f"federation rule {rule['id']} has the id of another credential; left out")
+                    continue
+                cred = self.app.add_access_cred(rule["id"], _text(rule.get("name")) or rule["id"])
+                cred.created_at = rfc3339(rule.get("created_at")) or ""
+                cred.is_active = rule.get("enabled") is not False and provider.get("enabled") is not False
+                cred.set_property("issuer", _text(provider.get("issuer")), ignore_none=True)
+                cred.set_property("audience", _text(provider.get("audience")), ignore_none=True)
+                cred.set_property("workload_identity_provider_id", provider_id)
+                project_id = _text(rule.get("project_id"))
+                cred.set_property("project_id", project_id, ignore_none=True)
+                matchers = rule.get("attribute_matchers")
+                if isinstance(matchers, dict):
+                    cred.set_property("attribute_matchers", sorted(f"{key}={_matcher_value(value)}"
+                                                                   for key, value in matchers.items()))
+                elif matchers is not None:
+                    self.warn(f"federation rule {rule['id']} has attribute_matchers of type "
+                              f"{type(matchers).__name__}, not an object; left unset")
+                permissions = _dict(rule.get("permissions"))
+                permission_type = _text(permissions.get("type"))
+                cred.set_property("permission_type", permission_type, ignore_none=True)
+                if permission_type == "restricted" and isinstance(permissions.get("scopes"), list):
+                    cred.set_property("scopes", [scope for scope in permissions["scopes"] if isinstance(scope, str)])
+                if accounts_read:
+                    self._hold_federation_rule(rule, cred, project_id, roles)
+                count += 1
+        self.counts["federation_rules"] = count
+
+    def _hold_federation_rule(self, rule: dict, cred: AccessCred, project_id: str | None,
+                              roles: dict[tuple[str, str], Any]) -> None:
+        """The rule's service account holds it, and it gets that account's role on the rule's project."""
+        account_id = _text(rule.get("service_account_id"))
+        holder = self.app.local_users.get(account_id) if account_id else None
+        if holder is None:
+            self.warn(f"federation rule {rule['id']} names service account {account_id} which is not listed; "
+                      "kept without a holder or project role")
+            return
+        holder.add_access_cred(rule["id"])
+        project = self.projects.get(project_id) if project_id else None
+        if project is None:
+            self.warn(f"federation rule {rule['id']} names project {project_id} which is not listed; kept without "
+                      "a project role")
+            return
+        if (project_id, account_id) not in roles:
+            self.warn(f"federation rule {rule['id']}: service account {account_id} is not listed in project "
+                      f"{project_id}; kept without a project role")
+            return
+        role = self._role_for_value(roles[(project_id, account_id)], f"service account {account_id}", project=True)
+        if role:
+            cred.add_role(role, resources=[project])
+
+    def _map_certificates(self) -> None:
+        s = self.snapshot
+        if s.certificates is None and (s.projects is None or s.project_certificates is None):
+            return
+        count = 0
+        for record in self._records("certificate", s.certificates or []):
+            if record["id"] in self.app.resources:
+                self.warn(f"certificate {record['id']} has the id of a project; left out")
+                continue
+            self._add_certificate(self.app.add_resource, record)
+            count += 1
+        for pid, project in self.projects.items():
+            for record in self._project_list("project_certificates", pid, kind=None):
+                self._add_certificate(project.add_sub_resource, record)
+                count += 1
+        self.counts["certificates"] = count
+
+    @staticmethod
+    def _add_certificate(add: Callable[..., CustomResource], record: dict) -> None:
+        """A certificate resource: whether it is active and when it is valid; never its PEM `content`."""
+        certificate = add(_text(record.get("name")) or record["id"], resource_type="certificate",
+                          unique_id=record["id"])
+        if isinstance(record.get("active"), bool):
+            certificate.set_property("active", record["active"])
+        details = _dict(record.get("certificate_details"))
+        certificate.set_property("valid_at", rfc3339(details.get("valid_at")), ignore_none=True)
+        certificate.set_property("expires_at", rfc3339(details.get("expires_at")), ignore_none=True)
+
+
+def _matcher_value(value: Any) -> str:
+    """An attribute matcher's value as text: strings as they are, anything else as JSON (true, 1, null)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def build_application(snapshot: Snapshot) -> MappingResult:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from fake_limits import EveryKth, FixedWindows, Limiter, TokenBucket  # noqa: E402
-from fake_openai import COMPILED_ROUTES, FakeOpenAI, Organization, generate_organization  # noqa: E402
+from fake_openai import COMPILED_ROUTES, FakeOpenAI, Organization, _audit_logs, generate_organization  # noqa: E402
 from fake_veza import FakeVeza  # noqa: E402
 
 import veza_openai as vo  # noqa: E402
@@ -45,17 +45,38 @@ def pages(count: int, limit: int) -> int:
     return max(1, math.ceil(count / limit))
 
 
+# The access-review families the generated organization has (tests/fake_openai.py generate_organization).
+ACCESS_REVIEW = {"login_every": 10, "wif_every": 10, "certificates": 1, "hosted_tools": True}
+
+
+def audit_events_read(org: Organization, days: int = vo.DEFAULT_ACTIVITY_DAYS) -> int:
+    """The audit log events the connector asks for: its three types within the default window."""
+    window = {"event_types[]": list(vo.AUDIT_EVENT_TYPES), "effective_at[gte]": str(int(time.time()) - days * 86_400)}
+    return len(_audit_logs(org.audit_logs, window))
+
+
 def minimum_calls(org: Organization) -> tuple[int, int]:
     """(fewest calls that read everything at the largest page sizes, longest single cursor chain)."""
     f = vo.FAMILIES
-    chains = [pages(len(org.users), f["users"].limit), pages(len(org.invites), f["invites"].limit),
-              pages(len(org.projects), f["projects"].limit), pages(len(org.admin_api_keys), f["admin API keys"].limit),
-              pages(len(org.groups), f["groups"].limit), pages(len(org.roles), f["roles"].limit), 1]  # + org object
+
+    def read(name: str, count: int) -> int:
+        return pages(count, f[name].page_size)
+
+    chains = [read("users", len(org.users)), read("invites", len(org.invites)), read("projects", len(org.projects)),
+              read("admin_api_keys", len(org.admin_api_keys)), read("groups", len(org.groups)),
+              read("roles", len(org.roles)), 1]  # + org object
+    # access review: the audit log (at most MAX_AUDIT_LOG_PAGES), providers, organization certificates
+    chains += [min(read("audit_logs", audit_events_read(org)), vo.MAX_AUDIT_LOG_PAGES),
+               read("workload_identity_providers", len(org.workload_identity_providers)),
+               read("certificates", len(org.certificates))]
+    chains += [read("federation_rules", len(org.federation_rules.get(provider["id"], [])))
+               for provider in org.workload_identity_providers]
     for p in org.projects:
         pid = p["id"]
         chains += [pages(len(org.project_users.get(pid, [])), 100), pages(len(org.service_accounts.get(pid, [])), 100),
                    pages(len(org.api_keys.get(pid, [])), 100), pages(len(org.project_roles.get(pid, [])), 1000),
                    pages(len(org.project_groups.get(pid, [])), 100), 1]  # + model permissions
+        chains += [read("project_certificates", len(org.project_certificates.get(pid, []))), 1]  # + hosted tools
         chains += [1 for _ in org.project_groups.get(pid, [])]
     for g in org.groups:
         chains += [pages(len(org.group_users.get(g["id"], [])), 1000), 1]
@@ -271,7 +292,8 @@ def main() -> None:
         return
 
     org = generate_organization(users=args.users, projects=args.projects, members=args.members,
-                                service_accounts=args.service_accounts, keys=args.keys, groups=args.groups)
+                                service_accounts=args.service_accounts, keys=args.keys, groups=args.groups,
+                                **ACCESS_REVIEW)
     minimum, chain = minimum_calls(org)
     fake = FakeOpenAI(org, admin_key=ADMIN_KEY, latency=args.latency).start()
     extra_env, extra_args = {}, ()
@@ -281,6 +303,7 @@ def main() -> None:
         extra_args = ("--role-assignments", args.role_assignments)
     print(f"organization: {args.users} users, {args.projects} projects ({args.members} members, "
           f"{args.service_accounts} service accounts, {args.keys} keys each), {args.groups} groups; "
+          f"access review {ACCESS_REVIEW} ({audit_events_read(org)} audit events); "
           f"latency {args.latency * 1000:.0f} ms; machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     print(f"minimum calls {minimum}, longest cursor chain {chain} calls")
     payloads = []

@@ -15,6 +15,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fake_openai import FakeOpenAI, demo_organization  # noqa: E402
+from fake_openai import FakeOpenAI, Organization, demo_audit_logs, demo_organization  # noqa: E402
 from fake_veza import FakeVeza  # noqa: E402
 
 SCRIPT = ROOT / "veza_openai.py"
@@ -46,9 +47,20 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, str]:
     return authority, str(path)
 
 
+# The demo's audit events are relative to a clock; one clock for the session, so every demo organization of
+# the session serves the same events and payloads compare equal (fault_free_payload), last_login_at included.
+SESSION_NOW = int(time.time())
+
+
+def session_demo_organization() -> Organization:
+    org = demo_organization()
+    org.audit_logs = demo_audit_logs(SESSION_NOW)
+    return org
+
+
 @pytest.fixture
 def openai_fake():
-    fake = FakeOpenAI(demo_organization(), admin_key=OPENAI_SECRET).start()
+    fake = FakeOpenAI(session_demo_organization(), admin_key=OPENAI_SECRET).start()
     yield fake
     fake.stop()
 
@@ -236,7 +248,7 @@ def fault_free_payload(ca, tmp_path_factory):
 
     def payload(*args: str) -> dict:
         if args not in payloads:
-            openai = FakeOpenAI(demo_organization(), admin_key=OPENAI_SECRET).start()
+            openai = FakeOpenAI(session_demo_organization(), admin_key=OPENAI_SECRET).start()
             veza = FakeVeza(ca[0], api_key=VEZA_SECRET).start()
             try:
                 workdir = tmp_path_factory.mktemp("fault-free")

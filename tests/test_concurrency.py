@@ -34,6 +34,9 @@ def test_every_list_is_read_once_and_calls_equal_the_minimum(run_connector, open
     paths = [path for path, query in openai_fake.requests]
     # users: 3 pages; every other list fits one page; per project: 6 reads; per group: 2; project group roles: 1
     expected = 3 + 1 + 1 + 1 + 1 + 1 + 1 + 2 * 6 + 2 * 2 + 1
+    # access review (issue #12): audit log, workload identity providers and certificates, one page each; federation
+    # rules per provider (2); project certificates and hosted tool permissions per project (2 x 2)
+    expected += 1 + 1 + 1 + 2 * 1 + 2 * 2
     assert len(paths) == expected
     pages = [(path, query.get("after")) for path, query in openai_fake.requests]
     assert len(set(pages)) == len(pages), "a page was read twice"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from conftest import NO_ROLE_READS, OPENAI_SECRET, VEZA_SECRET, application, assignments, by_id, load
@@ -19,7 +20,9 @@ def test_pushes_every_user_of_a_multi_page_organization(run_connector, veza, ope
     assert org_user_ids <= set(users)
     assert openai_fake.calls(r"^/organization/users$") == 3  # 250 users at limit=100
     assert app["name"] == "org-demo0001" and app["application_type"] == "OpenAI"
-    assert app["custom_properties"] == {"organization_id": "org-demo0001", "is_personal": False}
+    # activity_window_days: the audit log was read (--activity-days defaults to 90)
+    assert app["custom_properties"] == {"organization_id": "org-demo0001", "is_personal": False,
+                                        "activity_window_days": 90}
     assert veza.data_source_names() == ["OpenAI - org-demo0001"]
     assert [p["name"] for p in veza.providers] == ["OpenAI"]
     assert veza.providers[0]["custom_template"] == "application"
@@ -193,7 +196,8 @@ def test_is_personal_is_left_unset_when_the_organization_object_is_refused(run_c
     openai_fake.org.legacy_organization = None
     result = run_connector(*NO_ROLE_READS)
     assert result.returncode == 0
-    assert application(veza.payloads[0])["custom_properties"] == {"organization_id": "org-demo0001"}
+    assert application(veza.payloads[0])["custom_properties"] == {"organization_id": "org-demo0001",
+                                                                  "activity_window_days": 90}
     assert "is_personal left unset" in result.stderr
 
 
@@ -202,11 +206,15 @@ def test_is_personal_is_left_unset_when_the_organization_object_is_refused(run_c
 
 def test_projects_include_archived_ones_with_their_properties(run_connector, veza, openai_fake):
     assert run_connector(*NO_ROLE_READS).returncode == 0
-    projects = by_id(application(veza.payloads[0])["resources"])
+    resources = by_id(application(veza.payloads[0])["resources"])
+    projects = {rid: r for rid, r in resources.items() if r["resource_type"] == "project"}
     assert set(projects) == {"proj_alpha", "proj_beta"}
-    assert projects["proj_beta"]["resource_type"] == "project"
+    assert set(resources) - set(projects) == {"cert_org_root"}  # the organization's certificate
+    # the hosted tool settings were read for every project (tests/test_access_review.py)
+    hosted_tools = {f"{tool}_enabled": False for tool in ("code_interpreter", "file_search", "image_generation", "mcp",
+                                                          "web_search")}
     assert projects["proj_beta"]["custom_properties"] == {"status": "archived", "created_at": "2023-11-14T22:13:20Z",
-                                                          "archived_at": "2023-11-14T22:14:10Z"}
+                                                          "archived_at": "2023-11-14T22:14:10Z", **hosted_tools}
     assert projects["proj_alpha"]["custom_properties"]["model_permission_mode"] == "allow_list"
     assert projects["proj_alpha"]["custom_properties"]["model_ids"] == ["gpt-4o", "gpt-4o-mini"]
     assert "model_ids" not in projects["proj_beta"].get("custom_properties", {})
@@ -227,18 +235,28 @@ def test_every_list_is_read_at_its_largest_page_size_with_visibility_parameters(
             assert query["owner_project_access"] == "any"
 
 
-def test_project_members_get_project_roles_and_org_owners_own_every_project(run_connector, veza):
+def test_project_members_get_project_roles_and_org_owners_own_every_project(run_connector, veza, openai_fake):
+    # the org owner user-0000 is also listed as owner of proj_beta: that listing must survive the implicit grant
+    openai_fake.org.project_users["proj_beta"].append(
+        {"object": "organization.project.user", "id": "user-0000", "name": "Demo User 0",
+         "email": "demo0@example.com", "role": "owner", "added_at": 1_700_000_000})
     result = run_connector()
     payload = veza.payloads[0]
     assert assignments(payload, "user-0010")["project_owner"]["resources"] == ["proj_alpha"]
     assert assignments(payload, "user-0011")["project_member"]["resources"] == ["proj_alpha"]
-    implicit = assignments(payload, "user-0000")["project_owner"]
-    assert implicit["resources"] == ["proj_alpha", "proj_beta"]
-    assert implicit["custom_properties"] == {"granted_by": "organization_owner"}
+    owner = assignments(payload, "user-0000")
+    assert owner["project_owner_via_organization"]["resources"] == ["proj_alpha", "proj_beta"]
+    assert owner["project_owner"]["resources"] == ["proj_beta"]  # listed: exactly the projects that list it
+    assert "project_owner_via_organization" not in assignments(payload, "user-0010")  # an org reader
+    assert all("custom_properties" not in a for a in owner.values())
     assert "custom_properties" not in assignments(payload, "user-0010")["project_owner"]
+    definitions = payload["custom_property_definition"]["applications"][0]
+    assert "granted_by" not in json.dumps(definitions)
     roles = by_id(application(payload)["local_roles"])
     assert roles["project_owner"]["permissions"] == ["Standard API Requests", "Read Project",
                                                      "Manage Project Members", "Manage Project API Keys"]
+    assert roles["project_owner_via_organization"]["name"] == "Project Owner (organization owner)"
+    assert roles["project_owner_via_organization"]["permissions"] == roles["project_owner"]["permissions"]
     assert roles["project_member"]["permissions"] == ["Standard API Requests", "Read Project"]
     assert roles["project_viewer"]["name"] == "Project Viewer"
     assert assignments(payload, "user-0012")["project_viewer"]["resources"] == ["proj_beta"]
@@ -278,7 +296,8 @@ def test_project_api_keys_are_credentials_of_their_owner_with_the_owners_role(ru
     users = by_id(app["local_users"])
     assert creds["key_user1"]["is_active"] is True
     assert creds["key_user1"]["custom_properties"] == {"redacted_value": "sk-...ser1", "project_id": "proj_alpha",
-                                                       "owner_type": "user"}
+                                                       "owner_type": "user",  # scopes: from the audit log
+                                                       "scopes": ["api.model.request", "api.files.write"]}
     assert "key_user1" in users["user-0011"]["access_creds"]
     assert assignments(payload, "key_user1")["project_member"]["resources"] == ["proj_alpha"]
     assert creds["key_svc1"]["name"] == "sk-...svc1"  # no name: the redacted value
@@ -346,9 +365,13 @@ def test_refused_projects_take_everything_that_hangs_on_them(run_connector, veza
     assert result.returncode == 0
     payload = veza.payloads[0]
     app = application(payload)
-    assert app.get("resources", []) == []
-    assert set(by_id(app["local_access_creds"])) == {"key_admin1"}
+    assert [r["id"] for r in app.get("resources", [])] == ["cert_org_root"]  # no project; org certificates stay
+    # federation rules do not come from the project lists: kept, without holders or project roles
+    assert set(by_id(app["local_access_creds"])) == {"key_admin1", "wifr_deploy_main", "wifr_unknown_sa",
+                                                     "wifr_legacy_deploy"}
+    assert all(assignments(payload, rule) == {} for rule in ("wifr_deploy_main", "wifr_legacy_deploy"))
     assert "project_owner" not in assignments(payload, "user-0000")
+    assert "project_owner_via_organization" not in assignments(payload, "user-0000")
     assert openai_fake.calls(r"^/organization/projects/") == 0
 
 
