@@ -198,8 +198,10 @@ def wait_for_users_read(openai_fake, process: subprocess.Popen, limit: float = 2
     time.sleep(0.2)  # well inside the 5 s answer
 
 
-def default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # whatever the test runner's disposition: Python installs its own
+# SIGINT back to its default before exec, whatever the test runner's disposition (an ignored SIGINT stays
+# ignored across exec; a default one gets Python's KeyboardInterrupt handler). No preexec_fn: the fakes run threads.
+DEFAULT_SIGINT = ("-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                  "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 @pytest.mark.parametrize(("signum", "status", "name"), [(signal.SIGTERM, 143, "SIGTERM"),
@@ -208,9 +210,9 @@ def test_a_signal_while_reading_stops_within_seconds_and_pushes_nothing(tmp_path
                                                                         status, name):
     slow_users(openai_fake)
     environment = clean_environment(tmp_path, ca, openai_fake, veza, None, ())
-    process = subprocess.Popen([sys.executable, str(SCRIPT), *NO_ROLE_READS], env=environment, cwd=tmp_path,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=default_sigint)
+    process = subprocess.Popen([sys.executable, *DEFAULT_SIGINT, sys.executable, str(SCRIPT), *NO_ROLE_READS],
+                               env=environment, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     try:
         wait_for_users_read(openai_fake, process)
         sent = time.monotonic()
