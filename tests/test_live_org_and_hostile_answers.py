@@ -183,6 +183,87 @@ def test_a_push_stored_then_unanswered_is_reported_as_outcome_unknown_never_as_n
     assert elapsed < 15, f"{then}: {elapsed:.1f}s"
 
 
+class DrippingVeza:
+    """HTTPS on 127.0.0.1 that answers every request 200 with a valid body, one byte every `interval` seconds."""
+
+    BODY = b'{"values": [{"id": "application"}], "has_more": false}' + b" " * 26
+
+    def __init__(self, ca, interval: float) -> None:
+        import ssl
+
+        self.interval = interval
+        self.stopping = threading.Event()
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert("127.0.0.1").configure_cert(self.context)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.05)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.server.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                connection, _ = self.server.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection: socket.socket) -> None:
+        try:
+            with self.context.wrap_socket(connection, server_side=True) as tls:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += tls.recv(4096) or b"\r\n\r\n"
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                            + str(len(self.BODY)).encode() + b"\r\n\r\n")
+                for index in range(len(self.BODY)):
+                    if self.stopping.wait(self.interval):
+                        return
+                    tls.sendall(self.BODY[index:index + 1])
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.server.close()
+
+
+CHECK_TIMEOUT_WRAPPER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import veza_openai
+veza_openai.VEZA_CHECK_TIMEOUT = 1.0
+sys.exit(veza_openai.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="check_veza (requests.get, timeout between bytes only) and OAAClient's own "
+                   "connection test (before bound_veza_answers is installed) wait for a dripped answer as long as "
+                   "it drips: VEZA_CHECK_TIMEOUT does not bound the whole answer")
+def test_a_veza_that_drips_its_first_answers_is_given_up_within_the_check_timeout(tmp_path, ca, openai_fake, veza):
+    dripping = DrippingVeza(ca[0], interval=0.1)  # ~8 s per answer, each byte well within every gap timeout
+    environment = clean_environment(tmp_path, ca, openai_fake, veza, {"VEZA_URL": dripping.url,
+                                                                      "OAA_API_TIMEOUT": "1"}, ())
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-c", CHECK_TIMEOUT_WRAPPER, str(SCRIPT.parent), *NO_ROLE_READS],
+                               env=environment, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = process.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+        pytest.fail(f"still waiting for Veza after {time.monotonic() - started:.1f}s (VEZA_CHECK_TIMEOUT 1s)")
+    finally:
+        dripping.stop()
+    assert process.returncode == 1, stderr
+    assert "cannot use Veza at" in stderr
+    assert openai_fake.calls() == 0
+
+
 # --- 4. signals: docker stop, Ctrl-C, PID 1 ----------------------------------------------------------
 
 def slow_users(openai_fake) -> None:
@@ -633,84 +714,3 @@ def test_an_unreachable_veza_fails_in_seconds_with_oaaclients_default_retries(ru
     assert elapsed < 15, elapsed
     assert "cannot use Veza at https://127.0.0.1:9" in result.stderr
     assert openai_fake.calls() == 0 and veza.requests == []
-
-
-class DrippingVeza:
-    """HTTPS on 127.0.0.1 that answers every request 200 with a valid body, one byte every `interval` seconds."""
-
-    BODY = b'{"values": [{"id": "application"}], "has_more": false}' + b" " * 26
-
-    def __init__(self, ca, interval: float) -> None:
-        import ssl
-
-        self.interval = interval
-        self.stopping = threading.Event()
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ca.issue_cert("127.0.0.1").configure_cert(self.context)
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.05)
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.server.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                connection, _ = self.server.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
-
-    def _answer(self, connection: socket.socket) -> None:
-        try:
-            with self.context.wrap_socket(connection, server_side=True) as tls:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    request += tls.recv(4096) or b"\r\n\r\n"
-                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                            + str(len(self.BODY)).encode() + b"\r\n\r\n")
-                for index in range(len(self.BODY)):
-                    if self.stopping.wait(self.interval):
-                        return
-                    tls.sendall(self.BODY[index:index + 1])
-        except OSError:
-            pass
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.server.close()
-
-
-CHECK_TIMEOUT_WRAPPER = """
-import sys
-sys.path.insert(0, sys.argv[1])
-import veza_openai
-veza_openai.VEZA_CHECK_TIMEOUT = 1.0
-sys.exit(veza_openai.main(sys.argv[2:]))
-"""
-
-
-@pytest.mark.xfail(strict=True, reason="check_veza (requests.get, timeout between bytes only) and OAAClient's own "
-                   "connection test (before bound_veza_answers is installed) wait for a dripped answer as long as "
-                   "it drips: VEZA_CHECK_TIMEOUT does not bound the whole answer")
-def test_a_veza_that_drips_its_first_answers_is_given_up_within_the_check_timeout(tmp_path, ca, openai_fake, veza):
-    dripping = DrippingVeza(ca[0], interval=0.1)  # ~8 s per answer, each byte well within every gap timeout
-    environment = clean_environment(tmp_path, ca, openai_fake, veza, {"VEZA_URL": dripping.url,
-                                                                      "OAA_API_TIMEOUT": "1"}, ())
-    started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-c", CHECK_TIMEOUT_WRAPPER, str(SCRIPT.parent), *NO_ROLE_READS],
-                               env=environment, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        _, stderr = process.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, stderr = process.communicate()
-        pytest.fail(f"still waiting for Veza after {time.monotonic() - started:.1f}s (VEZA_CHECK_TIMEOUT 1s)")
-    finally:
-        dripping.stop()
-    assert process.returncode == 1, stderr
-    assert "cannot use Veza at" in stderr
-    assert openai_fake.calls() == 0
