@@ -475,6 +475,11 @@ class RedactingFormatter(logging.Formatter):
         record.message = escape_for_log(record.message)
         return super().formatMessage(record)
 
+    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's naming)
+        # A traceback keeps its lines, each indented and escaped: an exception message from a server
+        # cannot start a line that looks like a log record.
+        return "\n".join(f"  | {escape_for_log(line)}" for line in super().formatException(ei).splitlines())
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         for secret in self.secrets:
@@ -952,6 +957,7 @@ class ListRead:
     items: list[dict] = field(default_factory=list)
     pages: int = 0
     seen_cursors: set[str] = field(default_factory=set)
+    last_sent: float = 0.0  # when its latest request went out: the entity existed then if it answered
 
 
 @dataclass
@@ -1037,8 +1043,8 @@ class OrganizationReader:
         self.tickets = 0
         self.open_reads: dict[str, int] = dict.fromkeys(FAMILIES, 0)
         self.finished_reads: dict[str, int] = dict.fromkeys(FAMILIES, 0)
-        self.not_found: dict[str, list[tuple[Any, str]]] = {}  # family -> [(entity key, endpoint)] answered 404
-        self.found: dict[str, set] = {}                       # entity kind -> keys some read answered 200 for
+        self.not_found: dict[str, list[tuple[Any, str, float]]] = {}  # family -> [(entity key, endpoint, when)]
+        self.found: dict[str, dict[Any, float]] = {}  # entity kind -> key -> latest send of a read that found it
         self.next_global_send = 0.0
         self.calls = self.retries = self.throttled = 0
         self.started = 0.0
@@ -1272,6 +1278,7 @@ class OrganizationReader:
             self.next_global_send = max(now, self.next_global_send) + interval
         self.tickets += 1
         request.ticket, request.sent_at = self.tickets, now
+        request.read.last_sent = now
         request.probe = self.pacers[request.read.family.name].on_send(now)
         self.in_flight[request.ticket] = request
         self.calls += 1
@@ -1428,12 +1435,16 @@ class OrganizationReader:
         self.open_reads[name] -= 1
         self.finished_reads[name] += 1
         if entity_seen and read.family.per and read.key is not None:
-            self.found.setdefault(read.family.per, set()).add(read.key)
+            self._seen(read.family.per, read.key, read.last_sent)
             if read.family.per == "project group":
-                self.found.setdefault("group", set()).add(read.key[1])
+                self._seen("group", read.key[1], read.last_sent)
         if name in self.snapshot.unavailable:
             result = None
         read.on_done(result)
+
+    def _seen(self, kind: str, key: Any, when: float) -> None:
+        seen = self.found.setdefault(kind, {})
+        seen[key] = max(seen.get(key, when), when)
 
     def _refused(self, request: Request, refusal: AccessRefused) -> None:
         """401/403/404: the key may not read this, the organization lacks it, or the entity is gone."""
@@ -1449,7 +1460,7 @@ class OrganizationReader:
             raise refusal
         if refusal.status == 404 and family.per:
             # Maybe deleted during the run; decided once every read of the family is in (_settle_not_found).
-            self.not_found.setdefault(family.name, []).append((read.key, refusal.endpoint))
+            self.not_found.setdefault(family.name, []).append((read.key, refusal.endpoint, time.monotonic()))
             self._finish(read, None, entity_seen=False)
             return
         self._leave_out(family, f"HTTP {refusal.status} on {refusal.endpoint}")
@@ -1465,19 +1476,19 @@ class OrganizationReader:
             self._finish(waiting.pop().read, None)
 
     def _settle_not_found(self) -> None:
-        """A 404 on one entity's list means that entity was deleted while the run read; a 404 on every
-        entity of a family, when another read shows them alive, means the family is not there."""
+        """A 404 on one entity's list means that entity was deleted while the run read. A 404 on every
+        entity of a family means the family is not there: with several entities, or with one that
+        another read found after the 404 (so it was not deleted)."""
         for name, misses in self.not_found.items():
             family = FAMILIES[name]
             if name in self.snapshot.unavailable:
                 continue
-            keys = [key for key, _ in misses]
-            alive = self.found.get(family.per, set())
-            every_read_missed = self.finished_reads[name] == len(misses)
-            if every_read_missed and (len(misses) > 1 or any(key in alive for key in keys)):
+            seen = self.found.get(family.per, {})
+            alive_after = any(seen.get(key, float("-inf")) > when for key, _, when in misses)
+            if self.finished_reads[name] == len(misses) and (len(misses) > 1 or alive_after):
                 self._leave_out(family, f"HTTP 404 on every {family.per} ({misses[0][1]}, ...)")
                 continue
-            for key, endpoint in misses:
+            for key, endpoint, _ in misses:
                 self.snapshot.deleted.append((family.per, key, endpoint))
 
     # --- progress ---------------------------------------------------------------------------
@@ -1644,6 +1655,7 @@ class ApplicationBuilder:
                       f"the run (HTTP 404 on {endpoint}): {DELETED_WHAT[kind]}")
         # Each list deduplicated once, deleted entities dropped.
         s = snapshot
+        self._role_ids_from_api: set[str] | None = None
         self.users = self._records("organization user", s.users, "user")
         self.groups = self._records("group", s.groups or [], "group")
         self.project_records = self._records("project", s.projects or [], "project")
@@ -1739,6 +1751,17 @@ class ApplicationBuilder:
         for role_id, (name, permissions) in FIXED_ROLES.items():
             self.app.add_local_role(name, list(permissions), unique_id=role_id)
 
+    def _api_role_ids(self) -> set[str]:
+        """Every role id the Roles API named (roles lists and assignments), case-folded."""
+        if self._role_ids_from_api is None:
+            s = self.snapshot
+            lists = [s.roles or [], *(s.project_roles or {}).values(), *(s.group_roles or {}).values(),
+                     *(s.user_roles or {}).values(), *(s.project_group_roles or {}).values(),
+                     *(s.project_user_roles or {}).values()]
+            self._role_ids_from_api = {record["id"].casefold() for records in lists for record in records
+                                       if isinstance(record, dict) and isinstance(record.get("id"), str)}
+        return self._role_ids_from_api
+
     def _role_for_value(self, value: Any, subject: str, *, project: bool) -> str:
         """The local role id for an org or project role value, creating (and warning once about) an
         empty role for a value the mapping does not know; "" when there is no role."""
@@ -1753,8 +1776,10 @@ class ApplicationBuilder:
         if role in (("owner", "member") if project else ("owner", "reader")):
             return f"project_{role}" if project else role
         role_id = f"project_{role}" if project else role
-        if not project and (role_id in FIXED_ROLES or role_id.startswith("project_")):
-            role_id = f"organization_{role}"  # never borrow a fixed role's permissions (e.g. admin_api_key)
+        if not project and (role_id in FIXED_ROLES or role_id.startswith("project_")
+                            or role_id.casefold() in self._api_role_ids()):
+            # never borrow (or empty) another role: a fixed one (admin_api_key) or a Roles API one
+            role_id = f"organization_{role}"
         elif project and role_id in FIXED_ROLES:
             role_id = f"project_role_{role}"  # e.g. "owner_via_organization" must not become the implicit owner
         if role_id not in self.app.local_roles:
@@ -1963,16 +1988,15 @@ class ApplicationBuilder:
 
     def _map_admin_api_keys(self) -> None:
         count = 0
-        project_keys_read = self.snapshot.projects is not None and self.snapshot.project_api_keys is not None
         for record in self._records("admin API key", self.snapshot.admin_api_keys or []):
             if record["id"] in self.app.access_creds:
                 continue  # the admin list also returns project keys: those stay project keys, once
             redacted = _text(record.get("redacted_value")) or ""
-            if not project_keys_read and redacted and not redacted.startswith("sk-admin"):
-                # Without the project key lists the id cannot be checked; granting org admin to what is
-                # probably a project key would overstate access, so it is left out and said.
+            if redacted and not redacted.startswith("sk-admin"):
+                # A project key whose project list was not read (refused, or the project deleted mid-run):
+                # granting it organization admin would overstate access, so it is left out and said.
                 self.warn(f"admin API key list returned {record['id']} ({redacted}), which does not look like "
-                          "an admin key; left out because project API keys were not read")
+                          "an admin key and is not a project key that was read; left out")
                 continue
             owner_id, owner, service_account = self._key_owner(record)
             if self._is_deleted_user(owner_id):
@@ -2320,10 +2344,11 @@ def check_veza(config: Config) -> None:
     """One quick request: is Veza there, and does it take the key? Fails in seconds, not oaaclient's minutes."""
     url = f"{config.veza_url}/api/v1/providers/custom/templates"
     try:
-        response = requests.get(url, headers={"authorization": f"Bearer {config.veza_api_key}",
-                                              "user-agent": USER_AGENT},
-                                timeout=VEZA_CHECK_TIMEOUT, verify=_veza_verify())
-    except requests.RequestException as exc:
+        started = time.monotonic()
+        with requests.get(url, headers={"authorization": f"Bearer {config.veza_api_key}", "user-agent": USER_AGENT},
+                          timeout=VEZA_CHECK_TIMEOUT, verify=_veza_verify(), stream=True) as response:
+            read_whole_answer(response, started + VEZA_CHECK_TIMEOUT)
+    except (requests.RequestException, TransportError, OSError) as exc:
         raise PushError(f"cannot use Veza at {config.veza_url}: {type(exc).__name__} (not reachable within "
                         f"{VEZA_CHECK_TIMEOUT:g}s; check VEZA_URL, DNS, proxy and TLS)") from None
     if response.status_code in (401, 403):
@@ -2355,11 +2380,19 @@ def bound_veza_answers(client: OAAClient, seconds: float) -> None:
     session.request = request
 
 
+class CheckedOAAClient(OAAClient):
+    """oaaclient's client without its constructor's connection test: check_veza has just made the same
+    call, bounded as a whole; oaaclient's would bound only the gaps between bytes, at OAA_API_TIMEOUT."""
+
+    def _test_connection(self) -> None:
+        pass
+
+
 def connect_veza(config: Config) -> OAAClient:
     """An OAAClient whose connection and key were just checked."""
     check_veza(config)
     try:
-        client = OAAClient(url=config.veza_url, api_key=config.veza_api_key)
+        client = CheckedOAAClient(url=config.veza_url, api_key=config.veza_api_key)
     except (OAAClientError, ValueError, requests.RequestException) as exc:
         raise PushError(f"cannot use Veza at {config.veza_url}: {describe_veza_error(exc)}") from None
     client.update_user_agent(extra=USER_AGENT)
@@ -2653,24 +2686,35 @@ def run(config: Config, summary: RunSummary | None = None, progress: PushProgres
     return summary
 
 
+@dataclass
+class SignalState:
+    finished: bool = False  # once the outcome is decided, a late signal no longer interrupts the summary
+
+
 @contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM (docker stop, Kubernetes, systemd) stops the run like Ctrl-C does.
+def stop_on_signals() -> Iterator[SignalState]:
+    """SIGTERM (docker stop, Kubernetes, systemd) and SIGINT (Ctrl-C) stop the run, raising Stopped.
 
     Installing a handler matters most as PID 1 in a container, where a signal with no handler is
     ignored: without it `docker stop` waits 10 s and kills the run mid-push.
     """
+    state = SignalState()
+    names = {signal.SIGTERM: ("SIGTERM", ExitStatus.TERMINATED), signal.SIGINT: ("Ctrl-C (SIGINT)",
+                                                                                 ExitStatus.INTERRUPTED)}
+
     def stop(signum: int, frame: Any) -> None:
-        raise Stopped("SIGTERM", ExitStatus.TERMINATED)
+        if not state.finished:
+            raise Stopped(*names[signal.Signals(signum)])
 
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield state
         return
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {signum: signal.signal(signum, stop) for signum in names}
     try:
-        yield
+        yield state
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _log_what_veza_has(config: Config, maybe_stored: bool) -> None:
@@ -2699,9 +2743,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = RunSummary()
     progress = PushProgress()
     status = ExitStatus.FAILED
-    with stop_on_sigterm():
+    with stop_on_signals() as signals:
         try:
             run(config, summary, progress)
+            signals.finished = True  # pushed: a late signal must not turn that into "interrupted"
             status = ExitStatus.OK
         except (DiscoveryError, PushError) as exc:
             log.error("%s", exc, exc_info=config.debug)
@@ -2721,6 +2766,7 @@ def main(argv: list[str] | None = None) -> int:
             _log_what_veza_has(config, progress.upload_started)
             if progress.upload_started:
                 summary.outcome = "unknown"
+        signals.finished = True
         summary.seconds = time.monotonic() - started
         summary.log(logging.INFO if status == ExitStatus.OK else logging.ERROR)
     return int(status)
