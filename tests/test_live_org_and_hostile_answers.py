@@ -79,7 +79,7 @@ def test_a_project_deleted_mid_run_drops_only_that_project_with_its_members_acco
         assert gone not in users
     creds = set(by_id(app["local_access_creds"]))
     assert "key_admin1" in creds and not creds & {"key_svc1", "key_gone"}
-    assert assignments(payload, "user-0000")["project_owner"]["resources"] == ["proj_beta"]
+    assert assignments(payload, "user-0000")["project_owner_via_organization"]["resources"] == ["proj_beta"]
     assert assignments(payload, "user-0012")["project_viewer"]["resources"] == ["proj_beta"]  # the other stays
     assert not any("proj_alpha" in a.get("resources", []) for a in assignments(payload, "user-0010").values())
     assert "project proj_alpha was deleted during the run (HTTP 404 on /organization/projects/proj_alpha/" \
