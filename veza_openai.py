@@ -1080,8 +1080,8 @@ class OrganizationReader:
     def _on_groups(self, items: list[dict] | None) -> None:
         self.snapshot.groups = items
         for gid in ids_of(items or []):
-            self._read("group_users", self._filed("group_users", gid), key=gid, group_id=gid)
-            self._read("group_roles", self._filed("group_roles", gid), key=gid, group_id=gid)
+            self._read("group_users", self._store_under("group_users", gid), key=gid, group_id=gid)
+            self._read("group_roles", self._store_under("group_roles", gid), key=gid, group_id=gid)
 
     def _on_roles(self, items: list[dict] | None) -> None:
         self.snapshot.roles = items
@@ -1093,14 +1093,14 @@ class OrganizationReader:
         self.role_lists_pending += len(projects)
         for pid in projects:
             self._read("project_users", lambda r, p=pid: self._on_project_users(p, r), key=pid, project_id=pid)
-            self._read("project_service_accounts", self._filed("project_service_accounts", pid), key=pid,
+            self._read("project_service_accounts", self._store_under("project_service_accounts", pid), key=pid,
                        project_id=pid)
-            self._read("project_api_keys", self._filed("project_api_keys", pid), key=pid, project_id=pid)
+            self._read("project_api_keys", self._store_under("project_api_keys", pid), key=pid, project_id=pid)
             self._read("project_roles", lambda r, p=pid: self._on_project_roles(p, r), key=pid, project_id=pid)
             self._read("project_groups", lambda r, p=pid: self._on_project_groups(p, r), key=pid, project_id=pid)
-            self._read("model_permissions", self._filed("model_permissions", pid), key=pid, project_id=pid)
-            self._read("project_certificates", self._filed("project_certificates", pid), key=pid, project_id=pid)
-            self._read("hosted_tool_permissions", self._filed("hosted_tool_permissions", pid), key=pid,
+            self._read("model_permissions", self._store_under("model_permissions", pid), key=pid, project_id=pid)
+            self._read("project_certificates", self._store_under("project_certificates", pid), key=pid, project_id=pid)
+            self._read("hosted_tool_permissions", self._store_under("hosted_tool_permissions", pid), key=pid,
                        project_id=pid)
         self._role_list_done()  # the project list itself
 
@@ -1118,7 +1118,7 @@ class OrganizationReader:
     def _on_workload_identity_providers(self, items: list[dict] | None) -> None:
         self.snapshot.workload_identity_providers = items
         for provider_id in ids_of(items or []):
-            self._read("federation_rules", self._filed("federation_rules", provider_id), key=provider_id,
+            self._read("federation_rules", self._store_under("federation_rules", provider_id), key=provider_id,
                        provider_id=provider_id)
 
     def _on_project_users(self, project_id: str, items: list[dict] | None) -> None:
@@ -1137,7 +1137,7 @@ class OrganizationReader:
             return
         self.snapshot.project_groups[project_id] = items
         for gid in ids_of(items, "group_id"):
-            self._read("project_group_roles", self._filed("project_group_roles", (project_id, gid)),
+            self._read("project_group_roles", self._store_under("project_group_roles", (project_id, gid)),
                        key=(project_id, gid), project_id=project_id, group_id=gid)
 
     def _role_list_done(self) -> None:
@@ -1165,14 +1165,14 @@ class OrganizationReader:
             return
         self.user_role_reads_queued = True
         for uid in ids_of(s.users):
-            self._read("user_roles", self._filed("user_roles", uid), key=uid, user_id=uid)
+            self._read("user_roles", self._store_under("user_roles", uid), key=uid, user_id=uid)
 
     def _read_project_member_roles_if_decided(self, project_id: str) -> None:
         s = self.snapshot
         if not self.role_decision or s.project_users is None or "project_user_roles" in s.unavailable:
             return
         for uid in ids_of(s.project_users.get(project_id, [])):
-            self._read("project_user_roles", self._filed("project_user_roles", (project_id, uid)),
+            self._read("project_user_roles", self._store_under("project_user_roles", (project_id, uid)),
                        key=(project_id, uid), project_id=project_id, user_id=uid)
 
     def _log_role_read_estimate(self) -> None:
@@ -1185,7 +1185,7 @@ class OrganizationReader:
                  "requests a minute per endpoint that is about %s", users, known, members, rate * 60,
                  _format_duration(max(users, members) / rate))
 
-    def _filed(self, attribute: str, key: Any) -> Callable[[Any], None]:
+    def _store_under(self, attribute: str, key: Any) -> Callable[[Any], None]:
         """A result handler that files the result under `key` in one of the snapshot's per-key dicts."""
         def file_result(result: Any) -> None:
             target = getattr(self.snapshot, attribute)
@@ -1456,8 +1456,13 @@ class OrganizationReader:
         if family.name in ("model_permissions", "hosted_tool_permissions") and refusal.status == 404:
             self._finish(read, None, entity_seen=False)  # the project has no such settings (or is gone)
             return
-        if family.name == "users" or refusal.status == 401:
-            raise refusal
+        if refusal.status in (401, 403) and (family.name == "users" or refusal.status == 401):
+            raise DiscoveryError(
+                f"OpenAI refused the key (HTTP {refusal.status} on {refusal.endpoint}): OPENAI_API_KEY must be an "
+                f"Admin API key (sk-admin-...) of organization {self.config.org_id}")
+        if family.name == "users":  # 404: this organization, or this API, is not what the settings name
+            raise DiscoveryError(f"OpenAI answered HTTP 404 on {refusal.endpoint}: check OPENAI_ORG_ID and "
+                                 "--openai-base-url")
         if refusal.status == 404 and family.per:
             # Maybe deleted during the run; decided once every read of the family is in (_settle_not_found).
             self.not_found.setdefault(family.name, []).append((read.key, refusal.endpoint, time.monotonic()))
@@ -1808,7 +1813,8 @@ class ApplicationBuilder:
             user.set_property("is_scim_managed", record["is_scim_managed"])
         return user
 
-    def _principal(self, principal_id: str, record: dict, where: str, *, service_account: bool = False) -> LocalUser:
+    def _get_or_add_principal(self, principal_id: str, record: dict, where: str, *,
+                              service_account: bool = False) -> LocalUser:
         """The local user for an id, created (with a warning) from what `record` says when the org list lacks it."""
         user = self.app.local_users.get(principal_id)
         if user is not None:
@@ -1861,7 +1867,7 @@ class ApplicationBuilder:
             for group_record in self.groups:
                 gid = group_record["id"]
                 for member in self._records(f"group {gid} member", s.group_users.get(gid, []), "user"):
-                    self._principal(member["id"], member, f"group {gid}").add_group(gid)
+                    self._get_or_add_principal(member["id"], member, f"group {gid}").add_group(gid)
                     memberships += 1
         self.counts["groups"] = len(self.app.local_groups)
         self.counts["group_memberships"] = memberships
@@ -1904,7 +1910,7 @@ class ApplicationBuilder:
         memberships = 0
         for pid, project in self.projects.items():
             for member in self._project_list("project_users", pid):
-                user = self._principal(member["id"], member, f"project {pid}")
+                user = self._get_or_add_principal(member["id"], member, f"project {pid}")
                 role = self._role_for_value(member.get("role"), f"project {pid} member {member['id']}", project=True)
                 if role:
                     user.add_role(role, resources=[project])
@@ -1976,8 +1982,8 @@ class ApplicationBuilder:
                 if owner_id is None:
                     self.warn(f"project API key {record['id']} has no owner in its record")
                     continue
-                holder = self._principal(owner_id, owner, f"project API key {record['id']}",
-                                         service_account=service_account)
+                holder = self._get_or_add_principal(owner_id, owner, f"project API key {record['id']}",
+                                                    service_account=service_account)
                 holder.add_access_cred(record["id"])
                 role = self._role_for_value(owner.get("role"), f"owner of project API key {record['id']}",
                                             project=True)
@@ -2004,8 +2010,8 @@ class ApplicationBuilder:
             cred = self._add_credential(record, is_active=True)
             cred.add_role("admin_api_key", apply_to_application=True)
             if owner_id:
-                holder = self._principal(owner_id, owner, f"admin API key {record['id']}",
-                                         service_account=service_account)
+                holder = self._get_or_add_principal(owner_id, owner, f"admin API key {record['id']}",
+                                                    service_account=service_account)
                 holder.add_access_cred(record["id"])
             else:
                 self.warn(f"admin API key {record['id']} has no owner in its record")
@@ -2607,13 +2613,6 @@ def read_organization(config: Config, summary: RunSummary) -> tuple[Snapshot, st
     reader = OrganizationReader(client, config)
     try:
         snapshot = reader.read()
-    except AccessRefused as exc:
-        if exc.status in (401, 403):
-            raise DiscoveryError(
-                f"OpenAI refused the key (HTTP {exc.status} on {exc.endpoint}): OPENAI_API_KEY must be an "
-                f"Admin API key (sk-admin-...) of organization {config.org_id}") from None
-        raise DiscoveryError(f"OpenAI answered HTTP {exc.status} on {exc.endpoint}: check OPENAI_ORG_ID "
-                             "and --openai-base-url") from None
     finally:
         summary.calls, summary.retries, summary.throttled = reader.calls, reader.retries, reader.throttled
         client.session.close()
