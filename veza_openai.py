@@ -921,8 +921,7 @@ class EndpointPacer:
         if server_wait is not None:  # the server said how long: exactly that, no extra slow-down
             wait = min(server_wait, MAX_SERVER_WAIT) * self.scale
             self.blocked_until = max(self.blocked_until, now + wait)
-            self.spacing = max(self.spacing, wait)
-            self.probing, self.hintless = True, False
+            self.spacing = max(self.spacing, wait)  # no probe needed: the spacing already keeps to the hint
             return
         if self.probing and not probe:
             return  # an answer to a request sent before the first 429: already handled

@@ -179,25 +179,21 @@ def test_a_push_stored_then_unanswered_is_reported_as_outcome_unknown_never_as_n
     assert elapsed < 15, f"{then}: {elapsed:.1f}s"
 
 
-class DrippingVeza:
-    """HTTPS on 127.0.0.1 that answers every request 200 with a valid body, one byte every `interval` seconds."""
+class TinyServer:
+    """A socket server on 127.0.0.1 that hands each connection to `answer` on a thread of its own."""
 
-    BODY = b'{"values": [{"id": "application"}], "has_more": false}' + b" " * 26
+    scheme = "http"
 
-    def __init__(self, ca, interval: float) -> None:
-        import ssl
-
-        self.interval = interval
+    def __init__(self) -> None:
         self.stopping = threading.Event()
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ca.issue_cert("127.0.0.1").configure_cert(self.context)
         self.server = socket.create_server(("127.0.0.1", 0))
         self.server.settimeout(0.05)
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.server.getsockname()[1]}"
+        return f"{self.scheme}://127.0.0.1:{self.server.getsockname()[1]}"
 
     def _serve(self) -> None:
         while not self.stopping.is_set():
@@ -205,9 +201,32 @@ class DrippingVeza:
                 connection, _ = self.server.accept()
             except (TimeoutError, OSError):
                 continue
-            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+            threading.Thread(target=self.answer, args=(connection,), daemon=True).start()
 
-    def _answer(self, connection: socket.socket) -> None:
+    def answer(self, connection: socket.socket) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(2)
+        self.server.close()
+
+
+class DrippingVeza(TinyServer):
+    """HTTPS on 127.0.0.1 that answers every request 200 with a valid body, one byte every `interval` seconds."""
+
+    scheme = "https"
+    BODY = b'{"values": [{"id": "application"}], "has_more": false}' + b" " * 26
+
+    def __init__(self, ca, interval: float) -> None:
+        import ssl
+
+        self.interval = interval
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert("127.0.0.1").configure_cert(self.context)
+        super().__init__()
+
+    def answer(self, connection: socket.socket) -> None:
         try:
             with self.context.wrap_socket(connection, server_side=True) as tls:
                 request = b""
@@ -221,10 +240,6 @@ class DrippingVeza:
                     tls.sendall(self.BODY[index:index + 1])
         except OSError:
             pass
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.server.close()
 
 
 CHECK_TIMEOUT_WRAPPER = """
@@ -455,39 +470,21 @@ def test_a_gzip_bomb_is_refused_at_32_mb_without_growing_memory(tmp_path, ca, op
 
 # --- 8. proxies never see the loopback admin key ------------------------------------------------------
 
-class RecordingProxy:
+class RecordingProxy(TinyServer):
     """Accepts any connection on 127.0.0.1, records what it was sent, answers 502."""
 
     def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.05)
         self.seen: list[bytes] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
+    def answer(self, connection: socket.socket) -> None:
+        with connection:
+            connection.settimeout(1)
             try:
-                connection, _ = self.server.accept()
-            except (TimeoutError, OSError):
-                continue
-            with connection:
-                connection.settimeout(1)
-                try:
-                    self.seen.append(connection.recv(65536))
-                    connection.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                except OSError:
-                    self.seen.append(b"")
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(2)
-        self.server.close()
+                self.seen.append(connection.recv(65536))
+                connection.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                self.seen.append(b"")
 
 
 @pytest.fixture

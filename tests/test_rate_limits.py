@@ -167,10 +167,10 @@ def test_pacer_honours_a_hint_exactly_then_spaces_requests_by_it_relaxing_on_suc
     assert pacer.on_send(0.0) is False
     pacer.on_throttled(0.1, probe=False, server_wait=2.0)
     assert pacer.ready_at(0.2) == pytest.approx(2.1)
-    assert pacer.on_send(2.1) is True  # the one request after the wait
-    assert pacer.ready_at(2.1) == float("inf")  # nothing else until it is answered
-    pacer.on_success(2.2, probe=True)
-    assert pacer.ready_at(2.2) == pytest.approx(2.1 + 2.0 * vo.SPACING_RELAX)  # the hint's pace, no slower
+    assert pacer.on_send(2.1) is False  # no probing: the server said when
+    assert pacer.ready_at(2.1) == pytest.approx(4.1)  # requests keep the hint's pace...
+    pacer.on_success(2.2, probe=False)
+    assert pacer.ready_at(2.2) == pytest.approx(2.1 + 2.0 * vo.SPACING_RELAX)  # ...relaxing as they succeed
     for _ in range(200):
         pacer.on_success(3.0, probe=False)
     assert pacer.spacing == 0.0 and pacer.requests_per_second() is None  # a hint teaches no lasting limit
