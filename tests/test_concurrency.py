@@ -64,8 +64,11 @@ def test_max_requests_per_second_caps_the_rate(run_connector, openai_fake):
     assert result.returncode == 0
     arrivals = sorted(at for at, _, _ in openai_fake.timeline)
     assert len(arrivals) > 20
-    for index in range(len(arrivals) - 10):  # any 10 consecutive requests span at least ~9 intervals of 25 ms
-        assert arrivals[index + 10] - arrivals[index] >= 9 * 0.025 * 0.9
+    # Arrivals are measured at the server, where a busy machine can bunch a few: compare rates over many
+    # requests, with room for that jitter; without the cap they arrive hundreds a second.
+    assert (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) <= 40 * 1.15
+    for index in range(len(arrivals) - 20):  # any 20 consecutive requests span most of 19 intervals of 25 ms
+        assert arrivals[index + 20] - arrivals[index] >= 19 * 0.025 * 0.7
 
 
 def test_large_payloads_are_pushed_in_parts(ca, monkeypatch):
