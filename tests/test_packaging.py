@@ -80,12 +80,14 @@ def test_ci_runs_exactly_the_readmes_test_command():
 
 
 @pytest.mark.slow
-def test_the_demo_runs_the_real_script_against_the_bundled_fakes():
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "demo.py")], capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "OPENAI_API_KEY": "", "VEZA_API_KEY": ""})
+def test_the_demo_runs_the_real_script_against_the_bundled_fakes_and_shows_the_report():
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "demo.py"), "--create-report"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OPENAI_API_KEY": "", "VEZA_API_KEY": ""})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "fake Veza received one push to data source 'OpenAI - org-demo0001'" in result.stdout
     assert re.search(r"the payload is at \S+payload\.json", result.stdout)
+    assert "fake Veza holds the report 'OpenAI access review' with 8 saved queries" in result.stdout
 
 
 def test_both_fakes_run_standalone_from_the_command_line(tmp_path):
