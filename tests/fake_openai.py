@@ -111,6 +111,10 @@ ROUTES = [
 COMPILED_ROUTES = [(re.compile(f"^{regex}$"), *rest) for regex, *rest in ROUTES]
 
 
+# `next`-style lists whose `after` the SDK documents as an item id: the fake takes either.
+ITEM_ID_AFTER = {"groups", "group users", "project groups"}
+
+
 def encode_next(index: int) -> str:
     """An opaque `next` cursor that is not an item id, so a reader that guesses the cursor fails."""
     return "cur_" + base64.urlsafe_b64encode(f"offset:{index}".encode()).decode().rstrip("=")
@@ -227,7 +231,8 @@ class FakeOpenAI:
             items = self.items(family, match.groupdict(), query)
             if items is None:
                 return 404, _error(f"No such object: {path}", None), fault
-            return self.page(items, style, default_limit, max_limit, query, fault)
+            return self.page(items, style, default_limit, max_limit, query, fault,
+                             id_cursor_ok=family in ITEM_ID_AFTER)
         return 404, _error(f"Unknown path {path}", None), None
 
     def items(self, family: str, ids: dict[str, str], query: dict[str, str]) -> list[dict] | None:
@@ -309,7 +314,7 @@ class FakeOpenAI:
                 for c in certificates]
 
     def page(self, items: list[dict], style: str, default_limit: int, max_limit: int, query: dict[str, str],
-             fault: Fault | None) -> tuple[int, dict, Fault | None]:
+             fault: Fault | None, id_cursor_ok: bool = False) -> tuple[int, dict, Fault | None]:
         if fault is not None and fault.kind == "endless":
             return 200, _endless_page(items, style, fault), fault
         try:
@@ -325,6 +330,9 @@ class FakeOpenAI:
         if after is not None:
             if style == "next":
                 start = decode_next(after)
+                keys = [item.get("id", item.get("group_id")) for item in items] if id_cursor_ok else []
+                if start is None and after in keys:  # the SDK documents `after` as an item id for these
+                    start = keys.index(after) + 1
                 if start is None:
                     return 400, _error("invalid cursor", "invalid_cursor"), fault
             else:

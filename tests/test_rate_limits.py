@@ -223,3 +223,23 @@ def test_pacer_caps_requests_per_minute_over_a_sliding_minute():
         pacer.on_success(at + 0.1, probe=False)
     assert pacer.ready_at(3.0) == 60.0
     assert pacer.ready_at(61.5) == 61.5
+
+
+# --- a `next` cursor that is missing -------------------------------------------------------------------
+
+def test_a_missing_next_cursor_falls_back_to_the_last_item_id_where_the_sdk_documents_it(
+        openai_fake, run_connector, veza, fault_free_payload):
+    openai_fake.faults.append(Fault(r"^/organization/groups/group_eng/users$", kind="no_cursor", times=1))
+    result = run_connector("--role-assignments", "none", "--debug")
+    assert result.returncode == 0, result.output
+    assert veza.payloads == [fault_free_payload("--role-assignments", "none")]
+    assert openai_fake.calls(r"^/organization/groups/group_eng/users$") == 2
+    assert "has_more without next; continuing after the last item's id" in result.stderr
+
+
+def test_a_missing_next_cursor_on_other_lists_still_stops_the_run(openai_fake, run_connector, veza):
+    openai_fake.faults.append(Fault(r"^/organization/roles$", kind="no_cursor", times=1))
+    result = run_connector("--role-assignments", "none")
+    assert result.returncode == 1
+    assert "/organization/roles: has_more is true but the page has no cursor" in result.stderr
+    assert veza.pushes == []
