@@ -14,7 +14,7 @@ import time
 
 import pytest
 from conftest import NO_ROLE_READS, OPENAI_SECRET, VEZA_SECRET, application, assignments, by_id
-from fake_limits import AlwaysThrottled
+from fake_limits import AlwaysThrottled, FixedWindows
 from fake_openai import Fault, generate_organization
 
 import veza_openai as vo
@@ -387,3 +387,63 @@ def test_a_flag_argparse_rejects_still_ends_with_the_config_error_summary_line(r
     assert result.returncode == 2, result.output
     assert openai_fake.calls() == 0
     assert "summary: outcome=config-error" in summary_line(result.stderr), result.stderr
+
+
+class HintedFixedWindows(FixedWindows):
+    """FixedWindows whose 429 says exactly when the window refills (`retry-after-ms`, scaled as the models do)."""
+
+    def __init__(self, *args, time_scale: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.time_scale = time_scale
+
+    def _admit(self, family: str, now: float) -> dict[str, str] | None:
+        refused = super()._admit(family, now)
+        if refused is None:
+            return None
+        start, _ = self._windows[family]
+        _, window = self.limits(family)
+        return {"retry-after-ms": str(max(1, round((start + window - now) * 1000 / self.time_scale)))}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    'after a hinted 429 every later request of the endpoint is spaced by the whole hint, relaxing 5% per '
+    'success: a hinted fixed window is met at ~1 request a window (8.7 s against a 3.0 s bound here)'
+))
+def test_a_minute_window_that_sends_retry_after_is_met_near_its_bound(openai_fake, run_connector, veza):
+    """README (Rate limits): 'A hint is followed exactly ... No extra slow-down on top', and every measured
+    model stays within 1.2x its bound. A fixed window that *does* send retry-after (when it refills) is not in
+    the table: the connector then spaces every later request by the whole window, relaxing only 5% per
+    success, so an endpoint allowed 4 a window gets about one a window instead."""
+    scale = 0.01
+    openai_fake.org = generate_organization(users=20, projects=24, members=1, service_accounts=0, keys=0, groups=0,
+                                            group_members=0, org_id="org-demo0001")
+    limiter = HintedFixedWindows((1000, 0.6), {"project users": (4, 0.6)}, time_scale=scale)
+    openai_fake.limiter = limiter
+    started = time.monotonic()
+    result = run_connector(*NO_ROLE_READS, env={"VEZA_OPENAI_TIME_SCALE": str(scale)}, timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.output
+    assert limiter.throttled["project users"] > 0
+    bound = limiter.bound({"project users": 24})  # 6 windows of 4: 3.0 s
+    assert elapsed <= 1.5 * bound + 1.0, f"{elapsed:.1f}s against a bound of {bound:.1f}s"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    'estimate_seconds_left and _slowest_endpoint use requests_per_second(), which is None for an endpoint '
+    'paced by retry-after hints: a hinted run says "about 0s left" with no slowest endpoint throughout'
+))
+def test_progress_estimates_time_left_for_an_endpoint_paced_by_retry_after_hints(openai_fake, run_connector, veza):
+    """README (Rate limits): a progress line gives 'the slowest endpoint's learned rate, an estimate of the time
+    left for the reads known so far'. For an endpoint the server paces with retry-after, every progress line
+    says 'about 0s left' while the open reads still need seconds (here ~0.5 s each)."""
+    scale = 0.01
+    openai_fake.org = generate_organization(users=20, projects=24, members=1, service_accounts=0, keys=0, groups=0,
+                                            group_members=0, org_id="org-demo0001")
+    openai_fake.limiter = HintedFixedWindows((1000, 0.6), {"project users": (4, 0.6)}, time_scale=scale)
+    result = run_connector(*NO_ROLE_READS, "--log-format", "json", env={"VEZA_OPENAI_TIME_SCALE": str(scale)},
+                           timeout=60)
+    assert result.returncode == 0, result.output
+    progress = [entry for entry in map(json.loads, result.stderr.splitlines()) if entry.get("stage") == "progress"]
+    busy = [entry for entry in progress if entry["reads_open"] >= 8]
+    assert busy, progress
+    assert any(entry["seconds_left_estimate"] >= 1 for entry in busy), busy
