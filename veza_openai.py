@@ -95,7 +95,6 @@ MAX_SERVER_WAIT = 60.0         # a retry-after longer than this is capped: the r
 PROBE_FIRST_WAIT = 0.5         # after a 429 with no hint, first probe of the endpoint after this many seconds
 PROBE_MAX_WAIT = 5.0           # probes double up to this, so a refill is seen at most ~5 s late
 REFILL_LEAD = 0.9              # once an endpoint's refill time is known, start probing at 90% of it
-SPACING_RELAX = 0.95           # after a hinted 429, requests are spaced by the hint, 5% less per success
 LEARNED_WINDOW_MIN = 10.0      # a refill slower than this is a window worth remembering; faster ones are probed
 WINDOW_SECONDS = 60.0          # --max-requests-per-minute-per-endpoint counts over a sliding minute
 ASSUMED_REQUESTS_PER_MINUTE = 60  # an endpoint's allowance before it says otherwise (measured estimate, spec)
@@ -164,8 +163,15 @@ class Config:
         return [s for s in (self.openai_api_key, self.veza_api_key) if s]
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a flag it rejects is a configuration error like any other (one line, a summary, exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError([f"{message} (see --help)"])
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="veza_openai.py",
         description="Discover an OpenAI organization's access and push it to Veza (OAA). "
         "Secrets come from the environment only: VEZA_API_KEY, and OPENAI_ADMIN_KEY or OPENAI_API_KEY "
@@ -314,7 +320,8 @@ def _secret_setting(env: dict[str, str], name: str, problems: list[str]) -> tupl
 def mask_key(key: str) -> str:
     """Enough of a key to tell which one it is (its kind and last four characters), never the key."""
     kind = next((prefix for prefix in ("sk-admin-", "sk-proj-", "sk-svcacct-", "sk-") if key.startswith(prefix)), "")
-    return f"{kind}...{key[-4:]}" if len(key) >= 12 else "[too short to show]"
+    # Four characters of a secret part shorter than 16 would give too much of it away.
+    return f"{kind}...{key[-4:]}" if len(key) - len(kind) >= 16 else f"{kind}..."
 
 
 def _resolve_save_path(value: str, org_id: str | None, problems: list[str]) -> str | None:
@@ -499,10 +506,12 @@ class JsonFormatter(RedactingFormatter):
         entry.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
-        text = json.dumps(entry, default=str)  # ASCII-only: control and bidi characters come out escaped
-        for secret in self.secrets:
-            text = text.replace(secret, "[REDACTED]")
-        return text
+        for name, value in entry.items():  # masked before JSON escapes a quote or backslash inside a secret
+            if isinstance(value, str):
+                for secret in self.secrets:
+                    value = value.replace(secret, "[REDACTED]")
+                entry[name] = value
+        return json.dumps(entry, default=str)  # ASCII-only: control and bidi characters come out escaped
 
 
 def log_with_fields(level: int, fields: dict[str, Any], message: str, *args: Any) -> None:
@@ -645,23 +654,25 @@ FAMILIES = {family.name: family for family in FAMILY_LIST}
 
 def _retry_after_seconds(response: requests.Response) -> float | None:
     """The server's requested wait, from retry-after-ms or retry-after (seconds or HTTP date)."""
+    seconds = None
     raw_ms = response.headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000.0)
-        except ValueError:
-            pass
     raw = response.headers.get("retry-after")
-    if raw:
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
+    try:
+        if raw_ms:
+            seconds = float(raw_ms) / 1000.0
+        elif raw:
             try:
+                seconds = float(raw)
+            except ValueError:
                 when = email.utils.parsedate_to_datetime(raw)
-                return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-            except (TypeError, ValueError):
-                return None
-    return None
+                seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+    # Zero, a date already past, or nan is no hint (as the official SDK treats it): acting on it would
+    # resend at once, as fast as the connection allows, until the throttle deadline.
+    if seconds is None or not 0 < seconds < float("inf"):
+        return None
+    return seconds
 
 
 def _error_message(body: Any, fallback: str) -> str:
@@ -827,9 +838,10 @@ def decide_role_assignment_reads(mode: str, roles_refused: bool, role_lists: lis
 class EndpointPacer:
     """What one endpoint (path template) allows, learned from its answers; pure bookkeeping on `now`.
 
-    A 429 with retry-after(-ms) blocks the endpoint for exactly that long, nothing more, and spaces
-    its requests by that wait (relaxing 5% per success), so a token bucket is met at its rate instead
-    of with a burst of 429s. A 429 with no hint blocks the endpoint and sends one probe at a time,
+    A 429 with retry-after(-ms) blocks the endpoint for exactly that long, nothing more: the server
+    knows its limit best, and a hint that shaped later requests too (spacing them by the wait) made a
+    window that sends `retry-after` take three times its bound. A 429 with no hint blocks the endpoint
+    and sends one probe at a time,
     waiting 0.5 s, 1 s, ... up to 5 s between probes, so a refill is seen at most a few seconds late.
     When that refill took a window of 10 s or more (the Admin API's are about a minute), the
     allowance is remembered: later bursts stop at that many requests, and one probe goes shortly
@@ -851,8 +863,8 @@ class EndpointPacer:
         self.sent_in_burst = 0
         self.refill_seconds: float | None = None  # from a burst's first request to its refill, last seen
         self.refill_burst: int | None = None       # the successes that allowance held
-        self.spacing = 0.0             # seconds between requests, from the server's last retry hint
-        self.last_send = float("-inf")
+        self.first_throttled_at: float | None = None
+        self.succeeded_since_throttled = 0
         self.throttled = 0
         self.succeeded = 0
         self.recent_sends: deque[float] = deque()
@@ -868,7 +880,7 @@ class EndpointPacer:
         """The earliest time the next request may go (inf while a probe is out)."""
         if self.probing and self.in_flight:
             return float("inf")
-        at = max(now, self.blocked_until, self.last_send + self.spacing)
+        at = max(now, self.blocked_until)
         if self.refill_burst and self.in_flight >= self.refill_burst:
             return float("inf")  # no more at once than the last refill let through
         if self._allowance_spent():  # probe shortly before the remembered window comes round again
@@ -888,7 +900,6 @@ class EndpointPacer:
         if self._allowance_spent():
             self.probing, self.hintless = True, True
         self.in_flight += 1
-        self.last_send = now
         if self.max_per_minute:
             self.recent_sends.append(now)
         if self.burst_started is None:
@@ -899,7 +910,8 @@ class EndpointPacer:
     def on_success(self, now: float, probe: bool) -> None:
         self.in_flight -= 1
         self.succeeded += 1
-        self.spacing = self.spacing * SPACING_RELAX if self.spacing * SPACING_RELAX > 1e-4 else 0.0
+        if self.first_throttled_at is not None:
+            self.succeeded_since_throttled += 1
         if not (probe and self.probing):
             self.burst_successes += 1
             return
@@ -914,10 +926,10 @@ class EndpointPacer:
     def on_throttled(self, now: float, probe: bool, server_wait: float | None) -> None:
         self.in_flight -= 1
         self.throttled += 1
+        if self.first_throttled_at is None:
+            self.first_throttled_at = now
         if server_wait is not None:  # the server said how long: exactly that, no extra slow-down
-            wait = min(server_wait, MAX_SERVER_WAIT) * self.scale
-            self.blocked_until = max(self.blocked_until, now + wait)
-            self.spacing = max(self.spacing, wait)  # no probe needed: the spacing already keeps to the hint
+            self.blocked_until = max(self.blocked_until, now + min(server_wait, MAX_SERVER_WAIT) * self.scale)
             return
         if self.probing and not probe:
             return  # an answer to a request sent before the first 429: already handled
@@ -932,12 +944,15 @@ class EndpointPacer:
         self.probing, self.hintless = True, True
         self.blocked_until = max(self.blocked_until, now + wait)
 
-    def requests_per_second(self) -> float | None:
-        """The rate this endpoint is known to allow, or None while it has not limited the run."""
+    def requests_per_second(self, now: float | None = None) -> float | None:
+        """The rate this endpoint allows: learned from a window, capped, or (given `now`) seen since its
+        first 429; None while it has not limited the run."""
         if self.refill_seconds and self.refill_burst:
             return self.refill_burst / self.refill_seconds
         if self.max_per_minute:
             return self.max_per_minute / (WINDOW_SECONDS * self.scale or 1e-9)
+        if now is not None and self.first_throttled_at is not None and now > self.first_throttled_at:
+            return max(self.succeeded_since_throttled, 1) / (now - self.first_throttled_at)
         return None
 
 
@@ -1253,7 +1268,10 @@ class OrganizationReader:
     def _dispatch(self, now: float) -> None:
         while self.delayed and self.delayed[0][0] <= now:
             request = heapq.heappop(self.delayed)[2]
-            self.queues[request.read.family.name].appendleft(request)
+            if request.read.family.name in self.snapshot.unavailable:
+                self._finish(request.read, None)  # its family was left out while it waited to be retried
+            else:
+                self.queues[request.read.family.name].appendleft(request)
         while len(self.in_flight) < self.config.max_workers and self.next_global_send <= now:
             request = self._next_ready_request(now)
             if request is None:
@@ -1304,6 +1322,10 @@ class OrganizationReader:
     def _answered(self, request: Request, answer: Answer, now: float) -> None:
         read, pacer = request.read, self.pacers[request.read.family.name]
         path = read.path
+        if read.family.name in self.snapshot.unavailable:  # left out meanwhile: whatever came back, it is moot
+            pacer.in_flight -= 1
+            self._finish(read, None)
+            return
         if answer.status == 200 and not answer.fatal:
             pacer.on_success(now, request.probe)
             request.throttled_since = None
@@ -1315,11 +1337,11 @@ class OrganizationReader:
             request.throttled_since = request.throttled_since or now
             waited = now - request.throttled_since
             if waited > self.config.max_throttle_wait:
-                raise DiscoveryError(
-                    f"{path}: still HTTP 429 (rate limited) after waiting {waited:.0f}s "
-                    f"(--max-throttle-wait {self.config.max_throttle_wait:g}s)"
-                    + (f"; this endpoint allowed about {pacer.refill_burst} requests per "
-                       f"{pacer.refill_seconds:.0f}s" if pacer.refill_seconds else ""))
+                self._failed(read, f"{path}: still HTTP 429 (rate limited) after waiting {waited:.1f}s "
+                                   f"(--max-throttle-wait {self.config.max_throttle_wait:g}s)"
+                                   + (f"; this endpoint allowed about {pacer.refill_burst} requests per "
+                                      f"{pacer.refill_seconds:.0f}s" if pacer.refill_seconds else ""))
+                return
             # The first 429 of an endpoint is news; the rest show in the progress lines and with --debug.
             log.log(logging.INFO if pacer.throttled == 1 else logging.DEBUG,
                     "%s: HTTP 429, pausing %s for %.1fs (%s)", path, pacer.path,
@@ -1493,19 +1515,20 @@ class OrganizationReader:
 
     # --- progress ---------------------------------------------------------------------------
     def _slowest_endpoint(self) -> str:
-        rated = [(pacer.requests_per_second(), pacer.path) for name, pacer in self.pacers.items()
-                 if pacer.throttled and pacer.requests_per_second()]
+        now = time.monotonic()
+        rated = [(pacer.requests_per_second(now), pacer.path) for name, pacer in self.pacers.items()
+                 if pacer.throttled and pacer.requests_per_second(now)]
         if not rated:
             return ""
         rate, path = min(rated)
         return f"{path} at about {rate * 60:.1f} requests a minute"
 
     def estimate_seconds_left(self) -> float:
-        """The longest of: each throttled endpoint's pending requests at its learned rate."""
-        estimates = [0.0]
+        """The longest of: each throttled endpoint's pending requests at the rate it allows."""
+        estimates, now = [0.0], time.monotonic()
         for name, pacer in self.pacers.items():
             pending = self.open_reads[name]
-            rate = pacer.requests_per_second()
+            rate = pacer.requests_per_second(now)
             if pending and rate:
                 estimates.append(pending / rate)
         return max(estimates)
@@ -1780,7 +1803,7 @@ class ApplicationBuilder:
                             or role_id.casefold() in self._api_role_ids()):
             # never borrow (or empty) another role: a fixed one (admin_api_key) or a Roles API one
             role_id = f"organization_{role}"
-        elif project and role_id in FIXED_ROLES:
+        elif project and (role_id in FIXED_ROLES or role_id.casefold() in self._api_role_ids()):
             role_id = f"project_role_{role}"  # e.g. "owner_via_organization" must not become the implicit owner
         if role_id not in self.app.local_roles:
             name = f"Project {role.capitalize()}" if project else role.capitalize()
@@ -2673,7 +2696,7 @@ def run(config: Config, summary: RunSummary | None = None, progress: PushProgres
         try:
             summary.report = create_or_update_report(veza)
             log.info("Veza report %r %s (%d queries)", REPORT_NAME, summary.report, len(REPORT_QUERIES))
-        except (OAAClientError, requests.RequestException) as exc:
+        except Exception as exc:  # Veza's refusal or an odd answer: the push stands either way
             # The snapshot is in Veza; a report that could not be made is said loudly but does not undo it.
             summary.report = "failed"
             log.error("Veza report %r not created or updated: %s", REPORT_NAME, describe_veza_error(exc))
@@ -2719,13 +2742,23 @@ def _log_what_veza_has(config: Config, maybe_stored: bool) -> None:
         log.error("nothing was pushed; Veza keeps the previous snapshot")
 
 
+def _log_format_asked(argv: list[str] | None) -> str:
+    """The log format a run asked for, even when its configuration is wrong (so errors ship as JSON too)."""
+    args = sys.argv[1:] if argv is None else argv
+    flag = next((value for value in (a.partition("=")[2] for a in args if a.startswith("--log-format="))), None)
+    if flag is None and "--log-format" in args[:-1]:
+        flag = args[args.index("--log-format") + 1]
+    asked = (flag or os.environ.get("LOG_FORMAT", "")).strip().lower()
+    return "json" if asked == "json" else "text"
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         config = load_config(argv)
     except ConfigError as exc:
         configure_logging(False, [os.environ.get("OPENAI_API_KEY", ""), os.environ.get("OPENAI_ADMIN_KEY", ""),
-                                  os.environ.get("VEZA_API_KEY", "")])
+                                  os.environ.get("VEZA_API_KEY", "")], _log_format_asked(argv))
         for problem in exc.problems:
             log.error("configuration error: %s", problem)
         summary = RunSummary(outcome="config-error", seconds=time.monotonic() - started)

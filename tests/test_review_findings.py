@@ -127,9 +127,6 @@ def test_a_project_member_whose_id_differs_from_an_org_user_only_in_case_is_that
 
 # --- logs and secrets -----------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    'main() configures text logging on ConfigError whatever LOG_FORMAT/--log-format say'
-))
 def test_configuration_errors_are_json_lines_when_log_format_json_is_asked(run_connector, veza, openai_fake):
     """README (Logs): '--log-format json (or LOG_FORMAT=json) writes one JSON object per line ... the summary
     line carries summary: true'. On a configuration error main() configures text logging whatever LOG_FORMAT
@@ -158,10 +155,6 @@ def test_a_config_error_with_the_openai_key_from_a_file_masks_its_content_in_the
     assert OPENAI_SECRET not in result.output and "trailing-space" not in result.output
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'mask_key shows the last 4 characters from 12 characters on: a 12-16 character key is shown whole '
-    'after its public prefix'
-))
 @pytest.mark.parametrize("key", ["sk-admin-wxyz", "sk-proj-abcd", "sk-admin-ab12"])
 def test_mask_key_never_shows_the_whole_secret_part_of_a_short_key(key):
     """`mask_key` shows the kind and the last four characters from 12 characters on. For a 12-16 character
@@ -173,9 +166,6 @@ def test_mask_key_never_shows_the_whole_secret_part_of_a_short_key(key):
     assert secret_part not in masked, masked
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'JsonFormatter masks secrets after json.dumps escaped them; a secret with " or \\\\ is never matched'
-))
 def test_a_secret_with_a_quote_or_backslash_is_masked_in_json_logs(capsys):
     """JsonFormatter masks secrets in the JSON *text*, where '"' and '\\' are already escaped: a key holding
     either (the config accepts any printable ASCII) is never found, so it is logged in full."""
@@ -236,10 +226,6 @@ def test_max_run_time_ends_a_run_whose_only_open_read_is_throttled_forever(small
     assert veza.pushes == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    '_leave_out purges only the queue; a request of the left-out family in the 5xx backoff heap is still '
-    'retried and fails the run'
-))
 def test_a_family_left_out_whole_is_not_failed_by_its_other_reads_still_in_5xx_backoff(
         small_org, run_connector, veza):
     """README: a 403 on another family leaves 'that family ... out whole'. `_leave_out` purges the family's
@@ -256,10 +242,6 @@ def test_a_family_left_out_whole_is_not_failed_by_its_other_reads_still_in_5xx_b
     assert len(veza.payloads) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'retry-after: 0 (or a past date / nan, clamped to 0) blocks and spaces the endpoint by 0 s: an '
-    'immediate resend loop for up to --max-throttle-wait'
-))
 @pytest.mark.parametrize("hint", [{"retry-after": "0"}, {"retry-after": "Thu, 01 Jan 2015 00:00:00 GMT"},
                                   {"retry-after-ms": "nan"}], ids=["zero", "a date already past", "nan ms"])
 def test_a_zero_retry_after_is_not_followed_by_an_immediate_resend_loop(openai_fake, run_connector, veza, hint):
@@ -276,10 +258,6 @@ def test_a_zero_retry_after_is_not_followed_by_an_immediate_resend_loop(openai_f
     assert calls <= 10, f"{calls} requests to one throttled endpoint in 1 s"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a 429 past --max-throttle-wait raises DiscoveryError directly in _answered, bypassing _failed's "
-    'exemption for the optional organization object'
-))
 def test_a_throttled_organization_object_leaves_is_personal_unset_and_never_fails_the_run(
         openai_fake, run_connector, veza):
     """README: is_personal is 'asked once (retried on 5xx); when refused it is left unset ... (never guessed,
@@ -293,10 +271,6 @@ def test_a_throttled_organization_object_leaves_is_personal_unset_and_never_fail
     assert "is_personal" not in application(veza.payloads[0])["custom_properties"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_role_for_value checks Roles API ids only for org values; project value 'viewer' takes (and empties)"
-    ' a Roles API role with id project_viewer'
-))
 def test_a_project_role_value_never_empties_a_roles_api_role_with_the_same_id(openai_fake, run_connector, veza):
     """README: 'A value that would take the id of a fixed role or of a Roles API role ... gets the id
     organization_<value> (project values: project_role_<value>) instead, so it never borrows or empties
@@ -324,10 +298,6 @@ def test_dry_run_with_create_report_makes_no_veza_call_and_exits_0(openai_fake, 
     assert len(result.saved_json()) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'only OAAClientError/RequestException are caught around create_or_update_report; any other exception '
-    'after a confirmed push exits 1 with outcome=unknown'
-))
 def test_a_report_that_fails_unexpectedly_after_a_confirmed_push_keeps_exit_0_and_outcome_pushed(
         openai_fake, run_connector, veza, monkeypatch):
     """README (The Veza report): 'A report Veza refuses is logged as an error (report=failed) and does not undo
@@ -379,7 +349,6 @@ def test_max_run_time_ends_a_run_whose_workers_are_all_stuck_on_dripping_answers
     assert veza.pushes == []
 
 
-@pytest.mark.xfail(strict=True, reason='argparse errors exit 2 from parse_args without the config-error summary line')
 @pytest.mark.parametrize("args", [("--log-format", "xml"), ("--max-workerz", "4")], ids=["bad choice", "unknown flag"])
 def test_a_flag_argparse_rejects_still_ends_with_the_config_error_summary_line(run_connector, veza, openai_fake,
                                                                                args):
@@ -409,10 +378,6 @@ class HintedFixedWindows(FixedWindows):
         return {"retry-after-ms": str(max(1, round((start + window - now) * 1000 / self.time_scale)))}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'after a hinted 429 every later request of the endpoint is spaced by the whole hint, relaxing 5% per '
-    'success: a hinted fixed window is met at ~1 request a window (8.7 s against a 3.0 s bound here)'
-))
 def test_a_minute_window_that_sends_retry_after_is_met_near_its_bound(openai_fake, run_connector, veza):
     """README (Rate limits): 'A hint is followed exactly ... No extra slow-down on top', and every measured
     model stays within 1.2x its bound. A fixed window that *does* send retry-after (when it refills) is not in
@@ -432,10 +397,6 @@ def test_a_minute_window_that_sends_retry_after_is_met_near_its_bound(openai_fak
     assert elapsed <= 1.5 * bound + 1.0, f"{elapsed:.1f}s against a bound of {bound:.1f}s"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'estimate_seconds_left and _slowest_endpoint use requests_per_second(), which is None for an endpoint '
-    'paced by retry-after hints: a hinted run says "about 0s left" with no slowest endpoint throughout'
-))
 def test_progress_estimates_time_left_for_an_endpoint_paced_by_retry_after_hints(openai_fake, run_connector, veza):
     """README (Rate limits): a progress line gives 'the slowest endpoint's learned rate, an estimate of the time
     left for the reads known so far'. For an endpoint the server paces with retry-after, every progress line
