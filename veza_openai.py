@@ -648,8 +648,20 @@ FAMILY_LIST = [
            cursor=CURSOR_NEXT, page_size=1000, per="user"),
     Family(name="project_user_roles", label="project user roles", path="/projects/{project_id}/users/{user_id}/roles",
            grant="Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per="project member"),
+    # One object by id, asked only to tell a deleted entity from a list its organization lacks.
+    Family(name="project_object", label="project", path="/organization/projects/{project_id}",
+           grant="Projects: Read"),
+    Family(name="group_object", label="group", path="/organization/groups/{group_id}", grant="Groups: Read"),
+    Family(name="user_object", label="user", path="/organization/users/{user_id}", grant="Users: Read"),
+    Family(name="provider_object", label="workload identity provider",
+           path="/organization/workload_identity_providers/{provider_id}", grant="Workload identity: Read"),
 ]
 FAMILIES = {family.name: family for family in FAMILY_LIST}
+# The single object of an entity kind, asked when one of its lists answers 404: (family, path argument).
+OBJECT_OF_KIND = {"project": ("project_object", "project_id"), "group": ("group_object", "group_id"),
+                  "user": ("user_object", "user_id"), "provider": ("provider_object", "provider_id")}
+OBJECT_FAMILIES = {family for family, _ in OBJECT_OF_KIND.values()}
+NOT_FOUND = object()  # the result of an object read that answered 404
 
 
 def _retry_after_seconds(response: requests.Response) -> float | None:
@@ -1055,6 +1067,7 @@ class OrganizationReader:
         self.finished_reads: dict[str, int] = dict.fromkeys(FAMILIES, 0)
         self.not_found: dict[str, list[tuple[Any, str, float]]] = {}  # family -> [(entity key, endpoint, when)]
         self.found: dict[str, dict[Any, float]] = {}  # entity kind -> key -> latest send of a read that found it
+        self.exists: dict[tuple[str, Any], bool | None] = {}  # (kind, key) -> its own object answered 200/404
         self.next_global_send = 0.0
         self.calls = self.retries = self.throttled = 0
         self.started = 0.0
@@ -1227,23 +1240,28 @@ class OrganizationReader:
         self.next_progress = self.started + self._progress_interval()
         try:
             self._start()
-            while any(self.open_reads.values()):
-                now = time.monotonic()
-                self._check_run_time(now)
-                self._abandon_stuck_requests(now)
-                self._dispatch(now)
-                try:
-                    ticket, answer = self.done.get(timeout=self._seconds_until_next_event(time.monotonic()))
-                except queue.Empty:
-                    pass
-                else:
-                    self._take(ticket, answer)
-                if time.monotonic() >= self.next_progress:
-                    self._log_progress()
+            self._run_until_read()
+            self._ask_whether_gone()
             self._settle_not_found()
             return self.snapshot
         finally:
             self.pool.close()
+
+    def _run_until_read(self) -> None:
+        """Send what may go, take what comes back, until every read scheduled so far is done."""
+        while any(self.open_reads.values()):
+            now = time.monotonic()
+            self._check_run_time(now)
+            self._abandon_stuck_requests(now)
+            self._dispatch(now)
+            try:
+                ticket, answer = self.done.get(timeout=self._seconds_until_next_event(time.monotonic()))
+            except queue.Empty:
+                pass
+            else:
+                self._take(ticket, answer)
+            if time.monotonic() >= self.next_progress:
+                self._log_progress()
 
     def _progress_interval(self) -> float:
         return max(MIN_PROGRESS_INTERVAL, PROGRESS_INTERVAL * self.scale)
@@ -1466,6 +1484,9 @@ class OrganizationReader:
     def _refused(self, request: Request, refusal: AccessRefused) -> None:
         """401/403/404: the key may not read this, the organization lacks it, or the entity is gone."""
         read, family = request.read, request.read.family
+        if family.name in OBJECT_FAMILIES and refusal.status != 401:  # asked only after a 404 on its lists
+            self._finish(read, NOT_FOUND if refusal.status == 404 else None)
+            return
         if family.name == "organization":  # asked of dashboard-style keys only; never fails the run
             log.debug("organization object not available: %s", refusal)
             self._finish(read, None)
@@ -1497,20 +1518,53 @@ class OrganizationReader:
         while waiting:  # nothing more of a refused family is worth a call
             self._finish(waiting.pop().read, None)
 
+    def _ask_whether_gone(self) -> None:
+        """Ask for the object itself (project, group, user, provider) whose list answered 404.
+
+        Its 404 says it was deleted during the run; a 200 says it is there, so the list's family is what
+        this organization lacks. One object per family is asked first, which settles a missing family
+        (404 on every project) in one call; only then the others, one call per entity that 404'd.
+        """
+        for first_round in (True, False):
+            wanted: dict[tuple[str, Any], None] = {}
+            for name, misses in self.not_found.items():
+                kind = FAMILIES[name].per
+                if name in self.snapshot.unavailable or kind not in OBJECT_OF_KIND:
+                    continue
+                unasked = [(kind, key) for key, _, _ in misses if (kind, key) not in self.exists]
+                wanted.update(dict.fromkeys(unasked[:1] if first_round else unasked))
+            for kind, key in wanted:
+                family_name, argument = OBJECT_OF_KIND[kind]
+                self.exists[(kind, key)] = None
+                self._read(family_name, lambda result, k=(kind, key): self._note_existence(k, result),
+                           key=key, **{argument: key})
+            self._run_until_read()
+            for name, misses in self.not_found.items():
+                kind = FAMILIES[name].per
+                there = next((key for key, _, _ in misses if self.exists.get((kind, key)) is True), None)
+                if there is not None:
+                    self._leave_out(FAMILIES[name], f"HTTP 404 on {misses[0][1]}, while {kind} {there} exists")
+
+    def _note_existence(self, kind_and_key: tuple[str, Any], result: Any) -> None:
+        self.exists[kind_and_key] = True if isinstance(result, dict) else False if result is NOT_FOUND else None
+
     def _settle_not_found(self) -> None:
-        """A 404 on one entity's list means that entity was deleted while the run read. A 404 on every
-        entity of a family means the family is not there: with several entities, or with one that
-        another read found after the 404 (so it was not deleted)."""
+        """Entities their own object says are gone are deleted. Where it could not say (a link between
+        two entities, or a key that may not read single objects), a 404 on every entity of a family is
+        the family missing: with several entities, or with one that another read found after the 404."""
         for name, misses in self.not_found.items():
             family = FAMILIES[name]
             if name in self.snapshot.unavailable:
                 continue
+            gone = [(key, endpoint) for key, endpoint, _ in misses if self.exists.get((family.per, key)) is False]
+            unsure = [(key, endpoint, when) for key, endpoint, when in misses
+                      if self.exists.get((family.per, key)) is None]
             seen = self.found.get(family.per, {})
-            alive_after = any(seen.get(key, float("-inf")) > when for key, _, when in misses)
-            if self.finished_reads[name] == len(misses) and (len(misses) > 1 or alive_after):
+            alive_after = any(seen.get(key, float("-inf")) > when for key, _, when in unsure)
+            if unsure and not gone and self.finished_reads[name] == len(misses) and (len(unsure) > 1 or alive_after):
                 self._leave_out(family, f"HTTP 404 on every {family.per} ({misses[0][1]}, ...)")
                 continue
-            for key, endpoint, _ in misses:
+            for key, endpoint in gone + [(key, endpoint) for key, endpoint, _ in unsure]:
                 self.snapshot.deleted.append((family.per, key, endpoint))
 
     # --- progress ---------------------------------------------------------------------------
@@ -1675,7 +1729,7 @@ class ApplicationBuilder:
         for kind, key, endpoint in snapshot.deleted:
             self.deleted.setdefault(kind, set()).add(key)
             self.warn(f"{kind} {key if isinstance(key, str) else ' in '.join(reversed(key))} was deleted during "
-                      f"the run (HTTP 404 on {endpoint}): {DELETED_WHAT[kind]}")
+                      f"the run (HTTP 404 on {endpoint}): {DELETED_WHAT[kind]}", f"deleted:{kind}:{key}")
         # Each list deduplicated once, deleted entities dropped.
         s = snapshot
         self._role_ids_from_api: set[str] | None = None

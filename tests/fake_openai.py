@@ -107,7 +107,14 @@ ROUTES = [
     (r"/organization/certificates", "certificates", "last_id", 20, 100),
     (r"/organization/projects/(?P<project_id>[^/]+)/certificates", "project certificates", "last_id", 20, 100),
     (r"/organization/projects/(?P<project_id>[^/]+)/hosted_tool_permissions", "hosted tool permissions", None, 0, 0),
+    # one object by id (the SDK's retrieve); the connector asks them only to tell a deleted entity from a 404'd list
+    (r"/organization/projects/(?P<object_id>[^/]+)", "project", None, 0, 0),
+    (r"/organization/users/(?P<object_id>[^/]+)", "user", None, 0, 0),
+    (r"/organization/groups/(?P<object_id>[^/]+)", "group", None, 0, 0),
+    (r"/organization/workload_identity_providers/(?P<object_id>[^/]+)", "workload identity provider", None, 0, 0),
 ]
+OBJECT_LISTS = {"project": "projects", "user": "users", "group": "groups",
+                "workload identity provider": "workload_identity_providers"}
 COMPILED_ROUTES = [(re.compile(f"^{regex}$"), *rest) for regex, *rest in ROUTES]
 
 
@@ -219,6 +226,11 @@ class FakeOpenAI:
                 if policy is None:
                     return 404, _error("No model permissions for this project.", None), fault
                 return 200, {"object": "project.model_permissions", **policy}, fault
+            if family in OBJECT_LISTS:
+                found = [r for r in getattr(self.org, OBJECT_LISTS[family]) if r.get("id") == match["object_id"]]
+                if not found:
+                    return 404, _error(f"No such {family}: {match['object_id']}", None), fault
+                return 200, found[0], fault
             if family == "hosted tool permissions":
                 known = match["project_id"] in {p["id"] for p in self.org.projects}
                 tools = self.org.hosted_tool_permissions.get(match["project_id"]) if known else None

@@ -271,7 +271,11 @@ def test_hostile_federation_records_are_kept_as_far_as_they_make_sense(run_conne
 
 
 def test_a_provider_deleted_during_the_run_loses_its_rules(run_connector, veza, openai_fake):
-    openai_fake.faults.append(Fault(r"/workload_identity_providers/wip_legacy/federation_rules$", status=404))
+    def delete_wip_legacy(fake) -> None:
+        fake.org.workload_identity_providers[:] = [p for p in fake.org.workload_identity_providers
+                                                   if p["id"] != "wip_legacy"]
+    openai_fake.faults.append(Fault(r"/workload_identity_providers/wip_legacy/federation_rules$", kind="hook",
+                                    body=delete_wip_legacy))
     payload, stderr = pushed(run_connector, veza)
     assert "wifr_legacy_deploy" not in creds_of(payload) and "wifr_deploy_main" in creds_of(payload)
     assert "provider wip_legacy was deleted during the run" in stderr

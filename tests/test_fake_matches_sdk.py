@@ -256,3 +256,13 @@ def test_faults_reach_the_new_endpoints(sdk, openai_fake):
     with pytest.raises(openai.APIResponseValidationError):
         sdk.certificates.list()
     assert len(list(sdk.audit_logs.list(limit=5))) == len(openai_fake.org.audit_logs)  # each fault fired once
+
+
+def test_sdk_retrieves_one_project_user_group_and_provider_and_sees_404_for_a_deleted_one(sdk, openai_fake):
+    assert sdk.projects.retrieve("proj_alpha").id == "proj_alpha"
+    assert sdk.users.retrieve("user-0007").id == "user-0007"
+    assert sdk.groups.retrieve("group_eng").id == "group_eng"
+    provider = openai_fake.org.workload_identity_providers[0]["id"]
+    assert sdk.workload_identity_providers.retrieve(provider).id == provider
+    with pytest.raises(openai.NotFoundError):
+        sdk.projects.retrieve("proj_gone")

@@ -700,3 +700,16 @@ def test_an_unreachable_veza_fails_in_seconds_with_oaaclients_default_retries(ru
     assert elapsed < 15, elapsed
     assert "cannot use Veza at https://127.0.0.1:9" in result.stderr
     assert openai_fake.calls() == 0 and veza.requests == []
+
+
+def test_a_list_every_project_answers_404_for_costs_one_object_read_and_leaves_the_family_out(
+        run_connector, veza, openai_fake):
+    openai_fake.refused["project certificates"] = 404
+    result = run_connector(*NO_ROLE_READS)
+    assert result.returncode == 0, result.output
+    assert openai_fake.calls(r"^/organization/projects/proj_[a-z]+$") == 1  # one project asked, not each
+    assert re.search(r"left out project certificates \(HTTP 404 on /organization/projects/proj_\w+/certificates, "
+                     r"while project proj_\w+ exists\): grant the admin key 'Certificates: Read'", result.stderr)
+    assert {r["id"] for r in application(veza.payloads[0])["resources"] if r["resource_type"] == "project"} == \
+        {"proj_alpha", "proj_beta"}
+    assert "was deleted during the run" not in result.stderr

@@ -101,7 +101,8 @@ def _response(headers: dict[str, str]) -> requests.Response:
 def test_retry_after_headers_are_read_in_both_units():
     assert vo._retry_after_seconds(_response({"retry-after-ms": "250"})) == 0.25
     assert vo._retry_after_seconds(_response({"retry-after": "3"})) == 3.0
-    assert vo._retry_after_seconds(_response({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0
+    assert vo._retry_after_seconds(_response({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) is None  # past
+    assert vo._retry_after_seconds(_response({"retry-after": "0"})) is None
     assert vo._retry_after_seconds(_response({})) is None
 
 

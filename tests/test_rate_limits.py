@@ -162,18 +162,16 @@ def test_x_should_retry_false_fails_at_once(small_org, run_connector, veza):
 
 # --- the pacer's rules, on explicit clocks ------------------------------------------------------
 
-def test_pacer_honours_a_hint_exactly_then_spaces_requests_by_it_relaxing_on_success():
+def test_pacer_honours_a_hint_exactly_and_nothing_more():
     pacer = vo.EndpointPacer("/x")
     assert pacer.on_send(0.0) is False
     pacer.on_throttled(0.1, probe=False, server_wait=2.0)
     assert pacer.ready_at(0.2) == pytest.approx(2.1)
     assert pacer.on_send(2.1) is False  # no probing: the server said when
-    assert pacer.ready_at(2.1) == pytest.approx(4.1)  # requests keep the hint's pace...
-    pacer.on_success(2.2, probe=False)
-    assert pacer.ready_at(2.2) == pytest.approx(2.1 + 2.0 * vo.SPACING_RELAX)  # ...relaxing as they succeed
-    for _ in range(200):
-        pacer.on_success(3.0, probe=False)
-    assert pacer.spacing == 0.0 and pacer.requests_per_second() is None  # a hint teaches no lasting limit
+    assert pacer.ready_at(2.1) == 2.1  # and no slower pace afterwards
+    pacer.on_throttled(2.2, probe=False, server_wait=3600)
+    assert pacer.ready_at(2.3) == pytest.approx(2.2 + vo.MAX_SERVER_WAIT)  # a wait past a window is capped
+    assert pacer.refill_seconds is None  # a hint teaches no lasting limit
 
 
 def test_pacer_probes_a_hintless_limit_with_growing_waits_then_learns_its_window():

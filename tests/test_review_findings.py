@@ -41,11 +41,6 @@ def keep_only_project_alpha(org) -> None:
 
 # --- deleted entities and the 404 family rule ------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    'a single project whose one family 404s (family absent) is treated as deleted: the project and its '
-    'members, service accounts and keys vanish from the payload; _settle_not_found only trusts evidence '
-    'sent after the 404'
-))
 def test_the_only_project_is_kept_when_one_of_its_families_answers_404_while_its_other_reads_succeed(
         run_connector, veza, openai_fake):
     """README: 'A 404 on every entity of a family (while other reads show them alive) is the family rule'.
@@ -67,11 +62,6 @@ def test_the_only_project_is_kept_when_one_of_its_families_answers_404_while_its
     assert "project proj_alpha was deleted during the run" not in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'two entities 404 on every per-entity family -> the family rule fires (len(misses) > 1) without any '
-    'read showing them alive; deleted projects are pushed as live empty projects and the log blames '
-    'permissions'
-))
 def test_two_projects_deleted_mid_run_are_dropped_not_kept_empty_and_blamed_on_permissions(
         run_connector, veza, openai_fake):
     """Both projects deleted after the project list was read: every per-project read 404s. README: such an
