@@ -95,6 +95,7 @@ MAX_SERVER_WAIT = 60.0         # a retry-after longer than this is capped: the r
 PROBE_FIRST_WAIT = 0.5         # after a 429 with no hint, first probe of the endpoint after this many seconds
 PROBE_MAX_WAIT = 5.0           # probes double up to this, so a refill is seen at most ~5 s late
 REFILL_LEAD = 0.9              # once an endpoint's refill time is known, start probing at 90% of it
+SLOW_START_DONE = 16            # after a hinted 429, requests in flight grow back one per success up to this
 LEARNED_WINDOW_MIN = 10.0      # a refill slower than this is a window worth remembering; faster ones are probed
 WINDOW_SECONDS = 60.0          # --max-requests-per-minute-per-endpoint counts over a sliding minute
 ASSUMED_REQUESTS_PER_MINUTE = 60  # an endpoint's allowance before it says otherwise (measured estimate, spec)
@@ -850,10 +851,10 @@ def decide_role_assignment_reads(mode: str, roles_refused: bool, role_lists: lis
 class EndpointPacer:
     """What one endpoint (path template) allows, learned from its answers; pure bookkeeping on `now`.
 
-    A 429 with retry-after(-ms) blocks the endpoint for exactly that long, nothing more: the server
-    knows its limit best, and a hint that shaped later requests too (spacing them by the wait) made a
-    window that sends `retry-after` take three times its bound. A 429 with no hint blocks the endpoint
-    and sends one probe at a time,
+    A 429 with retry-after(-ms) blocks the endpoint for exactly that long and no slower pace follows
+    (spacing requests by the wait made a window that sends `retry-after` take three times its bound);
+    only the requests in flight grow back from one, one more per success, so the moment the wait ends
+    does not bring a burst of 429s. A 429 with no hint blocks the endpoint and sends one probe at a time,
     waiting 0.5 s, 1 s, ... up to 5 s between probes, so a refill is seen at most a few seconds late.
     When that refill took a window of 10 s or more (the Admin API's are about a minute), the
     allowance is remembered: later bursts stop at that many requests, and one probe goes shortly
@@ -877,6 +878,7 @@ class EndpointPacer:
         self.refill_burst: int | None = None       # the successes that allowance held
         self.first_throttled_at: float | None = None
         self.succeeded_since_throttled = 0
+        self.in_flight_cap: int | None = None  # after a hinted 429: grows by one per success (slow start)
         self.throttled = 0
         self.succeeded = 0
         self.recent_sends: deque[float] = deque()
@@ -895,6 +897,8 @@ class EndpointPacer:
         at = max(now, self.blocked_until)
         if self.refill_burst and self.in_flight >= self.refill_burst:
             return float("inf")  # no more at once than the last refill let through
+        if self.in_flight_cap is not None and self.in_flight >= self.in_flight_cap:
+            return float("inf")
         if self._allowance_spent():  # probe shortly before the remembered window comes round again
             if self.in_flight:
                 return float("inf")
@@ -924,6 +928,8 @@ class EndpointPacer:
         self.succeeded += 1
         if self.first_throttled_at is not None:
             self.succeeded_since_throttled += 1
+        if self.in_flight_cap is not None:
+            self.in_flight_cap = None if self.in_flight_cap >= SLOW_START_DONE else self.in_flight_cap + 1
         if not (probe and self.probing):
             self.burst_successes += 1
             return
@@ -942,6 +948,7 @@ class EndpointPacer:
             self.first_throttled_at = now
         if server_wait is not None:  # the server said how long: exactly that, no extra slow-down
             self.blocked_until = max(self.blocked_until, now + min(server_wait, MAX_SERVER_WAIT) * self.scale)
+            self.in_flight_cap = 1  # then one request at a time, one more per success: no herd at the moment
             return
         if self.probing and not probe:
             return  # an answer to a request sent before the first 429: already handled

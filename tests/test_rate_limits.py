@@ -168,7 +168,14 @@ def test_pacer_honours_a_hint_exactly_and_nothing_more():
     pacer.on_throttled(0.1, probe=False, server_wait=2.0)
     assert pacer.ready_at(0.2) == pytest.approx(2.1)
     assert pacer.on_send(2.1) is False  # no probing: the server said when
-    assert pacer.ready_at(2.1) == 2.1  # and no slower pace afterwards
+    assert pacer.ready_at(2.1) == float("inf")  # one request in flight at first...
+    pacer.on_success(2.15, probe=False)
+    assert pacer.ready_at(2.15) == 2.15  # ...no slower pace, and one more in flight per success
+    pacer.on_send(2.15)
+    assert pacer.ready_at(2.15) == 2.15
+    pacer.on_send(2.15)
+    assert pacer.ready_at(2.15) == float("inf")
+    pacer.on_throttled(2.2, probe=False, server_wait=3600)
     pacer.on_throttled(2.2, probe=False, server_wait=3600)
     assert pacer.ready_at(2.3) == pytest.approx(2.2 + vo.MAX_SERVER_WAIT)  # a wait past a window is capped
     assert pacer.refill_seconds is None  # a hint teaches no lasting limit
