@@ -104,7 +104,7 @@ def test_a_bad_secret_file_is_a_configuration_error_naming_the_path_never_the_co
 
 
 def test_the_admin_key_wins_over_a_project_key_in_openai_api_key(run_connector, veza):
-    result = run_connector(*NO_ROLE_READS, env={"OPENAI_API_KEY": "sk-proj-a-project-key-for-other-tools-9",
+    result = run_connector(*NO_ROLE_READS, env={"OPENAI_API_KEY": "sk-proj-FAKE-for-other-tools-9",
                                                 "OPENAI_ADMIN_KEY": OPENAI_SECRET})
     assert result.returncode == 0, result.output
     assert "OpenAI key from OPENAI_ADMIN_KEY (sk-admin-...i-77)" in result.stderr
