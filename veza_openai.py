@@ -2222,7 +2222,6 @@ class ApplicationBuilder:
                     count += self._assign(user, s.project_user_roles.get((pid, member["id"]), []), project)
         self.counts["role_assignments"] = count
 
-
     # --- access review: audit log activity, workload identity federation, certificates -------
     def _audit_activity(self) -> tuple[dict[str, str], dict[str, list[str]]]:
         """(user id -> latest login, project key id -> scopes of its newest scope-setting event) in the window."""
