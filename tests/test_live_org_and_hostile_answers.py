@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from conftest import NO_ROLE_READS, SCRIPT, application, assignments, by_id, clean_environment
@@ -287,6 +288,24 @@ def wait_for_users_read(openai_fake, process: subprocess.Popen, limit: float = 2
     time.sleep(0.2)  # well inside the 5 s answer
 
 
+def signal_when_ready(command: list[str], environment: dict[str, str], cwd: Path,
+                      ready: Callable[[subprocess.Popen], tuple[int, int]]) -> tuple[int, float, str]:
+    """Start `command`; when `ready(process)` returns (a pid and the signal to send it), send it; return the
+    exit status, the seconds from the signal to the exit, and stderr. The process never outlives the test."""
+    process = subprocess.Popen(command, env=environment, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        pid, signum = ready(process)
+        sent = time.monotonic()
+        os.kill(pid, signum)
+        _, stderr = process.communicate(timeout=10)
+        return process.returncode, time.monotonic() - sent, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 # SIGINT back to its default before exec, whatever the test runner's disposition (an ignored SIGINT stays
 # ignored across exec; a default one gets Python's KeyboardInterrupt handler). No preexec_fn: the fakes run threads.
 DEFAULT_SIGINT = ("-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
@@ -298,21 +317,15 @@ DEFAULT_SIGINT = ("-c", "import os, signal, sys; signal.signal(signal.SIGINT, si
 def test_a_signal_while_reading_stops_within_seconds_and_pushes_nothing(tmp_path, ca, openai_fake, veza, signum,
                                                                         status, name):
     slow_users(openai_fake)
-    environment = clean_environment(tmp_path, ca, openai_fake, veza, None, ())
-    process = subprocess.Popen([sys.executable, *DEFAULT_SIGINT, sys.executable, str(SCRIPT), *NO_ROLE_READS],
-                               env=environment, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
+
+    def reading(process: subprocess.Popen) -> tuple[int, int]:
         wait_for_users_read(openai_fake, process)
-        sent = time.monotonic()
-        process.send_signal(signum)
-        _, stderr = process.communicate(timeout=10)
-        elapsed = time.monotonic() - sent
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == status, stderr
+        return process.pid, signum
+
+    returncode, elapsed, stderr = signal_when_ready(
+        [sys.executable, *DEFAULT_SIGINT, sys.executable, str(SCRIPT), *NO_ROLE_READS],
+        clean_environment(tmp_path, ca, openai_fake, veza, None, ()), tmp_path, reading)
+    assert returncode == status, stderr
     assert elapsed < 2.5, elapsed
     assert f"stopped by {name}" in stderr
     assert NOTHING_PUSHED in stderr
@@ -322,24 +335,19 @@ def test_a_signal_while_reading_stops_within_seconds_and_pushes_nothing(tmp_path
 
 def test_sigterm_during_the_push_exits_143_with_the_outcome_unknown(tmp_path, ca, openai_fake, veza):
     veza.push_then, veza.drip_interval = "drip", 0.5  # stored, then an answer that takes ~30 s
-    environment = clean_environment(tmp_path, ca, openai_fake, veza, None, ())
-    process = subprocess.Popen([sys.executable, str(SCRIPT), *NO_ROLE_READS], env=environment, cwd=tmp_path,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+
+    def pushing(process: subprocess.Popen) -> tuple[int, int]:
         deadline = time.monotonic() + 20
         while not veza.pushes:
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.02)
         time.sleep(0.2)
-        sent = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=10)
-        elapsed = time.monotonic() - sent
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 143, stderr
+        return process.pid, signal.SIGTERM
+
+    returncode, elapsed, stderr = signal_when_ready(
+        [sys.executable, str(SCRIPT), *NO_ROLE_READS], clean_environment(tmp_path, ca, openai_fake, veza, None, ()),
+        tmp_path, pushing)
+    assert returncode == 143, stderr
     assert elapsed < 2.5, elapsed
     assert "stopped by SIGTERM" in stderr and UNKNOWN in stderr and NOTHING_PUSHED not in stderr
     assert "outcome=unknown" in summary_line(stderr)
@@ -363,24 +371,18 @@ def test_sigterm_stops_the_connector_running_as_pid_1_of_its_namespace(tmp_path,
     if probe.returncode != 0:
         pytest.skip(f"unshare --pid --fork --mount-proc is not permitted here: {probe.stderr.decode().strip()}")
     slow_users(openai_fake)
-    environment = clean_environment(tmp_path, ca, openai_fake, veza, None, ())
-    process = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(SCRIPT),
-                                *NO_ROLE_READS], env=environment, cwd=tmp_path, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+
+    def reading_as_pid_1(process: subprocess.Popen) -> tuple[int, int]:
         connector = child_of(process.pid)
         status = Path(f"/proc/{connector}/status").read_text()
         assert re.search(r"^NSpid:\s+\d+\s+1$", status, re.M), status  # PID 1 in its namespace
         wait_for_users_read(openai_fake, process)
-        sent = time.monotonic()
-        os.kill(connector, signal.SIGTERM)
-        _, stderr = process.communicate(timeout=10)
-        elapsed = time.monotonic() - sent
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 143, stderr
+        return connector, signal.SIGTERM
+
+    returncode, elapsed, stderr = signal_when_ready(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(SCRIPT), *NO_ROLE_READS],
+        clean_environment(tmp_path, ca, openai_fake, veza, None, ()), tmp_path, reading_as_pid_1)
+    assert returncode == 143, stderr
     assert elapsed < 2.5, elapsed
     assert "stopped by SIGTERM" in stderr and NOTHING_PUSHED in stderr
     assert "outcome=interrupted" in summary_line(stderr)
