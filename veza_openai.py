@@ -1740,6 +1740,7 @@ class ApplicationBuilder:
         # Each list deduplicated once, deleted entities dropped.
         s = snapshot
         self._role_ids_from_api: set[str] | None = None
+        self._project_lists: dict[tuple[str, str, str | None], list[dict]] = {}
         self.users = self._records("organization user", s.users, "user")
         self.groups = self._records("group", s.groups or [], "group")
         self.project_records = self._records("project", s.projects or [], "project")
@@ -1981,9 +1982,12 @@ class ApplicationBuilder:
         self.counts["projects"] = len(self.projects)
 
     def _project_list(self, family: str, pid: str, kind: str = "user") -> list[dict]:
-        """One project's records of a per-project family, deduplicated, deleted principals dropped."""
-        return self._records(f"project {pid} {FAMILIES[family].label}",
-                             (getattr(self.snapshot, family) or {}).get(pid, []), kind)
+        """One project's records of a per-project family, deduplicated, deleted principals dropped (once)."""
+        key = (family, pid, kind)
+        if key not in self._project_lists:
+            self._project_lists[key] = self._records(f"project {pid} {FAMILIES[family].label}",
+                                                     (getattr(self.snapshot, family) or {}).get(pid, []), kind)
+        return self._project_lists[key]
 
     def _map_project_members(self) -> None:
         memberships = 0
