@@ -26,13 +26,15 @@ import queue
 import random
 import re
 import signal
+import stat
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
+import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -48,6 +50,7 @@ from oaaclient.templates import (
     OAAPropertyType,
 )
 from requests.packages.urllib3.exceptions import HTTPError as TransportError  # raised by raw.read1
+from requests.packages.urllib3.exceptions import InsecureRequestWarning
 from requests.packages.urllib3.exceptions import TimeoutError as TransportTimeout
 
 __version__ = "1.1.0"
@@ -79,11 +82,6 @@ DEFAULT_ROLE_ASSIGNMENTS = "auto"
 DEFAULT_ACTIVITY_DAYS = 90         # logins and key scopes from the audit log of the last 90 days; 0 turns it off
 
 # --- bounds on what a configuration may say ------------------------------------------------------
-MAX_WORKERS_LIMIT = 64             # more would only queue on the Admin API's per-endpoint limits
-MAX_RETRIES_LIMIT = 20             # 20 doublings of backoff is already hours
-MAX_TIMEOUT = 600.0                # an answer slower than 10 minutes is a dead server
-MAX_REQUESTS_PER_SECOND = 10_000.0  # a cap above this is no cap
-MAX_ACTIVITY_DAYS = 3650           # ten years; the audit log keeps far less
 MAX_SECRET_LENGTH = 4096           # real keys are ~200 characters; a 100 KB "key" is a pasted file
 MIN_SECRET_LENGTH_TO_MASK = 8      # masking a blank or tiny value would shred every log line; such keys fail anyway
 
@@ -121,7 +119,7 @@ PROVIDER_ICON_SVG = (
 
 
 # ---------------------------------------------------------------------------------------------
-# Configuration
+# Options: one table makes the parser, the environment lookup, the bounds and the help text
 # ---------------------------------------------------------------------------------------------
 
 class ConfigError(Exception):
@@ -130,6 +128,80 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting a user can give: its flags, its environment variable, its kind, bounds and help."""
+
+    dest: str                        # the Config field it fills
+    flags: tuple[str, ...]           # command-line spellings, the first one shown in messages; () for env only
+    env: str | None                  # its environment variable; None: command line only
+    help: str
+    kind: type | None = None         # int or float: a number within low..high; None: text
+    default: Any = None
+    low: float = 0
+    high: float = 0
+    choices: tuple[str, ...] = ()    # a word from this list, compared case-insensitively
+    switch: bool = False             # a flag without a value; its variable says true or false
+    bare_value: str | None = None    # the value a flag given without one takes (--save_json alone)
+
+    @property
+    def label(self) -> str:
+        """How messages name it: its flag and variable, as a user may have set either."""
+        if not self.flags:
+            return self.env or self.dest
+        return f"{self.flags[0]} (env {self.env})" if self.env else self.flags[0]
+
+    def help_text(self) -> str:
+        default = "" if self.default in (None, False) else f", default {self.default:g}" \
+            if isinstance(self.default, float) else f", default {self.default}"
+        return f"{self.help} (env: {self.env or 'none'}{default})"
+
+
+OPTIONS = (
+    Option("veza_url", ("--veza_url", "--veza-url"), "VEZA_URL", "URL of your Veza instance"),
+    Option("org_id", ("--openai-org", "--openai_org"), "OPENAI_ORG_ID", "OpenAI organization ID, org-..."),
+    Option("openai_base_url", ("--openai-base-url",), "OPENAI_BASE_URL", "OpenAI API base URL",
+           default=DEFAULT_OPENAI_BASE_URL),
+    Option("save_json", ("--save_json", "--save-json"), None, "also write the payload JSON; PATH is a directory "
+           "(default: the current one) or a .json file", bare_value="."),
+    Option("dry_run", ("--dry-run",), None, "read and map, write the payload JSON, push nothing; needs no Veza "
+           "settings", switch=True),
+    Option("debug", ("--debug",), None, "verbose debug logging", switch=True),
+    Option("log_format", ("--log-format",), "LOG_FORMAT", "text or json: one JSON object per line, for log "
+           "shippers", choices=("text", "json"), default="text"),
+    Option("create_report", ("--create-report",), "VEZA_CREATE_REPORT", "after the push, create or update the "
+           "Veza report 'OpenAI access review'", switch=True),
+    Option("max_workers", ("--max-workers",), "OPENAI_MAX_WORKERS", "concurrent OpenAI requests", int,
+           DEFAULT_MAX_WORKERS, 1, 64),  # more would only queue on the Admin API's per-endpoint limits
+    Option("max_requests_per_second", ("--max-requests-per-second",), "OPENAI_MAX_REQUESTS_PER_SECOND",
+           "hard cap on all OpenAI requests per second (default: no cap)", float, None, 0.01, 10_000),
+    Option("max_requests_per_minute_per_endpoint", ("--max-requests-per-minute-per-endpoint",),
+           "OPENAI_MAX_RPM_PER_ENDPOINT", "cap on requests per minute to each Admin API endpoint, for an "
+           "organization whose limits are known (default: none, each endpoint's limit is learned from its 429 "
+           "answers)", int, None, 1, 100_000),
+    Option("role_assignments", ("--role-assignments",), "OPENAI_ROLE_ASSIGNMENTS", "per-user role assignment "
+           "reads: auto, all or none", choices=("auto", "all", "none"), default=DEFAULT_ROLE_ASSIGNMENTS),
+    Option("activity_days", ("--activity-days",), "OPENAI_ACTIVITY_DAYS", "days of audit log read for last "
+           "logins and API key scopes; 0 reads none", int, DEFAULT_ACTIVITY_DAYS, 0, 3650),  # the log keeps less
+    Option("timeout", ("--timeout",), "OPENAI_TIMEOUT", "seconds to wait for one whole OpenAI answer", float,
+           DEFAULT_TIMEOUT, 0.05, 600),  # an answer slower than 10 minutes is a dead server
+    Option("max_retries", ("--max-retries",), "OPENAI_MAX_RETRIES", "retries of one OpenAI request on 5xx and "
+           "connection errors", int, DEFAULT_MAX_RETRIES, 0, 20),  # 20 doublings of backoff is already hours
+    Option("max_throttle_wait", ("--max-throttle-wait",), "OPENAI_MAX_THROTTLE_WAIT", "seconds one OpenAI "
+           "request may keep being answered 429 before the run fails", float, DEFAULT_MAX_THROTTLE_WAIT, 0.1,
+           86_400),
+    Option("max_run_time", ("--max-run-time",), "OPENAI_MAX_RUN_TIME", "seconds the whole run (reading, push and "
+           "report) may take before it stops (default: no limit)", float, None, 1, 7 * 86_400),
+    # Tests shrink every wait with it; not in --help.
+    Option("time_scale", (), "VEZA_OPENAI_TIME_SCALE", "time scale", float, 1.0, 0.0, 1.0),
+)
+OPTION = {option.dest: option for option in OPTIONS}
+# The environment variables that hold secrets, directly or by naming a file (as Docker and Kubernetes mount them).
+SECRET_VARIABLES = ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY", "VEZA_API_KEY")
+# OpenAI key kinds that are certainly not Admin keys: the Admin API answers them 401 after the run began.
+NON_ADMIN_KEY_PREFIXES = {"sk-proj-": "a project key", "sk-svcacct-": "a service account key"}
 
 
 @dataclass(frozen=True)
@@ -155,6 +227,7 @@ class Config:
     log_format: str = "text"
     openai_key_source: str = "OPENAI_API_KEY"  # the variable the key came from, for the log
     time_scale: float = 1.0  # tests shrink every wait with VEZA_OPENAI_TIME_SCALE
+    notes: tuple[str, ...] = ()  # warnings about settings that were usable once corrected (logged at start)
 
     @property
     def data_source_name(self) -> str:
@@ -171,7 +244,7 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ConfigError([f"{message} (see --help)"])
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
+def build_arg_parser(options: Iterable[Option] = OPTIONS) -> ArgumentParser:
     parser = ArgumentParser(
         prog="veza_openai.py",
         description="Discover an OpenAI organization's access and push it to Veza (OAA). "
@@ -180,52 +253,77 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "OPENAI_ADMIN_KEY_FILE, OPENAI_API_KEY_FILE.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--veza_url", "--veza-url", dest="veza_url",
-                        help="URL of your Veza instance (env: VEZA_URL)")
-    parser.add_argument("--openai-org", "--openai_org", dest="openai_org",
-                        help="OpenAI organization ID, org-... (env: OPENAI_ORG_ID)")
-    parser.add_argument("--openai-base-url", dest="openai_base_url",
-                        help=f"OpenAI API base URL (env: OPENAI_BASE_URL, default {DEFAULT_OPENAI_BASE_URL})")
-    parser.add_argument("--save_json", "--save-json", dest="save_json", nargs="?", const=".",
-                        metavar="PATH",
-                        help="also write the payload JSON; PATH is a directory (default: the current one) "
-                        "or a .json file (env: none)")
-    parser.add_argument("--dry-run", dest="dry_run", action="store_true",
-                        help="read and map, write the payload JSON, push nothing; needs no Veza settings")
-    parser.add_argument("--debug", action="store_true", help="verbose debug logging (env: none)")
-    parser.add_argument("--log-format", dest="log_format", choices=("text", "json"),
-                        help="text (default) or json: one JSON object per line, for log shippers (env: LOG_FORMAT)")
-    parser.add_argument("--create-report", dest="create_report", action="store_true", default=None,
-                        help="after the push, create or update the Veza report 'OpenAI access review' "
-                        "(env: VEZA_CREATE_REPORT=true)")
-    parser.add_argument("--max-workers", dest="max_workers",
-                        help=f"concurrent OpenAI requests (env: OPENAI_MAX_WORKERS, default {DEFAULT_MAX_WORKERS})")
-    parser.add_argument("--max-requests-per-second", dest="max_rps",
-                        help="hard cap on all OpenAI requests per second (env: OPENAI_MAX_REQUESTS_PER_SECOND, "
-                        "default: no cap)")
-    parser.add_argument("--max-requests-per-minute-per-endpoint", dest="max_rpm_per_endpoint",
-                        help="cap on requests per minute to each Admin API endpoint, for an organization whose "
-                        "limits are known (env: OPENAI_MAX_RPM_PER_ENDPOINT, default: none, each endpoint's "
-                        "limit is learned from its 429 answers)")
-    parser.add_argument("--role-assignments", dest="role_assignments",
-                        help="per-user role assignment reads: auto, all or none "
-                        f"(env: OPENAI_ROLE_ASSIGNMENTS, default {DEFAULT_ROLE_ASSIGNMENTS})")
-    parser.add_argument("--activity-days", dest="activity_days",
-                        help="days of audit log read for last logins and API key scopes; 0 reads none "
-                        f"(env: OPENAI_ACTIVITY_DAYS, default {DEFAULT_ACTIVITY_DAYS})")
-    parser.add_argument("--timeout", dest="timeout",
-                        help="seconds to wait for one whole OpenAI answer "
-                        f"(env: OPENAI_TIMEOUT, default {DEFAULT_TIMEOUT:g})")
-    parser.add_argument("--max-retries", dest="max_retries",
-                        help="retries of one OpenAI request on 5xx and connection errors "
-                        f"(env: OPENAI_MAX_RETRIES, default {DEFAULT_MAX_RETRIES})")
-    parser.add_argument("--max-throttle-wait", dest="max_throttle_wait",
-                        help="seconds one OpenAI request may keep being answered 429 before the run fails "
-                        f"(env: OPENAI_MAX_THROTTLE_WAIT, default {DEFAULT_MAX_THROTTLE_WAIT:g})")
-    parser.add_argument("--max-run-time", dest="max_run_time",
-                        help="seconds the reading may take before the run fails with nothing pushed "
-                        "(env: OPENAI_MAX_RUN_TIME, default: no limit)")
+    for option in options:
+        add_option(parser, option)
     return parser
+
+
+def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
+    """The option's flags, if it has any. Values stay text: load_config checks them, naming flag and variable."""
+    if not option.flags:
+        return
+    if option.switch:
+        parser.add_argument(*option.flags, dest=option.dest, action="store_true", default=None,
+                            help=option.help_text())
+    elif option.bare_value is not None:
+        parser.add_argument(*option.flags, dest=option.dest, nargs="?", const=option.bare_value, metavar="PATH",
+                            help=option.help_text())
+    else:
+        parser.add_argument(*option.flags, dest=option.dest, help=option.help_text(),
+                            metavar=option.flags[0].lstrip("-").upper().replace("-", "_"))
+
+
+def unquoted(value: str, name: str, notes: list[str]) -> str:
+    """`value` without one pair of surrounding quotes, noted: `docker run --env-file` keeps quotes literally."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        notes.append(f"{name} is wrapped in quotes, which docker --env-file and some secret stores keep as part "
+                     "of the value; the quotes were removed (write the value unquoted)")
+        return value[1:-1]
+    return value
+
+
+def flag_and_env_values(args: argparse.Namespace, env: Mapping[str, str],
+                        notes: list[str]) -> dict[str, str | bool | None]:
+    """Each option's raw value: the flag when given, else its environment variable; None when neither is."""
+    values: dict[str, str | bool | None] = {}
+    for option in OPTIONS:
+        value = getattr(args, option.dest, None)
+        if value is None and option.env:
+            value = env.get(option.env)
+            value = unquoted(value, option.env, notes) if value else value
+        values[option.dest] = None if value in (None, "") else value
+    return values
+
+
+def checked_value(option: Option, raw: str | bool | None, problems: list[str]) -> Any:
+    """A number within its bounds, a word from its choices, a switch's truth; the default when not given."""
+    if raw is None:
+        return option.default
+    if option.switch:
+        if isinstance(raw, bool):
+            return raw
+        word = raw.strip().lower()
+        if word not in ("true", "false", "1", "0", "yes", "no"):
+            problems.append(f"{option.env} must be true or false")
+            return option.default
+        return word in ("true", "1", "yes")
+    if option.kind is not None:
+        try:
+            value = option.kind(raw.strip())
+        except ValueError:
+            problems.append(f"{option.label} must be a number, got {raw[:20]!r}")
+            return option.default
+        if not option.low <= value <= option.high:
+            problems.append(f"{option.label} must be between {option.low:g} and {option.high:g}")
+            return option.default
+        return value
+    if option.choices:
+        word = raw.strip().lower()
+        if word not in option.choices:
+            problems.append(f"{option.label} must be {', '.join(option.choices[:-1])} or {option.choices[-1]}")
+            return option.default
+        return word
+    return raw
 
 
 ORG_ID_RE = re.compile(r"org-[A-Za-z0-9_-]{1,128}")
@@ -240,10 +338,15 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
+def has_control_characters(text: str) -> bool:
+    """Whitespace or control characters: never part of a key, an id or a URL (a pasted newline, say)."""
+    return any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text)
+
+
 def _check_url(value: str, name: str, problems: list[str], *, allow_loopback_http: bool,
                allow_path: bool) -> str | None:
     """Return the normalised URL (scheme lower-cased, no trailing slash), or None with a problem recorded."""
-    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if has_control_characters(value):
         problems.append(f"{name} contains whitespace or control characters")
         return None
     candidate = value if "://" in value else f"https://{value}"
@@ -284,7 +387,7 @@ def _check_secret(value: str | None, name: str, problems: list[str]) -> str | No
     if len(value) > MAX_SECRET_LENGTH:
         problems.append(f"{name} is {len(value):,} characters long; an API key is a few hundred at most")
         return None
-    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if has_control_characters(value):
         problems.append(f"{name} contains whitespace, a newline or control characters")
         return None
     if not value.isascii():
@@ -293,7 +396,47 @@ def _check_secret(value: str | None, name: str, problems: list[str]) -> str | No
     return value
 
 
-def _secret_setting(env: dict[str, str], name: str, problems: list[str]) -> tuple[str | None, str | None]:
+def _shown_path(path: str) -> str:
+    """A secret file's path as messages show it: only an absolute path, which cannot be a key pasted by mistake."""
+    return repr(path) if path.startswith("/") and not has_control_characters(path) else "the file it names"
+
+
+def read_secret_file(path: str, file_variable: str, problems: list[str]) -> str | None:
+    """The content of a secret file, trailing newlines dropped; None with a problem that never shows the content.
+
+    Only a regular file is read: a FIFO would block before signal handling starts (as PID 1 only SIGKILL
+    would end it), and a device or directory is a mistake. A value that looks like a key is said to be one.
+    """
+    if path.startswith("sk-"):
+        problems.append(f"{file_variable} holds what looks like an API key, not a file path; put the key in "
+                        f"{file_variable.removesuffix('_FILE')} instead, or in a file that {file_variable} names")
+        return None
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except (OSError, ValueError) as exc:
+        problems.append(f"{file_variable}: cannot read {_shown_path(path)} "
+                        f"({getattr(exc, 'strerror', None) or type(exc).__name__})")
+        return None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        problems.append(f"{file_variable}: {_shown_path(path)} is not a regular file (a FIFO, device or "
+                        "directory); name the file that holds the key")
+        return None
+    with open(descriptor, "rb", closefd=True) as handle:
+        raw = handle.read(MAX_SECRET_LENGTH + 2)
+    try:
+        value = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        problems.append(f"{file_variable}: {_shown_path(path)} is not UTF-8 text")
+        return None
+    if not value:
+        problems.append(f"{file_variable}: {_shown_path(path)} is empty")
+        return None
+    return value
+
+
+def _secret_setting(env: Mapping[str, str], name: str, problems: list[str],
+                    notes: list[str]) -> tuple[str | None, str | None]:
     """A secret from `name`, or from the file `name`_FILE names (as Docker and Kubernetes mount secrets).
 
     Returns (value, the variable it came from); (None, None) when neither is set. One trailing newline
@@ -305,17 +448,9 @@ def _secret_setting(env: dict[str, str], name: str, problems: list[str]) -> tupl
         problems.append(f"{name} and {file_name} are both set; set only one")
         return None, name
     if not path:
-        return (direct, name) if direct else (None, None)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            value = handle.read(MAX_SECRET_LENGTH + 2).rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{file_name}: cannot read {path!r} ({getattr(exc, 'strerror', None) or type(exc).__name__})")
-        return None, file_name
-    if not value:
-        problems.append(f"{file_name}: {path!r} is empty")
-        return None, file_name
-    return value, file_name
+        return (unquoted(direct, name, notes), name) if direct else (None, None)
+    value = read_secret_file(path, file_name, problems)
+    return (unquoted(value, file_name, notes) if value else None), file_name
 
 
 def mask_key(key: str) -> str:
@@ -346,121 +481,123 @@ def _resolve_save_path(value: str, org_id: str | None, problems: list[str]) -> s
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError:
-        problems.append(f"--save_json directory {directory!r} is not writable")
+        problems.append(f"--save_json directory {directory!r} is not writable (the container runs as uid 10001)")
         return None
     return path
 
 
-def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Parse flags and environment into a Config; raise ConfigError listing every problem."""
-    env = os.environ if environ is None else environ
-    args = build_arg_parser().parse_args(argv)
-    problems: list[str] = []
+def unknown_arguments_problem(extras: list[str]) -> str:
+    """Name unknown flags, never the values beside them: a key pasted on the command line must not be echoed."""
+    flags = [arg.partition("=")[0][:60] for arg in extras if arg.startswith("-")]
+    values = len(extras) - len(flags)
+    if flags:
+        message = f"unrecognized arguments: {', '.join(flags[:5])}" + (f" and {values} value(s), not shown"
+                                                                        if values else "")
+    else:
+        message = f"unexpected argument(s) on the command line ({values}, not shown); every setting is a flag"
+    if any(arg.startswith("sk-") or "key" in arg.lower() or "token" in arg.lower() for arg in extras):
+        message += ("; secrets are read from the environment only (OPENAI_API_KEY or OPENAI_ADMIN_KEY, "
+                    "VEZA_API_KEY, or their _FILE variants), never from the command line")
+    return message + " (see --help)"
 
-    def setting(flag_value: str | None, env_name: str) -> str | None:
-        value = flag_value if flag_value is not None else env.get(env_name)
-        return value if value not in (None, "") else None
 
-    org_id = setting(args.openai_org, "OPENAI_ORG_ID")
-    if org_id is None:
+def _org_id(raw: str | None, problems: list[str]) -> str | None:
+    if raw is None:
         problems.append("OPENAI_ORG_ID (or --openai-org) is not set")
-    elif not ORG_ID_RE.fullmatch(org_id):
+    elif not ORG_ID_RE.fullmatch(raw):
         problems.append("OPENAI_ORG_ID (or --openai-org) must look like org-XXXX "
                         "(letters, digits, '-' and '_' after 'org-', nothing else, no trailing newline)")
-        org_id = None
+    else:
+        return raw
+    return None
 
-    # The admin key wins: a shell may hold a project key in OPENAI_API_KEY for other tools, and the
-    # official SDK reads an admin key from OPENAI_ADMIN_KEY.
-    openai_key = key_source = None
+
+def _openai_key(env: Mapping[str, str], problems: list[str], notes: list[str]) -> tuple[str | None, str | None]:
+    """The OpenAI key and the variable it came from. The admin key wins: a shell may hold a project key in
+    OPENAI_API_KEY for other tools, and the official SDK reads an admin key from OPENAI_ADMIN_KEY."""
     for name in ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY"):
-        value, source = _secret_setting(env, name, problems)
+        value, source = _secret_setting(env, name, problems, notes)
         if source:
-            openai_key, key_source = _check_secret(value, source, problems), source
-            break
-    if key_source is None:
-        problems.append("OPENAI_API_KEY (or OPENAI_ADMIN_KEY, or either's _FILE variant) is not set")
+            key = _check_secret(value, source, problems)
+            kind = next((kind for prefix, kind in NON_ADMIN_KEY_PREFIXES.items() if key and key.startswith(prefix)),
+                        None)
+            if kind:
+                problems.append(f"{source} holds {kind} ({mask_key(key)}), which the Admin API refuses: use an Admin "
+                                "API key (sk-admin-...), created by an organization owner under Settings > "
+                                "Organization > Admin keys")
+                key = None
+            return key, source
+    problems.append("OPENAI_API_KEY (or OPENAI_ADMIN_KEY, or either's _FILE variant) is not set")
+    return None, None
 
-    base_url = _check_url(setting(args.openai_base_url, "OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL,
-                          "OPENAI_BASE_URL (or --openai-base-url)", problems, allow_loopback_http=True,
-                          allow_path=True)
 
-    veza_url = veza_key = None
-    if not args.dry_run:
-        raw_veza_url = setting(args.veza_url, "VEZA_URL")
-        if raw_veza_url is None:
-            problems.append("VEZA_URL (or --veza_url) is not set")
-        else:
-            veza_url = _check_url(raw_veza_url, "VEZA_URL (or --veza_url)", problems, allow_loopback_http=False,
-                                  allow_path=False)
-        value, source = _secret_setting(env, "VEZA_API_KEY", problems)
-        veza_key = _check_secret(value, source or "VEZA_API_KEY", problems)
+def _veza_settings(raw_url: str | None, env: Mapping[str, str], problems: list[str],
+                   notes: list[str]) -> tuple[str | None, str | None]:
+    url = None
+    if raw_url is None:
+        problems.append("VEZA_URL (or --veza_url) is not set")
+    else:
+        url = _check_url(raw_url, "VEZA_URL (or --veza_url)", problems, allow_loopback_http=False, allow_path=False)
+    value, source = _secret_setting(env, "VEZA_API_KEY", problems, notes)
+    if env.get("VEZA_UNSAFE_HTTPS", "").strip().lower() == "true":
+        notes.append("VEZA_UNSAFE_HTTPS=true: Veza's TLS certificate is not verified (for test instances only)")
+    return url, _check_secret(value, source or "VEZA_API_KEY", problems)
 
-    save_json = args.save_json
-    if save_json is None and args.dry_run:
-        save_json = "."
+
+def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Parse flags and environment into a Config; raise ConfigError listing every problem."""
+    env = os.environ if environ is None else environ
+    args, extras = build_arg_parser().parse_known_args(argv)
+    problems: list[str] = [unknown_arguments_problem(extras)] if extras else []
+    notes: list[str] = []
+    raw = flag_and_env_values(args, env, notes)
+    settings = {option.dest: checked_value(option, raw[option.dest], problems) for option in OPTIONS}
+    dry_run = bool(settings["dry_run"])
+
+    org_id = _org_id(raw["org_id"], problems)
+    openai_key, key_source = _openai_key(env, problems, notes)
+    base_url = _check_url(settings["openai_base_url"], "OPENAI_BASE_URL (or --openai-base-url)", problems,
+                          allow_loopback_http=True, allow_path=True)
+    veza_url, veza_key = (None, None) if dry_run else _veza_settings(raw["veza_url"], env, problems, notes)
+    save_json = settings["save_json"] if settings["save_json"] is not None else "." if dry_run else None
     save_path = _resolve_save_path(save_json, org_id, problems) if save_json is not None else None
-
-    def number(flag_value: str | None, env_name: str, label: str, kind: type, default: Any,
-               low: float, high: float) -> Any:
-        raw = setting(flag_value, env_name)
-        if raw is None:
-            return default
-        try:
-            value = kind(raw.strip())
-        except ValueError:
-            problems.append(f"{label} (env {env_name}) must be a number, got {raw[:20]!r}")
-            return default
-        if not low <= value <= high:
-            problems.append(f"{label} (env {env_name}) must be between {low:g} and {high:g}")
-            return default
-        return value
-
-    max_workers = number(args.max_workers, "OPENAI_MAX_WORKERS", "--max-workers", int, DEFAULT_MAX_WORKERS,
-                         1, MAX_WORKERS_LIMIT)
-    max_rps = number(args.max_rps, "OPENAI_MAX_REQUESTS_PER_SECOND", "--max-requests-per-second", float,
-                     None, 0.01, MAX_REQUESTS_PER_SECOND)
-    max_rpm = number(args.max_rpm_per_endpoint, "OPENAI_MAX_RPM_PER_ENDPOINT",
-                     "--max-requests-per-minute-per-endpoint", int, None, 1, 100_000)
-    timeout = number(args.timeout, "OPENAI_TIMEOUT", "--timeout", float, DEFAULT_TIMEOUT, 0.05, MAX_TIMEOUT)
-    max_retries = number(args.max_retries, "OPENAI_MAX_RETRIES", "--max-retries", int, DEFAULT_MAX_RETRIES,
-                         0, MAX_RETRIES_LIMIT)
-    max_throttle_wait = number(args.max_throttle_wait, "OPENAI_MAX_THROTTLE_WAIT", "--max-throttle-wait", float,
-                               DEFAULT_MAX_THROTTLE_WAIT, 0.1, 86_400)
-    max_run_time = number(args.max_run_time, "OPENAI_MAX_RUN_TIME", "--max-run-time", float, None, 1, 7 * 86_400)
-    activity_days = number(args.activity_days, "OPENAI_ACTIVITY_DAYS", "--activity-days", int,
-                           DEFAULT_ACTIVITY_DAYS, 0, MAX_ACTIVITY_DAYS)
-    time_scale = number(None, "VEZA_OPENAI_TIME_SCALE", "time scale", float, 1.0, 0.0, 1.0)
-
-    role_assignments = (setting(args.role_assignments, "OPENAI_ROLE_ASSIGNMENTS") or DEFAULT_ROLE_ASSIGNMENTS)
-    role_assignments = role_assignments.strip().lower()
-    if role_assignments not in ("auto", "all", "none"):
-        problems.append("--role-assignments (env OPENAI_ROLE_ASSIGNMENTS) must be auto, all or none")
-
-    log_format = (args.log_format or setting(None, "LOG_FORMAT") or "text").strip().lower()
-    if log_format not in ("text", "json"):
-        problems.append("LOG_FORMAT must be text or json")
-    create_report = args.create_report
-    if create_report is None:
-        raw = (setting(None, "VEZA_CREATE_REPORT") or "false").strip().lower()
-        if raw not in ("true", "false", "1", "0", "yes", "no"):
-            problems.append("VEZA_CREATE_REPORT must be true or false")
-        create_report = raw in ("true", "1", "yes")
 
     if problems:
         raise ConfigError(problems)
-    return Config(org_id=org_id, openai_api_key=openai_key, openai_base_url=base_url, veza_url=veza_url,
-                  veza_api_key=veza_key, save_json_path=save_path, dry_run=args.dry_run, debug=args.debug,
-                  max_workers=max_workers, max_requests_per_second=max_rps,
-                  max_requests_per_minute_per_endpoint=max_rpm, role_assignments=role_assignments,
-                  timeout=timeout, max_retries=max_retries, max_throttle_wait=max_throttle_wait,
-                  max_run_time=max_run_time, create_report=create_report and not args.dry_run,
-                  log_format=log_format, openai_key_source=key_source, activity_days=activity_days,
-                  time_scale=time_scale)
+    del settings["save_json"]  # resolved into save_json_path
+    return Config(**{**settings, "org_id": org_id, "openai_api_key": openai_key, "openai_base_url": base_url,
+                     "veza_url": veza_url, "veza_api_key": veza_key, "save_json_path": save_path,
+                     "dry_run": dry_run, "debug": bool(settings["debug"]),
+                     "create_report": bool(settings["create_report"]) and not dry_run,
+                     "openai_key_source": key_source, "notes": tuple(notes)})
 
+
+def log_format_asked(argv: list[str] | None, env: Mapping[str, str]) -> str:
+    """The log format a run asked for, even when its configuration is wrong (so its errors ship as JSON too).
+
+    Parsed by the same parser rules as the run (abbreviations included), with everything else ignored.
+    """
+    parser = ArgumentParser(add_help=False)
+    add_option(parser, OPTION["log_format"])
+    try:
+        asked, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+        value = asked.log_format
+    except (ConfigError, SystemExit):
+        value = None
+    value = (value or env.get("LOG_FORMAT") or "").strip().strip("\"'").lower()
+    return "json" if value == "json" else "text"
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging: one line per record, control characters escaped, secrets masked
+# ---------------------------------------------------------------------------------------------
 
 # Control characters (and the Unicode ones that reorder or break lines) from a server could forge
 # log lines or hide text on a terminal; they are shown escaped instead.
 _UNSAFE_IN_LOGS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Anything shaped like an OpenAI key is masked in every line, known or not: a key put in the wrong variable,
+# typed as a flag, or quoted back by a server.
+_KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_-]{12,}")
 
 
 def escape_for_log(text: str) -> str:
@@ -488,11 +625,13 @@ class RedactingFormatter(logging.Formatter):
         # cannot start a line that looks like a log record.
         return "\n".join(f"  | {escape_for_log(line)}" for line in super().formatException(ei).splitlines())
 
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+    def redact(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, "[REDACTED]")
-        return text
+        return _KEY_LIKE.sub(lambda match: f"[REDACTED {mask_key(match.group())}]", text)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redact(super().format(record))
 
 
 class JsonFormatter(RedactingFormatter):
@@ -509,9 +648,7 @@ class JsonFormatter(RedactingFormatter):
             entry["traceback"] = self.formatException(record.exc_info)
         for name, value in entry.items():  # masked before JSON escapes a quote or backslash inside a secret
             if isinstance(value, str):
-                for secret in self.secrets:
-                    value = value.replace(secret, "[REDACTED]")
-                entry[name] = value
+                entry[name] = self.redact(value)
         return json.dumps(entry, default=str)  # ASCII-only: control and bidi characters come out escaped
 
 
@@ -529,6 +666,16 @@ def configure_logging(debug: bool, secrets: Iterable[str] = (), log_format: str 
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     log.setLevel(logging.DEBUG if debug else logging.INFO)
+    # Python warnings (a library's deprecation, say) become log lines in the same format, never raw text;
+    # urllib3's per-request warning under VEZA_UNSAFE_HTTPS is said once, at the start, instead.
+    logging.captureWarnings(True)
+    warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+
+
+def secrets_in_environment(env: Mapping[str, str]) -> list[str]:
+    """The secrets the environment holds, for masking before the configuration is known. (A key put in a
+    _FILE variable by mistake is never echoed: read_secret_file shows only absolute paths.)"""
+    return [env.get(name, "") for name in SECRET_VARIABLES]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2806,23 +2953,12 @@ def _log_what_veza_has(config: Config, maybe_stored: bool) -> None:
         log.error("nothing was pushed; Veza keeps the previous snapshot")
 
 
-def _log_format_asked(argv: list[str] | None) -> str:
-    """The log format a run asked for, even when its configuration is wrong (so errors ship as JSON too)."""
-    args = sys.argv[1:] if argv is None else argv
-    flag = next((value for value in (a.partition("=")[2] for a in args if a.startswith("--log-format="))), None)
-    if flag is None and "--log-format" in args[:-1]:
-        flag = args[args.index("--log-format") + 1]
-    asked = (flag or os.environ.get("LOG_FORMAT", "")).strip().lower()
-    return "json" if asked == "json" else "text"
-
-
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         config = load_config(argv)
     except ConfigError as exc:
-        configure_logging(False, [os.environ.get("OPENAI_API_KEY", ""), os.environ.get("OPENAI_ADMIN_KEY", ""),
-                                  os.environ.get("VEZA_API_KEY", "")], _log_format_asked(argv))
+        configure_logging(False, secrets_in_environment(os.environ), log_format_asked(argv, os.environ))
         for problem in exc.problems:
             log.error("configuration error: %s", problem)
         summary = RunSummary(outcome="config-error", seconds=time.monotonic() - started)
@@ -2831,6 +2967,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.debug, config.secrets(), config.log_format)
     log.info("veza_openai %s; OpenAI key from %s (%s)", __version__, config.openai_key_source,
              mask_key(config.openai_api_key))
+    for note in config.notes:
+        log.warning("configuration: %s", note)
     summary = RunSummary()
     progress = PushProgress()
     status = ExitStatus.FAILED

@@ -148,7 +148,7 @@ def test_malformed_settings_are_configuration_errors_before_any_request(run_conn
 
 
 def test_a_refused_openai_key_says_an_admin_key_is_needed(run_connector, veza):
-    result = run_connector(env={"OPENAI_API_KEY": "sk-proj-not-an-admin-key"})
+    result = run_connector(env={"OPENAI_API_KEY": "sk-not-an-admin-key-0000"})
     assert result.returncode == 1
     [line] = [line for line in result.stderr.splitlines() if "Admin API key" in line]
     assert "sk-admin-" in line and "org-demo0001" in line and "401" in line
