@@ -53,7 +53,8 @@ def main() -> int:
     counted = payload_counts(app)
     print(f"\nfake Veza received one push to data source {veza.data_source_names()[0]!r}: "
           f"{len(app['local_users'])} identities, {len(app['local_roles'])} roles, "
-          f"{len(app['local_access_creds'])} credentials, {len(app['resources'])} top-level resources (projects and organization certificates)")
+          f"{len(app['local_access_creds'])} credentials, "
+          f"{len(app['resources'])} top-level resources (projects and organization certificates)")
     print("counted in the payload: " + " ".join(f"{name}={value}" for name, value in counted.items()))
     summary = summary_fields(log)
     differ = {name: (value, summary.get(name)) for name, value in counted.items() if summary.get(name) != str(value)}
