@@ -210,3 +210,21 @@ def test_both_fakes_run_standalone_from_the_command_line(tmp_path):
         for process in processes.values():
             process.terminate()
             process.wait(timeout=10)
+
+
+def test_the_changelog_dates_every_version_down_to_1_0_0_and_says_how_to_upgrade():
+    text = (ROOT / "CHANGELOG.md").read_text()
+    headings = re.findall(r"^## (.+)$", text, re.M)
+    released = [re.fullmatch(r"(\d+\.\d+\.\d+) \((\d{4}-\d{2}-\d{2})\)", heading) for heading in headings
+                if heading != "Unreleased"]
+    assert all(released), headings
+    versions = [tuple(map(int, match.group(1).split("."))) for match in released]
+    dates = [match.group(2) for match in released]
+    assert versions == sorted(versions, reverse=True) and dates == sorted(dates, reverse=True)
+    assert versions[-1] == (1, 0, 0)
+    import veza_openai as vo
+    assert tuple(map(int, vo.__version__.split("."))) in versions, "the script's version has its entry"
+    # the breaking change of 1.1.0 is named where an upgrader looks
+    section_110 = text.split("## 1.1.0", 1)[1].split("\n## ", 1)[0]
+    upgrading = section_110.split("**Upgrading**", 1)[1]
+    assert "project_owner_via_organization" in upgrading and "granted_by" in upgrading
