@@ -211,3 +211,35 @@ def test_the_check_finds_an_unsupported_command(help_flags, block, problem):
 def test_the_image_tags_in_the_readme_are_the_connectors_version():
     tags = re.findall(r"registry\.example\.com/security/veza_openai:(\S+?)[\s'\"`]", README.read_text())
     assert len(tags) >= 4 and set(tags) == {vo.__version__}, tags
+
+
+def cron_problems(line: str) -> list[str]:
+    """What makes a cron line unsafe: a log redirection outside the lock (a skipped tick truncates the running
+    job's log), a truncating one, or no word on failure."""
+    lexer = shlex.shlex(line.split(None, 5)[5], posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    tokens = list(lexer)
+    problems = []
+    if tokens[:2] != ["flock", "-n"]:
+        problems.append("the command does not start with flock -n")
+    if any(token in REDIRECTIONS for token in tokens):
+        problems.append("a redirection outside the locked command")
+    inner = tokens[-1] if tokens[-3:-1] == ["sh", "-c"] else ""
+    if re.search(r"(?<![>&\d])>(?!>|&)", inner):
+        problems.append("the log is truncated, not appended to")
+    if "||" not in inner:
+        problems.append("a failed run goes unnoticed")
+    return problems
+
+
+def test_the_cron_line_locks_first_appends_inside_the_lock_and_speaks_up_on_failure():
+    blocks = [body for language, body in FENCE.findall(README.read_text()) if language == "crontab"]
+    lines = [line for body in blocks for line in body.splitlines() if re.match(r"^[\d*]", line)]
+    assert len(lines) == 1 and cron_problems(lines[0]) == []
+    assert any(line.startswith("MAILTO=") for body in blocks for line in body.splitlines())
+    # the line the README gave before: the shell truncates the log before flock even looks at the lock
+    before = ("0 */6 * * * flock -n /run/veza_openai.lock docker run --rm --env-file /etc/veza/openai.env "
+              "veza_openai > /var/log/veza_openai.log 2>&1")
+    assert "a redirection outside the locked command" in cron_problems(before)
+    truncating = "0 * * * * flock -n /l sh -c 'docker run img > /var/log/x.log 2>&1 || echo failed'"
+    assert cron_problems(truncating) == ["the log is truncated, not appended to"]
