@@ -41,18 +41,27 @@ def main() -> int:
     }
     payload_file = workdir / "payload.json"
     try:
-        done = subprocess.run([str(HERE.parent / "veza_openai.py"), "--save_json", str(payload_file),
-                               *sys.argv[1:]], env=env, stdin=subprocess.DEVNULL)
+        returncode, log = run_and_echo([str(HERE.parent / "veza_openai.py"), "--save_json", str(payload_file),
+                                        *sys.argv[1:]], env)
     finally:
         openai_fake.stop()
         veza.stop()
-    if done.returncode != 0 or not veza.pushes:
-        print(f"demo failed: the connector exited {done.returncode}", file=sys.stderr)
+    if returncode != 0 or not veza.pushes:
+        print(f"demo failed: the connector exited {returncode}", file=sys.stderr)
         return 1
     app = veza.pushes[0]["payload"]["applications"][0]
+    counted = payload_counts(app)
     print(f"\nfake Veza received one push to data source {veza.data_source_names()[0]!r}: "
-          f"{len(app['local_users'])} users, {len(app['local_groups'])} groups, {len(app['local_roles'])} roles, "
-          f"{len(app['resources'])} projects, {len(app['local_access_creds'])} keys")
+          f"{len(app['local_users'])} identities, {len(app['local_roles'])} roles, "
+          f"{len(app['local_access_creds'])} credentials, "
+          f"{len(app['resources'])} top-level resources (projects and organization certificates)")
+    print("counted in the payload: " + " ".join(f"{name}={value}" for name, value in counted.items()))
+    summary = summary_fields(log)
+    differ = {name: (value, summary.get(name)) for name, value in counted.items() if summary.get(name) != str(value)}
+    if differ:
+        print(f"demo failed: the payload and the summary line differ (payload, summary): {differ}", file=sys.stderr)
+        return 1
+    print("the same as the summary line")
     print(f"the payload is at {payload_file} ({payload_file.stat().st_size:,} bytes); "
           f"first user: {json.dumps(app['local_users'][0])}")
     for report in veza.reports:
@@ -61,6 +70,48 @@ def main() -> int:
             query = next(q for q in veza.queries if q["name"] == name)
             print(f"  - {name}: {json.dumps(query['source_node_types'])}")
     return 0
+
+
+def run_and_echo(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the connector, passing its log through to this terminal as it comes, and keep the log."""
+    with subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:
+        lines = []
+        for line in process.stderr:
+            sys.stderr.write(line)
+            lines.append(line)
+    return process.returncode, "".join(lines)
+
+
+def summary_fields(log: str) -> dict[str, str]:
+    """The fields of the connector's summary line (the last line of its log, text or JSON), as text."""
+    last = log.strip().splitlines()[-1]
+    if last.startswith("{"):
+        return {name: str(value) for name, value in json.loads(last).items()}
+    return dict(field.split("=", 1) for field in last.split("summary: ", 1)[1].split() if "=" in field)
+
+
+def payload_counts(app: dict) -> dict[str, int]:
+    """What the payload holds, counted under the summary's names: an identity, a resource or a credential is
+    counted by what it is (a certificate is not a project, a federation rule is not an API key)."""
+    users, creds, resources = app["local_users"], app["local_access_creds"], app["resources"]
+
+    def props(item: dict) -> dict:
+        return item.get("custom_properties") or {}
+
+    federation = [c for c in creds if "workload_identity_provider_id" in props(c)]
+    project_keys = [c for c in creds if "project_id" in props(c) and c not in federation]
+    return {
+        "projects": sum(r["resource_type"] == "project" for r in resources),
+        "certificates": sum(r["resource_type"] == "certificate" for r in resources)
+        + sum(s["resource_type"] == "certificate" for r in resources for s in r.get("sub_resources") or []),
+        "groups": len(app["local_groups"]),
+        "service_accounts": sum(u.get("user_type") == "service_account" and "project_id" in props(u) for u in users),
+        "invites_pending": sum(props(u).get("invite_status") == "pending" for u in users),
+        "project_api_keys_active": sum(bool(c["is_active"]) for c in project_keys),
+        "project_api_keys_inactive": sum(not c["is_active"] for c in project_keys),
+        "admin_api_keys": len(creds) - len(project_keys) - len(federation),
+        "federation_rules": len(federation),
+    }
 
 
 if __name__ == "__main__":

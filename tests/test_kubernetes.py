@@ -104,6 +104,54 @@ def test_the_job_deadline_exceeds_the_connectors_own(cronjob, container):
     assert cronjob["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] >= max_run_time + 60
 
 
+# The sizing rule the README states beside the manifest, term by term.
+SIZING_RULE = (
+    "reading minutes       = max(projects / 7, users / 60, project memberships / 60)",
+    "OPENAI_MAX_RUN_TIME   = 1.5 x reading minutes x 60 + 1800",
+    "activeDeadlineSeconds = OPENAI_MAX_RUN_TIME + 600",
+)
+
+
+def sized_deadlines(projects: int, users: int, memberships: int, role_assignments_read: bool) -> tuple[float, float]:
+    """OPENAI_MAX_RUN_TIME and activeDeadlineSeconds by the README's rule."""
+    per_principal = (users / 60, memberships / 60) if role_assignments_read else (0, 0)
+    reading_minutes = max(projects / 7, *per_principal)
+    max_run_time = 1.5 * reading_minutes * 60 + 1800
+    return max_run_time, max_run_time + 600
+
+
+def test_the_readme_states_the_sizing_rule_the_test_applies():
+    text = MANIFEST.read_text()
+    for line in SIZING_RULE:
+        assert line in text, line
+    assert sized_deadlines(100, 0, 0, False) == pytest.approx((3085.7, 3685.7), abs=0.1)  # the README's example
+    assert "3,086 s and 3,686 s" in text
+    assert sized_deadlines(2000, 20000, 20000, True) == (31800, 32400)
+
+
+def test_the_manifests_deadlines_follow_the_sizing_rule_for_the_organization_it_is_sized_for(cronjob, container):
+    sizing = cronjob["metadata"]["annotations"]
+    max_run_time, deadline = sized_deadlines(int(sizing["sizing/projects"]), int(sizing["sizing/users"]),
+                                             int(sizing["sizing/project-memberships"]),
+                                             sizing["sizing/role-assignments-read"] == "true")
+    env = {entry["name"]: entry.get("value") for entry in container["env"]}
+    manifest_run_time = float(env["OPENAI_MAX_RUN_TIME"])
+    manifest_deadline = cronjob["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+    assert max_run_time <= manifest_run_time <= max_run_time + 600, "rounded up, not past the rule"
+    assert manifest_deadline == manifest_run_time + 600 >= deadline
+    # the run ends before the next one is due: the schedule runs once a day
+    minute, hour, *every_day = cronjob["spec"]["schedule"].split()
+    assert every_day == ["*", "*", "*"] and minute.isdigit() and hour.isdigit()
+    assert manifest_deadline + cronjob["spec"]["startingDeadlineSeconds"] < 24 * 3600
+
+
+def test_the_rule_sizes_a_large_organization_past_the_old_two_hours():
+    # the manifest used to stop every run at 7,200 s: about 770 projects at 7 requests a minute, while the
+    # README estimated 4.8 hours for 2,000
+    max_run_time, _ = sized_deadlines(2000, 0, 0, False)
+    assert max_run_time > 2000 / 7 * 60 > 7200
+
+
 def test_the_secret_is_mounted_as_files_and_the_file_variables_point_into_it(docs, pod, container):
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     secret_volumes = [v for v in volumes.values() if "secret" in v]
@@ -127,12 +175,11 @@ def test_the_secret_is_mounted_as_files_and_the_file_variables_point_into_it(doc
         assert env[name]["value"]
     assert env["LOG_FORMAT"]["value"] == "json"
 
-    secrets = [doc for doc in kind(docs, "Secret") if doc["metadata"]["name"] == secret_name]
-    assert len(secrets) == 1, "the example includes the Secret the CronJob mounts"
-    values = secrets[0].get("stringData") or {}
-    assert {path.name for path in files.values()} == set(values)
-    for value in values.values():
-        assert "REPLACE" in value and not value.startswith(("sk-", "veza-")), "placeholders, not real-looking keys"
+    assert kind(docs, "Secret") == [], "keys never sit in the YAML: the Secret is made from files"
+    created = re.findall(r"^kubectl create secret generic (\S+) (.+)$", MANIFEST.read_text(), re.MULTILINE)
+    assert len(created) == 1 and created[0][0] == secret_name
+    keys = re.findall(r"--from-file=([\w.-]+)=\S+", created[0][1])
+    assert sorted(keys) == sorted(path.name for path in files.values())
 
 
 def test_the_pod_runs_as_the_images_non_root_user_on_a_read_only_root(pod, container):
@@ -168,4 +215,6 @@ def test_the_images_entrypoint_is_not_overridden(container):
     assert entrypoint[-1].endswith("veza_openai.py")
     assert "command" not in container, f"a command: would replace the image's ENTRYPOINT {entrypoint}"
     assert not container.get("args"), "no flags are needed: the settings come from the environment"
-    assert container["image"].split("/")[-1].startswith("veza_openai:")
+    image, _, tag = container["image"].rpartition(":")
+    assert image.split("/")[-1] == "veza_openai" and "/" in image, "an image in your registry, not a local one"
+    assert tag == vo.__version__, "a versioned tag: the version that was built and pushed"
