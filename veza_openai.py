@@ -2340,7 +2340,7 @@ class ApplicationBuilder:
             held = group.role_assignments.get(role_id)
             holds = bool(held) and (held["apply_to_application"] if project is None
                                     else project.resource_key in held["resources"])
-            through = through and holds and group_id in member.groups
+            through = through and holds and group_id in (member.groups or ())
         return through
 
     def _warn_groups_not_in_payload(self) -> None:
