@@ -2891,7 +2891,7 @@ def read_organization(config: Config, summary: RunSummary) -> tuple[Snapshot, st
     finally:
         summary.calls, summary.retries, summary.throttled = reader.calls, reader.retries, reader.throttled
         client.session.close()
-    summary.left_out = ",".join(snapshot.unavailable)
+    summary.left_out = ",".join(sorted(snapshot.unavailable))
     _log_unavailable(snapshot)
     if snapshot.organization is None:
         log.info("is_personal left unset: the organization object is not readable with this key")
