@@ -1678,6 +1678,7 @@ PROJECT_ROLE_VALUES = {"owner": "project_owner", "member": "project_member", "vi
 UNKNOWN_ORG_ROLE_PERMISSIONS = FIXED_ROLES["reader"][1]
 UNKNOWN_PROJECT_ROLE_PERMISSIONS = ["Read Project"]
 KEY_ACCESS_VALUES = ("active", "inactive")
+KEY_OWNER_TYPES = ("user", "service_account")
 SOURCE_PRINCIPAL_TYPES = ("user", "group")
 HOSTED_TOOLS = ("code_interpreter", "file_search", "image_generation", "mcp", "web_search")
 CANONICAL_BY_VERB = {
@@ -2115,28 +2116,29 @@ class ApplicationBuilder:
 
     def warn_value(self, field_name: str, value: Any, what_then: str) -> None:
         """Warn once per field and value about a value the mapping does not know."""
-        shown = str(value)[:60]
+        shown = None if value is None else str(value)[:60]
         if (field_name, shown) not in self._warned_values:
             self._warned_values.add((field_name, shown))
-            self.warn(f"unknown {field_name} {shown!r}: {what_then}")
+            self.warn(f"missing {field_name}: {what_then}" if shown is None
+                      else f"unknown {field_name} {shown!r}: {what_then}")
 
-    @staticmethod
-    def _key_owner(record: dict) -> tuple[str | None, dict, bool]:
+    def _key_owner(self, record: dict) -> tuple[str | None, dict, bool]:
         """(owner id, the owner's record, is it a service account) of a key record.
 
-        A project key nests its owner (`owner.user` or `owner.service_account`); an admin key's owner
-        is flat (`owner.id`).
+        A project key nests its owner (`owner.user` or `owner.service_account`, as `owner.type` says); an
+        admin key's owner is flat (`owner.id`). Either shape is read on either kind of key, whatever `type`
+        says, so an odd or missing `type` never loses the owner.
         """
         owner = _dict(record.get("owner"))
         owner_type = _text(owner.get("type"))
-        if owner_type in ("user", "service_account") and isinstance(owner.get(owner_type), dict):
-            detail = owner[owner_type]
-        elif record.get("object") == "organization.project.api_key" or "user" in owner or \
-                "service_account" in owner:
-            detail = {}
-        else:
-            detail = owner
-        return _text(detail.get("id")), detail, owner_type == "service_account"
+        if owner_type is not None and owner_type not in KEY_OWNER_TYPES:
+            self.warn_value("API key owner type", owner_type, "the owner is read from the record's shape")
+        for kind in dict.fromkeys([owner_type, *KEY_OWNER_TYPES]):
+            if kind in KEY_OWNER_TYPES and isinstance(owner.get(kind), dict):
+                return _text(owner[kind].get("id")), owner[kind], kind == "service_account"
+        if any(kind in owner for kind in KEY_OWNER_TYPES):
+            return None, {}, False  # nested, but not an object: no owner to read
+        return _text(owner.get("id")), owner, owner_type == "service_account"
 
     def _map_project_api_keys(self) -> None:
         active = inactive = 0
@@ -2227,8 +2229,11 @@ class ApplicationBuilder:
     def _map_invites(self) -> None:
         pending = 0
         for record in self._records("invite", self.snapshot.invites or []):
-            if record.get("status") != "pending":
-                continue
+            status = _text(record.get("status"))
+            if status in ("accepted", "expired"):
+                continue  # accepted ones are users already; expired ones grant nothing
+            if status != "pending":
+                self.warn_value("invite status", status, "kept as a pending invite (it may still be accepted)")
             if record["id"] in self.app.local_users:
                 self.warn(f"invite {record['id']} has the id of an existing user; the invite is left out")
                 continue
@@ -2236,7 +2241,7 @@ class ApplicationBuilder:
             invitee = self.app.add_local_user(email or record["id"], identities=[email] if email else None,
                                               unique_id=record["id"])
             invitee.is_active = False
-            invitee.set_property("invite_status", "pending")
+            invitee.set_property("invite_status", status, ignore_none=True)
             invitee.set_property("invite_expires_at", rfc3339(record.get("expires_at")), ignore_none=True)
             role = self._role_for_value(record.get("role"), f"invite {record['id']}", project=False)
             if role:
