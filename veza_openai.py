@@ -1679,6 +1679,7 @@ UNKNOWN_ORG_ROLE_PERMISSIONS = FIXED_ROLES["reader"][1]
 UNKNOWN_PROJECT_ROLE_PERMISSIONS = ["Read Project"]
 KEY_ACCESS_VALUES = ("active", "inactive")
 KEY_OWNER_TYPES = ("user", "service_account")
+PROJECT_STATUSES = ("active", "archived")
 SOURCE_PRINCIPAL_TYPES = ("user", "group")
 HOSTED_TOOLS = ("code_interpreter", "file_search", "image_generation", "mcp", "web_search")
 CANONICAL_BY_VERB = {
@@ -2030,7 +2031,10 @@ class ApplicationBuilder:
         for record in self.project_records:
             pid = record["id"]
             project = self.app.add_resource(_text(record.get("name")) or pid, resource_type="project", unique_id=pid)
-            project.set_property("status", _text(record.get("status")), ignore_none=True)
+            status = _text(record.get("status"))
+            if status is not None and status.lower() not in PROJECT_STATUSES:
+                self.warn_value("project status", status, "read as not archived (its keys stay active)")
+            project.set_property("status", status, ignore_none=True)
             project.set_property("created_at", rfc3339(record.get("created_at")), ignore_none=True)
             project.set_property("archived_at", rfc3339(record.get("archived_at")), ignore_none=True)
             policy = (s.model_permissions or {}).get(pid)
