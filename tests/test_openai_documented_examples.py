@@ -130,7 +130,7 @@ def test_every_optional_field_absent_over_http_still_maps_every_record(tmp_path,
     examples = copy.deepcopy(EXAMPLES)
     for name, body in examples.items():
         for record in body["data"] if isinstance(body.get("data"), list) else [body]:
-            for field_name in OPTIONAL_BY_SDK.get(name, ()):
+            for field_name in [*OPTIONAL_BY_SDK.get(name, ()), "object"]:
                 record.pop(field_name, None)
     result, _ = replay_run(tmp_path, ca, veza, examples)
     assert result.returncode == 0, result.output
@@ -143,6 +143,20 @@ def test_every_optional_field_absent_over_http_still_maps_every_record(tmp_path,
 
 
 # --- C: the schema-driven sweep (pure mapping) ---------------------------------------------------------
+
+def test_every_list_item_object_the_connector_expects_is_the_one_openai_documents():
+    """Object types: a list item whose `object` is not the expected one fails the run, so the expected one must
+    be the documented one (Certificate.object documents one value per list)."""
+    for name, body in EXAMPLES.items():
+        family = vo.FAMILIES.get(name)
+        if family is None or not isinstance(body.get("data"), list):
+            continue
+        documented = {item.get("object") for item in body["data"]} - {None}
+        assert family.item_object is None or documented <= {family.item_object}, name
+    assert "organization.certificate" in VALUES["certificates.object"]["values"]
+    assert vo.FAMILIES["certificates"].item_object == "organization.certificate"
+    assert vo.FAMILIES["project_certificates"].item_object == "organization.project.certificate"
+
 
 OPTIONAL_BY_SDK = {  # fields the SDK types mark Optional, per example
     "users": ["api_key_last_used_at", "created", "email", "is_scim_managed", "is_service_account", "name", "role",
@@ -166,7 +180,7 @@ def sweep_base() -> dict:
     invite = examples["invites"]["data"][0]
     invite.update(status="pending", projects=[{"id": "proj_abc", "role": "member"}])
     examples["users"]["data"][0]["user"] = {"object": "user", "id": "user_abc", "banned": False, "enabled": True,
-                                            "banned_at": None}
+                                            "banned_at": PAST}  # an old ban, lifted
     examples["groups"]["data"][0]["group_type"] = "group"
     examples["project_groups"]["data"][0]["group_type"] = "group"
     examples["project_api_keys"]["data"][0]["expires_at"] = None
@@ -224,7 +238,9 @@ ENUM_RULES = {"org role", "invite role", "invite status", "invite project role",
               "principal type"}
 SWEEP = [
     ("users", "role", values("users.role", "users.role (modify user)"), "org role"),
-    ("invites", "role", values("invites.role"), "invite role"),
+    ("users", "user.banned", [True, False], "banned"),
+    ("users", "user.enabled", [True, False], "banned"),
+    ("invites", "role", values("invites.role", "users.role (modify user)"), "invite role"),
     ("invites", "status", values("invites.status"), "invite status"),
     ("invites", "projects.0.role", values("invites.projects.role"), "invite project role"),
     ("projects", "status", values("projects.status"), "project status"),
@@ -249,7 +265,7 @@ SWEEP = [
 ]
 for _name, _fields in {
     "users": ["id", "name", "email", "added_at", "created", "is_service_account", "is_scim_managed",
-              "api_key_last_used_at", "user.banned", "user.enabled", "user.banned_at", "user.email", "user.name"],
+              "api_key_last_used_at", "user.banned_at", "user.email", "user.name"],
     "invites": ["id", "email", "expires_at", "projects"],
     "projects": ["id", "name", "created_at"],
     "project_users": ["id", "name", "email"],
@@ -317,11 +333,15 @@ def permissions_held(payload: dict, identity: str, resource: str | None) -> set[
     return held
 
 
-def check_rule(rule: str, name: str, value, payload: dict, warnings: list[str]) -> None:
+def check_rule(rule: str, name: str, path: str, value, payload: dict, warnings: list[str]) -> None:
     app = application(payload)
     creds, users = by_id(app["local_access_creds"]), by_id(app["local_users"])
     known = value is not ABSENT and value is not None
-    if rule == "org role":
+    if rule == "banned":  # deactivated_at only when banned is true; inactive only when banned or not enabled
+        banned = path == "user.banned" and value is True
+        assert ("deactivated_at" in users["user_abc"]) is banned
+        assert users["user_abc"]["is_active"] is not (banned or (path == "user.enabled" and value is False))
+    elif rule == "org role":
         if known:
             assert READER <= permissions_held(payload, "user_abc", None)
         else:
@@ -384,7 +404,7 @@ def test_every_field_the_connector_reads_absent_null_or_each_documented_value_ke
             assert set(by_id(baseline[kind])) <= set(by_id(app[kind])), kind  # nothing of the baseline is dropped
     if value == UNKNOWN:
         assert len([w for w in result.warnings if UNKNOWN in w]) == 1, result.warnings
-    check_rule(rule, name, value, payload, result.warnings)
+    check_rule(rule, name, path, value, payload, result.warnings)
 
 
 def walk(node, key=None):
