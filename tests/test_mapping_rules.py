@@ -7,13 +7,13 @@ the floor of its scope, and nothing is dropped without a log line.
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 
 import veza_openai as vo
 
 BASE = 1_700_000_000
+FUTURE = 4_102_444_800  # 2100; fixed, so test ids do not depend on the clock
 READER_PERMISSIONS = ["Standard API Requests", "Read Organization"]
 
 
@@ -122,7 +122,7 @@ def test_an_unknown_project_role_reads_the_project_and_is_warned_once():
     ({"owner_project_access": None}, True),
     ({"owner_project_access": "inactive"}, False),
     ({"expires_at": BASE}, False),                     # expired before the read
-    ({"expires_at": int(time.time()) + 86_400}, True),
+    ({"expires_at": FUTURE}, True),
     ({"expires_at": None}, True),
 ])
 def test_a_project_keys_is_active_follows_owner_access_and_expiry(change, active):
@@ -136,7 +136,7 @@ def test_keys_of_an_archived_project_are_inactive():
     assert result.application.access_creds["k1"].is_active is False
 
 
-@pytest.mark.parametrize("expires_at, active", [(None, True), (BASE, False), (int(time.time()) + 86_400, True)])
+@pytest.mark.parametrize("expires_at, active", [(None, True), (BASE, False), (FUTURE, True)])
 def test_an_admin_keys_is_active_is_not_expired(expires_at, active):
     result = build(admin_api_keys=[admin_key("ka", expires_at=expires_at)])
     assert result.application.access_creds["ka"].is_active is active
