@@ -805,6 +805,8 @@ FAMILY_LIST = [
            path="/organization/workload_identity_providers/{provider_id}", grant="Workload identity: Read"),
 ]
 FAMILIES = {family.name: family for family in FAMILY_LIST}
+# OpenAI documents a 400 "when project is archived" on these per-project lists.
+LISTS_REFUSED_WHEN_ARCHIVED = frozenset({"project_users", "project_service_accounts"})
 # The single object of an entity kind, asked when one of its lists answers 404: (family, path argument).
 OBJECT_OF_KIND = {"project": ("project_object", "project_id"), "group": ("group_object", "group_id"),
                   "user": ("user_object", "user_id"), "provider": ("provider_object", "provider_id")}
@@ -966,6 +968,7 @@ class Snapshot:
     project_certificates: dict[str, list[dict]] | None = field(default_factory=dict)
     hosted_tool_permissions: dict[str, dict | None] | None = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)  # family name -> why it was left out
+    read_at: float = field(default_factory=time.time)  # Unix seconds the read started: "expired" is judged at it
     deleted: list[tuple[str, Any, str]] = field(default_factory=list)  # (entity kind, key, endpoint)
 
 
@@ -1231,6 +1234,7 @@ class OrganizationReader:
         self.role_decision_reason = ""
         self.user_role_reads_queued = False
         self.audit_log_read: ListRead | None = None
+        self.archived_projects: set[str] = set()
 
     # --- the order of reads ---------------------------------------------------------------
     def _start(self) -> None:
@@ -1267,6 +1271,7 @@ class OrganizationReader:
     def _on_projects(self, items: list[dict] | None) -> None:
         self.snapshot.projects = items
         projects = ids_of(items or [])
+        self.archived_projects = {record["id"] for record in unique_by_id(items or []) if project_is_archived(record)}
         self.role_lists_pending += len(projects)
         for pid in projects:
             self._read("project_users", lambda r, p=pid: self._on_project_users(p, r), key=pid, project_id=pid)
@@ -1522,6 +1527,11 @@ class OrganizationReader:
             self.queues[read.family.name].appendleft(request)
             return
         pacer.in_flight -= 1
+        if answer.status == 400 and self._archived_project_answer(read, answer):
+            # OpenAI documents this 400 "when project is archived": an archived project has no members.
+            log.info("%s: HTTP 400 for archived project %s; read as an empty list", path, read.key)
+            self._finish(read, [])
+            return
         if answer.status in (401, 403, 404):
             self._refused(request, AccessRefused(path, answer.status, answer.detail))
             return
@@ -1543,6 +1553,12 @@ class OrganizationReader:
         log.info("%s: %s, retry %d/%d in %.1fs", path, answer.problem, request.attempt,
                  self.config.max_retries, wait)
         heapq.heappush(self.delayed, (now + wait * self.scale, request.ticket, request))
+
+    def _archived_project_answer(self, read: ListRead, answer: Answer) -> bool:
+        """A 400 on an archived project's users or service accounts list (known archived, or the server says so)."""
+        if read.family.name not in LISTS_REFUSED_WHEN_ARCHIVED:
+            return False
+        return read.key in self.archived_projects or "archived" in answer.detail.lower()
 
     def _failed(self, read: ListRead, message: str) -> None:
         """A read that cannot complete: the run fails, except for the optional organization object."""
@@ -1799,8 +1815,19 @@ FIXED_ROLES = {  # unique id: (name, permissions)
                                        ["Standard API Requests", "Read Project", "Manage Project Members",
                                         "Manage Project API Keys"]),
     "project_member": ("Project Member", ["Standard API Requests", "Read Project"]),
+    # OpenAI's RBAC guide gives project viewers read access.
+    "project_viewer": ("Project Viewer", ["Read Project"]),
     "admin_api_key": ("Admin API Key", ["Read Organization", "Modify Billing", "Manage Members"]),
 }
+ORG_ROLE_VALUES = {"owner": "owner", "reader": "reader", "member": "reader"}  # invite docs say "owner or member"
+PROJECT_ROLE_VALUES = {"owner": "project_owner", "member": "project_member", "viewer": "project_viewer"}
+# An unknown role value never shows less than what every holder of a role there has: reading it.
+UNKNOWN_ORG_ROLE_PERMISSIONS = FIXED_ROLES["reader"][1]
+UNKNOWN_PROJECT_ROLE_PERMISSIONS = ["Read Project"]
+KEY_ACCESS_VALUES = ("active", "inactive")
+KEY_OWNER_TYPES = ("user", "service_account")
+PROJECT_STATUSES = ("active", "archived")
+SOURCE_PRINCIPAL_TYPES = ("user", "group")
 HOSTED_TOOLS = ("code_interpreter", "file_search", "image_generation", "mcp", "web_search")
 CANONICAL_BY_VERB = {
     **dict.fromkeys(("read", "list", "view", "get"), OAAPermission.MetadataRead),
@@ -1837,6 +1864,28 @@ def rfc3339(value: Any) -> str | None:
     except (ValueError, OverflowError, OSError):
         return None
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def project_is_archived(record: dict) -> bool:
+    """A project record that says it is archived (status `archived`, or an `archived_at` time)."""
+    status = _text(record.get("status"))
+    return (status is not None and status.lower() == "archived") or rfc3339(record.get("archived_at")) is not None
+
+
+def epoch_seconds(value: Any) -> float | None:
+    """A timestamp (Unix seconds, or an ISO string) as Unix seconds; None when absent or unusable."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) if value == value and abs(value) != float("inf") else None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            return float(text)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _text(value: Any) -> str | None:
@@ -1887,10 +1936,14 @@ class ApplicationBuilder:
         # Each list deduplicated once, deleted entities dropped.
         s = snapshot
         self._role_ids_from_api: set[str] | None = None
+        self._generated_roles: dict[tuple[str, str], str] = {}
+        self._groups_not_in_payload: dict[str, int] = {}  # group id -> role assignments given directly instead
+        self._warned_values: set[tuple[str, str]] = set()
         self._project_lists: dict[tuple[str, str, str | None], list[dict]] = {}
         self.users = self._records("organization user", s.users, "user")
         self.groups = self._records("group", s.groups or [], "group")
         self.project_records = self._records("project", s.projects or [], "project")
+        self.project_by_id = {record["id"]: record for record in self.project_records}
 
     def warn(self, message: str, once_key: str | None = None) -> None:
         if once_key is not None:
@@ -1966,6 +2019,7 @@ class ApplicationBuilder:
             d.define_access_cred_property(name, OAAPropertyType.STRING)
         for name in ("scopes", "attribute_matchers"):
             d.define_access_cred_property(name, OAAPropertyType.STRING_LIST)
+        d.define_access_cred_property("scopes_restricted", OAAPropertyType.BOOLEAN)
         for name, kind in (("status", OAAPropertyType.STRING), ("created_at", OAAPropertyType.TIMESTAMP),
                            ("archived_at", OAAPropertyType.TIMESTAMP),
                            ("model_permission_mode", OAAPropertyType.STRING),
@@ -1995,8 +2049,11 @@ class ApplicationBuilder:
         return self._role_ids_from_api
 
     def _role_for_value(self, value: Any, subject: str, *, project: bool) -> str:
-        """The local role id for an org or project role value, creating (and warning once about) an
-        empty role for a value the mapping does not know; "" when there is no role."""
+        """The local role id for an org or project role value; "" when there is no role.
+
+        A value the mapping does not know gets a role of its own with the floor of its scope (Reader's
+        permissions, or Read Project), created and warned about once per value.
+        """
         scope = "project" if project else "organization"
         role = _text(value)
         if role is None:
@@ -2005,20 +2062,33 @@ class ApplicationBuilder:
         role = role.lower()
         if project and role == "none":
             return ""
-        if role in (("owner", "member") if project else ("owner", "reader")):
-            return f"project_{role}" if project else role
-        role_id = f"project_{role}" if project else role
-        if not project and (role_id in FIXED_ROLES or role_id.startswith("project_")
-                            or role_id.casefold() in self._api_role_ids()):
-            # never borrow (or empty) another role: a fixed one (admin_api_key) or a Roles API one
-            role_id = f"organization_{role}"
-        elif project and (role_id in FIXED_ROLES or role_id.casefold() in self._api_role_ids()):
-            role_id = f"project_role_{role}"  # e.g. "owner_via_organization" must not become the implicit owner
-        if role_id not in self.app.local_roles:
-            name = f"Project {role.capitalize()}" if project else role.capitalize()
-            self.app.add_local_role(name, [], unique_id=role_id)
-        self.warn(f"unknown {scope} role {role!r}: mapped to {role_id!r} with no permissions", f"{scope}:{role}")
+        known = (PROJECT_ROLE_VALUES if project else ORG_ROLE_VALUES).get(role)
+        if known:
+            return known
+        if (scope, role) not in self._generated_roles:
+            self._generated_roles[(scope, role)] = self._add_generated_role(role, project)
+        return self._generated_roles[(scope, role)]
+
+    def _add_generated_role(self, role: str, project: bool) -> str:
+        wanted = f"project_{role}" if project else role
+        role_id = self._free_role_id(wanted, f"project_role_{role}" if project else f"organization_{role}")
+        name = f"Project {role.capitalize()}" if project else role.capitalize()
+        permissions = UNKNOWN_PROJECT_ROLE_PERMISSIONS if project else UNKNOWN_ORG_ROLE_PERMISSIONS
+        self.app.add_local_role(name, list(permissions), unique_id=role_id)
+        floor = "Read Project" if project else "Reader's permissions"
+        scope = "project" if project else "organization"
+        taken = "" if role_id == wanted else f" ({wanted!r} is the id of another role)"
+        self.warn(f"unknown {scope} role {role!r}: mapped to {role_id!r}{taken} with {floor}")
         return role_id
+
+    def _free_role_id(self, wanted: str, fallback: str) -> str:
+        """`wanted`, or else `fallback` (numbered if need be): never the id of a fixed, Roles API or other role."""
+        taken = {role_id.casefold() for role_id in (*FIXED_ROLES, *self.app.local_roles)} | self._api_role_ids()
+        candidate, number = wanted, 1
+        while candidate.casefold() in taken:
+            number += 1
+            candidate = fallback if number == 2 else f"{fallback}_{number - 1}"
+        return candidate
 
     # --- users ---------------------------------------------------------------------------
     def _add_user(self, record: dict) -> LocalUser:
@@ -2032,7 +2102,8 @@ class ApplicationBuilder:
             user.add_identity(email)
         user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
         user.is_active = not (nested.get("banned") is True or nested.get("enabled") is False)
-        user.deactivated_at = rfc3339(nested.get("banned_at"))
+        # banned and banned_at are independent: an unbanned user with an old banned_at is not deactivated
+        user.deactivated_at = rfc3339(nested.get("banned_at")) if nested.get("banned") is True else None
         user.user_type = "service_account" if record.get("is_service_account") is True else "human"
         user.set_property("added_at", rfc3339(record.get("added_at")), ignore_none=True)
         user.set_property("api_key_last_used_at", rfc3339(record.get("api_key_last_used_at")), ignore_none=True)
@@ -2107,7 +2178,10 @@ class ApplicationBuilder:
         for record in self.project_records:
             pid = record["id"]
             project = self.app.add_resource(_text(record.get("name")) or pid, resource_type="project", unique_id=pid)
-            project.set_property("status", _text(record.get("status")), ignore_none=True)
+            status = _text(record.get("status"))
+            if status is not None and status.lower() not in PROJECT_STATUSES:
+                self.warn_value("project status", status, "read as not archived (its keys stay active)")
+            project.set_property("status", status, ignore_none=True)
             project.set_property("created_at", rfc3339(record.get("created_at")), ignore_none=True)
             project.set_property("archived_at", rfc3339(record.get("archived_at")), ignore_none=True)
             policy = (s.model_permissions or {}).get(pid)
@@ -2165,9 +2239,9 @@ class ApplicationBuilder:
         self.counts["service_accounts"] = count
 
     # --- credentials ---------------------------------------------------------------------
-    def _add_credential(self, record: dict, *, is_active: bool) -> AccessCred:
+    def _add_credential(self, record: dict, *, is_active: bool, unique_id: str | None = None) -> AccessCred:
         """An access credential from a project or admin API key record."""
-        cred = self.app.add_access_cred(record["id"], _text(record.get("name")) or
+        cred = self.app.add_access_cred(unique_id or record["id"], _text(record.get("name")) or
                                         _text(record.get("redacted_value")) or record["id"])
         cred.created_at = rfc3339(record.get("created_at")) or ""
         cred.last_used_at = rfc3339(record.get("last_used_at")) or ""
@@ -2176,34 +2250,60 @@ class ApplicationBuilder:
         cred.set_property("redacted_value", _text(record.get("redacted_value")), ignore_none=True)
         return cred
 
-    @staticmethod
-    def _key_owner(record: dict) -> tuple[str | None, dict, bool]:
+    def _expired(self, record: dict) -> bool:
+        """Whether the key's `expires_at` was already past when the read started (absent: it does not expire)."""
+        expires = epoch_seconds(record.get("expires_at"))
+        return expires is not None and expires < self.snapshot.read_at
+
+    def _project_key_is_active(self, record: dict, project_archived: bool) -> bool:
+        """Not active when its owner lost project access, it expired, or its project is archived.
+
+        A record without `owner_project_access` (older API versions) is active: unknown is never "inactive".
+        """
+        access = record.get("owner_project_access")
+        if access is not None and access not in KEY_ACCESS_VALUES:
+            self.warn_value("owner_project_access", access, "read as active unless expired or archived")
+        return access != "inactive" and not self._expired(record) and not project_archived
+
+    def warn_value(self, field_name: str, value: Any, what_then: str) -> None:
+        """Warn once per field and value about a value the mapping does not know."""
+        shown = None if value is None else str(value)[:60]
+        if (field_name, shown) not in self._warned_values:
+            self._warned_values.add((field_name, shown))
+            self.warn(f"missing {field_name}: {what_then}" if shown is None
+                      else f"unknown {field_name} {shown!r}: {what_then}")
+
+    def _key_owner(self, record: dict) -> tuple[str | None, dict, bool]:
         """(owner id, the owner's record, is it a service account) of a key record.
 
-        A project key nests its owner (`owner.user` or `owner.service_account`); an admin key's owner
-        is flat (`owner.id`).
+        A project key nests its owner (`owner.user` or `owner.service_account`, as `owner.type` says); an
+        admin key's owner is flat (`owner.id`). Either shape is read on either kind of key, whatever `type`
+        says, so an odd or missing `type` never loses the owner.
         """
         owner = _dict(record.get("owner"))
         owner_type = _text(owner.get("type"))
-        if owner_type in ("user", "service_account") and isinstance(owner.get(owner_type), dict):
-            detail = owner[owner_type]
-        elif record.get("object") == "organization.project.api_key" or "user" in owner or \
-                "service_account" in owner:
-            detail = {}
-        else:
-            detail = owner
-        return _text(detail.get("id")), detail, owner_type == "service_account"
+        if owner_type is not None and owner_type not in KEY_OWNER_TYPES:
+            self.warn_value("API key owner type", owner_type, "the owner is read from the record's shape")
+        for kind in dict.fromkeys([owner_type, *KEY_OWNER_TYPES]):
+            if kind in KEY_OWNER_TYPES and isinstance(owner.get(kind), dict):
+                return _text(owner[kind].get("id")), owner[kind], kind == "service_account"
+        if any(kind in owner for kind in KEY_OWNER_TYPES):
+            return None, {}, False  # nested, but not an object: no owner to read
+        return _text(owner.get("id")), owner, owner_type == "service_account"
 
     def _map_project_api_keys(self) -> None:
         active = inactive = 0
         for pid, project in self.projects.items():
+            archived = project_is_archived(self.project_by_id[pid])
             for record in self._project_list("project_api_keys", pid, kind=None):
                 if record["id"] in self.app.access_creds:
+                    self.warn(f"project API key {record['id']} is listed in project {pid} and in another project; "
+                              "kept once, under the first", f"key twice:{record['id']}")
                     continue
                 owner_id, owner, service_account = self._key_owner(record)
                 if self._is_deleted_user(owner_id):
                     continue
-                cred = self._add_credential(record, is_active=record.get("owner_project_access") == "active")
+                cred = self._add_credential(record, is_active=self._project_key_is_active(record, archived))
                 self.project_key_ids.add(record["id"])
                 active += cred.is_active
                 inactive += not cred.is_active
@@ -2222,38 +2322,69 @@ class ApplicationBuilder:
         self.counts["project_api_keys_active"] = active
         self.counts["project_api_keys_inactive"] = inactive
 
+    def _admin_key_id(self, record: dict, redacted: str) -> str | None:
+        """The unique id an admin-list entry is pushed under; None when it is a project key, or not an admin key.
+
+        The admin list has been seen to return project keys: such an entry is that project key, once. OpenAI's
+        own examples use one id in both lists, so an entry whose value says admin (`sk-admin`) is kept too.
+        """
+        key_id = record["id"]
+        is_admin_value = redacted.startswith("sk-admin")
+        if key_id in self.app.access_creds:
+            if redacted and not is_admin_value:
+                self._project_keys_in_admin_list.append(key_id)
+                return None
+            unique_id = f"admin_api_key:{key_id}"
+            number = 1
+            while unique_id in self.app.access_creds:
+                number += 1
+                unique_id = f"admin_api_key:{key_id}:{number}"
+            other = _text(self.app.access_creds[key_id].properties.get("redacted_value")) or "no value"
+            self.warn(f"admin API key {key_id} ({redacted or 'no value'}) has the id of project API key {key_id} "
+                      f"({other}); both are kept, the admin key as {unique_id}")
+            return unique_id
+        if redacted and not is_admin_value:
+            # A project key whose project list was not read (refused, or the project deleted mid-run):
+            # granting it organization admin would overstate access, so it is left out and said.
+            self.warn(f"admin API key list returned {key_id} ({redacted}), which does not look like "
+                      "an admin key and is not a project key that was read; left out")
+            return None
+        return key_id
+
     def _map_admin_api_keys(self) -> None:
         count = 0
+        self._project_keys_in_admin_list: list[str] = []
         for record in self._records("admin API key", self.snapshot.admin_api_keys or []):
-            if record["id"] in self.app.access_creds:
-                continue  # the admin list also returns project keys: those stay project keys, once
-            redacted = _text(record.get("redacted_value")) or ""
-            if redacted and not redacted.startswith("sk-admin"):
-                # A project key whose project list was not read (refused, or the project deleted mid-run):
-                # granting it organization admin would overstate access, so it is left out and said.
-                self.warn(f"admin API key list returned {record['id']} ({redacted}), which does not look like "
-                          "an admin key and is not a project key that was read; left out")
+            unique_id = self._admin_key_id(record, _text(record.get("redacted_value")) or "")
+            if unique_id is None:
                 continue
             owner_id, owner, service_account = self._key_owner(record)
             if self._is_deleted_user(owner_id):
-                continue
-            cred = self._add_credential(record, is_active=True)
+                continue  # said by the deletion warning
+            cred = self._add_credential(record, is_active=not self._expired(record), unique_id=unique_id)
             cred.add_role("admin_api_key", apply_to_application=True)
             if owner_id:
                 holder = self._get_or_add_principal(owner_id, owner, f"admin API key {record['id']}",
                                                     service_account=service_account)
-                holder.add_access_cred(record["id"])
+                holder.add_access_cred(unique_id)
             else:
                 self.warn(f"admin API key {record['id']} has no owner in its record")
             count += 1
+        if self._project_keys_in_admin_list:
+            ids = self._project_keys_in_admin_list
+            log.info("admin API key list: %d entries are project API keys already read (%s%s); kept once, as "
+                     "project keys", len(ids), ", ".join(ids[:5]), ", ..." if len(ids) > 5 else "")
         self.counts["admin_api_keys"] = count
 
     # --- invites -------------------------------------------------------------------------
     def _map_invites(self) -> None:
         pending = 0
         for record in self._records("invite", self.snapshot.invites or []):
-            if record.get("status") != "pending":
-                continue
+            status = _text(record.get("status"))
+            if status in ("accepted", "expired"):
+                continue  # accepted ones are users already; expired ones grant nothing
+            if status != "pending":
+                self.warn_value("invite status", status, "kept as a pending invite (it may still be accepted)")
             if record["id"] in self.app.local_users:
                 self.warn(f"invite {record['id']} has the id of an existing user; the invite is left out")
                 continue
@@ -2261,7 +2392,7 @@ class ApplicationBuilder:
             invitee = self.app.add_local_user(email or record["id"], identities=[email] if email else None,
                                               unique_id=record["id"])
             invitee.is_active = False
-            invitee.set_property("invite_status", "pending")
+            invitee.set_property("invite_status", status, ignore_none=True)
             invitee.set_property("invite_expires_at", rfc3339(record.get("expires_at")), ignore_none=True)
             role = self._role_for_value(record.get("role"), f"invite {record['id']}", project=False)
             if role:
@@ -2322,15 +2453,16 @@ class ApplicationBuilder:
                 self._add_role_record(record)
         self.counts["roles"] = len(self.app.local_roles) - before
 
-    def _assign(self, identity: Any, assignments: list[dict], project: CustomResource | None) -> int:
+    def _assign(self, identity: Any, assignments: list[dict], project: CustomResource | None,
+                member: LocalUser | None = None) -> int:
+        """Give `identity` each role of its assignment records; a member's role that arrives through its
+        groups in the payload is left to them."""
         count = 0
         for record in self._records("role assignment", assignments):
-            sources = record.get("assignment_sources")
-            if any(isinstance(src, dict) and src.get("principal_type") == "group"
-                   for src in (sources if isinstance(sources, list) else [])):
-                continue  # inherited from a group: Veza derives it from the membership
             role_id = self._add_role_record(record)
             if role_id is None:
+                continue
+            if member is not None and self._arrives_through_groups(record, role_id, member, project):
                 continue
             if project is None:
                 identity.add_role(role_id, apply_to_application=True)
@@ -2338,6 +2470,43 @@ class ApplicationBuilder:
                 identity.add_role(role_id, resources=[project])
             count += 1
         return count
+
+    def _arrives_through_groups(self, record: dict, role_id: str, member: LocalUser,
+                                project: CustomResource | None) -> bool:
+        """True only when every assignment source is a group in the payload that holds this role (there)
+        and lists this member; anything else is a direct assignment, so access is never understated."""
+        sources = record.get("assignment_sources")
+        if not isinstance(sources, list) or not sources:
+            return False
+        through = True
+        for source in sources:
+            source = _dict(source)
+            kind = _text(source.get("principal_type"))
+            if kind is not None and kind.lower() not in SOURCE_PRINCIPAL_TYPES:
+                self.warn_value("assignment source principal_type", kind, "read as a direct assignment")
+            if kind is None or kind.lower() != "group":
+                through = False
+                continue
+            group_id = _text(source.get("principal_id")) or ""
+            group = self.app.local_groups.get(group_id) if group_id else None
+            if group is None:
+                self._groups_not_in_payload[group_id] = self._groups_not_in_payload.get(group_id, 0) + 1
+                through = False
+                continue
+            held = group.role_assignments.get(role_id)
+            holds = bool(held) and (held["apply_to_application"] if project is None
+                                    else project.resource_key in held["resources"])
+            through = through and holds and group_id in (member.groups or ())
+        return through
+
+    def _warn_groups_not_in_payload(self) -> None:
+        if not self._groups_not_in_payload:
+            return
+        missing = sorted(self._groups_not_in_payload)
+        why = "groups were left out" if self.snapshot.groups is None else "not in the group list, or deleted"
+        self.warn(f"{sum(self._groups_not_in_payload.values())} role assignments name groups that are not in the "
+                  f"payload ({why}: {', '.join(g or '(no id)' for g in missing[:5])}"
+                  f"{', ...' if len(missing) > 5 else ''}); those roles are given to the users directly")
 
     def _map_role_assignments(self) -> None:
         s = self.snapshot
@@ -2349,7 +2518,8 @@ class ApplicationBuilder:
                 count += self._assign(self.app.local_groups[record["id"]], s.group_roles.get(record["id"], []), None)
         if s.user_roles is not None:
             for record in self.users:
-                count += self._assign(self.app.local_users[record["id"]], s.user_roles.get(record["id"], []), None)
+                user = self.app.local_users[record["id"]]
+                count += self._assign(user, s.user_roles.get(record["id"], []), None, member=user)
         gone_links = self.deleted.get("project group", set())
         gone_members = self.deleted.get("project member", set())
         for pid, project in self.projects.items():
@@ -2370,7 +2540,9 @@ class ApplicationBuilder:
                     if (pid, member["id"]) in gone_members:
                         continue
                     user = self.app.local_users[member["id"]]
-                    count += self._assign(user, s.project_user_roles.get((pid, member["id"]), []), project)
+                    count += self._assign(user, s.project_user_roles.get((pid, member["id"]), []), project,
+                                          member=user)
+        self._warn_groups_not_in_payload()
         self.counts["role_assignments"] = count
 
     # --- access review: audit log activity, workload identity federation, certificates -------
@@ -2391,8 +2563,11 @@ class ApplicationBuilder:
             elif kind in ("api_key.created", "api_key.updated"):
                 details = _dict(event.get(kind))  # the details sit under a key named like the type
                 key_id = _text(details.get("id"))
-                scopes = _dict(details.get("data" if kind == "api_key.created" else "changes_requested")).get("scopes")
-                if key_id is None or not isinstance(scopes, list):
+                # The schema puts an update's scopes in changes_requested, OpenAI's own example in data: both.
+                holders = ("data",) if kind == "api_key.created" else ("changes_requested", "data")
+                scopes = next((_dict(details.get(holder)).get("scopes") for holder in holders
+                               if isinstance(_dict(details.get(holder)).get("scopes"), list)), None)
+                if key_id is None or scopes is None:
                     continue  # e.g. an update that renamed the key: it says nothing about scopes
                 rank = (at, str(event.get("id") or ""))
                 if key_id not in newest or rank > newest[key_id][0]:
@@ -2413,7 +2588,11 @@ class ApplicationBuilder:
                 log.debug("audit log: login by %s, who is not in the organization user list; ignored", user_id)
         keys = sorted(key_id for key_id in scopes if key_id in self.project_key_ids)
         for key_id in keys:
-            self.app.access_creds[key_id].set_property("scopes", scopes[key_id])
+            # An empty list means all permissions (OpenAI's key docs): unrestricted, no scopes to show.
+            cred = self.app.access_creds[key_id]
+            cred.set_property("scopes_restricted", bool(scopes[key_id]))
+            if scopes[key_id]:
+                cred.set_property("scopes", scopes[key_id])
         self.counts["logins"] = len(users & set(logins))
         self.counts["key_scopes"] = len(keys)
 
@@ -2806,7 +2985,8 @@ def create_or_update_report(client: OAAClient) -> str:
 class RunSummary:
     outcome: str = "failed"
     counts: dict[str, int] = field(default_factory=dict)
-    warnings: int = 0
+    warnings: int = 0  # every warning line the run logged (WarningCounter)
+    left_out: str = ""  # the families left out (refused, or missing from the organization), comma-separated
     veza_warnings: int = 0
     throttled: int = 0
     calls: int = 0
@@ -2815,7 +2995,7 @@ class RunSummary:
     report: str = ""  # with --create-report: created, updated, unchanged or failed
 
     def fields(self) -> dict[str, Any]:
-        return {"outcome": self.outcome, **self.counts, "warnings": self.warnings,
+        return {"outcome": self.outcome, **self.counts, "warnings": self.warnings, "left_out": self.left_out,
                 "veza_warnings": self.veza_warnings, "throttled": self.throttled, "calls": self.calls,
                 "retries": self.retries, "seconds": round(self.seconds, 1),
                 **({"report": self.report} if self.report else {}), "version": __version__}
@@ -2825,6 +3005,28 @@ class RunSummary:
 
     def log(self, level: int) -> None:
         log_with_fields(level, {"summary": True, **self.fields()}, "%s", self.line())
+
+
+class WarningCounter(logging.Handler):
+    """Counts the warning lines the connector logs, so the summary's `warnings=` misses none."""
+
+    def __init__(self, summary: RunSummary) -> None:
+        super().__init__(logging.WARNING)
+        self.summary = summary
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno == logging.WARNING:
+            self.summary.warnings += 1
+
+
+@contextlib.contextmanager
+def warnings_counted(summary: RunSummary) -> Iterator[None]:
+    counter = WarningCounter(summary)
+    log.addHandler(counter)
+    try:
+        yield
+    finally:
+        log.removeHandler(counter)
 
 
 def _log_unavailable(snapshot: Snapshot) -> None:
@@ -2845,6 +3047,7 @@ def read_organization(config: Config, summary: RunSummary) -> tuple[Snapshot, st
     finally:
         summary.calls, summary.retries, summary.throttled = reader.calls, reader.retries, reader.throttled
         client.session.close()
+    summary.left_out = ",".join(sorted(snapshot.unavailable))
     _log_unavailable(snapshot)
     if snapshot.organization is None:
         log.info("is_personal left unset: the organization object is not readable with this key")
@@ -2867,7 +3070,6 @@ def discover(config: Config, summary: RunSummary) -> dict:
         result = build_application(snapshot)
         payload = result.application.get_payload()
     summary.counts = result.counts
-    summary.warnings = len(result.warnings)
     for message in result.warnings:
         log.warning("%s", message)
     seconds = time.monotonic() - mapping_started
@@ -2879,7 +3081,11 @@ def discover(config: Config, summary: RunSummary) -> dict:
 def run(config: Config, summary: RunSummary | None = None, progress: PushProgress | None = None) -> RunSummary:
     """Read, map, save and push once. Raises DiscoveryError or PushError; fills `summary` as it goes."""
     summary = summary or RunSummary()
-    progress = progress or PushProgress()
+    with warnings_counted(summary):
+        return _run_counted(config, summary, progress or PushProgress())
+
+
+def _run_counted(config: Config, summary: RunSummary, progress: PushProgress) -> RunSummary:
     veza = None
     if not config.dry_run:  # fail fast, before spending OpenAI quota, when Veza cannot take the result
         log.info("connecting to Veza at %s", config.veza_url)

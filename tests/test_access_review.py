@@ -414,10 +414,11 @@ def test_a_dry_run_of_the_demo_shows_every_access_review_field(run_connector, op
     assert app["custom_properties"]["activity_window_days"] == 90
 
 
-def test_a_project_role_named_like_the_implicit_owner_role_gets_no_permissions(run_connector, veza, openai_fake):
+def test_a_project_role_named_like_the_implicit_owner_role_gets_only_read_project(run_connector, veza,
+                                                                                  openai_fake):
     openai_fake.org.project_users["proj_alpha"][1]["role"] = "owner_via_organization"
     payload, _ = pushed(run_connector, veza)
     assert "project_owner_via_organization" not in assignments(payload, "user-0011")
     roles = by_id(application(payload)["local_roles"])
-    assert roles["project_role_owner_via_organization"].get("permissions", []) == []
+    assert roles["project_role_owner_via_organization"]["permissions"] == ["Read Project"]
     assert assignments(payload, "user-0011")["project_role_owner_via_organization"]["resources"] == ["proj_alpha"]

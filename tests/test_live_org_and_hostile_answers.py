@@ -615,7 +615,8 @@ def test_an_org_role_value_admin_api_key_never_grants_the_admin_key_roles_permis
     payload = veza.payloads[0]
     assert set(assignments(payload, "user-0006")) == {"organization_admin_api_key"}
     roles = by_id(application(payload)["local_roles"])
-    assert roles["organization_admin_api_key"].get("permissions", []) == []
+    # an unknown org role value: Reader's permissions, never the admin key role's
+    assert roles["organization_admin_api_key"]["permissions"] == ["Standard API Requests", "Read Organization"]
     assert roles["admin_api_key"]["permissions"] == ["Read Organization", "Modify Billing", "Manage Members"]
     assert "unknown organization role 'admin_api_key'" in result.stderr
 

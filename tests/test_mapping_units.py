@@ -121,15 +121,17 @@ def test_redacting_formatter_masks_secrets_in_messages_and_tracebacks():
 
 # --- mapping -------------------------------------------------------------------------------------
 
-def test_the_same_user_twice_is_one_user_and_unknown_roles_warn_once():
+def test_the_same_user_twice_is_one_user_and_unknown_roles_warn_once_with_readers_permissions():
     snapshot = vo.Snapshot(org_id="org-u", users=[user("u1", "billing"), user("u1", "billing"),
                                                   user("u2", "billing"), {"role": "reader"}])
     result = build(snapshot)
     users = result.application.local_users
     assert list(users) == ["u1", "u2"]
-    assert result.application.local_roles["billing"].name == "Billing"
+    billing = result.application.local_roles["billing"]
+    assert billing.name == "Billing"
+    assert sorted(billing.permissions) == ["Read Organization", "Standard API Requests"]
     assert [w for w in result.warnings if "billing" in w] == [
-        "unknown organization role 'billing': mapped to 'billing' with no permissions"]
+        "unknown organization role 'billing': mapped to 'billing' with Reader's permissions"]
 
 
 def test_a_user_without_email_has_no_identity_and_is_kept():

@@ -262,20 +262,23 @@ def test_a_throttled_organization_object_leaves_is_personal_unset_and_never_fail
 
 
 def test_a_project_role_value_never_empties_a_roles_api_role_with_the_same_id(openai_fake, run_connector, veza):
-    """README: 'A value that would take the id of a fixed role or of a Roles API role ... gets the id
-    organization_<value> (project values: project_role_<value>) instead, so it never borrows or empties
-    another role.' For project values only fixed roles are checked: the member role value 'viewer'
-    creates an empty `project_viewer` first, and the Roles API role `project_viewer` then keeps no
-    permissions, while the member borrows it."""
-    openai_fake.org.roles.append({"object": "role", "id": "project_viewer", "name": "Viewer (API)",
+    """Spec: an unknown project role value gets `project_<value>`, but every generated id is checked against
+    every id in the payload: with a Roles API role `project_auditor`, the value 'auditor' gets
+    `project_role_auditor` (Read Project) and the API role keeps its own permissions."""
+    openai_fake.org.roles.append({"object": "role", "id": "project_auditor", "name": "Auditor (API)",
                                   "permissions": ["api.project.read"], "predefined_role": False,
                                   "resource_type": "api.project", "description": None})
+    [member] = [m for m in openai_fake.org.project_users["proj_beta"] if m["id"] == "user-0012"]
+    member["role"] = "auditor"
     result = run_connector(*NO_ROLE_READS)
     assert result.returncode == 0, result.output
     payload = veza.payloads[0]
     roles = by_id(application(payload)["local_roles"])
-    assert roles["project_viewer"].get("permissions") == ["api.project.read"], roles["project_viewer"]
-    assert "project_viewer" not in assignments(payload, "user-0012")
+    assert roles["project_auditor"].get("permissions") == ["api.project.read"], roles["project_auditor"]
+    assert roles["project_role_auditor"] == {"name": "Project Auditor", "permissions": ["Read Project"],
+                                             "id": "project_role_auditor"}
+    assert "project_auditor" not in assignments(payload, "user-0012")
+    assert assignments(payload, "user-0012")["project_role_auditor"]["resources"] == ["proj_beta"]
 
 
 def test_dry_run_with_create_report_makes_no_veza_call_and_exits_0(openai_fake, run_connector, veza):
