@@ -3175,7 +3175,7 @@ def main(argv: list[str] | None = None) -> int:
              mask_key(config.openai_api_key))
     for note in config.notes:
         log.warning("configuration: %s", note)
-    summary = RunSummary()
+    summary = RunSummary(warnings=len(config.notes))  # run() counts the warning lines that follow
     progress = PushProgress()
     status = ExitStatus.FAILED
     with stop_on_signals() as signals:

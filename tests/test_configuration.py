@@ -148,3 +148,12 @@ def test_unverified_veza_tls_logs_one_json_warning_not_urllib3_text(run_connecto
     assert [e["level"] for e in entries if "VEZA_UNSAFE_HTTPS" in e["message"]] == ["WARNING"]
     assert "InsecureRequestWarning" not in result.output
     assert OPENAI_SECRET not in result.output
+
+
+def test_a_quoted_key_from_an_env_file_still_pushes_and_its_warning_is_counted(run_connector, veza):
+    result = run_connector(*NO_ROLE_READS, env={"OPENAI_API_KEY": f'"{OPENAI_SECRET}"'})
+    assert result.returncode == 0, result.output
+    assert "configuration: OPENAI_API_KEY is wrapped in quotes" in result.stderr
+    warning_lines = [line for line in result.stderr.splitlines() if " WARNING " in line]
+    assert f" warnings={len(warning_lines)} " in result.stderr.splitlines()[-1]
+    assert OPENAI_SECRET not in result.output
