@@ -1075,6 +1075,7 @@ class OrganizationReader:
         self.not_found: dict[str, list[tuple[Any, str, float]]] = {}  # family -> [(entity key, endpoint, when)]
         self.found: dict[str, dict[Any, float]] = {}  # entity kind -> key -> latest send of a read that found it
         self.exists: dict[tuple[str, Any], bool | None] = {}  # (kind, key) -> its own object answered 200/404
+        self.existence_unknown: dict[tuple[str, Any], str] = {}  # (kind, key) -> why its object could not say
         self.next_global_send = 0.0
         self.calls = self.retries = self.throttled = 0
         self.started = 0.0
@@ -1492,7 +1493,8 @@ class OrganizationReader:
         """401/403/404: the key may not read this, the organization lacks it, or the entity is gone."""
         read, family = request.read, request.read.family
         if family.name in OBJECT_FAMILIES and refusal.status != 401:  # asked only after a 404 on its lists
-            self._finish(read, NOT_FOUND if refusal.status == 404 else None)
+            # Only the entity's own 404 says it is gone; a 403 leaves the question open.
+            self._finish(read, NOT_FOUND if refusal.status == 404 else refusal)
             return
         if family.name == "organization":  # asked of dashboard-style keys only; never fails the run
             log.debug("organization object not available: %s", refusal)
@@ -1554,11 +1556,14 @@ class OrganizationReader:
 
     def _note_existence(self, kind_and_key: tuple[str, Any], result: Any) -> None:
         self.exists[kind_and_key] = True if isinstance(result, dict) else False if result is NOT_FOUND else None
+        if isinstance(result, AccessRefused):
+            self.existence_unknown[kind_and_key] = f"HTTP {result.status} on {result.endpoint}"
 
     def _settle_not_found(self) -> None:
-        """Entities their own object says are gone are deleted. Where it could not say (a link between
-        two entities, or a key that may not read single objects), a 404 on every entity of a family is
-        the family missing: with several entities, or with one that another read found after the 404."""
+        """Entities their own object says are gone (404) are deleted; nothing else is. Where the object could
+        not say (403, or never answered), the entity may exist: its family is left out. A link between two
+        entities has no object: a 404 on every link of a family is the family missing (with several links,
+        or with one that another read found after the 404), else that link is gone."""
         for name, misses in self.not_found.items():
             family = FAMILIES[name]
             if name in self.snapshot.unavailable:
@@ -1566,12 +1571,20 @@ class OrganizationReader:
             gone = [(key, endpoint) for key, endpoint, _ in misses if self.exists.get((family.per, key)) is False]
             unsure = [(key, endpoint, when) for key, endpoint, when in misses
                       if self.exists.get((family.per, key)) is None]
+            self.snapshot.deleted.extend((family.per, key, endpoint) for key, endpoint in gone)
+            if unsure and family.per in OBJECT_OF_KIND:
+                # It may exist: an open question is the family rule, never a silent drop.
+                key, endpoint, _ = unsure[0]
+                asked = self.existence_unknown.get((family.per, key), "its object was not read")
+                self._leave_out(family, f"HTTP 404 on {endpoint}, and whether {family.per} {key} still exists "
+                                        f"is unknown ({asked})")
+                continue
             seen = self.found.get(family.per, {})
             alive_after = any(seen.get(key, float("-inf")) > when for key, _, when in unsure)
             if unsure and not gone and self.finished_reads[name] == len(misses) and (len(unsure) > 1 or alive_after):
                 self._leave_out(family, f"HTTP 404 on every {family.per} ({misses[0][1]}, ...)")
                 continue
-            for key, endpoint in gone + [(key, endpoint) for key, endpoint, _ in unsure]:
+            for key, endpoint, _ in unsure:  # a link between two entities: its own list is all there is to ask
                 self.snapshot.deleted.append((family.per, key, endpoint))
 
     # --- progress ---------------------------------------------------------------------------
