@@ -663,6 +663,8 @@ OBJECT_OF_KIND = {"project": ("project_object", "project_id"), "group": ("group_
                   "user": ("user_object", "user_id"), "provider": ("provider_object", "provider_id")}
 OBJECT_FAMILIES = {family for family, _ in OBJECT_OF_KIND.values()}
 NOT_FOUND = object()  # the result of an object read that answered 404
+# A project's optional settings: an answer of an unknown shape leaves them unset (warned), never fails the run.
+OPTIONAL_SETTINGS = frozenset({"model_permissions", "hosted_tool_permissions"})
 
 
 def _retry_after_seconds(response: requests.Response) -> float | None:
@@ -1409,6 +1411,9 @@ class OrganizationReader:
     def _take_page(self, request: Request, body: Any) -> None:
         read, family, path = request.read, request.read.family, request.read.path
         if not isinstance(body, dict):
+            if family.name in OPTIONAL_SETTINGS:  # the mapping warns and leaves the settings unset
+                self._finish(read, body)
+                return
             self._failed(read, f"{path}: answer is JSON but not an object")
             return
         if family.cursor is None:
@@ -1683,8 +1688,13 @@ def canonical_permission(permission: str) -> OAAPermission:
     return CANONICAL_BY_VERB.get(verb, OAAPermission.Uncategorized)
 
 
-def rfc3339(value: Any) -> str | None:
-    """Unix seconds (or an ISO string) as RFC3339 UTC with a Z suffix; None when absent or unusable."""
+# Go's zero time: what a server written in Go sends for "never set". As a date it would be an expiry
+# 2,000 years past (a key shown expired) or a login that never happened, so it is unset, not a date.
+GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)
+
+
+def _moment(value: Any) -> datetime | None:
+    """Unix seconds (number or digits) or an ISO string as an aware UTC datetime; None when absent or unusable."""
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -1700,9 +1710,26 @@ def rfc3339(value: Any) -> str | None:
                     moment = moment.replace(tzinfo=timezone.utc)
         else:
             return None
-    except (ValueError, OverflowError, OSError):
+        moment = moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError, OSError):  # nan, inf, out of range, not a date
         return None
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if moment == GO_ZERO_TIME else moment
+
+
+def rfc3339(value: Any) -> str | None:
+    """Unix seconds (or an ISO string) as RFC3339 UTC with a Z suffix and a four-digit year; None when absent
+    or unusable (Go's zero time included)."""
+    moment = _moment(value)
+    if moment is None:
+        return None
+    # strftime("%Y") does not pad years before 1000 on Linux ("892-07-31..."), which is not RFC3339.
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}Z"
+
+
+def epoch_seconds(value: Any) -> float | None:
+    """The same value as Unix seconds, for comparing times as numbers (strings sort "892-..." after "2026-...")."""
+    moment = _moment(value)
+    return None if moment is None else moment.timestamp()
 
 
 def _text(value: Any) -> str | None:
@@ -1757,6 +1784,15 @@ class ApplicationBuilder:
         self.users = self._records("organization user", s.users, "user")
         self.groups = self._records("group", s.groups or [], "group")
         self.project_records = self._records("project", s.projects or [], "project")
+
+    def _flag(self, record: dict, name: str, subject: str) -> bool | None:
+        """A boolean field: true, false, or None when absent or not a boolean (then warned once, as unknown)."""
+        value = record.get(name)
+        if value is None or isinstance(value, bool):
+            return value
+        self.warn(f"{subject} has {name} {_shape(value)}, not true or false; treated as unknown",
+                  f"flag:{subject}:{name}")
+        return None
 
     def warn(self, message: str, once_key: str | None = None) -> None:
         if once_key is not None:
@@ -1897,7 +1933,10 @@ class ApplicationBuilder:
             user.email = email
             user.add_identity(email)
         user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
-        user.is_active = not (nested.get("banned") is True or nested.get("enabled") is False)
+        subject = f"user {record['id']}"
+        # Unknown (a string "false", 1) is not false: active, so access is never understated, and warned.
+        user.is_active = not (self._flag(nested, "banned", subject) is True
+                              or self._flag(nested, "enabled", subject) is False)
         user.deactivated_at = rfc3339(nested.get("banned_at"))
         user.user_type = "service_account" if record.get("is_service_account") is True else "human"
         user.set_property("added_at", rfc3339(record.get("added_at")), ignore_none=True)
@@ -1977,22 +2016,39 @@ class ApplicationBuilder:
             project.set_property("created_at", rfc3339(record.get("created_at")), ignore_none=True)
             project.set_property("archived_at", rfc3339(record.get("archived_at")), ignore_none=True)
             policy = (s.model_permissions or {}).get(pid)
-            if isinstance(policy, dict):
+            if policy is not None and not isinstance(policy, dict):
+                self.warn(f"project {pid} model permissions are {_shape(policy)}, not an object; "
+                          "model_permission_mode and model_ids left unset")
+            elif isinstance(policy, dict):
                 project.set_property("model_permission_mode", _text(policy.get("mode")), ignore_none=True)
                 ids = policy.get("model_ids")
                 if isinstance(ids, list):
                     project.set_property("model_ids", [str(i) for i in ids])
-            tools = (s.hosted_tool_permissions or {}).get(pid)
-            for tool in HOSTED_TOOLS if isinstance(tools, dict) else ():
-                enabled = _dict(tools.get(tool)).get("enabled")
-                if isinstance(enabled, bool):
-                    project.set_property(f"{tool}_enabled", enabled)
+            self._map_hosted_tools(project, (s.hosted_tool_permissions or {}).get(pid))
             self.projects[pid] = project
         # Organization owners own every project, listed or not (OpenAI's rule).
         for owner_id in self.org_owner_ids:
             self.app.local_users[owner_id].add_role("project_owner_via_organization",
                                                     resources=list(self.projects.values()))
         self.counts["projects"] = len(self.projects)
+
+    def _map_hosted_tools(self, project: CustomResource, tools: Any) -> None:
+        """`<tool>_enabled` from {"<tool>": {"enabled": bool}}; any other shape is warned and left unset."""
+        pid = project.unique_id
+        if tools is None:
+            return
+        if not isinstance(tools, dict):
+            self.warn(f"project {pid} hosted tool permissions are {_shape(tools)}, not an object; every "
+                      "*_enabled property left unset")
+            return
+        for tool in HOSTED_TOOLS:
+            setting = tools.get(tool)
+            enabled = setting.get("enabled") if isinstance(setting, dict) else None
+            if isinstance(enabled, bool):
+                project.set_property(f"{tool}_enabled", enabled)
+            elif setting is not None:
+                self.warn(f"project {pid} hosted tool {tool} is {_shape(setting)}, not {{\"enabled\": true or "
+                          f"false}}; {tool}_enabled left unset")
 
     def _project_list(self, family: str, pid: str, kind: str = "user") -> list[dict]:
         """One project's records of a per-project family, deduplicated, deleted principals dropped (once)."""
@@ -2242,17 +2298,19 @@ class ApplicationBuilder:
     # --- access review: audit log activity, workload identity federation, certificates -------
     def _audit_activity(self) -> tuple[dict[str, str], dict[str, list[str]]]:
         """(user id -> latest login, project key id -> scopes of its newest scope-setting event) in the window."""
-        since = rfc3339(self.snapshot.activity_since) or ""
-        logins: dict[str, str] = {}
-        newest: dict[str, tuple[tuple[str, str], list[str]]] = {}
+        # Times compare as numbers: as text, a year-892 login ("0892-..." or worse "892-...") could win.
+        since = epoch_seconds(self.snapshot.activity_since)
+        since = float("-inf") if since is None else since
+        logins: dict[str, float] = {}
+        newest: dict[str, tuple[tuple[float, str], list[str]]] = {}
         for event in self.snapshot.audit_logs or []:
             kind = event.get("type") if isinstance(event, dict) else None
-            at = rfc3339(event.get("effective_at")) if kind else None
+            at = epoch_seconds(event.get("effective_at")) if kind else None
             if at is None or at < since:  # the server filters by type and time; a server that did not is checked
                 continue
             if kind == "login.succeeded":
                 user_id = _text(_dict(_dict(_dict(event.get("actor")).get("session")).get("user")).get("id"))
-                if user_id and at > logins.get(user_id, ""):
+                if user_id and at > logins.get(user_id, float("-inf")):
                     logins[user_id] = at
             elif kind in ("api_key.created", "api_key.updated"):
                 details = _dict(event.get(kind))  # the details sit under a key named like the type
@@ -2263,7 +2321,8 @@ class ApplicationBuilder:
                 rank = (at, str(event.get("id") or ""))
                 if key_id not in newest or rank > newest[key_id][0]:
                     newest[key_id] = (rank, [scope for scope in scopes if isinstance(scope, str)])
-        return logins, {key_id: scopes for key_id, (_, scopes) in newest.items()}
+        return ({user_id: rfc3339(at) for user_id, at in logins.items()},
+                {key_id: scopes for key_id, (_, scopes) in newest.items()})
 
     def _map_activity(self) -> None:
         s = self.snapshot
@@ -2308,7 +2367,10 @@ class ApplicationBuilder:
                     continue
                 cred = self.app.add_access_cred(rule["id"], _text(rule.get("name")) or rule["id"])
                 cred.created_at = rfc3339(rule.get("created_at")) or ""
-                cred.is_active = rule.get("enabled") is not False and provider.get("enabled") is not False
+                # Unknown (not a boolean) is warned and counts as enabled: access is never understated.
+                cred.is_active = (self._flag(rule, "enabled", f"federation rule {rule['id']}") is not False and
+                                  self._flag(provider, "enabled", f"workload identity provider {provider_id}")
+                                  is not False)
                 cred.set_property("issuer", _text(provider.get("issuer")), ignore_none=True)
                 cred.set_property("audience", _text(provider.get("audience")), ignore_none=True)
                 cred.set_property("workload_identity_provider_id", provider_id)
@@ -2336,6 +2398,10 @@ class ApplicationBuilder:
         """The rule's service account holds it, and it gets that account's role on the rule's project."""
         account_id = _text(rule.get("service_account_id"))
         holder = self.app.local_users.get(account_id) if account_id else None
+        if holder is not None and holder.user_type != "service_account":
+            self.warn(f"federation rule {rule['id']} names {account_id} as its service account, but that id is a "
+                      "human user's; kept without a holder or project role")
+            return
         if holder is None:
             self.warn(f"federation rule {rule['id']} names service account {account_id} which is not listed; "
                       "kept without a holder or project role")
@@ -2381,6 +2447,15 @@ class ApplicationBuilder:
         details = _dict(record.get("certificate_details"))
         certificate.set_property("valid_at", rfc3339(details.get("valid_at")), ignore_none=True)
         certificate.set_property("expires_at", rfc3339(details.get("expires_at")), ignore_none=True)
+
+
+def _shape(value: Any) -> str:
+    """A value from a server as short JSON, for a warning about its shape."""
+    try:
+        text = json.dumps(value, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        text = type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _matcher_value(value: Any) -> str:
