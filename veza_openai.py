@@ -1450,9 +1450,11 @@ class OrganizationReader:
         """Stop the audit log at MAX_AUDIT_LOG_PAGES: it comes newest first, so what was read is each user's
         latest login and each key's latest scopes, back to the last event read; older ones are missing."""
         s = self.snapshot
-        oldest = read.items[-1].get("effective_at") if read.items else None
+        # The last event with a usable time: one odd record (NaN, a string) must not stop the run.
+        oldest = next((at for at in map(epoch_seconds, (event.get("effective_at") for event in reversed(read.items)))
+                       if at is not None), None)
         days = self.config.activity_days
-        if isinstance(oldest, (int, float)) and not isinstance(oldest, bool) and s.activity_since is not None:
+        if oldest is not None and s.activity_since is not None:
             now = s.activity_since + days * 86_400
             s.activity_window_days = max(0, min(days, int((now - oldest) // 86_400)))
         else:
@@ -1632,13 +1634,24 @@ def ids_of(items: Iterable[dict], key: str = "id") -> list[str]:
     return [item[key] for item in unique_by_id(items, key)]
 
 
+def usable_id(value: Any) -> bool:
+    """A non-blank string that is valid Unicode: a lone surrogate ("\\ud800" in JSON) fits no URL or payload."""
+    if not isinstance(value, str) or not value.strip():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def unique_by_id(items: Iterable[dict], key: str = "id") -> list[dict]:
     """Items with a usable string id, first occurrence kept, compared case-insensitively as Veza does."""
     seen: set[str] = set()
     result = []
     for item in items:
         item_id = item.get(key) if isinstance(item, dict) else None
-        if isinstance(item_id, str) and item_id.strip() and item_id.casefold() not in seen:
+        if usable_id(item_id) and item_id.casefold() not in seen:
             seen.add(item_id.casefold())
             result.append(item)
     return result
@@ -1812,8 +1825,9 @@ class ApplicationBuilder:
         gone = self.deleted.get(kind, set()) if kind else set()
         for item in items:
             item_id = item.get(key) if isinstance(item, dict) else None
-            if not isinstance(item_id, str) or not item_id.strip():
-                message = f"a {what} record has no usable {key} ({type(item_id).__name__}); skipped"
+            if not usable_id(item_id):
+                shown = ascii(item_id) if isinstance(item_id, str) and item_id.strip() else type(item_id).__name__
+                message = f"a {what} record has no usable {key} ({shown}); skipped"
                 self.warn(message, message)
                 continue
             folded = item_id.casefold()
