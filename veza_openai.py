@@ -107,6 +107,10 @@ MIN_PROGRESS_INTERVAL = 1.0    # even when tests shrink time, no more than one p
 MAX_PAGES_PER_LIST = 10_000        # 1,000,000 users at 100 a page; more is a server that never stops
 MAX_AUDIT_LOG_PAGES = 500          # 50,000 events: logins are optional, never worth hours of one sequential chain
 MAX_ANSWER_BYTES = 32 * 1024 * 1024  # decompressed; a real page is well under 1 MB
+# One list's answers together. 100,000 users in the API's full record shape are ~37 MB (~120 MB as Python
+# objects; the documented peak for that organization is 748 MB): this leaves room for ~170,000 users, while
+# a list that never ends stops at a few hundred MB of records, inside the 1 GiB the manifest allows.
+MAX_LIST_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 64 * 1024
 VEZA_CHECK_TIMEOUT = 10.0          # the first Veza connection check fails fast instead of oaaclient's ~2.5 min
 
@@ -707,6 +711,7 @@ class Answer:
     server_wait: float | None = None  # retry-after / retry-after-ms
     should_retry: bool | None = None  # x-should-retry, when the server says
     fatal: bool = False              # retrying cannot help (an answer over the size cap)
+    size: int = 0                    # bytes of the body, decompressed
 
 
 class OpenAIAdminClient:
@@ -753,7 +758,7 @@ class OpenAIAdminClient:
             if response.status_code == 200:
                 return Answer(200, problem=f"answer is not JSON (HTTP 200, {len(raw)} bytes)", fatal=True)
         hint = response.headers.get("x-should-retry", "").strip().lower()
-        return Answer(response.status_code, body, problem=f"HTTP {response.status_code}",
+        return Answer(response.status_code, body, size=len(raw), problem=f"HTTP {response.status_code}",
                       detail=_error_message(body, response.reason),
                       server_wait=_retry_after_seconds(response),
                       should_retry={"true": True, "false": False}.get(hint))
@@ -988,6 +993,7 @@ class ListRead:
     items: list[dict] = field(default_factory=list)
     pages: int = 0
     seen_cursors: set[str] = field(default_factory=set)
+    size: int = 0  # bytes of every page so far (MAX_LIST_BYTES)
     last_sent: float = 0.0  # when its latest request went out: the entity existed then if it answered
 
 
@@ -1357,7 +1363,7 @@ class OrganizationReader:
         if answer.status == 200 and not answer.fatal:
             pacer.on_success(now, request.probe)
             request.throttled_since = None
-            self._take_page(request, answer.body)
+            self._take_page(request, answer.body, answer.size)
             return
         if answer.status == 429 and answer.should_retry is not False:
             pacer.on_throttled(now, request.probe, answer.server_wait)
@@ -1408,7 +1414,7 @@ class OrganizationReader:
             return
         raise DiscoveryError(message)
 
-    def _take_page(self, request: Request, body: Any) -> None:
+    def _take_page(self, request: Request, body: Any, size: int = 0) -> None:
         read, family, path = request.read, request.read.family, request.read.path
         if not isinstance(body, dict):
             if family.name in OPTIONAL_SETTINGS:  # the mapping warns and leaves the settings unset
@@ -1429,14 +1435,23 @@ class OrganizationReader:
                 if item.get("object", family.item_object) != family.item_object:
                     raise DiscoveryError(f"{path}: expected {family.item_object} items, got "
                                          f"{str(item.get('object'))[:40]!r}")
+        limit = request.params.get("limit")
+        if isinstance(limit, int) and len(data) > limit:
+            raise DiscoveryError(f"{path}: a page of {len(data):,} items answered a request for at most {limit}; "
+                                 "a server that ignores the page size cannot be read safely, so the run stops")
         read.items.extend(data)
         read.pages += 1
+        read.size += size
         if not body.get("has_more"):
             self._finish(read, read.items)
             return
-        if family.name == "audit_logs" and read.pages >= MAX_AUDIT_LOG_PAGES:
+        if family.name == "audit_logs" and (read.pages >= MAX_AUDIT_LOG_PAGES or read.size > MAX_LIST_BYTES):
             self._cut_audit_log(read)
             return
+        if read.size > MAX_LIST_BYTES:
+            raise DiscoveryError(f"{path}: still has_more after {read.size / 2**20:.3g} MB in {read.pages:,} pages, "
+                                 f"past the {MAX_LIST_BYTES / 2**20:.3g} MB bound on one list; no real organization "
+                                 "is that large, so the read stops")
         if read.pages >= MAX_PAGES_PER_LIST:
             raise DiscoveryError(f"{path}: still has_more after {MAX_PAGES_PER_LIST:,} pages; no real organization "
                                  "is that large, so the server is looping")
