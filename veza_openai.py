@@ -49,6 +49,7 @@ from oaaclient.templates import (
 )
 from requests.packages.urllib3.exceptions import HTTPError as TransportError  # raised by raw.read1
 from requests.packages.urllib3.exceptions import TimeoutError as TransportTimeout
+from requests.packages.urllib3.util.retry import Retry
 
 __version__ = "1.1.0"
 USER_AGENT = f"veza-openai-connector/{__version__}"
@@ -1064,9 +1065,10 @@ class OrganizationReader:
     payload does not depend on the order answers arrive in.
     """
 
-    def __init__(self, client: OpenAIAdminClient, config: Config) -> None:
+    def __init__(self, client: OpenAIAdminClient, config: Config, deadline: float | None = None) -> None:
         self.client = client
         self.config = config
+        self.deadline = deadline  # time.monotonic() when --max-run-time ends the whole run; None: from read()
         self.scale = config.time_scale
         self.snapshot = Snapshot(org_id=config.org_id)
         self.pacers = {name: EndpointPacer(family.path, config.time_scale,
@@ -1253,6 +1255,8 @@ class OrganizationReader:
         """Read everything; raise DiscoveryError (or Stopped) as soon as a complete snapshot is impossible."""
         self.pool = WorkerPool(self.client, self.config.max_workers, self.done)
         self.started = time.monotonic()
+        if self.deadline is None and self.config.max_run_time:
+            self.deadline = self.started + self.config.max_run_time
         self.next_progress = self.started + self._progress_interval()
         try:
             self._start()
@@ -1284,7 +1288,7 @@ class OrganizationReader:
 
     def _check_run_time(self, now: float) -> None:
         limit = self.config.max_run_time
-        if limit and now - self.started > limit:
+        if limit and self.deadline is not None and now > self.deadline:
             slowest = self._slowest_endpoint()
             raise DiscoveryError(f"reading took longer than --max-run-time {limit:g}s with "
                                  f"{sum(self.open_reads.values())} reads still open"
@@ -1527,8 +1531,9 @@ class OrganizationReader:
             return
         if refusal.status in (401, 403) and (family.name == "users" or refusal.status == 401):
             raise DiscoveryError(
-                f"OpenAI refused the key (HTTP {refusal.status} on {refusal.endpoint}): OPENAI_API_KEY must be an "
-                f"Admin API key (sk-admin-...) of organization {self.config.org_id}")
+                f"OpenAI refused the key (HTTP {refusal.status} on {refusal.endpoint}): the key from "
+                f"{self.config.openai_key_source} must be an Admin API key (sk-admin-...) of organization "
+                f"{self.config.org_id}")
         if family.name == "users":  # 404: this organization, or this API, is not what the settings name
             raise DiscoveryError(f"OpenAI answered HTTP 404 on {refusal.endpoint}: check OPENAI_ORG_ID and "
                                  "--openai-base-url")
@@ -2553,6 +2558,13 @@ def check_veza(config: Config) -> None:
         with requests.get(url, headers={"authorization": f"Bearer {config.veza_api_key}", "user-agent": USER_AGENT},
                           timeout=VEZA_CHECK_TIMEOUT, verify=_veza_verify(), stream=True) as response:
             read_whole_answer(response, started + VEZA_CHECK_TIMEOUT)
+    except requests.exceptions.SSLError as exc:
+        # TLS-inspecting proxies and private CAs are common where this runs; "not reachable" would send the
+        # operator after DNS and firewalls instead.
+        what = ("its TLS certificate could not be verified" if "CERTIFICATE_VERIFY_FAILED" in str(exc)
+                else "the TLS handshake failed")
+        raise PushError(f"cannot use Veza at {config.veza_url}: {what}. If a TLS-inspecting proxy or a private CA "
+                        "signs it, set REQUESTS_CA_BUNDLE to that CA's certificate file (PEM)") from None
     except (requests.RequestException, TransportError, OSError) as exc:
         raise PushError(f"cannot use Veza at {config.veza_url}: {type(exc).__name__} (not reachable within "
                         f"{VEZA_CHECK_TIMEOUT:g}s; check VEZA_URL, DNS, proxy and TLS)") from None
@@ -2562,8 +2574,54 @@ def check_veza(config: Config) -> None:
                         "providers")
 
 
-def bound_veza_answers(client: OAAClient, seconds: float) -> None:
-    """Make every Veza answer arrive whole within `seconds` after its headers, as OpenAI's answers do.
+class RunDeadlineReached(requests.Timeout):
+    """--max-run-time ended the run while Veza was being called."""
+
+
+class VezaRetry(Retry):
+    """oaaclient's retries (urllib3's Retry) with every wait bounded: a Retry-After is capped at `max_wait`
+    (urllib3 would sleep an hour for `Retry-After: 3600`), no wait runs past the run's deadline, and no retry
+    starts after it."""
+
+    max_wait: float = MAX_SERVER_WAIT
+    deadline: float | None = None
+
+    def new(self, **kw: Any) -> VezaRetry:
+        retry = super().new(**kw)
+        retry.max_wait, retry.deadline = self.max_wait, self.deadline
+        return retry
+
+    def _bounded(self, seconds: float) -> float:
+        if self.deadline is not None:
+            seconds = min(seconds, max(0.0, self.deadline - time.monotonic()))
+        return min(seconds, self.max_wait)
+
+    def get_retry_after(self, response: Any) -> float | None:
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else self._bounded(seconds)
+
+    def get_backoff_time(self) -> float:
+        return self._bounded(super().get_backoff_time())
+
+    def is_exhausted(self) -> bool:
+        return super().is_exhausted() or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+
+def bound_veza_retries(client: OAAClient, time_scale: float, deadline: float | None) -> None:
+    """oaaclient's retry policy (OAA_API_RETRIES, its backoff and status list), each wait bounded (VezaRetry)."""
+    session = client._http_adapter
+    policy = session.get_adapter("https://").max_retries
+    retry = VezaRetry(total=policy.total, backoff_factor=policy.backoff_factor * time_scale,
+                      status_forcelist=policy.status_forcelist)
+    retry.max_wait, retry.deadline = MAX_SERVER_WAIT * time_scale, deadline  # backoff too stays under max_wait
+    adapter = requests.adapters.HTTPAdapter(max_retries=retry)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+
+
+def bound_veza_answers(client: OAAClient, seconds: float, deadline: float | None = None) -> None:
+    """Make every Veza answer arrive whole within `seconds` after its headers, as OpenAI's answers do, and
+    every call end by the run's deadline.
 
     oaaclient 1.2.0 sends every call through the requests.Session in `_http_adapter`, whose timeout
     only bounds the gap between two bytes.
@@ -2573,9 +2631,16 @@ def bound_veza_answers(client: OAAClient, seconds: float) -> None:
 
     def request(method: str, url: str, **kwargs: Any) -> requests.Response:
         kwargs["stream"] = True
+        whole_by = time.monotonic() + seconds
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RunDeadlineReached("--max-run-time reached")
+            kwargs["timeout"] = min(float(kwargs.get("timeout") or left), left)
+            whole_by = min(whole_by, deadline)
         response = send(method, url, **kwargs)
         try:
-            read_whole_answer(response, time.monotonic() + seconds)
+            read_whole_answer(response, whole_by)
         except (TransportError, OSError) as exc:
             raise requests.ConnectionError(f"the answer broke off: {type(exc).__name__}") from None
         finally:
@@ -2593,15 +2658,16 @@ class CheckedOAAClient(OAAClient):
         pass
 
 
-def connect_veza(config: Config) -> OAAClient:
-    """An OAAClient whose connection and key were just checked."""
+def connect_veza(config: Config, deadline: float | None = None) -> OAAClient:
+    """An OAAClient whose connection and key were just checked, every call and retry bounded by `deadline`."""
     check_veza(config)
     try:
         client = CheckedOAAClient(url=config.veza_url, api_key=config.veza_api_key)
     except (OAAClientError, ValueError, requests.RequestException) as exc:
         raise PushError(f"cannot use Veza at {config.veza_url}: {describe_veza_error(exc)}") from None
     client.update_user_agent(extra=USER_AGENT)
-    bound_veza_answers(client, float(client._api_timeout))
+    bound_veza_retries(client, config.time_scale, deadline)
+    bound_veza_answers(client, float(client._api_timeout), deadline)
     return client
 
 
@@ -2645,7 +2711,8 @@ class PushProgress:
     upload_started: bool = False
 
 
-def push_payload(client: OAAClient, config: Config, payload_json: str, progress: PushProgress) -> list:
+def push_payload(client: OAAClient, config: Config, payload_json: str, progress: PushProgress,
+                 deadline: float | None = None) -> list:
     """Push serialized JSON to Veza (provider and data source created when missing); return Veza's warnings.
 
     This is oaaclient's push_metadata taking a string instead of a dict, so the payload's Python
@@ -2678,7 +2745,9 @@ def push_payload(client: OAAClient, config: Config, payload_json: str, progress:
         # A 4xx with Veza's own error body is a refusal; anything else after the upload began may
         # have been stored (a reset or a proxy's 502 after Veza took the body).
         refused = isinstance(exc, OAAResponseError) and 400 <= (exc.status_code or 0) < 500
-        raise PushError(f"push to Veza failed: {describe_veza_error(exc)}",
+        late = deadline is not None and time.monotonic() >= deadline
+        raise PushError(f"push to Veza did not finish within --max-run-time {config.max_run_time:g}s" if late else
+                        f"push to Veza failed: {describe_veza_error(exc)}",
                         reached_veza=progress.upload_started and not refused) from None
     return (response.get("warnings") or []) if isinstance(response, dict) else []
 
@@ -2693,7 +2762,7 @@ def push_payload(client: OAAClient, config: Config, payload_json: str, progress:
 REPORT_NAME = "OpenAI access review"
 REPORT_DESCRIPTION = ("Who administers the OpenAI organization, its admin keys, inactive users who still hold "
                       "roles, pending invites, projects whose tools reach outside, and federated workloads.")
-_USER, _APP = f"OAA.{APPLICATION_TYPE}.User", f"OAA.{APPLICATION_TYPE}.Application"
+_USER = f"OAA.{APPLICATION_TYPE}.User"
 _CRED, _ROLE = f"OAA.{APPLICATION_TYPE}.AccessCred", f"OAA.{APPLICATION_TYPE}.Role"
 _PROJECT = f"OAA.{APPLICATION_TYPE}.project.Resource"
 
@@ -2715,9 +2784,8 @@ def _query(name: str, description: str, source: dict, **rest: Any) -> dict:
 # "no expiry" and "no login for N days" need null and relative-date conditions whose JSON Veza does not
 # document publicly; the README says how to add them in the Query Builder.
 REPORT_QUERIES = [
-    _query("organization owners", "Users whose organization role manages members and billing (Owner)",
-           _nodes(_USER), destination_node_types=_nodes(_APP),
-           raw_permissions={"values": ["Manage Members"], "operator": "OR"}),
+    _query("organization owners", "Users holding the organization's Owner role (members and billing)",
+           _nodes(_USER), relates_to_exp={"specs": [{"node_types": _nodes(_ROLE, name="Owner")}]}),
     _query("admin API keys", "Credentials holding the organization-wide Admin API Key role", _nodes(_CRED),
            relates_to_exp={"specs": [{"node_types": _nodes(_ROLE, name="Admin API Key")}]}),
     _query("inactive users holding roles", "Deactivated or banned users, and pending invites, with any role",
@@ -2736,6 +2804,46 @@ REPORT_QUERIES = [
 ]
 
 
+MAX_VEZA_LIST_PAGES = 100  # 25,000 saved queries or reports at oaaclient's 250 a page; more is a looping server
+
+
+def veza_list(client: OAAClient, path: str, **params: Any) -> list[dict]:
+    """Every entry of a paged Veza list, at most MAX_VEZA_LIST_PAGES pages: oaaclient's own loop
+    (get_queries, get_reports) follows `has_more` for ever."""
+    params["page_size"] = client.DEFAULT_PAGE_SIZE
+    values: list[dict] = []
+    tokens: set[str] = set()
+    for _ in range(MAX_VEZA_LIST_PAGES):
+        answer = client._perform_request("GET", path, params=params)
+        page = answer.get("values") if isinstance(answer, dict) else None
+        if not isinstance(page, list):
+            raise ValueError(f"{path}: Veza's answer has no list of values")
+        values.extend(entry for entry in page if isinstance(entry, dict))
+        if not answer.get("has_more"):
+            return values
+        token = answer.get("next_page_token")
+        if not isinstance(token, str) or not token or token in tokens:
+            raise ValueError(f"{path}: has_more without a new next_page_token; stopped instead of looping")
+        tokens.add(token)
+        params["page_token"] = token
+    raise ValueError(f"{path}: still has_more after {MAX_VEZA_LIST_PAGES} pages; stopped instead of looping")
+
+
+def _same_as_sent(stored: Any, sent: Any) -> bool:
+    """Whether Veza's stored value says what we sent: only the fields we sent are compared (Veza adds its
+    own), a field Veza leaves out equals a default we sent (false, 0, "", empty: proto3 JSON omits them),
+    and an integer where we sent an enum name (e.g. "SOURCE_TO_DESTINATION") counts as that name."""
+    if isinstance(sent, dict):
+        return isinstance(stored, dict) and all(
+            _same_as_sent(stored[key], value) if key in stored else not value for key, value in sent.items())
+    if isinstance(sent, list):
+        return isinstance(stored, list) and len(stored) == len(sent) and all(
+            _same_as_sent(a, b) for a, b in zip(stored, sent))
+    if isinstance(sent, str) and re.fullmatch(r"[A-Z][A-Z0-9_]+", sent) and type(stored) is int:
+        return True
+    return type(stored) is type(sent) and stored == sent
+
+
 def create_or_update_report(client: OAAClient) -> str:
     """Make Veza's report and its saved queries match REPORT_QUERIES; return what changed.
 
@@ -2743,18 +2851,22 @@ def create_or_update_report(client: OAAClient) -> str:
     definition nor adds new queries to an existing report, so this does it with the client's calls.)
     """
     changed = created = False
-    existing = {q.get("name"): q for q in client.get_queries() if q.get("query_type") != "SYSTEM_CREATED"}
+    existing = {q.get("name"): q for q in veza_list(client, "/api/v1/assessments/queries",
+                                                    include_inactive_queries=True)
+                if q.get("query_type") != "SYSTEM_CREATED"}
     query_ids = []
     for definition in REPORT_QUERIES:
         query = existing.get(definition["name"])
         if query is None:
             query = client.create_query(definition)
             changed = True
-        elif any(query.get(key) != value for key, value in definition.items()):
+        elif not _same_as_sent(query, definition):
             client.api_put(f"/api/v1/assessments/queries/{query['id']}", {**definition, "id": query["id"]})
             changed = True
         query_ids.append(query["id"])
-    report = next((r for r in client.get_reports() if r.get("name") == REPORT_NAME), None)
+    reports = veza_list(client, "/api/preview/assessments/reports", include_inactive_reports=True,
+                        include_inactive_queries=True)
+    report = next((r for r in reports if r.get("name") == REPORT_NAME), None)
     if report is None:
         client.create_report({"name": REPORT_NAME, "description": REPORT_DESCRIPTION,
                               "queries": [{"query": query_id} for query_id in query_ids]})
@@ -2804,12 +2916,12 @@ def _log_unavailable(snapshot: Snapshot) -> None:
                     family.label, reason, family.grant)
 
 
-def read_organization(config: Config, summary: RunSummary) -> tuple[Snapshot, str]:
+def read_organization(config: Config, summary: RunSummary, deadline: float | None = None) -> tuple[Snapshot, str]:
     """Every family from OpenAI, and how the per-user role reads were decided."""
     client = OpenAIAdminClient(config)
     log.info("reading OpenAI organization %s at %s with %d workers", config.org_id, config.openai_base_url,
              config.max_workers)
-    reader = OrganizationReader(client, config)
+    reader = OrganizationReader(client, config, deadline)
     try:
         snapshot = reader.read()
     finally:
@@ -2829,9 +2941,9 @@ def read_organization(config: Config, summary: RunSummary) -> tuple[Snapshot, st
     return snapshot, reader.role_decision_reason
 
 
-def discover(config: Config, summary: RunSummary) -> dict:
+def discover(config: Config, summary: RunSummary, deadline: float | None = None) -> dict:
     """Read and map; return only the payload, so the records and OAA objects are freed before the push."""
-    snapshot, _ = read_organization(config, summary)
+    snapshot, _ = read_organization(config, summary, deadline)
     mapping_started = time.monotonic()
     with cyclic_gc_paused():
         result = build_application(snapshot)
@@ -2846,16 +2958,18 @@ def discover(config: Config, summary: RunSummary) -> dict:
     return payload
 
 
-def run(config: Config, summary: RunSummary | None = None, progress: PushProgress | None = None) -> RunSummary:
-    """Read, map, save and push once. Raises DiscoveryError or PushError; fills `summary` as it goes."""
+def run(config: Config, summary: RunSummary | None = None, progress: PushProgress | None = None,
+        deadline: float | None = None) -> RunSummary:
+    """Read, map, save and push once, by `deadline` (--max-run-time) when given. Raises DiscoveryError or
+    PushError; fills `summary` as it goes."""
     summary = summary or RunSummary()
     progress = progress or PushProgress()
     veza = None
     if not config.dry_run:  # fail fast, before spending OpenAI quota, when Veza cannot take the result
         log.info("connecting to Veza at %s", config.veza_url)
-        veza = connect_veza(config)
+        veza = connect_veza(config, deadline)
 
-    payload_json = serialize_payload(discover(config, summary))  # the dict is freed here
+    payload_json = serialize_payload(discover(config, summary, deadline))  # the dict is freed here
     if config.save_json_path:
         try:
             save_payload(payload_json, config.save_json_path)
@@ -2868,11 +2982,11 @@ def run(config: Config, summary: RunSummary | None = None, progress: PushProgres
         return summary
 
     log.info("pushing to Veza data source %r", config.data_source_name)
-    veza_warnings = push_payload(veza, config, payload_json, progress)
+    veza_warnings = push_payload(veza, config, payload_json, progress, deadline)
+    summary.outcome = "pushed"  # settled when Veza answered: a later signal or failure changes only report=
+    summary.veza_warnings = len(veza_warnings)
     for warning in veza_warnings:
         log.warning("Veza: %s", warning)
-    summary.veza_warnings = len(veza_warnings)
-    summary.outcome = "pushed"
     if config.create_report:
         try:
             summary.report = create_or_update_report(veza)
@@ -2880,13 +2994,16 @@ def run(config: Config, summary: RunSummary | None = None, progress: PushProgres
         except Exception as exc:  # Veza's refusal or an odd answer: the push stands either way
             # The snapshot is in Veza; a report that could not be made is said loudly but does not undo it.
             summary.report = "failed"
-            log.error("Veza report %r not created or updated: %s", REPORT_NAME, describe_veza_error(exc))
+            late = deadline is not None and time.monotonic() >= deadline
+            log.error("Veza report %r not created or updated: %s", REPORT_NAME,
+                      f"--max-run-time {config.max_run_time:g}s reached" if late else describe_veza_error(exc))
     return summary
 
 
 @dataclass
 class SignalState:
     finished: bool = False  # once the outcome is decided, a late signal no longer interrupts the summary
+    stopping: bool = False  # the first signal is being handled: a second one (a double Ctrl-C) changes nothing
 
 
 @contextlib.contextmanager
@@ -2901,7 +3018,8 @@ def stop_on_signals() -> Iterator[SignalState]:
                                                                                  ExitStatus.INTERRUPTED)}
 
     def stop(signum: int, frame: Any) -> None:
-        if not state.finished:
+        if not state.finished and not state.stopping:
+            state.stopping = True
             raise Stopped(*names[signal.Signals(signum)])
 
     if threading.current_thread() is not threading.main_thread():
@@ -2951,9 +3069,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = RunSummary()
     progress = PushProgress()
     status = ExitStatus.FAILED
+    deadline = started + config.max_run_time if config.max_run_time else None  # the whole run, push and report
     with stop_on_signals() as signals:
         try:
-            run(config, summary, progress)
+            run(config, summary, progress, deadline)
             signals.finished = True  # pushed: a late signal must not turn that into "interrupted"
             status = ExitStatus.OK
         except (DiscoveryError, PushError) as exc:
@@ -2965,9 +3084,13 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyboardInterrupt, Stopped) as exc:
             name, status = ((exc.signal_name, exc.status) if isinstance(exc, Stopped)
                             else ("Ctrl-C (SIGINT)", ExitStatus.INTERRUPTED))
-            summary.outcome = "unknown" if progress.upload_started else "interrupted"
-            log.error("stopped by %s", name)
-            _log_what_veza_has(config, progress.upload_started)
+            if summary.outcome == "pushed":  # Veza had answered the push: only the report was cut short
+                summary.report = "interrupted"
+                log.error("stopped by %s while creating the Veza report; the push had completed", name)
+            else:
+                summary.outcome = "unknown" if progress.upload_started else "interrupted"
+                log.error("stopped by %s", name)
+                _log_what_veza_has(config, progress.upload_started)
         except Exception as exc:  # a bug or an unforeseen answer: still one clear line, no partial push
             log.error("unexpected error: %s: %s (run with --debug for the traceback)", type(exc).__name__, exc,
                       exc_info=config.debug)
@@ -2981,4 +3104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C outside the run's own handlers (before they are set, after they are restored)
+        sys.exit(ExitStatus.INTERRUPTED)
