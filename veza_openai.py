@@ -3105,6 +3105,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        exit_status = main()
     except KeyboardInterrupt:  # Ctrl-C outside the run's own handlers (before they are set, after they are restored)
-        sys.exit(ExitStatus.INTERRUPTED)
+        exit_status = ExitStatus.INTERRUPTED
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run is over: a late Ctrl-C must not print a traceback at exit
+    sys.exit(exit_status)
