@@ -2075,6 +2075,10 @@ class ApplicationBuilder:
             self.warn(f"project {pid} hosted tool permissions are {_shape(tools)}, not an object; every "
                       "*_enabled property left unset")
             return
+        if not any(tool in tools for tool in HOSTED_TOOLS):
+            self.warn(f"project {pid} hosted tool permissions {_shape(tools)} name none of the tools "
+                      f"{', '.join(HOSTED_TOOLS)}; every *_enabled property left unset")
+            return
         for tool in HOSTED_TOOLS:
             setting = tools.get(tool)
             enabled = setting.get("enabled") if isinstance(setting, dict) else None

@@ -143,6 +143,13 @@ def test_hosted_tool_settings_of_an_unknown_shape_are_warned_and_left_unset():
             'web_search_enabled left unset') in warnings
 
 
+def test_hosted_tool_permissions_naming_no_tool_are_warned_and_left_unset():
+    payload, warnings = mapped(project_snapshot({"enabled": 1}))
+    assert not any(name.endswith("_enabled") for name in project_properties(payload))
+    assert ('project proj_1 hosted tool permissions {"enabled": 1} name none of the tools code_interpreter, '
+            'file_search, image_generation, mcp, web_search; every *_enabled property left unset') in warnings
+
+
 def test_hosted_tools_or_model_permissions_answered_as_a_list_are_warned_and_left_unset():
     payload, warnings = mapped(project_snapshot(tools=[{"mcp": {"enabled": True}}], policy=["gpt-4o"]))
     properties = project_properties(payload)
