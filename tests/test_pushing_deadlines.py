@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from conftest import NO_ROLE_READS
 
 import veza_openai
@@ -17,6 +18,7 @@ def summary_line(stderr: str) -> str:
     return stderr.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_veza_asking_to_retry_in_an_hour_is_given_up_at_max_run_time(run_connector, veza):
     veza.answer_with[PROVIDERS] = UNAVAILABLE_FOR_AN_HOUR
     started = time.monotonic()
@@ -25,7 +27,7 @@ def test_a_veza_asking_to_retry_in_an_hour_is_given_up_at_max_run_time(run_conne
                                                                        "VEZA_OPENAI_TIME_SCALE": "1"}, timeout=30)
     elapsed = time.monotonic() - started
     assert result.returncode == 1, result.output
-    assert elapsed < 4, elapsed
+    assert elapsed < 15, elapsed  # not the 60 s cap, let alone the hour asked for
     assert "ERROR push to Veza did not finish within --max-run-time 2s" in result.stderr
     assert "nothing was pushed" in result.stderr and veza.pushes == []
     assert "outcome=failed" in summary_line(result.stderr)
@@ -50,13 +52,14 @@ def test_an_endless_saved_query_list_stops_at_its_page_cap_and_the_push_stands(r
     assert "outcome=pushed" in summary_line(result.stderr) and "report=failed" in summary_line(result.stderr)
 
 
+@pytest.mark.slow
 def test_max_run_time_ends_a_slow_report_after_a_completed_push(run_connector, veza):
-    veza.delays[QUERIES] = 10.0
+    veza.delays[QUERIES] = 30.0
     started = time.monotonic()
     result = run_connector(*NO_ROLE_READS, "--create-report", "--max-run-time", "2", timeout=30)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.output
-    assert elapsed < 4, elapsed
+    assert elapsed < 15, elapsed  # not the 30 s the answer takes
     assert len(veza.pushes) == 1 and veza.reports == []
     assert "ERROR Veza report 'OpenAI access review' not created or updated: --max-run-time 2s reached" in \
         result.stderr
