@@ -2588,11 +2588,12 @@ class VezaRetry(Retry):
     starts after it."""
 
     max_wait: float = MAX_SERVER_WAIT
+    backoff_cap: float = 30.0  # oaaclient's own cap on its exponential backoff
     deadline: float | None = None
 
     def new(self, **kw: Any) -> VezaRetry:
         retry = super().new(**kw)
-        retry.max_wait, retry.deadline = self.max_wait, self.deadline
+        retry.max_wait, retry.backoff_cap, retry.deadline = self.max_wait, self.backoff_cap, self.deadline
         return retry
 
     def _bounded(self, seconds: float) -> float:
@@ -2605,7 +2606,7 @@ class VezaRetry(Retry):
         return None if seconds is None else self._bounded(seconds)
 
     def get_backoff_time(self) -> float:
-        return self._bounded(super().get_backoff_time())
+        return self._bounded(min(super().get_backoff_time(), self.backoff_cap))
 
     def is_exhausted(self) -> bool:
         return super().is_exhausted() or (self.deadline is not None and time.monotonic() >= self.deadline)
@@ -2617,7 +2618,8 @@ def bound_veza_retries(client: OAAClient, time_scale: float, deadline: float | N
     policy = session.get_adapter("https://").max_retries
     retry = VezaRetry(total=policy.total, backoff_factor=policy.backoff_factor * time_scale,
                       status_forcelist=policy.status_forcelist)
-    retry.max_wait, retry.deadline = MAX_SERVER_WAIT * time_scale, deadline  # backoff too stays under max_wait
+    retry.max_wait, retry.deadline = MAX_SERVER_WAIT * time_scale, deadline
+    retry.backoff_cap = getattr(policy, "backoff_max", VezaRetry.backoff_cap) * time_scale
     adapter = requests.adapters.HTTPAdapter(max_retries=retry)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
