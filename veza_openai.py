@@ -52,6 +52,7 @@ from oaaclient.templates import (
 from requests.packages.urllib3.exceptions import HTTPError as TransportError  # raised by raw.read1
 from requests.packages.urllib3.exceptions import InsecureRequestWarning
 from requests.packages.urllib3.exceptions import TimeoutError as TransportTimeout
+from requests.packages.urllib3.util.retry import Retry
 
 __version__ = "1.1.0"
 USER_AGENT = f"veza-openai-connector/{__version__}"
@@ -105,6 +106,10 @@ MIN_PROGRESS_INTERVAL = 1.0    # even when tests shrink time, no more than one p
 MAX_PAGES_PER_LIST = 10_000        # 1,000,000 users at 100 a page; more is a server that never stops
 MAX_AUDIT_LOG_PAGES = 500          # 50,000 events: logins are optional, never worth hours of one sequential chain
 MAX_ANSWER_BYTES = 32 * 1024 * 1024  # decompressed; a real page is well under 1 MB
+# One list's answers together. 100,000 users in the API's full record shape are ~37 MB (~120 MB as Python
+# objects; the documented peak for that organization is 748 MB): this leaves room for ~170,000 users, while
+# a list that never ends stops at a few hundred MB of records, inside the 1 GiB the manifest allows.
+MAX_LIST_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 64 * 1024
 VEZA_CHECK_TIMEOUT = 10.0          # the first Veza connection check fails fast instead of oaaclient's ~2.5 min
 
@@ -812,6 +817,8 @@ OBJECT_OF_KIND = {"project": ("project_object", "project_id"), "group": ("group_
                   "user": ("user_object", "user_id"), "provider": ("provider_object", "provider_id")}
 OBJECT_FAMILIES = {family for family, _ in OBJECT_OF_KIND.values()}
 NOT_FOUND = object()  # the result of an object read that answered 404
+# A project's optional settings: an answer of an unknown shape leaves them unset (warned), never fails the run.
+OPTIONAL_SETTINGS = frozenset({"model_permissions", "hosted_tool_permissions"})
 
 
 def _retry_after_seconds(response: requests.Response) -> float | None:
@@ -854,6 +861,7 @@ class Answer:
     server_wait: float | None = None  # retry-after / retry-after-ms
     should_retry: bool | None = None  # x-should-retry, when the server says
     fatal: bool = False              # retrying cannot help (an answer over the size cap)
+    size: int = 0                    # bytes of the body, decompressed
 
 
 class OpenAIAdminClient:
@@ -900,7 +908,7 @@ class OpenAIAdminClient:
             if response.status_code == 200:
                 return Answer(200, problem=f"answer is not JSON (HTTP 200, {len(raw)} bytes)", fatal=True)
         hint = response.headers.get("x-should-retry", "").strip().lower()
-        return Answer(response.status_code, body, problem=f"HTTP {response.status_code}",
+        return Answer(response.status_code, body, size=len(raw), problem=f"HTTP {response.status_code}",
                       detail=_error_message(body, response.reason),
                       server_wait=_retry_after_seconds(response),
                       should_retry={"true": True, "false": False}.get(hint))
@@ -1136,6 +1144,7 @@ class ListRead:
     items: list[dict] = field(default_factory=list)
     pages: int = 0
     seen_cursors: set[str] = field(default_factory=set)
+    size: int = 0  # bytes of every page so far (MAX_LIST_BYTES)
     last_sent: float = 0.0  # when its latest request went out: the entity existed then if it answered
 
 
@@ -1206,9 +1215,10 @@ class OrganizationReader:
     payload does not depend on the order answers arrive in.
     """
 
-    def __init__(self, client: OpenAIAdminClient, config: Config) -> None:
+    def __init__(self, client: OpenAIAdminClient, config: Config, deadline: float | None = None) -> None:
         self.client = client
         self.config = config
+        self.deadline = deadline  # time.monotonic() when --max-run-time ends the whole run; None: from read()
         self.scale = config.time_scale
         self.snapshot = Snapshot(org_id=config.org_id)
         self.pacers = {name: EndpointPacer(family.path, config.time_scale,
@@ -1225,6 +1235,7 @@ class OrganizationReader:
         self.not_found: dict[str, list[tuple[Any, str, float]]] = {}  # family -> [(entity key, endpoint, when)]
         self.found: dict[str, dict[Any, float]] = {}  # entity kind -> key -> latest send of a read that found it
         self.exists: dict[tuple[str, Any], bool | None] = {}  # (kind, key) -> its own object answered 200/404
+        self.existence_unknown: dict[tuple[str, Any], str] = {}  # (kind, key) -> why its object could not say
         self.next_global_send = 0.0
         self.calls = self.retries = self.throttled = 0
         self.started = 0.0
@@ -1396,6 +1407,8 @@ class OrganizationReader:
         """Read everything; raise DiscoveryError (or Stopped) as soon as a complete snapshot is impossible."""
         self.pool = WorkerPool(self.client, self.config.max_workers, self.done)
         self.started = time.monotonic()
+        if self.deadline is None and self.config.max_run_time:
+            self.deadline = self.started + self.config.max_run_time
         self.next_progress = self.started + self._progress_interval()
         try:
             self._start()
@@ -1427,7 +1440,7 @@ class OrganizationReader:
 
     def _check_run_time(self, now: float) -> None:
         limit = self.config.max_run_time
-        if limit and now - self.started > limit:
+        if limit and self.deadline is not None and now > self.deadline:
             slowest = self._slowest_endpoint()
             raise DiscoveryError(f"reading took longer than --max-run-time {limit:g}s with "
                                  f"{sum(self.open_reads.values())} reads still open"
@@ -1506,7 +1519,7 @@ class OrganizationReader:
         if answer.status == 200 and not answer.fatal:
             pacer.on_success(now, request.probe)
             request.throttled_since = None
-            self._take_page(request, answer.body)
+            self._take_page(request, answer.body, answer.size)
             return
         if answer.status == 429 and answer.should_retry is not False:
             pacer.on_throttled(now, request.probe, answer.server_wait)
@@ -1568,9 +1581,12 @@ class OrganizationReader:
             return
         raise DiscoveryError(message)
 
-    def _take_page(self, request: Request, body: Any) -> None:
+    def _take_page(self, request: Request, body: Any, size: int = 0) -> None:
         read, family, path = request.read, request.read.family, request.read.path
         if not isinstance(body, dict):
+            if family.name in OPTIONAL_SETTINGS:  # the mapping warns and leaves the settings unset
+                self._finish(read, body)
+                return
             self._failed(read, f"{path}: answer is JSON but not an object")
             return
         if family.cursor is None:
@@ -1586,14 +1602,23 @@ class OrganizationReader:
                 if item.get("object", family.item_object) != family.item_object:
                     raise DiscoveryError(f"{path}: expected {family.item_object} items, got "
                                          f"{str(item.get('object'))[:40]!r}")
+        limit = request.params.get("limit")
+        if isinstance(limit, int) and len(data) > limit:
+            raise DiscoveryError(f"{path}: a page of {len(data):,} items answered a request for at most {limit}; "
+                                 "a server that ignores the page size cannot be read safely, so the run stops")
         read.items.extend(data)
         read.pages += 1
+        read.size += size
         if not body.get("has_more"):
             self._finish(read, read.items)
             return
-        if family.name == "audit_logs" and read.pages >= MAX_AUDIT_LOG_PAGES:
+        if family.name == "audit_logs" and (read.pages >= MAX_AUDIT_LOG_PAGES or read.size > MAX_LIST_BYTES):
             self._cut_audit_log(read)
             return
+        if read.size > MAX_LIST_BYTES:
+            raise DiscoveryError(f"{path}: still has_more after {read.size / 2**20:.3g} MB in {read.pages:,} pages, "
+                                 f"past the {MAX_LIST_BYTES / 2**20:.3g} MB bound on one list; no real organization "
+                                 "is that large, so the read stops")
         if read.pages >= MAX_PAGES_PER_LIST:
             raise DiscoveryError(f"{path}: still has_more after {MAX_PAGES_PER_LIST:,} pages; no real organization "
                                  "is that large, so the server is looping")
@@ -1607,9 +1632,11 @@ class OrganizationReader:
         """Stop the audit log at MAX_AUDIT_LOG_PAGES: it comes newest first, so what was read is each user's
         latest login and each key's latest scopes, back to the last event read; older ones are missing."""
         s = self.snapshot
-        oldest = read.items[-1].get("effective_at") if read.items else None
+        # The last event with a usable time: one odd record (NaN, a string) must not stop the run.
+        oldest = next((at for at in map(epoch_seconds, (event.get("effective_at") for event in reversed(read.items)))
+                       if at is not None), None)
         days = self.config.activity_days
-        if isinstance(oldest, (int, float)) and not isinstance(oldest, bool) and s.activity_since is not None:
+        if oldest is not None and s.activity_since is not None:
             now = s.activity_since + days * 86_400
             s.activity_window_days = max(0, min(days, int((now - oldest) // 86_400)))
         else:
@@ -1655,7 +1682,8 @@ class OrganizationReader:
         """401/403/404: the key may not read this, the organization lacks it, or the entity is gone."""
         read, family = request.read, request.read.family
         if family.name in OBJECT_FAMILIES and refusal.status != 401:  # asked only after a 404 on its lists
-            self._finish(read, NOT_FOUND if refusal.status == 404 else None)
+            # Only the entity's own 404 says it is gone; a 403 leaves the question open.
+            self._finish(read, NOT_FOUND if refusal.status == 404 else refusal)
             return
         if family.name == "organization":  # asked of dashboard-style keys only; never fails the run
             log.debug("organization object not available: %s", refusal)
@@ -1666,8 +1694,9 @@ class OrganizationReader:
             return
         if refusal.status in (401, 403) and (family.name == "users" or refusal.status == 401):
             raise DiscoveryError(
-                f"OpenAI refused the key (HTTP {refusal.status} on {refusal.endpoint}): OPENAI_API_KEY must be an "
-                f"Admin API key (sk-admin-...) of organization {self.config.org_id}")
+                f"OpenAI refused the key (HTTP {refusal.status} on {refusal.endpoint}): the key from "
+                f"{self.config.openai_key_source} must be an Admin API key (sk-admin-...) of organization "
+                f"{self.config.org_id}")
         if family.name == "users":  # 404: this organization, or this API, is not what the settings name
             raise DiscoveryError(f"OpenAI answered HTTP 404 on {refusal.endpoint}: check OPENAI_ORG_ID and "
                                  "--openai-base-url")
@@ -1717,11 +1746,14 @@ class OrganizationReader:
 
     def _note_existence(self, kind_and_key: tuple[str, Any], result: Any) -> None:
         self.exists[kind_and_key] = True if isinstance(result, dict) else False if result is NOT_FOUND else None
+        if isinstance(result, AccessRefused):
+            self.existence_unknown[kind_and_key] = f"HTTP {result.status} on {result.endpoint}"
 
     def _settle_not_found(self) -> None:
-        """Entities their own object says are gone are deleted. Where it could not say (a link between
-        two entities, or a key that may not read single objects), a 404 on every entity of a family is
-        the family missing: with several entities, or with one that another read found after the 404."""
+        """Entities their own object says are gone (404) are deleted; nothing else is. Where the object could
+        not say (403, or never answered), the entity may exist: its family is left out. A link between two
+        entities has no object: a 404 on every link of a family is the family missing (with several links,
+        or with one that another read found after the 404), else that link is gone."""
         for name, misses in self.not_found.items():
             family = FAMILIES[name]
             if name in self.snapshot.unavailable:
@@ -1729,12 +1761,20 @@ class OrganizationReader:
             gone = [(key, endpoint) for key, endpoint, _ in misses if self.exists.get((family.per, key)) is False]
             unsure = [(key, endpoint, when) for key, endpoint, when in misses
                       if self.exists.get((family.per, key)) is None]
+            self.snapshot.deleted.extend((family.per, key, endpoint) for key, endpoint in gone)
+            if unsure and family.per in OBJECT_OF_KIND:
+                # It may exist: an open question is the family rule, never a silent drop.
+                key, endpoint, _ = unsure[0]
+                asked = self.existence_unknown.get((family.per, key), "its object was not read")
+                self._leave_out(family, f"HTTP 404 on {endpoint}, and whether {family.per} {key} still exists "
+                                        f"is unknown ({asked})")
+                continue
             seen = self.found.get(family.per, {})
             alive_after = any(seen.get(key, float("-inf")) > when for key, _, when in unsure)
             if unsure and not gone and self.finished_reads[name] == len(misses) and (len(unsure) > 1 or alive_after):
                 self._leave_out(family, f"HTTP 404 on every {family.per} ({misses[0][1]}, ...)")
                 continue
-            for key, endpoint in gone + [(key, endpoint) for key, endpoint, _ in unsure]:
+            for key, endpoint, _ in unsure:  # a link between two entities: its own list is all there is to ask
                 self.snapshot.deleted.append((family.per, key, endpoint))
 
     # --- progress ---------------------------------------------------------------------------
@@ -1777,13 +1817,24 @@ def ids_of(items: Iterable[dict], key: str = "id") -> list[str]:
     return [item[key] for item in unique_by_id(items, key)]
 
 
+def usable_id(value: Any) -> bool:
+    """A non-blank string that is valid Unicode: a lone surrogate ("\\ud800" in JSON) fits no URL or payload."""
+    if not isinstance(value, str) or not value.strip():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def unique_by_id(items: Iterable[dict], key: str = "id") -> list[dict]:
     """Items with a usable string id, first occurrence kept, compared case-insensitively as Veza does."""
     seen: set[str] = set()
     result = []
     for item in items:
         item_id = item.get(key) if isinstance(item, dict) else None
-        if isinstance(item_id, str) and item_id.strip() and item_id.casefold() not in seen:
+        if usable_id(item_id) and item_id.casefold() not in seen:
             seen.add(item_id.casefold())
             result.append(item)
     return result
@@ -1844,8 +1895,13 @@ def canonical_permission(permission: str) -> OAAPermission:
     return CANONICAL_BY_VERB.get(verb, OAAPermission.Uncategorized)
 
 
-def rfc3339(value: Any) -> str | None:
-    """Unix seconds (or an ISO string) as RFC3339 UTC with a Z suffix; None when absent or unusable."""
+# Go's zero time: what a server written in Go sends for "never set". As a date it would be an expiry
+# 2,000 years past (a key shown expired) or a login that never happened, so it is unset, not a date.
+GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)
+
+
+def _moment(value: Any) -> datetime | None:
+    """Unix seconds (number or digits) or an ISO string as an aware UTC datetime; None when absent or unusable."""
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -1861,31 +1917,32 @@ def rfc3339(value: Any) -> str | None:
                     moment = moment.replace(tzinfo=timezone.utc)
         else:
             return None
-    except (ValueError, OverflowError, OSError):
+        moment = moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError, OSError):  # nan, inf, out of range, not a date
         return None
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if moment == GO_ZERO_TIME else moment
+
+
+def rfc3339(value: Any) -> str | None:
+    """Unix seconds (or an ISO string) as RFC3339 UTC with a Z suffix and a four-digit year; None when absent
+    or unusable (Go's zero time included)."""
+    moment = _moment(value)
+    if moment is None:
+        return None
+    # strftime("%Y") does not pad years before 1000 on Linux ("892-07-31..."), which is not RFC3339.
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}Z"
+
+
+def epoch_seconds(value: Any) -> float | None:
+    """The same value as Unix seconds, for comparing times as numbers (strings sort "892-..." after "2026-...")."""
+    moment = _moment(value)
+    return None if moment is None else moment.timestamp()
 
 
 def project_is_archived(record: dict) -> bool:
     """A project record that says it is archived (status `archived`, or an `archived_at` time)."""
     status = _text(record.get("status"))
     return (status is not None and status.lower() == "archived") or rfc3339(record.get("archived_at")) is not None
-
-
-def epoch_seconds(value: Any) -> float | None:
-    """A timestamp (Unix seconds, or an ISO string) as Unix seconds; None when absent or unusable."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value) if value == value and abs(value) != float("inf") else None
-    if not isinstance(value, str) or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        if re.fullmatch(r"\d+(\.\d+)?", text):
-            return float(text)
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _text(value: Any) -> str | None:
@@ -1945,6 +2002,15 @@ class ApplicationBuilder:
         self.project_records = self._records("project", s.projects or [], "project")
         self.project_by_id = {record["id"]: record for record in self.project_records}
 
+    def _flag(self, record: dict, name: str, subject: str) -> bool | None:
+        """A boolean field: true, false, or None when absent or not a boolean (then warned once, as unknown)."""
+        value = record.get(name)
+        if value is None or isinstance(value, bool):
+            return value
+        self.warn(f"{subject} has {name} {_shape(value)}, not true or false; treated as unknown",
+                  f"flag:{subject}:{name}")
+        return None
+
     def warn(self, message: str, once_key: str | None = None) -> None:
         if once_key is not None:
             if once_key in self._warned:
@@ -1963,8 +2029,9 @@ class ApplicationBuilder:
         gone = self.deleted.get(kind, set()) if kind else set()
         for item in items:
             item_id = item.get(key) if isinstance(item, dict) else None
-            if not isinstance(item_id, str) or not item_id.strip():
-                message = f"a {what} record has no usable {key} ({type(item_id).__name__}); skipped"
+            if not usable_id(item_id):
+                shown = ascii(item_id) if isinstance(item_id, str) and item_id.strip() else type(item_id).__name__
+                message = f"a {what} record has no usable {key} ({shown}); skipped"
                 self.warn(message, message)
                 continue
             folded = item_id.casefold()
@@ -2101,9 +2168,12 @@ class ApplicationBuilder:
             user.email = email
             user.add_identity(email)
         user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
-        user.is_active = not (nested.get("banned") is True or nested.get("enabled") is False)
+        subject = f"user {record['id']}"
+        # Unknown (a string "false", 1) is not false: active, so access is never understated, and warned.
+        banned = self._flag(nested, "banned", subject)
+        user.is_active = not (banned is True or self._flag(nested, "enabled", subject) is False)
         # banned and banned_at are independent: an unbanned user with an old banned_at is not deactivated
-        user.deactivated_at = rfc3339(nested.get("banned_at")) if nested.get("banned") is True else None
+        user.deactivated_at = rfc3339(nested.get("banned_at")) if banned is True else None
         user.user_type = "service_account" if record.get("is_service_account") is True else "human"
         user.set_property("added_at", rfc3339(record.get("added_at")), ignore_none=True)
         user.set_property("api_key_last_used_at", rfc3339(record.get("api_key_last_used_at")), ignore_none=True)
@@ -2185,22 +2255,43 @@ class ApplicationBuilder:
             project.set_property("created_at", rfc3339(record.get("created_at")), ignore_none=True)
             project.set_property("archived_at", rfc3339(record.get("archived_at")), ignore_none=True)
             policy = (s.model_permissions or {}).get(pid)
-            if isinstance(policy, dict):
+            if policy is not None and not isinstance(policy, dict):
+                self.warn(f"project {pid} model permissions are {_shape(policy)}, not an object; "
+                          "model_permission_mode and model_ids left unset")
+            elif isinstance(policy, dict):
                 project.set_property("model_permission_mode", _text(policy.get("mode")), ignore_none=True)
                 ids = policy.get("model_ids")
                 if isinstance(ids, list):
                     project.set_property("model_ids", [str(i) for i in ids])
-            tools = (s.hosted_tool_permissions or {}).get(pid)
-            for tool in HOSTED_TOOLS if isinstance(tools, dict) else ():
-                enabled = _dict(tools.get(tool)).get("enabled")
-                if isinstance(enabled, bool):
-                    project.set_property(f"{tool}_enabled", enabled)
+            self._map_hosted_tools(project, (s.hosted_tool_permissions or {}).get(pid))
             self.projects[pid] = project
         # Organization owners own every project, listed or not (OpenAI's rule).
         for owner_id in self.org_owner_ids:
             self.app.local_users[owner_id].add_role("project_owner_via_organization",
                                                     resources=list(self.projects.values()))
         self.counts["projects"] = len(self.projects)
+
+    def _map_hosted_tools(self, project: CustomResource, tools: Any) -> None:
+        """`<tool>_enabled` from {"<tool>": {"enabled": bool}}; any other shape is warned and left unset."""
+        pid = project.unique_id
+        if tools is None:
+            return
+        if not isinstance(tools, dict):
+            self.warn(f"project {pid} hosted tool permissions are {_shape(tools)}, not an object; every "
+                      "*_enabled property left unset")
+            return
+        if not any(tool in tools for tool in HOSTED_TOOLS):
+            self.warn(f"project {pid} hosted tool permissions {_shape(tools)} name none of the tools "
+                      f"{', '.join(HOSTED_TOOLS)}; every *_enabled property left unset")
+            return
+        for tool in HOSTED_TOOLS:
+            setting = tools.get(tool)
+            enabled = setting.get("enabled") if isinstance(setting, dict) else None
+            if isinstance(enabled, bool):
+                project.set_property(f"{tool}_enabled", enabled)
+            elif setting is not None:
+                self.warn(f"project {pid} hosted tool {tool} is {_shape(setting)}, not {{\"enabled\": true or "
+                          f"false}}; {tool}_enabled left unset")
 
     def _project_list(self, family: str, pid: str, kind: str = "user") -> list[dict]:
         """One project's records of a per-project family, deduplicated, deleted principals dropped (once)."""
@@ -2548,17 +2639,19 @@ class ApplicationBuilder:
     # --- access review: audit log activity, workload identity federation, certificates -------
     def _audit_activity(self) -> tuple[dict[str, str], dict[str, list[str]]]:
         """(user id -> latest login, project key id -> scopes of its newest scope-setting event) in the window."""
-        since = rfc3339(self.snapshot.activity_since) or ""
-        logins: dict[str, str] = {}
-        newest: dict[str, tuple[tuple[str, str], list[str]]] = {}
+        # Times compare as numbers: as text, a year-892 login ("0892-..." or worse "892-...") could win.
+        since = epoch_seconds(self.snapshot.activity_since)
+        since = float("-inf") if since is None else since
+        logins: dict[str, float] = {}
+        newest: dict[str, tuple[tuple[float, str], list[str]]] = {}
         for event in self.snapshot.audit_logs or []:
             kind = event.get("type") if isinstance(event, dict) else None
-            at = rfc3339(event.get("effective_at")) if kind else None
+            at = epoch_seconds(event.get("effective_at")) if kind else None
             if at is None or at < since:  # the server filters by type and time; a server that did not is checked
                 continue
             if kind == "login.succeeded":
                 user_id = _text(_dict(_dict(_dict(event.get("actor")).get("session")).get("user")).get("id"))
-                if user_id and at > logins.get(user_id, ""):
+                if user_id and at > logins.get(user_id, float("-inf")):
                     logins[user_id] = at
             elif kind in ("api_key.created", "api_key.updated"):
                 details = _dict(event.get(kind))  # the details sit under a key named like the type
@@ -2572,7 +2665,8 @@ class ApplicationBuilder:
                 rank = (at, str(event.get("id") or ""))
                 if key_id not in newest or rank > newest[key_id][0]:
                     newest[key_id] = (rank, [scope for scope in scopes if isinstance(scope, str)])
-        return logins, {key_id: scopes for key_id, (_, scopes) in newest.items()}
+        return ({user_id: rfc3339(at) for user_id, at in logins.items()},
+                {key_id: scopes for key_id, (_, scopes) in newest.items()})
 
     def _map_activity(self) -> None:
         s = self.snapshot
@@ -2621,7 +2715,10 @@ class ApplicationBuilder:
                     continue
                 cred = self.app.add_access_cred(rule["id"], _text(rule.get("name")) or rule["id"])
                 cred.created_at = rfc3339(rule.get("created_at")) or ""
-                cred.is_active = rule.get("enabled") is not False and provider.get("enabled") is not False
+                # Unknown (not a boolean) is warned and counts as enabled: access is never understated.
+                cred.is_active = (self._flag(rule, "enabled", f"federation rule {rule['id']}") is not False and
+                                  self._flag(provider, "enabled", f"workload identity provider {provider_id}")
+                                  is not False)
                 cred.set_property("issuer", _text(provider.get("issuer")), ignore_none=True)
                 cred.set_property("audience", _text(provider.get("audience")), ignore_none=True)
                 cred.set_property("workload_identity_provider_id", provider_id)
@@ -2649,6 +2746,10 @@ class ApplicationBuilder:
         """The rule's service account holds it, and it gets that account's role on the rule's project."""
         account_id = _text(rule.get("service_account_id"))
         holder = self.app.local_users.get(account_id) if account_id else None
+        if holder is not None and holder.user_type != "service_account":
+            self.warn(f"federation rule {rule['id']} names {account_id} as its service account, but that id is a "
+                      "human user's; kept without a holder or project role")
+            return
         if holder is None:
             self.warn(f"federation rule {rule['id']} names service account {account_id} which is not listed; "
                       "kept without a holder or project role")
@@ -2694,6 +2795,15 @@ class ApplicationBuilder:
         details = _dict(record.get("certificate_details"))
         certificate.set_property("valid_at", rfc3339(details.get("valid_at")), ignore_none=True)
         certificate.set_property("expires_at", rfc3339(details.get("expires_at")), ignore_none=True)
+
+
+def _shape(value: Any) -> str:
+    """A value from a server as short JSON, for a warning about its shape."""
+    try:
+        text = json.dumps(value, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        text = type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _matcher_value(value: Any) -> str:
@@ -2762,6 +2872,13 @@ def check_veza(config: Config) -> None:
         with requests.get(url, headers={"authorization": f"Bearer {config.veza_api_key}", "user-agent": USER_AGENT},
                           timeout=VEZA_CHECK_TIMEOUT, verify=_veza_verify(), stream=True) as response:
             read_whole_answer(response, started + VEZA_CHECK_TIMEOUT)
+    except requests.exceptions.SSLError as exc:
+        # TLS-inspecting proxies and private CAs are common where this runs; "not reachable" would send the
+        # operator after DNS and firewalls instead.
+        what = ("its TLS certificate could not be verified" if "CERTIFICATE_VERIFY_FAILED" in str(exc)
+                else "the TLS handshake failed")
+        raise PushError(f"cannot use Veza at {config.veza_url}: {what}. If a TLS-inspecting proxy or a private CA "
+                        "signs it, set REQUESTS_CA_BUNDLE to that CA's certificate file (PEM)") from None
     except (requests.RequestException, TransportError, OSError) as exc:
         raise PushError(f"cannot use Veza at {config.veza_url}: {type(exc).__name__} (not reachable within "
                         f"{VEZA_CHECK_TIMEOUT:g}s; check VEZA_URL, DNS, proxy and TLS)") from None
@@ -2771,8 +2888,56 @@ def check_veza(config: Config) -> None:
                         "providers")
 
 
-def bound_veza_answers(client: OAAClient, seconds: float) -> None:
-    """Make every Veza answer arrive whole within `seconds` after its headers, as OpenAI's answers do.
+class RunDeadlineReached(requests.Timeout):
+    """--max-run-time ended the run while Veza was being called."""
+
+
+class VezaRetry(Retry):
+    """oaaclient's retries (urllib3's Retry) with every wait bounded: a Retry-After is capped at `max_wait`
+    (urllib3 would sleep an hour for `Retry-After: 3600`), no wait runs past the run's deadline, and no retry
+    starts after it."""
+
+    max_wait: float = MAX_SERVER_WAIT
+    backoff_cap: float = 30.0  # oaaclient's own cap on its exponential backoff
+    deadline: float | None = None
+
+    def new(self, **kw: Any) -> VezaRetry:
+        retry = super().new(**kw)
+        retry.max_wait, retry.backoff_cap, retry.deadline = self.max_wait, self.backoff_cap, self.deadline
+        return retry
+
+    def _bounded(self, seconds: float) -> float:
+        if self.deadline is not None:
+            seconds = min(seconds, max(0.0, self.deadline - time.monotonic()))
+        return min(seconds, self.max_wait)
+
+    def get_retry_after(self, response: Any) -> float | None:
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else self._bounded(seconds)
+
+    def get_backoff_time(self) -> float:
+        return self._bounded(min(super().get_backoff_time(), self.backoff_cap))
+
+    def is_exhausted(self) -> bool:
+        return super().is_exhausted() or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+
+def bound_veza_retries(client: OAAClient, time_scale: float, deadline: float | None) -> None:
+    """oaaclient's retry policy (OAA_API_RETRIES, its backoff and status list), each wait bounded (VezaRetry)."""
+    session = client._http_adapter
+    policy = session.get_adapter("https://").max_retries
+    retry = VezaRetry(total=policy.total, backoff_factor=policy.backoff_factor * time_scale,
+                      status_forcelist=policy.status_forcelist)
+    retry.max_wait, retry.deadline = MAX_SERVER_WAIT * time_scale, deadline
+    retry.backoff_cap = getattr(policy, "backoff_max", VezaRetry.backoff_cap) * time_scale
+    adapter = requests.adapters.HTTPAdapter(max_retries=retry)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+
+
+def bound_veza_answers(client: OAAClient, seconds: float, deadline: float | None = None) -> None:
+    """Make every Veza answer arrive whole within `seconds` after its headers, as OpenAI's answers do, and
+    every call end by the run's deadline.
 
     oaaclient 1.2.0 sends every call through the requests.Session in `_http_adapter`, whose timeout
     only bounds the gap between two bytes.
@@ -2782,9 +2947,16 @@ def bound_veza_answers(client: OAAClient, seconds: float) -> None:
 
     def request(method: str, url: str, **kwargs: Any) -> requests.Response:
         kwargs["stream"] = True
+        whole_by = time.monotonic() + seconds
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RunDeadlineReached("--max-run-time reached")
+            kwargs["timeout"] = min(float(kwargs.get("timeout") or left), left)
+            whole_by = min(whole_by, deadline)
         response = send(method, url, **kwargs)
         try:
-            read_whole_answer(response, time.monotonic() + seconds)
+            read_whole_answer(response, whole_by)
         except (TransportError, OSError) as exc:
             raise requests.ConnectionError(f"the answer broke off: {type(exc).__name__}") from None
         finally:
@@ -2802,15 +2974,16 @@ class CheckedOAAClient(OAAClient):
         pass
 
 
-def connect_veza(config: Config) -> OAAClient:
-    """An OAAClient whose connection and key were just checked."""
+def connect_veza(config: Config, deadline: float | None = None) -> OAAClient:
+    """An OAAClient whose connection and key were just checked, every call and retry bounded by `deadline`."""
     check_veza(config)
     try:
         client = CheckedOAAClient(url=config.veza_url, api_key=config.veza_api_key)
     except (OAAClientError, ValueError, requests.RequestException) as exc:
         raise PushError(f"cannot use Veza at {config.veza_url}: {describe_veza_error(exc)}") from None
     client.update_user_agent(extra=USER_AGENT)
-    bound_veza_answers(client, float(client._api_timeout))
+    bound_veza_retries(client, config.time_scale, deadline)
+    bound_veza_answers(client, float(client._api_timeout), deadline)
     return client
 
 
@@ -2854,7 +3027,8 @@ class PushProgress:
     upload_started: bool = False
 
 
-def push_payload(client: OAAClient, config: Config, payload_json: str, progress: PushProgress) -> list:
+def push_payload(client: OAAClient, config: Config, payload_json: str, progress: PushProgress,
+                 deadline: float | None = None) -> list:
     """Push serialized JSON to Veza (provider and data source created when missing); return Veza's warnings.
 
     This is oaaclient's push_metadata taking a string instead of a dict, so the payload's Python
@@ -2887,7 +3061,9 @@ def push_payload(client: OAAClient, config: Config, payload_json: str, progress:
         # A 4xx with Veza's own error body is a refusal; anything else after the upload began may
         # have been stored (a reset or a proxy's 502 after Veza took the body).
         refused = isinstance(exc, OAAResponseError) and 400 <= (exc.status_code or 0) < 500
-        raise PushError(f"push to Veza failed: {describe_veza_error(exc)}",
+        late = deadline is not None and time.monotonic() >= deadline
+        raise PushError(f"push to Veza did not finish within --max-run-time {config.max_run_time:g}s" if late else
+                        f"push to Veza failed: {describe_veza_error(exc)}",
                         reached_veza=progress.upload_started and not refused) from None
     return (response.get("warnings") or []) if isinstance(response, dict) else []
 
@@ -2902,7 +3078,7 @@ def push_payload(client: OAAClient, config: Config, payload_json: str, progress:
 REPORT_NAME = "OpenAI access review"
 REPORT_DESCRIPTION = ("Who administers the OpenAI organization, its admin keys, inactive users who still hold "
                       "roles, pending invites, projects whose tools reach outside, and federated workloads.")
-_USER, _APP = f"OAA.{APPLICATION_TYPE}.User", f"OAA.{APPLICATION_TYPE}.Application"
+_USER = f"OAA.{APPLICATION_TYPE}.User"
 _CRED, _ROLE = f"OAA.{APPLICATION_TYPE}.AccessCred", f"OAA.{APPLICATION_TYPE}.Role"
 _PROJECT = f"OAA.{APPLICATION_TYPE}.project.Resource"
 
@@ -2924,9 +3100,8 @@ def _query(name: str, description: str, source: dict, **rest: Any) -> dict:
 # "no expiry" and "no login for N days" need null and relative-date conditions whose JSON Veza does not
 # document publicly; the README says how to add them in the Query Builder.
 REPORT_QUERIES = [
-    _query("organization owners", "Users whose organization role manages members and billing (Owner)",
-           _nodes(_USER), destination_node_types=_nodes(_APP),
-           raw_permissions={"values": ["Manage Members"], "operator": "OR"}),
+    _query("organization owners", "Users holding the organization's Owner role (members and billing)",
+           _nodes(_USER), relates_to_exp={"specs": [{"node_types": _nodes(_ROLE, name="Owner")}]}),
     _query("admin API keys", "Credentials holding the organization-wide Admin API Key role", _nodes(_CRED),
            relates_to_exp={"specs": [{"node_types": _nodes(_ROLE, name="Admin API Key")}]}),
     _query("inactive users holding roles", "Deactivated or banned users, and pending invites, with any role",
@@ -2945,6 +3120,46 @@ REPORT_QUERIES = [
 ]
 
 
+MAX_VEZA_LIST_PAGES = 100  # 25,000 saved queries or reports at oaaclient's 250 a page; more is a looping server
+
+
+def veza_list(client: OAAClient, path: str, **params: Any) -> list[dict]:
+    """Every entry of a paged Veza list, at most MAX_VEZA_LIST_PAGES pages: oaaclient's own loop
+    (get_queries, get_reports) follows `has_more` for ever."""
+    params["page_size"] = client.DEFAULT_PAGE_SIZE
+    values: list[dict] = []
+    tokens: set[str] = set()
+    for _ in range(MAX_VEZA_LIST_PAGES):
+        answer = client._perform_request("GET", path, params=params)
+        page = answer.get("values") if isinstance(answer, dict) else None
+        if not isinstance(page, list):
+            raise ValueError(f"{path}: Veza's answer has no list of values")
+        values.extend(entry for entry in page if isinstance(entry, dict))
+        if not answer.get("has_more"):
+            return values
+        token = answer.get("next_page_token")
+        if not isinstance(token, str) or not token or token in tokens:
+            raise ValueError(f"{path}: has_more without a new next_page_token; stopped instead of looping")
+        tokens.add(token)
+        params["page_token"] = token
+    raise ValueError(f"{path}: still has_more after {MAX_VEZA_LIST_PAGES} pages; stopped instead of looping")
+
+
+def _same_as_sent(stored: Any, sent: Any) -> bool:
+    """Whether Veza's stored value says what we sent: only the fields we sent are compared (Veza adds its
+    own), a field Veza leaves out equals a default we sent (false, 0, "", empty: proto3 JSON omits them),
+    and an integer where we sent an enum name (e.g. "SOURCE_TO_DESTINATION") counts as that name."""
+    if isinstance(sent, dict):
+        return isinstance(stored, dict) and all(
+            _same_as_sent(stored[key], value) if key in stored else not value for key, value in sent.items())
+    if isinstance(sent, list):
+        return isinstance(stored, list) and len(stored) == len(sent) and all(
+            _same_as_sent(a, b) for a, b in zip(stored, sent))
+    if isinstance(sent, str) and re.fullmatch(r"[A-Z][A-Z0-9_]+", sent) and type(stored) is int:
+        return True
+    return type(stored) is type(sent) and stored == sent
+
+
 def create_or_update_report(client: OAAClient) -> str:
     """Make Veza's report and its saved queries match REPORT_QUERIES; return what changed.
 
@@ -2952,18 +3167,22 @@ def create_or_update_report(client: OAAClient) -> str:
     definition nor adds new queries to an existing report, so this does it with the client's calls.)
     """
     changed = created = False
-    existing = {q.get("name"): q for q in client.get_queries() if q.get("query_type") != "SYSTEM_CREATED"}
+    existing = {q.get("name"): q for q in veza_list(client, "/api/v1/assessments/queries",
+                                                    include_inactive_queries=True)
+                if q.get("query_type") != "SYSTEM_CREATED"}
     query_ids = []
     for definition in REPORT_QUERIES:
         query = existing.get(definition["name"])
         if query is None:
             query = client.create_query(definition)
             changed = True
-        elif any(query.get(key) != value for key, value in definition.items()):
+        elif not _same_as_sent(query, definition):
             client.api_put(f"/api/v1/assessments/queries/{query['id']}", {**definition, "id": query["id"]})
             changed = True
         query_ids.append(query["id"])
-    report = next((r for r in client.get_reports() if r.get("name") == REPORT_NAME), None)
+    reports = veza_list(client, "/api/preview/assessments/reports", include_inactive_reports=True,
+                        include_inactive_queries=True)
+    report = next((r for r in reports if r.get("name") == REPORT_NAME), None)
     if report is None:
         client.create_report({"name": REPORT_NAME, "description": REPORT_DESCRIPTION,
                               "queries": [{"query": query_id} for query_id in query_ids]})
@@ -3036,12 +3255,12 @@ def _log_unavailable(snapshot: Snapshot) -> None:
                     family.label, reason, family.grant)
 
 
-def read_organization(config: Config, summary: RunSummary) -> tuple[Snapshot, str]:
+def read_organization(config: Config, summary: RunSummary, deadline: float | None = None) -> tuple[Snapshot, str]:
     """Every family from OpenAI, and how the per-user role reads were decided."""
     client = OpenAIAdminClient(config)
     log.info("reading OpenAI organization %s at %s with %d workers", config.org_id, config.openai_base_url,
              config.max_workers)
-    reader = OrganizationReader(client, config)
+    reader = OrganizationReader(client, config, deadline)
     try:
         snapshot = reader.read()
     finally:
@@ -3062,9 +3281,9 @@ def read_organization(config: Config, summary: RunSummary) -> tuple[Snapshot, st
     return snapshot, reader.role_decision_reason
 
 
-def discover(config: Config, summary: RunSummary) -> dict:
+def discover(config: Config, summary: RunSummary, deadline: float | None = None) -> dict:
     """Read and map; return only the payload, so the records and OAA objects are freed before the push."""
-    snapshot, _ = read_organization(config, summary)
+    snapshot, _ = read_organization(config, summary, deadline)
     mapping_started = time.monotonic()
     with cyclic_gc_paused():
         result = build_application(snapshot)
@@ -3078,20 +3297,23 @@ def discover(config: Config, summary: RunSummary) -> dict:
     return payload
 
 
-def run(config: Config, summary: RunSummary | None = None, progress: PushProgress | None = None) -> RunSummary:
-    """Read, map, save and push once. Raises DiscoveryError or PushError; fills `summary` as it goes."""
+def run(config: Config, summary: RunSummary | None = None, progress: PushProgress | None = None,
+        deadline: float | None = None) -> RunSummary:
+    """Read, map, save and push once, by `deadline` (--max-run-time) when given. Raises DiscoveryError or
+    PushError; fills `summary` as it goes."""
     summary = summary or RunSummary()
     with warnings_counted(summary):
-        return _run_counted(config, summary, progress or PushProgress())
+        return _run_counted(config, summary, progress or PushProgress(), deadline)
 
 
-def _run_counted(config: Config, summary: RunSummary, progress: PushProgress) -> RunSummary:
+def _run_counted(config: Config, summary: RunSummary, progress: PushProgress,
+                 deadline: float | None) -> RunSummary:
     veza = None
     if not config.dry_run:  # fail fast, before spending OpenAI quota, when Veza cannot take the result
         log.info("connecting to Veza at %s", config.veza_url)
-        veza = connect_veza(config)
+        veza = connect_veza(config, deadline)
 
-    payload_json = serialize_payload(discover(config, summary))  # the dict is freed here
+    payload_json = serialize_payload(discover(config, summary, deadline))  # the dict is freed here
     if config.save_json_path:
         try:
             save_payload(payload_json, config.save_json_path)
@@ -3104,11 +3326,11 @@ def _run_counted(config: Config, summary: RunSummary, progress: PushProgress) ->
         return summary
 
     log.info("pushing to Veza data source %r", config.data_source_name)
-    veza_warnings = push_payload(veza, config, payload_json, progress)
+    veza_warnings = push_payload(veza, config, payload_json, progress, deadline)
+    summary.outcome = "pushed"  # settled when Veza answered: a later signal or failure changes only report=
+    summary.veza_warnings = len(veza_warnings)
     for warning in veza_warnings:
         log.warning("Veza: %s", warning)
-    summary.veza_warnings = len(veza_warnings)
-    summary.outcome = "pushed"
     if config.create_report:
         try:
             summary.report = create_or_update_report(veza)
@@ -3116,13 +3338,16 @@ def _run_counted(config: Config, summary: RunSummary, progress: PushProgress) ->
         except Exception as exc:  # Veza's refusal or an odd answer: the push stands either way
             # The snapshot is in Veza; a report that could not be made is said loudly but does not undo it.
             summary.report = "failed"
-            log.error("Veza report %r not created or updated: %s", REPORT_NAME, describe_veza_error(exc))
+            late = deadline is not None and time.monotonic() >= deadline
+            log.error("Veza report %r not created or updated: %s", REPORT_NAME,
+                      f"--max-run-time {config.max_run_time:g}s reached" if late else describe_veza_error(exc))
     return summary
 
 
 @dataclass
 class SignalState:
     finished: bool = False  # once the outcome is decided, a late signal no longer interrupts the summary
+    stopping: bool = False  # the first signal is being handled: a second one (a double Ctrl-C) changes nothing
 
 
 @contextlib.contextmanager
@@ -3137,7 +3362,8 @@ def stop_on_signals() -> Iterator[SignalState]:
                                                                                  ExitStatus.INTERRUPTED)}
 
     def stop(signum: int, frame: Any) -> None:
-        if not state.finished:
+        if not state.finished and not state.stopping:
+            state.stopping = True
             raise Stopped(*names[signal.Signals(signum)])
 
     if threading.current_thread() is not threading.main_thread():
@@ -3178,9 +3404,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = RunSummary(warnings=len(config.notes))  # run() counts the warning lines that follow
     progress = PushProgress()
     status = ExitStatus.FAILED
+    deadline = started + config.max_run_time if config.max_run_time else None  # the whole run, push and report
     with stop_on_signals() as signals:
         try:
-            run(config, summary, progress)
+            run(config, summary, progress, deadline)
             signals.finished = True  # pushed: a late signal must not turn that into "interrupted"
             status = ExitStatus.OK
         except (DiscoveryError, PushError) as exc:
@@ -3192,9 +3419,13 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyboardInterrupt, Stopped) as exc:
             name, status = ((exc.signal_name, exc.status) if isinstance(exc, Stopped)
                             else ("Ctrl-C (SIGINT)", ExitStatus.INTERRUPTED))
-            summary.outcome = "unknown" if progress.upload_started else "interrupted"
-            log.error("stopped by %s", name)
-            _log_what_veza_has(config, progress.upload_started)
+            if summary.outcome == "pushed":  # Veza had answered the push: only the report was cut short
+                summary.report = "interrupted"
+                log.error("stopped by %s while creating the Veza report; the push had completed", name)
+            else:
+                summary.outcome = "unknown" if progress.upload_started else "interrupted"
+                log.error("stopped by %s", name)
+                _log_what_veza_has(config, progress.upload_started)
         except Exception as exc:  # a bug or an unforeseen answer: still one clear line, no partial push
             log.error("unexpected error: %s: %s (run with --debug for the traceback)", type(exc).__name__, exc,
                       exc_info=config.debug)
@@ -3208,4 +3439,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        exit_status = main()
+    except KeyboardInterrupt:  # Ctrl-C outside the run's own handlers (before they are set, after they are restored)
+        exit_status = ExitStatus.INTERRUPTED
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run is over: a late Ctrl-C must not print a traceback at exit
+    sys.exit(exit_status)

@@ -12,6 +12,11 @@ assessment queries and reports) and keeps every decoded payload. Knobs for the c
 - `team_key = True`: the key may push but not manage: creating a provider or a data source answers
   403. `precreate(provider, data_source)` sets up what such a key needs.
 - `user_agents`: the User-Agent header of every request, in order.
+- `answer_with[(method, path)] = (status, headers)`: answer every such request with that (e.g. a load
+  balancer's 503 with `Retry-After: 3600`); `delays[(method, path)] = seconds` before answering.
+- `endless_queries = True`: the saved-query list says `has_more` with a fresh page token for ever.
+- `rich_queries = True`: saved queries come back as a real Veza stores them: fields of its own added,
+  enums as integers, false/empty values left out (proto3 JSON).
 
 Standalone:
 
@@ -60,6 +65,10 @@ class FakeVeza:
         self.team_key = False  # creating providers and data sources answers 403
         self.user_agents: list[str | None] = []
         self.queries: list[dict] = []  # saved assessment queries
+        self.answer_with: dict[tuple[str, str], tuple[int, dict[str, str]]] = {}
+        self.delays: dict[tuple[str, str], float] = {}
+        self.endless_queries = False
+        self.rich_queries = False
         self.reports: list[dict] = []  # {"id", "name", "description", "queries": [{"query": id}], ...}
         self._stopping = threading.Event()
         self._parts: dict[str, list[bytes]] = {}
@@ -124,6 +133,12 @@ class FakeVeza:
         with self.lock:
             self.requests.append((method, path))
             self.user_agents.append(user_agent)
+        if (method, path) in self.delays:
+            self._stopping.wait(self.delays[(method, path)])
+        self._local.headers = {}
+        if (method, path) in self.answer_with:
+            status, self._local.headers = self.answer_with[(method, path)]
+            return status, {"code": "Unavailable", "message": "the service is unavailable"}, None
         status, answer = self._route(method, path, query, body, auth)
         stored = getattr(self._local, "stored", False)
         self._local.stored = False
@@ -197,8 +212,12 @@ class FakeVeza:
     def _assessments(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, dict]:
         with self.lock:
             if path == QUERIES:
+                if method == "GET" and self.endless_queries:
+                    token = str(int(query.get("page_token") or 0) + 1)
+                    return 200, {"values": [], "has_more": True, "next_page_token": token}
                 if method == "GET":
-                    return 200, _page(self.queries, query)
+                    stored = [_as_veza_stores(q) for q in self.queries] if self.rich_queries else self.queries
+                    return 200, _page(stored, query)
                 if method == "POST":
                     return self._create(self.queries, body, "query")
             elif path.startswith(QUERIES + "/"):
@@ -286,6 +305,24 @@ def _filtered(items: list[dict], query: dict[str, str]) -> list[dict]:
     return [item for item in items if item["name"] == name]
 
 
+VEZA_ENUMS = {"SOURCE_TO_DESTINATION": 1, "SYSTEM_CREATED": 2, "EQ": 1, "OR": 1}
+
+
+def _as_veza_stores(value: Any, top: bool = True) -> Any:
+    """A saved query as a real Veza answers it: its own fields added, enums as integers, defaults left out."""
+    if isinstance(value, dict):
+        stored = {key: _as_veza_stores(item, False) for key, item in value.items() if item not in (False, "", [], {})}
+        if "node_type" in value:
+            stored.update(tags_to_get=[], direct_relationship_only=False, count_only=False)
+        if top:
+            stored.update(created_at="2026-01-01T00:00:00Z", risk_level=0, labels=[], variables=[],
+                          include_nodes=True)
+        return stored
+    if isinstance(value, list):
+        return [_as_veza_stores(item, False) for item in value]
+    return VEZA_ENUMS.get(value, value) if isinstance(value, str) else value
+
+
 def _by_id(items: list[dict], item_id: str) -> dict | None:
     return next((item for item in items if item["id"] == item_id), None)
 
@@ -309,6 +346,7 @@ def _handler_for(fake: FakeVeza) -> type[BaseHTTPRequestHandler]:
             status, answer, then = fake.respond(method, split.path, dict(urllib.parse.parse_qsl(split.query)), body,
                                                 self.headers.get("authorization"), self.headers.get("User-Agent"))
             data = json.dumps(answer).encode()
+            headers = getattr(fake._local, "headers", None) or {}
             if then == "reset":
                 # Stored, then gone: no status line, the TCP connection just ends (RST on close).
                 self.close_connection = True
@@ -322,12 +360,15 @@ def _handler_for(fake: FakeVeza) -> type[BaseHTTPRequestHandler]:
             elif then == "drip":
                 self._send(200, "application/json", data, drip=fake.drip_interval)
             else:
-                self._send(status, "application/json", data)
+                self._send(status, "application/json", data, headers=headers)
 
-        def _send(self, status: int, content_type: str, data: bytes, drip: float | None = None) -> None:
+        def _send(self, status: int, content_type: str, data: bytes, drip: float | None = None,
+                  headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             if drip is None:
                 self.wfile.write(data)

@@ -341,7 +341,7 @@ def test_hostile_certificates_do_not_stop_the_run(run_connector, veza, openai_fa
 
 def test_hosted_tools_are_project_properties_when_read(run_connector, veza, openai_fake):
     del openai_fake.org.hosted_tool_permissions["proj_beta"]  # 404: the project has no settings
-    openai_fake.org.hosted_tool_permissions["proj_alpha"]["file_search"] = True  # not an object: skipped
+    openai_fake.org.hosted_tool_permissions["proj_alpha"]["file_search"] = True  # not an object: unset, warned
     payload, stderr = pushed(run_connector, veza)
     resources = resources_of(payload)
     alpha = resources["proj_alpha"]["custom_properties"]
@@ -349,7 +349,9 @@ def test_hosted_tools_are_project_properties_when_read(run_connector, veza, open
         "code_interpreter_enabled": False, "file_search_enabled": None, "image_generation_enabled": False,
         "mcp_enabled": True, "web_search_enabled": True}
     assert not set(HOSTED_TOOL_PROPERTIES) & set(resources["proj_beta"]["custom_properties"])
-    assert "hosted tool" not in stderr
+    [warned] = [line for line in stderr.splitlines() if "hosted tool" in line]
+    assert warned.endswith('WARNING project proj_alpha hosted tool file_search is true, not {"enabled": true or '
+                           'false}; file_search_enabled left unset')
 
 
 # --- the family rule: refused (403) or missing (404) families are left out whole ----------------------------
