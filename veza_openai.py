@@ -45,6 +45,7 @@ from oaaclient.templates import (
     AccessCred,
     CustomApplication,
     CustomResource,
+    LocalGroup,
     LocalUser,
     OAAPermission,
     OAAPropertyType,
@@ -1828,15 +1829,29 @@ def usable_id(value: Any) -> bool:
     return True
 
 
-def unique_by_id(items: Iterable[dict], key: str = "id") -> list[dict]:
-    """Items with a usable string id, first occurrence kept, compared case-insensitively as Veza does."""
-    seen: set[str] = set()
+def unique_by_id(items: Iterable[Any], key: str = "id",
+                 problem: Callable[[str], None] | None = None) -> list[dict]:
+    """Items with a usable string id, first occurrence kept, compared case-insensitively as Veza does.
+
+    The same id on two pages is normal (pages overlap) and silent; a record without a usable id, or
+    whose id differs from another only in case, is told to `problem` when given.
+    """
+    seen: dict[str, str] = {}
     result = []
     for item in items:
         item_id = item.get(key) if isinstance(item, dict) else None
-        if usable_id(item_id) and item_id.casefold() not in seen:
-            seen.add(item_id.casefold())
+        if not usable_id(item_id):
+            if problem:
+                shown = ascii(item_id) if isinstance(item_id, str) and item_id.strip() else type(item_id).__name__
+                problem(f"has no usable {key} ({shown}); skipped")
+            continue
+        first = seen.get(item_id.casefold())
+        if first is None:
+            seen[item_id.casefold()] = item_id
             result.append(item)
+        elif first != item_id and problem:
+            problem(f"ids {first!r} and {item_id!r} differ only in case; Veza treats ids case-insensitively, so "
+                    "only the first is kept")
     return result
 
 
@@ -1961,6 +1976,7 @@ class MappingResult:
     application: CustomApplication
     warnings: list[str]
     counts: dict[str, int]
+    notes: list[tuple[int, str]] = field(default_factory=list)  # (log level, message) lines that are no warning
 
 
 DELETED_WHAT = {
@@ -1982,9 +1998,7 @@ class ApplicationBuilder:
         self.warnings: list[str] = []
         self._warned: set[str] = set()
         self.counts: dict[str, int] = {}
-        self.projects: dict[str, CustomResource] = {}
-        self.org_owner_ids: list[str] = []
-        self.project_key_ids: set[str] = set()
+        self.notes: list[tuple[int, str]] = []
         self.deleted: dict[str, set] = {}
         for kind, key, endpoint in snapshot.deleted:
             self.deleted.setdefault(kind, set()).add(key)
@@ -1997,8 +2011,8 @@ class ApplicationBuilder:
         self._groups_not_in_payload: dict[str, int] = {}  # group id -> role assignments given directly instead
         self._warned_values: set[tuple[str, str]] = set()
         self._project_lists: dict[tuple[str, str, str | None], list[dict]] = {}
-        self.users = self._records("organization user", s.users, "user")
-        self.groups = self._records("group", s.groups or [], "group")
+        self.user_records = self._records("organization user", s.users, "user")
+        self.group_records = self._records("group", s.groups or [], "group")
         self.project_records = self._records("project", s.projects or [], "project")
         self.project_by_id = {record["id"]: record for record in self.project_records}
 
@@ -2019,51 +2033,32 @@ class ApplicationBuilder:
         self.warnings.append(message)
 
     def _records(self, what: str, items: Iterable[Any], kind: str | None = None, key: str = "id") -> list[dict]:
-        """Usable records, first occurrence of each id (case-insensitive, as in Veza), deleted ones dropped.
-
-        The same id on two pages is normal (pages overlap) and silent; a record without a string id,
-        or an id that differs from another only in case, is warned about.
-        """
-        result: list[dict] = []
-        seen: dict[str, str] = {}
+        """Usable records (unique_by_id, its problems warned once), entities deleted during the run dropped."""
+        def warn(problem: str) -> None:
+            message = f"a {what} record {problem}" if problem.startswith("has no") else f"{what} {problem}"
+            self.warn(message, message)
         gone = self.deleted.get(kind, set()) if kind else set()
-        for item in items:
-            item_id = item.get(key) if isinstance(item, dict) else None
-            if not usable_id(item_id):
-                shown = ascii(item_id) if isinstance(item_id, str) and item_id.strip() else type(item_id).__name__
-                message = f"a {what} record has no usable {key} ({shown}); skipped"
-                self.warn(message, message)
-                continue
-            folded = item_id.casefold()
-            if folded in seen:
-                if seen[folded] != item_id:
-                    message = (f"{what} ids {seen[folded]!r} and {item_id!r} differ only in case; Veza treats ids "
-                               "case-insensitively, so only the first is kept")
-                    self.warn(message, message)
-                continue
-            seen[folded] = item_id
-            if item_id not in gone:
-                result.append(item)
-        return result
+        return [item for item in unique_by_id(items, key, warn) if item[key] not in gone]
 
     def build(self) -> MappingResult:
+        """The mapping steps in payload order; each returns what a later step needs."""
         self._define_properties()
         self._define_permissions_and_roles()
         self._map_organization()
-        self._map_users()
+        owners = self._map_users()
         self._map_groups()
-        self._map_projects()
-        self._map_project_members()
-        self._map_service_accounts()
-        self._map_project_api_keys()
+        projects = self._map_projects(owners)
+        self._map_project_members(projects)
+        self._map_service_accounts(projects)
+        project_keys = self._map_project_api_keys(projects)
         self._map_admin_api_keys()
-        self._map_invites()
-        self._map_custom_roles()
-        self._map_role_assignments()
-        self._map_activity()
-        self._map_federation_rules()
-        self._map_certificates()
-        return MappingResult(self.app, self.warnings, self.counts)
+        self._map_invites(projects)
+        self._map_custom_roles(projects)
+        self._map_role_assignments(projects)
+        self._map_activity(project_keys)
+        self._map_federation_rules(projects)
+        self._map_certificates(projects)
+        return MappingResult(self.app, self.warnings, self.counts, self.notes)
 
     # --- definitions ---------------------------------------------------------------------
     def _define_properties(self) -> None:
@@ -2158,20 +2153,31 @@ class ApplicationBuilder:
         return candidate
 
     # --- users ---------------------------------------------------------------------------
+    def _new_local_user(self, unique_id: str, name: str, *, email: str | None = None, identity: str | None = None,
+                        is_active: bool, user_type: str | None = None) -> LocalUser:
+        """The one place a local user is made: organization users, principals other lists name, service
+        accounts and invites all have a name, an optional email and identity, and whether they are active."""
+        user = self.app.add_local_user(name, unique_id=unique_id)
+        if email:
+            user.email = email
+        if identity:
+            user.add_identity(identity)
+        user.is_active = is_active
+        if user_type:
+            user.user_type = user_type
+        return user
+
     def _add_user(self, record: dict) -> LocalUser:
         """A local user from an organization user record."""
         nested = _dict(record.get("user"))
         email = _text(record.get("email")) or _text(nested.get("email"))
         name = _text(record.get("name")) or _text(nested.get("name")) or email or record["id"]
-        user = self.app.add_local_user(name, unique_id=record["id"])
-        if email:
-            user.email = email
-            user.add_identity(email)
-        user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
         subject = f"user {record['id']}"
         # Unknown (a string "false", 1) is not false: active, so access is never understated, and warned.
         banned = self._flag(nested, "banned", subject)
-        user.is_active = not (banned is True or self._flag(nested, "enabled", subject) is False)
+        user = self._new_local_user(record["id"], name, email=email, identity=email,
+                                    is_active=not (banned is True or self._flag(nested, "enabled", subject) is False))
+        user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
         # banned and banned_at are independent: an unbanned user with an old banned_at is not deactivated
         user.deactivated_at = rfc3339(nested.get("banned_at")) if banned is True else None
         user.user_type = "service_account" if record.get("is_service_account") is True else "human"
@@ -2188,13 +2194,9 @@ class ApplicationBuilder:
         if user is not None:
             return user
         email = _text(record.get("email"))
-        name = _text(record.get("name")) or email or principal_id
-        user = self.app.add_local_user(name, unique_id=principal_id)
-        if email:
-            user.email = email
-            user.add_identity(email)
-        user.is_active = True
-        user.user_type = "service_account" if service_account else "human"
+        user = self._new_local_user(principal_id, _text(record.get("name")) or email or principal_id, email=email,
+                                    identity=email, is_active=True,
+                                    user_type="service_account" if service_account else "human")
         kind = "service account" if service_account else "user"
         self.warn(f"{where} names {kind} {principal_id} who is not in the organization user list; "
                   "kept, built from that record")
@@ -2209,30 +2211,32 @@ class ApplicationBuilder:
         if isinstance(personal, bool):
             self.app.set_property("is_personal", personal)
 
-    def _map_users(self) -> None:
-        for record in self.users:
+    def _map_users(self) -> list[LocalUser]:
+        """Organization users with their org role; returns the owners (who own every project)."""
+        owners = []
+        for record in self.user_records:
             user = self._add_user(record)
             role = self._role_for_value(record.get("role"), f"user {record['id']}", project=False)
             if role:
                 user.add_role(role, apply_to_application=True)
                 if role == "owner":
-                    self.org_owner_ids.append(record["id"])
+                    owners.append(user)
         self.counts["users"] = len(self.app.local_users)
+        return owners
 
     # --- groups --------------------------------------------------------------------------
     def _map_groups(self) -> None:
         s = self.snapshot
         if s.groups is None:
             return
-        for record in self.groups:
-            group = self.app.add_local_group(_text(record.get("name")) or record["id"], unique_id=record["id"])
+        for record in self.group_records:
+            group = self._new_group(record)
             group.created_at = rfc3339(record.get("created_at"))
-            group.set_property("group_type", _text(record.get("group_type")), ignore_none=True)
             if isinstance(record.get("is_scim_managed"), bool):
                 group.set_property("is_scim_managed", record["is_scim_managed"])
         memberships = 0
         if s.group_users is not None:
-            for group_record in self.groups:
+            for group_record in self.group_records:
                 gid = group_record["id"]
                 for member in self._records(f"group {gid} member", s.group_users.get(gid, []), "user"):
                     self._get_or_add_principal(member["id"], member, f"group {gid}").add_group(gid)
@@ -2240,11 +2244,20 @@ class ApplicationBuilder:
         self.counts["groups"] = len(self.app.local_groups)
         self.counts["group_memberships"] = memberships
 
+    def _new_group(self, record: dict, id_field: str = "id", name_field: str = "name") -> LocalGroup:
+        """A local group from a group record, or from a project's link to a group (`group_id`, `group_name`)."""
+        group = self.app.add_local_group(_text(record.get(name_field)) or record[id_field],
+                                         unique_id=record[id_field])
+        group.set_property("group_type", _text(record.get("group_type")), ignore_none=True)
+        return group
+
     # --- projects ------------------------------------------------------------------------
-    def _map_projects(self) -> None:
+    def _map_projects(self, owners: list[LocalUser]) -> dict[str, CustomResource]:
+        """Project resources by id; organization owners get the implicit ownership of every one."""
         s = self.snapshot
+        projects: dict[str, CustomResource] = {}
         if s.projects is None:
-            return
+            return projects
         for record in self.project_records:
             pid = record["id"]
             project = self.app.add_resource(_text(record.get("name")) or pid, resource_type="project", unique_id=pid)
@@ -2264,12 +2277,12 @@ class ApplicationBuilder:
                 if isinstance(ids, list):
                     project.set_property("model_ids", [str(i) for i in ids])
             self._map_hosted_tools(project, (s.hosted_tool_permissions or {}).get(pid))
-            self.projects[pid] = project
+            projects[pid] = project
         # Organization owners own every project, listed or not (OpenAI's rule).
-        for owner_id in self.org_owner_ids:
-            self.app.local_users[owner_id].add_role("project_owner_via_organization",
-                                                    resources=list(self.projects.values()))
-        self.counts["projects"] = len(self.projects)
+        for owner in owners:
+            owner.add_role("project_owner_via_organization", resources=list(projects.values()))
+        self.counts["projects"] = len(projects)
+        return projects
 
     def _map_hosted_tools(self, project: CustomResource, tools: Any) -> None:
         """`<tool>_enabled` from {"<tool>": {"enabled": bool}}; any other shape is warned and left unset."""
@@ -2301,9 +2314,9 @@ class ApplicationBuilder:
                                                      (getattr(self.snapshot, family) or {}).get(pid, []), kind)
         return self._project_lists[key]
 
-    def _map_project_members(self) -> None:
+    def _map_project_members(self, projects: dict[str, CustomResource]) -> None:
         memberships = 0
-        for pid, project in self.projects.items():
+        for pid, project in projects.items():
             for member in self._project_list("project_users", pid):
                 user = self._get_or_add_principal(member["id"], member, f"project {pid}")
                 role = self._role_for_value(member.get("role"), f"project {pid} member {member['id']}", project=True)
@@ -2312,14 +2325,12 @@ class ApplicationBuilder:
                 memberships += 1
         self.counts["project_memberships"] = memberships
 
-    def _map_service_accounts(self) -> None:
+    def _map_service_accounts(self, projects: dict[str, CustomResource]) -> None:
         count = 0
-        for pid, project in self.projects.items():
+        for pid, project in projects.items():
             for record in self._project_list("project_service_accounts", pid, kind=None):
-                account = self.app.local_users.get(record["id"])
-                if account is None:
-                    account = self.app.add_local_user(_text(record.get("name")) or record["id"], unique_id=record["id"])
-                    account.is_active = True
+                account = self.app.local_users.get(record["id"]) or self._new_local_user(
+                    record["id"], _text(record.get("name")) or record["id"], is_active=True)
                 account.user_type = "service_account"
                 account.created_at = account.created_at or rfc3339(record.get("created_at"))
                 account.set_property("project_id", pid)
@@ -2330,14 +2341,20 @@ class ApplicationBuilder:
         self.counts["service_accounts"] = count
 
     # --- credentials ---------------------------------------------------------------------
+    def _new_credential(self, unique_id: str, name: str, created_at: Any, *, is_active: bool) -> AccessCred:
+        """The one place an access credential is made: API keys, admin keys and federation rules."""
+        cred = self.app.add_access_cred(unique_id, name)
+        cred.created_at = rfc3339(created_at) or ""
+        cred.is_active = is_active
+        return cred
+
     def _add_credential(self, record: dict, *, is_active: bool, unique_id: str | None = None) -> AccessCred:
         """An access credential from a project or admin API key record."""
-        cred = self.app.add_access_cred(unique_id or record["id"], _text(record.get("name")) or
-                                        _text(record.get("redacted_value")) or record["id"])
-        cred.created_at = rfc3339(record.get("created_at")) or ""
+        cred = self._new_credential(unique_id or record["id"], _text(record.get("name")) or
+                                    _text(record.get("redacted_value")) or record["id"], record.get("created_at"),
+                                    is_active=is_active)
         cred.last_used_at = rfc3339(record.get("last_used_at")) or ""
         cred.expires_at = rfc3339(record.get("expires_at")) or ""
-        cred.is_active = is_active
         cred.set_property("redacted_value", _text(record.get("redacted_value")), ignore_none=True)
         return cred
 
@@ -2382,9 +2399,11 @@ class ApplicationBuilder:
             return None, {}, False  # nested, but not an object: no owner to read
         return _text(owner.get("id")), owner, owner_type == "service_account"
 
-    def _map_project_api_keys(self) -> None:
+    def _map_project_api_keys(self, projects: dict[str, CustomResource]) -> set[str]:
+        """Project keys as credentials of their owners, with the owner's project role; returns their ids."""
+        key_ids: set[str] = set()
         active = inactive = 0
-        for pid, project in self.projects.items():
+        for pid, project in projects.items():
             archived = project_is_archived(self.project_by_id[pid])
             for record in self._project_list("project_api_keys", pid, kind=None):
                 if record["id"] in self.app.access_creds:
@@ -2395,7 +2414,7 @@ class ApplicationBuilder:
                 if self._is_deleted_user(owner_id):
                     continue
                 cred = self._add_credential(record, is_active=self._project_key_is_active(record, archived))
-                self.project_key_ids.add(record["id"])
+                key_ids.add(record["id"])
                 active += cred.is_active
                 inactive += not cred.is_active
                 cred.set_property("project_id", pid)
@@ -2412,6 +2431,7 @@ class ApplicationBuilder:
                     cred.add_role(role, resources=[project])
         self.counts["project_api_keys_active"] = active
         self.counts["project_api_keys_inactive"] = inactive
+        return key_ids
 
     def _admin_key_id(self, record: dict, redacted: str) -> str | None:
         """The unique id an admin-list entry is pushed under; None when it is a project key, or not an admin key.
@@ -2423,8 +2443,7 @@ class ApplicationBuilder:
         is_admin_value = redacted.startswith("sk-admin")
         if key_id in self.app.access_creds:
             if redacted and not is_admin_value:
-                self._project_keys_in_admin_list.append(key_id)
-                return None
+                return None  # a project key already read: the caller counts it
             unique_id = f"admin_api_key:{key_id}"
             number = 1
             while unique_id in self.app.access_creds:
@@ -2444,10 +2463,13 @@ class ApplicationBuilder:
 
     def _map_admin_api_keys(self) -> None:
         count = 0
-        self._project_keys_in_admin_list: list[str] = []
+        project_keys_listed: list[str] = []
         for record in self._records("admin API key", self.snapshot.admin_api_keys or []):
+            already_read = record["id"] in self.app.access_creds
             unique_id = self._admin_key_id(record, _text(record.get("redacted_value")) or "")
             if unique_id is None:
+                if already_read:
+                    project_keys_listed.append(record["id"])
                 continue
             owner_id, owner, service_account = self._key_owner(record)
             if self._is_deleted_user(owner_id):
@@ -2461,14 +2483,15 @@ class ApplicationBuilder:
             else:
                 self.warn(f"admin API key {record['id']} has no owner in its record")
             count += 1
-        if self._project_keys_in_admin_list:
-            ids = self._project_keys_in_admin_list
-            log.info("admin API key list: %d entries are project API keys already read (%s%s); kept once, as "
-                     "project keys", len(ids), ", ".join(ids[:5]), ", ..." if len(ids) > 5 else "")
+        if project_keys_listed:
+            ids = project_keys_listed
+            self.notes.append((logging.INFO, f"admin API key list: {len(ids)} entries are project API keys already "
+                                             f"read ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}); kept "
+                                             "once, as project keys"))
         self.counts["admin_api_keys"] = count
 
     # --- invites -------------------------------------------------------------------------
-    def _map_invites(self) -> None:
+    def _map_invites(self, projects: dict[str, CustomResource]) -> None:
         pending = 0
         for record in self._records("invite", self.snapshot.invites or []):
             status = _text(record.get("status"))
@@ -2480,9 +2503,7 @@ class ApplicationBuilder:
                 self.warn(f"invite {record['id']} has the id of an existing user; the invite is left out")
                 continue
             email = _text(record.get("email"))
-            invitee = self.app.add_local_user(email or record["id"], identities=[email] if email else None,
-                                              unique_id=record["id"])
-            invitee.is_active = False
+            invitee = self._new_local_user(record["id"], email or record["id"], identity=email, is_active=False)
             invitee.set_property("invite_status", status, ignore_none=True)
             invitee.set_property("invite_expires_at", rfc3339(record.get("expires_at")), ignore_none=True)
             role = self._role_for_value(record.get("role"), f"invite {record['id']}", project=False)
@@ -2492,7 +2513,7 @@ class ApplicationBuilder:
             for grant in grants if isinstance(grants, list) else []:
                 if not isinstance(grant, dict):
                     continue
-                project = self.projects.get(grant.get("id")) if isinstance(grant.get("id"), str) else None
+                project = projects.get(grant.get("id")) if isinstance(grant.get("id"), str) else None
                 project_role = self._role_for_value(grant.get("role"), f"invite {record['id']}", project=True)
                 if project is not None and project_role:
                     invitee.add_role(project_role, resources=[project])
@@ -2532,14 +2553,14 @@ class ApplicationBuilder:
         role.set_property("description", _text(record.get("description")), ignore_none=True)
         return role_id
 
-    def _map_custom_roles(self) -> None:
+    def _map_custom_roles(self, projects: dict[str, CustomResource]) -> None:
         s = self.snapshot
         if s.roles is None:
             return
         before = len(self.app.local_roles)
         for record in self._records("role", s.roles):
             self._add_role_record(record)
-        for pid in self.projects:
+        for pid in projects:
             for record in self._project_list("project_roles", pid, kind=None):
                 self._add_role_record(record)
         self.counts["roles"] = len(self.app.local_roles) - before
@@ -2599,42 +2620,53 @@ class ApplicationBuilder:
                   f"payload ({why}: {', '.join(g or '(no id)' for g in missing[:5])}"
                   f"{', ...' if len(missing) > 5 else ''}); those roles are given to the users directly")
 
-    def _map_role_assignments(self) -> None:
+    def _map_role_assignments(self, projects: dict[str, CustomResource]) -> None:
+        """Roles API assignments: groups' and users' on the application, then each project's groups and members."""
         s = self.snapshot
         if s.roles is None:
             return
         count = 0
         if s.groups is not None and s.group_roles is not None:
-            for record in self.groups:
+            for record in self.group_records:
                 count += self._assign(self.app.local_groups[record["id"]], s.group_roles.get(record["id"], []), None)
         if s.user_roles is not None:
-            for record in self.users:
+            for record in self.user_records:
                 user = self.app.local_users[record["id"]]
                 count += self._assign(user, s.user_roles.get(record["id"], []), None, member=user)
-        gone_links = self.deleted.get("project group", set())
-        gone_members = self.deleted.get("project member", set())
-        for pid, project in self.projects.items():
+        for pid, project in projects.items():
             if s.groups is not None and s.project_groups is not None and s.project_group_roles is not None:
-                for link in self._records(f"project {pid} group", s.project_groups.get(pid, []), "group",
-                                          key="group_id"):
-                    gid = link["group_id"]
-                    if (pid, gid) in gone_links:
-                        continue
-                    group = self.app.local_groups.get(gid)
-                    if group is None:
-                        group = self.app.add_local_group(_text(link.get("group_name")) or gid, unique_id=gid)
-                        group.set_property("group_type", _text(link.get("group_type")), ignore_none=True)
-                        self.warn(f"project {pid} names group {gid} which is not in the group list; kept")
-                    count += self._assign(group, s.project_group_roles.get((pid, gid), []), project)
+                count += self._assign_project_groups(pid, project)
             if s.project_user_roles is not None and s.project_users is not None:
-                for member in self._project_list("project_users", pid):
-                    if (pid, member["id"]) in gone_members:
-                        continue
-                    user = self.app.local_users[member["id"]]
-                    count += self._assign(user, s.project_user_roles.get((pid, member["id"]), []), project,
-                                          member=user)
+                count += self._assign_project_members(pid, project)
         self._warn_groups_not_in_payload()
         self.counts["role_assignments"] = count
+
+    def _assign_project_groups(self, pid: str, project: CustomResource) -> int:
+        """Each group the project lists gets its roles there (a group missing from the group list is kept)."""
+        count = 0
+        gone_links = self.deleted.get("project group", set())
+        for link in self._records(f"project {pid} group", self.snapshot.project_groups.get(pid, []), "group",
+                                  key="group_id"):
+            gid = link["group_id"]
+            if (pid, gid) in gone_links:
+                continue
+            group = self.app.local_groups.get(gid)
+            if group is None:
+                group = self._new_group(link, "group_id", "group_name")
+                self.warn(f"project {pid} names group {gid} which is not in the group list; kept")
+            count += self._assign(group, self.snapshot.project_group_roles.get((pid, gid), []), project)
+        return count
+
+    def _assign_project_members(self, pid: str, project: CustomResource) -> int:
+        count = 0
+        gone_members = self.deleted.get("project member", set())
+        for member in self._project_list("project_users", pid):
+            if (pid, member["id"]) in gone_members:
+                continue
+            user = self.app.local_users[member["id"]]
+            count += self._assign(user, self.snapshot.project_user_roles.get((pid, member["id"]), []), project,
+                                  member=user)
+        return count
 
     # --- access review: audit log activity, workload identity federation, certificates -------
     def _audit_activity(self) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -2668,19 +2700,20 @@ class ApplicationBuilder:
         return ({user_id: rfc3339(at) for user_id, at in logins.items()},
                 {key_id: scopes for key_id, (_, scopes) in newest.items()})
 
-    def _map_activity(self) -> None:
+    def _map_activity(self, project_keys: set[str]) -> None:
         s = self.snapshot
         if s.audit_logs is None:
             return
         self.app.set_property("activity_window_days", s.activity_window_days)
         logins, scopes = self._audit_activity()
-        users = {record["id"] for record in self.users}
+        users = {record["id"] for record in self.user_records}
         for user_id in sorted(logins):
             if user_id in users:
                 self.app.local_users[user_id].last_login_at = logins[user_id]
             else:
-                log.debug("audit log: login by %s, who is not in the organization user list; ignored", user_id)
-        keys = sorted(key_id for key_id in scopes if key_id in self.project_key_ids)
+                self.notes.append((logging.DEBUG, f"audit log: login by {user_id}, who is not in the organization "
+                                                  "user list; ignored"))
+        keys = sorted(key_id for key_id in scopes if key_id in project_keys)
         for key_id in keys:
             # An empty list means all permissions (OpenAI's key docs): unrestricted, no scopes to show.
             cred = self.app.access_creds[key_id]
@@ -2690,12 +2723,12 @@ class ApplicationBuilder:
         self.counts["logins"] = len(users & set(logins))
         self.counts["key_scopes"] = len(keys)
 
-    def _service_account_roles(self) -> dict[tuple[str, str], Any]:
+    def _service_account_roles(self, projects: dict[str, CustomResource]) -> dict[tuple[str, str], Any]:
         """(project id, service account id) -> its role value, from the project service account lists."""
-        return {(pid, record["id"]): record.get("role") for pid in self.projects
+        return {(pid, record["id"]): record.get("role") for pid in projects
                 for record in self._project_list("project_service_accounts", pid, kind=None)}
 
-    def _map_federation_rules(self) -> None:
+    def _map_federation_rules(self, projects: dict[str, CustomResource]) -> None:
         s = self.snapshot
         if s.workload_identity_providers is None or s.federation_rules is None:
             return
@@ -2703,7 +2736,7 @@ class ApplicationBuilder:
         if not accounts_read:
             self.warn("federation rules are kept without holders or project roles: project service accounts "
                       "were not read")
-        roles = self._service_account_roles() if accounts_read else {}
+        roles = self._service_account_roles(projects) if accounts_read else {}
         count = 0
         for provider in self._records("workload identity provider", s.workload_identity_providers, "provider"):
             provider_id = provider["id"]
@@ -2713,12 +2746,11 @@ class ApplicationBuilder:
                 if rule["id"] in self.app.access_creds:
                     self.warn(f"federation rule {rule['id']} has the id of another credential; left out")
                     continue
-                cred = self.app.add_access_cred(rule["id"], _text(rule.get("name")) or rule["id"])
-                cred.created_at = rfc3339(rule.get("created_at")) or ""
                 # Unknown (not a boolean) is warned and counts as enabled: access is never understated.
-                cred.is_active = (self._flag(rule, "enabled", f"federation rule {rule['id']}") is not False and
-                                  self._flag(provider, "enabled", f"workload identity provider {provider_id}")
-                                  is not False)
+                enabled = (self._flag(rule, "enabled", f"federation rule {rule['id']}") is not False and
+                           self._flag(provider, "enabled", f"workload identity provider {provider_id}") is not False)
+                cred = self._new_credential(rule["id"], _text(rule.get("name")) or rule["id"], rule.get("created_at"),
+                                            is_active=enabled)
                 cred.set_property("issuer", _text(provider.get("issuer")), ignore_none=True)
                 cred.set_property("audience", _text(provider.get("audience")), ignore_none=True)
                 cred.set_property("workload_identity_provider_id", provider_id)
@@ -2737,12 +2769,13 @@ class ApplicationBuilder:
                 if permission_type == "restricted" and isinstance(permissions.get("scopes"), list):
                     cred.set_property("scopes", [scope for scope in permissions["scopes"] if isinstance(scope, str)])
                 if accounts_read:
-                    self._hold_federation_rule(rule, cred, project_id, roles)
+                    self._hold_federation_rule(rule, cred, projects.get(project_id) if project_id else None,
+                                               project_id, roles)
                 count += 1
         self.counts["federation_rules"] = count
 
-    def _hold_federation_rule(self, rule: dict, cred: AccessCred, project_id: str | None,
-                              roles: dict[tuple[str, str], Any]) -> None:
+    def _hold_federation_rule(self, rule: dict, cred: AccessCred, project: CustomResource | None,
+                              project_id: str | None, roles: dict[tuple[str, str], Any]) -> None:
         """The rule's service account holds it, and it gets that account's role on the rule's project."""
         account_id = _text(rule.get("service_account_id"))
         holder = self.app.local_users.get(account_id) if account_id else None
@@ -2755,7 +2788,6 @@ class ApplicationBuilder:
                       "kept without a holder or project role")
             return
         holder.add_access_cred(rule["id"])
-        project = self.projects.get(project_id) if project_id else None
         if project is None:
             self.warn(f"federation rule {rule['id']} names project {project_id} which is not listed; kept without "
                       "a project role")
@@ -2768,7 +2800,7 @@ class ApplicationBuilder:
         if role:
             cred.add_role(role, resources=[project])
 
-    def _map_certificates(self) -> None:
+    def _map_certificates(self, projects: dict[str, CustomResource]) -> None:
         s = self.snapshot
         if s.certificates is None and (s.projects is None or s.project_certificates is None):
             return
@@ -2779,7 +2811,7 @@ class ApplicationBuilder:
                 continue
             self._add_certificate(self.app.add_resource, record)
             count += 1
-        for pid, project in self.projects.items():
+        for pid, project in projects.items():
             for record in self._project_list("project_certificates", pid, kind=None):
                 self._add_certificate(project.add_sub_resource, record)
                 count += 1
@@ -2817,7 +2849,7 @@ def _matcher_value(value: Any) -> str:
 
 
 def build_application(snapshot: Snapshot) -> MappingResult:
-    """Map a Snapshot to a CustomApplication (pure; no I/O)."""
+    """Map a Snapshot to a CustomApplication (pure: no I/O, no logging; the caller logs warnings and notes)."""
     return ApplicationBuilder(snapshot).build()
 
 
@@ -3289,6 +3321,8 @@ def discover(config: Config, summary: RunSummary, deadline: float | None = None)
         result = build_application(snapshot)
         payload = result.application.get_payload()
     summary.counts = result.counts
+    for level, message in result.notes:
+        log.log(level, "%s", message)
     for message in result.warnings:
         log.warning("%s", message)
     seconds = time.monotonic() - mapping_started
