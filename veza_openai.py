@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import requests
 from oaaclient.client import OAAClient, OAAClientError, OAAResponseError
@@ -125,7 +125,7 @@ PROVIDER_ICON_SVG = (
 
 
 # ---------------------------------------------------------------------------------------------
-# Options: one table makes the parser, the environment lookup, the bounds and the help text
+# Errors: what ends a run, and how main() reports each
 # ---------------------------------------------------------------------------------------------
 
 class ConfigError(Exception):
@@ -135,6 +135,31 @@ class ConfigError(Exception):
         super().__init__("\n".join(problems))
         self.problems = problems
 
+
+class DiscoveryError(Exception):
+    """OpenAI could not be read completely; nothing may be pushed."""
+
+
+class PushError(Exception):
+    """Veza refused or could not take the payload; `reached_veza` says whether it may have arrived anyway."""
+
+    def __init__(self, message: str, *, reached_veza: bool = False) -> None:
+        super().__init__(message)
+        self.reached_veza = reached_veza
+
+
+class Stopped(BaseException):
+    """A signal asked the run to stop (SIGTERM or Ctrl-C); like KeyboardInterrupt, not an Exception."""
+
+    def __init__(self, signal_name: str, status: ExitStatus) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.status = status
+
+
+# ---------------------------------------------------------------------------------------------
+# Options: one table makes the parser, the environment lookup, the bounds and the help text
+# ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Option:
@@ -685,142 +710,8 @@ def secrets_in_environment(env: Mapping[str, str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading OpenAI
+# HTTP: one GET to the Admin API, its whole answer within a deadline
 # ---------------------------------------------------------------------------------------------
-
-class DiscoveryError(Exception):
-    """OpenAI could not be read completely; nothing may be pushed."""
-
-
-class AccessRefused(DiscoveryError):
-    """401/403/404 from OpenAI: the key may not read this, or the organization does not have it."""
-
-    def __init__(self, endpoint: str, status: int, message: str) -> None:
-        super().__init__(f"{endpoint}: HTTP {status}: {message}")
-        self.endpoint = endpoint
-        self.status = status
-
-
-class Stopped(BaseException):
-    """A signal asked the run to stop (SIGTERM or Ctrl-C); like KeyboardInterrupt, not an Exception."""
-
-    def __init__(self, signal_name: str, status: ExitStatus) -> None:
-        super().__init__(signal_name)
-        self.signal_name = signal_name
-        self.status = status
-
-
-CURSOR_LAST_ID = "last_id"   # after=<last_id of the page>
-CURSOR_ITEM_ID = "item_id"   # after=<id of the last item>
-CURSOR_NEXT = "next"         # after=<next of the page>
-
-
-@dataclass(frozen=True)
-class Family:
-    """One kind of record the connector reads: its endpoint, how to page it, what to grant when refused.
-
-    `name` is also the Snapshot attribute its result lives in; `per` names the entity a per-entity
-    family is read for ("project", "group", ...), whose 404 means that entity was deleted mid-run.
-    """
-
-    name: str
-    label: str
-    path: str
-    grant: str
-    cursor: str | None = None        # None: one object, not a list
-    page_size: int = 0               # the largest page the endpoint serves
-    item_object: str | None = None   # the `object` every item must carry, when the API names one
-    params: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # a tuple value is sent as repeated keys
-    per: str | None = None
-    item_id_field: str = "id"
-    next_falls_back_to_item_id: bool = False  # the SDK documents `after` as an item id for this list
-
-
-# One read of the audit log brings all three: logins for last_login_at, key creations and updates for scopes.
-AUDIT_EVENT_TYPES = ("login.succeeded", "api_key.created", "api_key.updated")
-
-
-FAMILY_LIST = [
-    Family(name="organization", label="organization object", path="/organizations/{org_id}",
-           grant="(dashboard-style keys only)"),
-    Family(name="users", label="users", path="/organization/users", grant="Users: Read", cursor=CURSOR_LAST_ID,
-           page_size=100, item_object="organization.user"),
-    # The audit log is read newest first, one sequential chain: listed early so its next page goes first.
-    Family(name="audit_logs", label="audit logs", path="/organization/audit_logs", grant="Audit logs: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, params=(("event_types[]", AUDIT_EVENT_TYPES),)),
-    Family(name="invites", label="invites", path="/organization/invites", grant="Invites: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.invite"),
-    Family(name="admin_api_keys", label="admin API keys", path="/organization/admin_api_keys",
-           grant="Admin keys: Read", cursor=CURSOR_ITEM_ID, page_size=100, item_object="organization.admin_api_key"),
-    Family(name="groups", label="groups", path="/organization/groups", grant="Groups: Read", cursor=CURSOR_NEXT,
-           page_size=1000, next_falls_back_to_item_id=True),
-    Family(name="roles", label="roles", path="/organization/roles", grant="Roles: Read", cursor=CURSOR_NEXT,
-           page_size=1000, item_object="role"),
-    Family(name="projects", label="projects", path="/organization/projects", grant="Projects: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project",
-           params=(("include_archived", "true"),)),
-    # The maximum page size of both workload identity lists is undocumented; 100 is what every sibling allows.
-    Family(name="workload_identity_providers", label="workload identity providers",
-           path="/organization/workload_identity_providers", grant="Workload identity: Read", cursor=CURSOR_ITEM_ID,
-           page_size=100, item_object="organization.workload_identity_provider"),
-    Family(name="certificates", label="certificates", path="/organization/certificates", grant="Certificates: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.certificate"),
-    Family(name="project_users", label="project users", path="/organization/projects/{project_id}/users",
-           grant="Projects: Read", cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.user",
-           per="project"),
-    Family(name="project_service_accounts", label="project service accounts",
-           path="/organization/projects/{project_id}/service_accounts", grant="Projects: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.service_account", per="project"),
-    Family(name="project_api_keys", label="project API keys", path="/organization/projects/{project_id}/api_keys",
-           grant="API keys: Read", cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.api_key",
-           params=(("owner_project_access", "any"),), per="project"),
-    Family(name="project_roles", label="project roles", path="/projects/{project_id}/roles", grant="Roles: Read",
-           cursor=CURSOR_NEXT, page_size=1000, item_object="role", per="project"),
-    # The maximum page size of project groups is undocumented; 100 is what every sibling list allows.
-    Family(name="project_groups", label="project groups", path="/organization/projects/{project_id}/groups",
-           grant="Groups: Read", cursor=CURSOR_NEXT, page_size=100, item_object="project.group", per="project",
-           item_id_field="group_id", next_falls_back_to_item_id=True),
-    Family(name="model_permissions", label="model permissions",
-           path="/organization/projects/{project_id}/model_permissions", grant="Projects: Read", per="project"),
-    Family(name="project_certificates", label="project certificates",
-           path="/organization/projects/{project_id}/certificates", grant="Certificates: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.certificate", per="project"),
-    Family(name="hosted_tool_permissions", label="hosted tool permissions",
-           path="/organization/projects/{project_id}/hosted_tool_permissions", grant="Projects: Read", per="project"),
-    Family(name="group_users", label="group users", path="/organization/groups/{group_id}/users",
-           grant="Groups: Read", cursor=CURSOR_NEXT, page_size=1000, per="group", next_falls_back_to_item_id=True),
-    Family(name="group_roles", label="group roles", path="/organization/groups/{group_id}/roles",
-           grant="Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per="group"),
-    Family(name="project_group_roles", label="project group roles",
-           path="/projects/{project_id}/groups/{group_id}/roles", grant="Roles: Read", cursor=CURSOR_NEXT,
-           page_size=1000, per="project group"),
-    Family(name="federation_rules", label="federation rules",
-           path="/organization/workload_identity_providers/{provider_id}/federation_rules",
-           grant="Workload identity: Read", cursor=CURSOR_ITEM_ID, page_size=100,
-           item_object="organization.workload_identity_federation_rule", per="provider"),
-    Family(name="user_roles", label="user roles", path="/organization/users/{user_id}/roles", grant="Roles: Read",
-           cursor=CURSOR_NEXT, page_size=1000, per="user"),
-    Family(name="project_user_roles", label="project user roles", path="/projects/{project_id}/users/{user_id}/roles",
-           grant="Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per="project member"),
-    # One object by id, asked only to tell a deleted entity from a list its organization lacks.
-    Family(name="project_object", label="project", path="/organization/projects/{project_id}",
-           grant="Projects: Read"),
-    Family(name="group_object", label="group", path="/organization/groups/{group_id}", grant="Groups: Read"),
-    Family(name="user_object", label="user", path="/organization/users/{user_id}", grant="Users: Read"),
-    Family(name="provider_object", label="workload identity provider",
-           path="/organization/workload_identity_providers/{provider_id}", grant="Workload identity: Read"),
-]
-FAMILIES = {family.name: family for family in FAMILY_LIST}
-# OpenAI documents a 400 "when project is archived" on these per-project lists.
-LISTS_REFUSED_WHEN_ARCHIVED = frozenset({"project_users", "project_service_accounts"})
-# The single object of an entity kind, asked when one of its lists answers 404: (family, path argument).
-OBJECT_OF_KIND = {"project": ("project_object", "project_id"), "group": ("group_object", "group_id"),
-                  "user": ("user_object", "user_id"), "provider": ("provider_object", "provider_id")}
-OBJECT_FAMILIES = {family for family, _ in OBJECT_OF_KIND.values()}
-NOT_FOUND = object()  # the result of an object read that answered 404
-# A project's optional settings: an answer of an unknown shape leaves them unset (warned), never fails the run.
-OPTIONAL_SETTINGS = frozenset({"model_permissions", "hosted_tool_permissions"})
-
 
 def _retry_after_seconds(response: requests.Response) -> float | None:
     """The server's requested wait, from retry-after-ms or retry-after (seconds or HTTP date)."""
@@ -945,67 +836,298 @@ def read_whole_answer(response: requests.Response, deadline: float, limit: int |
     return body
 
 
-@dataclass
-class Snapshot:
-    """Everything read from OpenAI. A family that is None was left out (see `unavailable`)."""
+# ---------------------------------------------------------------------------------------------
+# The catalogue: every family the connector reads, declared once
+# ---------------------------------------------------------------------------------------------
 
-    org_id: str
-    organization: dict | None = None
-    users: list[dict] = field(default_factory=list)
-    invites: list[dict] | None = None
-    projects: list[dict] | None = None
-    admin_api_keys: list[dict] | None = None
-    groups: list[dict] | None = None
-    roles: list[dict] | None = None
-    project_users: dict[str, list[dict]] | None = field(default_factory=dict)
-    project_service_accounts: dict[str, list[dict]] | None = field(default_factory=dict)
-    project_api_keys: dict[str, list[dict]] | None = field(default_factory=dict)
-    project_roles: dict[str, list[dict]] | None = field(default_factory=dict)
-    project_groups: dict[str, list[dict]] | None = field(default_factory=dict)
-    model_permissions: dict[str, dict | None] | None = field(default_factory=dict)
-    group_users: dict[str, list[dict]] | None = field(default_factory=dict)
-    group_roles: dict[str, list[dict]] | None = field(default_factory=dict)
-    project_group_roles: dict[tuple[str, str], list[dict]] | None = field(default_factory=dict)
-    user_roles: dict[str, list[dict]] | None = None
-    project_user_roles: dict[tuple[str, str], list[dict]] | None = None
-    audit_logs: list[dict] | None = None          # None: not read (--activity-days 0) or left out
-    activity_since: int | None = None             # Unix seconds the audit log was read from
-    activity_window_days: int | None = None       # the days it covers (fewer when MAX_AUDIT_LOG_PAGES cut it short)
-    workload_identity_providers: list[dict] | None = None
-    federation_rules: dict[str, list[dict]] | None = field(default_factory=dict)  # provider id -> rules
-    certificates: list[dict] | None = None
-    project_certificates: dict[str, list[dict]] | None = field(default_factory=dict)
-    hosted_tool_permissions: dict[str, dict | None] | None = field(default_factory=dict)
-    unavailable: dict[str, str] = field(default_factory=dict)  # family name -> why it was left out
-    read_at: float = field(default_factory=time.time)  # Unix seconds the read started: "expired" is judged at it
-    deleted: list[tuple[str, Any, str]] = field(default_factory=list)  # (entity kind, key, endpoint)
+CURSOR_LAST_ID = "last_id"   # after=<last_id of the page>
+CURSOR_ITEM_ID = "item_id"   # after=<id of the last item>
+CURSOR_NEXT = "next"         # after=<next of the page>
 
 
-def has_custom_roles(role_lists: Iterable[list[dict]]) -> bool:
-    return any(role.get("predefined_role") is False for roles in role_lists for role in roles
-               if isinstance(role, dict))
+class Kind(enum.Enum):
+    """The entity a per-entity family is read for. A 404 on its list may mean it was deleted during the run;
+    its own object (when it has one) says whether it was, and what is left out with it is said in the log."""
+
+    PROJECT = ("project", "project_object", "left out with its members, service accounts, keys and roles")
+    GROUP = ("group", "group_object", "left out with its memberships and role grants")
+    USER = ("user", "user_object", "left out with its memberships, keys and role assignments")
+    PROVIDER = ("provider", "provider_object", "its federation rules are left out")
+    # Links between two entities have no object of their own to ask.
+    PROJECT_GROUP = ("project group", None, "its role grants on the project are left out")
+    PROJECT_MEMBER = ("project member", None, "its role assignments on the project are left out")
+
+    def __init__(self, label: str, object_family: str | None, when_deleted: str) -> None:
+        self.label, self.object_family, self.when_deleted = label, object_family, when_deleted
 
 
-def decide_role_assignment_reads(mode: str, roles_refused: bool, role_lists: list[list[dict]],
-                                 role_lists_pending: int) -> tuple[bool | None, str]:
-    """Whether to read per-user and per-project-member roles: (True/False, why), or (None, "") until known.
+class On404(enum.Enum):
+    """What a 404 on a family's read means (a required family's 404 fails the run)."""
 
-    `auto` reads them as soon as any role list shows a custom role, and skips them only once every
-    role list has been read and none does.
+    LEAVE_OUT = "the organization does not have this family: left out whole, warned"
+    ENTITY = "the entity it is read for may have been deleted: settled by asking the entity itself"
+    NO_SETTINGS = "the project has no such settings: left unset"
+    EXISTENCE = "the entity itself answered: it was deleted"
+
+
+@dataclass(frozen=True)
+class Family:
+    """One kind of record the connector reads: everything that varies from one family to another.
+
+    The reader knows no family by name: where a family is read from (`parent`), what it waits for
+    (`after_role_decision`), what its answers mean (`on_404`, `optional`, `empty_when_archived`) and how
+    far it may go (`page_cap`, `cut_at_cap`) are all said here.
     """
-    if roles_refused:
-        return False, "skipped: the Roles API is not available to this key"
-    if mode == "none":
-        return False, "skipped: --role-assignments none"
-    if mode == "all":
-        return True, "reading them: --role-assignments all"
-    if has_custom_roles(role_lists):
-        return True, "reading them: the Roles API lists custom roles (--role-assignments auto)"
-    if role_lists_pending > 0:
-        return None, ""
-    return False, ("skipped: every role the Roles API lists is predefined "
-                   "(--role-assignments auto); use 'all' to read them anyway")
 
+    name: str                        # also the Snapshot attribute its result is filed in
+    label: str
+    path: str                        # placeholders are filled from the key (in order) or the organization id
+    grant: str                       # what the admin key needs, named when the family is refused
+    cursor: str | None = None        # None: one object, not a list
+    page_size: int = 0               # the largest page the endpoint serves
+    item_object: str | None = None   # the `object` every item must carry, when the API names one
+    params: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # a tuple value is sent as repeated keys
+    per: Kind | None = None          # the entity it is read for, once per entity
+    parent: str | None = None        # the family whose items it is read for (None: read at the start)
+    parent_id_field: str = "id"      # the field of the parent's items that names the entity
+    item_id_field: str = "id"
+    next_falls_back_to_item_id: bool = False  # the SDK documents `after` as an item id for this list
+    on_404: On404 | None = None      # None: ENTITY when read per entity, else LEAVE_OUT
+    required: bool = False           # refused or missing, the run fails: no push without it
+    optional: str | None = None      # what is left unset when it cannot be read; the run goes on
+    settings: bool = False           # an answer of another shape goes to the mapping, which warns
+    empty_when_archived: bool = False  # OpenAI documents a 400 "when project is archived": an empty list
+    role_list: bool = False          # lists roles: `--role-assignments auto` decides on these
+    after_role_decision: bool = False  # read only once the role assignment reads are decided on
+    activity_window: bool = False    # read back to the activity window's start, newest first
+    page_cap: int | None = None      # None: MAX_AUDIT_LOG_PAGES for a list cut at its cap, else MAX_PAGES_PER_LIST
+    cut_at_cap: bool = False         # at the page or byte cap, keep what was read (warned) instead of failing
+
+    @property
+    def max_pages(self) -> int:
+        return self.page_cap or (MAX_AUDIT_LOG_PAGES if self.cut_at_cap else MAX_PAGES_PER_LIST)
+
+    @property
+    def not_found(self) -> On404:
+        return self.on_404 or (On404.ENTITY if self.per else On404.LEAVE_OUT)
+
+    def path_for(self, key: Any, org_id: str) -> str:
+        """The path of one read: placeholders filled from the key, in order (the organization id for org_id)."""
+        names = re.findall(r"{(\w+)}", self.path)
+        values = [org_id] if names == ["org_id"] else [key] if isinstance(key, str) else list(key or ())
+        return self.path.format(**{name: urllib.parse.quote(value, safe="") for name, value in zip(names, values)})
+
+
+# One read of the audit log brings all three: logins for last_login_at, key creations and updates for scopes.
+AUDIT_EVENT_TYPES = ("login.succeeded", "api_key.created", "api_key.updated")
+
+# In dispatch order: when several endpoints may send, the first listed goes first.
+FAMILY_LIST = [
+    Family(name="organization", label="organization object", path="/organizations/{org_id}",
+           grant="(dashboard-style keys only)", optional="is_personal"),
+    Family(name="users", label="users", path="/organization/users", grant="Users: Read", cursor=CURSOR_LAST_ID,
+           page_size=100, item_object="organization.user", required=True),
+    # The audit log is read newest first, one sequential chain: listed early so its next page goes first.
+    Family(name="audit_logs", label="audit logs", path="/organization/audit_logs", grant="Audit logs: Read",
+           cursor=CURSOR_LAST_ID, page_size=100, params=(("event_types[]", AUDIT_EVENT_TYPES),),
+           activity_window=True, cut_at_cap=True),
+    Family(name="invites", label="invites", path="/organization/invites", grant="Invites: Read",
+           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.invite"),
+    Family(name="admin_api_keys", label="admin API keys", path="/organization/admin_api_keys",
+           grant="Admin keys: Read", cursor=CURSOR_ITEM_ID, page_size=100, item_object="organization.admin_api_key"),
+    Family(name="groups", label="groups", path="/organization/groups", grant="Groups: Read", cursor=CURSOR_NEXT,
+           page_size=1000, next_falls_back_to_item_id=True),
+    Family(name="roles", label="roles", path="/organization/roles", grant="Roles: Read", cursor=CURSOR_NEXT,
+           page_size=1000, item_object="role", role_list=True),
+    Family(name="projects", label="projects", path="/organization/projects", grant="Projects: Read",
+           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project",
+           params=(("include_archived", "true"),)),
+    # The maximum page size of both workload identity lists is undocumented; 100 is what every sibling allows.
+    Family(name="workload_identity_providers", label="workload identity providers",
+           path="/organization/workload_identity_providers", grant="Workload identity: Read", cursor=CURSOR_ITEM_ID,
+           page_size=100, item_object="organization.workload_identity_provider"),
+    Family(name="certificates", label="certificates", path="/organization/certificates", grant="Certificates: Read",
+           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.certificate"),
+    Family(name="project_users", label="project users", path="/organization/projects/{project_id}/users",
+           grant="Projects: Read", cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.user",
+           per=Kind.PROJECT, parent="projects", empty_when_archived=True),
+    Family(name="project_service_accounts", label="project service accounts",
+           path="/organization/projects/{project_id}/service_accounts", grant="Projects: Read",
+           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.service_account",
+           per=Kind.PROJECT, parent="projects", empty_when_archived=True),
+    Family(name="project_api_keys", label="project API keys", path="/organization/projects/{project_id}/api_keys",
+           grant="API keys: Read", cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.api_key",
+           params=(("owner_project_access", "any"),), per=Kind.PROJECT, parent="projects"),
+    Family(name="project_roles", label="project roles", path="/projects/{project_id}/roles", grant="Roles: Read",
+           cursor=CURSOR_NEXT, page_size=1000, item_object="role", per=Kind.PROJECT, parent="projects",
+           role_list=True),
+    # The maximum page size of project groups is undocumented; 100 is what every sibling list allows.
+    Family(name="project_groups", label="project groups", path="/organization/projects/{project_id}/groups",
+           grant="Groups: Read", cursor=CURSOR_NEXT, page_size=100, item_object="project.group", per=Kind.PROJECT,
+           parent="projects", item_id_field="group_id", next_falls_back_to_item_id=True),
+    Family(name="model_permissions", label="model permissions",
+           path="/organization/projects/{project_id}/model_permissions", grant="Projects: Read", per=Kind.PROJECT,
+           parent="projects", on_404=On404.NO_SETTINGS, settings=True),
+    Family(name="project_certificates", label="project certificates",
+           path="/organization/projects/{project_id}/certificates", grant="Certificates: Read",
+           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.certificate", per=Kind.PROJECT,
+           parent="projects"),
+    Family(name="hosted_tool_permissions", label="hosted tool permissions",
+           path="/organization/projects/{project_id}/hosted_tool_permissions", grant="Projects: Read",
+           per=Kind.PROJECT, parent="projects", on_404=On404.NO_SETTINGS, settings=True),
+    Family(name="group_users", label="group users", path="/organization/groups/{group_id}/users",
+           grant="Groups: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.GROUP, parent="groups",
+           next_falls_back_to_item_id=True),
+    Family(name="group_roles", label="group roles", path="/organization/groups/{group_id}/roles",
+           grant="Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.GROUP, parent="groups"),
+    Family(name="project_group_roles", label="project group roles",
+           path="/projects/{project_id}/groups/{group_id}/roles", grant="Roles: Read", cursor=CURSOR_NEXT,
+           page_size=1000, per=Kind.PROJECT_GROUP, parent="project_groups", parent_id_field="group_id"),
+    Family(name="federation_rules", label="federation rules",
+           path="/organization/workload_identity_providers/{provider_id}/federation_rules",
+           grant="Workload identity: Read", cursor=CURSOR_ITEM_ID, page_size=100,
+           item_object="organization.workload_identity_federation_rule", per=Kind.PROVIDER,
+           parent="workload_identity_providers"),
+    Family(name="user_roles", label="user roles", path="/organization/users/{user_id}/roles", grant="Roles: Read",
+           cursor=CURSOR_NEXT, page_size=1000, per=Kind.USER, parent="users", after_role_decision=True),
+    Family(name="project_user_roles", label="project user roles", path="/projects/{project_id}/users/{user_id}/roles",
+           grant="Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.PROJECT_MEMBER, parent="project_users",
+           after_role_decision=True),
+    # One object by id, asked only to tell a deleted entity from a list its organization lacks (Kind).
+    Family(name="project_object", label="project", path="/organization/projects/{project_id}",
+           grant="Projects: Read", on_404=On404.EXISTENCE),
+    Family(name="group_object", label="group", path="/organization/groups/{group_id}", grant="Groups: Read",
+           on_404=On404.EXISTENCE),
+    Family(name="user_object", label="user", path="/organization/users/{user_id}", grant="Users: Read",
+           on_404=On404.EXISTENCE),
+    Family(name="provider_object", label="workload identity provider",
+           path="/organization/workload_identity_providers/{provider_id}", grant="Workload identity: Read",
+           on_404=On404.EXISTENCE),
+]
+FAMILIES = {family.name: family for family in FAMILY_LIST}
+CHILDREN = {name: [family for family in FAMILY_LIST if family.parent == name] for name in FAMILIES}
+STARTING_FAMILIES = [family for family in FAMILY_LIST if family.parent is None and family.not_found != On404.EXISTENCE]
+
+
+# ---------------------------------------------------------------------------------------------
+# Records: what the fields of a record from OpenAI mean (ids, times, text)
+# ---------------------------------------------------------------------------------------------
+
+# Go's zero time: what a server written in Go sends for "never set". As a date it would be an expiry
+# 2,000 years past (a key shown expired) or a login that never happened, so it is unset, not a date.
+GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)
+
+
+def _moment(value: Any) -> datetime | None:
+    """Unix seconds (number or digits) or an ISO string as an aware UTC datetime; None when absent or unusable."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        if isinstance(value, (int, float)):
+            moment = datetime.fromtimestamp(value, tz=timezone.utc)
+        elif isinstance(value, str) and value.strip():
+            text = value.strip()
+            if re.fullmatch(r"\d+(\.\d+)?", text):
+                moment = datetime.fromtimestamp(float(text), tz=timezone.utc)
+            else:
+                moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+                if moment.tzinfo is None:
+                    moment = moment.replace(tzinfo=timezone.utc)
+        else:
+            return None
+        moment = moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError, OSError):  # nan, inf, out of range, not a date
+        return None
+    return None if moment == GO_ZERO_TIME else moment
+
+
+def rfc3339(value: Any) -> str | None:
+    """Unix seconds (or an ISO string) as RFC3339 UTC with a Z suffix and a four-digit year; None when absent
+    or unusable (Go's zero time included)."""
+    moment = _moment(value)
+    if moment is None:
+        return None
+    # strftime("%Y") does not pad years before 1000 on Linux ("892-07-31..."), which is not RFC3339.
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}Z"
+
+
+def epoch_seconds(value: Any) -> float | None:
+    """The same value as Unix seconds, for comparing times as numbers (strings sort "892-..." after "2026-...")."""
+    moment = _moment(value)
+    return None if moment is None else moment.timestamp()
+
+
+def _text(value: Any) -> str | None:
+    """A trimmed non-empty string, else None."""
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _shape(value: Any) -> str:
+    """A value from a server as short JSON, for a warning about its shape."""
+    try:
+        text = json.dumps(value, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        text = type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def usable_id(value: Any) -> bool:
+    """A non-blank string that is valid Unicode: a lone surrogate ("\\ud800" in JSON) fits no URL or payload."""
+    if not isinstance(value, str) or not value.strip():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def unique_by_id(items: Iterable[Any], key: str = "id",
+                 problem: Callable[[str], None] | None = None) -> list[dict]:
+    """Items with a usable string id, first occurrence kept, compared case-insensitively as Veza does.
+
+    The same id on two pages is normal (pages overlap) and silent; a record without a usable id, or
+    whose id differs from another only in case, is told to `problem` when given.
+    """
+    seen: dict[str, str] = {}
+    result = []
+    for item in items:
+        item_id = item.get(key) if isinstance(item, dict) else None
+        if not usable_id(item_id):
+            if problem:
+                shown = ascii(item_id) if isinstance(item_id, str) and item_id.strip() else type(item_id).__name__
+                problem(f"has no usable {key} ({shown}); skipped")
+            continue
+        first = seen.get(item_id.casefold())
+        if first is None:
+            seen[item_id.casefold()] = item_id
+            result.append(item)
+        elif first != item_id and problem:
+            problem(f"ids {first!r} and {item_id!r} differ only in case; Veza treats ids case-insensitively, so "
+                    "only the first is kept")
+    return result
+
+
+def ids_of(items: Iterable[dict], key: str = "id") -> list[str]:
+    """The usable ids of `items`, first occurrence kept (pages can overlap; ids compare case-insensitively)."""
+    return [item[key] for item in unique_by_id(items, key)]
+
+
+def project_is_archived(record: dict) -> bool:
+    """A project record that says it is archived (status `archived`, or an `archived_at` time)."""
+    status = _text(record.get("status"))
+    return (status is not None and status.lower() == "archived") or rfc3339(record.get("archived_at")) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Pacing: what each endpoint allows, learned from its answers
+# ---------------------------------------------------------------------------------------------
 
 class EndpointPacer:
     """What one endpoint (path template) allows, learned from its answers; pure bookkeeping on `now`.
@@ -1082,6 +1204,10 @@ class EndpointPacer:
         self.sent_in_burst += 1
         return self.probing
 
+    def on_other_answer(self) -> None:
+        """An answer that is neither a page nor a 429 (a refusal, a fault): it no longer counts as in flight."""
+        self.in_flight -= 1
+
     def on_success(self, now: float, probe: bool) -> None:
         self.in_flight -= 1
         self.succeeded += 1
@@ -1134,6 +1260,10 @@ class EndpointPacer:
         return None
 
 
+# ---------------------------------------------------------------------------------------------
+# The scheduler: every GET when its endpoint allows it (knows no OpenAI family by name)
+# ---------------------------------------------------------------------------------------------
+
 @dataclass
 class ListRead:
     """Every page of one list (or one single object) of one family for one entity."""
@@ -1141,11 +1271,11 @@ class ListRead:
     family: Family
     key: Any                      # where the result is filed: None, an id, or an (id, id) pair
     path: str
-    on_done: Callable[[Any], None]
+    on_done: Callable[[ListRead, Any], None]
     items: list[dict] = field(default_factory=list)
     pages: int = 0
+    size: int = 0                 # answer bytes read so far (decompressed)
     seen_cursors: set[str] = field(default_factory=set)
-    size: int = 0  # bytes of every page so far (MAX_LIST_BYTES)
     last_sent: float = 0.0  # when its latest request went out: the entity existed then if it answered
 
 
@@ -1160,6 +1290,74 @@ class Request:
     probe: bool = False
     ticket: int = 0
     sent_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A 400, 401, 403 or 404: what the read plan decides on (a refused key, a missing family, a deleted entity)."""
+
+    status: int
+    endpoint: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.endpoint}: HTTP {self.status}: {self.detail}"
+
+
+class Verdict(enum.Enum):
+    PAGE = "a page (or object) to take"
+    THROTTLED = "429: the same request again when its endpoint allows"
+    REFUSED = "400/401/403/404: the read plan decides what it means"
+    RETRY = "a transient fault: the same request again after a backoff"
+    FAILED = "retrying cannot help"
+
+
+def classify(answer: Answer) -> Verdict:
+    """What one answer means for its request, from the answer alone (pure)."""
+    if answer.status == 200 and not answer.fatal:
+        return Verdict.PAGE
+    if answer.status == 429 and answer.should_retry is not False:
+        return Verdict.THROTTLED
+    if answer.status in (401, 403, 404) or (answer.status == 400 and answer.should_retry is not True):
+        return Verdict.REFUSED
+    retryable = answer.status == 0 or answer.status >= 500 or answer.status in RETRYABLE_STATUS
+    if answer.should_retry is not None:
+        retryable = answer.should_retry
+    return Verdict.RETRY if retryable and not answer.fatal else Verdict.FAILED
+
+
+def check_page(family: Family, body: dict, path: str, limit: Any) -> list[dict]:
+    """The items of one list page, or DiscoveryError when the page is not what the endpoint documents."""
+    data = body.get("data")
+    if body.get("object", "list") != "list":
+        raise DiscoveryError(f"{path}: expected a list, got object {str(body.get('object'))[:40]!r}")
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise DiscoveryError(f"{path}: 'data' is not a list of objects")
+    if family.item_object:
+        for item in data:
+            if item.get("object", family.item_object) != family.item_object:
+                raise DiscoveryError(f"{path}: expected {family.item_object} items, got "
+                                     f"{str(item.get('object'))[:40]!r}")
+    if isinstance(limit, int) and len(data) > limit:
+        raise DiscoveryError(f"{path}: a page of {len(data):,} items answered a request for at most {limit}; "
+                             "a server that ignores the page size cannot be read safely, so the run stops")
+    return data
+
+
+def next_cursor(family: Family, body: dict, data: list[dict], path: str) -> str:
+    """The `after` of the next page, by the family's cursor style; DiscoveryError when there is none."""
+    if family.cursor == CURSOR_LAST_ID:
+        cursor = body.get("last_id")
+    elif family.cursor == CURSOR_NEXT:
+        cursor = body.get("next")
+        if not cursor and family.next_falls_back_to_item_id and data:
+            cursor = data[-1].get(family.item_id_field)
+            log.debug("%s: has_more without next; continuing after the last item's id", path)
+    else:
+        cursor = data[-1].get("id") if data else None
+    if not cursor or not isinstance(cursor, str):
+        raise DiscoveryError(f"{path}: has_more is true but the page has no cursor")
+    return cursor
 
 
 class WorkerPool:
@@ -1206,221 +1404,78 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-class OrganizationReader:
-    """Reads every family, scheduling each GET when its endpoint allows it.
+class ReadPlanCalls(Protocol):
+    """What the scheduler asks of the read plan."""
 
-    The order of reads, top to bottom: the top-level lists (`_start`), then per-project and
-    per-group fan-out as those lists arrive (`_on_projects`, `_on_groups`, `_on_project_groups`),
-    then the per-principal role reads once `decide_role_assignment_reads` says so. Only the main
-    thread touches the snapshot; workers only fetch, and every result is filed under its key, so the
-    payload does not depend on the order answers arrive in.
+    def refused(self, read: ListRead, refusal: Refusal) -> None: ...
+    def failed(self, read: ListRead, message: str) -> None: ...
+    def cut(self, read: ListRead) -> None: ...
+    def is_left_out(self, family: Family) -> bool: ...
+
+
+class Scheduler:
+    """Sends each GET when its endpoint's pacer allows it, takes the answers, follows the pages.
+
+    A worker only ever carries out one GET; a continuation page or a throttled request goes back to
+    the front of its endpoint's queue, a 5xx retry to a backoff heap, so one endpoint's limit never
+    holds a worker another endpoint could use. What an answer means for the organization (a refused
+    family, a deleted entity) is the read plan's to decide.
     """
 
-    def __init__(self, client: OpenAIAdminClient, config: Config, deadline: float | None = None) -> None:
+    def __init__(self, client: OpenAIAdminClient, config: Config, families: Iterable[Family],
+                 deadline: float | None = None) -> None:
         self.client = client
         self.config = config
-        self.deadline = deadline  # time.monotonic() when --max-run-time ends the whole run; None: from read()
+        self.deadline = deadline  # time.monotonic() when --max-run-time ends the whole run; None: from run()
         self.scale = config.time_scale
-        self.snapshot = Snapshot(org_id=config.org_id)
-        self.pacers = {name: EndpointPacer(family.path, config.time_scale,
-                                           config.max_requests_per_minute_per_endpoint)
-                       for name, family in FAMILIES.items()}
-        self.queues: dict[str, deque[Request]] = {name: deque() for name in FAMILIES}
+        self.plan: ReadPlanCalls | None = None
+        families = list(families)
+        self.labels = {family.name: family.label for family in families}
+        self.pacers = {family.name: EndpointPacer(family.path, config.time_scale,
+                                                  config.max_requests_per_minute_per_endpoint)
+                       for family in families}
+        self.queues: dict[str, deque[Request]] = {family.name: deque() for family in families}
         self.delayed: list[tuple[float, int, Request]] = []   # 5xx backoff: (due, ticket, request)
         self.in_flight: dict[int, Request] = {}
         self.done: queue.SimpleQueue = queue.SimpleQueue()
         self.pool: WorkerPool | None = None
         self.tickets = 0
-        self.open_reads: dict[str, int] = dict.fromkeys(FAMILIES, 0)
-        self.finished_reads: dict[str, int] = dict.fromkeys(FAMILIES, 0)
-        self.not_found: dict[str, list[tuple[Any, str, float]]] = {}  # family -> [(entity key, endpoint, when)]
-        self.found: dict[str, dict[Any, float]] = {}  # entity kind -> key -> latest send of a read that found it
-        self.exists: dict[tuple[str, Any], bool | None] = {}  # (kind, key) -> its own object answered 200/404
-        self.existence_unknown: dict[tuple[str, Any], str] = {}  # (kind, key) -> why its object could not say
+        self.open_reads: dict[str, int] = {family.name: 0 for family in families}
+        self.finished_reads: dict[str, int] = {family.name: 0 for family in families}
         self.next_global_send = 0.0
         self.calls = self.retries = self.throttled = 0
         self.started = 0.0
         self.next_progress = 0.0
-        self.role_lists_pending = 0
-        self.role_decision: bool | None = None
-        self.role_decision_reason = ""
-        self.user_role_reads_queued = False
-        self.audit_log_read: ListRead | None = None
-        self.archived_projects: set[str] = set()
 
-    # --- the order of reads ---------------------------------------------------------------
-    def _start(self) -> None:
-        s = self.snapshot
-        self._read("organization", lambda org: setattr(s, "organization", org), org_id=self.config.org_id)
-        self._read("users", self._on_users)
-        self._read("invites", lambda items: setattr(s, "invites", items))
-        self._read("admin_api_keys", lambda items: setattr(s, "admin_api_keys", items))
-        self._read("groups", self._on_groups)
-        self.role_lists_pending = 2  # the org roles list, and the project list (then each project's roles)
-        self._read("roles", self._on_roles)
-        self._read("projects", self._on_projects)
-        if self.config.activity_days:
-            s.activity_since = int(time.time()) - self.config.activity_days * 86_400
-            self.audit_log_read = self._read("audit_logs", self._on_audit_logs,
-                                             params={"effective_at[gte]": str(s.activity_since)})
-        self._read("workload_identity_providers", self._on_workload_identity_providers)
-        self._read("certificates", lambda items: setattr(s, "certificates", items))
+    def add(self, read: ListRead, params: dict[str, Any]) -> None:
+        """Queue the first page of a read."""
+        self.open_reads[read.family.name] += 1
+        self.queues[read.family.name].append(Request(read, params))
 
-    def _on_users(self, items: list[dict]) -> None:
-        self.snapshot.users = items
-        self._read_user_roles_if_decided()
+    def finish(self, read: ListRead, result: Any) -> None:
+        self.open_reads[read.family.name] -= 1
+        self.finished_reads[read.family.name] += 1
+        read.on_done(read, result)
 
-    def _on_groups(self, items: list[dict] | None) -> None:
-        self.snapshot.groups = items
-        for gid in ids_of(items or []):
-            self._read("group_users", self._store_under("group_users", gid), key=gid, group_id=gid)
-            self._read("group_roles", self._store_under("group_roles", gid), key=gid, group_id=gid)
+    def drop_waiting(self, family: Family) -> None:
+        """Finish, with no result, every read of a family that was left out while it waited."""
+        waiting = self.queues[family.name]
+        while waiting:  # nothing more of a refused family is worth a call
+            self.finish(waiting.pop().read, None)
 
-    def _on_roles(self, items: list[dict] | None) -> None:
-        self.snapshot.roles = items
-        self._role_list_done()
-
-    def _on_projects(self, items: list[dict] | None) -> None:
-        self.snapshot.projects = items
-        projects = ids_of(items or [])
-        self.archived_projects = {record["id"] for record in unique_by_id(items or []) if project_is_archived(record)}
-        self.role_lists_pending += len(projects)
-        for pid in projects:
-            self._read("project_users", lambda r, p=pid: self._on_project_users(p, r), key=pid, project_id=pid)
-            self._read("project_service_accounts", self._store_under("project_service_accounts", pid), key=pid,
-                       project_id=pid)
-            self._read("project_api_keys", self._store_under("project_api_keys", pid), key=pid, project_id=pid)
-            self._read("project_roles", lambda r, p=pid: self._on_project_roles(p, r), key=pid, project_id=pid)
-            self._read("project_groups", lambda r, p=pid: self._on_project_groups(p, r), key=pid, project_id=pid)
-            self._read("model_permissions", self._store_under("model_permissions", pid), key=pid, project_id=pid)
-            self._read("project_certificates", self._store_under("project_certificates", pid), key=pid, project_id=pid)
-            self._read("hosted_tool_permissions", self._store_under("hosted_tool_permissions", pid), key=pid,
-                       project_id=pid)
-        self._role_list_done()  # the project list itself
-
-    def _on_audit_logs(self, items: list[dict] | None) -> None:
-        s = self.snapshot
-        s.audit_logs = items
-        if items is None:
-            return
-        read = self.audit_log_read
-        if s.activity_window_days is None:
-            s.activity_window_days = self.config.activity_days
-        log.info("read %d audit log events (logins and API key changes of the last %d days) in %d calls", len(items),
-                 s.activity_window_days, read.pages if read else 0)
-
-    def _on_workload_identity_providers(self, items: list[dict] | None) -> None:
-        self.snapshot.workload_identity_providers = items
-        for provider_id in ids_of(items or []):
-            self._read("federation_rules", self._store_under("federation_rules", provider_id), key=provider_id,
-                       provider_id=provider_id)
-
-    def _on_project_users(self, project_id: str, items: list[dict] | None) -> None:
-        if items is None:
-            return
-        self.snapshot.project_users[project_id] = items
-        self._read_project_member_roles_if_decided(project_id)
-
-    def _on_project_roles(self, project_id: str, items: list[dict] | None) -> None:
-        if items is not None:
-            self.snapshot.project_roles[project_id] = items
-        self._role_list_done()
-
-    def _on_project_groups(self, project_id: str, items: list[dict] | None) -> None:
-        if items is None:
-            return
-        self.snapshot.project_groups[project_id] = items
-        for gid in ids_of(items, "group_id"):
-            self._read("project_group_roles", self._store_under("project_group_roles", (project_id, gid)),
-                       key=(project_id, gid), project_id=project_id, group_id=gid)
-
-    def _role_list_done(self) -> None:
-        self.role_lists_pending -= 1
-        if self.role_decision is not None:
-            return
-        s = self.snapshot
-        lists = [s.roles or []] + list((s.project_roles or {}).values())
-        decision, reason = decide_role_assignment_reads(self.config.role_assignments, "roles" in s.unavailable,
-                                                        lists, self.role_lists_pending)
-        if decision is None:
-            return
-        self.role_decision, self.role_decision_reason = decision, reason
-        log.info("per-user role assignments %s", reason)
-        if decision:
-            s.user_roles, s.project_user_roles = {}, {}
-            self._log_role_read_estimate()
-            self._read_user_roles_if_decided()
-            for pid in list(s.project_users or {}):
-                self._read_project_member_roles_if_decided(pid)
-
-    def _read_user_roles_if_decided(self) -> None:
-        s = self.snapshot
-        if not self.role_decision or not s.users or self.user_role_reads_queued:
-            return
-        self.user_role_reads_queued = True
-        for uid in ids_of(s.users):
-            self._read("user_roles", self._store_under("user_roles", uid), key=uid, user_id=uid)
-
-    def _read_project_member_roles_if_decided(self, project_id: str) -> None:
-        s = self.snapshot
-        if not self.role_decision or s.project_users is None or "project_user_roles" in s.unavailable:
-            return
-        for uid in ids_of(s.project_users.get(project_id, [])):
-            self._read("project_user_roles", self._store_under("project_user_roles", (project_id, uid)),
-                       key=(project_id, uid), project_id=project_id, user_id=uid)
-
-    def _log_role_read_estimate(self) -> None:
-        s = self.snapshot
-        users = len(ids_of(s.users)) if s.users else 0
-        members = sum(len(ids_of(m)) for m in (s.project_users or {}).values())
-        rate = self.pacers["user_roles"].requests_per_second() or ASSUMED_REQUESTS_PER_MINUTE / 60.0
-        known = "" if s.users else " (the user list is still being read)"
-        log.info("role assignment reads: %d users%s and %d project members so far, one call each; at %.0f "
-                 "requests a minute per endpoint that is about %s", users, known, members, rate * 60,
-                 _format_duration(max(users, members) / rate))
-
-    def _store_under(self, attribute: str, key: Any) -> Callable[[Any], None]:
-        """A result handler that files the result under `key` in one of the snapshot's per-key dicts."""
-        def file_result(result: Any) -> None:
-            target = getattr(self.snapshot, attribute)
-            if target is not None and result is not None:
-                target[key] = result
-        return file_result
-
-    # --- scheduling ------------------------------------------------------------------------
-    def _read(self, family_name: str, on_done: Callable[[Any], None], key: Any = None,
-              params: dict[str, Any] | None = None, **path_args: str) -> ListRead | None:
-        """Queue every page of one list (or one object); `params` are added to the family's own."""
-        family = FAMILIES[family_name]
-        if family_name in self.snapshot.unavailable:
-            on_done(None)
-            return None
-        path = family.path.format(**{k: urllib.parse.quote(v, safe="") for k, v in path_args.items()})
-        query: dict[str, Any] = {**dict(family.params), **(params or {})}
-        if family.cursor:
-            query["limit"] = family.page_size
-        self.open_reads[family_name] += 1
-        read = ListRead(family, key, path, on_done)
-        self.queues[family_name].append(Request(read, query))
-        return read
-
-    def read(self) -> Snapshot:
-        """Read everything; raise DiscoveryError (or Stopped) as soon as a complete snapshot is impossible."""
+    def start(self, plan: ReadPlanCalls) -> None:
+        self.plan = plan
         self.pool = WorkerPool(self.client, self.config.max_workers, self.done)
         self.started = time.monotonic()
         if self.deadline is None and self.config.max_run_time:
             self.deadline = self.started + self.config.max_run_time
         self.next_progress = self.started + self._progress_interval()
-        try:
-            self._start()
-            self._run_until_read()
-            self._ask_whether_gone()
-            self._settle_not_found()
-            return self.snapshot
-        finally:
+
+    def close(self) -> None:
+        if self.pool:
             self.pool.close()
 
-    def _run_until_read(self) -> None:
+    def run_until_read(self) -> None:
         """Send what may go, take what comes back, until every read scheduled so far is done."""
         while any(self.open_reads.values()):
             now = time.monotonic()
@@ -1459,8 +1514,8 @@ class OrganizationReader:
     def _dispatch(self, now: float) -> None:
         while self.delayed and self.delayed[0][0] <= now:
             request = heapq.heappop(self.delayed)[2]
-            if request.read.family.name in self.snapshot.unavailable:
-                self._finish(request.read, None)  # its family was left out while it waited to be retried
+            if self.plan.is_left_out(request.read.family):
+                self.finish(request.read, None)  # its family was left out while it waited to be retried
             else:
                 self.queues[request.read.family.name].appendleft(request)
         while len(self.in_flight) < self.config.max_workers and self.next_global_send <= now:
@@ -1512,51 +1567,52 @@ class OrganizationReader:
 
     def _answered(self, request: Request, answer: Answer, now: float) -> None:
         read, pacer = request.read, self.pacers[request.read.family.name]
-        path = read.path
-        if read.family.name in self.snapshot.unavailable:  # left out meanwhile: whatever came back, it is moot
-            pacer.in_flight -= 1
-            self._finish(read, None)
+        if self.plan.is_left_out(read.family):  # left out meanwhile: whatever came back, it is moot
+            pacer.on_other_answer()
+            self.finish(read, None)
             return
-        if answer.status == 200 and not answer.fatal:
+        verdict = classify(answer)
+        if verdict is Verdict.PAGE:
             pacer.on_success(now, request.probe)
             request.throttled_since = None
-            self._take_page(request, answer.body, answer.size)
-            return
-        if answer.status == 429 and answer.should_retry is not False:
-            pacer.on_throttled(now, request.probe, answer.server_wait)
-            self.throttled += 1
-            request.throttled_since = request.throttled_since or now
-            waited = now - request.throttled_since
-            if waited > self.config.max_throttle_wait:
-                self._failed(read, f"{path}: still HTTP 429 (rate limited) after waiting {waited:.1f}s "
+            self._take_page(request, answer)
+        elif verdict is Verdict.THROTTLED:
+            self._throttled(request, answer, now)
+        elif verdict is Verdict.REFUSED:
+            pacer.on_other_answer()
+            self.plan.refused(read, Refusal(answer.status, read.path, answer.detail))
+        elif verdict is Verdict.RETRY:
+            pacer.on_other_answer()
+            self._retry(request, answer, now)
+        else:
+            pacer.on_other_answer()
+            self.plan.failed(read, f"{read.path}: {answer.problem}" + (f": {answer.detail}" if answer.detail else ""))
+
+    def _throttled(self, request: Request, answer: Answer, now: float) -> None:
+        """A 429: the same request again, first in its endpoint's queue, once its pacer allows."""
+        read, pacer = request.read, self.pacers[request.read.family.name]
+        pacer.on_throttled(now, request.probe, answer.server_wait)
+        self.throttled += 1
+        request.throttled_since = request.throttled_since or now
+        waited = now - request.throttled_since
+        if waited > self.config.max_throttle_wait:
+            self.plan.failed(read, f"{read.path}: still HTTP 429 (rate limited) after waiting {waited:.1f}s "
                                    f"(--max-throttle-wait {self.config.max_throttle_wait:g}s)"
                                    + (f"; this endpoint allowed about {pacer.refill_burst} requests per "
                                       f"{pacer.refill_seconds:.0f}s" if pacer.refill_seconds else ""))
-                return
-            # The first 429 of an endpoint is news; the rest show in the progress lines and with --debug.
-            log.log(logging.INFO if pacer.throttled == 1 else logging.DEBUG,
-                    "%s: HTTP 429, pausing %s for %.1fs (%s)", path, pacer.path,
-                    max(0.0, pacer.blocked_until - now) / (self.scale or 1),
-                    "the server's retry-after" if answer.server_wait is not None else "no retry-after: probing")
-            self.queues[read.family.name].appendleft(request)
             return
-        pacer.in_flight -= 1
-        if answer.status == 400 and self._archived_project_answer(read, answer):
-            # OpenAI documents this 400 "when project is archived": an archived project has no members.
-            log.info("%s: HTTP 400 for archived project %s; read as an empty list", path, read.key)
-            self._finish(read, [])
-            return
-        if answer.status in (401, 403, 404):
-            self._refused(request, AccessRefused(path, answer.status, answer.detail))
-            return
-        retryable = answer.status == 0 or answer.status >= 500 or answer.status in RETRYABLE_STATUS
-        if answer.should_retry is not None:
-            retryable = answer.should_retry
-        if answer.fatal or not retryable:
-            self._failed(read, f"{path}: {answer.problem}" + (f": {answer.detail}" if answer.detail else ""))
-            return
+        # The first 429 of an endpoint is news; the rest show in the progress lines and with --debug.
+        log.log(logging.INFO if pacer.throttled == 1 else logging.DEBUG,
+                "%s: HTTP 429, pausing %s for %.1fs (%s)", read.path, pacer.path,
+                max(0.0, pacer.blocked_until - now) / (self.scale or 1),
+                "the server's retry-after" if answer.server_wait is not None else "no retry-after: probing")
+        self.queues[read.family.name].appendleft(request)
+
+    def _retry(self, request: Request, answer: Answer, now: float) -> None:
+        """A transient fault: the same request after an exponential backoff (or the server's wait)."""
+        path = request.read.path
         if request.attempt >= self.config.max_retries:
-            self._failed(read, f"{path}: {answer.problem}, gave up after {request.attempt} retries")
+            self.plan.failed(request.read, f"{path}: {answer.problem}, gave up after {request.attempt} retries")
             return
         request.attempt += 1
         self.retries += 1
@@ -1568,215 +1624,39 @@ class OrganizationReader:
                  self.config.max_retries, wait)
         heapq.heappush(self.delayed, (now + wait * self.scale, request.ticket, request))
 
-    def _archived_project_answer(self, read: ListRead, answer: Answer) -> bool:
-        """A 400 on an archived project's users or service accounts list (known archived, or the server says so)."""
-        if read.family.name not in LISTS_REFUSED_WHEN_ARCHIVED:
-            return False
-        return read.key in self.archived_projects or "archived" in answer.detail.lower()
-
-    def _failed(self, read: ListRead, message: str) -> None:
-        """A read that cannot complete: the run fails, except for the optional organization object."""
-        if read.family.name == "organization":
-            log.warning("is_personal left unset: the organization object could not be read (%s)", message)
-            self._finish(read, None)
-            return
-        raise DiscoveryError(message)
-
-    def _take_page(self, request: Request, body: Any, size: int = 0) -> None:
-        read, family, path = request.read, request.read.family, request.read.path
+    def _take_page(self, request: Request, answer: Answer) -> None:
+        read, family, path, body = request.read, request.read.family, request.read.path, answer.body
         if not isinstance(body, dict):
-            if family.name in OPTIONAL_SETTINGS:  # the mapping warns and leaves the settings unset
-                self._finish(read, body)
-                return
-            self._failed(read, f"{path}: answer is JSON but not an object")
+            if family.settings:  # the mapping warns and leaves the settings unset
+                self.finish(read, body)
+            else:
+                self.plan.failed(read, f"{path}: answer is JSON but not an object")
             return
         if family.cursor is None:
-            self._finish(read, body)
+            self.finish(read, body)
             return
-        data = body.get("data")
-        if body.get("object", "list") != "list":
-            raise DiscoveryError(f"{path}: expected a list, got object {str(body.get('object'))[:40]!r}")
-        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
-            raise DiscoveryError(f"{path}: 'data' is not a list of objects")
-        if family.item_object:
-            for item in data:
-                if item.get("object", family.item_object) != family.item_object:
-                    raise DiscoveryError(f"{path}: expected {family.item_object} items, got "
-                                         f"{str(item.get('object'))[:40]!r}")
-        limit = request.params.get("limit")
-        if isinstance(limit, int) and len(data) > limit:
-            raise DiscoveryError(f"{path}: a page of {len(data):,} items answered a request for at most {limit}; "
-                                 "a server that ignores the page size cannot be read safely, so the run stops")
+        data = check_page(family, body, path, request.params.get("limit"))
         read.items.extend(data)
         read.pages += 1
-        read.size += size
+        read.size += answer.size
         if not body.get("has_more"):
-            self._finish(read, read.items)
+            self.finish(read, read.items)
             return
-        if family.name == "audit_logs" and (read.pages >= MAX_AUDIT_LOG_PAGES or read.size > MAX_LIST_BYTES):
-            self._cut_audit_log(read)
+        if family.cut_at_cap and (read.pages >= family.max_pages or read.size > MAX_LIST_BYTES):
+            self.plan.cut(read)
             return
         if read.size > MAX_LIST_BYTES:
             raise DiscoveryError(f"{path}: still has_more after {read.size / 2**20:.3g} MB in {read.pages:,} pages, "
                                  f"past the {MAX_LIST_BYTES / 2**20:.3g} MB bound on one list; no real organization "
                                  "is that large, so the read stops")
-        if read.pages >= MAX_PAGES_PER_LIST:
-            raise DiscoveryError(f"{path}: still has_more after {MAX_PAGES_PER_LIST:,} pages; no real organization "
+        if read.pages >= family.max_pages:
+            raise DiscoveryError(f"{path}: still has_more after {family.max_pages:,} pages; no real organization "
                                  "is that large, so the server is looping")
-        cursor = self._next_cursor(family, body, data, path)
+        cursor = next_cursor(family, body, data, path)
         if cursor in read.seen_cursors:
             raise DiscoveryError(f"{path}: the cursor {cursor[:40]!r} repeats; stopping instead of looping")
         read.seen_cursors.add(cursor)
         self.queues[family.name].appendleft(Request(read, {**request.params, "after": cursor}))
-
-    def _cut_audit_log(self, read: ListRead) -> None:
-        """Stop the audit log at MAX_AUDIT_LOG_PAGES: it comes newest first, so what was read is each user's
-        latest login and each key's latest scopes, back to the last event read; older ones are missing."""
-        s = self.snapshot
-        # The last event with a usable time: one odd record (NaN, a string) must not stop the run.
-        oldest = next((at for at in map(epoch_seconds, (event.get("effective_at") for event in reversed(read.items)))
-                       if at is not None), None)
-        days = self.config.activity_days
-        if oldest is not None and s.activity_since is not None:
-            now = s.activity_since + days * 86_400
-            s.activity_window_days = max(0, min(days, int((now - oldest) // 86_400)))
-        else:
-            s.activity_window_days = 0
-        log.warning("audit log: stopped after %d pages (%d events); logins and API key scope changes older than %s "
-                    "are missing, so activity_window_days is %d instead of %d; use a shorter --activity-days",
-                    read.pages, len(read.items), rfc3339(oldest) or "the last event read", s.activity_window_days,
-                    days)
-        self._finish(read, read.items)
-
-    @staticmethod
-    def _next_cursor(family: Family, body: dict, data: list[dict], path: str) -> str:
-        if family.cursor == CURSOR_LAST_ID:
-            cursor = body.get("last_id")
-        elif family.cursor == CURSOR_NEXT:
-            cursor = body.get("next")
-            if not cursor and family.next_falls_back_to_item_id and data:
-                cursor = data[-1].get(family.item_id_field)
-                log.debug("%s: has_more without next; continuing after the last item's id", path)
-        else:
-            cursor = data[-1].get("id") if data else None
-        if not cursor or not isinstance(cursor, str):
-            raise DiscoveryError(f"{path}: has_more is true but the page has no cursor")
-        return cursor
-
-    def _finish(self, read: ListRead, result: Any, *, entity_seen: bool = True) -> None:
-        name = read.family.name
-        self.open_reads[name] -= 1
-        self.finished_reads[name] += 1
-        if entity_seen and read.family.per and read.key is not None:
-            self._seen(read.family.per, read.key, read.last_sent)
-            if read.family.per == "project group":
-                self._seen("group", read.key[1], read.last_sent)
-        if name in self.snapshot.unavailable:
-            result = None
-        read.on_done(result)
-
-    def _seen(self, kind: str, key: Any, when: float) -> None:
-        seen = self.found.setdefault(kind, {})
-        seen[key] = max(seen.get(key, when), when)
-
-    def _refused(self, request: Request, refusal: AccessRefused) -> None:
-        """401/403/404: the key may not read this, the organization lacks it, or the entity is gone."""
-        read, family = request.read, request.read.family
-        if family.name in OBJECT_FAMILIES and refusal.status != 401:  # asked only after a 404 on its lists
-            # Only the entity's own 404 says it is gone; a 403 leaves the question open.
-            self._finish(read, NOT_FOUND if refusal.status == 404 else refusal)
-            return
-        if family.name == "organization":  # asked of dashboard-style keys only; never fails the run
-            log.debug("organization object not available: %s", refusal)
-            self._finish(read, None)
-            return
-        if family.name in ("model_permissions", "hosted_tool_permissions") and refusal.status == 404:
-            self._finish(read, None, entity_seen=False)  # the project has no such settings (or is gone)
-            return
-        if refusal.status in (401, 403) and (family.name == "users" or refusal.status == 401):
-            raise DiscoveryError(
-                f"OpenAI refused the key (HTTP {refusal.status} on {refusal.endpoint}): the key from "
-                f"{self.config.openai_key_source} must be an Admin API key (sk-admin-...) of organization "
-                f"{self.config.org_id}")
-        if family.name == "users":  # 404: this organization, or this API, is not what the settings name
-            raise DiscoveryError(f"OpenAI answered HTTP 404 on {refusal.endpoint}: check OPENAI_ORG_ID and "
-                                 "--openai-base-url")
-        if refusal.status == 404 and family.per:
-            # Maybe deleted during the run; decided once every read of the family is in (_settle_not_found).
-            self.not_found.setdefault(family.name, []).append((read.key, refusal.endpoint, time.monotonic()))
-            self._finish(read, None, entity_seen=False)
-            return
-        self._leave_out(family, f"HTTP {refusal.status} on {refusal.endpoint}")
-        self._finish(read, None)
-
-    def _leave_out(self, family: Family, reason: str) -> None:
-        if family.name in self.snapshot.unavailable:
-            return
-        self.snapshot.unavailable[family.name] = reason
-        setattr(self.snapshot, family.name, None)
-        waiting = self.queues[family.name]
-        while waiting:  # nothing more of a refused family is worth a call
-            self._finish(waiting.pop().read, None)
-
-    def _ask_whether_gone(self) -> None:
-        """Ask for the object itself (project, group, user, provider) whose list answered 404.
-
-        Its 404 says it was deleted during the run; a 200 says it is there, so the list's family is what
-        this organization lacks. One object per family is asked first, which settles a missing family
-        (404 on every project) in one call; only then the others, one call per entity that 404'd.
-        """
-        for first_round in (True, False):
-            wanted: dict[tuple[str, Any], None] = {}
-            for name, misses in self.not_found.items():
-                kind = FAMILIES[name].per
-                if name in self.snapshot.unavailable or kind not in OBJECT_OF_KIND:
-                    continue
-                unasked = [(kind, key) for key, _, _ in misses if (kind, key) not in self.exists]
-                wanted.update(dict.fromkeys(unasked[:1] if first_round else unasked))
-            for kind, key in wanted:
-                family_name, argument = OBJECT_OF_KIND[kind]
-                self.exists[(kind, key)] = None
-                self._read(family_name, lambda result, k=(kind, key): self._note_existence(k, result),
-                           key=key, **{argument: key})
-            self._run_until_read()
-            for name, misses in self.not_found.items():
-                kind = FAMILIES[name].per
-                there = next((key for key, _, _ in misses if self.exists.get((kind, key)) is True), None)
-                if there is not None:
-                    self._leave_out(FAMILIES[name], f"HTTP 404 on {misses[0][1]}, while {kind} {there} exists")
-
-    def _note_existence(self, kind_and_key: tuple[str, Any], result: Any) -> None:
-        self.exists[kind_and_key] = True if isinstance(result, dict) else False if result is NOT_FOUND else None
-        if isinstance(result, AccessRefused):
-            self.existence_unknown[kind_and_key] = f"HTTP {result.status} on {result.endpoint}"
-
-    def _settle_not_found(self) -> None:
-        """Entities their own object says are gone (404) are deleted; nothing else is. Where the object could
-        not say (403, or never answered), the entity may exist: its family is left out. A link between two
-        entities has no object: a 404 on every link of a family is the family missing (with several links,
-        or with one that another read found after the 404), else that link is gone."""
-        for name, misses in self.not_found.items():
-            family = FAMILIES[name]
-            if name in self.snapshot.unavailable:
-                continue
-            gone = [(key, endpoint) for key, endpoint, _ in misses if self.exists.get((family.per, key)) is False]
-            unsure = [(key, endpoint, when) for key, endpoint, when in misses
-                      if self.exists.get((family.per, key)) is None]
-            self.snapshot.deleted.extend((family.per, key, endpoint) for key, endpoint in gone)
-            if unsure and family.per in OBJECT_OF_KIND:
-                # It may exist: an open question is the family rule, never a silent drop.
-                key, endpoint, _ = unsure[0]
-                asked = self.existence_unknown.get((family.per, key), "its object was not read")
-                self._leave_out(family, f"HTTP 404 on {endpoint}, and whether {family.per} {key} still exists "
-                                        f"is unknown ({asked})")
-                continue
-            seen = self.found.get(family.per, {})
-            alive_after = any(seen.get(key, float("-inf")) > when for key, _, when in unsure)
-            if unsure and not gone and self.finished_reads[name] == len(misses) and (len(unsure) > 1 or alive_after):
-                self._leave_out(family, f"HTTP 404 on every {family.per} ({misses[0][1]}, ...)")
-                continue
-            for key, endpoint, _ in unsure:  # a link between two entities: its own list is all there is to ask
-                self.snapshot.deleted.append((family.per, key, endpoint))
 
     # --- progress ---------------------------------------------------------------------------
     def _slowest_endpoint(self) -> str:
@@ -1800,7 +1680,7 @@ class OrganizationReader:
 
     def _log_progress(self) -> None:
         self.next_progress = time.monotonic() + self._progress_interval()
-        pending = ", ".join(f"{FAMILIES[n].label} {self.finished_reads[n]}/{self.finished_reads[n] + c}"
+        pending = ", ".join(f"{self.labels[n]} {self.finished_reads[n]}/{self.finished_reads[n] + c}"
                             for n, c in self.open_reads.items() if c)
         slowest = self._slowest_endpoint()
         left = self.estimate_seconds_left()
@@ -1813,46 +1693,356 @@ class OrganizationReader:
                         f"; slowest endpoint {slowest}" if slowest else "", _format_duration(left))
 
 
-def ids_of(items: Iterable[dict], key: str = "id") -> list[str]:
-    """The usable ids of `items`, first occurrence kept (pages can overlap; ids compare case-insensitively)."""
-    return [item[key] for item in unique_by_id(items, key)]
+# ---------------------------------------------------------------------------------------------
+# The read plan: what to read, in what order, and what each answer means (from the catalogue)
+# ---------------------------------------------------------------------------------------------
+
+NOT_FOUND = object()  # the result of an entity's own object read that answered 404
+ROLE_LISTS = [family for family in FAMILY_LIST if family.role_list]
+# The role decision waits for every role list, and so for the lists they are read for.
+ROLE_DECISION_WAITS_FOR = {family.name for family in ROLE_LISTS} | {f.parent for f in ROLE_LISTS if f.parent}
 
 
-def usable_id(value: Any) -> bool:
-    """A non-blank string that is valid Unicode: a lone surrogate ("\\ud800" in JSON) fits no URL or payload."""
-    if not isinstance(value, str) or not value.strip():
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def has_custom_roles(role_lists: Iterable[list[dict]]) -> bool:
+    return any(role.get("predefined_role") is False for roles in role_lists for role in roles
+               if isinstance(role, dict))
 
 
-def unique_by_id(items: Iterable[Any], key: str = "id",
-                 problem: Callable[[str], None] | None = None) -> list[dict]:
-    """Items with a usable string id, first occurrence kept, compared case-insensitively as Veza does.
+def decide_role_assignment_reads(mode: str, roles_refused: bool, role_lists: list[list[dict]],
+                                 role_lists_pending: int) -> tuple[bool | None, str]:
+    """Whether to read per-user and per-project-member roles: (True/False, why), or (None, "") until known.
 
-    The same id on two pages is normal (pages overlap) and silent; a record without a usable id, or
-    whose id differs from another only in case, is told to `problem` when given.
+    `auto` reads them as soon as any role list shows a custom role, and skips them only once every
+    role list has been read and none does.
     """
-    seen: dict[str, str] = {}
-    result = []
-    for item in items:
-        item_id = item.get(key) if isinstance(item, dict) else None
-        if not usable_id(item_id):
-            if problem:
-                shown = ascii(item_id) if isinstance(item_id, str) and item_id.strip() else type(item_id).__name__
-                problem(f"has no usable {key} ({shown}); skipped")
-            continue
-        first = seen.get(item_id.casefold())
-        if first is None:
-            seen[item_id.casefold()] = item_id
-            result.append(item)
-        elif first != item_id and problem:
-            problem(f"ids {first!r} and {item_id!r} differ only in case; Veza treats ids case-insensitively, so "
-                    "only the first is kept")
-    return result
+    if roles_refused:
+        return False, "skipped: the Roles API is not available to this key"
+    if mode == "none":
+        return False, "skipped: --role-assignments none"
+    if mode == "all":
+        return True, "reading them: --role-assignments all"
+    if has_custom_roles(role_lists):
+        return True, "reading them: the Roles API lists custom roles (--role-assignments auto)"
+    if role_lists_pending > 0:
+        return None, ""
+    return False, ("skipped: every role the Roles API lists is predefined "
+                   "(--role-assignments auto); use 'all' to read them anyway")
+
+
+class ReadPlan:
+    """Reads every family of the catalogue into a Snapshot, the scheduler doing the requests.
+
+    The order of reads follows the catalogue: the families without a parent first, then each family
+    for every item of its parent as that list arrives (`list_done`), the role assignment reads once
+    `decide_role_assignment_reads` says so. A 404 on one entity's list is settled at the end by asking
+    the entity itself. Only the main thread touches the snapshot, and every result is filed under its
+    key, so the payload does not depend on the order answers arrive in.
+    """
+
+    def __init__(self, config: Config, scheduler: Scheduler) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.snapshot = Snapshot(org_id=config.org_id)
+        self.not_found: dict[str, list[tuple[Any, str, float]]] = {}  # family -> [(entity key, endpoint, when)]
+        self.found: dict[Kind, dict[Any, float]] = {}  # entity kind -> key -> latest send of a read that found it
+        self.exists: dict[tuple[Kind, Any], bool | None] = {}  # (kind, key) -> its own object answered 200/404
+        self.existence_unknown: dict[tuple[Kind, Any], str] = {}  # (kind, key) -> why its object could not say
+        self.unseen: set[int] = set()  # reads that answered 404: they say nothing about their entity existing
+        self.archived: set[str] = set()  # entities their list says are archived (their members' lists answer 400)
+        self.role_decision: bool | None = None
+        self.role_decision_reason = ""
+        self.held: list[tuple[Family, Any, list[dict]]] = []  # reads that wait for the role decision
+        self.estimate_logged = False
+
+    def read(self) -> Snapshot:
+        """Read everything; raise DiscoveryError (or Stopped) as soon as a complete snapshot is impossible."""
+        self.scheduler.start(self)
+        try:
+            for family in STARTING_FAMILIES:
+                self._start(family)
+            self.scheduler.run_until_read()
+            self._ask_whether_gone()
+            self._settle_not_found()
+            return self.snapshot
+        finally:
+            self.scheduler.close()
+
+    def _start(self, family: Family) -> None:
+        params = None
+        if family.activity_window:
+            if not self.config.activity_days:
+                return
+            self.snapshot.activity_since = int(time.time()) - self.config.activity_days * 86_400
+            params = {"effective_at[gte]": str(self.snapshot.activity_since)}
+        self._read(family, None, self.list_done, params)
+
+    def _read(self, family: Family, key: Any, on_done: Callable[[ListRead, Any], None],
+              params: dict[str, Any] | None = None) -> None:
+        """Queue every page of one list (or one object); `params` are added to the family's own."""
+        if family.name in self.snapshot.unavailable:
+            return
+        query: dict[str, Any] = {**dict(family.params), **(params or {})}
+        if family.cursor:
+            query["limit"] = family.page_size
+        self.scheduler.add(ListRead(family, key, family.path_for(key, self.config.org_id), on_done), query)
+
+    # --- a list is in: file it, read what hangs on it ---------------------------------------
+    def list_done(self, read: ListRead, result: Any) -> None:
+        family, key = read.family, read.key
+        if family.per and key is not None and id(read) not in self.unseen:
+            seen = self.found.setdefault(family.per, {})
+            seen[key] = max(seen.get(key, read.last_sent), read.last_sent)
+        if family.name in self.snapshot.unavailable:
+            result = None
+        self.snapshot.file(family, key, result)
+        if family.activity_window and result is not None:
+            self._log_activity_read(read, result)
+        if result is not None:
+            self._read_children(family, key, result)
+        if family.name in ROLE_DECISION_WAITS_FOR:
+            self._decide_role_reads()
+
+    def _read_children(self, family: Family, key: Any, items: list[dict]) -> None:
+        """Each family read for this one's items, once per item (held back while the role decision is open)."""
+        if any(child.empty_when_archived for child in CHILDREN[family.name]):
+            self.archived |= {record["id"] for record in unique_by_id(items) if project_is_archived(record)}
+        for child in CHILDREN[family.name]:
+            if child.after_role_decision and self.role_decision is None:
+                self.held.append((child, key, items))
+            elif not child.after_role_decision or self.role_decision:
+                self._read_each(child, key, items)
+
+    def _read_each(self, child: Family, parent_key: Any, items: list[dict]) -> None:
+        if child.after_role_decision and not FAMILIES[child.parent].parent and not self.estimate_logged:
+            self.estimate_logged = True  # once the top-level list it hangs on (users) is in
+            self._log_role_read_estimate(child, len(ids_of(items, child.parent_id_field)))
+        for item_id in ids_of(items, child.parent_id_field):
+            self._read(child, item_id if parent_key is None else (parent_key, item_id), self.list_done)
+
+    def _log_activity_read(self, read: ListRead, items: list[dict]) -> None:
+        s = self.snapshot
+        if s.activity_window_days is None:
+            s.activity_window_days = self.config.activity_days
+        log.info("read %d audit log events (logins and API key changes of the last %d days) in %d call%s",
+                 len(items), s.activity_window_days, read.pages, "" if read.pages == 1 else "s")
+
+    def cut(self, read: ListRead) -> None:
+        """Stop a newest-first list at its cap: what was read is each user's latest login and each key's
+        latest scopes, back to the last event read; older ones are missing, so the window is shortened."""
+        s = self.snapshot
+        # The last event with a usable time: one odd record (NaN, a string) must not stop the run.
+        oldest = next((at for at in map(epoch_seconds, (event.get("effective_at") for event in reversed(read.items)))
+                       if at is not None), None)
+        days = self.config.activity_days
+        if oldest is not None and s.activity_since is not None:
+            now = s.activity_since + days * 86_400
+            s.activity_window_days = max(0, min(days, int((now - oldest) // 86_400)))
+        else:
+            s.activity_window_days = 0
+        log.warning("audit log: stopped after %d pages (%d events); logins and API key scope changes older than %s "
+                    "are missing, so activity_window_days is %d instead of %d; use a shorter --activity-days",
+                    read.pages, len(read.items), rfc3339(oldest) or "the last event read", s.activity_window_days,
+                    days)
+        self.scheduler.finish(read, read.items)
+
+    # --- the role assignment reads: decided once the role lists say so ---------------------
+    def _decide_role_reads(self) -> None:
+        if self.role_decision is not None:
+            return
+        s = self.snapshot
+        lists = [getattr(s, family.name) or [] for family in ROLE_LISTS if not family.per]
+        lists += [roles for family in ROLE_LISTS if family.per for roles in (getattr(s, family.name) or {}).values()]
+        pending = sum(self.scheduler.open_reads[name] for name in ROLE_DECISION_WAITS_FOR)
+        refused = any(family.name in s.unavailable for family in ROLE_LISTS if not family.per)
+        decision, reason = decide_role_assignment_reads(self.config.role_assignments, refused, lists, pending)
+        if decision is None:
+            return
+        self.role_decision, self.role_decision_reason = decision, reason
+        log.info("per-user role assignments %s", reason)
+        held, self.held = self.held, []
+        if not decision:
+            return
+        for family in FAMILY_LIST:
+            if family.after_role_decision:
+                setattr(s, family.name, {})
+        for child, key, items in held:
+            self._read_each(child, key, items)
+
+    def _log_role_read_estimate(self, family: Family, top_level: int) -> None:
+        """How many role assignment reads there are (the top-level ones, and the per-project ones so far)."""
+        s = self.snapshot
+        nested = sum(len(ids_of(items, other.parent_id_field)) for other in FAMILY_LIST
+                     if other.after_role_decision and FAMILIES[other.parent].parent
+                     for items in (getattr(s, other.parent) or {}).values())
+        rate = self.scheduler.pacers[family.name].requests_per_second() or ASSUMED_REQUESTS_PER_MINUTE / 60.0
+        log.info("role assignment reads: %d users and %d project members so far, one call each; at %.0f requests a "
+                 "minute per endpoint that is about %s", top_level, nested, rate * 60,
+                 _format_duration(max(top_level, nested) / rate))
+
+    # --- refusals and failures ----------------------------------------------------------------
+    def is_left_out(self, family: Family) -> bool:
+        return family.name in self.snapshot.unavailable
+
+    def refused(self, read: ListRead, refusal: Refusal) -> None:
+        """400/401/403/404: the key may not read this, the organization lacks it, or the entity is gone."""
+        family, finish = read.family, self.scheduler.finish
+        if refusal.status == 400:
+            if family.empty_when_archived and (read.key in self.archived or "archived" in refusal.detail.lower()):
+                # OpenAI documents this 400 "when project is archived": an archived project has no members.
+                log.info("%s: HTTP 400 for archived %s %s; read as an empty list", read.path, family.per.label,
+                         read.key)
+                finish(read, [])
+            else:
+                self.failed(read, str(refusal))
+        elif family.not_found is On404.EXISTENCE and refusal.status != 401:
+            # Only the entity's own 404 says it is gone; a 403 leaves the question open.
+            finish(read, NOT_FOUND if refusal.status == 404 else refusal)
+        elif family.optional:  # asked of dashboard-style keys only; never fails the run
+            log.debug("%s not available: %s", family.label, refusal)
+            finish(read, None)
+        elif refusal.status == 404 and family.not_found in (On404.NO_SETTINGS, On404.ENTITY):
+            if family.not_found is On404.ENTITY:  # maybe deleted during the run: settled once all is read
+                self.not_found.setdefault(family.name, []).append((read.key, refusal.endpoint, time.monotonic()))
+            self.unseen.add(id(read))
+            finish(read, None)
+        elif refusal.status == 401 or (refusal.status == 403 and family.required):
+            raise DiscoveryError(
+                f"OpenAI refused the key (HTTP {refusal.status} on {refusal.endpoint}): the key from "
+                f"{self.config.openai_key_source} must be an Admin API key (sk-admin-...) of organization "
+                f"{self.config.org_id}")
+        elif family.required:  # 404: this organization, or this API, is not what the settings name
+            raise DiscoveryError(f"OpenAI answered HTTP 404 on {refusal.endpoint}: check OPENAI_ORG_ID and "
+                                 "--openai-base-url")
+        else:
+            self.leave_out(family, f"HTTP {refusal.status} on {refusal.endpoint}")
+            finish(read, None)
+
+    def failed(self, read: ListRead, message: str) -> None:
+        """A read that cannot complete: the run fails, except for an optional family (left unset, warned)."""
+        if read.family.optional:
+            log.warning("%s left unset: the %s could not be read (%s)", read.family.optional, read.family.label,
+                        message)
+            self.scheduler.finish(read, None)
+            return
+        raise DiscoveryError(message)
+
+    def leave_out(self, family: Family, reason: str) -> None:
+        if family.name in self.snapshot.unavailable:
+            return
+        self.snapshot.unavailable[family.name] = reason
+        setattr(self.snapshot, family.name, None)
+        self.scheduler.drop_waiting(family)
+
+    # --- entities that may have been deleted during the run -------------------------------------
+    def _ask_whether_gone(self) -> None:
+        """Ask for the object itself (project, group, user, provider) whose list answered 404.
+
+        Its 404 says it was deleted during the run; a 200 says it is there, so the list's family is what
+        this organization lacks. One object per family is asked first, which settles a missing family
+        (404 on every project) in one call; only then the others, one call per entity that 404'd.
+        """
+        for first_round in (True, False):
+            wanted: dict[tuple[Kind, Any], None] = {}
+            for name, misses in self.not_found.items():
+                kind = FAMILIES[name].per
+                if name in self.snapshot.unavailable or kind.object_family is None:
+                    continue
+                unasked = [(kind, key) for key, _, _ in misses if (kind, key) not in self.exists]
+                wanted.update(dict.fromkeys(unasked[:1] if first_round else unasked))
+            for kind, key in wanted:
+                self.exists[(kind, key)] = None
+                self._read(FAMILIES[kind.object_family], key,
+                           lambda _, result, k=(kind, key): self._note_existence(k, result))
+            self.scheduler.run_until_read()
+            for name, misses in self.not_found.items():
+                kind = FAMILIES[name].per
+                there = next((key for key, _, _ in misses if self.exists.get((kind, key)) is True), None)
+                if there is not None:
+                    self.leave_out(FAMILIES[name], f"HTTP 404 on {misses[0][1]}, while {kind.label} {there} exists")
+
+    def _note_existence(self, kind_and_key: tuple[Kind, Any], result: Any) -> None:
+        self.exists[kind_and_key] = True if isinstance(result, dict) else False if result is NOT_FOUND else None
+        if isinstance(result, Refusal):
+            self.existence_unknown[kind_and_key] = f"HTTP {result.status} on {result.endpoint}"
+
+    def _settle_not_found(self) -> None:
+        """Entities their own object says are gone (404) are deleted; nothing else is. Where the object could
+        not say (403, or never answered), the entity may exist: its family is left out. A link between two
+        entities has no object: a 404 on every link of a family is the family missing (with several links,
+        or with one that another read found after the 404), else that link is gone."""
+        for name, misses in self.not_found.items():
+            family = FAMILIES[name]
+            if name in self.snapshot.unavailable:
+                continue
+            kind = family.per
+            gone = [(key, endpoint) for key, endpoint, _ in misses if self.exists.get((kind, key)) is False]
+            unsure = [(key, endpoint, when) for key, endpoint, when in misses if self.exists.get((kind, key)) is None]
+            self.snapshot.deleted.extend((kind, key, endpoint) for key, endpoint in gone)
+            if unsure and kind.object_family is not None:
+                # It may exist: an open question is the family rule, never a silent drop.
+                key, endpoint, _ = unsure[0]
+                asked = self.existence_unknown.get((kind, key), "its object was not read")
+                self.leave_out(family, f"HTTP 404 on {endpoint}, and whether {kind.label} {key} still exists "
+                                       f"is unknown ({asked})")
+                continue
+            seen = self.found.get(kind, {})
+            alive_after = any(seen.get(key, float("-inf")) > when for key, _, when in unsure)
+            finished = self.scheduler.finished_reads[name]
+            if unsure and not gone and finished == len(misses) and (len(unsure) > 1 or alive_after):
+                self.leave_out(family, f"HTTP 404 on every {kind.label} ({misses[0][1]}, ...)")
+                continue
+            for key, endpoint, _ in unsure:  # a link between two entities: its own list is all there is to ask
+                self.snapshot.deleted.append((kind, key, endpoint))
+
+
+# ---------------------------------------------------------------------------------------------
+# The snapshot: everything read, the boundary between reading and mapping
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Snapshot:
+    """Everything read from OpenAI. A family that is None was left out (see `unavailable`)."""
+
+    org_id: str
+    organization: dict | None = None
+    users: list[dict] = field(default_factory=list)
+    invites: list[dict] | None = None
+    projects: list[dict] | None = None
+    admin_api_keys: list[dict] | None = None
+    groups: list[dict] | None = None
+    roles: list[dict] | None = None
+    project_users: dict[str, list[dict]] | None = field(default_factory=dict)
+    project_service_accounts: dict[str, list[dict]] | None = field(default_factory=dict)
+    project_api_keys: dict[str, list[dict]] | None = field(default_factory=dict)
+    project_roles: dict[str, list[dict]] | None = field(default_factory=dict)
+    project_groups: dict[str, list[dict]] | None = field(default_factory=dict)
+    model_permissions: dict[str, dict | None] | None = field(default_factory=dict)
+    group_users: dict[str, list[dict]] | None = field(default_factory=dict)
+    group_roles: dict[str, list[dict]] | None = field(default_factory=dict)
+    project_group_roles: dict[tuple[str, str], list[dict]] | None = field(default_factory=dict)
+    user_roles: dict[str, list[dict]] | None = None
+    project_user_roles: dict[tuple[str, str], list[dict]] | None = None
+    audit_logs: list[dict] | None = None          # None: not read (--activity-days 0) or left out
+    activity_since: int | None = None             # Unix seconds the audit log was read from
+    activity_window_days: int | None = None       # the days it covers (fewer when MAX_AUDIT_LOG_PAGES cut it short)
+    workload_identity_providers: list[dict] | None = None
+    federation_rules: dict[str, list[dict]] | None = field(default_factory=dict)  # provider id -> rules
+    certificates: list[dict] | None = None
+    project_certificates: dict[str, list[dict]] | None = field(default_factory=dict)
+    hosted_tool_permissions: dict[str, dict | None] | None = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)  # family name -> why it was left out
+    read_at: float = field(default_factory=time.time)  # Unix seconds the read started: "expired" is judged at it
+    deleted: list[tuple[Kind, Any, str]] = field(default_factory=list)  # (entity kind, key, endpoint)
+
+    def file(self, family: Family, key: Any, result: Any) -> None:
+        """File one read's result where its family lives: the family's attribute, or under the key of the
+        entity it was read for (a list refused for one entity files nothing)."""
+        if family.per is None:
+            setattr(self, family.name, result)
+            return
+        target = getattr(self, family.name)
+        if target is not None and result is not None:
+            target[key] = result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1910,83 +2100,12 @@ def canonical_permission(permission: str) -> OAAPermission:
     return CANONICAL_BY_VERB.get(verb, OAAPermission.Uncategorized)
 
 
-# Go's zero time: what a server written in Go sends for "never set". As a date it would be an expiry
-# 2,000 years past (a key shown expired) or a login that never happened, so it is unset, not a date.
-GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)
-
-
-def _moment(value: Any) -> datetime | None:
-    """Unix seconds (number or digits) or an ISO string as an aware UTC datetime; None when absent or unusable."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        if isinstance(value, (int, float)):
-            moment = datetime.fromtimestamp(value, tz=timezone.utc)
-        elif isinstance(value, str) and value.strip():
-            text = value.strip()
-            if re.fullmatch(r"\d+(\.\d+)?", text):
-                moment = datetime.fromtimestamp(float(text), tz=timezone.utc)
-            else:
-                moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-                if moment.tzinfo is None:
-                    moment = moment.replace(tzinfo=timezone.utc)
-        else:
-            return None
-        moment = moment.astimezone(timezone.utc)
-    except (ValueError, OverflowError, OSError):  # nan, inf, out of range, not a date
-        return None
-    return None if moment == GO_ZERO_TIME else moment
-
-
-def rfc3339(value: Any) -> str | None:
-    """Unix seconds (or an ISO string) as RFC3339 UTC with a Z suffix and a four-digit year; None when absent
-    or unusable (Go's zero time included)."""
-    moment = _moment(value)
-    if moment is None:
-        return None
-    # strftime("%Y") does not pad years before 1000 on Linux ("892-07-31..."), which is not RFC3339.
-    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}Z"
-
-
-def epoch_seconds(value: Any) -> float | None:
-    """The same value as Unix seconds, for comparing times as numbers (strings sort "892-..." after "2026-...")."""
-    moment = _moment(value)
-    return None if moment is None else moment.timestamp()
-
-
-def project_is_archived(record: dict) -> bool:
-    """A project record that says it is archived (status `archived`, or an `archived_at` time)."""
-    status = _text(record.get("status"))
-    return (status is not None and status.lower() == "archived") or rfc3339(record.get("archived_at")) is not None
-
-
-def _text(value: Any) -> str | None:
-    """A trimmed non-empty string, else None."""
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
-
-
-def _dict(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
 @dataclass
 class MappingResult:
     application: CustomApplication
     warnings: list[str]
     counts: dict[str, int]
     notes: list[tuple[int, str]] = field(default_factory=list)  # (log level, message) lines that are no warning
-
-
-DELETED_WHAT = {
-    "project": "left out with its members, service accounts, keys and roles",
-    "group": "left out with its memberships and role grants",
-    "user": "left out with its memberships, keys and role assignments",
-    "project group": "its role grants on the project are left out",
-    "project member": "its role assignments on the project are left out",
-    "provider": "its federation rules are left out",
-}
 
 
 class ApplicationBuilder:
@@ -1999,11 +2118,11 @@ class ApplicationBuilder:
         self._warned: set[str] = set()
         self.counts: dict[str, int] = {}
         self.notes: list[tuple[int, str]] = []
-        self.deleted: dict[str, set] = {}
+        self.deleted: dict[Kind, set] = {}
         for kind, key, endpoint in snapshot.deleted:
             self.deleted.setdefault(kind, set()).add(key)
-            self.warn(f"{kind} {key if isinstance(key, str) else ' in '.join(reversed(key))} was deleted during "
-                      f"the run (HTTP 404 on {endpoint}): {DELETED_WHAT[kind]}", f"deleted:{kind}:{key}")
+            self.warn(f"{kind.label} {key if isinstance(key, str) else ' in '.join(reversed(key))} was deleted "
+                      f"during the run (HTTP 404 on {endpoint}): {kind.when_deleted}", f"deleted:{kind.label}:{key}")
         # Each list deduplicated once, deleted entities dropped.
         s = snapshot
         self._role_ids_from_api: set[str] | None = None
@@ -2011,9 +2130,9 @@ class ApplicationBuilder:
         self._groups_not_in_payload: dict[str, int] = {}  # group id -> role assignments given directly instead
         self._warned_values: set[tuple[str, str]] = set()
         self._project_lists: dict[tuple[str, str, str | None], list[dict]] = {}
-        self.user_records = self._records("organization user", s.users, "user")
-        self.group_records = self._records("group", s.groups or [], "group")
-        self.project_records = self._records("project", s.projects or [], "project")
+        self.user_records = self._records("organization user", s.users, Kind.USER)
+        self.group_records = self._records("group", s.groups or [], Kind.GROUP)
+        self.project_records = self._records("project", s.projects or [], Kind.PROJECT)
         self.project_by_id = {record["id"]: record for record in self.project_records}
 
     def _flag(self, record: dict, name: str, subject: str) -> bool | None:
@@ -2032,7 +2151,7 @@ class ApplicationBuilder:
             self._warned.add(once_key)
         self.warnings.append(message)
 
-    def _records(self, what: str, items: Iterable[Any], kind: str | None = None, key: str = "id") -> list[dict]:
+    def _records(self, what: str, items: Iterable[Any], kind: Kind | None = None, key: str = "id") -> list[dict]:
         """Usable records (unique_by_id, its problems warned once), entities deleted during the run dropped."""
         def warn(problem: str) -> None:
             message = f"a {what} record {problem}" if problem.startswith("has no") else f"{what} {problem}"
@@ -2203,7 +2322,7 @@ class ApplicationBuilder:
         return user
 
     def _is_deleted_user(self, principal_id: Any) -> bool:
-        return principal_id in self.deleted.get("user", ())
+        return principal_id in self.deleted.get(Kind.USER, ())
 
     def _map_organization(self) -> None:
         self.app.set_property("organization_id", self.snapshot.org_id)
@@ -2238,7 +2357,7 @@ class ApplicationBuilder:
         if s.group_users is not None:
             for group_record in self.group_records:
                 gid = group_record["id"]
-                for member in self._records(f"group {gid} member", s.group_users.get(gid, []), "user"):
+                for member in self._records(f"group {gid} member", s.group_users.get(gid, []), Kind.USER):
                     self._get_or_add_principal(member["id"], member, f"group {gid}").add_group(gid)
                     memberships += 1
         self.counts["groups"] = len(self.app.local_groups)
@@ -2306,7 +2425,7 @@ class ApplicationBuilder:
                 self.warn(f"project {pid} hosted tool {tool} is {_shape(setting)}, not {{\"enabled\": true or "
                           f"false}}; {tool}_enabled left unset")
 
-    def _project_list(self, family: str, pid: str, kind: str = "user") -> list[dict]:
+    def _project_list(self, family: str, pid: str, kind: Kind | None = Kind.USER) -> list[dict]:
         """One project's records of a per-project family, deduplicated, deleted principals dropped (once)."""
         key = (family, pid, kind)
         if key not in self._project_lists:
@@ -2644,8 +2763,8 @@ class ApplicationBuilder:
     def _assign_project_groups(self, pid: str, project: CustomResource) -> int:
         """Each group the project lists gets its roles there (a group missing from the group list is kept)."""
         count = 0
-        gone_links = self.deleted.get("project group", set())
-        for link in self._records(f"project {pid} group", self.snapshot.project_groups.get(pid, []), "group",
+        gone_links = self.deleted.get(Kind.PROJECT_GROUP, set())
+        for link in self._records(f"project {pid} group", self.snapshot.project_groups.get(pid, []), Kind.GROUP,
                                   key="group_id"):
             gid = link["group_id"]
             if (pid, gid) in gone_links:
@@ -2659,7 +2778,7 @@ class ApplicationBuilder:
 
     def _assign_project_members(self, pid: str, project: CustomResource) -> int:
         count = 0
-        gone_members = self.deleted.get("project member", set())
+        gone_members = self.deleted.get(Kind.PROJECT_MEMBER, set())
         for member in self._project_list("project_users", pid):
             if (pid, member["id"]) in gone_members:
                 continue
@@ -2738,7 +2857,7 @@ class ApplicationBuilder:
                       "were not read")
         roles = self._service_account_roles(projects) if accounts_read else {}
         count = 0
-        for provider in self._records("workload identity provider", s.workload_identity_providers, "provider"):
+        for provider in self._records("workload identity provider", s.workload_identity_providers, Kind.PROVIDER):
             provider_id = provider["id"]
             rules = self._records(f"workload identity provider {provider_id} federation rule",
                                   s.federation_rules.get(provider_id, []))
@@ -2829,15 +2948,6 @@ class ApplicationBuilder:
         certificate.set_property("expires_at", rfc3339(details.get("expires_at")), ignore_none=True)
 
 
-def _shape(value: Any) -> str:
-    """A value from a server as short JSON, for a warning about its shape."""
-    try:
-        text = json.dumps(value, sort_keys=True, default=str)
-    except (TypeError, ValueError):
-        text = type(value).__name__
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _matcher_value(value: Any) -> str:
     """An attribute matcher's value as text: strings as they are, anything else as JSON (true, 1, null)."""
     if isinstance(value, str):
@@ -2872,14 +2982,6 @@ def cyclic_gc_paused() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 # Pushing
 # ---------------------------------------------------------------------------------------------
-
-class PushError(Exception):
-    """Veza refused or could not take the payload; `reached_veza` says whether it may have arrived anyway."""
-
-    def __init__(self, message: str, *, reached_veza: bool = False) -> None:
-        super().__init__(message)
-        self.reached_veza = reached_veza
-
 
 def describe_veza_error(exc: BaseException) -> str:
     if isinstance(exc, OAAResponseError) and exc.status_code in (401, 403):
@@ -3292,9 +3394,10 @@ def read_organization(config: Config, summary: RunSummary, deadline: float | Non
     client = OpenAIAdminClient(config)
     log.info("reading OpenAI organization %s at %s with %d workers", config.org_id, config.openai_base_url,
              config.max_workers)
-    reader = OrganizationReader(client, config, deadline)
+    reader = Scheduler(client, config, FAMILY_LIST, deadline)
+    plan = ReadPlan(config, reader)
     try:
-        snapshot = reader.read()
+        snapshot = plan.read()
     finally:
         summary.calls, summary.retries, summary.throttled = reader.calls, reader.retries, reader.throttled
         client.session.close()
@@ -3310,7 +3413,7 @@ def read_organization(config: Config, summary: RunSummary, deadline: float | Non
                     len(snapshot.users), "-" if snapshot.projects is None else len(snapshot.projects),
                     "-" if snapshot.groups is None else len(snapshot.groups), reader.calls, reader.retries,
                     reader.throttled)
-    return snapshot, reader.role_decision_reason
+    return snapshot, plan.role_decision_reason
 
 
 def discover(config: Config, summary: RunSummary, deadline: float | None = None) -> dict:

@@ -81,7 +81,7 @@ def test_large_payloads_are_pushed_in_parts(ca, monkeypatch):
         client = vo.connect_veza(config)
         client.MULTIPART_THRESHOLD_SIZE = 10_000  # oaaclient's threshold is 50 MB; this payload is ~200 KB
         client.DEFAULT_PART_SIZE = 50_000
-        snapshot = vo.OrganizationReader(vo.OpenAIAdminClient(config), config).read()
+        snapshot = vo.ReadPlan(config, vo.Scheduler(vo.OpenAIAdminClient(config), config, vo.FAMILY_LIST)).read()
         payload = vo.build_application(snapshot).application.get_payload()
         vo.push_payload(client, config, vo.serialize_payload(payload), vo.PushProgress())
     finally:
