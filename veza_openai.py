@@ -1999,40 +1999,35 @@ class ReadPlan:
 # The snapshot: everything read, the boundary between reading and mapping
 # ---------------------------------------------------------------------------------------------
 
-@dataclass
 class Snapshot:
-    """Everything read from OpenAI. A family that is None was left out (see `unavailable`)."""
+    """Everything read from OpenAI: one attribute per catalogue family, named like it.
 
-    org_id: str
-    organization: dict | None = None
-    users: list[dict] = field(default_factory=list)
-    invites: list[dict] | None = None
-    projects: list[dict] | None = None
-    admin_api_keys: list[dict] | None = None
-    groups: list[dict] | None = None
-    roles: list[dict] | None = None
-    project_users: dict[str, list[dict]] | None = field(default_factory=dict)
-    project_service_accounts: dict[str, list[dict]] | None = field(default_factory=dict)
-    project_api_keys: dict[str, list[dict]] | None = field(default_factory=dict)
-    project_roles: dict[str, list[dict]] | None = field(default_factory=dict)
-    project_groups: dict[str, list[dict]] | None = field(default_factory=dict)
-    model_permissions: dict[str, dict | None] | None = field(default_factory=dict)
-    group_users: dict[str, list[dict]] | None = field(default_factory=dict)
-    group_roles: dict[str, list[dict]] | None = field(default_factory=dict)
-    project_group_roles: dict[tuple[str, str], list[dict]] | None = field(default_factory=dict)
-    user_roles: dict[str, list[dict]] | None = None
-    project_user_roles: dict[tuple[str, str], list[dict]] | None = None
-    audit_logs: list[dict] | None = None          # None: not read (--activity-days 0) or left out
-    activity_since: int | None = None             # Unix seconds the audit log was read from
-    activity_window_days: int | None = None       # the days it covers (fewer when MAX_AUDIT_LOG_PAGES cut it short)
-    workload_identity_providers: list[dict] | None = None
-    federation_rules: dict[str, list[dict]] | None = field(default_factory=dict)  # provider id -> rules
-    certificates: list[dict] | None = None
-    project_certificates: dict[str, list[dict]] | None = field(default_factory=dict)
-    hosted_tool_permissions: dict[str, dict | None] | None = field(default_factory=dict)
-    unavailable: dict[str, str] = field(default_factory=dict)  # family name -> why it was left out
-    read_at: float = field(default_factory=time.time)  # Unix seconds the read started: "expired" is judged at it
-    deleted: list[tuple[Kind, Any, str]] = field(default_factory=list)  # (entity kind, key, endpoint)
+    A top-level family holds its records (None: left out, or not read); a per-entity family holds
+    {entity key: records} (None: left out). The role assignment families stay None unless they are read.
+    """
+
+    def __init__(self, org_id: str, *, activity_since: int | None = None, activity_window_days: int | None = None,
+                 unavailable: dict[str, str] | None = None, read_at: float | None = None,
+                 deleted: list[tuple[Kind, Any, str]] | None = None, **results: Any) -> None:
+        unknown = set(results) - set(FAMILIES)
+        if unknown:
+            raise TypeError(f"Snapshot has no family {', '.join(sorted(unknown))}")
+        self.org_id = org_id
+        for family in FAMILY_LIST:
+            if family.not_found is not On404.EXISTENCE:
+                setattr(self, family.name, results[family.name] if family.name in results else self.empty(family))
+        self.activity_since = activity_since            # Unix seconds the audit log was read from
+        self.activity_window_days = activity_window_days  # the days it covers (fewer when cut at its cap)
+        self.unavailable = unavailable if unavailable is not None else {}  # family name -> why it was left out
+        self.read_at = read_at if read_at is not None else time.time()  # "expired" is judged at this time
+        self.deleted = deleted if deleted is not None else []  # (entity kind, key, endpoint)
+
+    @staticmethod
+    def empty(family: Family) -> Any:
+        """A family's value before it is read: what the mapping sees when nothing came."""
+        if family.required:
+            return []
+        return {} if family.per and not family.after_role_decision else None
 
     def file(self, family: Family, key: Any, result: Any) -> None:
         """File one read's result where its family lives: the family's attribute, or under the key of the
