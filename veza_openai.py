@@ -2,12 +2,14 @@
 """Veza OAA connector for OpenAI.
 
 Reads an OpenAI organization through the OpenAI Admin API (users, roles, projects, service accounts,
-API keys, admin keys, invites, groups, custom roles and role assignments), models it as an OAA
-Custom Application and pushes it to Veza.
+API keys, admin keys, invites, groups, custom roles and role assignments, activity, federated
+workloads, certificates and hosted tools), models it as an OAA Custom Application and pushes it to Veza.
 
-The file reads top to bottom as a pipeline: configuration, reading OpenAI (one paginated reader,
-paced per endpoint), mapping (pure), pushing, main. README.md has the mapping tables, the flags and
-the failure behaviour this code promises.
+The sections follow the data: errors; options (one table); logging; HTTP (one GET, its whole answer);
+the catalogue (every family declared once); records (what a field means); pacing (per endpoint);
+the scheduler (requests, knowing no family by name); the read plan (what to read and what each answer
+means, from the catalogue); the snapshot; mapping (pure: snapshot in, OAA objects out); Veza (push and
+report); main. README.md has the mapping tables, the flags and the failure behaviour this code promises.
 """
 
 from __future__ import annotations
@@ -3095,7 +3097,7 @@ def bound_veza_answers(client: OAAClient, seconds: float, deadline: float | None
     session.request = request
 
 
-class CheckedOAAClient(OAAClient):
+class PrecheckedOAAClient(OAAClient):
     """oaaclient's client without its constructor's connection test: check_veza has just made the same
     call, bounded as a whole; oaaclient's would bound only the gaps between bytes, at OAA_API_TIMEOUT."""
 
@@ -3107,7 +3109,7 @@ def connect_veza(config: Config, deadline: float | None = None) -> OAAClient:
     """An OAAClient whose connection and key were just checked, every call and retry bounded by `deadline`."""
     check_veza(config)
     try:
-        client = CheckedOAAClient(url=config.veza_url, api_key=config.veza_api_key)
+        client = PrecheckedOAAClient(url=config.veza_url, api_key=config.veza_api_key)
     except (OAAClientError, ValueError, requests.RequestException) as exc:
         raise PushError(f"cannot use Veza at {config.veza_url}: {describe_veza_error(exc)}") from None
     client.update_user_agent(extra=USER_AGENT)
