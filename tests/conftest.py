@@ -135,6 +135,17 @@ def cpu_turns(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         yield  # closing the files releases the locks
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the `alone` tests go first, so they run before the other workers have long tests running.
+
+    An `alone` test waits for every running test to end while no new one may start: met mid-run, that drains
+    the other workers one long test at a time, each idle meanwhile. Every worker collects, and sorts, the same
+    list, as xdist requires.
+    """
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("alone") is None)  # stable: the rest keeps its order
+
+
 _fake_server_thread = threading.local()
 
 

@@ -142,7 +142,7 @@ def test_only_pending_invites_become_inactive_users_with_their_roles(run_connect
 
 
 def test_groups_carry_their_properties_and_members(run_connector, veza):
-    result = run_connector()
+    result = run_connector(*NO_ROLE_READS)  # groups and their members are read whatever --role-assignments says
     assert result.returncode == 0, result.output
     app = application(veza.payloads[0])
     groups = by_id(app["local_groups"])
