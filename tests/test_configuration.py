@@ -6,10 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import (
-    NO_ROLE_READS,
-    OPENAI_SECRET,
-)
+from conftest import NO_ROLE_READS, OPENAI_SECRET, summary_line
 
 import veza_openai as vo
 
@@ -31,10 +28,6 @@ def json_lines(text: str) -> list[dict]:
         except ValueError:
             pytest.fail(f"not a JSON line: {line!r}")
     return entries
-
-
-def summary_line(stderr: str) -> str:
-    return stderr.splitlines()[-1]
 
 
 def test_every_option_in_the_table_is_in_help_with_its_variable_and_default():

@@ -6,52 +6,14 @@ import json
 import logging
 import os
 import socket
-import threading
 
 import pytest
-from conftest import (
-    NO_ROLE_READS,
-    OPENAI_SECRET,
-    VEZA_SECRET,
-)
+from conftest import NO_ROLE_READS, OPENAI_SECRET, VEZA_SECRET, TinyServer
 from fake_openai import Fault
 
 import veza_openai as vo
 
 ADMIN_KEY_LOOKALIKE = "sk-admin-PASTED-by-mistake-0123456789"
-
-
-class TinyServer:
-    """A socket server on 127.0.0.1 that hands each connection to `answer` on a thread of its own."""
-
-    scheme = "http"
-
-    def __init__(self) -> None:
-        self.stopping = threading.Event()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.05)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.server.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                connection, _ = self.server.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=self.answer, args=(connection,), daemon=True).start()
-
-    def answer(self, connection: socket.socket) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(2)
-        self.server.close()
 
 
 class RecordingProxy(TinyServer):

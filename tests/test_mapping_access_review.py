@@ -6,7 +6,18 @@ import json
 import re
 from datetime import datetime, timezone
 
-from conftest import NO_ROLE_READS, SESSION_NOW, application, assignments, by_id, load
+from conftest import (
+    NO_ROLE_READS,
+    SESSION_NOW,
+    application,
+    assignments,
+    by_id,
+    creds_of,
+    load,
+    pushed,
+    resources_of,
+    users_of,
+)
 from fake_openai import (
     BASE_TIME,
     DAY,
@@ -22,25 +33,6 @@ import veza_openai
 
 def stamp(unix: int) -> str:
     return datetime.fromtimestamp(unix, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def pushed(run_connector, veza, *args: str, **kwargs) -> tuple[dict, str]:
-    result = run_connector(*NO_ROLE_READS, *args, **kwargs)
-    assert result.returncode == 0, result.output
-    [payload] = veza.payloads
-    return payload, result.stderr
-
-
-def users_of(payload: dict) -> dict[str, dict]:
-    return by_id(application(payload)["local_users"])
-
-
-def creds_of(payload: dict) -> dict[str, dict]:
-    return by_id(application(payload).get("local_access_creds", []))
-
-
-def resources_of(payload: dict) -> dict[str, dict]:
-    return by_id(application(payload).get("resources", []))
 
 
 HOSTED_TOOL_PROPERTIES = ("code_interpreter_enabled", "file_search_enabled", "image_generation_enabled",

@@ -5,19 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import (
-    NO_ROLE_READS,
-    application,
-    assignments,
-    by_id,
-)
-
-
-def pushed(run_connector, veza, *args: str, **kwargs) -> tuple[dict, str]:
-    result = run_connector(*NO_ROLE_READS, *args, **kwargs)
-    assert result.returncode == 0, result.output
-    [payload] = veza.payloads
-    return payload, result.stderr
+from conftest import NO_ROLE_READS, application, assignments, by_id, pushed
 
 
 def local_user_ids(payload: dict) -> list[str]:

@@ -5,13 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import (
-    NO_ROLE_READS,
-    OPENAI_SECRET,
-    VEZA_SECRET,
-    application,
-    by_id,
-)
+from conftest import NO_ROLE_READS, OPENAI_SECRET, VEZA_SECRET, application, by_id, summary_line
 from fake_openai import Fault
 
 import veza_openai as vo
@@ -30,10 +24,6 @@ def assert_no_forged_lines(stderr: str) -> None:
     for line in stderr.splitlines():
         assert TIMESTAMP.match(line), line
         assert not line.startswith("2026-01-01 00:00:00,000"), line
-
-
-def summary_line(stderr: str) -> str:
-    return stderr.splitlines()[-1]
 
 
 def test_logs_one_line_per_stage_and_end_with_a_summary(run_connector):

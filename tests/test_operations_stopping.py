@@ -13,16 +13,12 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import NO_ROLE_READS, SCRIPT, clean_environment
+from conftest import NO_ROLE_READS, SCRIPT, clean_environment, summary_line
 from fake_openai import Fault
 
 import veza_openai
 
 NOTHING_PUSHED = "nothing was pushed"
-
-
-def summary_line(stderr: str) -> str:
-    return stderr.splitlines()[-1]
 
 
 def slow_users(openai_fake) -> None:

@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import NO_ROLE_READS, application
+from conftest import NO_ROLE_READS, application, summary_line
 
 import veza_openai as vo
-
-
-def summary_line(stderr: str) -> str:
-    return stderr.splitlines()[-1]
 
 
 def test_dry_run_with_create_report_makes_no_veza_call_and_exits_0(openai_fake, run_connector, veza):

@@ -5,59 +5,15 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
-from conftest import (
-    NO_ROLE_READS,
-    SCRIPT,
-    application,
-    clean_environment,
-    load,
-)
+from conftest import NO_ROLE_READS, SCRIPT, TinyServer, application, clean_environment, load, summary_line
 
 UNKNOWN = "outcome unknown: Veza may have received the payload; check data source 'OpenAI - org-demo0001'"
 
 
 NOTHING_PUSHED = "nothing was pushed"
-
-
-def summary_line(stderr: str) -> str:
-    return stderr.splitlines()[-1]
-
-
-class TinyServer:
-    """A socket server on 127.0.0.1 that hands each connection to `answer` on a thread of its own."""
-
-    scheme = "http"
-
-    def __init__(self) -> None:
-        self.stopping = threading.Event()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.05)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.server.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                connection, _ = self.server.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=self.answer, args=(connection,), daemon=True).start()
-
-    def answer(self, connection: socket.socket) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(2)
-        self.server.close()
 
 
 class DrippingVeza(TinyServer):

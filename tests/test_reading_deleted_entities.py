@@ -7,17 +7,8 @@ import re
 import time
 
 import pytest
-from conftest import (
-    NO_ROLE_READS,
-    application,
-    assignments,
-    by_id,
-)
+from conftest import NO_ROLE_READS, application, assignments, by_id, summary_line
 from fake_openai import Fault
-
-
-def summary_line(stderr: str) -> str:
-    return stderr.splitlines()[-1]
 
 
 def project_ids(payload: dict) -> set[str]:

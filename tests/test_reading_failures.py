@@ -9,14 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import (
-    NO_ROLE_READS,
-    OPENAI_SECRET,
-    SCRIPT,
-    VEZA_SECRET,
-    application,
-    clean_environment,
-)
+from conftest import NO_ROLE_READS, OPENAI_SECRET, SCRIPT, VEZA_SECRET, application, clean_environment, summary_line
 from fake_openai import Fault
 
 import veza_openai
@@ -82,10 +75,6 @@ SECRET_SCENARIOS = {**{f"recoverable: {k}": v for k, v in RECOVERABLE.items()},
 
 
 NOTHING_PUSHED = "nothing was pushed"
-
-
-def summary_line(stderr: str) -> str:
-    return stderr.splitlines()[-1]
 
 
 PEAK_RSS_WRAPPER = """

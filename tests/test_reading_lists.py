@@ -6,7 +6,7 @@ import re
 from datetime import datetime, timezone
 
 import pytest
-from conftest import NO_ROLE_READS, SESSION_NOW, application, by_id
+from conftest import NO_ROLE_READS, SESSION_NOW, application, by_id, creds_of, pushed, resources_of, users_of
 from fake_openai import (
     BASE_TIME,
     DAY,
@@ -19,31 +19,12 @@ from fake_openai import (
 import veza_openai
 
 
-def pushed(run_connector, veza, *args: str, **kwargs) -> tuple[dict, str]:
-    result = run_connector(*NO_ROLE_READS, *args, **kwargs)
-    assert result.returncode == 0, result.output
-    [payload] = veza.payloads
-    return payload, result.stderr
-
-
 def audit_requests(fake) -> list[dict]:
     return [query for path, query in fake.requests if path == "/organization/audit_logs"]
 
 
 def stamp(unix: int) -> str:
     return datetime.fromtimestamp(unix, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def users_of(payload: dict) -> dict[str, dict]:
-    return by_id(application(payload)["local_users"])
-
-
-def creds_of(payload: dict) -> dict[str, dict]:
-    return by_id(application(payload).get("local_access_creds", []))
-
-
-def resources_of(payload: dict) -> dict[str, dict]:
-    return by_id(application(payload).get("resources", []))
 
 
 def test_pushes_every_user_of_a_multi_page_organization(run_connector, veza, openai_fake):

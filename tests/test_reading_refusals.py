@@ -5,31 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import NO_ROLE_READS, application, assignments, by_id
+from conftest import NO_ROLE_READS, application, assignments, by_id, creds_of, pushed, resources_of, users_of
 from fake_limits import AlwaysThrottled
 from fake_openai import (
     Fault,
 )
-
-
-def pushed(run_connector, veza, *args: str, **kwargs) -> tuple[dict, str]:
-    result = run_connector(*NO_ROLE_READS, *args, **kwargs)
-    assert result.returncode == 0, result.output
-    [payload] = veza.payloads
-    return payload, result.stderr
-
-
-def users_of(payload: dict) -> dict[str, dict]:
-    return by_id(application(payload)["local_users"])
-
-
-def creds_of(payload: dict) -> dict[str, dict]:
-    return by_id(application(payload).get("local_access_creds", []))
-
-
-def resources_of(payload: dict) -> dict[str, dict]:
-    return by_id(application(payload).get("resources", []))
-
 
 REFUSALS = {  # fake family: (status, the warning's label, its grant)
     "audit logs": (403, "audit logs", "Audit logs: Read"),
