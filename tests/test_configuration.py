@@ -203,13 +203,24 @@ def test_activity_days_out_of_range_is_a_configuration_error(run_connector, open
     ({}, ("--save_json", "/proc/sys"), "--save_json directory '/proc/sys' is not writable"),
     ({}, ("--max-workers", "0"), "--max-workers (env OPENAI_MAX_WORKERS) must be between 1 and 64"),
     ({}, ("--role-assignments", "some"), "--role-assignments (env OPENAI_ROLE_ASSIGNMENTS) must be auto, all or none"),
+    pytest.param({"OPENAI_ORG_ID": "org-demo0001\n"}, (), "OPENAI_ORG_ID (or --openai-org) must look like org-",
+                 id="org id with a newline"),
+    pytest.param({"OPENAI_API_KEY": "sk-admin-ключ-1234"}, (), "OPENAI_API_KEY contains non-ASCII characters",
+                 id="non-ASCII key"),
+    pytest.param({"OPENAI_API_KEY": "sk-admin-" + "k" * 102_400}, (), "OPENAI_API_KEY is 102,409 characters long",
+                 id="100 KB key"),
+    pytest.param({"VEZA_URL": "https://veza.example.com/app/dashboard"}, (),
+                 "VEZA_URL (or --veza_url) must be the instance's address only", id="VEZA_URL of a page"),
+    pytest.param({}, ("--save_json", "x" * 295 + ".json"), "--save_json file name is longer than",
+                 id="300-character file name"),
 ])
-def test_bad_settings_are_configuration_errors_and_send_nothing(run_connector, veza, openai_fake, env, args, message):
+def test_bad_settings_are_configuration_errors_that_exit_2_before_any_request(run_connector, veza, openai_fake, env,
+                                                                            args, message):
     result = run_connector(*args, env=env)
     assert result.returncode == 2, result.output
     assert f"configuration error: {message}" in result.stderr
     assert veza.requests == [] and openai_fake.calls() == 0
-    assert "INJECTED" not in result.output and "hunter2" not in result.output
+    assert "INJECTED" not in result.output and "hunter2" not in result.output and "k" * 200 not in result.output
 
 
 def test_configuration_errors_are_json_lines_when_log_format_json_is_asked(run_connector, veza, openai_fake):
@@ -239,22 +250,6 @@ def test_a_flag_argparse_rejects_still_ends_with_the_config_error_summary_line(r
     assert result.returncode == 2, result.output
     assert openai_fake.calls() == 0
     assert "summary: outcome=config-error" in summary_line(result.stderr), result.stderr
-
-
-@pytest.mark.parametrize(("env", "args", "message"), [
-    ({"OPENAI_ORG_ID": "org-demo0001\n"}, (), "OPENAI_ORG_ID (or --openai-org) must look like org-"),
-    ({"OPENAI_API_KEY": "sk-admin-ключ-1234"}, (), "OPENAI_API_KEY contains non-ASCII characters"),
-    ({"OPENAI_API_KEY": "sk-admin-" + "k" * 102_400}, (), "OPENAI_API_KEY is 102,409 characters long"),
-    ({"VEZA_URL": "https://veza.example.com/app/dashboard"}, (), "VEZA_URL (or --veza_url) must be the instance's "
-     "address only"),
-    ({}, ("--save_json", "x" * 295 + ".json"), "--save_json file name is longer than"),
-], ids=["org id with a newline", "non-ASCII key", "100 KB key", "VEZA_URL of a page", "300-character file name"])
-def test_bad_settings_exit_2_before_any_request(run_connector, veza, openai_fake, env, args, message):
-    result = run_connector(*args, env=env)
-    assert result.returncode == 2, result.output
-    assert f"configuration error: {message}" in result.stderr
-    assert openai_fake.calls() == 0 and veza.requests == []
-    assert "k" * 200 not in result.output
 
 
 def test_an_upper_case_https_scheme_in_veza_url_is_accepted(run_connector, veza):
