@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import socket
 import socketserver
 import subprocess
 import sys
@@ -133,6 +134,17 @@ def cpu_turns(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         if not alone:
             fcntl.flock(gate, fcntl.LOCK_UN)
         yield  # closing the files releases the locks
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the `alone` tests go first, so they run before the other workers have long tests running.
+
+    An `alone` test waits for every running test to end while no new one may start: met mid-run, that drains
+    the other workers one long test at a time, each idle meanwhile. Every worker collects, and sorts, the same
+    list, as xdist requires.
+    """
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("alone") is None)  # stable: the rest keeps its order
 
 
 _fake_server_thread = threading.local()
@@ -294,3 +306,61 @@ def assignments(payload: dict, identity: str) -> dict[str, dict]:
 
 def load(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def summary_line(stderr: str) -> str:
+    """The run's last log line, its summary."""
+    return stderr.splitlines()[-1]
+
+
+class TinyServer:
+    """A socket server on 127.0.0.1 that hands each connection to `answer` on a thread of its own."""
+
+    scheme = "http"
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.05)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.server.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                connection, _ = self.server.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self.answer, args=(connection,), daemon=True).start()
+
+    def answer(self, connection: socket.socket) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(2)
+        self.server.close()
+
+
+def pushed(run_connector, veza, *args: str, **kwargs) -> tuple[dict, str]:
+    """The one payload and the log of a successful run without per-user role reads."""
+    result = run_connector(*NO_ROLE_READS, *args, **kwargs)
+    assert result.returncode == 0, result.output
+    [payload] = veza.payloads
+    return payload, result.stderr
+
+
+def users_of(payload: dict) -> dict[str, dict]:
+    return by_id(application(payload)["local_users"])
+
+
+def creds_of(payload: dict) -> dict[str, dict]:
+    return by_id(application(payload).get("local_access_creds", []))
+
+
+def resources_of(payload: dict) -> dict[str, dict]:
+    return by_id(application(payload).get("resources", []))

@@ -1,20 +1,17 @@
-"""Configuration: flags and variables from one table, secrets that never echo, errors that name what to fix."""
+"""Settings: flags and variables, which wins, their bounds and checks; a bad setting is exit 2 before any request."""
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import re
 
 import pytest
-from conftest import NO_ROLE_READS, OPENAI_SECRET, VEZA_SECRET
+from conftest import NO_ROLE_READS, OPENAI_SECRET, summary_line
 
 import veza_openai as vo
 
 ENV = {"VEZA_URL": "veza.example.com", "VEZA_API_KEY": "veza-key-123456", "OPENAI_ORG_ID": "org-abc",
        "OPENAI_API_KEY": "sk-admin-unit-123456"}
-ADMIN_KEY_LOOKALIKE = "sk-admin-PASTED-by-mistake-0123456789"
 
 
 def config_problems(argv: list[str], env: dict[str, str]) -> list[str]:
@@ -23,7 +20,15 @@ def config_problems(argv: list[str], env: dict[str, str]) -> list[str]:
     return caught.value.problems
 
 
-# --- one table -----------------------------------------------------------------------------------
+def json_lines(text: str) -> list[dict]:
+    entries = []
+    for line in text.splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line!r}")
+    return entries
+
 
 def test_every_option_in_the_table_is_in_help_with_its_variable_and_default():
     text = re.sub(r"\s+", " ", vo.build_arg_parser().format_help())
@@ -68,70 +73,6 @@ def test_a_key_that_is_certainly_not_an_admin_key_is_a_configuration_error(run_c
     assert openai_fake.calls() == 0 and veza.requests == []
 
 
-# --- secrets never echoed --------------------------------------------------------------------------
-
-@pytest.mark.parametrize("log_format", ["text", "json"])
-def test_a_key_put_in_a_file_variable_is_never_printed(run_connector, openai_fake, log_format):
-    result = run_connector("--log-format", log_format, env={"OPENAI_API_KEY_FILE": ADMIN_KEY_LOOKALIKE},
-                           drop=("OPENAI_API_KEY",))
-    assert result.returncode == 2, result.output
-    assert "PASTED-by-mistake" not in result.output
-    assert "OPENAI_API_KEY_FILE holds what looks like an API key, not a file path" in result.stderr
-    assert openai_fake.calls() == 0
-
-
-def test_a_relative_secret_path_that_cannot_be_read_is_not_echoed(run_connector):
-    result = run_connector(env={"VEZA_API_KEY_FILE": "eyJhbGciOiJIUzI1NiJ9.veza-token-value"}, drop=("VEZA_API_KEY",))
-    assert result.returncode == 2, result.output
-    assert "VEZA_API_KEY_FILE: cannot read the file it names (No such file or directory)" in result.stderr
-    assert "veza-token-value" not in result.output
-
-
-@pytest.mark.parametrize("args", [(ADMIN_KEY_LOOKALIKE,), ("--openai-api-key", ADMIN_KEY_LOOKALIKE),
-                                  (f"--openai-api-key={ADMIN_KEY_LOOKALIKE}",), ("--veza-api-key", "veza-PASTED-42")])
-def test_a_key_given_on_the_command_line_is_never_echoed(run_connector, openai_fake, args):
-    result = run_connector(*args)
-    assert result.returncode == 2, result.output
-    assert "PASTED" not in result.output
-    assert "secrets are read from the environment only" in result.stderr
-    assert openai_fake.calls() == 0
-
-
-def test_anything_shaped_like_an_openai_key_is_masked_in_every_log_line():
-    record = logging.LogRecord("veza_openai", logging.ERROR, __file__, 1, "server said: bad key %s", (
-        ADMIN_KEY_LOOKALIKE,), None)
-    for formatter in (vo.RedactingFormatter("%(message)s", []), vo.JsonFormatter([])):
-        line = formatter.format(record)
-        assert "PASTED-by-mistake" not in line and "sk-admin-...6789" in line
-
-
-def test_a_fifo_as_a_secret_file_is_refused_at_once_with_exit_2(run_connector, tmp_path, openai_fake):
-    fifo = tmp_path / "openai-key"
-    os.mkfifo(fifo)
-    result = run_connector(env={"OPENAI_API_KEY_FILE": str(fifo)}, drop=("OPENAI_API_KEY",), timeout=20)
-    assert result.returncode == 2, result.output
-    assert f"OPENAI_API_KEY_FILE: '{fifo}' is not a regular file" in result.stderr
-    assert openai_fake.calls() == 0
-
-
-def test_a_directory_as_a_secret_file_is_refused_with_exit_2(run_connector, tmp_path):
-    result = run_connector(env={"VEZA_API_KEY_FILE": str(tmp_path)}, drop=("VEZA_API_KEY",))
-    assert result.returncode == 2, result.output
-    assert "VEZA_API_KEY_FILE" in result.stderr and VEZA_SECRET not in result.output
-
-
-# --- JSON logs stay JSON -----------------------------------------------------------------------------
-
-def json_lines(text: str) -> list[dict]:
-    entries = []
-    for line in text.splitlines():
-        try:
-            entries.append(json.loads(line))
-        except ValueError:
-            pytest.fail(f"not a JSON line: {line!r}")
-    return entries
-
-
 def test_an_abbreviated_log_format_flag_still_gives_json_configuration_errors(run_connector):
     result = run_connector("--log-f", "json", env={"OPENAI_ORG_ID": "acme"})
     assert result.returncode == 2, result.output
@@ -157,3 +98,161 @@ def test_a_quoted_key_from_an_env_file_still_pushes_and_its_warning_is_counted(r
     warning_lines = [line for line in result.stderr.splitlines() if " WARNING " in line]
     assert f" warnings={len(warning_lines)} " in result.stderr.splitlines()[-1]
     assert OPENAI_SECRET not in result.output
+
+
+def test_config_takes_env_and_lets_flags_win():
+    config = vo.load_config(["--openai_org", "org-flag"], ENV)
+    assert config.org_id == "org-flag" and config.veza_url == "https://veza.example.com"
+    assert config.data_source_name == "OpenAI - org-flag"
+    assert config.openai_base_url == "https://api.openai.com/v1"
+    assert (config.max_workers, config.role_assignments, config.dry_run) == (8, "auto", False)
+
+
+def test_config_falls_back_to_openai_admin_key():
+    env = {k: v for k, v in ENV.items() if k != "OPENAI_API_KEY"} | {"OPENAI_ADMIN_KEY": "sk-admin-fallback-1"}
+    assert vo.load_config([], env).openai_api_key == "sk-admin-fallback-1"
+
+
+def test_config_reports_every_problem_at_once():
+    with pytest.raises(vo.ConfigError) as caught:
+        vo.load_config(["--max-workers", "x", "--timeout", "-1"], {"OPENAI_BASE_URL": "ftp://x"})
+    problems = caught.value.problems
+    assert len(problems) == 7, problems
+    assert any(p.startswith("OPENAI_API_KEY (or OPENAI_ADMIN_KEY") and "is not set" in p for p in problems)
+
+
+def test_dry_run_needs_no_veza_settings(tmp_path):
+    env = {"OPENAI_ORG_ID": "org-abc", "OPENAI_API_KEY": "sk-admin-unit-123456"}
+    config = vo.load_config(["--dry-run", "--save_json", str(tmp_path / "x.json")], env)
+    assert config.veza_url is None and config.save_json_path == str(tmp_path / "x.json")
+
+
+def test_http_base_url_is_allowed_only_for_loopback():
+    assert vo.load_config(["--openai-base-url", "http://127.0.0.1:8080/v1/"], ENV).openai_base_url == \
+        "http://127.0.0.1:8080/v1"
+    with pytest.raises(vo.ConfigError):
+        vo.load_config(["--openai-base-url", "http://10.0.0.1/v1"], ENV)
+
+
+def test_flags_win_over_environment_variables(run_connector, veza, openai_fake):
+    result = run_connector(*NO_ROLE_READS, "--veza-url", veza.url, "--openai_org", "org-demo0001",
+                           env={"VEZA_URL": "https://veza.invalid", "OPENAI_ORG_ID": "org-other"})
+    assert result.returncode == 0, result.output
+    assert veza.data_source_names() == ["OpenAI - org-demo0001"]
+
+
+def test_openai_admin_key_is_used_when_openai_api_key_is_unset(run_connector, veza):
+    result = run_connector(*NO_ROLE_READS, env={"OPENAI_ADMIN_KEY": OPENAI_SECRET}, drop=("OPENAI_API_KEY",))
+    assert result.returncode == 0, result.output
+    assert len(veza.pushes) == 1
+
+
+def test_help_names_each_flags_environment_variable(run_connector):
+    result = run_connector("--help")
+    assert result.returncode == 0
+    for name in ("VEZA_URL", "OPENAI_ORG_ID", "OPENAI_BASE_URL", "OPENAI_MAX_WORKERS", "OPENAI_ROLE_ASSIGNMENTS",
+                 "VEZA_API_KEY", "OPENAI_API_KEY"):
+        assert name in result.stdout
+    for flag in ("--veza_url", "--veza-url", "--openai-org", "--openai_org", "--save_json", "--save-json",
+                 "--debug", "--dry-run"):
+        assert flag in result.stdout
+
+
+def test_all_missing_settings_are_reported_together_with_exit_2(run_connector, veza, openai_fake):
+    result = run_connector(drop=("VEZA_URL", "VEZA_API_KEY", "OPENAI_ORG_ID", "OPENAI_API_KEY"))
+    assert result.returncode == 2
+    for name in ("VEZA_URL", "VEZA_API_KEY", "OPENAI_ORG_ID", "OPENAI_API_KEY"):
+        assert re.search(rf"configuration error: {name}\b.*is not set", result.stderr), name
+    assert "Traceback" not in result.output
+    assert veza.requests == [] and openai_fake.calls() == 0
+    assert re.search(r"summary: outcome=config-error warnings=0 .* calls=0 retries=0", result.stderr.splitlines()[-1])
+
+
+def test_malformed_settings_are_configuration_errors_before_any_request(run_connector, veza, openai_fake):
+    result = run_connector(env={"OPENAI_ORG_ID": "acme", "VEZA_URL": "https://user:pw@veza.example.com",
+                                "OPENAI_BASE_URL": "http://api.example.com/v1"})
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "configuration error" in line]
+    assert len(lines) == 3, result.stderr
+    assert "OPENAI_ORG_ID" in lines[0] and "org-" in lines[0]
+    assert any("VEZA_URL" in line and "credentials" in line for line in lines)
+    assert any("OPENAI_BASE_URL" in line and "https" in line for line in lines)
+    assert veza.requests == [] and openai_fake.calls() == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "3651", "ninety", "1.5"])
+def test_activity_days_out_of_range_is_a_configuration_error(run_connector, openai_fake, value):
+    result = run_connector("--dry-run", "--activity-days", value)
+    assert result.returncode == 2
+    assert "--activity-days (env OPENAI_ACTIVITY_DAYS) must be" in result.stderr
+    assert openai_fake.requests == []
+
+
+@pytest.mark.parametrize(("env", "args", "message"), [
+    ({"OPENAI_ORG_ID": "org-abc def"}, (), "OPENAI_ORG_ID (or --openai-org) must look like org-"),
+    ({"OPENAI_ORG_ID": "org-../../admin"}, (), "OPENAI_ORG_ID (or --openai-org) must look like org-"),
+    ({"OPENAI_ORG_ID": ""}, (), "OPENAI_ORG_ID (or --openai-org) is not set"),
+    ({"VEZA_URL": "https://admin:hunter2@veza.example.com"}, (),
+     "VEZA_URL (or --veza_url) must not contain credentials"),
+    ({"VEZA_URL": "http://veza.example.com"}, (), "VEZA_URL (or --veza_url) must use https"),
+    ({"VEZA_URL": "https://veza.example.com:99999"}, (), "VEZA_URL (or --veza_url) is not a valid URL"),
+    ({"OPENAI_BASE_URL": "http://api.example.com/v1"}, (), "OPENAI_BASE_URL (or --openai-base-url) must use https"),
+    ({"OPENAI_API_KEY": "sk-admin-abc\nINJECTED"}, (), "OPENAI_API_KEY contains whitespace, a newline"),
+    ({"VEZA_API_KEY": " "}, (), "VEZA_API_KEY contains whitespace"),
+    ({}, ("--save_json", "/proc/veza-out"), "--save_json directory '/proc/veza-out' does not exist"),
+    ({}, ("--save_json", "/proc/sys"), "--save_json directory '/proc/sys' is not writable"),
+    ({}, ("--max-workers", "0"), "--max-workers (env OPENAI_MAX_WORKERS) must be between 1 and 64"),
+    ({}, ("--role-assignments", "some"), "--role-assignments (env OPENAI_ROLE_ASSIGNMENTS) must be auto, all or none"),
+    pytest.param({"OPENAI_ORG_ID": "org-demo0001\n"}, (), "OPENAI_ORG_ID (or --openai-org) must look like org-",
+                 id="org id with a newline"),
+    pytest.param({"OPENAI_API_KEY": "sk-admin-ключ-1234"}, (), "OPENAI_API_KEY contains non-ASCII characters",
+                 id="non-ASCII key"),
+    pytest.param({"OPENAI_API_KEY": "sk-admin-" + "k" * 102_400}, (), "OPENAI_API_KEY is 102,409 characters long",
+                 id="100 KB key"),
+    pytest.param({"VEZA_URL": "https://veza.example.com/app/dashboard"}, (),
+                 "VEZA_URL (or --veza_url) must be the instance's address only", id="VEZA_URL of a page"),
+    pytest.param({}, ("--save_json", "x" * 295 + ".json"), "--save_json file name is longer than",
+                 id="300-character file name"),
+])
+def test_bad_settings_are_configuration_errors_that_exit_2_before_any_request(run_connector, veza, openai_fake, env,
+                                                                            args, message):
+    result = run_connector(*args, env=env)
+    assert result.returncode == 2, result.output
+    assert f"configuration error: {message}" in result.stderr
+    assert veza.requests == [] and openai_fake.calls() == 0
+    assert "INJECTED" not in result.output and "hunter2" not in result.output and "k" * 200 not in result.output
+
+
+def test_configuration_errors_are_json_lines_when_log_format_json_is_asked(run_connector, veza, openai_fake):
+    """README (Logs): '--log-format json (or LOG_FORMAT=json) writes one JSON object per line ... the summary
+    line carries summary: true', a misconfigured run included: a log shipper (the README's Kubernetes CronJob
+    sets LOG_FORMAT=json) must be able to parse the lines that say what is wrong."""
+    result = run_connector(*NO_ROLE_READS, env={"LOG_FORMAT": "json", "OPENAI_ORG_ID": "not-an-org"})
+    assert result.returncode == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines
+    entries = []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line!r}")
+    assert entries[-1].get("summary") is True and entries[-1].get("outcome") == "config-error"
+
+
+@pytest.mark.parametrize("args", [("--log-format", "xml"), ("--max-workerz", "4")], ids=["bad choice", "unknown flag"])
+def test_a_flag_argparse_rejects_still_ends_with_the_config_error_summary_line(run_connector, veza, openai_fake,
+                                                                               args):
+    """README: 'Every run ends with one summary line, success or not ... outcome is ... config-error'. That
+    includes a flag argparse itself rejects (an unknown flag, a value outside --log-format's choices): a log
+    pipeline keyed on the summary line sees every run."""
+    result = run_connector(*args)
+    assert result.returncode == 2, result.output
+    assert openai_fake.calls() == 0
+    assert "summary: outcome=config-error" in summary_line(result.stderr), result.stderr
+
+
+def test_an_upper_case_https_scheme_in_veza_url_is_accepted(run_connector, veza):
+    result = run_connector(*NO_ROLE_READS, env={"VEZA_URL": veza.url.replace("https://", "HTTPS://")})
+    assert result.returncode == 0, result.output
+    assert len(veza.payloads) == 1

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-import openai
+import importlib
+
 import pytest
 from conftest import OPENAI_SECRET
 from fake_openai import BASE_TIME, FakeOpenAI, Fault, demo_organization, generate_organization
+
+
+class _ImportedOnFirstUse:
+    """The openai SDK, imported when a test first uses it: importing it costs each pytest-xdist worker about
+    half a second of CPU, and most workers never run these tests."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # pytest's collection inspects every module attribute: no import for that
+            raise AttributeError(name)
+        return getattr(importlib.import_module("openai"), name)
+
+
+openai = _ImportedOnFirstUse()
 
 
 @pytest.fixture

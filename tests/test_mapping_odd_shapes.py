@@ -1,4 +1,5 @@
-"""Odd shapes are warned, never read as truth: timestamps, non-boolean flags, hosted tools, borrowed holders."""
+"""Records of odd shapes (non-booleans, odd times, lists where objects belong, hostile text) map without losing
+what is known."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from fake_openai import Fault
 import veza_openai as vo
 
 BASE = 1_700_000_000
+
+
 DAY = 86_400
 
 
@@ -27,7 +30,42 @@ def mapped(snapshot: vo.Snapshot) -> tuple[dict, list[str]]:
     return result.application.get_payload(), result.warnings
 
 
-# --- timestamps ----------------------------------------------------------------------------------------
+def federation_snapshot(provider_enabled, rule_enabled, service_account_id: str = "svc_1") -> vo.Snapshot:
+    provider = {"id": "wip_1", "issuer": "https://issuer", "audience": "aud", "enabled": provider_enabled}
+    rule = {"id": "rule_1", "enabled": rule_enabled, "project_id": "proj_1", "service_account_id": service_account_id,
+            "permissions": {"type": "service_account_default"}}
+    return vo.Snapshot(org_id="org-x", users=[user("user-human")],
+                       projects=[{"id": "proj_1", "name": "P", "status": "active"}],
+                       project_service_accounts={"proj_1": [{"id": "svc_1", "name": "bot", "role": "member"}]},
+                       workload_identity_providers=[provider], federation_rules={"wip_1": [rule]})
+
+
+def project_snapshot(tools=None, policy=None) -> vo.Snapshot:
+    return vo.Snapshot(org_id="org-x", projects=[{"id": "proj_1", "name": "P", "status": "active"}],
+                       hosted_tool_permissions={"proj_1": tools} if tools is not None else {},
+                       model_permissions={"proj_1": policy} if policy is not None else {})
+
+
+def project_properties(payload: dict) -> dict:
+    [project] = [r for r in application(payload)["resources"] if r["id"] == "proj_1"]
+    return project.get("custom_properties", {})
+
+
+def test_hostile_text_in_records_passes_into_the_payload_intact(run_connector, veza, openai_fake):
+    hostile = {"user-0020": "x" * 5000, "user-0021": "tab\tbell\x07nul\x00 end", "user-0022": "Zoë 李雷 🚀🔑",
+               "user-0023": '"; DROP TABLE users; --', "user-0024": "<script>alert(1)</script>"}
+    for user in openai_fake.org.users:
+        if user["id"] in hostile:
+            user["name"] = hostile[user["id"]]
+    openai_fake.org.projects[0]["name"] = "Ünïcode 📦 \u202e project"
+    result = run_connector(*NO_ROLE_READS)
+    assert result.returncode == 0, result.output
+    app = application(veza.payloads[0])
+    users = by_id(app["local_users"])
+    for user_id, name in hostile.items():
+        assert users[user_id]["name"] == name
+    assert by_id(app["resources"])["proj_alpha"]["name"] == "Ünïcode 📦 \u202e project"
+
 
 @pytest.mark.parametrize(("value", "expected"), [
     (-34_000_000_000, "0892-07-31T11:33:20Z"),          # before year 1000: four digits, as RFC3339 requires
@@ -71,8 +109,6 @@ def test_the_newest_scope_event_is_chosen_by_time_not_by_text():
     assert scopes == {"key_1": ["api.files.read"]} and logins == {}
 
 
-# --- flags that are not booleans -------------------------------------------------------------------------
-
 def test_a_user_whose_enabled_is_the_string_false_is_warned_and_kept_active():
     payload, warnings = mapped(vo.Snapshot(org_id="org-x", users=[user("u1", enabled="false"),
                                                                   user("u2", enabled=False),
@@ -82,16 +118,6 @@ def test_a_user_whose_enabled_is_the_string_false_is_warned_and_kept_active():
     assert 'user u1 has enabled "false", not true or false; treated as unknown' in warnings
     assert 'user u3 has banned "true", not true or false; treated as unknown' in warnings
     assert not any("u2" in w for w in warnings)
-
-
-def federation_snapshot(provider_enabled, rule_enabled, service_account_id: str = "svc_1") -> vo.Snapshot:
-    provider = {"id": "wip_1", "issuer": "https://issuer", "audience": "aud", "enabled": provider_enabled}
-    rule = {"id": "rule_1", "enabled": rule_enabled, "project_id": "proj_1", "service_account_id": service_account_id,
-            "permissions": {"type": "service_account_default"}}
-    return vo.Snapshot(org_id="org-x", users=[user("user-human")],
-                       projects=[{"id": "proj_1", "name": "P", "status": "active"}],
-                       project_service_accounts={"proj_1": [{"id": "svc_1", "name": "bot", "role": "member"}]},
-                       workload_identity_providers=[provider], federation_rules={"wip_1": [rule]})
 
 
 @pytest.mark.parametrize(("provider_enabled", "rule_enabled", "active", "warned"), [
@@ -117,19 +143,6 @@ def test_a_federation_rule_naming_a_human_user_as_its_service_account_has_no_hol
     assert ("federation rule rule_1 names user-human as its service account, but that id is a human user's; kept "
             "without a holder or project role") in warnings
     assert not any("service account user-human" in w for w in warnings)
-
-
-# --- hosted tools and model permissions ------------------------------------------------------------------
-
-def project_snapshot(tools=None, policy=None) -> vo.Snapshot:
-    return vo.Snapshot(org_id="org-x", projects=[{"id": "proj_1", "name": "P", "status": "active"}],
-                       hosted_tool_permissions={"proj_1": tools} if tools is not None else {},
-                       model_permissions={"proj_1": policy} if policy is not None else {})
-
-
-def project_properties(payload: dict) -> dict:
-    [project] = [r for r in application(payload)["resources"] if r["id"] == "proj_1"]
-    return project.get("custom_properties", {})
 
 
 def test_hosted_tool_settings_of_an_unknown_shape_are_warned_and_left_unset():

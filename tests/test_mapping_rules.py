@@ -76,7 +76,8 @@ def test_org_role_member_is_reader_without_a_warning():
 
 
 def test_a_generated_org_role_id_never_takes_a_fixed_or_roles_api_role_id():
-    """#16 item 2: 'auditor' and 'organization_auditor' are Roles API ids, 'admin_api_key' is a fixed one."""
+    """An org role value never takes an id already used: 'auditor' and 'organization_auditor' are Roles API ids,
+    'admin_api_key' is a fixed one."""
     api_roles = [role("auditor", ["api.audit.read"]), role("organization_auditor", ["api.audit.write"])]
     result = build(users=[user("u1", "auditor"), user("u2", "admin_api_key"), user("u3", "auditor")],
                    roles=api_roles, groups=[{"id": "g1", "name": "G"}], group_users={"g1": []},

@@ -5,17 +5,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import NO_ROLE_READS
+from conftest import NO_ROLE_READS, summary_line
 
 import veza_openai
 
 PROVIDERS = ("GET", "/api/v1/providers/custom")
 QUERIES = ("GET", "/api/v1/assessments/queries")
 UNAVAILABLE_FOR_AN_HOUR = (503, {"Retry-After": "3600"})
-
-
-def summary_line(stderr: str) -> str:
-    return stderr.splitlines()[-1]
 
 
 @pytest.mark.slow

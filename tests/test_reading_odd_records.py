@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import time
 
-from conftest import NO_ROLE_READS, application, by_id
+from conftest import NO_ROLE_READS, application, by_id, summary_line
 from fake_openai import Fault
 
 import veza_openai
 
 DAY = 86_400
-
-
-def summary_line(stderr: str) -> str:
-    return stderr.splitlines()[-1]
 
 
 def login(event_id: str, user_id: str, at) -> dict:

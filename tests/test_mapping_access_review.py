@@ -1,5 +1,4 @@
-"""Access review (issue #12): audit-log logins and key scopes, deactivation, workload identity federation rules,
-certificates and hosted tools, end to end against the fake OpenAI (tests/fake_openai.py's demo organization)."""
+"""Access-review families: activity from the audit log, key scopes, federation, certificates and hosted tools."""
 
 from __future__ import annotations
 
@@ -7,14 +6,23 @@ import json
 import re
 from datetime import datetime, timezone
 
-import pytest
-from conftest import NO_ROLE_READS, SESSION_NOW, application, assignments, by_id, load
+from conftest import (
+    NO_ROLE_READS,
+    SESSION_NOW,
+    application,
+    assignments,
+    by_id,
+    creds_of,
+    load,
+    pushed,
+    resources_of,
+    users_of,
+)
 from fake_openai import (
     BASE_TIME,
     DAY,
     Fault,
     _audit_logs,
-    _certificate,
     _event,
     _federation_rule,
     _session,
@@ -22,38 +30,13 @@ from fake_openai import (
 
 import veza_openai
 
-HOSTED_TOOL_PROPERTIES = ("code_interpreter_enabled", "file_search_enabled", "image_generation_enabled",
-                          "mcp_enabled", "web_search_enabled")
-
 
 def stamp(unix: int) -> str:
     return datetime.fromtimestamp(unix, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def pushed(run_connector, veza, *args: str, **kwargs) -> tuple[dict, str]:
-    result = run_connector(*NO_ROLE_READS, *args, **kwargs)
-    assert result.returncode == 0, result.output
-    [payload] = veza.payloads
-    return payload, result.stderr
-
-
-def users_of(payload: dict) -> dict[str, dict]:
-    return by_id(application(payload)["local_users"])
-
-
-def creds_of(payload: dict) -> dict[str, dict]:
-    return by_id(application(payload).get("local_access_creds", []))
-
-
-def resources_of(payload: dict) -> dict[str, dict]:
-    return by_id(application(payload).get("resources", []))
-
-
-def audit_requests(fake) -> list[dict]:
-    return [query for path, query in fake.requests if path == "/organization/audit_logs"]
-
-
-# --- activity from the audit log ---------------------------------------------------------------------------
+HOSTED_TOOL_PROPERTIES = ("code_interpreter_enabled", "file_search_enabled", "image_generation_enabled",
+                          "mcp_enabled", "web_search_enabled")
 
 
 def test_last_login_is_each_users_latest_successful_login_in_the_window(run_connector, veza, openai_fake):
@@ -68,15 +51,6 @@ def test_last_login_is_each_users_latest_successful_login_in_the_window(run_conn
     assert application(payload)["custom_properties"]["activity_window_days"] == 90
     assert "logins=3 key_scopes=2 federation_rules=3 certificates=2 warnings=" in stderr.splitlines()[-1]
     assert re.search(r"read 8 audit log events \(logins and API key changes of the last 90 days\) in 1 call\b", stderr)
-
-
-def test_the_audit_log_is_read_once_for_all_three_event_types_from_the_window_start(run_connector, veza, openai_fake):
-    pushed(run_connector, veza)
-    [query] = audit_requests(openai_fake)
-    assert query["event_types[]"] == ["login.succeeded", "api_key.created", "api_key.updated"]
-    assert query["limit"] == "100"
-    since = int(query["effective_at[gte]"])
-    assert SESSION_NOW - 90 * DAY <= since <= SESSION_NOW - 90 * DAY + 3600
 
 
 def test_key_scopes_come_from_the_newest_event_naming_the_key(run_connector, veza):
@@ -96,67 +70,6 @@ def test_a_key_update_without_scopes_does_not_hide_the_scopes_it_was_created_wit
     payload, _ = pushed(run_connector, veza)
     assert creds_of(payload)["key_svc1"]["custom_properties"]["scopes"] == ["api.model.request",
                                                                             "api.responses.write"]
-
-
-def test_activity_days_sets_the_window(run_connector, veza, openai_fake):
-    payload, _ = pushed(run_connector, veza, env={"OPENAI_ACTIVITY_DAYS": "3"})
-    users, creds = users_of(payload), creds_of(payload)
-    assert users["user-0010"]["last_login_at"] == stamp(SESSION_NOW - 2 * DAY)
-    assert "last_login_at" not in users["user-0011"]  # 5 days ago
-    assert "scopes" not in creds["key_user1"]["custom_properties"]  # updated 4 days ago
-    assert application(payload)["custom_properties"]["activity_window_days"] == 3
-    [query] = audit_requests(openai_fake)
-    assert abs(int(query["effective_at[gte]"]) - (SESSION_NOW - 3 * DAY)) < 3600
-
-
-def test_activity_days_0_reads_no_audit_log_and_sets_nothing_from_it(run_connector, veza, openai_fake):
-    payload, stderr = pushed(run_connector, veza, "--activity-days", "0")
-    assert audit_requests(openai_fake) == []
-    assert "activity_window_days" not in application(payload)["custom_properties"]
-    assert not any("last_login_at" in user for user in users_of(payload).values())
-    assert not any("scopes" in cred.get("custom_properties", {}) for cred in creds_of(payload).values()
-                   if cred["id"].startswith("key_"))
-    assert "logins=" not in stderr.splitlines()[-1]
-
-
-@pytest.mark.parametrize("value", ["-1", "3651", "ninety", "1.5"])
-def test_activity_days_out_of_range_is_a_configuration_error(run_connector, openai_fake, value):
-    result = run_connector("--dry-run", "--activity-days", value)
-    assert result.returncode == 2
-    assert "--activity-days (env OPENAI_ACTIVITY_DAYS) must be" in result.stderr
-    assert openai_fake.requests == []
-
-
-def test_the_audit_log_is_read_page_by_page(run_connector, veza, openai_fake):
-    # 150 more logins (users 100..249, one an hour): with the demo's 8 events, 158 events are 2 pages of 100
-    openai_fake.org.audit_logs += [_event(f"audit_log-page{i:04d}", "login.succeeded", SESSION_NOW - 3600 * (i + 1),
-                                          _session(f"user-{100 + i:04d}", None)) for i in range(150)]
-    payload, stderr = pushed(run_connector, veza)
-    queries = audit_requests(openai_fake)
-    assert len(queries) == 2
-    assert "after" not in queries[0] and queries[1]["after"]
-    assert queries[1]["event_types[]"] == queries[0]["event_types[]"]  # the filters go with every page
-    assert queries[1]["effective_at[gte]"] == queries[0]["effective_at[gte]"]
-    users = users_of(payload)
-    assert users["user-0249"]["last_login_at"] == stamp(SESSION_NOW - 3600 * 150)
-    assert "in 2 calls" in stderr
-
-
-def test_the_audit_log_stops_at_its_page_cap_with_a_warning_and_still_pushes(run_connector, veza, openai_fake,
-                                                                              monkeypatch):
-    monkeypatch.setattr(veza_openai, "MAX_AUDIT_LOG_PAGES", 2)
-    # 250 logins, one an hour, newest first: the cap stops after 200, the last read 200 hours (8.3 days) ago
-    openai_fake.org.audit_logs = [_event(f"audit_log-cap{i:04d}", "login.succeeded", SESSION_NOW - 3600 * (i + 1),
-                                         _session(f"user-{i:04d}", None)) for i in range(250)]
-    payload, stderr = pushed(run_connector, veza)
-    assert len(audit_requests(openai_fake)) == 2
-    assert re.search(r"WARNING audit log: stopped after 2 pages \(200 events\); logins and API key scope changes "
-                     rf"older than {stamp(SESSION_NOW - 3600 * 200)} are missing, so activity_window_days is 8 "
-                     r"instead of 90; use a shorter --activity-days", stderr)
-    users = users_of(payload)
-    assert users["user-0199"]["last_login_at"] == stamp(SESSION_NOW - 3600 * 200)
-    assert "last_login_at" not in users["user-0200"]  # older than the cut: unknown, so unset
-    assert application(payload)["custom_properties"]["activity_window_days"] == 8
 
 
 def test_hostile_audit_events_are_skipped(run_connector, veza, openai_fake):
@@ -196,9 +109,6 @@ def test_deactivated_at_is_the_nested_users_banned_at(run_connector, veza, opena
     assert users["user-0005"]["deactivated_at"] == "2023-11-14T22:21:40Z"
     assert users["user-0005"]["is_active"] is False
     assert "deactivated_at" not in users["user-0006"]
-
-
-# --- workload identity federation ------------------------------------------------------------------------
 
 
 def test_federation_rules_are_credentials_of_their_service_account(run_connector, veza):
@@ -244,17 +154,6 @@ def test_federation_rules_naming_an_unlisted_project_or_a_roleless_account(run_c
     assert "wifr_idle" in users["svc_idle"]["access_creds"] and assignments(payload, "wifr_idle") == {}  # role none
 
 
-def test_federation_rules_are_read_page_by_page(run_connector, veza, openai_fake):
-    openai_fake.org.federation_rules["wip_github"] += [
-        _federation_rule(f"wifr_many{i:03d}", "wip_github", "proj_alpha", "svc_deploy", {"n": i},
-                         {"type": "service_account_default"}, BASE_TIME + 1000 + i) for i in range(120)]
-    payload, _ = pushed(run_connector, veza)
-    pages = [query for path, query in openai_fake.requests
-             if path == "/organization/workload_identity_providers/wip_github/federation_rules"]
-    assert len(pages) == 2 and pages[0]["limit"] == "100" and pages[1]["after"]
-    assert sum(cred_id.startswith("wifr_many") for cred_id in creds_of(payload)) == 120
-
-
 def test_hostile_federation_records_are_kept_as_far_as_they_make_sense(run_connector, veza, openai_fake):
     odd = _federation_rule("wifr_odd", "wip_github", "proj_alpha", "svc_deploy", ["repository", "acme/app"],
                            None, BASE_TIME + 150)
@@ -281,9 +180,6 @@ def test_a_provider_deleted_during_the_run_loses_its_rules(run_connector, veza, 
     assert "provider wip_legacy was deleted during the run" in stderr
 
 
-# --- certificates and hosted tools -------------------------------------------------------------------------
-
-
 def test_certificates_are_resources_of_the_application_and_of_their_project(run_connector, veza):
     payload, _ = pushed(run_connector, veza)
     resources = resources_of(payload)
@@ -306,22 +202,6 @@ def test_a_certificates_pem_never_reaches_the_payload(run_connector, veza, opena
     text = json.dumps(payload) + out.read_text()
     assert "BEGIN CERTIFICATE" not in text and "FAKEPEM" not in text
     assert resources_of(payload)["cert_org_root"]["custom_properties"]["active"] is True
-
-
-def test_certificates_are_read_page_by_page(run_connector, veza, openai_fake):
-    openai_fake.org.certificates += [_certificate(f"cert_many{i:03d}", "organization.certificate", f"c{i}", True,
-                                                  BASE_TIME + i, BASE_TIME, BASE_TIME + DAY) for i in range(110)]
-    openai_fake.org.project_certificates["proj_beta"] = [
-        _certificate(f"cert_beta{i:03d}", "organization.project.certificate", None, False, BASE_TIME + i, BASE_TIME,
-                     BASE_TIME + DAY) for i in range(105)]
-    payload, stderr = pushed(run_connector, veza)
-    assert openai_fake.calls(r"^/organization/certificates$") == 2
-    assert openai_fake.calls(r"^/organization/projects/proj_beta/certificates$") == 2
-    resources = resources_of(payload)
-    assert sum(rid.startswith("cert_many") for rid in resources) == 110
-    beta = by_id(resources["proj_beta"]["sub_resources"])
-    assert len(beta) == 105 and beta["cert_beta000"]["name"] == "cert_beta000"
-    assert "certificates=217 " in stderr.splitlines()[-1]
 
 
 def test_hostile_certificates_do_not_stop_the_run(run_connector, veza, openai_fake):
@@ -354,52 +234,6 @@ def test_hosted_tools_are_project_properties_when_read(run_connector, veza, open
                            'false}; file_search_enabled left unset')
 
 
-# --- the family rule: refused (403) or missing (404) families are left out whole ----------------------------
-
-REFUSALS = {  # fake family: (status, the warning's label, its grant)
-    "audit logs": (403, "audit logs", "Audit logs: Read"),
-    "audit logs 404": (404, "audit logs", "Audit logs: Read"),
-    "workload identity providers": (403, "workload identity providers", "Workload identity: Read"),
-    "workload identity providers 404": (404, "workload identity providers", "Workload identity: Read"),
-    "federation rules": (403, "federation rules", "Workload identity: Read"),
-    "federation rules 404": (404, "federation rules", "Workload identity: Read"),
-    "certificates": (403, "certificates", "Certificates: Read"),
-    "project certificates": (403, "project certificates", "Certificates: Read"),
-    "project certificates 404": (404, "project certificates", "Certificates: Read"),
-    "hosted tool permissions": (403, "hosted tool permissions", "Projects: Read"),
-}
-
-
-@pytest.mark.parametrize("case", REFUSALS)
-def test_a_refused_access_review_family_is_left_out_whole_and_the_run_pushes(run_connector, veza, openai_fake,
-                                                                            case):
-    status, label, grant = REFUSALS[case]
-    openai_fake.refused[case.removesuffix(" 404")] = status
-    payload, stderr = pushed(run_connector, veza)
-    assert len(re.findall(rf"WARNING left out {label} \(HTTP {status} on .*\): grant the admin key '{grant}'",
-                          stderr)) == 1
-    app, creds, resources = application(payload), creds_of(payload), resources_of(payload)
-    rules = {cred_id for cred_id in creds if cred_id.startswith("wifr_")}
-    if label == "audit logs":
-        assert "activity_window_days" not in app["custom_properties"]
-        assert not any("last_login_at" in user for user in users_of(payload).values())
-        assert "scopes" not in creds["key_user1"]["custom_properties"]
-    else:
-        assert "last_login_at" in users_of(payload)["user-0010"]
-    if label in ("workload identity providers", "federation rules"):
-        assert rules == set()
-        if label == "workload identity providers":
-            assert openai_fake.calls("/federation_rules$") == 0
-    else:
-        assert rules == {"wifr_deploy_main", "wifr_unknown_sa", "wifr_legacy_deploy"}
-    assert ("cert_org_root" in resources) == (label != "certificates")
-    assert ("sub_resources" in resources["proj_alpha"]) == (label != "project certificates")
-    assert ("mcp_enabled" in resources["proj_alpha"]["custom_properties"]) == (label != "hosted tool permissions")
-
-
-# --- the whole picture ----------------------------------------------------------------------------------
-
-
 def test_a_dry_run_of_the_demo_shows_every_access_review_field(run_connector, openai_fake):
     result = run_connector("--dry-run", *NO_ROLE_READS)
     assert result.returncode == 0, result.output
@@ -414,13 +248,3 @@ def test_a_dry_run_of_the_demo_shows_every_access_review_field(run_connector, op
     assert resources["proj_alpha"]["sub_resources"][0]["id"] == "cert_alpha_mtls"
     assert resources["proj_alpha"]["custom_properties"]["mcp_enabled"] is True
     assert app["custom_properties"]["activity_window_days"] == 90
-
-
-def test_a_project_role_named_like_the_implicit_owner_role_gets_only_read_project(run_connector, veza,
-                                                                                  openai_fake):
-    openai_fake.org.project_users["proj_alpha"][1]["role"] = "owner_via_organization"
-    payload, _ = pushed(run_connector, veza)
-    assert "project_owner_via_organization" not in assignments(payload, "user-0011")
-    roles = by_id(application(payload)["local_roles"])
-    assert roles["project_role_owner_via_organization"]["permissions"] == ["Read Project"]
-    assert assignments(payload, "user-0011")["project_role_owner_via_organization"]["resources"] == ["proj_alpha"]

@@ -145,9 +145,9 @@ def test_the_manifests_deadlines_follow_the_sizing_rule_for_the_organization_it_
     assert manifest_deadline + cronjob["spec"]["startingDeadlineSeconds"] < 24 * 3600
 
 
-def test_the_rule_sizes_a_large_organization_past_the_old_two_hours():
-    # the manifest used to stop every run at 7,200 s: about 770 projects at 7 requests a minute, while the
-    # README estimated 4.8 hours for 2,000
+def test_the_rule_sizes_a_large_organization_past_two_hours():
+    # a fixed 7,200 s deadline would stop every run at about 770 projects at 7 requests a minute, while the
+    # README estimates 4.8 hours for 2,000
     max_run_time, _ = sized_deadlines(2000, 0, 0, False)
     assert max_run_time > 2000 / 7 * 60 > 7200
 
