@@ -100,7 +100,17 @@ REFILL_LEAD = 0.9              # once an endpoint's refill time is known, start 
 SLOW_START_DONE = 16            # after a hinted 429, requests in flight grow back one per success up to this
 LEARNED_WINDOW_MIN = 10.0      # a refill slower than this is a window worth remembering; faster ones are probed
 WINDOW_SECONDS = 60.0          # --max-requests-per-minute-per-endpoint counts over a sliding minute
-ASSUMED_REQUESTS_PER_MINUTE = 60  # an endpoint's allowance before it says otherwise (measured estimate, spec)
+MIN_ESTIMATE_SAMPLE = 20       # successful calls before their rate is trusted for a time-left estimate
+HINT_FLOOR = 0.1               # a retry hint below this is obeyed as this, doubling per repeat: see _request_wait
+SHARED_EVIDENCE_SPAN = 10.0    # 429s on this many endpoints within this many seconds...
+SHARED_EVIDENCE_ENDPOINTS = 3  # ...each the first 429 of an endpoint that had just started, mean one limit for all
+PACE_CUT = 0.9                 # a 429 cuts a pace by 10%, or to the rate seen to get through when that is lower
+PACE_UNMEASURED_CUT = 0.7      # a 429 with too few successes since the last to measure cuts the pace by 30%
+PACE_MAX_CUT = 0.5             # one 429 never cuts a pace below half of what it was
+PACE_KEEPING_UP = 0.6          # a pace rises only while successes since the last 429 came at 60% of it...
+PACE_PROBE_UP = 0.005          # ...by 0.5% per success, while it is what holds requests back
+PACE_PROBE_SPEEDUP = 100       # ...and 0.5% more for every 100 successes since the last 429
+PACE_MIN_SAMPLE = 8            # successes needed before the rate seen between two 429s is trusted
 WATCHDOG_GRACE = 2.0           # an answer still not whole this long after --timeout is abandoned
 PROGRESS_INTERVAL = 30.0       # seconds between progress lines on a long run
 MIN_PROGRESS_INTERVAL = 1.0    # even when tests shrink time, no more than one progress line a second
@@ -1134,15 +1144,16 @@ def project_is_archived(record: dict) -> bool:
 class EndpointPacer:
     """What one endpoint (path template) allows, learned from its answers; pure bookkeeping on `now`.
 
-    A 429 with retry-after(-ms) blocks the endpoint for exactly that long and no slower pace follows
-    (spacing requests by the wait made a window that sends `retry-after` take three times its bound);
-    only the requests in flight grow back from one, one more per success, so the moment the wait ends
-    does not bring a burst of 429s. A 429 with no hint blocks the endpoint and sends one probe at a time,
-    waiting 0.5 s, 1 s, ... up to 5 s between probes, so a refill is seen at most a few seconds late.
-    When that refill took a window of 10 s or more (the Admin API's are about a minute), the
-    allowance is remembered: later bursts stop at that many requests, and one probe goes shortly
-    before the window is due, so the window is met without a 429 per attempt.
-    --max-requests-per-minute-per-endpoint caps each endpoint over a sliding minute.
+    Its own first 429 starts an ObservedPace (just under the rate that gets through, probing upward),
+    not the hint: spacing requests by the wait made a window that sends `retry-after` take three times
+    its bound. A 429 with retry-after(-ms) blocks the endpoint that long; the requests in flight then
+    grow back from one, one more per success, so the moment the wait ends brings no burst of 429s. A 429
+    with no hint blocks the endpoint and sends one probe at a time, 0.5 s, 1 s, ... up to 5 s apart.
+    When the refill, counted from the 429, took 10 s or more (a window: the Admin API's are about a
+    minute), the allowance is remembered and the pace dropped: later bursts stop at that many requests
+    plus one that asks whether it grew (when that one gets through the allowance is learned again),
+    and one probe goes shortly before the window is due, so a window costs a 429 or two, not one per
+    attempt. --max-requests-per-minute-per-endpoint caps each endpoint over a sliding minute.
     """
 
     def __init__(self, path: str, time_scale: float = 1.0, max_per_minute: int | None = None) -> None:
@@ -1158,6 +1169,8 @@ class EndpointPacer:
         self.burst_successes = 0
         self.sent_in_burst = 0
         self.refill_seconds: float | None = None  # from a burst's first request to its refill, last seen
+        self.refill_wait: float | None = None     # from the 429 that ended that burst to its refill: a window's is long
+        self.exhausted_at: float | None = None    # the 429 that ended the current burst
         self.refill_burst: int | None = None       # the successes that allowance held
         self.first_throttled_at: float | None = None
         self.succeeded_since_throttled = 0
@@ -1165,13 +1178,21 @@ class EndpointPacer:
         self.throttled = 0
         self.succeeded = 0
         self.recent_sends: deque[float] = deque()
+        self.last_successes: deque[float] = deque(maxlen=2)
+        self.last_throttled_at: float | None = None
+        self.pace = ObservedPace(time_scale)  # from this endpoint's own 429s, until a window is learned
+
+    def window_known(self) -> bool:
+        """Whether this endpoint's own allowance per window has been learned (its 429s are its own)."""
+        return self._allowance_known()
 
     def _allowance_known(self) -> bool:
-        return bool(self.refill_burst and self.refill_seconds
-                    and self.refill_seconds >= LEARNED_WINDOW_MIN * self.scale)
+        return bool(self.refill_burst and self.refill_seconds and self.refill_wait
+                    and self.refill_wait >= LEARNED_WINDOW_MIN * self.scale)
 
     def _allowance_spent(self) -> bool:
-        return not self.probing and self._allowance_known() and self.sent_in_burst >= self.refill_burst
+        """The remembered allowance and one more are sent: that one asks whether the allowance grew."""
+        return not self.probing and self._allowance_known() and self.sent_in_burst > self.refill_burst
 
     def ready_at(self, now: float) -> float:
         """The earliest time the next request may go (inf while a probe is out)."""
@@ -1192,7 +1213,10 @@ class EndpointPacer:
                 self.recent_sends.popleft()
             if len(self.recent_sends) >= self.max_per_minute:
                 at = max(at, self.recent_sends[-self.max_per_minute] + window)
-        return at
+        paced = self.pace.ready_at(now)
+        if paced > at:  # asked only while this endpoint has requests waiting: the pace holds them back
+            self.pace.held_back = True
+        return max(at, paced)
 
     def on_send(self, now: float) -> bool:
         """Count a request going out; True when it is a probe (one request that tests for a refill)."""
@@ -1204,7 +1228,28 @@ class EndpointPacer:
         if self.burst_started is None:
             self.burst_started = now
         self.sent_in_burst += 1
+        self.pace.on_send(now)
         return self.probing
+
+    def just_started(self) -> bool:
+        """No 429 yet and at most one success: a 429 now is not this endpoint's own allowance running out
+        (unless it allows a single request), so it points at a shared limit. (An endpoint that spent its
+        own allowance earlier, even long ago, may still be waiting for its window: no evidence.)"""
+        return self.throttled == 0 and self.succeeded <= 1
+
+    def forget_throttle(self) -> None:
+        """Undo what a 429 that turned out to be the shared limit's made this endpoint do."""
+        self.blocked_until, self.probing, self.hintless = 0.0, False, False
+        self.probe_wait, self.in_flight_cap = PROBE_FIRST_WAIT, None
+        self.pace.stop()
+
+    def on_shared_throttle(self, now: float) -> None:
+        """A 429 put down to the shared limit: counted here, and nothing else about this endpoint changes."""
+        self.in_flight -= 1
+        self.throttled += 1
+        self.last_throttled_at = now
+        if self.first_throttled_at is None:
+            self.first_throttled_at = now
 
     def on_other_answer(self) -> None:
         """An answer that is neither a page nor a 429 (a refusal, a fault): it no longer counts as in flight."""
@@ -1213,29 +1258,41 @@ class EndpointPacer:
     def on_success(self, now: float, probe: bool) -> None:
         self.in_flight -= 1
         self.succeeded += 1
+        self.last_successes.append(now)
+        self.pace.on_success(now)
         if self.first_throttled_at is not None:
             self.succeeded_since_throttled += 1
         if self.in_flight_cap is not None:
             self.in_flight_cap = None if self.in_flight_cap >= SLOW_START_DONE else self.in_flight_cap + 1
         if not (probe and self.probing):
             self.burst_successes += 1
+            if self._allowance_known() and self.burst_successes > self.refill_burst:
+                self.refill_burst = None  # the allowance grew: spend it until a 429 says how far, then learn it again
             return
         # The allowance came back: remember how much it held and how long it took (hintless limits only).
         if self.hintless and self.burst_started is not None and self.burst_successes:
             self.refill_seconds = now - self.burst_started
             self.refill_burst = self.burst_successes
+            self.refill_wait = now - (self.exhausted_at if self.exhausted_at is not None else self.burst_started)
+            if self._allowance_known():
+                self.pace.stop()  # a window: its allowance is spent at once, then waited for
         self.probing = self.hintless = False
         self.probe_wait = PROBE_FIRST_WAIT
         self.burst_started, self.burst_successes, self.sent_in_burst = now, 1, 1
 
-    def on_throttled(self, now: float, probe: bool, server_wait: float | None) -> None:
+    def on_throttled(self, now: float, probe: bool, server_wait: float | None, sent_at: float = 0.0,
+                     *, says_rate: bool = True) -> None:
         self.in_flight -= 1
         self.throttled += 1
+        self.last_throttled_at = now
+        if says_rate and not probe and not self._allowance_known():  # a probe's 429 says only "not yet"
+            self._learn_pace(now, sent_at)
         if self.first_throttled_at is None:
             self.first_throttled_at = now
-        if server_wait is not None:  # the server said how long: exactly that, no extra slow-down
+        if server_wait is not None:  # the server said how long: that, then the pace learned
             self.blocked_until = max(self.blocked_until, now + min(server_wait, MAX_SERVER_WAIT) * self.scale)
-            self.in_flight_cap = 1  # then one request at a time, one more per success: no herd at the moment
+            if says_rate:  # then one request at a time, one more per success: no herd at the moment
+                self.in_flight_cap = 1
             return
         if self.probing and not probe:
             return  # an answer to a request sent before the first 429: already handled
@@ -1245,10 +1302,17 @@ class EndpointPacer:
         else:
             self.probe_wait = PROBE_FIRST_WAIT
             wait = self.probe_wait * self.scale
+            self.exhausted_at = now
             if self._allowance_known() and self.burst_started is not None:
                 wait = max(wait, self.burst_started + REFILL_LEAD * self.refill_seconds - now)
         self.probing, self.hintless = True, True
         self.blocked_until = max(self.blocked_until, now + wait)
+
+    def _learn_pace(self, now: float, sent_at: float) -> None:
+        if self.pace.active:
+            self.pace.on_throttled(now, sent_at)
+        elif self.burst_started is not None:  # the first 429: start at the rate this endpoint's burst got through
+            self.pace.start(now, max(self.burst_successes, 1) / max(now - self.burst_started, 1e-3))
 
     def requests_per_second(self, now: float | None = None) -> float | None:
         """The rate this endpoint allows: learned from a window, capped, or (given `now`) seen since its
@@ -1260,6 +1324,126 @@ class EndpointPacer:
         if now is not None and self.first_throttled_at is not None and now > self.first_throttled_at:
             return max(self.succeeded_since_throttled, 1) / (now - self.first_throttled_at)
         return None
+
+
+class ObservedPace:
+    """A pace learned from 429s: send just under the rate that gets through, and probe upward slowly.
+
+    Off until `start`. Then requests go 1/rate apart. A 429 (of a request sent since the last one) cuts
+    the rate by 10%, or, when it was far above the rate of successes since the last 429, down to that
+    (never below half: part of that time may have had little to send); with too few successes since
+    the last 429 to measure, by 30%. Each success raises it 0.5% while the pace is what holds requests
+    back and successes keep up with it, faster the longer no 429 came, so a limit that grows is found
+    again (twice the rate in about 100 successes) and one 429 comes every few dozen reads at most.
+    Pure bookkeeping on `now` (real seconds).
+    """
+
+    def __init__(self, time_scale: float = 1.0) -> None:
+        self.scale = time_scale
+        self.rate: float | None = None   # requests per (real) second
+        self.next_send = 0.0
+        self.measure_from = 0.0
+        self.measured = 0                # successes since measure_from
+        self.held_back = False           # a request was ready but waited for this pace since the last success
+        self.throttled = 0
+
+    @property
+    def active(self) -> bool:
+        return self.rate is not None
+
+    def start(self, now: float, rate: float) -> None:
+        self.rate, self.next_send = rate, now
+        self.measure_from, self.measured = now, 0
+
+    def stop(self) -> None:
+        self.rate = None
+
+    def ready_at(self, now: float) -> float:
+        return max(now, self.next_send) if self.active else now
+
+    def on_send(self, now: float) -> None:
+        if self.active:  # a send that went late leaves credit for one more: a busy loop's lateness is not lost
+            interval = 1.0 / self.rate
+            self.next_send = max(now - interval, self.next_send) + interval
+
+    def on_success(self, now: float) -> None:
+        self.measured += 1
+        if self.active and self.held_back and self._keeping_pace(now):
+            # faster the longer no 429 came: a limit that grew is found in a few hundred successes, not thousands
+            self.rate *= 1 + PACE_PROBE_UP * (1 + self.measured / PACE_PROBE_SPEEDUP)
+        self.held_back = False
+
+    def _keeping_pace(self, now: float) -> bool:
+        """Whether the successes since the last 429 came at nearly the pace: only then is it the pace that
+        holds requests back (not the workers, or a lull between stages), and worth raising."""
+        elapsed = now - self.measure_from
+        return (self.measured >= PACE_MIN_SAMPLE and elapsed > 0
+                and self.measured / elapsed >= PACE_KEEPING_UP * self.rate)
+
+    def on_throttled(self, now: float, sent_at: float) -> None:
+        """Pace at what got through since the last 429; the 429 of a request sent before that is old news."""
+        self.throttled += 1
+        if not self.active or sent_at < self.measure_from:
+            return
+        elapsed = now - self.measure_from
+        if self.measured < PACE_MIN_SAMPLE or elapsed <= 0:
+            self.rate *= PACE_UNMEASURED_CUT
+        elif self.rate * PACE_CUT > self.measured / elapsed:  # far above what got through: down to that
+            self.rate = max(self.rate * PACE_MAX_CUT, self.measured / elapsed)
+        else:
+            self.rate *= PACE_CUT
+        self.measure_from, self.measured = now, 0
+
+    def pause_for(self, now: float, hint: float | None, whole_seconds: bool) -> None:
+        """A precise hint says nothing may go before it; a whole-second one may be rounded up by a second."""
+        if hint is not None and self.active:
+            precise = hint - 1.0 if whole_seconds else hint
+            if precise > 0:
+                self.next_send = max(self.next_send, now + precise * self.scale)
+
+
+class SharedPacer(ObservedPace):
+    """An organization-wide limit, once the 429s show one: all requests together at an ObservedPace.
+
+    It is off until 429s arrive within SHARED_EVIDENCE_SPAN on SHARED_EVIDENCE_ENDPOINTS endpoints that
+    had each just started (at most one success and no 429 of their own before): a limit per endpoint
+    lets an endpoint's first requests through, a shared one refuses them once the others spent it.
+    It starts at the rate of successes since the first of those 429s. A precise hint then also pauses
+    every request for its length: the shared allowance is empty until then.
+    """
+
+    def __init__(self, time_scale: float = 1.0) -> None:
+        super().__init__(time_scale)
+        self.evidence: dict[str, float] = {}  # endpoint -> when it got its first 429 right after starting
+        self.last_429: dict[str, float] = {}  # endpoint -> its latest 429, whoever's limit it was
+        self.recent_successes: deque[float] = deque()  # all endpoints, within the span, until active
+
+    def owns(self, endpoint: str, now: float) -> bool:
+        """Whether a 429 on `endpoint`, while a shared limit is known, is that limit's (True) or the endpoint's
+        own: a second 429 within the span, with no other endpoint refused in between, is the endpoint's."""
+        previous = self.last_429.get(endpoint)
+        if previous is None or previous <= now - SHARED_EVIDENCE_SPAN * self.scale:
+            return True
+        return any(at > previous for e, at in self.last_429.items() if e != endpoint)
+
+    def on_success(self, now: float) -> None:
+        super().on_success(now)
+        if not self.active:  # kept only to measure the rate when the limit turns out to be shared
+            self.recent_successes.append(now)
+            while self.recent_successes and self.recent_successes[0] <= now - SHARED_EVIDENCE_SPAN * self.scale:
+                self.recent_successes.popleft()
+
+    def note_evidence(self, endpoint: str, now: float) -> bool:
+        """Record an endpoint's first 429 right after it started; True when that makes the limit shared."""
+        span = SHARED_EVIDENCE_SPAN * self.scale
+        self.evidence = {e: at for e, at in self.evidence.items() if at > now - span}
+        self.evidence[endpoint] = now
+        if len(self.evidence) < SHARED_EVIDENCE_ENDPOINTS:
+            return False
+        first = min(self.evidence.values())
+        self.start(now, max(sum(1 for at in self.recent_successes if at >= first), 1) / max(now - first, span / 5))
+        self.recent_successes.clear()
+        return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1289,7 +1473,9 @@ class Request:
     params: dict[str, Any]
     attempt: int = 0                      # 5xx and transport retries so far
     throttled_since: float | None = None  # the first 429 this request got
+    throttles: int = 0                    # 429s in a row this request got
     probe: bool = False
+    not_before: float = 0.0               # a throttled request's next attempt, at the earliest
     ticket: int = 0
     sent_at: float = 0.0
 
@@ -1436,6 +1622,7 @@ class Scheduler:
         self.pacers = {family.name: EndpointPacer(family.path, config.time_scale,
                                                   config.max_requests_per_minute_per_endpoint)
                        for family in families}
+        self.shared = SharedPacer(config.time_scale)  # one limit for every endpoint, once 429s show there is one
         self.queues: dict[str, deque[Request]] = {family.name: deque() for family in families}
         self.delayed: list[tuple[float, int, Request]] = []   # 5xx backoff: (due, ticket, request)
         self.in_flight: dict[int, Request] = {}
@@ -1530,6 +1717,9 @@ class Scheduler:
         # Families in a fixed order, so the same organization is read the same way every time.
         for name, waiting in self.queues.items():
             if waiting and self.pacers[name].ready_at(now) <= now:
+                if self.shared.ready_at(now) > now:
+                    self.shared.held_back = True
+                    return None
                 return waiting.popleft()
         return None
 
@@ -1541,6 +1731,7 @@ class Scheduler:
         request.ticket, request.sent_at = self.tickets, now
         request.read.last_sent = now
         request.probe = self.pacers[request.read.family.name].on_send(now)
+        self.shared.on_send(now)
         self.in_flight[request.ticket] = request
         self.calls += 1
         self.pool.submit(request.ticket, request.read.path, request.params)
@@ -1550,11 +1741,11 @@ class Scheduler:
         if self.delayed:
             wake.append(self.delayed[0][0])
         if len(self.in_flight) < self.config.max_workers:  # else only an answer can free a worker
-            for name, waiting in self.queues.items():
-                if waiting:
-                    wake.append(self.pacers[name].ready_at(now))
-            if self.next_global_send > now:
-                wake.append(self.next_global_send)
+            endpoint_ready = min((self.pacers[name].ready_at(now) for name, waiting in self.queues.items()
+                                  if waiting), default=float("inf"))
+            # A request goes when its endpoint, the shared pace and --max-requests-per-second all allow it:
+            # waking when only the endpoint would is a busy loop.
+            wake.append(max(endpoint_ready, self.shared.ready_at(now), self.next_global_send))
         if self.in_flight:
             oldest = min(r.sent_at for r in self.in_flight.values())
             wake.append(oldest + self.config.timeout + min(WATCHDOG_GRACE, self.config.timeout))
@@ -1576,7 +1767,8 @@ class Scheduler:
         verdict = classify(answer)
         if verdict is Verdict.PAGE:
             pacer.on_success(now, request.probe)
-            request.throttled_since = None
+            self.shared.on_success(now)
+            request.throttled_since, request.throttles = None, 0
             self._take_page(request, answer)
         elif verdict is Verdict.THROTTLED:
             self._throttled(request, answer, now)
@@ -1593,7 +1785,7 @@ class Scheduler:
     def _throttled(self, request: Request, answer: Answer, now: float) -> None:
         """A 429: the same request again, first in its endpoint's queue, once its pacer allows."""
         read, pacer = request.read, self.pacers[request.read.family.name]
-        pacer.on_throttled(now, request.probe, answer.server_wait)
+        self._put_throttle_down(request, answer.server_wait, now)
         self.throttled += 1
         request.throttled_since = request.throttled_since or now
         waited = now - request.throttled_since
@@ -1606,9 +1798,46 @@ class Scheduler:
         # The first 429 of an endpoint is news; the rest show in the progress lines and with --debug.
         log.log(logging.INFO if pacer.throttled == 1 else logging.DEBUG,
                 "%s: HTTP 429, pausing %s for %.1fs (%s)", read.path, pacer.path,
-                max(0.0, pacer.blocked_until - now) / (self.scale or 1),
+                max(0.0, pacer.blocked_until - now, request.not_before - now) / (self.scale or 1),
                 "the server's retry-after" if answer.server_wait is not None else "no retry-after: probing")
-        self.queues[read.family.name].appendleft(request)
+        heapq.heappush(self.delayed, (request.not_before, request.ticket, request))
+
+    def _put_throttle_down(self, request: Request, hint: float | None, now: float) -> None:
+        """A 429: whose limit it was (the endpoint's or one shared by all), and when this request may go again."""
+        name = request.read.family.name
+        pacer, shared = self.pacers[name], self.shared
+        request.throttles += 1
+        wait = self._request_wait(request, hint)
+        request.not_before = now + wait * self.scale
+        if hint is not None and hint < HINT_FLOOR:  # not a pace anyone can keep: a short pause, doubling per repeat
+            pacer.on_throttled(now, request.probe, wait, says_rate=False)
+        elif shared.active and not request.probe and not pacer.window_known() and shared.owns(name, now):
+            pacer.on_shared_throttle(now)
+            shared.pause_for(now, hint, whole_seconds=hint is not None and float(hint).is_integer())
+            shared.on_throttled(now, request.sent_at)
+            log.debug("%s: HTTP 429 from the shared limit; all requests now paced at %.2f a second",
+                      request.read.path, shared.rate)
+        else:
+            evidence = not shared.active and pacer.just_started()
+            pacer.on_throttled(now, request.probe, hint, request.sent_at)
+            if evidence and shared.note_evidence(name, now):
+                log.info("HTTP 429 on %d endpoints at once: pacing all requests together at about %.1f a "
+                         "minute, probing upward", SHARED_EVIDENCE_ENDPOINTS, shared.rate * 60 * self.scale)
+                for endpoint in shared.evidence:
+                    self.pacers[endpoint].forget_throttle()
+        shared.last_429[name] = now
+
+    @staticmethod
+    def _request_wait(request: Request, hint: float | None) -> float:
+        """The least wait (unscaled seconds) before a throttled request goes again: the hint (capped at
+        MAX_SERVER_WAIT) as a lower bound; a hint below HINT_FLOOR is the floor, doubling with each 429 in a
+        row up to PROBE_MAX_WAIT, so a tiny hint never turns into a flood; no hint, the floor (the endpoint's
+        probing, or the shared pace, decides the rest)."""
+        if hint is None:
+            return HINT_FLOOR
+        if hint < HINT_FLOOR:
+            return min(PROBE_MAX_WAIT, HINT_FLOOR * 2 ** (request.throttles - 1))
+        return min(hint, MAX_SERVER_WAIT)
 
     def _retry(self, request: Request, answer: Answer, now: float) -> None:
         """A transient fault: the same request after an exponential backoff (or the server's wait)."""
@@ -1670,9 +1899,37 @@ class Scheduler:
         rate, path = min(rated)
         return f"{path} at about {rate * 60:.1f} requests a minute"
 
-    def estimate_seconds_left(self) -> float:
-        """The longest of: each throttled endpoint's pending requests at the rate it allows."""
-        estimates, now = [0.0], time.monotonic()
+    def _observed_call_rate(self, now: float) -> float | None:
+        """Successful calls a (real) second since the run began; None before there are enough to go by."""
+        succeeded = sum(pacer.succeeded for pacer in self.pacers.values())
+        if succeeded < MIN_ESTIMATE_SAMPLE or now <= self.started:
+            return None
+        return succeeded / (now - self.started)
+
+    def slowest_rate_for(self, names: list[str]) -> float | None:
+        """The slowest rate these endpoints were seen to get, or the shared pace, or every call's so far; None
+        before any rate is seen (then no estimate is printed: never a guess)."""
+        now = time.monotonic()
+        rates = [rate for rate in (self.pacers[name].requests_per_second(now) for name in names) if rate]
+        overall = self._observed_call_rate(now)
+        if self.shared.active:
+            rates.append(self.shared.rate)
+        elif overall:
+            rates.append(overall)
+        return min(rates) if rates else None
+
+    def estimate_seconds_left(self) -> float | None:
+        """Every open read at a rate observed: the longest of all of them at the rate calls have succeeded so far
+        (or at the shared pace), and each throttled endpoint's open reads at the rate it allows. None (no
+        estimate printed) before enough calls have succeeded to have a rate."""
+        now = time.monotonic()
+        still_open = sum(self.open_reads.values())
+        overall = self._observed_call_rate(now)
+        if overall is None:
+            return None
+        estimates = [still_open / overall]
+        if self.shared.active:
+            estimates.append(still_open / self.shared.rate)
         for name, pacer in self.pacers.items():
             pending = self.open_reads[name]
             rate = pacer.requests_per_second(now)
@@ -1684,15 +1941,19 @@ class Scheduler:
         self.next_progress = time.monotonic() + self._progress_interval()
         pending = ", ".join(f"{self.labels[n]} {self.finished_reads[n]}/{self.finished_reads[n] + c}"
                             for n, c in self.open_reads.items() if c)
-        slowest = self._slowest_endpoint()
+        slowest = f"; slowest endpoint {self._slowest_endpoint()}" if self._slowest_endpoint() else ""
+        if self.shared.active:
+            slowest += ("; a limit shared by every endpoint, all requests paced at about "
+                        f"{self.shared.rate * 60 * self.scale:.1f} a minute")
         left = self.estimate_seconds_left()
         done, still_open = sum(self.finished_reads.values()), sum(self.open_reads.values())
         log_with_fields(logging.INFO, {"stage": "progress", "reads_done": done, "reads_open": still_open,
                                        "calls": self.calls, "throttled": self.throttled,
-                                       "seconds_left_estimate": round(left)},
-                        "progress: %d reads done, %d open (%s); %d calls, %d answered 429%s; about %s left for the "
-                        "reads known so far", done, still_open, pending, self.calls, self.throttled,
-                        f"; slowest endpoint {slowest}" if slowest else "", _format_duration(left))
+                                       "seconds_left_estimate": None if left is None else round(left)},
+                        "progress: %d reads done, %d open (%s); %d calls, %d answered 429%s; %s", done, still_open,
+                        pending, self.calls, self.throttled, slowest,
+                        "no rate seen yet to estimate the time left" if left is None else
+                        f"about {_format_duration(left)} left for the reads known so far at the rate seen")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1852,6 +2113,8 @@ class ReadPlan:
         if self.role_decision is not None:
             return
         s = self.snapshot
+        if any(self.scheduler.open_reads[family.name] for family in ROLE_LISTS if not family.per):
+            return  # whether the Roles API is refused is known first, whatever a project's role list says
         lists = [getattr(s, family.name) or [] for family in ROLE_LISTS if not family.per]
         lists += [roles for family in ROLE_LISTS if family.per for roles in (getattr(s, family.name) or {}).values()]
         pending = sum(self.scheduler.open_reads[name] for name in ROLE_DECISION_WAITS_FOR)
@@ -1871,15 +2134,17 @@ class ReadPlan:
             self._read_each(child, key, items)
 
     def _log_role_read_estimate(self, family: Family, top_level: int) -> None:
-        """How many role assignment reads there are (the top-level ones, and the per-project ones so far)."""
+        """Logged once the top-level list the role reads hang on (users) is in: the count, and the time only
+        when there is an observed rate to count it at (an estimate or none, never a guess)."""
         s = self.snapshot
         nested = sum(len(ids_of(items, other.parent_id_field)) for other in FAMILY_LIST
                      if other.after_role_decision and FAMILIES[other.parent].parent
                      for items in (getattr(s, other.parent) or {}).values())
-        rate = self.scheduler.pacers[family.name].requests_per_second() or ASSUMED_REQUESTS_PER_MINUTE / 60.0
-        log.info("role assignment reads: %d users and %d project members so far, one call each; at %.0f requests a "
-                 "minute per endpoint that is about %s", top_level, nested, rate * 60,
-                 _format_duration(max(top_level, nested) / rate))
+        rate = self.scheduler.slowest_rate_for([other.name for other in FAMILY_LIST if other.after_role_decision])
+        estimate = (f"; at the rate seen so far that is at least {_format_duration((top_level + nested) / rate)}"
+                    if rate else "")
+        log.info("role assignment reads: %d users and %d project members so far, one call each%s", top_level,
+                 nested, estimate)
 
     # --- refusals and failures ----------------------------------------------------------------
     def is_left_out(self, family: Family) -> bool:

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from fake_limits import EveryKth, FixedWindows, Limiter, TokenBucket  # noqa: E402
+from fake_limits import Combined, EveryKth, FixedWindows, Limiter, TokenBucket  # noqa: E402
 from fake_openai import COMPILED_ROUTES, FakeOpenAI, Organization, _audit_logs, generate_organization  # noqa: E402
 from fake_veza import FakeVeza  # noqa: E402
 
@@ -109,20 +109,43 @@ def run_connector(fake: FakeOpenAI, workers: int, workdir: Path, veza: FakeVeza 
             "mapping": float(mapped.group(1)) if mapped else float("nan"), "payload": out}
 
 
-LIMIT_MODELS = ("token-bucket-ms", "token-bucket-s", "token-bucket-none", "every-kth", "fixed-windows", "none")
+LIMIT_MODELS = ("token-bucket-ms", "token-bucket-s", "token-bucket-none", "org-bucket-ms", "org-bucket-s",
+                "org-bucket-none", "every-kth", "fixed-windows", "family-windows", "org-bucket-and-windows",
+                "org-bucket-doubles", "windows-double", "none")
+HINTS = {"ms": "ms", "s": "s", "none": None}
 
 
 def limit_model(name: str, args: argparse.Namespace) -> Limiter | None:
     """The fake_limits model called `name`, built from the command line's parameters (None: no limit)."""
     if name.startswith("token-bucket-"):
-        hint = {"ms": "ms", "s": "s", "none": None}[name.rsplit("-", 1)[1]]
-        return TokenBucket(args.bucket_rate, args.bucket_burst, hint, time_scale=args.time_scale)
+        return TokenBucket(args.bucket_rate, args.bucket_burst, HINTS[name.rsplit("-", 1)[1]],
+                           time_scale=args.time_scale)
+    if name.startswith("org-bucket-") and name.rsplit("-", 1)[1] in HINTS:
+        return organization_bucket(args, HINTS[name.rsplit("-", 1)[1]])
     if name == "every-kth":
         return EveryKth(args.every_k, args.every_retry_after_ms)
     if name == "fixed-windows":
-        return FixedWindows(default=(args.window_requests, args.window),
+        return project_roles_windows(args)
+    if name == "family-windows":  # every family its own window, tight enough that most families meet it
+        return FixedWindows(default=(args.family_window_requests, args.window),
                             per_endpoint={"project roles": (args.window_project_roles, args.window)})
+    if name == "org-bucket-and-windows":
+        return Combined(organization_bucket(args, "s"), project_roles_windows(args))
+    if name == "org-bucket-doubles":
+        return organization_bucket(args, "ms", doubles_at=args.doubles_at)
+    if name == "windows-double":
+        return FixedWindows(default=(args.family_window_requests, args.window), doubles_at=args.doubles_at)
     return None
+
+
+def organization_bucket(args: argparse.Namespace, hint: str | None, doubles_at: float | None = None) -> TokenBucket:
+    return TokenBucket(args.org_rate, args.org_burst, hint, time_scale=args.time_scale, shared=True,
+                       doubles_at=doubles_at)
+
+
+def project_roles_windows(args: argparse.Namespace) -> FixedWindows:
+    return FixedWindows(default=(args.window_requests, args.window),
+                        per_endpoint={"project roles": (args.window_project_roles, args.window)})
 
 
 def family_of(path: str) -> str:
@@ -180,14 +203,17 @@ def models_table(args: argparse.Namespace) -> None:
           f"{min(args.groups, 10)} groups; --role-assignments {args.role_assignments}, "
           f"--max-workers {args.table_workers}; latency {args.table_latency * 1000:.0f} ms; "
           f"VEZA_OPENAI_TIME_SCALE={args.time_scale:g}; per-model timeout {args.model_timeout:g} s")
-    print(f"models: token bucket {args.bucket_rate:g}/s burst {args.bucket_burst:g} per endpoint; every "
-          f"{args.every_k}th request (all endpoints together) retry-after-ms {args.every_retry_after_ms}; "
-          f"fixed windows {args.window_project_roles} on project roles, {args.window_requests} elsewhere, per "
-          f"{args.window:g} s window per endpoint, sliding from the first request, no headers")
+    print(f"models: token bucket {args.bucket_rate:g}/s burst {args.bucket_burst:g} per endpoint; organization "
+          f"bucket {args.org_rate:g}/s burst {args.org_burst:g} shared by every endpoint; every {args.every_k}th "
+          f"request (all endpoints together) retry-after-ms {args.every_retry_after_ms}; fixed windows "
+          f"{args.window_project_roles} on project roles, {args.window_requests} elsewhere (family-windows: "
+          f"{args.family_window_requests}), per {args.window:g} s window per endpoint, sliding from the first "
+          f"request, no headers; the doubling models double {args.doubles_at:g} s after their first request")
     rows: list[str] = []
     notes: list[str] = []
     clean = None
-    for name in ("none", *[m for m in LIMIT_MODELS if m != "none"]):
+    chosen = args.models.split(",") if args.models else [m for m in LIMIT_MODELS if m != "none"]
+    for name in ("none", *chosen):
         fake = FakeOpenAI(org, admin_key=ADMIN_KEY, latency=args.table_latency).start()
         fake.limiter = limit_model(name, args)
         try:
@@ -196,19 +222,12 @@ def models_table(args: argparse.Namespace) -> None:
             fake.stop()
         if name == "none" and result["status"] == "ok":
             clean = result["wall"]
-        bound = fake.limiter.bound(result["reads"]) if fake.limiter is not None else 0.0
-        reads = sum(result["reads"].values())
-        versus_bound = f"{result['wall'] / bound:.2f}" if bound >= 0.05 else "n/a (bound ~0)"
-        versus_clean = f"{result['wall'] / clean:.2f}" if clean else "n/a"
-        if result["status"] != "ok":  # partial reads: no ratio means anything
-            versus_bound = versus_clean = "-"
-        rows.append(f"| {name} | {result['status']} | {reads} | {result['throttled']} | {result['wall']:.1f} s | "
-                    f"{bound:.1f} s | {versus_bound} | {versus_clean} |")
+        rows.append(table_row(name, fake.limiter, result, clean, args))
         if result["error"]:
             notes.append(f"- {name}: {result['error'][:200]}")
         print(f"  {name}: {result['status']}, {result['wall']:.1f}s", file=sys.stderr, flush=True)
     print()
-    print("| model | result | reads (200s) | 429s | wall | bound | wall / bound | wall / clean run |")
+    print("| model | result | reads (200s) | 429s | 429s per read (forced) | wall | bound | wall / bound |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
     print()
@@ -216,8 +235,23 @@ def models_table(args: argparse.Namespace) -> None:
         print("first error of each failed run:")
         print("\n".join(notes))
         print()
-    print("bound: the wall time the limit alone forces for the reads the run made (fake_limits `bound`); "
-          "~0 for every-kth and none, so compare those with the clean run (model none).")
+    print("bound: the wall time the limit alone forces for the reads the run made (fake_limits `bound`), never "
+          "less than the run without limits (model none); every-kth forces no wait, only a 429 per "
+          f"{args.every_k - 1} reads, so its bound is the run without limits.")
+
+
+def table_row(name: str, limiter: Limiter | None, result: dict, clean: float | None,
+              args: argparse.Namespace) -> str:
+    """One Markdown row: 429s per useful read (and the share the server forces), wall against the bound."""
+    reads = sum(result["reads"].values())
+    bound = max(limiter.bound(result["reads"]) if limiter is not None else 0.0, clean or 0.0)
+    forced = 1 / (args.every_k - 1) if isinstance(limiter, EveryKth) else 0.0
+    per_read = f"{result['throttled'] / reads:.2f} ({forced:.2f})" if reads else "-"
+    versus_bound = f"{result['wall'] / bound:.2f}" if bound else "-"
+    if result["status"] != "ok":  # partial reads: no ratio means anything
+        versus_bound = "-"
+    return (f"| {name} | {result['status']} | {reads} | {result['throttled']} | {per_read} | {result['wall']:.1f} s "
+            f"| {bound:.1f} s | {versus_bound} |")
 
 
 def snapshot_of(org: Organization) -> vo.Snapshot:
@@ -268,6 +302,13 @@ def main() -> None:
                         help="VEZA_OPENAI_TIME_SCALE for the connector under a limit model (default 0.01)")
     limits.add_argument("--bucket-rate", type=float, default=40.0, help="token bucket: tokens/s per endpoint")
     limits.add_argument("--bucket-burst", type=float, default=20.0, help="token bucket: bucket size per endpoint")
+    limits.add_argument("--org-rate", type=float, default=40.0, help="organization bucket: tokens/s for everything")
+    limits.add_argument("--org-burst", type=float, default=10.0, help="organization bucket: bucket size")
+    limits.add_argument("--family-window-requests", type=int, default=20,
+                        help="family-windows and windows-double: requests per window on every endpoint")
+    limits.add_argument("--doubles-at", type=float, default=2.4,
+                        help="the doubling models: real seconds after the first request when the limit doubles")
+    limits.add_argument("--models", help="comma-separated models for --models-table (default: all)")
     limits.add_argument("--every-k", type=int, default=7, help="every-kth: every k-th request (all endpoints) is 429")
     limits.add_argument("--every-retry-after-ms", type=int, default=20, help="every-kth: retry-after-ms sent")
     limits.add_argument("--window", type=float, default=0.6, help="fixed windows: window length, real seconds")

@@ -16,6 +16,9 @@ Every model has the same small interface:
         successful reads per family from a cold start (the limiter's initial state).
     lock                         # admit() takes it; thread safe
 
+A model may also change mid-run: `doubles_at` (real seconds after its first request) doubles its
+allowance then, so a client that learned the old limit must find the new one; `bound` counts it.
+
 All times are real seconds, so tests use small windows (0.5 s) and shrink the connector's own waits
 with VEZA_OPENAI_TIME_SCALE. Models that send a wait hint take `time_scale` (the connector's
 VEZA_OPENAI_TIME_SCALE): the hint is the real wait divided by it, so the connector's scaled wait is
@@ -64,13 +67,16 @@ class TokenBucket(Limiter):
     A request takes one token; without one it gets 429 with a hint of the wait until the next token:
     hint "ms" -> `retry-after-ms` (whole ms, rounded up), "s" -> `retry-after` (whole seconds, rounded
     up, at least 1), None -> no header. `per_endpoint` overrides (rate, burst) for some families.
-    A refused request takes no token.
+    A refused request takes no token. `shared=True`: one bucket for the whole organization, every
+    family drawing on it (the limit a client cannot see per endpoint). `doubles_at`: the rate doubles
+    that many real seconds after the first request.
     """
 
     name = "token-bucket"
 
     def __init__(self, rate: float, burst: float, hint: str | None = "ms", *, time_scale: float = 1.0,
-                 per_endpoint: Mapping[str, tuple[float, float]] | None = None) -> None:
+                 per_endpoint: Mapping[str, tuple[float, float]] | None = None, shared: bool = False,
+                 doubles_at: float | None = None) -> None:
         super().__init__()
         if hint not in ("ms", "s", None):
             raise ValueError(f"hint must be 'ms', 's' or None, not {hint!r}")
@@ -78,19 +84,36 @@ class TokenBucket(Limiter):
             raise ValueError("rate must be > 0 and burst >= 1")
         self.rate, self.burst, self.hint, self.time_scale = rate, burst, hint, time_scale
         self.per_endpoint = dict(per_endpoint or {})
+        self.shared, self.doubles_at = shared, doubles_at
+        self.name = "organization-bucket" if shared else "token-bucket"
         self._buckets: dict[str, tuple[float, float]] = {}  # family -> (tokens, at)
+        self._origin: float | None = None
 
     def limits(self, family: str) -> tuple[float, float]:
         return self.per_endpoint.get(family, (self.rate, self.burst))
 
+    def _refilled(self, since: float, now: float, rate: float) -> float:
+        """Tokens refilled between two times, at `rate` until the doubling and twice that after."""
+        if self.doubles_at is None or self._origin is None:
+            return max(0.0, now - since) * rate
+        switch = self._origin + self.doubles_at
+        before = max(0.0, min(now, switch) - since)
+        after = max(0.0, now - max(since, switch))
+        return before * rate + after * 2 * rate
+
     def _admit(self, family: str, now: float) -> dict[str, str] | None:
+        if self._origin is None:
+            self._origin = now
+        key = "" if self.shared else family
         rate, burst = self.limits(family)
-        tokens, at = self._buckets.get(family, (burst, now))
-        tokens = min(burst, tokens + max(0.0, now - at) * rate)
+        tokens, at = self._buckets.get(key, (burst, now))
+        tokens = min(burst, tokens + self._refilled(at, now, rate))
         if tokens >= 1:
-            self._buckets[family] = (tokens - 1, now)
+            self._buckets[key] = (tokens - 1, now)
             return None
-        self._buckets[family] = (tokens, now)
+        self._buckets[key] = (tokens, now)
+        if self.doubles_at is not None and now >= self._origin + self.doubles_at:
+            rate *= 2
         wait = (1 - tokens) / rate / self.time_scale  # in the client's (unscaled) seconds
         if self.hint == "ms":
             return {"retry-after-ms": str(max(1, math.ceil(wait * 1000 - 1e-9)))}
@@ -99,12 +122,24 @@ class TokenBucket(Limiter):
         return {}
 
     def bound(self, reads_per_family: Mapping[str, int]) -> float:
-        """max over families of max(0, (R - burst) / rate)."""
+        """max over families of max(0, (R - burst) / rate); shared: (sum of R - burst) / rate.
+
+        With `doubles_at` D: the time by which the tokens refilled (rate until D, twice that after) cover R - burst.
+        """
+        if self.shared:
+            return self._time_for(sum(reads_per_family.values()) - self.burst, self.rate)
         worst = 0.0
         for family, reads in reads_per_family.items():
             rate, burst = self.limits(family)
-            worst = max(worst, (reads - burst) / rate)
+            worst = max(worst, self._time_for(reads - burst, rate))
         return worst
+
+    def _time_for(self, tokens: float, rate: float) -> float:
+        if tokens <= 0:
+            return 0.0
+        if self.doubles_at is None or tokens <= rate * self.doubles_at:
+            return tokens / rate
+        return self.doubles_at + (tokens - rate * self.doubles_at) / (2 * rate)
 
 
 class EveryKth(Limiter):
@@ -141,24 +176,30 @@ class FixedWindows(Limiter):
     Default (aligned=False), as measured on the real API: a family's window starts at its first
     request after the previous window ended (sliding-from-first); 429s do not count and do not
     extend the window. aligned=True: windows are clock-aligned, [k*W, (k+1)*W) of `now` measured
-    from `origin`.
+    from `origin`. `doubles_at`: windows that start that many real seconds after the first request allow
+    twice as many.
     """
 
     name = "fixed-windows"
 
     def __init__(self, default: tuple[int, float] = (60, 60.0),
                  per_endpoint: Mapping[str, tuple[int, float]] | None = None, *, aligned: bool = False,
-                 origin: float = 0.0) -> None:
+                 origin: float = 0.0, doubles_at: float | None = None) -> None:
         super().__init__()
         self.default, self.per_endpoint = default, dict(per_endpoint or {})
-        self.aligned, self.origin = aligned, origin
+        self.aligned, self.origin, self.doubles_at = aligned, origin, doubles_at
         self._windows: dict[str, tuple[float, int]] = {}  # family -> (window start, requests admitted in it)
+        self._first: float | None = None
 
     def limits(self, family: str) -> tuple[int, float]:
         return self.per_endpoint.get(family, self.default)
 
     def _admit(self, family: str, now: float) -> dict[str, str] | None:
+        if self._first is None:
+            self._first = now
         n, window = self.limits(family)
+        if self.doubles_at is not None and now >= self._first + self.doubles_at:
+            n *= 2
         if self.aligned:
             start = self.origin + math.floor((now - self.origin) / window) * window
             current, count = self._windows.get(family, (start, 0))
@@ -181,9 +222,21 @@ class FixedWindows(Limiter):
             if reads <= 0:
                 continue
             n, window = self.limits(family)
+            if self.doubles_at is not None and not self.aligned:
+                worst = max(worst, self._doubling_bound(reads, n, window))
+                continue
             windows = math.ceil(reads / n)
             worst = max(worst, max(0, windows - (2 if self.aligned else 1)) * window)
         return worst
+
+    def _doubling_bound(self, reads: int, n: int, window: float) -> float:
+        """Windows back to back from 0; one starting at or after `doubles_at` allows 2n."""
+        start = 0.0
+        while True:
+            reads -= 2 * n if start >= self.doubles_at else n
+            if reads <= 0:
+                return start
+            start += window
 
 
 class AlwaysThrottled(Limiter):
@@ -200,3 +253,23 @@ class AlwaysThrottled(Limiter):
 
     def bound(self, reads_per_family: Mapping[str, int]) -> float:
         return math.inf if any(reads > 0 for f, reads in reads_per_family.items() if f in self.families) else 0.0
+
+
+class Combined(Limiter):
+    """Several models at once (an organization bucket and per-endpoint windows): a request goes only when
+    every one lets it; the first that refuses answers, and the ones after it are not asked (nor charged)."""
+
+    def __init__(self, *models: Limiter) -> None:
+        super().__init__()
+        self.models = models
+        self.name = "+".join(model.name for model in models)
+
+    def _admit(self, family: str, now: float) -> dict[str, str] | None:
+        for model in self.models:
+            headers = model._admit(family, now)
+            if headers is not None:
+                return headers
+        return None
+
+    def bound(self, reads_per_family: Mapping[str, int]) -> float:
+        return max(model.bound(reads_per_family) for model in self.models)

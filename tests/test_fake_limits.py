@@ -11,7 +11,7 @@ import time
 
 import pytest
 import requests
-from fake_limits import AlwaysThrottled, EveryKth, FixedWindows, Limiter, TokenBucket
+from fake_limits import AlwaysThrottled, Combined, EveryKth, FixedWindows, Limiter, TokenBucket
 from fake_openai import DEFAULT_ADMIN_KEY, FakeOpenAI, Fault, demo_organization, gzip_bomb
 
 # --- models ---------------------------------------------------------------------------------------
@@ -55,6 +55,42 @@ def test_token_bucket_per_endpoint_limits_and_bound():
     assert [model.admit("project roles", 0.0) for _ in range(3)] == [None, None, {"retry-after-ms": "1000"}]
     assert model.bound({"users": 25, "project roles": 12}) == 10.0  # (12 - 2) / 1 > (25 - 5) / 10
     assert model.bound({"users": 3}) == 0.0
+
+
+def test_an_organization_bucket_is_drawn_on_by_every_family_and_bounds_their_sum():
+    model = TokenBucket(rate=10, burst=2, hint="ms", shared=True)
+    assert model.admit("users", 0.0) is None and model.admit("projects", 0.0) is None
+    assert model.admit("invites", 0.0) == {"retry-after-ms": "100"}  # a family never asked before
+    assert model.bound({"users": 12, "projects": 10}) == 2.0  # (22 - 2) / 10
+
+
+def test_a_bucket_whose_rate_doubles_refills_twice_as_fast_after_the_switch():
+    model = TokenBucket(rate=10, burst=1, hint="ms", shared=True, doubles_at=1.0)
+    assert model.admit("users", 5.0) is None  # the first request: the doubling is 1 s after it
+    assert model.admit("users", 5.0) == {"retry-after-ms": "100"}
+    assert model.admit("users", 6.0) is None  # 10 tokens by the switch, capped at the burst of 1
+    assert model.admit("users", 6.0) == {"retry-after-ms": "50"}  # after it: 20 a second
+    assert model.bound({"users": 31}) == 2.0  # 10 tokens in the first second, 20 in the next
+
+
+def test_fixed_windows_that_double_allow_twice_as_many_in_later_windows():
+    model = FixedWindows((2, 1.0), doubles_at=1.5)
+    assert [model.admit("roles", 0.0) is None for _ in range(3)] == [True, True, False]
+    assert [model.admit("roles", 1.0) is None for _ in range(3)] == [True, True, False]  # before the switch
+    assert [model.admit("roles", 2.0) is None for _ in range(5)] == [True] * 4 + [False]
+    assert model.bound({"roles": 9}) == 3.0  # windows at 0 and 1 hold 2 each, at 2 and 3 hold 4 each
+
+
+def test_combined_models_refuse_when_any_refuses_and_bound_by_the_tightest():
+    bucket = TokenBucket(rate=10, burst=3, hint="s", shared=True)
+    windows = FixedWindows((100, 1.0), {"project roles": (1, 1.0)})
+    model = Combined(bucket, windows)
+    assert model.admit("project roles", 0.0) is None
+    assert model.admit("project roles", 0.0) == {}  # the window refuses, without a header
+    assert model.admit("users", 0.0) is None
+    assert model.admit("users", 0.0) == {"retry-after": "1"}  # the bucket (2 tokens taken) refuses
+    assert model.throttled == {"project roles": 1, "users": 1}
+    assert model.bound({"project roles": 5, "users": 20}) == 4.0  # five windows of one > (25 - 3) / 10
 
 
 def test_every_kth_counts_globally_by_default():

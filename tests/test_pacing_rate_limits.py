@@ -166,23 +166,23 @@ def test_x_should_retry_false_fails_at_once(small_org, run_connector, veza):
 
 # --- the pacer's rules, on explicit clocks ------------------------------------------------------
 
-def test_pacer_honours_a_hint_exactly_and_nothing_more():
+def test_pacer_honours_a_hint_then_paces_at_the_rate_that_got_through():
     pacer = vo.EndpointPacer("/x")
-    assert pacer.on_send(0.0) is False
-    pacer.on_throttled(0.1, probe=False, server_wait=2.0)
-    assert pacer.ready_at(0.2) == pytest.approx(2.1)
-    assert pacer.on_send(2.1) is False  # no probing: the server said when
-    assert pacer.ready_at(2.1) == float("inf")  # one request in flight at first...
-    pacer.on_success(2.15, probe=False)
-    assert pacer.ready_at(2.15) == 2.15  # ...no slower pace, and one more in flight per success
-    pacer.on_send(2.15)
-    assert pacer.ready_at(2.15) == 2.15
-    pacer.on_send(2.15)
-    assert pacer.ready_at(2.15) == float("inf")
-    pacer.on_throttled(2.2, probe=False, server_wait=3600)
-    pacer.on_throttled(2.2, probe=False, server_wait=3600)
-    assert pacer.ready_at(2.3) == pytest.approx(2.2 + vo.MAX_SERVER_WAIT)  # a wait past a window is capped
-    assert pacer.refill_seconds is None  # a hint teaches no lasting limit
+    for at in (0.0, 0.1, 0.2, 0.3):  # four got through in the 0.4 s before the 429: ten a second
+        pacer.on_send(at)
+        pacer.on_success(at + 0.05, probe=False)
+    pacer.on_send(0.4)
+    pacer.on_throttled(0.4, probe=False, server_wait=2.0, sent_at=0.4)
+    assert pacer.ready_at(0.5) == pytest.approx(2.4)  # the hint, as a lower bound
+    assert pacer.on_send(2.4) is False  # no probing: the server said when
+    assert pacer.ready_at(2.4) == float("inf")  # one request in flight at first...
+    pacer.on_success(2.45, probe=False)
+    assert pacer.ready_at(2.45) == 2.45  # (the one send of credit a late send leaves)
+    pacer.on_send(2.45)
+    assert pacer.ready_at(2.45) == pytest.approx(2.5)  # ...then at the pace that got through, not a burst
+    pacer.on_throttled(2.6, probe=False, server_wait=3600, sent_at=2.45)
+    assert pacer.ready_at(2.7) == pytest.approx(2.6 + vo.MAX_SERVER_WAIT)  # a wait past a window is capped
+    assert pacer.refill_seconds is None  # a hint teaches no window
 
 
 def test_pacer_probes_a_hintless_limit_with_growing_waits_then_learns_its_window():
@@ -202,15 +202,28 @@ def test_pacer_probes_a_hintless_limit_with_growing_waits_then_learns_its_window
             pacer.on_success(now, probe=True)
         else:
             pacer.on_throttled(now, probe=True, server_wait=None)
-    assert waits[:5] == [0.5, 1.0, 2.0, 4.0, 5.0] and max(waits) == 5.0
+    assert waits[:5] == [0.5, 1.0, 2.0, 4.0, 5.0] and max(waits) == vo.PROBE_MAX_WAIT
     assert len(waits) < 20  # about one probe per 5 s once the window is long
     assert pacer.refill_burst == 7 and pacer.refill_seconds == pytest.approx(now, abs=0.01)
     assert pacer.requests_per_second() == pytest.approx(7 / now)
-    # the next burst runs out: the first probe waits until shortly before the window is due to refill
+    # the next burst: the allowance, then one more to ask whether it grew; refused, the first probe waits
+    # until shortly before the window is due to refill
     burst_start = now
-    pacer.on_send(now + 0.1)
-    pacer.on_throttled(now + 0.2, probe=False, server_wait=None)
-    assert pacer.ready_at(now + 0.2) == pytest.approx(burst_start + vo.REFILL_LEAD * pacer.refill_seconds)
+    for _ in range(6):
+        assert pacer.on_send(now + 0.1) is False
+        pacer.on_success(now + 0.15, probe=False)
+    assert pacer.on_send(now + 0.2) is False  # the eighth: one more than the allowance, not a probe
+    pacer.on_throttled(now + 0.25, probe=False, server_wait=None)
+    assert pacer.ready_at(now + 0.3) == pytest.approx(burst_start + vo.REFILL_LEAD * pacer.refill_seconds)
+
+
+def test_pacer_forgets_a_learned_window_that_lets_one_more_through_and_learns_it_again():
+    pacer = vo.EndpointPacer("/x")
+    pacer.refill_burst, pacer.refill_seconds, pacer.refill_wait = 7, 60.0, 59.0
+    pacer.burst_started, pacer.burst_successes, pacer.sent_in_burst = 0.0, 7, 7
+    assert pacer.ready_at(1.0) == 1.0 and pacer.on_send(1.0) is False  # one more than the allowance
+    pacer.on_success(1.1, probe=False)  # the limit doubled: the eighth got through
+    assert pacer.refill_burst is None and pacer.ready_at(1.1) == 1.1  # spent until a 429 says how far
 
 
 def test_pacer_answers_to_requests_sent_before_a_429_do_not_extend_the_pause():

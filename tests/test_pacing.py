@@ -1,0 +1,220 @@
+"""How requests are paced: a limit shared by every endpoint, retry hints too small to follow, waits that cost
+no CPU, and estimates of the time left that count every open read at a rate actually seen.
+
+The pacers are pure bookkeeping on an explicit clock (`now`, real seconds), so most tests here drive them
+by hand; the few end-to-end runs assert counts with wide margins, never timings.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fake_openai import Fault, generate_organization
+
+import veza_openai as vo
+
+NO_ROLE_READS = ("--role-assignments", "none")
+
+
+# --- a limit shared by every endpoint ----------------------------------------------------------------
+
+def started_endpoints(shared: vo.SharedPacer, names: list[str], at: float) -> bool:
+    """A first 429 on each of `names`, endpoints that had just started; True once that made the limit shared."""
+    return any([shared.note_evidence(name, at) for name in names])
+
+
+def test_first_429s_on_three_endpoints_at_once_make_the_limit_shared_and_paced_at_the_rate_seen():
+    shared = vo.SharedPacer()
+    for at in (0.0, 0.1, 0.2, 0.3, 0.4):  # five successes, then three endpoints refused on their first request
+        shared.on_success(at)
+    assert not started_endpoints(shared, ["invites", "groups"], 0.5) and not shared.active
+    assert shared.ready_at(0.5) == 0.5  # off: nothing is paced together
+    assert started_endpoints(shared, ["roles"], 0.6) and shared.active
+    # no success since the first of those 429s: the pace starts at one per span/5 (2 s), slow and safe
+    assert shared.rate == pytest.approx(1 / (vo.SHARED_EVIDENCE_SPAN / 5))
+    shared.on_send(0.6)
+    assert shared.ready_at(0.6) == pytest.approx(0.6 + 1 / shared.rate)
+
+
+def test_first_429s_spread_over_more_than_the_span_are_not_a_shared_limit():
+    shared = vo.SharedPacer()
+    for index, name in enumerate(["invites", "groups", "roles", "projects"]):
+        assert not shared.note_evidence(name, index * (vo.SHARED_EVIDENCE_SPAN + 1))
+    assert not shared.active
+
+
+def test_an_endpoint_that_spent_its_own_allowance_is_no_evidence_of_a_shared_limit():
+    pacer = vo.EndpointPacer("/x")
+    for at in (0.0, 0.1):
+        pacer.on_send(at)
+        pacer.on_success(at + 0.05, probe=False)
+    assert not pacer.just_started()  # two successes, then a 429: it may be its own limit running out
+    fresh = vo.EndpointPacer("/y")
+    fresh.on_send(0.0)
+    fresh.on_success(0.05, probe=False)
+    assert fresh.just_started()  # one success, then a 429: refused by something it did not spend
+    fresh.on_send(0.3)
+    fresh.on_throttled(0.35, probe=False, server_wait=None)
+    assert not fresh.just_started()  # after its own first 429, its 429s are its own
+
+
+def active_shared(rate: float) -> vo.SharedPacer:
+    shared = vo.SharedPacer()
+    shared.start(0.0, rate)
+    return shared
+
+
+def test_a_429_cuts_the_pace_by_ten_percent_or_down_to_the_rate_that_got_through():
+    pace = active_shared(rate=100.0)
+    for index in range(40):  # 40 successes in 2 s: the limit let 20 a second through, far below the pace
+        pace.on_success(index * 0.05)
+    pace.on_throttled(2.0, sent_at=1.99)
+    assert pace.rate == pytest.approx(100 * vo.PACE_MAX_CUT)  # down toward 20, by half at most
+    pace.on_throttled(2.01, sent_at=1.98)  # sent before the last cut: already accounted for
+    assert pace.rate == pytest.approx(50.0)
+    pace.on_throttled(2.02, sent_at=2.005)  # too few successes since the last 429 to measure: cut by 30%
+    assert pace.rate == pytest.approx(50.0 * vo.PACE_UNMEASURED_CUT)
+    for index in range(35):  # 35 a second got through, as paced: only just above the limit
+        pace.on_success(2.02 + (index + 1) / 35)
+    pace.on_throttled(3.03, sent_at=3.0)
+    assert pace.rate == pytest.approx(35.0 * vo.PACE_CUT)
+
+
+def test_a_pace_rises_only_while_it_holds_requests_back_and_successes_keep_up():
+    pace = active_shared(rate=10.0)
+    for index in range(vo.PACE_MIN_SAMPLE):  # ten a second, as paced
+        pace.on_success((index + 1) * 0.1)
+    assert pace.rate == 10.0  # nothing waited for it: the pace says nothing about the limit
+    pace.held_back = True
+    pace.on_success(0.9)
+    assert 10.0 * (1 + vo.PACE_PROBE_UP) <= pace.rate < 10.0 * (1 + 2 * vo.PACE_PROBE_UP)  # slowly
+    slow = active_shared(rate=10.0)
+    for index in range(20):  # two a second: something else holds requests back, not the pace
+        slow.held_back = True
+        slow.on_success((index + 1) * 0.5)
+    assert slow.rate == 10.0
+
+
+def test_a_limit_that_doubled_is_found_again_within_about_a_hundred_successes():
+    pace = active_shared(rate=10.0)
+    now = 0.0
+    for _ in range(110):  # requests go as fast as the pace allows and every one succeeds
+        now = pace.ready_at(now)
+        pace.on_send(now)
+        pace.held_back = True
+        pace.on_success(now)
+    assert pace.rate >= 20.0
+
+
+def test_a_precise_hint_pauses_the_pace_and_a_whole_second_one_a_second_less():
+    pace = active_shared(rate=1000.0)
+    pace.pause_for(1.0, hint=0.25, whole_seconds=False)
+    assert pace.ready_at(1.0) == pytest.approx(1.25)
+    pace = active_shared(rate=1000.0)
+    pace.pause_for(1.0, hint=3.0, whole_seconds=True)  # "retry-after: 3" may mean 2.01 s
+    assert pace.ready_at(1.0) == pytest.approx(3.0)
+    pace = active_shared(rate=1000.0)
+    pace.pause_for(1.0, hint=1.0, whole_seconds=True)  # may mean a millisecond: no pause for everything
+    assert pace.ready_at(1.0) == pytest.approx(1.0)
+
+
+def test_an_endpoint_paces_itself_from_its_own_429s_until_it_learns_a_window():
+    pacer = vo.EndpointPacer("/x")
+    for index in range(10):  # ten in the first 0.1 s, then a 429 with a hint
+        pacer.on_send(index * 0.01)
+        pacer.on_success(index * 0.01 + 0.005, probe=False)
+    pacer.on_send(0.1)
+    pacer.on_throttled(0.1, probe=False, server_wait=0.05, sent_at=0.1)
+    assert pacer.pace.active and pacer.pace.rate == pytest.approx(10 / 0.1)
+    assert pacer.ready_at(0.11) == pytest.approx(0.15)  # the hint first
+
+
+def test_a_repeated_429_on_one_endpoint_with_no_other_refused_is_that_endpoints_own():
+    shared = active_shared(rate=50.0)
+    assert shared.owns("project roles", 1.0)  # its first 429: the shared limit's
+    shared.last_429["project roles"] = 1.0
+    shared.on_success(1.01)
+    assert not shared.owns("project roles", 1.02)  # again, and nobody else was refused meanwhile
+    shared.last_429["users"] = 1.03
+    assert shared.owns("project roles", 1.04)  # others refused too: the shared limit again
+    assert shared.owns("project roles", 1.0 + vo.SHARED_EVIDENCE_SPAN + 1)  # long after: news again
+
+
+# --- hints too small to follow ----------------------------------------------------------------------
+
+def test_a_hint_below_the_floor_is_obeyed_as_the_floor_doubling_with_each_429_in_a_row():
+    request = vo.Request(read=None, params={})
+    waits = []
+    for throttles in range(1, 9):
+        request.throttles = throttles
+        waits.append(vo.Scheduler._request_wait(request, 0.001))
+    assert waits == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, vo.PROBE_MAX_WAIT, vo.PROBE_MAX_WAIT]
+    request.throttles = 1
+    assert vo.Scheduler._request_wait(request, 2.5) == 2.5  # a real hint is followed
+    assert vo.Scheduler._request_wait(request, 3600) == vo.MAX_SERVER_WAIT
+    request.throttles = 5
+    assert vo.Scheduler._request_wait(request, None) == vo.HINT_FLOOR  # the endpoint probes
+
+
+def test_a_429_forever_with_a_one_millisecond_hint_sends_a_handful_of_requests_not_hundreds(
+        openai_fake, run_connector, veza):
+    openai_fake.faults.append(Fault(r"^/organization/invites$", status=429, headers={"retry-after-ms": "1"},
+                                    times=None))
+    result = run_connector(*NO_ROLE_READS, "--max-throttle-wait", "1", env={"VEZA_OPENAI_TIME_SCALE": "1"},
+                           timeout=30)
+    assert result.returncode == 1, result.output
+    assert "still HTTP 429" in result.stderr
+    calls = openai_fake.calls(r"^/organization/invites$")
+    # Obeyed as given, that is ~300 requests in the second; floored and doubling: 0.1 + 0.2 + 0.4 + 0.8 s.
+    assert calls <= 10, f"{calls} requests to one throttled endpoint in about a second"
+
+
+# --- waits that cost no CPU -------------------------------------------------------------------------
+
+def test_max_requests_per_second_waits_without_spending_cpu(openai_fake):
+    """The reader's own thread, over a run that --max-requests-per-second stretches to seconds, spends a
+    small fraction of that on the CPU (a busy wait spends nearly all of it, even on a loaded machine)."""
+    config = vo.Config(org_id=openai_fake.org.org_id, openai_api_key=openai_fake.admin_key,
+                       openai_base_url=openai_fake.base_url, max_requests_per_second=20.0, role_assignments="none",
+                       time_scale=1.0)
+    reader = vo.Scheduler(vo.OpenAIAdminClient(config), config, vo.FAMILY_LIST)
+    wall, cpu = time.monotonic(), time.thread_time()
+    vo.ReadPlan(config, reader).read()
+    wall, cpu = time.monotonic() - wall, time.thread_time() - cpu
+    assert reader.calls >= 20 and wall >= (reader.calls - 1) / 20 * 0.9  # the cap did stretch the run
+    assert cpu < 0.25 * wall, f"{cpu:.2f}s of CPU in {wall:.2f}s of waiting"
+
+
+# --- estimates of the time left --------------------------------------------------------------------------
+
+def reader_for_estimates() -> vo.Scheduler:
+    config = vo.Config(org_id="org-x", openai_api_key="sk-admin-x", openai_base_url="http://127.0.0.1:9")
+    return vo.Scheduler(vo.OpenAIAdminClient(config), config, vo.FAMILY_LIST)
+
+
+def test_no_time_left_is_estimated_before_any_rate_is_seen():
+    reader = reader_for_estimates()
+    reader.started = time.monotonic() - 10
+    reader.open_reads["user_roles"] = 5000
+    reader.pacers["users"].succeeded = vo.MIN_ESTIMATE_SAMPLE - 1
+    assert reader.estimate_seconds_left() is None
+
+
+def test_thousands_of_open_reads_and_no_429_are_counted_at_the_rate_calls_succeed():
+    reader = reader_for_estimates()
+    reader.started = time.monotonic() - 10
+    reader.open_reads["user_roles"] = 5000
+    reader.pacers["users"].succeeded = 100  # 10 calls a second so far
+    assert reader.estimate_seconds_left() == pytest.approx(500, rel=0.05)  # not "about 0s left"
+
+
+def test_the_role_read_estimate_waits_for_the_user_list(openai_fake, run_connector, veza):
+    openai_fake.org = generate_organization(users=250, projects=3, members=2, service_accounts=0, keys=0, groups=0,
+                                            org_id="org-demo0001")
+    openai_fake.latency = 0.01  # three pages of users, one of roles: the decision comes before the users
+    result = run_connector("--role-assignments", "all", "--dry-run")
+    assert result.returncode == 0, result.output
+    [line] = [line for line in result.stderr.splitlines() if "role assignment reads:" in line]
+    assert "role assignment reads: 250 users and " in line, line
+    assert "about 0s" not in line
