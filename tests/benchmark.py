@@ -2,11 +2,15 @@
 """Benchmark: the connector against a generated organization on the fake OpenAI, with injected latency.
 
 Not part of the test run. Prints calls made vs the minimum, wall time vs the lower bound
-max(longest cursor chain, total calls / workers) x latency + mapping time, peak memory, and mapping time.
+max(longest cursor chain, total calls / workers) x latency + mapping time, the connector's peak memory
+(MiB) and CPU time, and mapping time; with --memory, its memory after each stage.
 
     python tests/benchmark.py                                  # 20,000 users, 2,000 projects, 50 ms, 1 and 8 workers
     python tests/benchmark.py --workers 8                      # only the default worker count
     python tests/benchmark.py --users 100000 --projects 5000 --latency 0 --workers 8 --push   # peak memory
+    python tests/benchmark.py --users 20000 --projects 2000 --latency 0 --workers 8 --role-assignments none --memory
+    python tests/benchmark.py --users 100000 --projects 5000 --latency 0 --workers 8 --role-assignments none --memory
+                                                               # memory after each stage (read, map, serialise, push)
     python tests/benchmark.py --scaling                        # mapping + payload time at N and 10N users
     python tests/benchmark.py --limit-model fixed-windows      # behind a rate-limit model (tests/fake_limits.py)
     python tests/benchmark.py --models-table                   # each rate-limit model once, small org: a table
@@ -15,7 +19,6 @@ max(longest cursor chain, total calls / workers) x latency + mapping time, peak 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -106,7 +109,22 @@ def run_connector(fake: FakeOpenAI, workers: int, workdir: Path, veza: FakeVeza 
         sys.exit(f"connector failed:\n{stderr}")
     mapped = re.search(r"mapped .* in ([\d.]+)s", stderr)
     return {"wall": wall, "calls": fake.calls() - before, "peak_mb": usage.ru_maxrss / 1024,
-            "mapping": float(mapped.group(1)) if mapped else float("nan"), "payload": out}
+            "cpu": usage.ru_utime + usage.ru_stime,
+            "mapping": float(mapped.group(1)) if mapped else float("nan"), "payload": out,
+            "memory": MEMORY_LINE.findall(stderr)}
+
+
+# The connector's --debug line after each stage (veza_openai.log_memory).
+MEMORY_LINE = re.compile(r"memory after (.+?): (\S+) MiB resident, peak (\d+) MiB")
+
+
+def print_memory(stages: list[tuple[str, str, str]], peak_mb: float) -> None:
+    """Resident memory after each stage and the peak so far: the stage where the peak rises is the one to shrink."""
+    print("  memory per stage (MiB): stage, resident after it, peak so far")
+    for stage, resident, peak in stages:
+        print(f"    {stage:<14} {resident:>6} {peak:>6}")
+    print(f"    {'whole run':<14} {'':>6} {peak_mb:>6.0f}  (the connector's peak, from wait4; "
+          f"{peak_mb * 1.048576:.0f} MB)")
 
 
 LIMIT_MODELS = ("token-bucket-ms", "token-bucket-s", "token-bucket-none", "org-bucket-ms", "org-bucket-s",
@@ -266,13 +284,13 @@ def snapshot_of(org: Organization) -> vo.Snapshot:
 def mapping_seconds(users: int, projects: int) -> float:
     snapshot = snapshot_of(generate_organization(users=users, projects=projects))
     started = time.perf_counter()
-    with vo.cyclic_gc_paused():  # as run() does
-        json.dumps(vo.build_application(snapshot).application.get_payload())
+    with vo.cyclic_gc_paused():  # as discover() does
+        vo.serialize_application(vo.build_application(snapshot).application)
     return time.perf_counter() - started
 
 
 def scaling(users: int, projects: int) -> None:
-    print("mapping + payload + JSON time (pure, in process)")
+    print("mapping + payload JSON time (pure, in process)")
     base = mapping_seconds(users, projects)
     print(f"  {users:>7} users, {projects:>5} projects: {base:.2f}s")
     for label, (u, p) in (("10x the users", (users * 10, projects)), ("10x users and projects",
@@ -293,6 +311,8 @@ def main() -> None:
     parser.add_argument("--workers", default=f"1,{vo.DEFAULT_MAX_WORKERS}", help="comma-separated worker counts")
     parser.add_argument("--scaling", action="store_true", help="only measure mapping time at N and 10N")
     parser.add_argument("--push", action="store_true", help="also push to a fake Veza (memory includes the push)")
+    parser.add_argument("--memory", action="store_true",
+                        help="print the connector's memory after each stage (runs it with --debug; implies --push)")
     limits = parser.add_argument_group("rate limits (tests/fake_limits.py)")
     limits.add_argument("--limit-model", choices=LIMIT_MODELS, default="none",
                         help="serve behind this rate-limit model (default none)")
@@ -331,6 +351,7 @@ def main() -> None:
     if args.models_table:
         models_table(args)
         return
+    args.push = args.push or args.memory
 
     org = generate_organization(users=args.users, projects=args.projects, members=args.members,
                                 service_accounts=args.service_accounts, keys=args.keys, groups=args.groups,
@@ -342,6 +363,8 @@ def main() -> None:
         extra_env["VEZA_OPENAI_TIME_SCALE"] = str(args.time_scale)
     if args.role_assignments:
         extra_args = ("--role-assignments", args.role_assignments)
+    if args.memory:
+        extra_args += ("--debug",)
     print(f"organization: {args.users} users, {args.projects} projects ({args.members} members, "
           f"{args.service_accounts} service accounts, {args.keys} keys each), {args.groups} groups; "
           f"access review {ACCESS_REVIEW} ({audit_events_read(org)} audit events); "
@@ -365,8 +388,10 @@ def main() -> None:
             bound = max(chain, minimum / workers) * args.latency + result["mapping"]
             print(f"workers {workers:>2}: calls {result['calls']} (minimum {minimum}), wall {result['wall']:.1f}s "
                   f"(lower bound {bound:.1f}s, ratio {result['wall'] / bound:.2f}), peak memory "
-                  f"{result['peak_mb']:.0f} MB, mapping+payload {result['mapping']:.2f}s, peak server concurrency "
-                  f"{fake.peak_in_flight}")
+                  f"{result['peak_mb']:.0f} MiB, mapping+payload {result['mapping']:.2f}s, connector CPU "
+                  f"{result['cpu']:.1f}s, peak server concurrency {fake.peak_in_flight}")
+            if args.memory:
+                print_memory(result["memory"], result["peak_mb"])
             payloads.append(result["payload"].read_bytes())
             fake.peak_in_flight = 0
         if veza is not None:

@@ -12,6 +12,7 @@ assessment queries and reports) and keeps every decoded payload. Knobs for the c
 - `team_key = True`: the key may push but not manage: creating a provider or a data source answers
   403. `precreate(provider, data_source)` sets up what such a key needs.
 - `user_agents`: the User-Agent header of every request, in order.
+- `keep_bodies = True`: `bodies` gets (method, path, Content-Type, raw body) of every request with a body.
 - `answer_with[(method, path)] = (status, headers)`: answer every such request with that (e.g. a load
   balancer's 503 with `Retry-After: 3600`); `delays[(method, path)] = seconds` before answering.
 - `endless_queries = True`: the saved-query list says `has_more` with a fresh page token for ever.
@@ -64,6 +65,8 @@ class FakeVeza:
         self.drip_interval = 1.0  # seconds between body bytes when push_then == "drip"
         self.team_key = False  # creating providers and data sources answers 403
         self.user_agents: list[str | None] = []
+        self.keep_bodies = False
+        self.bodies: list[tuple[str, str, str | None, bytes]] = []
         self.queries: list[dict] = []  # saved assessment queries
         self.answer_with: dict[tuple[str, str], tuple[int, dict[str, str]]] = {}
         self.delays: dict[tuple[str, str], float] = {}
@@ -342,6 +345,9 @@ def _handler_for(fake: FakeVeza) -> type[BaseHTTPRequestHandler]:
             split = urllib.parse.urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+            if fake.keep_bodies and raw:
+                with fake.lock:
+                    fake.bodies.append((method, split.path, self.headers.get("Content-Type"), raw))
             body = json.loads(raw) if raw else None
             status, answer, then = fake.respond(method, split.path, dict(urllib.parse.parse_qsl(split.query)), body,
                                                 self.headers.get("authorization"), self.headers.get("User-Agent"))

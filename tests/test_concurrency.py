@@ -82,8 +82,9 @@ def test_large_payloads_are_pushed_in_parts(ca, monkeypatch):
         client.MULTIPART_THRESHOLD_SIZE = 10_000  # oaaclient's threshold is 50 MB; this payload is ~200 KB
         client.DEFAULT_PART_SIZE = 50_000
         snapshot = vo.ReadPlan(config, vo.Scheduler(vo.OpenAIAdminClient(config), config, vo.FAMILY_LIST)).read()
-        payload = vo.build_application(snapshot).application.get_payload()
-        vo.push_payload(client, config, vo.serialize_payload(payload), vo.PushProgress())
+        application = vo.build_application(snapshot).application
+        payload = application.get_payload()
+        vo.push_payload(client, config, vo.serialize_application(application), vo.PushProgress())
     finally:
         veza.stop()
         fake.stop()

@@ -25,7 +25,7 @@ class FullDiskOs:
     @staticmethod
     def fdopen(fd: int, *args, **kwargs):
         os.close(fd)
-        return open("/dev/full", "w", encoding="utf-8")  # noqa: SIM115 (the caller closes it)
+        return open("/dev/full", *args, **kwargs)  # noqa: SIM115 (the caller closes it)
 
 
 def test_save_json_writes_exactly_the_pushed_payload(run_connector, veza, tmp_path):
