@@ -1049,6 +1049,7 @@ FAMILY_LIST = [
            on_404=On404.EXISTENCE),
 ]
 FAMILIES = {family.name: family for family in FAMILY_LIST}
+FAMILY_INDEX = {family.name: index for index, family in enumerate(FAMILY_LIST)}
 CHILDREN = {name: [family for family in FAMILY_LIST if family.parent == name] for name in FAMILIES}
 STARTING_FAMILIES = [family for family in FAMILY_LIST if family.parent is None and family.not_found != On404.EXISTENCE]
 
@@ -2242,7 +2243,7 @@ class ReadPlan:
         """
         for first_round in (True, False):
             wanted: dict[tuple[Kind, Any], None] = {}
-            for name, misses in self.not_found.items():
+            for name, misses in self._not_found_in_catalogue_order():
                 kind = FAMILIES[name].per
                 if name in self.snapshot.unavailable or kind.object_family is None:
                     continue
@@ -2253,11 +2254,16 @@ class ReadPlan:
                 self._read(FAMILIES[kind.object_family], key,
                            lambda _, result, k=(kind, key): self._note_existence(k, result))
             self.scheduler.run_until_read()
-            for name, misses in self.not_found.items():
+            for name, misses in self._not_found_in_catalogue_order():
                 kind = FAMILIES[name].per
                 there = next((key for key, _, _ in misses if self.exists.get((kind, key)) is True), None)
                 if there is not None:
                     self.leave_out(FAMILIES[name], f"HTTP 404 on {misses[0][1]}, while {kind.label} {there} exists")
+
+    def _not_found_in_catalogue_order(self) -> list[tuple[str, list[tuple[Any, str, float]]]]:
+        """The 404s by family in catalogue order, not in the order answers came: the same log every run."""
+        return [(name, sorted(misses, key=lambda miss: str(miss[0])))
+                for name, misses in sorted(self.not_found.items(), key=lambda entry: FAMILY_INDEX[entry[0]])]
 
     def _note_existence(self, kind_and_key: tuple[Kind, Any], result: Any) -> None:
         self.exists[kind_and_key] = True if isinstance(result, dict) else False if result is NOT_FOUND else None
@@ -2269,7 +2275,7 @@ class ReadPlan:
         not say (403, or never answered), the entity may exist: its family is left out. A link between two
         entities has no object: a 404 on every link of a family is the family missing (with several links,
         or with one that another read found after the 404), else that link is gone."""
-        for name, misses in self.not_found.items():
+        for name, misses in self._not_found_in_catalogue_order():
             family = FAMILIES[name]
             if name in self.snapshot.unavailable:
                 continue

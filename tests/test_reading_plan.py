@@ -141,6 +141,15 @@ def test_a_404_on_one_projects_list_and_on_the_project_itself_drops_only_that_pr
     assert scheduler.paths.count("/organization/projects/p1") == 1
 
 
+@pytest.mark.parametrize("first_404", ["/projects/p1/roles", "/organization/projects/p1/users"])
+def test_a_deleted_entity_is_reported_the_same_whichever_404_came_first(first_404):
+    answers = {**ORG, "/organization/projects/p1/users": 404, "/projects/p1/roles": 404,
+               "/organization/projects/p1": 404}
+    others = ("/organization/projects/p1/users", "/projects/p1/roles")
+    snapshot, _, _ = read_with(answers, tuple(p for p in others if p != first_404), role_assignments="none")
+    assert snapshot.deleted[0] == (vo.Kind.PROJECT, "p1", "/organization/projects/p1/users")  # catalogue order
+
+
 @pytest.mark.parametrize("status", [403, 401])
 def test_a_project_whose_own_object_cannot_say_is_never_dropped_as_deleted(status):
     answers = {**ORG, "/organization/projects/p1/api_keys": 404, "/organization/projects/p1": status}
