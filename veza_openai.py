@@ -2904,9 +2904,10 @@ class ApplicationBuilder:
             count += 1
         if project_keys_listed:
             ids = project_keys_listed
-            self.notes.append((logging.INFO, f"admin API key list: {len(ids)} entries are project API keys already "
-                                             f"read ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}); kept "
-                                             "once, as project keys"))
+            entries = "1 entry is a project API key" if len(ids) == 1 else f"{len(ids)} entries are project API keys"
+            self.notes.append((logging.INFO, f"admin API key list: {entries} already read "
+                                             f"({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}); kept once, "
+                                             "as project keys"))
         self.counts["admin_api_keys"] = count
 
     # --- invites -------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def test_an_admin_entry_that_is_a_project_key_stays_one_project_key_and_is_logge
                    admin_api_keys=[admin_key("k1", redacted_value="sk-proj-...k1")])
     assert list(result.application.access_creds) == ["k1"]
     assert "admin_api_key" not in result.application.access_creds["k1"].role_assignments
-    assert any(level == logging.INFO and "1 entries are project API keys already read (k1)" in message
+    assert any(level == logging.INFO and "admin API key list: 1 entry is a project API key already read (k1)" in message
                for level, message in result.notes)
 
 
