@@ -1385,8 +1385,13 @@ class ObservedPace:
         return self.rate is not None
 
     def start(self, now: float, rate: float) -> None:
-        self.rate, self.next_send = rate, now
+        self.rate, self.next_send = max(rate, self.slowest_rate()), now
         self.measure_from, self.measured = now, 0
+
+    def slowest_rate(self) -> float:
+        """One request per refill window (MAX_SERVER_WAIT): a run of 429s never cuts a pace below it. A slower
+        pace would park the endpoint, and a request that is never sent never meets --max-throttle-wait."""
+        return 1.0 / (MAX_SERVER_WAIT * self.scale) if self.scale > 0 else 0.0
 
     def stop(self) -> None:
         self.rate = None
@@ -1425,6 +1430,7 @@ class ObservedPace:
             self.rate = max(self.rate * PACE_MAX_CUT, self.measured / elapsed)
         else:
             self.rate *= PACE_CUT
+        self.rate = max(self.rate, self.slowest_rate())
         self.measure_from, self.measured = now, 0
 
     def pause_for(self, now: float, hint: float | None, whole_seconds: bool) -> None:

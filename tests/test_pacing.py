@@ -218,3 +218,17 @@ def test_the_role_read_estimate_waits_for_the_user_list(openai_fake, run_connect
     [line] = [line for line in result.stderr.splitlines() if "role assignment reads:" in line]
     assert "role assignment reads: 250 users and " in line, line
     assert "about 0s" not in line
+
+
+def test_a_run_of_429s_never_paces_an_endpoint_slower_than_one_request_a_window():
+    """Else the endpoint parks: its next request would wait hours, and --max-throttle-wait is only checked
+    when an answer comes, so the run would hang instead of failing."""
+    pace = vo.ObservedPace(time_scale=1.0)
+    pace.start(0.0, 10.0)
+    now = 0.0
+    for _ in range(200):
+        now = pace.ready_at(now)
+        pace.on_send(now)
+        pace.on_throttled(now + 0.01, now)
+    assert pace.rate >= 1 / vo.MAX_SERVER_WAIT
+    assert pace.ready_at(now) - now <= vo.MAX_SERVER_WAIT + 1e-6
