@@ -117,6 +117,7 @@ PACE_KEEPING_UP = 0.6          # a pace rises only while successes since the las
 PACE_PROBE_UP = 0.005          # ...by 0.5% per success, while it is what holds requests back
 PACE_PROBE_SPEEDUP = 100       # ...and 0.5% more for every 100 successes since the last 429
 PACE_MIN_SAMPLE = 8            # successes needed before the rate seen between two 429s is trusted
+PRIOR_MARGIN = 0.25            # past an allowance another endpoint had, requests go one at a time for 25% more
 WATCHDOG_GRACE = 2.0           # an answer still not whole this long after --timeout is abandoned
 PROGRESS_INTERVAL = 30.0       # seconds between progress lines on a long run
 MIN_PROGRESS_INTERVAL = 1.0    # even when tests shrink time, no more than one progress line a second
@@ -1173,6 +1174,36 @@ def project_is_archived(record: dict) -> bool:
 # Pacing: what each endpoint allows, learned from its answers
 # ---------------------------------------------------------------------------------------------
 
+class LimitPriors:
+    """What the endpoints already throttled say about the others of the same API, shared by every pacer.
+
+    An endpoint's first 429 costs every request it had in flight, and with no hint the probes until its
+    window comes round. Endpoints of one API tend to share limit shapes, so an endpoint that has had no
+    429 yet sends the request past an allowance another endpoint had (and 25% more) one at a time: if it
+    has the same allowance, one request is refused, not all in flight. And once an endpoint learned a
+    window with no hint, another's hintless first 429 is probed once at 0.5 s (a fast refill is still
+    seen), then shortly before that window, not every few seconds. Pure bookkeeping.
+    """
+
+    def __init__(self) -> None:
+        self.allowances: set[int] = set()   # successes endpoints had before their own first 429
+        self.window_seconds: float | None = None  # the first window learned with no hint: burst start to refill
+
+    def note_first_throttle(self, successes: int) -> None:
+        if successes >= 2:  # one or none: a shared limit, or a single request allowed; no shape to go by
+            self.allowances.add(successes)
+
+    def note_window(self, seconds: float) -> None:
+        if self.window_seconds is None:
+            self.window_seconds = seconds
+
+    def one_at_a_time(self, sent: int, succeeded: int) -> bool:
+        """Whether the next request of an endpoint that had no 429 yet goes alone: it may be the one past an
+        allowance seen elsewhere."""
+        return any(sent >= allowance and succeeded <= allowance * (1 + PRIOR_MARGIN)
+                   for allowance in self.allowances)
+
+
 class EndpointPacer:
     """What one endpoint (path template) allows, learned from its answers; pure bookkeeping on `now`.
 
@@ -1188,8 +1219,12 @@ class EndpointPacer:
     attempt. --max-requests-per-minute-per-endpoint caps each endpoint over a sliding minute.
     """
 
-    def __init__(self, path: str, time_scale: float = 1.0, max_per_minute: int | None = None) -> None:
+    def __init__(self, path: str, time_scale: float = 1.0, max_per_minute: int | None = None,
+                 priors: LimitPriors | None = None) -> None:
         self.path = path
+        self.priors = priors or LimitPriors()
+        self.sent = 0
+        self.answered_otherwise = 0    # answers that were neither a page nor a 429: they spent an allowance too
         self.scale = time_scale
         self.max_per_minute = max_per_minute
         self.in_flight = 0
@@ -1231,9 +1266,7 @@ class EndpointPacer:
         if self.probing and self.in_flight:
             return float("inf")
         at = max(now, self.blocked_until)
-        if self.refill_burst and self.in_flight >= self.refill_burst:
-            return float("inf")  # no more at once than the last refill let through
-        if self.in_flight_cap is not None and self.in_flight >= self.in_flight_cap:
+        if self._enough_in_flight():
             return float("inf")
         if self._allowance_spent():  # probe shortly before the remembered window comes round again
             if self.in_flight:
@@ -1250,11 +1283,21 @@ class EndpointPacer:
             self.pace.held_back = True
         return max(at, paced)
 
+    def _enough_in_flight(self) -> bool:
+        if self.refill_burst and self.in_flight >= self.refill_burst:
+            return True  # no more at once than the last refill let through
+        if self.in_flight_cap is not None and self.in_flight >= self.in_flight_cap:
+            return True
+        # before its first 429, the request past an allowance another endpoint had goes alone
+        answered = self.succeeded + self.answered_otherwise
+        return bool(self.in_flight and self.throttled == 0 and self.priors.one_at_a_time(self.sent, answered))
+
     def on_send(self, now: float) -> bool:
         """Count a request going out; True when it is a probe (one request that tests for a refill)."""
         if self._allowance_spent():
             self.probing, self.hintless = True, True
         self.in_flight += 1
+        self.sent += 1
         if self.max_per_minute:
             self.recent_sends.append(now)
         if self.burst_started is None:
@@ -1264,10 +1307,11 @@ class EndpointPacer:
         return self.probing
 
     def just_started(self) -> bool:
-        """No 429 yet and at most one success: a 429 now is not this endpoint's own allowance running out
-        (unless it allows a single request), so it points at a shared limit. (An endpoint that spent its
-        own allowance earlier, even long ago, may still be waiting for its window: no evidence.)"""
-        return self.throttled == 0 and self.succeeded <= 1
+        """No 429 yet and at most one answer (a page, a 404, ...: each spent an allowance): a 429 now is not
+        this endpoint's own allowance running out (unless it allows a single request), so it points at a
+        shared limit. (An endpoint that spent its own allowance earlier, even long ago, may still be waiting
+        for its window: no evidence.)"""
+        return self.throttled == 0 and self.succeeded + self.answered_otherwise <= 1
 
     def forget_throttle(self) -> None:
         """Undo what a 429 that turned out to be the shared limit's made this endpoint do."""
@@ -1286,6 +1330,7 @@ class EndpointPacer:
     def on_other_answer(self) -> None:
         """An answer that is neither a page nor a 429 (a refusal, a fault): it no longer counts as in flight."""
         self.in_flight -= 1
+        self.answered_otherwise += 1
 
     def on_success(self, now: float, probe: bool) -> None:
         self.in_flight -= 1
@@ -1308,6 +1353,7 @@ class EndpointPacer:
             self.refill_wait = now - (self.exhausted_at if self.exhausted_at is not None else self.burst_started)
             if self._allowance_known():
                 self.pace.stop()  # a window: its allowance is spent at once, then waited for
+                self.priors.note_window(self.refill_seconds)
         self.probing = self.hintless = False
         self.probe_wait = PROBE_FIRST_WAIT
         self.burst_started, self.burst_successes, self.sent_in_burst = now, 1, 1
@@ -1315,6 +1361,8 @@ class EndpointPacer:
     def on_throttled(self, now: float, probe: bool, server_wait: float | None, sent_at: float = 0.0,
                      *, says_rate: bool = True) -> None:
         self.in_flight -= 1
+        if self.throttled == 0 and says_rate:
+            self.priors.note_first_throttle(self.succeeded + self.answered_otherwise)
         self.throttled += 1
         self.last_throttled_at = now
         if says_rate and not probe and not self._allowance_known():  # a probe's 429 says only "not yet"
@@ -1331,6 +1379,9 @@ class EndpointPacer:
         if probe:
             self.probe_wait = min(self.probe_wait * 2, PROBE_MAX_WAIT)
             wait = self.probe_wait * self.scale
+            window = self._window_seconds_expected()
+            if window and not self._allowance_known() and self.burst_started is not None:
+                wait = max(wait, self.burst_started + REFILL_LEAD * window - now)
         else:
             self.probe_wait = PROBE_FIRST_WAIT
             wait = self.probe_wait * self.scale
@@ -1339,6 +1390,13 @@ class EndpointPacer:
                 wait = max(wait, self.burst_started + REFILL_LEAD * self.refill_seconds - now)
         self.probing, self.hintless = True, True
         self.blocked_until = max(self.blocked_until, now + wait)
+
+    def _window_seconds_expected(self) -> float | None:
+        """A window this endpoint had before its allowance grew, else one another endpoint had: after a
+        first probe at 0.5 s, the next waits until shortly before it."""
+        if self.refill_seconds and self.refill_wait and self.refill_wait >= LEARNED_WINDOW_MIN * self.scale:
+            return self.refill_seconds
+        return self.priors.window_seconds
 
     def _learn_pace(self, now: float, sent_at: float) -> None:
         if self.pace.active:
@@ -1651,8 +1709,9 @@ class Scheduler:
         self.plan: ReadPlanCalls | None = None
         families = list(families)
         self.labels = {family.name: family.label for family in families}
+        priors = LimitPriors()  # what one endpoint's limit says about the others'
         self.pacers = {family.name: EndpointPacer(family.path, config.time_scale,
-                                                  config.max_requests_per_minute_per_endpoint)
+                                                  config.max_requests_per_minute_per_endpoint, priors)
                        for family in families}
         self.shared = SharedPacer(config.time_scale)  # one limit for every endpoint, once 429s show there is one
         self.queues: dict[str, deque[Request]] = {family.name: deque() for family in families}

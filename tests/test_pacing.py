@@ -141,6 +141,70 @@ def test_a_repeated_429_on_one_endpoint_with_no_other_refused_is_that_endpoints_
     assert shared.owns("project roles", 1.0 + vo.SHARED_EVIDENCE_SPAN + 1)  # long after: news again
 
 
+# --- what one endpoint's limit says about the others ---------------------------------------------------
+
+def spend_allowance(pacer: vo.EndpointPacer, successes: int, at: float = 0.0) -> None:
+    """`successes` requests sent and answered, then one more refused with no hint."""
+    for index in range(successes):
+        pacer.on_send(at + index * 0.001)
+        pacer.on_success(at + index * 0.001 + 0.0005, probe=False)
+    pacer.on_send(at + successes * 0.001)
+    pacer.on_throttled(at + successes * 0.001 + 0.0005, probe=False, server_wait=None)
+
+
+def test_past_an_allowance_another_endpoint_had_requests_go_one_at_a_time_until_over_a_quarter_more_got_through():
+    priors = vo.LimitPriors()
+    spend_allowance(vo.EndpointPacer("/a", priors=priors), 20)
+    fresh = vo.EndpointPacer("/b", priors=priors)
+    for _ in range(20):  # the first twenty go as fast as workers allow
+        assert fresh.ready_at(1.0) == 1.0
+        fresh.on_send(1.0)
+    assert fresh.ready_at(1.0) == float("inf")  # the 21st waits for every answer, then goes alone
+    for _ in range(20):
+        fresh.on_success(1.01, probe=False)
+    for _ in range(26 - 20):  # 21st to 26th: one at a time, each after the answer to the one before
+        assert fresh.ready_at(1.02) == 1.02
+        fresh.on_send(1.02)
+        assert fresh.ready_at(1.02) == float("inf")
+        fresh.on_success(1.03, probe=False)
+    fresh.on_send(1.04)  # 26 got through, more than the other's allowance and a quarter: no longer alone
+    assert fresh.ready_at(1.04) == 1.04
+
+
+def test_an_endpoint_refused_on_its_first_or_second_request_sets_no_allowance_for_the_others():
+    priors = vo.LimitPriors()
+    spend_allowance(vo.EndpointPacer("/a", priors=priors), 1)  # a shared limit's, most likely
+    fresh = vo.EndpointPacer("/b", priors=priors)
+    for _ in range(8):
+        fresh.on_send(1.0)
+    assert fresh.ready_at(1.0) == 1.0
+
+
+def test_once_an_endpoint_learned_a_window_another_probes_once_quickly_then_shortly_before_that_window():
+    priors = vo.LimitPriors()
+    learned = vo.EndpointPacer("/a", priors=priors)
+    spend_allowance(learned, 7)
+    learned.on_send(60.0)
+    learned.on_success(60.0, probe=True)  # refilled 60 s after its burst began: a window
+    assert priors.window_seconds == pytest.approx(60.0)
+    other = vo.EndpointPacer("/b", priors=priors)
+    spend_allowance(other, 20, at=100.0)
+    first_probe = other.ready_at(100.03)
+    assert first_probe == pytest.approx(100.0205 + vo.PROBE_FIRST_WAIT)  # a fast refill is still seen quickly
+    other.on_send(first_probe)
+    other.on_throttled(first_probe, probe=True, server_wait=None)
+    assert other.ready_at(first_probe) == pytest.approx(100.0 + vo.REFILL_LEAD * 60.0)
+
+
+def test_with_no_window_learned_anywhere_probes_double_as_before():
+    other = vo.EndpointPacer("/b", priors=vo.LimitPriors())
+    spend_allowance(other, 20)
+    probe = other.ready_at(0.03)
+    other.on_send(probe)
+    other.on_throttled(probe, probe=True, server_wait=None)
+    assert other.ready_at(probe) == pytest.approx(probe + 2 * vo.PROBE_FIRST_WAIT)
+
+
 # --- hints too small to follow ----------------------------------------------------------------------
 
 def test_a_hint_below_the_floor_is_obeyed_as_the_floor_doubling_with_each_429_in_a_row():
