@@ -103,6 +103,7 @@ MAX_SERVER_WAIT = 60.0         # a retry-after longer than this is capped: the r
 PROBE_FIRST_WAIT = 0.5         # after a 429 with no hint, first probe of the endpoint after this many seconds
 PROBE_MAX_WAIT = 5.0           # probes double up to this, so a refill is seen at most ~5 s late
 REFILL_LEAD = 0.9              # once an endpoint's refill time is known, start probing at 90% of it
+WINDOW_PRECISION = 0.02        # a learned window is probed at its last refill once known to within 2%
 SLOW_START_DONE = 16            # after a hinted 429, requests in flight grow back one per success up to this
 LEARNED_WINDOW_MIN = 10.0      # a refill slower than this is a window worth remembering; faster ones are probed
 WINDOW_SECONDS = 60.0          # --max-requests-per-minute-per-endpoint counts over a sliding minute
@@ -1188,6 +1189,14 @@ class LimitPriors:
     def __init__(self) -> None:
         self.allowances: set[int] = set()   # successes endpoints had before their own first 429
         self.window_seconds: float | None = None  # the first window learned with no hint: burst start to refill
+        # endpoint -> (its first burst's start, its latest refused probe after it), while it waits for a first refill
+        self.first_windows: dict[str, tuple[float, float]] = {}
+
+    def earliest_refill(self, path: str, started: float) -> float | None:
+        """How long after `started` another endpoint's first window, begun no later, is known not to have
+        refilled: with windows alike, this one's cannot have either, so its probes wait that long."""
+        return max((floor for other, (begun, floor) in self.first_windows.items()
+                    if other != path and begun <= started), default=None)
 
     def note_first_throttle(self, successes: int) -> None:
         if successes >= 2:  # one or none: a shared limit, or a single request allowed; no shape to go by
@@ -1224,6 +1233,8 @@ class EndpointPacer:
         self.path = path
         self.priors = priors or LimitPriors()
         self.sent = 0
+        self.probe_sent_at: float | None = None  # the probe out now (one at most)
+        self.window_floor: float | None = None    # a learned window is longer than this: a probe this late was refused
         self.answered_otherwise = 0    # answers that were neither a page nor a 429: they spent an allowance too
         self.scale = time_scale
         self.max_per_minute = max_per_minute
@@ -1271,7 +1282,9 @@ class EndpointPacer:
         if self._allowance_spent():  # probe shortly before the remembered window comes round again
             if self.in_flight:
                 return float("inf")
-            at = max(at, self.burst_started + REFILL_LEAD * self.refill_seconds)
+            at = max(at, self.burst_started + self._refill_offset())
+        else:
+            at = max(at, self._follower_probe_at())
         if self.max_per_minute:
             window = WINDOW_SECONDS * self.scale
             while self.recent_sends and self.recent_sends[0] <= now - window:
@@ -1282,6 +1295,17 @@ class EndpointPacer:
         if paced > at:  # asked only while this endpoint has requests waiting: the pace holds them back
             self.pace.held_back = True
         return max(at, paced)
+
+    def _follower_probe_at(self) -> float:
+        """In a first hintless window, after its own first probe was refused: no probe while another endpoint's
+        first window, begun no earlier, is known not to have refilled (checked again after each of its probes,
+        which come at most PROBE_MAX_WAIT apart); when it refills, its window is this one's prior."""
+        if not (self.probing and self.hintless and self.refill_seconds is None and self.window_floor is not None):
+            return 0.0
+        leader = self.priors.earliest_refill(self.path, self.burst_started)
+        if leader is None:
+            return 0.0
+        return self.burst_started + leader + 2 * PROBE_MAX_WAIT * self.scale
 
     def _enough_in_flight(self) -> bool:
         if self.refill_burst and self.in_flight >= self.refill_burst:
@@ -1296,6 +1320,8 @@ class EndpointPacer:
         """Count a request going out; True when it is a probe (one request that tests for a refill)."""
         if self._allowance_spent():
             self.probing, self.hintless = True, True
+        if self.probing:
+            self.probe_sent_at = now
         self.in_flight += 1
         self.sent += 1
         if self.max_per_minute:
@@ -1318,6 +1344,7 @@ class EndpointPacer:
         self.blocked_until, self.probing, self.hintless = 0.0, False, False
         self.probe_wait, self.in_flight_cap = PROBE_FIRST_WAIT, None
         self.pace.stop()
+        self.priors.first_windows.pop(self.path, None)
 
     def on_shared_throttle(self, now: float) -> None:
         """A 429 put down to the shared limit: counted here, and nothing else about this endpoint changes."""
@@ -1347,16 +1374,22 @@ class EndpointPacer:
                 self.refill_burst = None  # the allowance grew: spend it until a 429 says how far, then learn it again
             return
         # The allowance came back: remember how much it held and how long it took (hintless limits only).
+        # Send times, not answer times: a window starts when its first request arrives, so measured from the
+        # answers a learned window would grow by a round trip each time it is waited for.
+        sent = self.probe_sent_at if self.probe_sent_at is not None else now
+        self.priors.first_windows.pop(self.path, None)
         if self.hintless and self.burst_started is not None and self.burst_successes:
-            self.refill_seconds = now - self.burst_started
+            self.refill_seconds = sent - self.burst_started
             self.refill_burst = self.burst_successes
-            self.refill_wait = now - (self.exhausted_at if self.exhausted_at is not None else self.burst_started)
+            self.refill_wait = sent - (self.exhausted_at if self.exhausted_at is not None else self.burst_started)
+            if self.window_floor is not None and self.window_floor >= self.refill_seconds:
+                self.window_floor = None  # the window changed: what was refused before says nothing now
             if self._allowance_known():
                 self.pace.stop()  # a window: its allowance is spent at once, then waited for
                 self.priors.note_window(self.refill_seconds)
         self.probing = self.hintless = False
         self.probe_wait = PROBE_FIRST_WAIT
-        self.burst_started, self.burst_successes, self.sent_in_burst = now, 1, 1
+        self.burst_started, self.burst_successes, self.sent_in_burst = sent, 1, 1
 
     def on_throttled(self, now: float, probe: bool, server_wait: float | None, sent_at: float = 0.0,
                      *, says_rate: bool = True) -> None:
@@ -1377,19 +1410,44 @@ class EndpointPacer:
         if self.probing and not probe:
             return  # an answer to a request sent before the first 429: already handled
         if probe:
-            self.probe_wait = min(self.probe_wait * 2, PROBE_MAX_WAIT)
-            wait = self.probe_wait * self.scale
-            window = self._window_seconds_expected()
-            if window and not self._allowance_known() and self.burst_started is not None:
-                wait = max(wait, self.burst_started + REFILL_LEAD * window - now)
+            wait = self._after_refused_probe(now, sent_at or now)
         else:
             self.probe_wait = PROBE_FIRST_WAIT
             wait = self.probe_wait * self.scale
             self.exhausted_at = now
             if self._allowance_known() and self.burst_started is not None:
-                wait = max(wait, self.burst_started + REFILL_LEAD * self.refill_seconds - now)
+                wait = max(wait, self.burst_started + self._refill_offset() - now)
         self.probing, self.hintless = True, True
         self.blocked_until = max(self.blocked_until, now + wait)
+
+    def _after_refused_probe(self, now: float, sent_at: float) -> float:
+        """How long after a refused probe the next goes: twice the last wait (up to 5 s); with a learned window,
+        at the longest it took (it was at most that); with a window expected, not before shortly before it."""
+        self.probe_wait = min(self.probe_wait * 2, PROBE_MAX_WAIT)
+        wait = self.probe_wait * self.scale
+        if self.burst_started is None:
+            return wait
+        self.window_floor = max(self.window_floor or 0.0, sent_at - self.burst_started)
+        if self.refill_seconds is None:
+            self.priors.first_windows[self.path] = (self.burst_started, self.window_floor)
+        if self._allowance_known():
+            ceiling_at = self.burst_started + self.refill_seconds
+            return ceiling_at - now if self.window_floor < self.refill_seconds and ceiling_at > now else wait
+        window = self._window_seconds_expected()
+        if window:
+            wait = max(wait, self.burst_started + REFILL_LEAD * window - now)
+        return wait
+
+    def _refill_offset(self) -> float:
+        """When, from a burst's first request, to probe for a learned window's refill: the window is longer
+        than the latest refused probe and at most the last refill, so halfway between, or at the last refill
+        once the two are within 2%; 90% of it before any probe was refused."""
+        ceiling, floor = self.refill_seconds, self.window_floor
+        if floor is None or floor >= ceiling:
+            return REFILL_LEAD * ceiling
+        if ceiling - floor <= WINDOW_PRECISION * ceiling:
+            return ceiling
+        return (floor + ceiling) / 2
 
     def _window_seconds_expected(self) -> float | None:
         """A window this endpoint had before its allowance grew, else one another endpoint had: after a

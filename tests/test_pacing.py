@@ -196,6 +196,33 @@ def test_once_an_endpoint_learned_a_window_another_probes_once_quickly_then_shor
     assert other.ready_at(first_probe) == pytest.approx(100.0 + vo.REFILL_LEAD * 60.0)
 
 
+def refuse_probe(pacer: vo.EndpointPacer, now: float) -> float:
+    """The next probe goes when the pacer allows, and is refused; returns when it went."""
+    at = max(now, pacer.ready_at(now))
+    assert pacer.on_send(at) is True
+    pacer.on_throttled(at, probe=True, server_wait=None, sent_at=at)
+    return at
+
+
+def test_an_endpoint_whose_first_window_began_later_probes_only_after_one_begun_earlier_refilled():
+    priors = vo.LimitPriors()
+    leader, follower = vo.EndpointPacer("/a", priors=priors), vo.EndpointPacer("/b", priors=priors)
+    spend_allowance(leader, 20, at=0.0)
+    spend_allowance(follower, 20, at=1.0)
+    now = 0.03
+    while now < 30.0:  # the leader probes every few seconds and is refused: its window is longer than that
+        now = refuse_probe(leader, now)
+    assert refuse_probe(follower, 1.03) == pytest.approx(1.0205 + vo.PROBE_FIRST_WAIT)  # its own quick first probe
+    floor = priors.first_windows["/a"][1]
+    assert follower.ready_at(now) == pytest.approx(1.0 + floor + 2 * vo.PROBE_MAX_WAIT)  # not every few seconds
+    leader.on_send(60.0)
+    leader.on_success(60.0, probe=True)  # the leader's window refilled after 60 s
+    assert "/a" not in priors.first_windows and priors.window_seconds == pytest.approx(60.0)
+    assert follower.ready_at(60.0) == 60.0  # free to probe at once
+    refuse_probe(follower, 60.0)  # refused (its window began a second later): its own probes go on doubling
+    assert follower.ready_at(60.0) == pytest.approx(60.0 + 4 * vo.PROBE_FIRST_WAIT)
+
+
 def test_with_no_window_learned_anywhere_probes_double_as_before():
     other = vo.EndpointPacer("/b", priors=vo.LimitPriors())
     spend_allowance(other, 20)
@@ -203,6 +230,33 @@ def test_with_no_window_learned_anywhere_probes_double_as_before():
     other.on_send(probe)
     other.on_throttled(probe, probe=True, server_wait=None)
     assert other.ready_at(probe) == pytest.approx(probe + 2 * vo.PROBE_FIRST_WAIT)
+
+
+def test_a_learned_window_is_narrowed_down_until_each_window_costs_one_429_and_refills_within_two_percent():
+    window, allowance = 60.0, 7  # as measured on project roles: a window from its first request, no header
+    pacer = vo.EndpointPacer("/x")
+    started, admitted, now = None, 0, 0.0
+    refused_per_window: list[int] = []
+    refill_starts: list[float] = []
+    for _ in range(2000):  # one request at a time on an explicit clock, answered at once
+        now = max(now, pacer.ready_at(now))
+        probe = pacer.on_send(now)
+        if started is None or now >= started + window:
+            started, admitted = now, 0
+            refill_starts.append(now)
+            refused_per_window.append(0)
+        if admitted < allowance:
+            admitted += 1
+            pacer.on_success(now, probe)
+        else:
+            refused_per_window[-1] += 1
+            pacer.on_throttled(now, probe, server_wait=None, sent_at=now)
+        now += 0.01
+    assert len(refill_starts) > 20
+    later = refused_per_window[6:]
+    assert max(later) == 1  # the request that asks whether the limit grew; no probe is refused
+    lateness = [b - a - window for a, b in zip(refill_starts[6:], refill_starts[7:])]
+    assert max(lateness) <= vo.WINDOW_PRECISION * window + 0.02
 
 
 # --- hints too small to follow ----------------------------------------------------------------------
