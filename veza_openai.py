@@ -103,6 +103,7 @@ MAX_SERVER_WAIT = 60.0         # a retry-after longer than this is capped: the r
 PROBE_FIRST_WAIT = 0.5         # after a 429 with no hint, first probe of the endpoint after this many seconds
 PROBE_MAX_WAIT = 5.0           # probes double up to this, so a refill is seen at most ~5 s late
 REFILL_LEAD = 0.9              # once an endpoint's refill time is known, start probing at 90% of it
+GROWTH_QUESTION_EVERY = 2      # a learned window asks whether it grew (one request more) every other window
 WINDOW_PRECISION = 0.02        # a learned window is probed at its last refill once known to within 2%
 SLOW_START_DONE = 16            # after a hinted 429, requests in flight grow back one per success up to this
 LEARNED_WINDOW_MIN = 10.0      # a refill slower than this is a window worth remembering; faster ones are probed
@@ -1192,11 +1193,12 @@ class LimitPriors:
         # endpoint -> (its first burst's start, its latest refused probe after it), while it waits for a first refill
         self.first_windows: dict[str, tuple[float, float]] = {}
 
-    def earliest_refill(self, path: str, started: float) -> float | None:
+    def earliest_refill(self, path: str, started: float, window_min: float) -> float | None:
         """How long after `started` another endpoint's first window, begun no later, is known not to have
-        refilled: with windows alike, this one's cannot have either, so its probes wait that long."""
+        refilled, once that is `window_min` or more (a window, not a bucket refilling in moments): with windows
+        alike, this one's cannot have refilled either, so its probes wait that long."""
         return max((floor for other, (begun, floor) in self.first_windows.items()
-                    if other != path and begun <= started), default=None)
+                    if other != path and begun <= started and floor >= window_min), default=None)
 
     def note_first_throttle(self, successes: int) -> None:
         if successes >= 2:  # one or none: a shared limit, or a single request allowed; no shape to go by
@@ -1233,6 +1235,8 @@ class EndpointPacer:
         self.path = path
         self.priors = priors or LimitPriors()
         self.sent = 0
+        self.windows_learned = 0       # refills of a learned window: every other one asks whether it grew
+        self.grown_from: int | None = None  # the allowance before it grew, until the new one is learned
         self.probe_sent_at: float | None = None  # the probe out now (one at most)
         self.window_floor: float | None = None    # a learned window is longer than this: a probe this late was refused
         self.answered_otherwise = 0    # answers that were neither a page nor a 429: they spent an allowance too
@@ -1269,8 +1273,9 @@ class EndpointPacer:
                     and self.refill_wait >= LEARNED_WINDOW_MIN * self.scale)
 
     def _allowance_spent(self) -> bool:
-        """The remembered allowance and one more are sent: that one asks whether the allowance grew."""
-        return not self.probing and self._allowance_known() and self.sent_in_burst > self.refill_burst
+        """The remembered allowance is sent, and one more every other window: that one asks whether it grew."""
+        asks = 1 if (self.windows_learned - 1) % GROWTH_QUESTION_EVERY == 0 else 0
+        return not self.probing and self._allowance_known() and self.sent_in_burst >= self.refill_burst + asks
 
     def ready_at(self, now: float) -> float:
         """The earliest time the next request may go (inf while a probe is out)."""
@@ -1302,7 +1307,7 @@ class EndpointPacer:
         which come at most PROBE_MAX_WAIT apart); when it refills, its window is this one's prior."""
         if not (self.probing and self.hintless and self.refill_seconds is None and self.window_floor is not None):
             return 0.0
-        leader = self.priors.earliest_refill(self.path, self.burst_started)
+        leader = self.priors.earliest_refill(self.path, self.burst_started, LEARNED_WINDOW_MIN * self.scale)
         if leader is None:
             return 0.0
         return self.burst_started + leader + 2 * PROBE_MAX_WAIT * self.scale
@@ -1314,6 +1319,9 @@ class EndpointPacer:
             return True
         # before its first 429, the request past an allowance another endpoint had goes alone
         answered = self.succeeded + self.answered_otherwise
+        if self.in_flight and self.grown_from:  # a grown window may have doubled: past that, one at a time
+            doubled = 2 * self.grown_from
+            return self.sent_in_burst >= doubled and self.burst_successes <= doubled * (1 + PRIOR_MARGIN)
         return bool(self.in_flight and self.throttled == 0 and self.priors.one_at_a_time(self.sent, answered))
 
     def on_send(self, now: float) -> bool:
@@ -1371,7 +1379,8 @@ class EndpointPacer:
         if not (probe and self.probing):
             self.burst_successes += 1
             if self._allowance_known() and self.burst_successes > self.refill_burst:
-                self.refill_burst = None  # the allowance grew: spend it until a 429 says how far, then learn it again
+                # the allowance grew: spend it until a 429 says how far, then learn it again
+                self.grown_from, self.refill_burst = self.refill_burst, None
             return
         # The allowance came back: remember how much it held and how long it took (hintless limits only).
         # Send times, not answer times: a window starts when its first request arrives, so measured from the
@@ -1387,6 +1396,8 @@ class EndpointPacer:
             if self._allowance_known():
                 self.pace.stop()  # a window: its allowance is spent at once, then waited for
                 self.priors.note_window(self.refill_seconds)
+                self.windows_learned += 1
+        self.grown_from = None
         self.probing = self.hintless = False
         self.probe_wait = PROBE_FIRST_WAIT
         self.burst_started, self.burst_successes, self.sent_in_burst = sent, 1, 1
