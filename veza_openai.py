@@ -119,6 +119,7 @@ PACE_KEEPING_UP = 0.6          # a pace rises only while successes since the las
 PACE_PROBE_UP = 0.005          # ...by 0.5% per success, while it is what holds requests back
 PACE_PROBE_SPEEDUP = 100       # ...and 0.5% more for every 100 successes since the last 429
 PACE_MIN_SAMPLE = 8            # successes needed before the rate seen between two 429s is trusted
+PACE_SETTLED_AFTER = 3         # a pace cut by this many 429s is near its limit: a prior for other endpoints' first pace
 PRIOR_MARGIN = 0.25            # past an allowance another endpoint had, requests go one at a time for 25% more
 WATCHDOG_GRACE = 2.0           # an answer still not whole this long after --timeout is abandoned
 PROGRESS_INTERVAL = 30.0       # seconds between progress lines on a long run
@@ -1192,6 +1193,12 @@ class LimitPriors:
         self.window_seconds: float | None = None  # the first window learned with no hint: burst start to refill
         # endpoint -> (its first burst's start, its latest refused probe after it), while it waits for a first refill
         self.first_windows: dict[str, tuple[float, float]] = {}
+        self.paces: dict[str, ObservedPace] = {}  # endpoint -> its own pace, once it has one
+
+    def settled_pace(self, path: str) -> float | None:
+        """The fastest pace another endpoint keeps after its 429s have cut it a few times (it found its limit)."""
+        return max((pace.rate for other, pace in self.paces.items()
+                    if other != path and pace.active and pace.throttled >= PACE_SETTLED_AFTER), default=None)
 
     def earliest_refill(self, path: str, started: float, window_min: float) -> float | None:
         """How long after `started` another endpoint's first window, begun no later, is known not to have
@@ -1471,7 +1478,10 @@ class EndpointPacer:
         if self.pace.active:
             self.pace.on_throttled(now, sent_at)
         elif self.burst_started is not None:  # the first 429: start at the rate this endpoint's burst got through
-            self.pace.start(now, max(self.burst_successes, 1) / max(now - self.burst_started, 1e-3))
+            burst_rate = max(self.burst_successes, 1) / max(now - self.burst_started, 1e-3)
+            settled = self.priors.settled_pace(self.path)  # or, when lower, the pace another endpoint settled at
+            self.pace.start(now, min(burst_rate, settled) if settled else burst_rate)
+            self.priors.paces[self.path] = self.pace
 
     def requests_per_second(self, now: float | None = None) -> float | None:
         """The rate this endpoint allows: learned from a window, capped, or (given `now`) seen since its

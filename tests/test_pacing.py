@@ -223,6 +223,55 @@ def test_an_endpoint_whose_first_window_began_later_probes_only_after_one_begun_
     assert follower.ready_at(60.0) == pytest.approx(60.0 + 4 * vo.PROBE_FIRST_WAIT)
 
 
+def test_a_leader_refilled_within_moments_holds_no_other_endpoint_back():
+    priors = vo.LimitPriors()
+    leader, follower = vo.EndpointPacer("/a", priors=priors), vo.EndpointPacer("/b", priors=priors)
+    spend_allowance(leader, 20, at=0.0)
+    spend_allowance(follower, 20, at=1.0)
+    now = 0.03
+    while now < vo.LEARNED_WINDOW_MIN / 2:  # refused for a few seconds: a bucket refilling slowly, maybe
+        now = refuse_probe(leader, now)
+    probe = refuse_probe(follower, 1.03)
+    assert follower.ready_at(probe) == pytest.approx(probe + 2 * vo.PROBE_FIRST_WAIT)  # its own probes, doubling
+
+
+def test_past_twice_an_allowance_that_grew_requests_go_one_at_a_time():
+    pacer = vo.EndpointPacer("/x")
+    pacer.refill_burst, pacer.refill_seconds, pacer.refill_wait = 20, 60.0, 59.0
+    pacer.burst_started, pacer.burst_successes, pacer.sent_in_burst = 0.0, 20, 20
+    pacer.windows_learned = 1
+    pacer.on_send(1.0)
+    pacer.on_success(1.1, probe=False)  # the 21st got through: the allowance grew
+    assert pacer.refill_burst is None and pacer.grown_from == 20
+    for _ in range(40 - 21):
+        assert pacer.ready_at(1.2) == 1.2
+        pacer.on_send(1.2)
+    assert pacer.ready_at(1.2) == float("inf")  # the 41st waits for every answer: the limit may have doubled
+    for _ in range(40 - 21):
+        pacer.on_success(1.3, probe=False)
+    assert pacer.ready_at(1.3) == 1.3
+
+
+def burst_then_hinted_429(pacer: vo.EndpointPacer, at: float) -> None:
+    """Twenty requests answered within 20 ms of `at`, then a 429 with a hint: the pacer's first pace starts."""
+    for index in range(20):
+        pacer.on_send(at + index * 0.001)
+        pacer.on_success(at + index * 0.001 + 0.0005, probe=False)
+    pacer.on_send(at + 0.02)
+    pacer.on_throttled(at + 0.021, probe=False, server_wait=0.01, sent_at=at + 0.02)
+
+
+def test_an_endpoints_first_pace_starts_no_faster_than_one_another_endpoint_settled_at():
+    priors = vo.LimitPriors()
+    settled, fresh, late = (vo.EndpointPacer(path, priors=priors) for path in ("/a", "/b", "/c"))
+    burst_then_hinted_429(settled, 0.0)
+    burst_then_hinted_429(fresh, 1.0)
+    assert fresh.pace.rate == pytest.approx(20 / 0.021)  # the other is not settled yet: its own burst's rate
+    settled.pace.rate, settled.pace.throttled = 40.0, vo.PACE_SETTLED_AFTER  # cut a few times, down to 40 a second
+    burst_then_hinted_429(late, 2.0)
+    assert late.pace.rate == 40.0
+
+
 def test_with_no_window_learned_anywhere_probes_double_as_before():
     other = vo.EndpointPacer("/b", priors=vo.LimitPriors())
     spend_allowance(other, 20)
@@ -255,6 +304,7 @@ def test_a_learned_window_is_narrowed_down_until_each_window_costs_one_429_and_r
     assert len(refill_starts) > 20
     later = refused_per_window[6:]
     assert max(later) == 1  # the request that asks whether the limit grew; no probe is refused
+    assert sum(later) == pytest.approx(len(later) / vo.GROWTH_QUESTION_EVERY, abs=1)  # asked every other window
     lateness = [b - a - window for a, b in zip(refill_starts[6:], refill_starts[7:])]
     assert max(lateness) <= vo.WINDOW_PRECISION * window + 0.02
 
