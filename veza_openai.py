@@ -1183,9 +1183,12 @@ class LimitPriors:
     An endpoint's first 429 costs every request it had in flight, and with no hint the probes until its
     window comes round. Endpoints of one API tend to share limit shapes, so an endpoint that has had no
     429 yet sends the request past an allowance another endpoint had (and 25% more) one at a time: if it
-    has the same allowance, one request is refused, not all in flight. And once an endpoint learned a
-    window with no hint, another's hintless first 429 is probed once at 0.5 s (a fast refill is still
-    seen), then shortly before that window, not every few seconds. Pure bookkeeping.
+    has the same allowance, one request is refused, not all in flight. An endpoint's first pace starts no
+    faster than one another endpoint settled at after a few 429s. With no hint, an endpoint's first window
+    is probed once at 0.5 s (a fast refill is still seen); then, while another endpoint's first window
+    begun earlier has gone 10 s or more without refilling, it does not probe (with windows alike its own
+    cannot have refilled either); once an endpoint learned a window, the next probe waits until shortly
+    before that window. Pure bookkeeping.
     """
 
     def __init__(self) -> None:
@@ -1231,10 +1234,14 @@ class EndpointPacer:
     grow back from one, one more per success, so the moment the wait ends brings no burst of 429s. A 429
     with no hint blocks the endpoint and sends one probe at a time, 0.5 s, 1 s, ... up to 5 s apart.
     When the refill, counted from the 429, took 10 s or more (a window: the Admin API's are about a
-    minute), the allowance is remembered and the pace dropped: later bursts stop at that many requests
-    plus one that asks whether it grew (when that one gets through the allowance is learned again),
-    and one probe goes shortly before the window is due, so a window costs a 429 or two, not one per
-    attempt. --max-requests-per-minute-per-endpoint caps each endpoint over a sliding minute.
+    minute), the allowance is remembered and the pace dropped: later bursts stop at that many requests,
+    plus, every other window, one that asks whether it grew (when that one gets through the allowance is
+    learned again, and past twice the old one requests go one at a time). The window, timed from send to
+    send, is longer than the latest refused probe and at most the last refill: the next probe goes
+    halfway between, or at the last refill once they are within 2%, so after a few windows a window
+    costs at most the one 429 that asks, and is met within about 2% of its length. What other endpoints
+    learned helps too (LimitPriors). --max-requests-per-minute-per-endpoint caps each endpoint over a
+    sliding minute.
     """
 
     def __init__(self, path: str, time_scale: float = 1.0, max_per_minute: int | None = None,
@@ -1324,11 +1331,11 @@ class EndpointPacer:
             return True  # no more at once than the last refill let through
         if self.in_flight_cap is not None and self.in_flight >= self.in_flight_cap:
             return True
-        # before its first 429, the request past an allowance another endpoint had goes alone
-        answered = self.succeeded + self.answered_otherwise
         if self.in_flight and self.grown_from:  # a grown window may have doubled: past that, one at a time
             doubled = 2 * self.grown_from
             return self.sent_in_burst >= doubled and self.burst_successes <= doubled * (1 + PRIOR_MARGIN)
+        # before its first 429, the request past an allowance another endpoint had goes alone
+        answered = self.succeeded + self.answered_otherwise
         return bool(self.in_flight and self.throttled == 0 and self.priors.one_at_a_time(self.sent, answered))
 
     def on_send(self, now: float) -> bool:
