@@ -103,7 +103,6 @@ MAX_SERVER_WAIT = 60.0         # a retry-after longer than this is capped: the r
 PROBE_FIRST_WAIT = 0.5         # after a 429 with no hint, first probe of the endpoint after this many seconds
 PROBE_MAX_WAIT = 5.0           # probes double up to this, so a refill is seen at most ~5 s late
 REFILL_LEAD = 0.9              # once an endpoint's refill time is known, start probing at 90% of it
-GROWTH_QUESTION_EVERY = 2      # a learned window asks whether it grew (one request more) every other window
 WINDOW_PRECISION = 0.02        # a learned window is probed at its last refill once known to within 2%
 SLOW_START_DONE = 16            # after a hinted 429, requests in flight grow back one per success up to this
 LEARNED_WINDOW_MIN = 10.0      # a refill slower than this is a window worth remembering; faster ones are probed
@@ -1234,9 +1233,9 @@ class EndpointPacer:
     grow back from one, one more per success, so the moment the wait ends brings no burst of 429s. A 429
     with no hint blocks the endpoint and sends one probe at a time, 0.5 s, 1 s, ... up to 5 s apart.
     When the refill, counted from the 429, took 10 s or more (a window: the Admin API's are about a
-    minute), the allowance is remembered and the pace dropped: later bursts stop at that many requests,
-    plus, every other window, one that asks whether it grew (when that one gets through the allowance is
-    learned again, and past twice the old one requests go one at a time). The window, timed from send to
+    minute), the allowance is remembered and the pace dropped: later bursts stop at that many requests
+    plus one that asks whether it grew (when that one gets through the allowance is learned again, and
+    past twice the old one requests go one at a time). The window, timed from send to
     send, is longer than the latest refused probe and at most the last refill: the next probe goes
     halfway between, or at the last refill once they are within 2%, so after a few windows a window
     costs at most the one 429 that asks, and is met within about 2% of its length. What other endpoints
@@ -1249,7 +1248,6 @@ class EndpointPacer:
         self.path = path
         self.priors = priors or LimitPriors()
         self.sent = 0
-        self.windows_learned = 0       # refills of a learned window: every other one asks whether it grew
         self.grown_from: int | None = None  # the allowance before it grew, until the new one is learned
         self.probe_sent_at: float | None = None  # the probe out now (one at most)
         self.window_floor: float | None = None    # a learned window is longer than this: a probe this late was refused
@@ -1287,9 +1285,8 @@ class EndpointPacer:
                     and self.refill_wait >= LEARNED_WINDOW_MIN * self.scale)
 
     def _allowance_spent(self) -> bool:
-        """The remembered allowance is sent, and one more every other window: that one asks whether it grew."""
-        asks = 1 if (self.windows_learned - 1) % GROWTH_QUESTION_EVERY == 0 else 0
-        return not self.probing and self._allowance_known() and self.sent_in_burst >= self.refill_burst + asks
+        """The remembered allowance and one more are sent: that one asks whether the allowance grew."""
+        return not self.probing and self._allowance_known() and self.sent_in_burst > self.refill_burst
 
     def ready_at(self, now: float) -> float:
         """The earliest time the next request may go (inf while a probe is out)."""
@@ -1395,6 +1392,7 @@ class EndpointPacer:
             if self._allowance_known() and self.burst_successes > self.refill_burst:
                 # the allowance grew: spend it until a 429 says how far, then learn it again
                 self.grown_from, self.refill_burst = self.refill_burst, None
+                self.window_floor = None  # its probes' timing starts over with the new allowance
             return
         # The allowance came back: remember how much it held and how long it took (hintless limits only).
         # Send times, not answer times: a window starts when its first request arrives, so measured from the
@@ -1410,7 +1408,6 @@ class EndpointPacer:
             if self._allowance_known():
                 self.pace.stop()  # a window: its allowance is spent at once, then waited for
                 self.priors.note_window(self.refill_seconds)
-                self.windows_learned += 1
         self.grown_from = None
         self.probing = self.hintless = False
         self.probe_wait = PROBE_FIRST_WAIT
@@ -1452,7 +1449,8 @@ class EndpointPacer:
         wait = self.probe_wait * self.scale
         if self.burst_started is None:
             return wait
-        self.window_floor = max(self.window_floor or 0.0, sent_at - self.burst_started)
+        if self.refill_seconds is None or self._allowance_known():  # not while a grown allowance is found again
+            self.window_floor = max(self.window_floor or 0.0, sent_at - self.burst_started)
         if self.refill_seconds is None:
             self.priors.first_windows[self.path] = (self.burst_started, self.window_floor)
         if self._allowance_known():

@@ -239,7 +239,6 @@ def test_past_twice_an_allowance_that_grew_requests_go_one_at_a_time():
     pacer = vo.EndpointPacer("/x")
     pacer.refill_burst, pacer.refill_seconds, pacer.refill_wait = 20, 60.0, 59.0
     pacer.burst_started, pacer.burst_successes, pacer.sent_in_burst = 0.0, 20, 20
-    pacer.windows_learned = 1
     pacer.on_send(1.0)
     pacer.on_success(1.1, probe=False)  # the 21st got through: the allowance grew
     assert pacer.refill_burst is None and pacer.grown_from == 20
@@ -303,8 +302,7 @@ def test_a_learned_window_is_narrowed_down_until_each_window_costs_one_429_and_r
         now += 0.01
     assert len(refill_starts) > 20
     later = refused_per_window[6:]
-    assert max(later) == 1  # the request that asks whether the limit grew; no probe is refused
-    assert sum(later) == pytest.approx(len(later) / vo.GROWTH_QUESTION_EVERY, abs=1)  # asked every other window
+    assert set(later) == {1}  # the request that asks whether the limit grew; no probe is refused
     lateness = [b - a - window for a, b in zip(refill_starts[6:], refill_starts[7:])]
     assert max(lateness) <= vo.WINDOW_PRECISION * window + 0.02
 

@@ -222,7 +222,6 @@ def test_pacer_forgets_a_learned_window_that_lets_one_more_through_and_learns_it
     pacer = vo.EndpointPacer("/x")
     pacer.refill_burst, pacer.refill_seconds, pacer.refill_wait = 7, 60.0, 59.0
     pacer.burst_started, pacer.burst_successes, pacer.sent_in_burst = 0.0, 7, 7
-    pacer.windows_learned = 1  # the window after it was learned asks whether it grew
     assert pacer.ready_at(1.0) == 1.0 and pacer.on_send(1.0) is False  # one more than the allowance
     pacer.on_success(1.1, probe=False)  # the limit doubled: the eighth got through
     assert pacer.refill_burst is None and pacer.ready_at(1.1) == 1.1  # spent until a 429 says how far
