@@ -103,6 +103,7 @@ MAX_SERVER_WAIT = 60.0         # a retry-after longer than this is capped: the r
 PROBE_FIRST_WAIT = 0.5         # after a 429 with no hint, first probe of the endpoint after this many seconds
 PROBE_MAX_WAIT = 5.0           # probes double up to this, so a refill is seen at most ~5 s late
 REFILL_LEAD = 0.9              # once an endpoint's refill time is known, start probing at 90% of it
+WINDOW_PRECISION = 0.02        # a learned window is probed at its last refill once known to within 2%
 SLOW_START_DONE = 16            # after a hinted 429, requests in flight grow back one per success up to this
 LEARNED_WINDOW_MIN = 10.0      # a refill slower than this is a window worth remembering; faster ones are probed
 WINDOW_SECONDS = 60.0          # --max-requests-per-minute-per-endpoint counts over a sliding minute
@@ -117,6 +118,8 @@ PACE_KEEPING_UP = 0.6          # a pace rises only while successes since the las
 PACE_PROBE_UP = 0.005          # ...by 0.5% per success, while it is what holds requests back
 PACE_PROBE_SPEEDUP = 100       # ...and 0.5% more for every 100 successes since the last 429
 PACE_MIN_SAMPLE = 8            # successes needed before the rate seen between two 429s is trusted
+PACE_SETTLED_AFTER = 3         # a pace cut by this many 429s is near its limit: a prior for other endpoints' first pace
+PRIOR_MARGIN = 0.25            # past an allowance another endpoint had, requests go one at a time for 25% more
 WATCHDOG_GRACE = 2.0           # an answer still not whole this long after --timeout is abandoned
 PROGRESS_INTERVAL = 30.0       # seconds between progress lines on a long run
 MIN_PROGRESS_INTERVAL = 1.0    # even when tests shrink time, no more than one progress line a second
@@ -1174,6 +1177,54 @@ def project_is_archived(record: dict) -> bool:
 # Pacing: what each endpoint allows, learned from its answers
 # ---------------------------------------------------------------------------------------------
 
+class LimitPriors:
+    """What the endpoints already throttled say about the others of the same API, shared by every pacer.
+
+    An endpoint's first 429 costs every request it had in flight, and with no hint the probes until its
+    window comes round. Endpoints of one API tend to share limit shapes, so an endpoint that has had no
+    429 yet sends the request past an allowance another endpoint had (and 25% more) one at a time: if it
+    has the same allowance, one request is refused, not all in flight. An endpoint's first pace starts no
+    faster than one another endpoint settled at after a few 429s. With no hint, an endpoint's first window
+    is probed once at 0.5 s (a fast refill is still seen); then, while another endpoint's first window
+    begun earlier has gone 10 s or more without refilling, it does not probe (with windows alike its own
+    cannot have refilled either); once an endpoint learned a window, the next probe waits until shortly
+    before that window. Pure bookkeeping.
+    """
+
+    def __init__(self) -> None:
+        self.allowances: set[int] = set()   # successes endpoints had before their own first 429
+        self.window_seconds: float | None = None  # the first window learned with no hint: burst start to refill
+        # endpoint -> (its first burst's start, its latest refused probe after it), while it waits for a first refill
+        self.first_windows: dict[str, tuple[float, float]] = {}
+        self.paces: dict[str, ObservedPace] = {}  # endpoint -> its own pace, once it has one
+
+    def settled_pace(self, path: str) -> float | None:
+        """The fastest pace another endpoint keeps after its 429s have cut it a few times (it found its limit)."""
+        return max((pace.rate for other, pace in self.paces.items()
+                    if other != path and pace.active and pace.throttled >= PACE_SETTLED_AFTER), default=None)
+
+    def earliest_refill(self, path: str, started: float, window_min: float) -> float | None:
+        """How long after `started` another endpoint's first window, begun no later, is known not to have
+        refilled, once that is `window_min` or more (a window, not a bucket refilling in moments): with windows
+        alike, this one's cannot have refilled either, so its probes wait that long."""
+        return max((floor for other, (begun, floor) in self.first_windows.items()
+                    if other != path and begun <= started and floor >= window_min), default=None)
+
+    def note_first_throttle(self, successes: int) -> None:
+        if successes >= 2:  # one or none: a shared limit, or a single request allowed; no shape to go by
+            self.allowances.add(successes)
+
+    def note_window(self, seconds: float) -> None:
+        if self.window_seconds is None:
+            self.window_seconds = seconds
+
+    def one_at_a_time(self, sent: int, succeeded: int) -> bool:
+        """Whether the next request of an endpoint that had no 429 yet goes alone: it may be the one past an
+        allowance seen elsewhere."""
+        return any(sent >= allowance and succeeded <= allowance * (1 + PRIOR_MARGIN)
+                   for allowance in self.allowances)
+
+
 class EndpointPacer:
     """What one endpoint (path template) allows, learned from its answers; pure bookkeeping on `now`.
 
@@ -1184,13 +1235,24 @@ class EndpointPacer:
     with no hint blocks the endpoint and sends one probe at a time, 0.5 s, 1 s, ... up to 5 s apart.
     When the refill, counted from the 429, took 10 s or more (a window: the Admin API's are about a
     minute), the allowance is remembered and the pace dropped: later bursts stop at that many requests
-    plus one that asks whether it grew (when that one gets through the allowance is learned again),
-    and one probe goes shortly before the window is due, so a window costs a 429 or two, not one per
-    attempt. --max-requests-per-minute-per-endpoint caps each endpoint over a sliding minute.
+    plus one that asks whether it grew (when that one gets through the allowance is learned again, and
+    past twice the old one requests go one at a time). The window, timed from send to
+    send, is longer than the latest refused probe and at most the last refill: the next probe goes
+    halfway between, or at the last refill once they are within 2%, so after a few windows a window
+    costs at most the one 429 that asks, and is met within about 2% of its length. What other endpoints
+    learned helps too (LimitPriors). --max-requests-per-minute-per-endpoint caps each endpoint over a
+    sliding minute.
     """
 
-    def __init__(self, path: str, time_scale: float = 1.0, max_per_minute: int | None = None) -> None:
+    def __init__(self, path: str, time_scale: float = 1.0, max_per_minute: int | None = None,
+                 priors: LimitPriors | None = None) -> None:
         self.path = path
+        self.priors = priors or LimitPriors()
+        self.sent = 0
+        self.grown_from: int | None = None  # the allowance before it grew, until the new one is learned
+        self.probe_sent_at: float | None = None  # the probe out now (one at most)
+        self.window_floor: float | None = None    # a learned window is longer than this: a probe this late was refused
+        self.answered_otherwise = 0    # answers that were neither a page nor a 429: they spent an allowance too
         self.scale = time_scale
         self.max_per_minute = max_per_minute
         self.in_flight = 0
@@ -1232,14 +1294,14 @@ class EndpointPacer:
         if self.probing and self.in_flight:
             return float("inf")
         at = max(now, self.blocked_until)
-        if self.refill_burst and self.in_flight >= self.refill_burst:
-            return float("inf")  # no more at once than the last refill let through
-        if self.in_flight_cap is not None and self.in_flight >= self.in_flight_cap:
+        if self._enough_in_flight():
             return float("inf")
         if self._allowance_spent():  # probe shortly before the remembered window comes round again
             if self.in_flight:
                 return float("inf")
-            at = max(at, self.burst_started + REFILL_LEAD * self.refill_seconds)
+            at = max(at, self.burst_started + self._refill_offset())
+        else:
+            at = max(at, self._follower_probe_at())
         if self.max_per_minute:
             window = WINDOW_SECONDS * self.scale
             while self.recent_sends and self.recent_sends[0] <= now - window:
@@ -1251,11 +1313,37 @@ class EndpointPacer:
             self.pace.held_back = True
         return max(at, paced)
 
+    def _follower_probe_at(self) -> float:
+        """In a first hintless window, after its own first probe was refused: no probe while another endpoint's
+        first window, begun no earlier, is known not to have refilled (checked again after each of its probes,
+        which come at most PROBE_MAX_WAIT apart); when it refills, its window is this one's prior."""
+        if not (self.probing and self.hintless and self.refill_seconds is None and self.window_floor is not None):
+            return 0.0
+        leader = self.priors.earliest_refill(self.path, self.burst_started, LEARNED_WINDOW_MIN * self.scale)
+        if leader is None:
+            return 0.0
+        return self.burst_started + leader + 2 * PROBE_MAX_WAIT * self.scale
+
+    def _enough_in_flight(self) -> bool:
+        if self.refill_burst and self.in_flight >= self.refill_burst:
+            return True  # no more at once than the last refill let through
+        if self.in_flight_cap is not None and self.in_flight >= self.in_flight_cap:
+            return True
+        if self.in_flight and self.grown_from:  # a grown window may have doubled: past that, one at a time
+            doubled = 2 * self.grown_from
+            return self.sent_in_burst >= doubled and self.burst_successes <= doubled * (1 + PRIOR_MARGIN)
+        # before its first 429, the request past an allowance another endpoint had goes alone
+        answered = self.succeeded + self.answered_otherwise
+        return bool(self.in_flight and self.throttled == 0 and self.priors.one_at_a_time(self.sent, answered))
+
     def on_send(self, now: float) -> bool:
         """Count a request going out; True when it is a probe (one request that tests for a refill)."""
         if self._allowance_spent():
             self.probing, self.hintless = True, True
+        if self.probing:
+            self.probe_sent_at = now
         self.in_flight += 1
+        self.sent += 1
         if self.max_per_minute:
             self.recent_sends.append(now)
         if self.burst_started is None:
@@ -1265,16 +1353,18 @@ class EndpointPacer:
         return self.probing
 
     def just_started(self) -> bool:
-        """No 429 yet and at most one success: a 429 now is not this endpoint's own allowance running out
-        (unless it allows a single request), so it points at a shared limit. (An endpoint that spent its
-        own allowance earlier, even long ago, may still be waiting for its window: no evidence.)"""
-        return self.throttled == 0 and self.succeeded <= 1
+        """No 429 yet and at most one answer (a page, a 404, ...: each spent an allowance): a 429 now is not
+        this endpoint's own allowance running out (unless it allows a single request), so it points at a
+        shared limit. (An endpoint that spent its own allowance earlier, even long ago, may still be waiting
+        for its window: no evidence.)"""
+        return self.throttled == 0 and self.succeeded + self.answered_otherwise <= 1
 
     def forget_throttle(self) -> None:
         """Undo what a 429 that turned out to be the shared limit's made this endpoint do."""
         self.blocked_until, self.probing, self.hintless = 0.0, False, False
         self.probe_wait, self.in_flight_cap = PROBE_FIRST_WAIT, None
         self.pace.stop()
+        self.priors.first_windows.pop(self.path, None)
 
     def on_shared_throttle(self, now: float) -> None:
         """A 429 put down to the shared limit: counted here, and nothing else about this endpoint changes."""
@@ -1287,6 +1377,7 @@ class EndpointPacer:
     def on_other_answer(self) -> None:
         """An answer that is neither a page nor a 429 (a refusal, a fault): it no longer counts as in flight."""
         self.in_flight -= 1
+        self.answered_otherwise += 1
 
     def on_success(self, now: float, probe: bool) -> None:
         self.in_flight -= 1
@@ -1300,22 +1391,34 @@ class EndpointPacer:
         if not (probe and self.probing):
             self.burst_successes += 1
             if self._allowance_known() and self.burst_successes > self.refill_burst:
-                self.refill_burst = None  # the allowance grew: spend it until a 429 says how far, then learn it again
+                # the allowance grew: spend it until a 429 says how far, then learn it again
+                self.grown_from, self.refill_burst = self.refill_burst, None
+                self.window_floor = None  # its probes' timing starts over with the new allowance
             return
         # The allowance came back: remember how much it held and how long it took (hintless limits only).
+        # Send times, not answer times: a window starts when its first request arrives, so measured from the
+        # answers a learned window would grow by a round trip each time it is waited for.
+        sent = self.probe_sent_at if self.probe_sent_at is not None else now
+        self.priors.first_windows.pop(self.path, None)
         if self.hintless and self.burst_started is not None and self.burst_successes:
-            self.refill_seconds = now - self.burst_started
+            self.refill_seconds = sent - self.burst_started
             self.refill_burst = self.burst_successes
-            self.refill_wait = now - (self.exhausted_at if self.exhausted_at is not None else self.burst_started)
+            self.refill_wait = sent - (self.exhausted_at if self.exhausted_at is not None else self.burst_started)
+            if self.window_floor is not None and self.window_floor >= self.refill_seconds:
+                self.window_floor = None  # the window changed: what was refused before says nothing now
             if self._allowance_known():
                 self.pace.stop()  # a window: its allowance is spent at once, then waited for
+                self.priors.note_window(self.refill_seconds)
+        self.grown_from = None
         self.probing = self.hintless = False
         self.probe_wait = PROBE_FIRST_WAIT
-        self.burst_started, self.burst_successes, self.sent_in_burst = now, 1, 1
+        self.burst_started, self.burst_successes, self.sent_in_burst = sent, 1, 1
 
     def on_throttled(self, now: float, probe: bool, server_wait: float | None, sent_at: float = 0.0,
                      *, says_rate: bool = True) -> None:
         self.in_flight -= 1
+        if self.throttled == 0 and says_rate:
+            self.priors.note_first_throttle(self.succeeded + self.answered_otherwise)
         self.throttled += 1
         self.last_throttled_at = now
         if says_rate and not probe and not self._allowance_known():  # a probe's 429 says only "not yet"
@@ -1330,22 +1433,61 @@ class EndpointPacer:
         if self.probing and not probe:
             return  # an answer to a request sent before the first 429: already handled
         if probe:
-            self.probe_wait = min(self.probe_wait * 2, PROBE_MAX_WAIT)
-            wait = self.probe_wait * self.scale
+            wait = self._after_refused_probe(now, sent_at or now)
         else:
             self.probe_wait = PROBE_FIRST_WAIT
             wait = self.probe_wait * self.scale
             self.exhausted_at = now
             if self._allowance_known() and self.burst_started is not None:
-                wait = max(wait, self.burst_started + REFILL_LEAD * self.refill_seconds - now)
+                wait = max(wait, self.burst_started + self._refill_offset() - now)
         self.probing, self.hintless = True, True
         self.blocked_until = max(self.blocked_until, now + wait)
+
+    def _after_refused_probe(self, now: float, sent_at: float) -> float:
+        """How long after a refused probe the next goes: twice the last wait (up to 5 s); with a learned window,
+        at the longest it took (it was at most that); with a window expected, not before shortly before it."""
+        self.probe_wait = min(self.probe_wait * 2, PROBE_MAX_WAIT)
+        wait = self.probe_wait * self.scale
+        if self.burst_started is None:
+            return wait
+        if self.refill_seconds is None or self._allowance_known():  # not while a grown allowance is found again
+            self.window_floor = max(self.window_floor or 0.0, sent_at - self.burst_started)
+        if self.refill_seconds is None:
+            self.priors.first_windows[self.path] = (self.burst_started, self.window_floor)
+        if self._allowance_known():
+            ceiling_at = self.burst_started + self.refill_seconds
+            return ceiling_at - now if self.window_floor < self.refill_seconds and ceiling_at > now else wait
+        window = self._window_seconds_expected()
+        if window:
+            wait = max(wait, self.burst_started + REFILL_LEAD * window - now)
+        return wait
+
+    def _refill_offset(self) -> float:
+        """When, from a burst's first request, to probe for a learned window's refill: the window is longer
+        than the latest refused probe and at most the last refill, so halfway between, or at the last refill
+        once the two are within 2%; 90% of it before any probe was refused."""
+        ceiling, floor = self.refill_seconds, self.window_floor
+        if floor is None or floor >= ceiling:
+            return REFILL_LEAD * ceiling
+        if ceiling - floor <= WINDOW_PRECISION * ceiling:
+            return ceiling
+        return (floor + ceiling) / 2
+
+    def _window_seconds_expected(self) -> float | None:
+        """A window this endpoint had before its allowance grew, else one another endpoint had: after a
+        first probe at 0.5 s, the next waits until shortly before it."""
+        if self.refill_seconds and self.refill_wait and self.refill_wait >= LEARNED_WINDOW_MIN * self.scale:
+            return self.refill_seconds
+        return self.priors.window_seconds
 
     def _learn_pace(self, now: float, sent_at: float) -> None:
         if self.pace.active:
             self.pace.on_throttled(now, sent_at)
         elif self.burst_started is not None:  # the first 429: start at the rate this endpoint's burst got through
-            self.pace.start(now, max(self.burst_successes, 1) / max(now - self.burst_started, 1e-3))
+            burst_rate = max(self.burst_successes, 1) / max(now - self.burst_started, 1e-3)
+            settled = self.priors.settled_pace(self.path)  # or, when lower, the pace another endpoint settled at
+            self.pace.start(now, min(burst_rate, settled) if settled else burst_rate)
+            self.priors.paces[self.path] = self.pace
 
     def requests_per_second(self, now: float | None = None) -> float | None:
         """The rate this endpoint allows: learned from a window, capped, or (given `now`) seen since its
@@ -1658,8 +1800,9 @@ class Scheduler:
         self.plan: ReadPlanCalls | None = None
         families = list(families)
         self.labels = {family.name: family.label for family in families}
+        priors = LimitPriors()  # what one endpoint's limit says about the others'
         self.pacers = {family.name: EndpointPacer(family.path, config.time_scale,
-                                                  config.max_requests_per_minute_per_endpoint)
+                                                  config.max_requests_per_minute_per_endpoint, priors)
                        for family in families}
         self.shared = SharedPacer(config.time_scale)  # one limit for every endpoint, once 429s show there is one
         self.queues: dict[str, deque[Request]] = {family.name: deque() for family in families}

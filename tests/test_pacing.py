@@ -141,6 +141,172 @@ def test_a_repeated_429_on_one_endpoint_with_no_other_refused_is_that_endpoints_
     assert shared.owns("project roles", 1.0 + vo.SHARED_EVIDENCE_SPAN + 1)  # long after: news again
 
 
+# --- what one endpoint's limit says about the others ---------------------------------------------------
+
+def spend_allowance(pacer: vo.EndpointPacer, successes: int, at: float = 0.0) -> None:
+    """`successes` requests sent and answered, then one more refused with no hint."""
+    for index in range(successes):
+        pacer.on_send(at + index * 0.001)
+        pacer.on_success(at + index * 0.001 + 0.0005, probe=False)
+    pacer.on_send(at + successes * 0.001)
+    pacer.on_throttled(at + successes * 0.001 + 0.0005, probe=False, server_wait=None)
+
+
+def test_past_an_allowance_another_endpoint_had_requests_go_one_at_a_time_until_over_a_quarter_more_got_through():
+    priors = vo.LimitPriors()
+    spend_allowance(vo.EndpointPacer("/a", priors=priors), 20)
+    fresh = vo.EndpointPacer("/b", priors=priors)
+    for _ in range(20):  # the first twenty go as fast as workers allow
+        assert fresh.ready_at(1.0) == 1.0
+        fresh.on_send(1.0)
+    assert fresh.ready_at(1.0) == float("inf")  # the 21st waits for every answer, then goes alone
+    for _ in range(20):
+        fresh.on_success(1.01, probe=False)
+    for _ in range(26 - 20):  # 21st to 26th: one at a time, each after the answer to the one before
+        assert fresh.ready_at(1.02) == 1.02
+        fresh.on_send(1.02)
+        assert fresh.ready_at(1.02) == float("inf")
+        fresh.on_success(1.03, probe=False)
+    fresh.on_send(1.04)  # 26 got through, more than the other's allowance and a quarter: no longer alone
+    assert fresh.ready_at(1.04) == 1.04
+
+
+def test_an_endpoint_refused_on_its_first_or_second_request_sets_no_allowance_for_the_others():
+    priors = vo.LimitPriors()
+    spend_allowance(vo.EndpointPacer("/a", priors=priors), 1)  # a shared limit's, most likely
+    fresh = vo.EndpointPacer("/b", priors=priors)
+    for _ in range(8):
+        fresh.on_send(1.0)
+    assert fresh.ready_at(1.0) == 1.0
+
+
+def test_once_an_endpoint_learned_a_window_another_probes_once_quickly_then_shortly_before_that_window():
+    priors = vo.LimitPriors()
+    learned = vo.EndpointPacer("/a", priors=priors)
+    spend_allowance(learned, 7)
+    learned.on_send(60.0)
+    learned.on_success(60.0, probe=True)  # refilled 60 s after its burst began: a window
+    assert priors.window_seconds == pytest.approx(60.0)
+    other = vo.EndpointPacer("/b", priors=priors)
+    spend_allowance(other, 20, at=100.0)
+    first_probe = other.ready_at(100.03)
+    assert first_probe == pytest.approx(100.0205 + vo.PROBE_FIRST_WAIT)  # a fast refill is still seen quickly
+    other.on_send(first_probe)
+    other.on_throttled(first_probe, probe=True, server_wait=None)
+    assert other.ready_at(first_probe) == pytest.approx(100.0 + vo.REFILL_LEAD * 60.0)
+
+
+def refuse_probe(pacer: vo.EndpointPacer, now: float) -> float:
+    """The next probe goes when the pacer allows, and is refused; returns when it went."""
+    at = max(now, pacer.ready_at(now))
+    assert pacer.on_send(at) is True
+    pacer.on_throttled(at, probe=True, server_wait=None, sent_at=at)
+    return at
+
+
+def test_an_endpoint_whose_first_window_began_later_probes_only_after_one_begun_earlier_refilled():
+    priors = vo.LimitPriors()
+    leader, follower = vo.EndpointPacer("/a", priors=priors), vo.EndpointPacer("/b", priors=priors)
+    spend_allowance(leader, 20, at=0.0)
+    spend_allowance(follower, 20, at=1.0)
+    now = 0.03
+    while now < 30.0:  # the leader probes every few seconds and is refused: its window is longer than that
+        now = refuse_probe(leader, now)
+    assert refuse_probe(follower, 1.03) == pytest.approx(1.0205 + vo.PROBE_FIRST_WAIT)  # its own quick first probe
+    floor = priors.first_windows["/a"][1]
+    assert follower.ready_at(now) == pytest.approx(1.0 + floor + 2 * vo.PROBE_MAX_WAIT)  # not every few seconds
+    leader.on_send(60.0)
+    leader.on_success(60.0, probe=True)  # the leader's window refilled after 60 s
+    assert "/a" not in priors.first_windows and priors.window_seconds == pytest.approx(60.0)
+    assert follower.ready_at(60.0) == 60.0  # free to probe at once
+    refuse_probe(follower, 60.0)  # refused (its window began a second later): its own probes go on doubling
+    assert follower.ready_at(60.0) == pytest.approx(60.0 + 4 * vo.PROBE_FIRST_WAIT)
+
+
+def test_a_leader_refilled_within_moments_holds_no_other_endpoint_back():
+    priors = vo.LimitPriors()
+    leader, follower = vo.EndpointPacer("/a", priors=priors), vo.EndpointPacer("/b", priors=priors)
+    spend_allowance(leader, 20, at=0.0)
+    spend_allowance(follower, 20, at=1.0)
+    now = 0.03
+    while now < vo.LEARNED_WINDOW_MIN / 2:  # refused for a few seconds: a bucket refilling slowly, maybe
+        now = refuse_probe(leader, now)
+    probe = refuse_probe(follower, 1.03)
+    assert follower.ready_at(probe) == pytest.approx(probe + 2 * vo.PROBE_FIRST_WAIT)  # its own probes, doubling
+
+
+def test_past_twice_an_allowance_that_grew_requests_go_one_at_a_time():
+    pacer = vo.EndpointPacer("/x")
+    pacer.refill_burst, pacer.refill_seconds, pacer.refill_wait = 20, 60.0, 59.0
+    pacer.burst_started, pacer.burst_successes, pacer.sent_in_burst = 0.0, 20, 20
+    pacer.on_send(1.0)
+    pacer.on_success(1.1, probe=False)  # the 21st got through: the allowance grew
+    assert pacer.refill_burst is None and pacer.grown_from == 20
+    for _ in range(40 - 21):
+        assert pacer.ready_at(1.2) == 1.2
+        pacer.on_send(1.2)
+    assert pacer.ready_at(1.2) == float("inf")  # the 41st waits for every answer: the limit may have doubled
+    for _ in range(40 - 21):
+        pacer.on_success(1.3, probe=False)
+    assert pacer.ready_at(1.3) == 1.3
+
+
+def burst_then_hinted_429(pacer: vo.EndpointPacer, at: float) -> None:
+    """Twenty requests answered within 20 ms of `at`, then a 429 with a hint: the pacer's first pace starts."""
+    for index in range(20):
+        pacer.on_send(at + index * 0.001)
+        pacer.on_success(at + index * 0.001 + 0.0005, probe=False)
+    pacer.on_send(at + 0.02)
+    pacer.on_throttled(at + 0.021, probe=False, server_wait=0.01, sent_at=at + 0.02)
+
+
+def test_an_endpoints_first_pace_starts_no_faster_than_one_another_endpoint_settled_at():
+    priors = vo.LimitPriors()
+    settled, fresh, late = (vo.EndpointPacer(path, priors=priors) for path in ("/a", "/b", "/c"))
+    burst_then_hinted_429(settled, 0.0)
+    burst_then_hinted_429(fresh, 1.0)
+    assert fresh.pace.rate == pytest.approx(20 / 0.021)  # the other is not settled yet: its own burst's rate
+    settled.pace.rate, settled.pace.throttled = 40.0, vo.PACE_SETTLED_AFTER  # cut a few times, down to 40 a second
+    burst_then_hinted_429(late, 2.0)
+    assert late.pace.rate == 40.0
+
+
+def test_with_no_window_learned_anywhere_probes_double_as_before():
+    other = vo.EndpointPacer("/b", priors=vo.LimitPriors())
+    spend_allowance(other, 20)
+    probe = other.ready_at(0.03)
+    other.on_send(probe)
+    other.on_throttled(probe, probe=True, server_wait=None)
+    assert other.ready_at(probe) == pytest.approx(probe + 2 * vo.PROBE_FIRST_WAIT)
+
+
+def test_a_learned_window_is_narrowed_down_until_each_window_costs_one_429_and_refills_within_two_percent():
+    window, allowance = 60.0, 7  # as measured on project roles: a window from its first request, no header
+    pacer = vo.EndpointPacer("/x")
+    started, admitted, now = None, 0, 0.0
+    refused_per_window: list[int] = []
+    refill_starts: list[float] = []
+    for _ in range(2000):  # one request at a time on an explicit clock, answered at once
+        now = max(now, pacer.ready_at(now))
+        probe = pacer.on_send(now)
+        if started is None or now >= started + window:
+            started, admitted = now, 0
+            refill_starts.append(now)
+            refused_per_window.append(0)
+        if admitted < allowance:
+            admitted += 1
+            pacer.on_success(now, probe)
+        else:
+            refused_per_window[-1] += 1
+            pacer.on_throttled(now, probe, server_wait=None, sent_at=now)
+        now += 0.01
+    assert len(refill_starts) > 20
+    later = refused_per_window[6:]
+    assert set(later) == {1}  # the request that asks whether the limit grew; no probe is refused
+    lateness = [b - a - window for a, b in zip(refill_starts[6:], refill_starts[7:])]
+    assert max(lateness) <= vo.WINDOW_PRECISION * window + 0.02
+
+
 # --- hints too small to follow ----------------------------------------------------------------------
 
 def test_a_hint_below_the_floor_is_obeyed_as_the_floor_doubling_with_each_429_in_a_row():

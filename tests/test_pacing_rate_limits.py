@@ -201,20 +201,21 @@ def test_pacer_probes_a_hintless_limit_with_growing_waits_then_learns_its_window
         if now >= 60:
             pacer.on_success(now, probe=True)
         else:
-            pacer.on_throttled(now, probe=True, server_wait=None)
+            pacer.on_throttled(now, probe=True, server_wait=None, sent_at=now)
+            refused = now
     assert waits[:5] == [0.5, 1.0, 2.0, 4.0, 5.0] and max(waits) == vo.PROBE_MAX_WAIT
     assert len(waits) < 20  # about one probe per 5 s once the window is long
     assert pacer.refill_burst == 7 and pacer.refill_seconds == pytest.approx(now, abs=0.01)
     assert pacer.requests_per_second() == pytest.approx(7 / now)
-    # the next burst: the allowance, then one more to ask whether it grew; refused, the first probe waits
-    # until shortly before the window is due to refill
+    # the next burst: the allowance, then one more to ask whether it grew; refused, the first probe goes
+    # halfway between the latest refused probe and the refill (the window is longer than one, at most the other)
     burst_start = now
     for _ in range(6):
         assert pacer.on_send(now + 0.1) is False
         pacer.on_success(now + 0.15, probe=False)
     assert pacer.on_send(now + 0.2) is False  # the eighth: one more than the allowance, not a probe
     pacer.on_throttled(now + 0.25, probe=False, server_wait=None)
-    assert pacer.ready_at(now + 0.3) == pytest.approx(burst_start + vo.REFILL_LEAD * pacer.refill_seconds)
+    assert pacer.ready_at(now + 0.3) == pytest.approx(burst_start + (refused + pacer.refill_seconds) / 2)
 
 
 def test_pacer_forgets_a_learned_window_that_lets_one_more_through_and_learns_it_again():
