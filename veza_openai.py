@@ -197,6 +197,7 @@ class Option:
     choices: tuple[str, ...] = ()    # a word from this list, compared case-insensitively
     switch: bool = False             # a flag without a value; its variable says true or false
     bare_value: str | None = None    # the value a flag given without one takes (--save_json alone)
+    unset_means: str = ""            # what leaving it unset means, for --help, when it has no default value
 
     @property
     def label(self) -> str:
@@ -206,8 +207,8 @@ class Option:
         return f"{self.flags[0]} (env {self.env})" if self.env else self.flags[0]
 
     def help_text(self) -> str:
-        default = "" if self.default in (None, False) else f", default {self.default:g}" \
-            if isinstance(self.default, float) else f", default {self.default}"
+        default = f", default: {self.unset_means}" if self.unset_means else "" if self.default in (None, False) \
+            else f", default {self.default:g}" if isinstance(self.default, float) else f", default {self.default}"
         return f"{self.help} (env: {self.env or 'none'}{default})"
 
 
@@ -228,11 +229,11 @@ OPTIONS = (
     Option("max_workers", ("--max-workers",), "OPENAI_MAX_WORKERS", "concurrent OpenAI requests", int,
            DEFAULT_MAX_WORKERS, 1, 64),  # more would only queue on the Admin API's per-endpoint limits
     Option("max_requests_per_second", ("--max-requests-per-second",), "OPENAI_MAX_REQUESTS_PER_SECOND",
-           "hard cap on all OpenAI requests per second (default: no cap)", float, None, 0.01, 10_000),
+           "hard cap on all OpenAI requests per second", float, None, 0.01, 10_000, unset_means="no cap"),
     Option("max_requests_per_minute_per_endpoint", ("--max-requests-per-minute-per-endpoint",),
            "OPENAI_MAX_RPM_PER_ENDPOINT", "cap on requests per minute to each Admin API endpoint, for an "
-           "organization whose limits are known (default: none, each endpoint's limit is learned from its 429 "
-           "answers)", int, None, 1, 100_000),
+           "organization whose limits are known", int, None, 1, 100_000,
+           unset_means="none, each endpoint's limit is learned from its answers"),
     Option("role_assignments", ("--role-assignments",), "OPENAI_ROLE_ASSIGNMENTS", "per-user role assignment "
            "reads: auto, all or none", choices=("auto", "all", "none"), default=DEFAULT_ROLE_ASSIGNMENTS),
     Option("activity_days", ("--activity-days",), "OPENAI_ACTIVITY_DAYS", "days of audit log read for last "
@@ -245,7 +246,7 @@ OPTIONS = (
            "request may keep being answered 429 before the run fails", float, DEFAULT_MAX_THROTTLE_WAIT, 0.1,
            86_400),
     Option("max_run_time", ("--max-run-time",), "OPENAI_MAX_RUN_TIME", "seconds the whole run (reading, push and "
-           "report) may take before it stops (default: no limit)", float, None, 1, 7 * 86_400),
+           "report) may take before it stops", float, None, 1, 7 * 86_400, unset_means="no limit"),
     # Tests shrink every wait with it; not in --help.
     Option("time_scale", (), "VEZA_OPENAI_TIME_SCALE", "time scale", float, 1.0, 0.0, 1.0),
 )
