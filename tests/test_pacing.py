@@ -204,11 +204,17 @@ def refuse_probe(pacer: vo.EndpointPacer, now: float) -> float:
     return at
 
 
-def test_an_endpoint_whose_first_window_began_later_probes_only_after_one_begun_earlier_refilled():
+def two_endpoints_refused_a_second_apart() -> tuple[vo.LimitPriors, vo.EndpointPacer, vo.EndpointPacer]:
+    """A leader and a follower sharing priors, each past its 20-request allowance, the leader's a second first."""
     priors = vo.LimitPriors()
     leader, follower = vo.EndpointPacer("/a", priors=priors), vo.EndpointPacer("/b", priors=priors)
     spend_allowance(leader, 20, at=0.0)
     spend_allowance(follower, 20, at=1.0)
+    return priors, leader, follower
+
+
+def test_an_endpoint_whose_first_window_began_later_probes_only_after_one_begun_earlier_refilled():
+    priors, leader, follower = two_endpoints_refused_a_second_apart()
     now = 0.03
     while now < 30.0:  # the leader probes every few seconds and is refused: its window is longer than that
         now = refuse_probe(leader, now)
@@ -224,10 +230,7 @@ def test_an_endpoint_whose_first_window_began_later_probes_only_after_one_begun_
 
 
 def test_a_leader_refilled_within_moments_holds_no_other_endpoint_back():
-    priors = vo.LimitPriors()
-    leader, follower = vo.EndpointPacer("/a", priors=priors), vo.EndpointPacer("/b", priors=priors)
-    spend_allowance(leader, 20, at=0.0)
-    spend_allowance(follower, 20, at=1.0)
+    priors, leader, follower = two_endpoints_refused_a_second_apart()
     now = 0.03
     while now < vo.LEARNED_WINDOW_MIN / 2:  # refused for a few seconds: a bucket refilling slowly, maybe
         now = refuse_probe(leader, now)
