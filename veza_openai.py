@@ -2159,7 +2159,7 @@ def has_custom_roles(role_lists: Iterable[list[dict]]) -> bool:
                if isinstance(role, dict))
 
 
-def decide_role_assignment_reads(mode: str, roles_refused: bool, role_lists: list[list[dict]],
+def decide_role_assignment_reads(mode: str, roles_refused: bool, custom_roles_seen: bool,
                                  role_lists_pending: int) -> tuple[bool | None, str]:
     """Whether to read per-user and per-project-member roles: (True/False, why), or (None, "") until known.
 
@@ -2172,7 +2172,7 @@ def decide_role_assignment_reads(mode: str, roles_refused: bool, role_lists: lis
         return False, "skipped: --role-assignments none"
     if mode == "all":
         return True, "reading them: --role-assignments all"
-    if has_custom_roles(role_lists):
+    if custom_roles_seen:
         return True, "reading them: the Roles API lists custom roles (--role-assignments auto)"
     if role_lists_pending > 0:
         return None, ""
@@ -2203,6 +2203,7 @@ class ReadPlan:
         self.role_decision: bool | None = None
         self.role_decision_reason = ""
         self.held: list[tuple[Family, Any, list[dict]]] = []  # reads that wait for the role decision
+        self.custom_roles_seen = False  # kept as each role list comes, not rescanned (5,000 projects' lists)
         self.estimate_logged = False
 
     def read(self) -> Snapshot:
@@ -2250,6 +2251,8 @@ class ReadPlan:
             self._log_activity_read(read, result)
         if result is not None:
             self._read_children(family, key, result)
+        if family.role_list and result is not None:
+            self.custom_roles_seen = self.custom_roles_seen or has_custom_roles([result])
         if family.name in ROLE_DECISION_WAITS_FOR:
             self._decide_role_reads()
 
@@ -2303,11 +2306,10 @@ class ReadPlan:
         s = self.snapshot
         if any(self.scheduler.open_reads[family.name] for family in ROLE_LISTS if not family.per):
             return  # whether the Roles API is refused is known first, whatever a project's role list says
-        lists = [getattr(s, family.name) or [] for family in ROLE_LISTS if not family.per]
-        lists += [roles for family in ROLE_LISTS if family.per for roles in (getattr(s, family.name) or {}).values()]
         pending = sum(self.scheduler.open_reads[name] for name in ROLE_DECISION_WAITS_FOR)
         refused = any(family.name in s.unavailable for family in ROLE_LISTS if not family.per)
-        decision, reason = decide_role_assignment_reads(self.config.role_assignments, refused, lists, pending)
+        decision, reason = decide_role_assignment_reads(self.config.role_assignments, refused, self.custom_roles_seen,
+                                                        pending)
         if decision is None:
             return
         self.role_decision, self.role_decision_reason = decision, reason
