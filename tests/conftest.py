@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import logging
@@ -111,40 +110,7 @@ def clean_environment(tmp_path: Path, ca: tuple[trustme.CA, str], openai_fake: F
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "alone: a timing-sensitive test; under xdist no other test runs meanwhile")
     config.addinivalue_line("markers", "slow: takes a second or more; -m 'not slow' skips it")
-
-
-@pytest.fixture(autouse=True)
-def cpu_turns(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """Under pytest-xdist, a test marked `alone` runs while no other worker runs a test.
-
-    A readers-writer lock over two lock files that this session's workers share: every test holds `run`
-    shared; an `alone` test takes the `gate` first, so no new test starts, then waits for `run` exclusively.
-    Without xdist (-n 0) tests run one at a time anyway.
-    """
-    if not hasattr(request.config, "workerinput"):
-        yield
-        return
-    shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, the parent of every worker's popen-gwK/
-    alone = request.node.get_closest_marker("alone") is not None
-    with open(shared / "gate.lock", "a") as gate, open(shared / "run.lock", "a") as run:
-        fcntl.flock(gate, fcntl.LOCK_EX)
-        fcntl.flock(run, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
-        if not alone:
-            fcntl.flock(gate, fcntl.LOCK_UN)
-        yield  # closing the files releases the locks
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist, the `alone` tests go first, so they run before the other workers have long tests running.
-
-    An `alone` test waits for every running test to end while no new one may start: met mid-run, that drains
-    the other workers one long test at a time, each idle meanwhile. Every worker collects, and sorts, the same
-    list, as xdist requires.
-    """
-    if hasattr(config, "workerinput"):
-        items.sort(key=lambda item: item.get_closest_marker("alone") is None)  # stable: the rest keeps its order
 
 
 _fake_server_thread = threading.local()

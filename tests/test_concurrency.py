@@ -12,9 +12,10 @@ import veza_openai as vo
 
 @pytest.mark.slow
 def test_payload_is_byte_identical_whatever_the_scheduling(run_connector, openai_fake, tmp_path):
-    openai_fake.jitter = 0.01  # answers finish in a different order every run
     saved = []
     for workers in ("1", "16", "16"):
+        # with 16 workers, answers finish in a different order every run (one worker reads in order anyway)
+        openai_fake.jitter = 0.0 if workers == "1" else 0.01
         out = tmp_path / f"payload-{len(saved)}.json"
         result = run_connector("--dry-run", "--save_json", str(out), "--max-workers", workers)
         assert result.returncode == 0, result.output
@@ -44,7 +45,6 @@ def test_every_list_is_read_once_and_calls_equal_the_minimum(run_connector, open
 
 
 @pytest.mark.slow
-@pytest.mark.alone  # timing-sensitive: other xdist workers wait, so no other test competes for the CPU
 def test_a_429_pauses_only_its_own_endpoint_for_the_servers_wait(run_connector, openai_fake):
     openai_fake.latency = 0.01
     openai_fake.faults.append(Fault(r"^/organization/invites$", status=429, headers={"retry-after-ms": "400"}))
@@ -53,22 +53,24 @@ def test_a_429_pauses_only_its_own_endpoint_for_the_servers_wait(run_connector, 
     [throttled_at] = [at for at, path, status in openai_fake.timeline if status == 429]
     invites = [at for at, path, status in openai_fake.timeline if path == "/organization/invites"]
     assert len(invites) == 2 and invites[1] >= throttled_at + 0.4  # the throttled endpoint waited as told
+    # Every other endpoint went on meanwhile: a pause shared with invites would let through only the few
+    # requests already in flight, all within a latency or two of the 429. The 250 role reads still to come
+    # take longer than the pause, so a loaded machine only puts more of them inside it.
     others = [at for at, path, status in openai_fake.timeline if path != "/organization/invites"]
-    assert any(throttled_at < at < throttled_at + 0.35 for at in others)  # while every other endpoint went on
+    assert len([at for at in others if throttled_at + 0.05 < at < throttled_at + 0.35]) >= 10
 
 
-@pytest.mark.alone
 def test_max_requests_per_second_caps_the_rate(run_connector, openai_fake):
     result = run_connector("--dry-run", "--max-workers", "8", "--role-assignments", "none",
                            "--max-requests-per-second", "40", env={"VEZA_OPENAI_TIME_SCALE": "1"})
     assert result.returncode == 0
     arrivals = sorted(at for at, _, _ in openai_fake.timeline)
     assert len(arrivals) > 20
-    # Arrivals are measured at the server, where a busy machine can bunch a few: compare rates over many
-    # requests, with room for that jitter; without the cap they arrive hundreds a second.
-    assert (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) <= 40 * 1.15
-    for index in range(len(arrivals) - 20):  # any 20 consecutive requests span most of 19 intervals of 25 ms
-        assert arrivals[index + 20] - arrivals[index] >= 19 * 0.025 * 0.7
+    # Arrivals are measured at the server, where a busy machine delays some by up to a few hundred ms: the
+    # margins below allow that; without the cap the requests arrive hundreds a second.
+    assert (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) <= 40 * 1.25
+    for index in range(len(arrivals) - 20):  # any 20 consecutive requests span at least half of 19 intervals
+        assert arrivals[index + 20] - arrivals[index] >= 19 * 0.025 * 0.5
 
 
 def test_large_payloads_are_pushed_in_parts(ca, monkeypatch):

@@ -65,29 +65,33 @@ def test_each_rate_limit_model_completes_with_the_unlimited_payload(small_org, c
     assert "retries=0 " in summary  # a 429 is "later", not a fault: it spends no retry budget
 
 
-@pytest.mark.alone  # timing-sensitive: no other test competes for the CPU
 def test_a_throttled_endpoint_never_slows_the_others(small_org, clean_payload, run_connector):
     small_org.limiter = FixedWindows((60, 0.6), {"project roles": (3, 0.6)})
     assert run_connector("--role-assignments", "none", env=ENV).returncode == 0
+    assert set(small_org.limiter.throttled) == {"project roles"}
     first_429 = min(at for at, path, status in small_org.timeline if status == 429)
-    others = [at for at, path, status in small_org.timeline if family_of(path) != "project roles"]
     roles = [at for at, path, status in small_org.timeline if family_of(path) == "project roles" and status == 200]
-    assert len(roles) == 12 and max(roles) > first_429 + 0.6 * 3 * 0.9  # four windows of three reads
-    # every other endpoint was done long before project roles (a shared pace would have dragged them along)
-    assert max(others) < first_429 + 0.6 * 2
+    others_after = [at for at, path, status in small_org.timeline
+                    if family_of(path) != "project roles" and at > first_429]
+    assert len(roles) == 12 and len(others_after) >= 20  # the per-project reads were still under way
+    # While project roles waits out its window, the other endpoints go on: a pace shared with it would send
+    # nothing for the rest of the window but the few requests already in flight (at most 7). A loaded machine
+    # only spreads the others out, putting more of them inside the window, never fewer than it can send.
+    in_the_pause = [at for at in others_after if at < first_429 + 0.5]
+    assert len(in_the_pause) >= 12 or len(in_the_pause) == len(others_after), (len(in_the_pause), len(others_after))
 
 
 def test_a_window_without_hints_is_learned_and_probed_sparingly(small_org, clean_payload, run_connector):
-    small_org.limiter = FixedWindows((60, 0.6), {"project roles": (2, 0.6)})
+    small_org.limiter = FixedWindows((60, 0.6), {"project roles": (3, 0.6)})
     assert run_connector("--role-assignments", "none", env=ENV).returncode == 0
-    # 12 reads at 2 a window: 6 windows. Probing every 0.5-5 s (scaled) costs ~10 429s in the first window;
+    # 12 reads at 3 a window: 4 windows. Probing every 0.5-5 s (scaled) costs ~10 429s in the first window;
     # once the window is known the connector waits for it, so the whole run stays far below a 429 per probe tick.
     throttled = small_org.limiter.throttled["project roles"]
     assert throttled < 40, throttled
 
 
 def test_a_long_run_logs_progress_and_an_estimate(small_org, clean_payload, run_connector):
-    small_org.limiter = FixedWindows((60, 0.6), {"project roles": (2, 0.6)})
+    small_org.limiter = FixedWindows((60, 0.6), {"project roles": (3, 0.6)})
     result = run_connector("--role-assignments", "none", env=ENV)
     assert result.returncode == 0
     progress = [line for line in result.stderr.splitlines() if " progress: " in line]
@@ -118,7 +122,7 @@ def test_max_run_time_ends_a_run_that_cannot_finish_in_time(small_org, run_conne
 
 
 def test_auto_decides_on_the_first_custom_role_without_waiting_for_every_project(openai_fake, run_connector):
-    openai_fake.org = generate_organization(users=60, projects=12, members=2, service_accounts=0, keys=0, groups=0,
+    openai_fake.org = generate_organization(users=60, projects=8, members=2, service_accounts=0, keys=0, groups=0,
                                             custom_roles=True, org_id="org-demo0001")
     openai_fake.limiter = FixedWindows((600, 0.6), {"project roles": (2, 0.6)})
     result = run_connector("--dry-run", env=ENV)
@@ -127,11 +131,10 @@ def test_auto_decides_on_the_first_custom_role_without_waiting_for_every_project
     first_user_roles = min(at for at, family in arrivals if family == "user roles")
     last_project_roles = max(at for at, family in arrivals if family == "project roles")
     assert first_user_roles < last_project_roles - 0.6
-    assert "role assignment reads: 60 users and 24 project members so far, one call each" in result.stderr or \
+    assert "role assignment reads: 60 users and 16 project members so far, one call each" in result.stderr or \
         re.search(r"role assignment reads: \d+ users", result.stderr)
 
 
-@pytest.mark.alone  # timing-sensitive: no other test competes for the CPU
 def test_per_endpoint_cap_keeps_every_endpoint_under_its_rate(small_org, clean_payload, run_connector, veza):
     result = run_connector("--role-assignments", "none", "--max-requests-per-minute-per-endpoint", "5", env=ENV)
     assert result.returncode == 0
@@ -143,7 +146,9 @@ def test_per_endpoint_cap_keeps_every_endpoint_under_its_rate(small_org, clean_p
     for family, arrivals in by_family.items():
         arrivals.sort()
         for first, sixth in zip(arrivals, arrivals[5:]):  # any 6 requests of one endpoint span a (scaled) minute
-            assert sixth - first >= 60 * SCALE * 0.75, family  # arrivals at the server jitter on a busy machine
+            # Arrivals at the server lag the sends by up to a few hundred ms on a busy machine; without the cap
+            # six requests of one endpoint arrive within a few ms of each other.
+            assert sixth - first >= 60 * SCALE * 0.5, family
 
 
 def test_every_5xx_is_retried_and_x_should_retry_is_honoured(small_org, clean_payload, run_connector, veza):
