@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 import pytest
 import trustme
@@ -218,25 +218,26 @@ def run_connector(tmp_path, ca, openai_fake, veza):
 
 @pytest.fixture(scope="session")
 def fault_free_payload(ca, tmp_path_factory):
-    """payload(*args): what a clean run with these flags pushes for a fresh demo organization.
+    """payload(*args, organization=...): what a clean run with these flags pushes for a fresh organization
+    made by `organization()` (the demo by default; it must make the same organization every time).
 
-    Computed once per flag set and session (per xdist worker), against fakes of its own.
+    Computed once per organization, flag set and session (per xdist worker), against fakes of its own.
     """
-    payloads: dict[tuple[str, ...], dict] = {}
+    payloads: dict[tuple, dict] = {}
 
-    def payload(*args: str) -> dict:
-        if args not in payloads:
-            openai = FakeOpenAI(session_demo_organization(), admin_key=OPENAI_SECRET).start()
+    def payload(*args: str, organization: Callable[[], Organization] = session_demo_organization) -> dict:
+        if (organization, args) not in payloads:
+            openai = FakeOpenAI(organization(), admin_key=OPENAI_SECRET).start()
             veza = FakeVeza(ca[0], api_key=VEZA_SECRET).start()
             try:
                 workdir = tmp_path_factory.mktemp("fault-free")
                 result = run_in_process(args, clean_environment(workdir, ca, openai, veza, None, ()), workdir)
                 assert result.returncode == 0, result.output
-                [payloads[args]] = veza.payloads
+                [payloads[organization, args]] = veza.payloads
             finally:
                 veza.stop()
                 openai.stop()
-        return payloads[args]
+        return payloads[organization, args]
 
     return payload
 

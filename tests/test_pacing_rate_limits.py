@@ -25,22 +25,22 @@ def family_of(path: str) -> str:
     return next(family for regex, family in FAMILY_OF if regex.match(path))
 
 
+def small_organization():
+    """12 projects, so per-project endpoints make 12 reads each; the org id the fixtures point at."""
+    return generate_organization(users=120, projects=12, members=3, service_accounts=1, keys=2, groups=2,
+                                 group_members=5, org_id="org-demo0001")
+
+
 @pytest.fixture
 def small_org(openai_fake):
-    """12 projects, so per-project endpoints make 12 reads each; the org id the fixtures point at."""
-    openai_fake.org = generate_organization(users=120, projects=12, members=3, service_accounts=1, keys=2, groups=2,
-                                            group_members=5, org_id="org-demo0001")
+    openai_fake.org = small_organization()
     return openai_fake
 
 
 @pytest.fixture
-def clean_payload(small_org, run_connector, veza):
-    result = run_connector("--role-assignments", "none", env=ENV)
-    assert result.returncode == 0, result.output
-    payload = veza.pushes.pop()["payload"]
-    small_org.timeline.clear()
-    small_org.requests.clear()
-    return payload
+def clean_payload(fault_free_payload):
+    """What a run without limits pushes for the small organization (computed once per worker)."""
+    return fault_free_payload("--role-assignments", "none", organization=small_organization)
 
 
 MODELS = {
@@ -65,7 +65,7 @@ def test_each_rate_limit_model_completes_with_the_unlimited_payload(small_org, c
     assert "retries=0 " in summary  # a 429 is "later", not a fault: it spends no retry budget
 
 
-def test_a_throttled_endpoint_never_slows_the_others(small_org, clean_payload, run_connector):
+def test_a_throttled_endpoint_never_slows_the_others(small_org, run_connector):
     small_org.limiter = FixedWindows((60, 0.6), {"project roles": (3, 0.6)})
     assert run_connector("--role-assignments", "none", env=ENV).returncode == 0
     assert set(small_org.limiter.throttled) == {"project roles"}
@@ -81,7 +81,7 @@ def test_a_throttled_endpoint_never_slows_the_others(small_org, clean_payload, r
     assert len(in_the_pause) >= 12 or len(in_the_pause) == len(others_after), (len(in_the_pause), len(others_after))
 
 
-def test_a_window_without_hints_is_learned_and_probed_sparingly(small_org, clean_payload, run_connector):
+def test_a_window_without_hints_is_learned_and_probed_sparingly(small_org, run_connector):
     small_org.limiter = FixedWindows((60, 0.6), {"project roles": (3, 0.6)})
     assert run_connector("--role-assignments", "none", env=ENV).returncode == 0
     # 12 reads at 3 a window: 4 windows. Probing every 0.5-5 s (scaled) costs ~10 429s in the first window;
@@ -90,7 +90,7 @@ def test_a_window_without_hints_is_learned_and_probed_sparingly(small_org, clean
     assert throttled < 40, throttled
 
 
-def test_a_long_run_logs_progress_and_an_estimate(small_org, clean_payload, run_connector):
+def test_a_long_run_logs_progress_and_an_estimate(small_org, run_connector):
     small_org.limiter = FixedWindows((60, 0.6), {"project roles": (3, 0.6)})
     result = run_connector("--role-assignments", "none", env=ENV)
     assert result.returncode == 0
