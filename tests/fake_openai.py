@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from fake_http import QuietKeepAliveHandler
+from fake_http import QuietKeepAliveHandler, stop_server
 
 DEFAULT_ADMIN_KEY = "sk-admin-fake-key-0001"
 BASE_TIME = 1_700_000_000
@@ -171,8 +171,7 @@ class FakeOpenAI:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        stop_server(self._server)
 
     def calls(self, pattern: str = "") -> int:
         """How many requests had a path matching `pattern` (regex search)."""

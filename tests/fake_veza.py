@@ -40,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import trustme
-from fake_http import QuietKeepAliveHandler
+from fake_http import QuietKeepAliveHandler, stop_server
 
 DEFAULT_API_KEY = "veza-fake-key-0001"
 PUSH_THEN = ("reset", "502", "nonjson", "drip")
@@ -93,8 +93,7 @@ class FakeVeza:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
+        stop_server(self._server)
 
     @property
     def payloads(self) -> list[dict]:

@@ -18,7 +18,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
-from fake_http import QuietKeepAliveHandler
+from fake_http import QuietKeepAliveHandler, stop_server
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "openapi_examples"
 ORG_ID = "org-documented-examples"
@@ -87,8 +87,7 @@ class ReplayOpenAI:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        stop_server(self._server)
 
     def answer(self, path: str, auth: str | None) -> tuple[int, object]:
         with self.lock:
