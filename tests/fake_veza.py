@@ -51,6 +51,18 @@ QUERIES = "/api/v1/assessments/queries"
 REPORTS = "/api/preview/assessments/reports"
 
 
+_SERVER_CONTEXTS: dict[int, tuple[trustme.CA, ssl.SSLContext]] = {}
+
+
+def _server_context(ca: trustme.CA) -> ssl.SSLContext:
+    """One TLS context per CA: a certificate for 127.0.0.1 and localhost (made once, not once per fake)."""
+    if id(ca) not in _SERVER_CONTEXTS:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+        _SERVER_CONTEXTS[id(ca)] = (ca, context)  # keeping the CA keeps its id from being reused
+    return _SERVER_CONTEXTS[id(ca)][1]
+
+
 class FakeVeza:
     def __init__(self, ca: trustme.CA, api_key: str = DEFAULT_API_KEY, port: int = 0) -> None:
         self.api_key = api_key
@@ -79,9 +91,7 @@ class FakeVeza:
         self._local = threading.local()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._server.socket = _server_context(ca).wrap_socket(self._server.socket, server_side=True)
 
     @property
     def url(self) -> str:
