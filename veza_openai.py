@@ -803,6 +803,21 @@ class SharedStrings:
         return record
 
 
+class BearerToken(requests.auth.AuthBase):
+    """An API key sent as `Authorization: Bearer`, given as requests' `auth`.
+
+    As a header alone it would lose to a ~/.netrc entry for the same host: requests replaces the header
+    with that entry's Basic credentials whenever a request has no `auth` of its own.
+    """
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._key}"
+        return request
+
+
 class OpenAIAdminClient:
     """HTTP access to the Admin API: one session, one GET at a time per call, whole answers within a deadline.
 
@@ -814,8 +829,8 @@ class OpenAIAdminClient:
         self.base_url = config.openai_base_url
         self.timeout = config.timeout
         self.session = session or requests.Session()
+        self.session.auth = BearerToken(config.openai_api_key)
         self.session.headers.update({
-            "Authorization": f"Bearer {config.openai_api_key}",
             "OpenAI-Organization": config.org_id,
             "User-Agent": USER_AGENT,
             "Accept": "application/json",
@@ -3497,7 +3512,7 @@ def check_veza(config: Config) -> None:
     url = f"{config.veza_url}/api/v1/providers/custom/templates"
     try:
         started = time.monotonic()
-        with requests.get(url, headers={"authorization": f"Bearer {config.veza_api_key}", "user-agent": USER_AGENT},
+        with requests.get(url, auth=BearerToken(config.veza_api_key), headers={"user-agent": USER_AGENT},
                           timeout=VEZA_CHECK_TIMEOUT, verify=_veza_verify(), stream=True) as response:
             read_whole_answer(response, started + VEZA_CHECK_TIMEOUT)
     except requests.exceptions.SSLError as exc:
@@ -3633,6 +3648,7 @@ def connect_veza(config: Config, deadline: float | None = None) -> OAAClient:
     except (OAAClientError, ValueError, requests.RequestException) as exc:
         raise PushError(f"cannot use Veza at {config.veza_url}: {describe_veza_error(exc)}") from None
     client.update_user_agent(extra=USER_AGENT)
+    client._http_adapter.auth = BearerToken(config.veza_api_key)  # the header oaaclient sets, safe from ~/.netrc
     bound_veza_retries(client, config.time_scale, deadline)
     bound_veza_answers(client, float(client._api_timeout), deadline)
     send_encoded_json(client)

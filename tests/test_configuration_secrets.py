@@ -227,3 +227,16 @@ def test_the_admin_key_wins_over_a_project_key_in_openai_api_key(run_connector, 
     assert result.returncode == 0, result.output
     assert "OpenAI key from OPENAI_ADMIN_KEY (sk-admin-...i-77)" in result.stderr
     assert "for-other-tools" not in result.output
+
+
+def test_a_netrc_entry_for_the_hosts_never_replaces_the_keys(run_connector, veza, tmp_path):
+    """requests swaps an Authorization header for ~/.netrc's Basic credentials when a request has no `auth`
+    of its own; an operator's .netrc entry for api.openai.com or the Veza host must not cost the run."""
+    netrc = tmp_path / ".netrc"  # HOME is tmp_path
+    netrc.write_text("machine 127.0.0.1\nlogin someone\npassword NETRC-PASSWORD-55\n")
+    netrc.chmod(0o600)
+    reading_only = run_connector(*NO_ROLE_READS, "--dry-run")  # OpenAI alone first: Veza is checked before it
+    assert reading_only.returncode == 0, reading_only.output
+    result = run_connector(*NO_ROLE_READS)
+    assert result.returncode == 0, result.output
+    assert len(veza.pushes) == 1
