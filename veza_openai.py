@@ -1198,6 +1198,9 @@ class LimitPriors:
         # endpoint -> (its first burst's start, its latest refused probe after it), while it waits for a first refill
         self.first_windows: dict[str, tuple[float, float]] = {}
         self.paces: dict[str, ObservedPace] = {}  # endpoint -> its own pace, once it has one
+        # learned allowance -> (when an endpoint last asked whether it grew and was refused, which endpoint)
+        self.growth_refused: dict[int, tuple[float, str]] = {}
+        self.growth_found: dict[int, float] = {}  # learned allowance -> when an endpoint found it had grown
 
     def settled_pace(self, path: str) -> float | None:
         """The fastest pace another endpoint keeps after its 429s have cut it a few times (it found its limit)."""
@@ -1218,6 +1221,22 @@ class LimitPriors:
     def note_window(self, seconds: float) -> None:
         if self.window_seconds is None:
             self.window_seconds = seconds
+
+    def note_growth_asked(self, path: str, allowance: int, now: float, grew: bool) -> None:
+        if grew:
+            self.growth_found[allowance] = now
+        else:
+            self.growth_refused[allowance] = (now, path)
+
+    def growth_asked_lately(self, path: str, allowance: int, window_start: float, window: float) -> bool:
+        """Whether another endpoint with the same allowance asked whether it grew, was refused, within a window
+        before this endpoint's window began or since, and no endpoint found it grown since, early enough in
+        this window to spend more in it: this one need not ask in this window."""
+        refused_at, by = self.growth_refused.get(allowance, (None, path))
+        if refused_at is None or by == path or refused_at <= window_start - window:
+            return False
+        found = self.growth_found.get(allowance)
+        return found is None or not refused_at < found < window_start + window / 2
 
     def one_at_a_time(self, sent: int, succeeded: int) -> bool:
         """Whether the next request of an endpoint that had no 429 yet goes alone: it may be the one past an
@@ -1254,6 +1273,7 @@ class EndpointPacer:
         self.probe_sent_at: float | None = None  # the probe out now (one at most)
         self.window_floor: float | None = None    # a learned window is longer than this: a probe this late was refused
         self.answered_otherwise = 0    # answers that were neither a page nor a 429: they spent an allowance too
+        self.allowance_seen_elsewhere = False  # its first 429 came after exactly an allowance another endpoint had
         self.scale = time_scale
         self.max_per_minute = max_per_minute
         self.in_flight = 0
@@ -1286,9 +1306,20 @@ class EndpointPacer:
         return bool(self.refill_burst and self.refill_seconds and self.refill_wait
                     and self.refill_wait >= LEARNED_WINDOW_MIN * self.scale)
 
+    def _window_timed(self) -> bool:
+        """Whether this endpoint's window length is known: its allowance is, or was until it grew (a limit that
+        grows keeps its window: the new allowance's first window is probed for at the old one's refill)."""
+        return self._allowance_known() or bool(self.grown_from and self.refill_seconds and self.refill_wait
+                                                and self.refill_wait >= LEARNED_WINDOW_MIN * self.scale)
+
     def _allowance_spent(self) -> bool:
-        """The remembered allowance and one more are sent: that one asks whether the allowance grew."""
-        return not self.probing and self._allowance_known() and self.sent_in_burst > self.refill_burst
+        """The remembered allowance and one more are sent: that one asks whether the allowance grew. Not
+        asked when another endpoint with the same allowance was just refused asking it (LimitPriors)."""
+        if self.probing or not self._allowance_known():
+            return False
+        asks = not self.priors.growth_asked_lately(self.path, self.refill_burst, self.burst_started,
+                                                   self.refill_seconds)
+        return self.sent_in_burst > self.refill_burst - (0 if asks else 1)
 
     def ready_at(self, now: float) -> float:
         """The earliest time the next request may go (inf while a probe is out)."""
@@ -1317,13 +1348,22 @@ class EndpointPacer:
     def _follower_probe_at(self) -> float:
         """In a first hintless window, after its own first probe was refused: no probe while another endpoint's
         first window, begun no earlier, is known not to have refilled (checked again after each of its probes,
-        which come at most PROBE_MAX_WAIT apart); when it refills, its window is this one's prior."""
-        if not (self.probing and self.hintless and self.refill_seconds is None and self.window_floor is not None):
+        which come at most PROBE_MAX_WAIT apart); when it refills, its window is this one's prior. An endpoint
+        refused right after the very allowance another had is shaped like it: it follows that one from its
+        first 429 on, however short the other's wait so far, and once a window is learned it probes first
+        shortly before that window."""
+        if not (self.probing and self.hintless and self.refill_seconds is None):
             return 0.0
-        leader = self.priors.earliest_refill(self.path, self.burst_started, LEARNED_WINDOW_MIN * self.scale)
-        if leader is None:
+        alike = self.allowance_seen_elsewhere
+        if self.window_floor is None and not alike:
             return 0.0
-        return self.burst_started + leader + 2 * PROBE_MAX_WAIT * self.scale
+        window_min = 0.0 if alike else LEARNED_WINDOW_MIN * self.scale
+        leader = self.priors.earliest_refill(self.path, self.burst_started, window_min)
+        if leader is not None:
+            return self.burst_started + leader + 2 * PROBE_MAX_WAIT * self.scale
+        if alike and self.window_floor is None and self.priors.window_seconds:
+            return self.burst_started + REFILL_LEAD * self.priors.window_seconds
+        return 0.0
 
     def _enough_in_flight(self) -> bool:
         if self.refill_burst and self.in_flight >= self.refill_burst:
@@ -1393,8 +1433,8 @@ class EndpointPacer:
             self.burst_successes += 1
             if self._allowance_known() and self.burst_successes > self.refill_burst:
                 # the allowance grew: spend it until a 429 says how far, then learn it again
+                self.priors.note_growth_asked(self.path, self.refill_burst, now, grew=True)
                 self.grown_from, self.refill_burst = self.refill_burst, None
-                self.window_floor = None  # its probes' timing starts over with the new allowance
             return
         # The allowance came back: remember how much it held and how long it took (hintless limits only).
         # Send times, not answer times: a window starts when its first request arrives, so measured from the
@@ -1402,9 +1442,12 @@ class EndpointPacer:
         sent = self.probe_sent_at if self.probe_sent_at is not None else now
         self.priors.first_windows.pop(self.path, None)
         if self.hintless and self.burst_started is not None and self.burst_successes:
+            same_window = self._allowance_known() and self.burst_successes == self.refill_burst
             self.refill_seconds = sent - self.burst_started
             self.refill_burst = self.burst_successes
-            self.refill_wait = sent - (self.exhausted_at if self.exhausted_at is not None else self.burst_started)
+            refill_wait = sent - (self.exhausted_at if self.exhausted_at is not None else self.burst_started)
+            # a window learned before stays one when the 429 that ended this burst came late in it
+            self.refill_wait = max(refill_wait, self.refill_wait) if same_window else refill_wait
             if self.window_floor is not None and self.window_floor >= self.refill_seconds:
                 self.window_floor = None  # the window changed: what was refused before says nothing now
             if self._allowance_known():
@@ -1419,13 +1462,17 @@ class EndpointPacer:
                      *, says_rate: bool = True) -> None:
         self.in_flight -= 1
         if self.throttled == 0 and says_rate:
-            self.priors.note_first_throttle(self.succeeded + self.answered_otherwise)
+            answered = self.succeeded + self.answered_otherwise
+            self.allowance_seen_elsewhere = answered in self.priors.allowances
+            self.priors.note_first_throttle(answered)
         self.throttled += 1
         self.last_throttled_at = now
         if says_rate and not probe and not self._allowance_known():  # a probe's 429 says only "not yet"
             self._learn_pace(now, sent_at)
         if self.first_throttled_at is None:
             self.first_throttled_at = now
+        if not probe and self._allowance_known():  # the request past the allowance: it has not grown
+            self.priors.note_growth_asked(self.path, self.refill_burst, now, grew=False)
         if server_wait is not None:  # the server said how long: that, then the pace learned
             self.blocked_until = max(self.blocked_until, now + min(server_wait, MAX_SERVER_WAIT) * self.scale)
             if says_rate:  # then one request at a time, one more per success: no herd at the moment
@@ -1439,7 +1486,7 @@ class EndpointPacer:
             self.probe_wait = PROBE_FIRST_WAIT
             wait = self.probe_wait * self.scale
             self.exhausted_at = now
-            if self._allowance_known() and self.burst_started is not None:
+            if self._window_timed() and self.burst_started is not None:
                 wait = max(wait, self.burst_started + self._refill_offset() - now)
         self.probing, self.hintless = True, True
         self.blocked_until = max(self.blocked_until, now + wait)
@@ -1455,7 +1502,7 @@ class EndpointPacer:
             self.window_floor = max(self.window_floor or 0.0, sent_at - self.burst_started)
         if self.refill_seconds is None:
             self.priors.first_windows[self.path] = (self.burst_started, self.window_floor)
-        if self._allowance_known():
+        if self._window_timed():
             ceiling_at = self.burst_started + self.refill_seconds
             return ceiling_at - now if self.window_floor < self.refill_seconds and ceiling_at > now else wait
         window = self._window_seconds_expected()
