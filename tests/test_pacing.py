@@ -152,7 +152,7 @@ def spend_allowance(pacer: vo.EndpointPacer, successes: int, at: float = 0.0) ->
     pacer.on_throttled(at + successes * 0.001 + 0.0005, probe=False, server_wait=None)
 
 
-def test_past_an_allowance_another_endpoint_had_requests_go_one_at_a_time_until_over_a_quarter_more_got_through():
+def test_past_an_allowance_another_endpoint_had_requests_go_one_at_a_time_then_grow_back_one_per_success():
     priors = vo.LimitPriors()
     spend_allowance(vo.EndpointPacer("/a", priors=priors), 20)
     fresh = vo.EndpointPacer("/b", priors=priors)
@@ -167,8 +167,15 @@ def test_past_an_allowance_another_endpoint_had_requests_go_one_at_a_time_until_
         fresh.on_send(1.02)
         assert fresh.ready_at(1.02) == float("inf")
         fresh.on_success(1.03, probe=False)
-    fresh.on_send(1.04)  # 26 got through, more than the other's allowance and a quarter: no longer alone
+    fresh.on_send(1.04)  # 26 got through, more than the other's allowance and a quarter: no longer alone...
     assert fresh.ready_at(1.04) == 1.04
+    fresh.on_send(1.04)
+    assert fresh.ready_at(1.04) == float("inf")  # ...but two at once, then one more per success
+    fresh.on_success(1.05, probe=False)
+    for _ in range(2):
+        assert fresh.ready_at(1.05) == 1.05
+        fresh.on_send(1.05)
+    assert fresh.ready_at(1.05) == float("inf")
 
 
 def test_an_endpoint_refused_on_its_first_or_second_request_sets_no_allowance_for_the_others():
@@ -243,6 +250,17 @@ def test_an_endpoint_refused_right_after_the_allowance_another_had_sends_no_prob
     leader.on_send(60.0)
     leader.on_success(60.0, probe=True)  # the leader's window refilled after 60 s
     assert follower.ready_at(60.0) == 60.0 and follower.probe_sent_at is None  # its first probe, at once
+
+
+def test_an_endpoint_that_waited_for_another_endpoints_refill_learns_no_window_from_that_wait():
+    priors, leader, follower = two_endpoints_refused_a_second_apart(follower_allowance=20)
+    now = refuse_probe(leader, 0.03)
+    refuse_probe(leader, now)  # refused at 1.5 s, then the leader has nothing more to send: a bucket, maybe
+    held_until = follower.ready_at(1.03)
+    assert held_until == pytest.approx(1.0 + priors.first_windows["/a"][1] + 2 * vo.PROBE_MAX_WAIT)
+    assert follower.on_send(held_until) is True
+    follower.on_success(held_until, probe=True)  # refilled, over 10 s after its 429: but it was not asking
+    assert not follower.window_known()  # so its next burst is paced, not sent all at once
 
 
 def test_an_endpoint_with_the_allowance_of_a_learned_window_sends_its_first_probe_shortly_before_that_window():
@@ -357,6 +375,27 @@ def burst_then_hinted_429(pacer: vo.EndpointPacer, at: float) -> None:
         pacer.on_success(at + index * 0.001 + 0.0005, probe=False)
     pacer.on_send(at + 0.02)
     pacer.on_throttled(at + 0.021, probe=False, server_wait=0.01, sent_at=at + 0.02)
+
+
+def test_two_precise_hints_pace_an_endpoint_at_what_got_through_between_the_moments_they_named():
+    pacer = vo.EndpointPacer("/x")
+    burst_then_hinted_429(pacer, 0.0)  # 20 at once from a full bucket: a burst's rate, far above the limit
+    pacer.on_send(0.031)  # at the hinted moment, one token: it gets through
+    pacer.on_success(0.032, probe=False)
+    pacer.on_send(0.032)
+    pacer.on_throttled(0.033, probe=False, server_wait=0.024, sent_at=0.032)  # next one at 0.057
+    # one success between the moments the hints named (0.031 and 0.057): the limit lets 1 through per 26 ms
+    assert pacer.pace.rate == pytest.approx(1 / 0.026)
+
+
+def test_a_whole_second_hint_measures_no_pace():
+    pacer = vo.EndpointPacer("/x")
+    burst_then_hinted_429(pacer, 0.0)
+    pacer.on_send(0.031)
+    pacer.on_success(0.032, probe=False)
+    pacer.on_send(0.032)
+    pacer.on_throttled(0.033, probe=False, server_wait=1.0, sent_at=0.032)  # may be rounded up by a second
+    assert pacer.pace.rate > 100
 
 
 def test_an_endpoints_first_pace_starts_no_faster_than_one_another_endpoint_settled_at():
