@@ -1213,6 +1213,9 @@ class LimitPriors:
         # endpoint -> (its first burst's start, its latest refused probe after it), while it waits for a first refill
         self.first_windows: dict[str, tuple[float, float]] = {}
         self.paces: dict[str, ObservedPace] = {}  # endpoint -> its own pace, once it has one
+        # learned allowance -> (when an endpoint last asked whether it grew and was refused, which endpoint)
+        self.growth_refused: dict[int, tuple[float, str]] = {}
+        self.growth_found: dict[int, float] = {}  # learned allowance -> when an endpoint found it had grown
 
     def settled_pace(self, path: str) -> float | None:
         """The fastest pace another endpoint keeps after its 429s have cut it a few times (it found its limit)."""
@@ -1234,11 +1237,30 @@ class LimitPriors:
         if self.window_seconds is None:
             self.window_seconds = seconds
 
-    def one_at_a_time(self, sent: int, succeeded: int) -> bool:
-        """Whether the next request of an endpoint that had no 429 yet goes alone: it may be the one past an
-        allowance seen elsewhere."""
-        return any(sent >= allowance and succeeded <= allowance * (1 + PRIOR_MARGIN)
-                   for allowance in self.allowances)
+    def note_growth_asked(self, path: str, allowance: int, now: float, grew: bool) -> None:
+        if grew:
+            self.growth_found[allowance] = now
+        else:
+            self.growth_refused[allowance] = (now, path)
+
+    def growth_asked_lately(self, path: str, allowance: int, window_start: float, window: float) -> bool:
+        """Whether another endpoint with the same allowance asked whether it grew, was refused, within a window
+        before this endpoint's window began or since, and no endpoint found it grown since, early enough in
+        this window to spend more in it: this one need not ask in this window."""
+        refused_at, by = self.growth_refused.get(allowance, (None, path))
+        if refused_at is None or by == path or refused_at <= window_start - window:
+            return False
+        found = self.growth_found.get(allowance)
+        return found is None or not refused_at < found < window_start + window / 2
+
+    def in_flight_allowed(self, sent: int, succeeded: int) -> int | None:
+        """How many requests an endpoint that had no 429 yet may have in flight (None: no limit from here): past
+        an allowance seen elsewhere, one, as the next may be the one past it; from a quarter more on, one more
+        per success, so a limit a little larger (a bucket refilling meanwhile) costs a 429 or two, not every
+        request in flight."""
+        caps = [1 + max(0, succeeded - math.floor(allowance * (1 + PRIOR_MARGIN)))
+                for allowance in self.allowances if sent >= allowance]
+        return min(caps, default=None)
 
 
 class EndpointPacer:
@@ -1269,6 +1291,8 @@ class EndpointPacer:
         self.probe_sent_at: float | None = None  # the probe out now (one at most)
         self.window_floor: float | None = None    # a learned window is longer than this: a probe this late was refused
         self.answered_otherwise = 0    # answers that were neither a page nor a 429: they spent an allowance too
+        self.allowance_seen_elsewhere = False  # its first 429 came after exactly an allowance another endpoint had
+        self.held_by_leader = False  # its first window's probe waited for another endpoint's refill, not its own
         self.scale = time_scale
         self.max_per_minute = max_per_minute
         self.in_flight = 0
@@ -1292,6 +1316,7 @@ class EndpointPacer:
         self.last_successes: deque[float] = deque(maxlen=2)
         self.last_throttled_at: float | None = None
         self.pace = ObservedPace(time_scale)  # from this endpoint's own 429s, until a window is learned
+        self.last_hint: tuple[float, int] | None = None  # a precise hint's 429: the moment it named, successes then
 
     def window_known(self) -> bool:
         """Whether this endpoint's own allowance per window has been learned (its 429s are its own)."""
@@ -1301,9 +1326,20 @@ class EndpointPacer:
         return bool(self.refill_burst and self.refill_seconds and self.refill_wait
                     and self.refill_wait >= LEARNED_WINDOW_MIN * self.scale)
 
+    def _window_timed(self) -> bool:
+        """Whether this endpoint's window length is known: its allowance is, or was until it grew (a limit that
+        grows keeps its window: the new allowance's first window is probed for at the old one's refill)."""
+        return self._allowance_known() or bool(self.grown_from and self.refill_seconds and self.refill_wait
+                                                and self.refill_wait >= LEARNED_WINDOW_MIN * self.scale)
+
     def _allowance_spent(self) -> bool:
-        """The remembered allowance and one more are sent: that one asks whether the allowance grew."""
-        return not self.probing and self._allowance_known() and self.sent_in_burst > self.refill_burst
+        """The remembered allowance and one more are sent: that one asks whether the allowance grew. Not
+        asked when another endpoint with the same allowance was just refused asking it (LimitPriors)."""
+        if self.probing or not self._allowance_known():
+            return False
+        asks = not self.priors.growth_asked_lately(self.path, self.refill_burst, self.burst_started,
+                                                   self.refill_seconds)
+        return self.sent_in_burst > self.refill_burst - (0 if asks else 1)
 
     def ready_at(self, now: float) -> float:
         """The earliest time the next request may go (inf while a probe is out)."""
@@ -1317,7 +1353,9 @@ class EndpointPacer:
                 return float("inf")
             at = max(at, self.burst_started + self._refill_offset())
         else:
-            at = max(at, self._follower_probe_at())
+            follower_at = self._follower_probe_at()
+            self.held_by_leader = self.held_by_leader or follower_at > at
+            at = max(at, follower_at)
         if self.max_per_minute:
             window = WINDOW_SECONDS * self.scale
             while self.recent_sends and self.recent_sends[0] <= now - window:
@@ -1332,13 +1370,22 @@ class EndpointPacer:
     def _follower_probe_at(self) -> float:
         """In a first hintless window, after its own first probe was refused: no probe while another endpoint's
         first window, begun no earlier, is known not to have refilled (checked again after each of its probes,
-        which come at most PROBE_MAX_WAIT apart); when it refills, its window is this one's prior."""
-        if not (self.probing and self.hintless and self.refill_seconds is None and self.window_floor is not None):
+        which come at most PROBE_MAX_WAIT apart); when it refills, its window is this one's prior. An endpoint
+        refused right after the very allowance another had is shaped like it: it follows that one from its
+        first 429 on, however short the other's wait so far, and once a window is learned it probes first
+        shortly before that window."""
+        if not (self.probing and self.hintless and self.refill_seconds is None):
             return 0.0
-        leader = self.priors.earliest_refill(self.path, self.burst_started, LEARNED_WINDOW_MIN * self.scale)
-        if leader is None:
+        alike = self.allowance_seen_elsewhere
+        if self.window_floor is None and not alike:
             return 0.0
-        return self.burst_started + leader + 2 * PROBE_MAX_WAIT * self.scale
+        window_min = 0.0 if alike else LEARNED_WINDOW_MIN * self.scale
+        leader = self.priors.earliest_refill(self.path, self.burst_started, window_min)
+        if leader is not None:
+            return self.burst_started + leader + 2 * PROBE_MAX_WAIT * self.scale
+        if alike and self.window_floor is None and self.priors.window_seconds:
+            return self.burst_started + REFILL_LEAD * self.priors.window_seconds
+        return 0.0
 
     def _enough_in_flight(self) -> bool:
         if self.refill_burst and self.in_flight >= self.refill_burst:
@@ -1348,9 +1395,11 @@ class EndpointPacer:
         if self.in_flight and self.grown_from:  # a grown window may have doubled: past that, one at a time
             doubled = 2 * self.grown_from
             return self.sent_in_burst >= doubled and self.burst_successes <= doubled * (1 + PRIOR_MARGIN)
-        # before its first 429, the request past an allowance another endpoint had goes alone
-        answered = self.succeeded + self.answered_otherwise
-        return bool(self.in_flight and self.throttled == 0 and self.priors.one_at_a_time(self.sent, answered))
+        # before its first 429, the request past an allowance another endpoint had goes alone, then more grow back
+        if self.throttled or not self.in_flight:
+            return False
+        allowed = self.priors.in_flight_allowed(self.sent, self.succeeded + self.answered_otherwise)
+        return allowed is not None and self.in_flight >= allowed
 
     def on_send(self, now: float) -> bool:
         """Count a request going out; True when it is a probe (one request that tests for a refill)."""
@@ -1408,8 +1457,8 @@ class EndpointPacer:
             self.burst_successes += 1
             if self._allowance_known() and self.burst_successes > self.refill_burst:
                 # the allowance grew: spend it until a 429 says how far, then learn it again
+                self.priors.note_growth_asked(self.path, self.refill_burst, now, grew=True)
                 self.grown_from, self.refill_burst = self.refill_burst, None
-                self.window_floor = None  # its probes' timing starts over with the new allowance
             return
         # The allowance came back: remember how much it held and how long it took (hintless limits only).
         # Send times, not answer times: a window starts when its first request arrives, so measured from the
@@ -1417,9 +1466,16 @@ class EndpointPacer:
         sent = self.probe_sent_at if self.probe_sent_at is not None else now
         self.priors.first_windows.pop(self.path, None)
         if self.hintless and self.burst_started is not None and self.burst_successes:
+            same_window = self._allowance_known() and self.burst_successes == self.refill_burst
             self.refill_seconds = sent - self.burst_started
             self.refill_burst = self.burst_successes
-            self.refill_wait = sent - (self.exhausted_at if self.exhausted_at is not None else self.burst_started)
+            refill_wait = sent - (self.exhausted_at if self.exhausted_at is not None else self.burst_started)
+            # a window learned before stays one when the 429 that ended this burst came late in it
+            late_in_window = same_window and self.refill_seconds >= LEARNED_WINDOW_MIN * self.scale
+            self.refill_wait = max(refill_wait, self.refill_wait) if late_in_window else refill_wait
+            if self.held_by_leader and self.priors.window_seconds is None:
+                self.refill_wait = 0.0  # it waited for the other's refill, a bucket's: how long says nothing
+            self.held_by_leader = False
             if self.window_floor is not None and self.window_floor >= self.refill_seconds:
                 self.window_floor = None  # the window changed: what was refused before says nothing now
             if self._allowance_known():
@@ -1432,15 +1488,7 @@ class EndpointPacer:
 
     def on_throttled(self, now: float, probe: bool, server_wait: float | None, sent_at: float = 0.0,
                      *, says_rate: bool = True) -> None:
-        self.in_flight -= 1
-        if self.throttled == 0 and says_rate:
-            self.priors.note_first_throttle(self.succeeded + self.answered_otherwise)
-        self.throttled += 1
-        self.last_throttled_at = now
-        if says_rate and not probe and not self._allowance_known():  # a probe's 429 says only "not yet"
-            self._learn_pace(now, sent_at)
-        if self.first_throttled_at is None:
-            self.first_throttled_at = now
+        self._learn_from_throttle(now, probe, server_wait, sent_at, says_rate)
         if server_wait is not None:  # the server said how long: that, then the pace learned
             self.blocked_until = max(self.blocked_until, now + min(server_wait, MAX_SERVER_WAIT) * self.scale)
             if says_rate:  # then one request at a time, one more per success: no herd at the moment
@@ -1454,10 +1502,29 @@ class EndpointPacer:
             self.probe_wait = PROBE_FIRST_WAIT
             wait = self.probe_wait * self.scale
             self.exhausted_at = now
-            if self._allowance_known() and self.burst_started is not None:
+            if self._window_timed() and self.burst_started is not None:
                 wait = max(wait, self.burst_started + self._refill_offset() - now)
         self.probing, self.hintless = True, True
         self.blocked_until = max(self.blocked_until, now + wait)
+
+    def _learn_from_throttle(self, now: float, probe: bool, server_wait: float | None, sent_at: float,
+                             says_rate: bool) -> None:
+        """What a 429 says about the limit: the allowance before the first, the pace, that it has not grown."""
+        self.in_flight -= 1
+        if self.throttled == 0 and says_rate:
+            answered = self.succeeded + self.answered_otherwise
+            self.allowance_seen_elsewhere = answered in self.priors.allowances
+            self.priors.note_first_throttle(answered)
+        self.throttled += 1
+        self.last_throttled_at = now
+        if says_rate and not probe and not self._allowance_known():  # a probe's 429 says only "not yet"
+            self._learn_pace(now, sent_at)
+        if server_wait is not None and says_rate and not float(server_wait).is_integer():
+            self._pace_from_hints(now, server_wait)
+        if self.first_throttled_at is None:
+            self.first_throttled_at = now
+        if not probe and self._allowance_known():  # the request past the allowance: it has not grown
+            self.priors.note_growth_asked(self.path, self.refill_burst, now, grew=False)
 
     def _after_refused_probe(self, now: float, sent_at: float) -> float:
         """How long after a refused probe the next goes: twice the last wait (up to 5 s); with a learned window,
@@ -1470,7 +1537,7 @@ class EndpointPacer:
             self.window_floor = max(self.window_floor or 0.0, sent_at - self.burst_started)
         if self.refill_seconds is None:
             self.priors.first_windows[self.path] = (self.burst_started, self.window_floor)
-        if self._allowance_known():
+        if self._window_timed():
             ceiling_at = self.burst_started + self.refill_seconds
             return ceiling_at - now if self.window_floor < self.refill_seconds and ceiling_at > now else wait
         window = self._window_seconds_expected()
@@ -1504,6 +1571,20 @@ class EndpointPacer:
             settled = self.priors.settled_pace(self.path)  # or, when lower, the pace another endpoint settled at
             self.pace.start(now, min(burst_rate, settled) if settled else burst_rate)
             self.priors.paces[self.path] = self.pace
+
+    def _pace_from_hints(self, now: float, hint: float) -> None:
+        """Two precise hints measure the limit: each 429 says when the next request may get through, and the
+        successes between two such moments are what the limit let through in that time (a token bucket's rate,
+        a window's allowance over its length). The pace goes no faster than 90% of that: one 429 and the next
+        settle it, where cutting step by step from a burst's rate cost a 429 per step."""
+        due = now + hint * self.scale
+        if self.last_hint is not None and self.pace.active:
+            due_before, succeeded_before = self.last_hint
+            got_through = self.succeeded - succeeded_before
+            if got_through and due > due_before:
+                measured = got_through / (due - due_before)
+                self.pace.rate = max(min(self.pace.rate, measured), self.pace.slowest_rate())
+        self.last_hint = (due, self.succeeded)
 
     def requests_per_second(self, now: float | None = None) -> float | None:
         """The rate this endpoint allows: learned from a window, capped, or (given `now`) seen since its

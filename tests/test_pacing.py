@@ -152,7 +152,7 @@ def spend_allowance(pacer: vo.EndpointPacer, successes: int, at: float = 0.0) ->
     pacer.on_throttled(at + successes * 0.001 + 0.0005, probe=False, server_wait=None)
 
 
-def test_past_an_allowance_another_endpoint_had_requests_go_one_at_a_time_until_over_a_quarter_more_got_through():
+def test_past_an_allowance_another_endpoint_had_requests_go_one_at_a_time_then_grow_back_one_per_success():
     priors = vo.LimitPriors()
     spend_allowance(vo.EndpointPacer("/a", priors=priors), 20)
     fresh = vo.EndpointPacer("/b", priors=priors)
@@ -167,8 +167,15 @@ def test_past_an_allowance_another_endpoint_had_requests_go_one_at_a_time_until_
         fresh.on_send(1.02)
         assert fresh.ready_at(1.02) == float("inf")
         fresh.on_success(1.03, probe=False)
-    fresh.on_send(1.04)  # 26 got through, more than the other's allowance and a quarter: no longer alone
+    fresh.on_send(1.04)  # 26 got through, more than the other's allowance and a quarter: no longer alone...
     assert fresh.ready_at(1.04) == 1.04
+    fresh.on_send(1.04)
+    assert fresh.ready_at(1.04) == float("inf")  # ...but two at once, then one more per success
+    fresh.on_success(1.05, probe=False)
+    for _ in range(2):
+        assert fresh.ready_at(1.05) == 1.05
+        fresh.on_send(1.05)
+    assert fresh.ready_at(1.05) == float("inf")
 
 
 def test_an_endpoint_refused_on_its_first_or_second_request_sets_no_allowance_for_the_others():
@@ -204,12 +211,14 @@ def refuse_probe(pacer: vo.EndpointPacer, now: float) -> float:
     return at
 
 
-def two_endpoints_refused_a_second_apart() -> tuple[vo.LimitPriors, vo.EndpointPacer, vo.EndpointPacer]:
-    """A leader and a follower sharing priors, each past its 20-request allowance, the leader's a second first."""
+def two_endpoints_refused_a_second_apart(follower_allowance: int = 30) -> tuple[vo.LimitPriors, vo.EndpointPacer,
+                                                                                vo.EndpointPacer]:
+    """A leader and a follower sharing priors, the leader past its 20-request allowance, the follower past its own
+    (another by default) a second later."""
     priors = vo.LimitPriors()
     leader, follower = vo.EndpointPacer("/a", priors=priors), vo.EndpointPacer("/b", priors=priors)
     spend_allowance(leader, 20, at=0.0)
-    spend_allowance(follower, 20, at=1.0)
+    spend_allowance(follower, follower_allowance, at=1.0)
     return priors, leader, follower
 
 
@@ -218,7 +227,7 @@ def test_an_endpoint_whose_first_window_began_later_probes_only_after_one_begun_
     now = 0.03
     while now < 30.0:  # the leader probes every few seconds and is refused: its window is longer than that
         now = refuse_probe(leader, now)
-    assert refuse_probe(follower, 1.03) == pytest.approx(1.0205 + vo.PROBE_FIRST_WAIT)  # its own quick first probe
+    assert refuse_probe(follower, 1.04) == pytest.approx(1.0305 + vo.PROBE_FIRST_WAIT)  # its own quick first probe
     floor = priors.first_windows["/a"][1]
     assert follower.ready_at(now) == pytest.approx(1.0 + floor + 2 * vo.PROBE_MAX_WAIT)  # not every few seconds
     leader.on_send(60.0)
@@ -229,12 +238,48 @@ def test_an_endpoint_whose_first_window_began_later_probes_only_after_one_begun_
     assert follower.ready_at(60.0) == pytest.approx(60.0 + 4 * vo.PROBE_FIRST_WAIT)
 
 
+def test_an_endpoint_refused_right_after_the_allowance_another_had_sends_no_probe_until_that_one_refilled():
+    priors, leader, follower = two_endpoints_refused_a_second_apart(follower_allowance=20)
+    now = refuse_probe(leader, 0.03)  # the leader's first probe, half a second on, is refused
+    floor = priors.first_windows["/a"][1]
+    assert follower.allowance_seen_elsewhere
+    assert follower.ready_at(1.03) == pytest.approx(1.0 + floor + 2 * vo.PROBE_MAX_WAIT)  # not its own quick probe
+    while now < 55.0:  # as long as the leader is refused, so would the follower be: it waits
+        now = refuse_probe(leader, now)
+        assert follower.ready_at(now) > now
+    leader.on_send(60.0)
+    leader.on_success(60.0, probe=True)  # the leader's window refilled after 60 s
+    assert follower.ready_at(60.0) == 60.0 and follower.probe_sent_at is None  # its first probe, at once
+
+
+def test_an_endpoint_that_waited_for_another_endpoints_refill_learns_no_window_from_that_wait():
+    priors, leader, follower = two_endpoints_refused_a_second_apart(follower_allowance=20)
+    now = refuse_probe(leader, 0.03)
+    refuse_probe(leader, now)  # refused at 1.5 s, then the leader has nothing more to send: a bucket, maybe
+    held_until = follower.ready_at(1.03)
+    assert held_until == pytest.approx(1.0 + priors.first_windows["/a"][1] + 2 * vo.PROBE_MAX_WAIT)
+    assert follower.on_send(held_until) is True
+    follower.on_success(held_until, probe=True)  # refilled, over 10 s after its 429: but it was not asking
+    assert not follower.window_known()  # so its next burst is paced, not sent all at once
+
+
+def test_an_endpoint_with_the_allowance_of_a_learned_window_sends_its_first_probe_shortly_before_that_window():
+    priors = vo.LimitPriors()
+    learned = vo.EndpointPacer("/a", priors=priors)
+    spend_allowance(learned, 7)
+    learned.on_send(60.0)
+    learned.on_success(60.0, probe=True)  # refilled 60 s after its burst began: a window of 7
+    alike = vo.EndpointPacer("/b", priors=priors)
+    spend_allowance(alike, 7, at=100.0)
+    assert alike.ready_at(100.03) == pytest.approx(100.0 + vo.REFILL_LEAD * 60.0)  # no quick probe first
+
+
 def test_a_leader_refilled_within_moments_holds_no_other_endpoint_back():
     priors, leader, follower = two_endpoints_refused_a_second_apart()
     now = 0.03
     while now < vo.LEARNED_WINDOW_MIN / 2:  # refused for a few seconds: a bucket refilling slowly, maybe
         now = refuse_probe(leader, now)
-    probe = refuse_probe(follower, 1.03)
+    probe = refuse_probe(follower, 1.04)
     assert follower.ready_at(probe) == pytest.approx(probe + 2 * vo.PROBE_FIRST_WAIT)  # its own probes, doubling
 
 
@@ -254,6 +299,75 @@ def test_past_twice_an_allowance_that_grew_requests_go_one_at_a_time():
     assert pacer.ready_at(1.3) == 1.3
 
 
+def learned_window(path: str, priors: vo.LimitPriors, at: float, allowance: int = 20) -> vo.EndpointPacer:
+    """An endpoint that learned a 60 s window of `allowance` requests; its next window began at `at` + 60 with
+    one request through."""
+    pacer = vo.EndpointPacer(path, priors=priors)
+    spend_allowance(pacer, allowance, at=at)
+    pacer.on_send(at + 60.0)
+    pacer.on_success(at + 60.0, probe=True)
+    assert pacer.window_known()
+    return pacer
+
+
+def spend_window(pacer: vo.EndpointPacer, requests: int, at: float) -> None:
+    for _ in range(requests):
+        assert pacer.ready_at(at) == at
+        assert pacer.on_send(at) is False
+        pacer.on_success(at, probe=False)
+
+
+def test_an_endpoint_does_not_ask_whether_its_window_grew_just_after_another_with_that_window_was_refused_asking():
+    priors = vo.LimitPriors()
+    asking, quiet = learned_window("/a", priors, at=0.0), learned_window("/b", priors, at=1.0)
+    spend_window(asking, 19, at=60.1)
+    asking.on_send(60.2)  # the 21st of its window asks whether the allowance grew: no
+    asking.on_throttled(60.3, probe=False, server_wait=None, sent_at=60.2)
+    spend_window(quiet, 19, at=61.1)  # its own allowance, and no 21st: it waits for its refill
+    assert quiet.ready_at(61.2) == pytest.approx(61.0 + vo.REFILL_LEAD * 60.0)
+    assert asking.ready_at(61.2) == pytest.approx(60.0 + vo.REFILL_LEAD * 60.0)
+
+
+@pytest.mark.parametrize(("found_at", "asks_at_once"), [(70.0, True), (95.0, False)])
+def test_an_allowance_found_grown_elsewhere_is_asked_about_at_once_early_in_a_window_else_in_the_next(
+        found_at, asks_at_once):
+    priors = vo.LimitPriors()
+    asking, quiet = learned_window("/a", priors, at=0.0), learned_window("/b", priors, at=1.0)
+    spend_window(asking, 19, at=60.1)
+    asking.on_send(60.2)
+    asking.on_throttled(60.3, probe=False, server_wait=None, sent_at=60.2)
+    spend_window(quiet, 19, at=61.1)
+    priors.note_growth_asked("/a", 20, found_at, grew=True)  # another endpoint's 21st got through
+    ready = quiet.ready_at(found_at)
+    assert (ready == found_at) is asks_at_once  # its window began at 61: half of it is gone by 91
+    if asks_at_once:
+        assert quiet.on_send(found_at) is False  # a request like any other, past the allowance
+        quiet.on_success(found_at, probe=False)
+        assert quiet.grown_from == 20
+
+
+def test_a_learned_window_stays_learned_when_its_allowance_ran_out_late_in_it():
+    pacer = learned_window("/a", vo.LimitPriors(), at=0.0)
+    spend_window(pacer, 19, at=60.1)
+    pacer.on_send(119.0)  # the 21st only came late (its endpoint had nothing to send): refused a second early
+    pacer.on_throttled(119.0, probe=False, server_wait=None, sent_at=119.0)
+    probe = pacer.ready_at(119.0)
+    assert pacer.on_send(probe) is True
+    pacer.on_success(probe + 1.0, probe=True)  # refilled one second after that 429
+    assert pacer.window_known() and pacer.refill_burst == 20  # still a window: its next 20 go at once
+    spend_window(pacer, 19, at=probe + 1.1)
+
+
+def test_an_allowance_that_grew_is_probed_for_at_its_windows_refill_not_half_a_second_after_its_429():
+    pacer = learned_window("/a", vo.LimitPriors(), at=0.0)
+    spend_window(pacer, 20, at=60.1)  # the 21st got through: the allowance grew
+    assert pacer.grown_from == 20
+    spend_window(pacer, 19, at=60.2)
+    pacer.on_send(60.3)  # the 41st, alone (the allowance may have doubled), is refused
+    pacer.on_throttled(60.4, probe=False, server_wait=None, sent_at=60.3)
+    assert pacer.ready_at(60.4) == pytest.approx(60.0 + vo.REFILL_LEAD * 60.0)
+
+
 def burst_then_hinted_429(pacer: vo.EndpointPacer, at: float) -> None:
     """Twenty requests answered within 20 ms of `at`, then a 429 with a hint: the pacer's first pace starts."""
     for index in range(20):
@@ -261,6 +375,27 @@ def burst_then_hinted_429(pacer: vo.EndpointPacer, at: float) -> None:
         pacer.on_success(at + index * 0.001 + 0.0005, probe=False)
     pacer.on_send(at + 0.02)
     pacer.on_throttled(at + 0.021, probe=False, server_wait=0.01, sent_at=at + 0.02)
+
+
+def test_two_precise_hints_pace_an_endpoint_at_what_got_through_between_the_moments_they_named():
+    pacer = vo.EndpointPacer("/x")
+    burst_then_hinted_429(pacer, 0.0)  # 20 at once from a full bucket: a burst's rate, far above the limit
+    pacer.on_send(0.031)  # at the hinted moment, one token: it gets through
+    pacer.on_success(0.032, probe=False)
+    pacer.on_send(0.032)
+    pacer.on_throttled(0.033, probe=False, server_wait=0.024, sent_at=0.032)  # next one at 0.057
+    # one success between the moments the hints named (0.031 and 0.057): the limit lets 1 through per 26 ms
+    assert pacer.pace.rate == pytest.approx(1 / 0.026)
+
+
+def test_a_whole_second_hint_measures_no_pace():
+    pacer = vo.EndpointPacer("/x")
+    burst_then_hinted_429(pacer, 0.0)
+    pacer.on_send(0.031)
+    pacer.on_success(0.032, probe=False)
+    pacer.on_send(0.032)
+    pacer.on_throttled(0.033, probe=False, server_wait=1.0, sent_at=0.032)  # may be rounded up by a second
+    assert pacer.pace.rate > 100
 
 
 def test_an_endpoints_first_pace_starts_no_faster_than_one_another_endpoint_settled_at():
