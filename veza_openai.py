@@ -63,7 +63,7 @@ from requests.packages.urllib3.exceptions import InsecureRequestWarning
 from requests.packages.urllib3.exceptions import TimeoutError as TransportTimeout
 from requests.packages.urllib3.util.retry import Retry
 
-__version__ = "1.2.0"
+__version__ = "1.2.1"
 USER_AGENT = f"veza-openai-connector/{__version__}"
 
 log = logging.getLogger("veza_openai")

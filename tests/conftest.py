@@ -35,7 +35,7 @@ SCRIPT = ROOT / "veza_openai.py"
 OPENAI_SECRET = "sk-admin-TESTSECRET-openai-77"
 VEZA_SECRET = "veza-TESTSECRET-token-88"
 # For tests not about role assignments: the demo org has custom roles, so the default (auto) reads each of
-# its 250 users' role assignments, which is most of a run's requests and time.
+# its 120 users' role assignments, which is most of a run's requests and time.
 NO_ROLE_READS = ("--role-assignments", "none")
 
 

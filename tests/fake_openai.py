@@ -714,7 +714,7 @@ def demo_organization() -> Organization:
     org = Organization(org_id="org-demo0001")
     org.legacy_organization = {"object": "organization", "id": org.org_id, "title": "Demo", "name": "demo",
                                "personal": False}
-    for i in range(250):  # three pages at limit=100
+    for i in range(120):  # two pages at limit=100
         org.users.append({"object": "organization.user", "id": f"user-{i:04d}", "name": f"Demo User {i}",
                           "email": f"demo{i}@example.com", "role": "reader", "added_at": BASE_TIME + i})
     org.users[0].update(role="owner", created=BASE_TIME - 100, is_scim_managed=True, api_key_last_used_at=BASE_TIME)

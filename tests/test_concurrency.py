@@ -33,8 +33,8 @@ def test_every_list_is_read_once_and_calls_equal_the_minimum(run_connector, open
     result = run_connector("--dry-run", "--role-assignments", "none")
     assert result.returncode == 0
     paths = [path for path, query in openai_fake.requests]
-    # users: 3 pages; every other list fits one page; per project: 6 reads; per group: 2; project group roles: 1
-    expected = 3 + 1 + 1 + 1 + 1 + 1 + 1 + 2 * 6 + 2 * 2 + 1
+    # users: 2 pages; every other list fits one page; per project: 6 reads; per group: 2; project group roles: 1
+    expected = 2 + 1 + 1 + 1 + 1 + 1 + 1 + 2 * 6 + 2 * 2 + 1
     # access review (issue #12): audit log, workload identity providers and certificates, one page each; federation
     # rules per provider (2); project certificates and hosted tool permissions per project (2 x 2)
     expected += 1 + 1 + 1 + 2 * 1 + 2 * 2
@@ -54,7 +54,7 @@ def test_a_429_pauses_only_its_own_endpoint_for_the_servers_wait(run_connector, 
     invites = [at for at, path, status in openai_fake.timeline if path == "/organization/invites"]
     assert len(invites) == 2 and invites[1] >= throttled_at + 0.4  # the throttled endpoint waited as told
     # Every other endpoint went on meanwhile: a pause shared with invites would let through only the few
-    # requests already in flight, all within a latency or two of the 429. The 250 role reads still to come
+    # requests already in flight, all within a latency or two of the 429. The 120 role reads still to come
     # take longer than the pause, so a loaded machine only puts more of them inside it.
     others = [at for at, path, status in openai_fake.timeline if path != "/organization/invites"]
     assert len([at for at in others if throttled_at + 0.05 < at < throttled_at + 0.35]) >= 10

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow  # each starts a Python process
 def test_the_executable_script_pushes_the_organization_and_exits_0(run_connector_subprocess, veza):
     result = run_connector_subprocess()
     assert result.returncode == 0, result.output
-    assert len(veza.payloads) == 1 and len(application(veza.payloads[0])["local_users"]) > 250
-    assert re.search(r"summary: outcome=pushed users=250 .* retries=0 seconds=", result.stderr.splitlines()[-1])
+    assert len(veza.payloads) == 1 and len(application(veza.payloads[0])["local_users"]) > 120
+    assert re.search(r"summary: outcome=pushed users=120 .* retries=0 seconds=", result.stderr.splitlines()[-1])
     assert OPENAI_SECRET not in result.output and VEZA_SECRET not in result.output
 
 

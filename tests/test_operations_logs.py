@@ -29,10 +29,10 @@ def assert_no_forged_lines(stderr: str) -> None:
 def test_logs_one_line_per_stage_and_end_with_a_summary(run_connector):
     result = run_connector()
     lines = result.stderr.strip().splitlines()
-    for stage in ("connecting to Veza", "reading OpenAI organization", "read 250 users", "mapped users=",
+    for stage in ("connecting to Veza", "reading OpenAI organization", "read 120 users", "mapped users=",
                   "pushing to Veza data source"):
         assert any(stage in line for line in lines), stage
-    assert re.search(r"summary: outcome=pushed users=250 .* calls=\d+ retries=0 seconds=", lines[-1])
+    assert re.search(r"summary: outcome=pushed users=120 .* calls=\d+ retries=0 seconds=", lines[-1])
 
 
 def test_summary_counts_each_family(run_connector):
@@ -93,10 +93,10 @@ def test_json_logs_parse_line_by_line_even_on_a_faulty_run(run_connector, openai
     entries = [json.loads(line) for line in result.stderr.splitlines()]
     assert all({"time", "level", "message"} <= set(entry) for entry in entries)
     assert entries[-1]["summary"] is True and entries[-1]["outcome"] == "pushed"
-    assert entries[-1]["users"] == 250 and entries[-1]["retries"] == 1 and entries[-1]["throttled"] == 1
+    assert entries[-1]["users"] == 120 and entries[-1]["retries"] == 1 and entries[-1]["throttled"] == 1
     assert entries[-1]["version"] == vo.__version__
     read = next(entry for entry in entries if entry.get("stage") == "read")
-    assert read["users"] == 250 and read["calls"] > 0
+    assert read["users"] == 120 and read["calls"] > 0
     assert any(entry["level"] == "WARNING" and "left out admin API keys" in entry["message"] for entry in entries)
     assert OPENAI_SECRET not in result.stderr and VEZA_SECRET not in result.stderr
 

@@ -37,9 +37,9 @@ def received_json(veza) -> bytes:
 @pytest.mark.parametrize("multipart", [False, True], ids=["whole", "in parts"])
 def test_saved_and_pushed_json_are_byte_for_byte_oaaclients(run_connector, veza, openai_fake, tmp_path, monkeypatch,
                                                            multipart):
-    if multipart:  # oaaclient's threshold and part size are 50 MB; the demo payload is a few hundred KB
+    if multipart:  # oaaclient's threshold and part size are 50 MB; the demo payload is about 60 KB
         monkeypatch.setattr(OAAClient, "MULTIPART_THRESHOLD_SIZE", 10_000)
-        monkeypatch.setattr(OAAClient, "DEFAULT_PART_SIZE", 100_000)
+        monkeypatch.setattr(OAAClient, "DEFAULT_PART_SIZE", 25_000)
     veza.keep_bodies = True
     result = run_connector("--save_json", str(tmp_path / "out.json"), *NO_ROLE_READS)
     assert result.returncode == 0, result.output
@@ -47,7 +47,7 @@ def test_saved_and_pushed_json_are_byte_for_byte_oaaclients(run_connector, veza,
     assert (tmp_path / "out.json").read_bytes() == expected
     assert received_json(veza) == expected
     parts = [raw for _, path, _, raw in veza.bodies if path.endswith(":parts")]
-    assert len(parts) == (2 + math.ceil(len(expected) / 100_000) if multipart else 0)  # start, uploads, complete
+    assert len(parts) == (2 + math.ceil(len(expected) / 25_000) if multipart else 0)  # start, uploads, complete
     assert len(parts) != 3  # more than one upload
 
 
@@ -77,7 +77,7 @@ def test_each_push_request_is_the_one_oaaclient_sends(veza, ca, openai_fake, mon
     client = vo.connect_veza(config)
     monkeypatch.setattr(vo, "_BASE64_STEP", 3 * 1_001)  # the JSON gzipped, each part encoded, in several blocks
     if multipart:
-        client.MULTIPART_THRESHOLD_SIZE, client.DEFAULT_PART_SIZE = 10_000, 70_001  # not a multiple of 3
+        client.MULTIPART_THRESHOLD_SIZE, client.DEFAULT_PART_SIZE = 10_000, 20_001  # not a multiple of 3
     snapshot = vo.ReadPlan(config, vo.Scheduler(vo.OpenAIAdminClient(config), config, vo.FAMILY_LIST)).read()
     application = vo.build_application(snapshot).application
     text = json.dumps(application.get_payload(), separators=(",", ":"))
@@ -93,7 +93,7 @@ def test_each_push_request_is_the_one_oaaclient_sends(veza, ca, openai_fake, mon
     assert {kind for _, kind, _ in ours} == {"application/json"}
     if multipart:
         upload_ids = [json.loads(bodies[1][2])["upload_id"] for bodies in (ours, oaaclients)]  # [0]: start
-        assert len(ours) == 2 + math.ceil(len(text) / 70_001) > 3  # start, several uploads, complete
+        assert len(ours) == 2 + math.ceil(len(text) / 20_001) > 3  # start, several uploads, complete
         assert [raw for _, _, raw in ours] == [raw.replace(*[i.encode() for i in reversed(upload_ids)])
                                                for _, _, raw in oaaclients]
     else:

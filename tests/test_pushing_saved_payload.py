@@ -47,7 +47,7 @@ def test_dry_run_needs_no_veza_settings_and_pushes_nothing(run_connector, veza):
     assert result.returncode == 0, result.output
     assert veza.requests == []
     [saved] = result.saved_json()
-    assert len(application(load(saved))["local_users"]) > 250
+    assert len(application(load(saved))["local_users"]) > 120
     assert "outcome=dry-run" in result.stderr
 
 

@@ -35,7 +35,7 @@ def test_pushes_every_user_of_a_multi_page_organization(run_connector, veza, ope
     users = by_id(app["local_users"])
     org_user_ids = {u["id"] for u in openai_fake.org.users}
     assert org_user_ids <= set(users)
-    assert openai_fake.calls(r"^/organization/users$") == 3  # 250 users at limit=100
+    assert openai_fake.calls(r"^/organization/users$") == 2  # 120 users at limit=100
     assert app["name"] == "org-demo0001" and app["application_type"] == "OpenAI"
     # activity_window_days: the audit log was read (--activity-days defaults to 90)
     assert app["custom_properties"] == {"organization_id": "org-demo0001", "is_personal": False,
@@ -73,7 +73,7 @@ def test_group_members_follow_an_opaque_next_cursor_across_pages(run_connector, 
 
 def test_auto_reads_per_user_roles_when_a_custom_role_exists(run_connector, openai_fake):
     assert run_connector().returncode == 0
-    assert openai_fake.calls(r"^/organization/users/[^/]+/roles$") == 250
+    assert openai_fake.calls(r"^/organization/users/[^/]+/roles$") == 120
     assert openai_fake.calls(r"^/projects/[^/]+/users/[^/]+/roles$") == 4  # one per project member
 
 
@@ -88,7 +88,7 @@ def test_auto_skips_per_user_roles_when_every_role_is_predefined(run_connector, 
     assert openai_fake.calls(r"^/organization/groups/[^/]+/roles$") == 2  # group role reads always happen
 
 
-@pytest.mark.parametrize(("mode", "expected_calls"), [("none", 0), ("all", 250)])
+@pytest.mark.parametrize(("mode", "expected_calls"), [("none", 0), ("all", 120)])
 def test_role_assignments_flag_forces_per_user_reads(run_connector, openai_fake, mode, expected_calls):
     openai_fake.org.roles = [r for r in openai_fake.org.roles if r["predefined_role"]]
     openai_fake.org.project_roles = {}
@@ -129,9 +129,9 @@ def test_activity_days_0_reads_no_audit_log_and_sets_nothing_from_it(run_connect
 
 
 def test_the_audit_log_is_read_page_by_page(run_connector, veza, openai_fake):
-    # 150 more logins (users 100..249, one an hour): with the demo's 8 events, 158 events are 2 pages of 100
+    # 120 more logins (users 0..119, one an hour): with the demo's 8 events, 128 events are 2 pages of 100
     openai_fake.org.audit_logs += [_event(f"audit_log-page{i:04d}", "login.succeeded", SESSION_NOW - 3600 * (i + 1),
-                                          _session(f"user-{100 + i:04d}", None)) for i in range(150)]
+                                          _session(f"user-{i:04d}", None)) for i in range(120)]
     payload, stderr = pushed(run_connector, veza)
     queries = audit_requests(openai_fake)
     assert len(queries) == 2
@@ -139,24 +139,27 @@ def test_the_audit_log_is_read_page_by_page(run_connector, veza, openai_fake):
     assert queries[1]["event_types[]"] == queries[0]["event_types[]"]  # the filters go with every page
     assert queries[1]["effective_at[gte]"] == queries[0]["effective_at[gte]"]
     users = users_of(payload)
-    assert users["user-0249"]["last_login_at"] == stamp(SESSION_NOW - 3600 * 150)
+    assert users["user-0119"]["last_login_at"] == stamp(SESSION_NOW - 3600 * 120)
     assert "in 2 calls" in stderr
 
 
 def test_the_audit_log_stops_at_its_page_cap_with_a_warning_and_still_pushes(run_connector, veza, openai_fake,
                                                                               monkeypatch):
     monkeypatch.setattr(veza_openai, "MAX_AUDIT_LOG_PAGES", 2)
-    # 250 logins, one an hour, newest first: the cap stops after 200, the last read 200 hours (8.3 days) ago
+    # 250 logins, one an hour, newest first: the cap stops after 200, the last read 200 hours (8.3 days) ago.
+    # Users 0..99 log in twice (the newer within the cut), users 100..119 only after the 200th event.
+    def user(i: int) -> str:
+        return f"user-{i % 100 if i < 200 else 100 + (i - 200) % 20:04d}"
     openai_fake.org.audit_logs = [_event(f"audit_log-cap{i:04d}", "login.succeeded", SESSION_NOW - 3600 * (i + 1),
-                                         _session(f"user-{i:04d}", None)) for i in range(250)]
+                                         _session(user(i), None)) for i in range(250)]
     payload, stderr = pushed(run_connector, veza)
     assert len(audit_requests(openai_fake)) == 2
     assert re.search(r"WARNING audit log: stopped after 2 pages \(200 events\); logins and API key scope changes "
                      rf"older than {stamp(SESSION_NOW - 3600 * 200)} are missing, so activity_window_days is 8 "
                      r"instead of 90; use a shorter --activity-days", stderr)
     users = users_of(payload)
-    assert users["user-0199"]["last_login_at"] == stamp(SESSION_NOW - 3600 * 200)
-    assert "last_login_at" not in users["user-0200"]  # older than the cut: unknown, so unset
+    assert users["user-0099"]["last_login_at"] == stamp(SESSION_NOW - 3600 * 100)
+    assert "last_login_at" not in users["user-0100"]  # older than the cut: unknown, so unset
     assert application(payload)["custom_properties"]["activity_window_days"] == 8
 
 
