@@ -1306,6 +1306,7 @@ class EndpointPacer:
         self.refill_seconds: float | None = None  # from a burst's first request to its refill, last seen
         self.refill_wait: float | None = None     # from the 429 that ended that burst to its refill: a window's is long
         self.exhausted_at: float | None = None    # the 429 that ended the current burst
+        self.last_refused_probe_at: float | None = None  # the latest refused probe since, when it was sent
         self.refill_burst: int | None = None       # the successes that allowance held
         self.first_throttled_at: float | None = None
         self.succeeded_since_throttled = 0
@@ -1473,6 +1474,8 @@ class EndpointPacer:
             # a window learned before stays one when the 429 that ended this burst came late in it
             late_in_window = same_window and self.refill_seconds >= LEARNED_WINDOW_MIN * self.scale
             self.refill_wait = max(refill_wait, self.refill_wait) if late_in_window else refill_wait
+            if not self.held_by_leader and refill_wait < LEARNED_WINDOW_MIN * self.scale:
+                self._pace_below_refill(sent)
             if self.held_by_leader and self.priors.window_seconds is None:
                 self.refill_wait = 0.0  # it waited for the other's refill, a bucket's: how long says nothing
             self.held_by_leader = False
@@ -1501,7 +1504,7 @@ class EndpointPacer:
         else:
             self.probe_wait = PROBE_FIRST_WAIT
             wait = self.probe_wait * self.scale
-            self.exhausted_at = now
+            self.exhausted_at, self.last_refused_probe_at = now, None
             if self._window_timed() and self.burst_started is not None:
                 wait = max(wait, self.burst_started + self._refill_offset() - now)
         self.probing, self.hintless = True, True
@@ -1529,6 +1532,7 @@ class EndpointPacer:
     def _after_refused_probe(self, now: float, sent_at: float) -> float:
         """How long after a refused probe the next goes: twice the last wait (up to 5 s); with a learned window,
         at the longest it took (it was at most that); with a window expected, not before shortly before it."""
+        self.last_refused_probe_at = sent_at
         self.probe_wait = min(self.probe_wait * 2, PROBE_MAX_WAIT)
         wait = self.probe_wait * self.scale
         if self.burst_started is None:
@@ -1571,6 +1575,18 @@ class EndpointPacer:
             settled = self.priors.settled_pace(self.path)  # or, when lower, the pace another endpoint settled at
             self.pace.start(now, min(burst_rate, settled) if settled else burst_rate)
             self.priors.paces[self.path] = self.pace
+
+    def _pace_below_refill(self, probe_sent: float) -> None:
+        """A limit that refilled in moments (a bucket): no request got through until the latest refused probe,
+        so it lets through fewer than one request in that time, and the pace goes no faster. The pace a first
+        429 starts from is the burst's, far too fast; cutting it step by step cost a 429 a step. The probe
+        took what had refilled: the next request goes a pace's interval after it, not at once with another."""
+        if not self.pace.active:
+            return
+        refused, exhausted = self.last_refused_probe_at, self.exhausted_at
+        if refused is not None and exhausted is not None and refused > exhausted:
+            self.pace.rate = max(min(self.pace.rate, 1 / (refused - exhausted)), self.pace.slowest_rate())
+        self.pace.next_send = max(self.pace.next_send, probe_sent + 1 / self.pace.rate)
 
     def _pace_from_hints(self, now: float, hint: float) -> None:
         """Two precise hints measure the limit: each 429 says when the next request may get through, and the

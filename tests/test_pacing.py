@@ -211,6 +211,23 @@ def refuse_probe(pacer: vo.EndpointPacer, now: float) -> float:
     return at
 
 
+def test_a_limit_that_refilled_in_moments_is_paced_no_faster_than_its_latest_refused_probe_allowed():
+    """A bucket with no hint: twenty at once, then a 429. The pace that 429 starts from is the burst's
+    (about a thousand a second); a probe refused 15 ms after the 429 says fewer than one request gets through
+    in 15 ms. Once a probe gets through, requests go no faster than that, the next one a whole interval after
+    the probe (not at once beside another), instead of a 429 for each cut of the pace on the way down."""
+    pacer = vo.EndpointPacer("/a", time_scale=0.01)
+    spend_allowance(pacer, 20, at=0.0)
+    exhausted = 20 * 0.001 + 0.0005
+    refused = refuse_probe(pacer, refuse_probe(pacer, exhausted))
+    probe = pacer.ready_at(refused)
+    assert pacer.on_send(probe) is True
+    pacer.on_success(probe + 0.001, probe=True)
+    interval = refused - exhausted
+    assert pacer.pace.rate <= 1 / interval * 1.001
+    assert pacer.ready_at(probe + 0.001) >= probe + interval * 0.999
+
+
 def two_endpoints_refused_a_second_apart(follower_allowance: int = 30) -> tuple[vo.LimitPriors, vo.EndpointPacer,
                                                                                 vo.EndpointPacer]:
     """A leader and a follower sharing priors, the leader past its 20-request allowance, the follower past its own
