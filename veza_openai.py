@@ -1270,7 +1270,8 @@ class EndpointPacer:
     not the hint: spacing requests by the wait made a window that sends `retry-after` take three times
     its bound. A 429 with retry-after(-ms) blocks the endpoint that long; the requests in flight then
     grow back from one, one more per success, so the moment the wait ends brings no burst of 429s. A 429
-    with no hint blocks the endpoint and sends one probe at a time, 0.5 s, 1 s, ... up to 5 s apart.
+    with no hint blocks the endpoint and sends one probe at a time, 0.5 s, 1 s, ... up to 5 s apart; a
+    refill within moments (a bucket) then paces it no faster than its latest refused probe allowed.
     When the refill, counted from the 429, took 10 s or more (a window: the Admin API's are about a
     minute), the allowance is remembered and the pace dropped: later bursts stop at that many requests
     plus one that asks whether it grew (when that one gets through the allowance is learned again, and
