@@ -1579,13 +1579,15 @@ class EndpointPacer:
 
     def _pace_below_refill(self, probe_sent: float) -> None:
         """A limit that refilled in moments (a bucket): no request got through until the latest refused probe,
-        so it lets through fewer than one request in that time, and the pace goes no faster. The pace a first
-        429 starts from is the burst's, far too fast; cutting it step by step cost a 429 a step. The probe
-        took what had refilled: the next request goes a pace's interval after it, not at once with another."""
+        so, until its pace has settled, it goes no faster than one request in that time. The pace a first 429
+        starts from is the burst's, far too fast; cutting it step by step cost a 429 a step. (Settled, it is
+        left alone: a short window that refills all at once would hold it far below its limit every window.)
+        The probe took what had refilled: the next request goes a pace's interval after it, not at once."""
         if not self.pace.active:
             return
         refused, exhausted = self.last_refused_probe_at, self.exhausted_at
-        if refused is not None and exhausted is not None and refused > exhausted:
+        if (refused is not None and exhausted is not None and refused > exhausted
+                and self.pace.throttled < PACE_SETTLED_AFTER):
             self.pace.rate = max(min(self.pace.rate, 1 / (refused - exhausted)), self.pace.slowest_rate())
         self.pace.next_send = max(self.pace.next_send, probe_sent + 1 / self.pace.rate)
 

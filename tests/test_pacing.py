@@ -228,6 +228,20 @@ def test_a_limit_that_refilled_in_moments_is_paced_no_faster_than_its_latest_ref
     assert pacer.ready_at(probe + 0.001) >= probe + interval * 0.999
 
 
+def test_a_settled_pace_is_not_slowed_by_a_refused_probe():
+    """Once 429s have cut a pace a few times it is near the limit: a refused probe then says more about when a
+    short window refills all at once than about the rate, and the pace is left as it was."""
+    pacer = vo.EndpointPacer("/a", time_scale=0.01)
+    spend_allowance(pacer, 20, at=0.0)
+    pacer.pace.throttled = vo.PACE_SETTLED_AFTER
+    rate = pacer.pace.rate
+    refused = refuse_probe(pacer, refuse_probe(pacer, 20 * 0.001 + 0.0005))
+    probe = pacer.ready_at(refused)
+    assert pacer.on_send(probe) is True
+    pacer.on_success(probe + 0.001, probe=True)
+    assert pacer.pace.rate == rate
+
+
 def two_endpoints_refused_a_second_apart(follower_allowance: int = 30) -> tuple[vo.LimitPriors, vo.EndpointPacer,
                                                                                 vo.EndpointPacer]:
     """A leader and a follower sharing priors, the leader past its 20-request allowance, the follower past its own
