@@ -1219,8 +1219,7 @@ class LimitPriors:
 
     def settled_pace(self, path: str) -> float | None:
         """The fastest pace another endpoint keeps after its 429s have cut it a few times (it found its limit)."""
-        return max((pace.rate for other, pace in self.paces.items()
-                    if other != path and pace.active and pace.throttled >= PACE_SETTLED_AFTER), default=None)
+        return max((pace.rate for other, pace in self.paces.items() if other != path and pace.settled), default=None)
 
     def earliest_refill(self, path: str, started: float, window_min: float) -> float | None:
         """How long after `started` another endpoint's first window, begun no later, is known not to have
@@ -1583,26 +1582,22 @@ class EndpointPacer:
         starts from is the burst's, far too fast; cutting it step by step cost a 429 a step. (Settled, it is
         left alone: a short window that refills all at once would hold it far below its limit every window.)
         The probe took what had refilled: the next request goes a pace's interval after it, not at once."""
-        if not self.pace.active:
-            return
         refused, exhausted = self.last_refused_probe_at, self.exhausted_at
-        if (refused is not None and exhausted is not None and refused > exhausted
-                and self.pace.throttled < PACE_SETTLED_AFTER):
-            self.pace.rate = max(min(self.pace.rate, 1 / (refused - exhausted)), self.pace.slowest_rate())
-        self.pace.next_send = max(self.pace.next_send, probe_sent + 1 / self.pace.rate)
+        if refused is not None and exhausted is not None and refused > exhausted and not self.pace.settled:
+            self.pace.no_faster_than(1 / (refused - exhausted))
+        self.pace.next_after(probe_sent)
 
     def _pace_from_hints(self, now: float, hint: float) -> None:
         """Two precise hints measure the limit: each 429 says when the next request may get through, and the
         successes between two such moments are what the limit let through in that time (a token bucket's rate,
-        a window's allowance over its length). The pace goes no faster than 90% of that: one 429 and the next
-        settle it, where cutting step by step from a burst's rate cost a 429 per step."""
+        a window's allowance over its length). The pace goes no faster than that: one 429 and the next settle
+        it, where cutting step by step from a burst's rate cost a 429 per step."""
         due = now + hint * self.scale
         if self.last_hint is not None and self.pace.active:
             due_before, succeeded_before = self.last_hint
             got_through = self.succeeded - succeeded_before
             if got_through and due > due_before:
-                measured = got_through / (due - due_before)
-                self.pace.rate = max(min(self.pace.rate, measured), self.pace.slowest_rate())
+                self.pace.no_faster_than(got_through / (due - due_before))
         self.last_hint = (due, self.succeeded)
 
     def requests_per_second(self, now: float | None = None) -> float | None:
@@ -1653,6 +1648,21 @@ class ObservedPace:
 
     def stop(self) -> None:
         self.rate = None
+
+    @property
+    def settled(self) -> bool:
+        """Cut by a few 429s: near its limit (a prior for other endpoints' first pace)."""
+        return self.active and self.throttled >= PACE_SETTLED_AFTER
+
+    def no_faster_than(self, rate: float) -> None:
+        """What the limit was seen to allow: the pace goes no faster (and never below the slowest)."""
+        if self.active:
+            self.rate = max(min(self.rate, rate), self.slowest_rate())
+
+    def next_after(self, sent: float) -> None:
+        """A request sent at `sent` took what had refilled: the next goes a whole interval after it."""
+        if self.active:
+            self.next_send = max(self.next_send, sent + 1 / self.rate)
 
     def ready_at(self, now: float) -> float:
         return max(now, self.next_send) if self.active else now
