@@ -88,3 +88,14 @@ def test_a_payload_saved_in_the_checkout_is_git_ignored(run_connector, tmp_path)
     tracked = subprocess.run(["git", "ls-files", "--cached", "--ignored", "--exclude-from=.gitignore"], cwd=ROOT,
                              env=git_env, capture_output=True, text=True, check=True)
     assert tracked.stdout == ""
+
+
+def test_a_failed_dry_run_says_nothing_about_veza_keeping_a_snapshot(run_connector, veza, openai_fake):
+    """A dry run pushes nothing whatever happens: its failure says what failed, never "Veza keeps the previous
+    snapshot" (it may say that nothing was pushed because it was a dry run)."""
+    openai_fake.refused["users"] = 403
+    result = run_connector(*NO_ROLE_READS, "--dry-run")
+    assert result.returncode == 1, result.output
+    assert "outcome=failed" in result.stderr.splitlines()[-1]
+    assert "Veza keeps" not in result.stderr
+    assert veza.requests == []
