@@ -267,7 +267,6 @@ READABLE_BY_OTHERS = "readable by other users"
     ("VEZA_API_KEY_FILE", 0o644, True),
     ("OPENAI_API_KEY_FILE", 0o600, False),
     ("OPENAI_API_KEY_FILE", 0o440, False),  # Kubernetes' read-only secret mount with fsGroup
-    ("OPENAI_API_KEY_FILE", 0o640, False),
 ], ids=lambda value: f"{value:04o}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
 def test_a_secret_file_readable_by_other_users_is_a_counted_warning_and_the_run_goes_on(run_connector, veza, tmp_path,
                                                                                        variable, mode, warns):
