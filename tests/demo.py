@@ -22,8 +22,22 @@ sys.path.insert(0, str(HERE))
 from fake_openai import FakeOpenAI, demo_organization  # noqa: E402
 from fake_veza import FakeVeza  # noqa: E402
 
+HELP = """usage: python tests/demo.py [CONNECTOR FLAGS ...]
+
+Try the connector without credentials: start the bundled fake OpenAI Admin API (a demo organization of
+120 users) and a fake Veza on 127.0.0.1, run ./veza_openai.py against them, then show what the fake Veza
+received, that it matches the connector's summary line, and where the payload JSON was saved. Nothing
+leaves this machine and no real key is used.
+
+Any flags are passed through to the connector (see ./veza_openai.py --help), for example:
+  python tests/demo.py --create-report      # also creates the 'OpenAI access review' report in the fake Veza
+"""
+
 
 def main() -> int:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(HELP, end="")
+        return 0
     workdir = Path(tempfile.mkdtemp(prefix="veza-openai-demo-"))
     ca = trustme.CA()
     ca_file = workdir / "fake-veza-ca.pem"
@@ -41,7 +55,7 @@ def main() -> int:
     }
     payload_file = workdir / "payload.json"
     try:
-        returncode, log = run_and_echo([str(HERE.parent / "veza_openai.py"), "--save_json", str(payload_file),
+        returncode, log = run_and_echo([str(HERE.parent / "veza_openai.py"), "--save-json", str(payload_file),
                                         *sys.argv[1:]], env)
     finally:
         openai_fake.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import socketserver
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -26,7 +27,7 @@ def stop_server(server: socketserver.BaseServer) -> None:
 
 
 class QuietKeepAliveHandler(BaseHTTPRequestHandler):
-    """HTTP/1.1 keep-alive, no access log, and TCP_NODELAY."""
+    """HTTP/1.1 keep-alive, no access log, TCP_NODELAY, and no traceback when a client hangs up."""
 
     protocol_version = "HTTP/1.1"
 
@@ -34,6 +35,14 @@ class QuietKeepAliveHandler(BaseHTTPRequestHandler):
         super().setup()
         # Without this, keep-alive answers wait ~40 ms for the client's delayed ACK.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle(self) -> None:
+        # A client that hangs up mid-answer (the connector giving up on a timeout, a test's reset) is no error of
+        # the fake's: socketserver would print its BrokenPipeError, ConnectionResetError or TLS EOF as a traceback.
+        try:
+            super().handle()
+        except (ConnectionError, ssl.SSLEOFError):
+            self.close_connection = True
 
     def log_message(self, *args: Any) -> None:
         pass

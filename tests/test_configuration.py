@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -256,3 +257,88 @@ def test_an_upper_case_https_scheme_in_veza_url_is_accepted(run_connector, veza)
     result = run_connector(*NO_ROLE_READS, env={"VEZA_URL": veza.url.replace("https://", "HTTPS://")})
     assert result.returncode == 0, result.output
     assert len(veza.payloads) == 1
+
+
+@pytest.mark.parametrize("uid", [10001, 0, 1000])
+def test_an_unwritable_save_directory_names_uid_10001_only_when_running_as_it(monkeypatch, uid):
+    """The image runs as uid 10001, and saying so helps there; elsewhere (root, a cron user) the message says the
+    directory is not writable by the user the run has, without sending anyone looking for uid 10001."""
+    monkeypatch.setattr(os, "getuid", lambda: uid)
+    monkeypatch.setattr(os, "geteuid", lambda: uid)
+    # /proc/sys takes no new file, even from root
+    [problem] = [p for p in config_problems(["--dry-run", "--save-json", "/proc/sys"], ENV) if "/proc/sys" in p]
+    assert "is not writable" in problem
+    if uid == 10001:
+        assert "uid 10001" in problem
+    else:
+        assert "10001" not in problem
+
+
+@pytest.mark.parametrize(("wrong", "right", "value"), [("OPENAI_ORG", "OPENAI_ORG_ID", "org-NOTSHOWN0031"),
+                                                       ("VEZA_TOKEN", "VEZA_API_KEY", "veza-NOTSHOWN-token-41")])
+def test_a_misspelled_variable_is_named_when_the_right_one_is_unset_never_its_value(run_connector, veza, openai_fake,
+                                                                                   wrong, right, value):
+    """OPENAI_ORG=org-... with OPENAI_ORG_ID unset, VEZA_TOKEN=... with VEZA_API_KEY unset: the configuration error
+    for the unset variable asks "did you mean" naming the variable that is set, never printing its value."""
+    result = run_connector(*NO_ROLE_READS, env={wrong: value}, drop=(right,))
+    assert result.returncode == 2, result.output
+    [line] = [line for line in result.stderr.splitlines() if re.search(rf"configuration error: {right}\b", line)]
+    assert re.search(rf"\b{wrong}\b", line) and "did you mean" in line.lower(), line
+    assert value not in result.output
+    assert "summary: outcome=config-error" in summary_line(result.stderr)
+    assert openai_fake.calls() == 0 and veza.requests == []
+
+
+def test_a_lookalike_variable_beside_the_right_one_is_not_mentioned(run_connector, veza):
+    """The "did you mean" is only for a variable whose right spelling is unset: beside it, a lookalike (another
+    tool's OPENAI_ORG, say) is left alone."""
+    result = run_connector(*NO_ROLE_READS, env={"OPENAI_ORG": "org-NOTSHOWN0031", "VEZA_TOKEN": "veza-NOTSHOWN-41"})
+    assert result.returncode == 0, result.output
+    assert not re.search(r"\bOPENAI_ORG\b", result.output) and "VEZA_TOKEN" not in result.output
+    assert "did you mean" not in result.output.lower() and "NOTSHOWN" not in result.output
+
+
+@pytest.mark.parametrize(("args", "meant"), [(("--dryrun",), "--dry-run"),
+                                             (("--veza-ulr", "https://veza.example.com"), "--veza-url"),
+                                             (("--save-jsn",), "--save-json"),
+                                             (("--max-workerz", "4"), "--max-workers")],
+                         ids=lambda value: value[0] if isinstance(value, tuple) else value)
+def test_a_misspelled_flag_gets_a_did_you_mean_with_exit_2(run_connector, veza, openai_fake, args, meant):
+    """A flag one slip away from a real one: the configuration error names the real one (its hyphenated
+    spelling), exit 2 before any request."""
+    result = run_connector(*args)
+    assert result.returncode == 2, result.output
+    [line] = [line for line in result.stderr.splitlines() if args[0] in line and "configuration error" in line]
+    assert re.search(rf"did you mean {meant}\b", line, re.IGNORECASE), line
+    assert "summary: outcome=config-error" in summary_line(result.stderr)
+    assert openai_fake.calls() == 0 and veza.requests == []
+
+
+def test_help_lists_the_hyphenated_spelling_of_each_flag_first():
+    """--veza-url before --veza_url, --save-json before --save_json, like every other flag (--max-run-time); the
+    underscore spellings stay as aliases. The first flag of an option is the one messages name."""
+    text = vo.build_arg_parser().format_help()
+    for hyphenated, underscored in (("--veza-url", "--veza_url"), ("--save-json", "--save_json"),
+                                    ("--openai-org", "--openai_org")):
+        assert hyphenated in text and underscored in text
+        assert text.index(hyphenated) < text.index(underscored), (hyphenated, underscored)
+    for option in vo.OPTIONS:
+        if option.flags:
+            assert "_" not in option.flags[0], option.flags
+
+
+def test_configuration_errors_name_the_hyphenated_flags():
+    """Messages lead with --veza-url and --save-json, as --help does."""
+    problems = config_problems(["--save-json", "/proc/veza-out"], {k: v for k, v in ENV.items() if k != "VEZA_URL"})
+    [veza_url] = [p for p in problems if "VEZA_URL" in p]
+    [save_json] = [p for p in problems if "/proc/veza-out" in p]
+    assert "--veza-url" in veza_url and "--veza_url" not in veza_url
+    assert save_json.startswith("--save-json ") and "--save_json" not in save_json
+
+
+def test_the_underscore_spellings_still_work(run_connector, veza, tmp_path):
+    """--veza_url and --save_json, as in older cron lines and scripts, still parse as aliases."""
+    result = run_connector(*NO_ROLE_READS, "--veza_url", veza.url, "--save_json", str(tmp_path / "out.json"),
+                           drop=("VEZA_URL",))
+    assert result.returncode == 0, result.output
+    assert len(veza.payloads) == 1 and json.loads((tmp_path / "out.json").read_text()) == veza.payloads[0]

@@ -240,3 +240,51 @@ def test_a_netrc_entry_for_the_hosts_never_replaces_the_keys(run_connector, veza
     result = run_connector(*NO_ROLE_READS)
     assert result.returncode == 0, result.output
     assert len(veza.pushes) == 1
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n"], ids=["LF", "CRLF"])
+@pytest.mark.parametrize("variable", ["OPENAI_API_KEY", "VEZA_API_KEY"])
+def test_a_key_with_a_trailing_newline_says_how_to_fix_it_never_the_key(run_connector, veza, openai_fake, variable,
+                                                                         ending):
+    """`export OPENAI_API_KEY="$(cat key)"`-style slips leave a newline at the end: the configuration error says
+    the key ends with a newline and how to fix it (the _FILE variable, whose trailing newlines are dropped),
+    without the key."""
+    secret = {"OPENAI_API_KEY": OPENAI_SECRET, "VEZA_API_KEY": VEZA_SECRET}[variable]
+    result = run_connector(*NO_ROLE_READS, env={variable: secret + ending})
+    assert result.returncode == 2, result.output
+    [line] = [line for line in result.stderr.splitlines() if f"configuration error: {variable}" in line]
+    assert "newline" in line and f"{variable}_FILE" in line, line
+    assert secret not in result.output and secret[-12:] not in result.output
+    assert openai_fake.calls() == 0 and veza.requests == []
+
+
+READABLE_BY_OTHERS = "readable by other users"
+
+
+@pytest.mark.parametrize(("variable", "mode", "warns"), [
+    ("OPENAI_API_KEY_FILE", 0o644, True),
+    ("OPENAI_API_KEY_FILE", 0o604, True),
+    ("VEZA_API_KEY_FILE", 0o644, True),
+    ("OPENAI_API_KEY_FILE", 0o600, False),
+    ("OPENAI_API_KEY_FILE", 0o440, False),  # Kubernetes' read-only secret mount with fsGroup
+], ids=lambda value: f"{value:04o}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
+def test_a_secret_file_readable_by_other_users_is_a_counted_warning_and_the_run_goes_on(run_connector, veza, tmp_path,
+                                                                                       variable, mode, warns):
+    """A key file anyone on the host can read (o+r) is said at the start of the run, with the fix, and counted in
+    warnings=; owner- or group-only files (0600, Kubernetes' 0440) are not. Either way the run pushes."""
+    secret = {"OPENAI_API_KEY_FILE": OPENAI_SECRET, "VEZA_API_KEY_FILE": VEZA_SECRET}[variable]
+    key_file = tmp_path / "secret-key"
+    key_file.write_text(secret + "\n")
+    key_file.chmod(mode)
+    result = run_connector(*NO_ROLE_READS, env={variable: str(key_file)}, drop=(variable.removesuffix("_FILE"),))
+    assert result.returncode == 0, result.output
+    assert len(veza.pushes) == 1
+    lines = result.stderr.splitlines()
+    said = [line for line in lines if READABLE_BY_OTHERS in line]
+    if warns:
+        [line] = said
+        assert " WARNING " in line and variable in line and "chmod 600" in line, line
+        assert f" warnings={sum(' WARNING ' in line for line in lines)} " in lines[-1]
+    else:
+        assert said == []
+    assert secret not in result.output

@@ -8,9 +8,11 @@ exiting, and that the in-process runner sees what a real run does.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
-from conftest import OPENAI_SECRET, VEZA_SECRET, application
+from conftest import OPENAI_SECRET, SCRIPT, VEZA_SECRET, application, clean_environment
 
 pytestmark = pytest.mark.slow  # each starts a Python process
 
@@ -35,6 +37,26 @@ def test_an_unknown_flag_exits_2_with_argparses_message(run_connector_subprocess
     result = run_connector_subprocess("--no-such-flag")
     assert result.returncode == 2
     assert "unrecognized arguments: --no-such-flag" in result.stderr
+
+
+@pytest.mark.parametrize("args", [("--help",), ()], ids=["--help", "a run"])
+def test_run_by_a_python_without_the_packages_it_says_how_to_install_them_in_one_line(tmp_path, ca, openai_fake,
+                                                                                         veza, args):
+    """`./veza_openai.py --help` outside the venv (the shebang finds a python3 without requests and oaaclient)
+    is one line naming the missing package and `pip install -r requirements.txt`, exit 2, not a
+    ModuleNotFoundError traceback. `python -S` leaves out every site-packages directory, the venv's too."""
+    environment = clean_environment(tmp_path, ca, openai_fake, veza, None, ())
+    done = subprocess.run([sys.executable, "-S", "-E", str(SCRIPT), *args], env=environment, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "Traceback" not in output and "ModuleNotFoundError" not in output
+    [message] = [line for line in output.splitlines() if "requirements.txt" in line]
+    assert "pip install -r requirements.txt" in message
+    assert re.search(r"\b(requests|oaaclient)\b", message), message
+    if args == ("--help",):
+        assert output.strip() == message.strip()
+    assert openai_fake.calls() == 0 and veza.requests == []
 
 
 def test_a_configuration_error_exits_2_with_a_summary_and_no_traceback(run_connector_subprocess, veza, openai_fake):

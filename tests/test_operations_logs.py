@@ -141,3 +141,84 @@ def test_left_out_is_empty_when_every_family_was_read(run_connector):
     summary = result.stderr.splitlines()[-1]
     assert " left_out= " in summary
     assert f"warnings={result.stderr.count(' WARNING ')} " in summary
+
+
+HUMAN_SUMMARY = ("In Veza:", "Left out:", "Payload:")
+# The summary line's keys as of 1.2.1, in order, for a run without --create-report: kept, new keys only appended.
+SUMMARY_KEYS = ["outcome", "users", "groups", "group_memberships", "projects", "project_memberships",
+                "service_accounts", "project_api_keys_active", "project_api_keys_inactive", "admin_api_keys",
+                "invites_pending", "roles", "role_assignments", "logins", "key_scopes", "federation_rules",
+                "certificates", "warnings", "left_out", "veza_warnings", "throttled", "calls", "retries", "seconds",
+                "version"]
+
+
+def message_of(line: str) -> str:
+    return TIMESTAMP.sub("", line)
+
+
+def human_summary(stderr: str) -> dict[str, tuple[int, str]]:
+    """{"In Veza:": (line index, message), ...}: each human summary line, found once, by how its message starts."""
+    found: dict[str, tuple[int, str]] = {}
+    for index, line in enumerate(stderr.splitlines()):
+        for start in HUMAN_SUMMARY:
+            if message_of(line).startswith(start):
+                assert start not in found, f"{start} twice"
+                found[start] = (index, message_of(line))
+    return found
+
+
+def summary_fields(line: str) -> dict[str, str]:
+    return dict(field.split("=", 1) for field in line.split("summary: ", 1)[1].split())
+
+
+def test_a_text_mode_run_ends_with_a_human_summary_just_before_the_summary_line(run_connector, veza):
+    """Above the key=value line, a few lines a person reads: what is now in Veza (people, service accounts,
+    owners by any path, admin keys, active project keys, projects), what was left out, where the payload went.
+    The summary line stays the last line."""
+    result = run_connector(*NO_ROLE_READS)
+    assert result.returncode == 0, result.output
+    lines = result.stderr.splitlines()
+    fields = summary_fields(summary_line(result.stderr))
+    assert message_of(lines[-1]).startswith("summary: outcome=pushed")
+    human = human_summary(result.stderr)
+    assert set(human) == set(HUMAN_SUMMARY), result.stderr
+    assert all(len(lines) - 8 <= index < len(lines) - 1 for index, _ in human.values()), result.stderr
+    in_veza = human["In Veza:"][1]
+    assert re.search(r"\d+ owners?\b", in_veza) and "owners" in in_veza, in_veza
+    assert re.search(rf"\b{fields['admin_api_keys']} admin key", in_veza), in_veza
+    assert re.search(rf"\b{fields['projects']} projects?\b", in_veza), in_veza
+    assert re.search(rf"\b{fields['service_accounts']} service accounts?\b", in_veza), in_veza
+    assert "none" in human["Left out:"][1], human["Left out:"]
+    assert "pushed to data source 'OpenAI - org-demo0001'" in human["Payload:"][1], human["Payload:"]
+
+
+def test_the_human_summary_says_what_was_left_out_and_that_a_dry_run_pushed_nothing(run_connector, openai_fake):
+    """A refused family is named with the grant it needs; a dry run's payload was saved, not pushed."""
+    openai_fake.refused["groups"] = 403
+    result = run_connector(*NO_ROLE_READS, "--dry-run")
+    assert result.returncode == 0, result.output
+    [saved] = result.saved_json()
+    human = human_summary(result.stderr)
+    assert set(human) == set(HUMAN_SUMMARY), result.stderr
+    left_out = human["Left out:"][1]
+    assert "groups" in left_out and "Groups: Read" in left_out, left_out
+    payload = human["Payload:"][1]
+    assert "not pushed (dry run)" in payload and "saved to" in payload and saved.name in payload, payload
+    assert message_of(result.stderr.splitlines()[-1]).startswith("summary: outcome=dry-run")
+
+
+def test_json_logs_have_no_human_summary_lines_the_summary_object_carries_the_facts(run_connector):
+    """With --log-format json the summary object is the summary: no "In Veza:" prose lines for a shipper."""
+    result = run_connector(*NO_ROLE_READS, "--log-format", "json")
+    assert result.returncode == 0, result.output
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    assert not [entry["message"] for entry in entries if entry["message"].startswith(HUMAN_SUMMARY)]
+    assert entries[-1]["summary"] is True and entries[-1]["outcome"] == "pushed"
+
+
+def test_the_summary_line_keeps_its_keys_in_order_and_only_appends_new_ones(run_connector):
+    """Log pipelines parse the key=value line: every key of 1.2.1 keeps its place; new keys come after them."""
+    result = run_connector(*NO_ROLE_READS, "--dry-run")
+    assert result.returncode == 0, result.output
+    keys = list(summary_fields(summary_line(result.stderr)))
+    assert keys[:len(SUMMARY_KEYS)] == SUMMARY_KEYS

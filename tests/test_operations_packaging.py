@@ -228,3 +228,16 @@ def test_the_changelog_dates_every_version_down_to_1_0_0_and_says_how_to_upgrade
     section_110 = text.split("## 1.1.0", 1)[1].split("\n## ", 1)[0]
     upgrading = section_110.split("**Upgrading**", 1)[1]
     assert "project_owner_via_organization" in upgrading and "granted_by" in upgrading
+
+
+@pytest.mark.slow
+def test_the_demos_help_says_what_the_demo_does_and_runs_nothing():
+    """`tests/demo.py --help` is the demo's own help (what it starts and shows, that flags pass through), exit 0;
+    it does not run the connector's --help and then report "demo failed"."""
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "demo.py"), "--help"], capture_output=True,
+                            text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("usage: ") and "demo.py" in result.stdout.splitlines()[0]
+    assert "fake" in result.stdout and "veza_openai.py --help" in result.stdout
+    assert "demo failed" not in result.stdout + result.stderr
+    assert "usage: veza_openai.py" not in result.stdout and "summary:" not in result.stderr

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 
 from conftest import (
     NO_ROLE_READS,
+    ROOT,
     application,
     load,
 )
@@ -62,3 +65,37 @@ def test_a_full_disk_when_saving_fails_the_run_before_the_push(run_connector, ve
     assert NOTHING_PUSHED in result.stderr
     assert veza.pushes == []
     assert list(target.parent.iterdir()) == []  # no half-written file, no temporary left behind
+
+
+def test_a_payload_saved_in_the_checkout_is_git_ignored(run_connector, tmp_path):
+    """A saved payload holds every user's email: saved in the checkout under its default name
+    (openai-<org id>-<UTC time>.json, in the working directory), `git add .` must not pick it up.
+    Checked with git itself against a copy of the repository's .gitignore, with no user or system git config."""
+    result = run_connector(*NO_ROLE_READS, "--dry-run")
+    assert result.returncode == 0, result.output
+    [saved] = result.saved_json()
+    repository = tmp_path / "checkout"
+    repository.mkdir()
+    shutil.copy(ROOT / ".gitignore", repository / ".gitignore")
+    git_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1",
+               "GIT_CONFIG_GLOBAL": os.devnull}
+    subprocess.run(["git", "init", "-q"], cwd=repository, env=git_env, check=True)
+    names = [saved.name, f"tests/{saved.name}", "openai-org-demo0001-20261130-235959.json"]
+    checked = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=repository, env=git_env,
+                             capture_output=True, text=True)
+    assert checked.stdout.split() == names, f"not ignored: {sorted(set(names) - set(checked.stdout.split()))}"
+    # and no file the repository tracks is ignored by it
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--ignored", "--exclude-from=.gitignore"], cwd=ROOT,
+                             env=git_env, capture_output=True, text=True, check=True)
+    assert tracked.stdout == ""
+
+
+def test_a_failed_dry_run_says_nothing_about_veza_keeping_a_snapshot(run_connector, veza, openai_fake):
+    """A dry run pushes nothing whatever happens: its failure says what failed, never "Veza keeps the previous
+    snapshot" (it may say that nothing was pushed because it was a dry run)."""
+    openai_fake.refused["users"] = 403
+    result = run_connector(*NO_ROLE_READS, "--dry-run")
+    assert result.returncode == 1, result.output
+    assert "outcome=failed" in result.stderr.splitlines()[-1]
+    assert "Veza keeps" not in result.stderr
+    assert veza.requests == []
