@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fake_openai import FakeOpenAI, Organization, demo_audit_logs, demo_organization  # noqa: E402
+from fake_openai import FakeOpenAI, Organization, demo_audit_logs, demo_organization, generate_organization  # noqa: E402
 from fake_veza import FakeVeza  # noqa: E402
 
 SCRIPT = ROOT / "veza_openai.py"
@@ -63,6 +63,15 @@ def openai_fake():
     fake = FakeOpenAI(session_demo_organization(), admin_key=OPENAI_SECRET).start()
     yield fake
     fake.stop()
+
+
+@pytest.fixture
+def small_openai(openai_fake):
+    """The fake OpenAI serves a small organization (one page of each list, a few records) instead of the demo:
+    for tests of what happens around the read, not of what is read."""
+    openai_fake.org = generate_organization(users=3, projects=1, members=1, service_accounts=1, keys=1, groups=1,
+                                            group_members=1, org_id="org-small0001")
+    return openai_fake
 
 
 @pytest.fixture
@@ -331,3 +340,53 @@ def creds_of(payload: dict) -> dict[str, dict]:
 
 def resources_of(payload: dict) -> dict[str, dict]:
     return by_id(application(payload).get("resources", []))
+
+
+class RecordingServer(TinyServer):
+    """Answers every request 200 with `body` (JSON) and records it: (request line, headers, body bytes).
+
+    A redirect target, or a proxy, that must receive nothing. With `ca` it speaks HTTPS (a certificate for
+    127.0.0.1 and localhost); `url_for("localhost")` names it by another host than the fakes' 127.0.0.1.
+    """
+
+    def __init__(self, ca: trustme.CA | None = None, body: bytes = b"{}") -> None:
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+        self.body = body
+        self.context = None
+        if ca is not None:
+            import ssl
+
+            self.scheme = "https"
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ca.issue_cert("127.0.0.1", "localhost").configure_cert(self.context)
+        super().__init__()
+
+    def url_for(self, host: str) -> str:
+        return f"{self.scheme}://{host}:{self.server.getsockname()[1]}"
+
+    def answer(self, connection: socket.socket) -> None:
+        try:
+            stream = self.context.wrap_socket(connection, server_side=True) if self.context else connection
+            with stream:
+                stream.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = stream.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                line, *fields = head.decode("latin-1").split("\r\n")
+                headers = {name.strip().lower(): value.strip()
+                           for name, _, value in (field.partition(":") for field in fields)}
+                length = int(headers.get("content-length") or 0)
+                while len(body) < length:
+                    chunk = stream.recv(65536)
+                    if not chunk:
+                        break
+                    body += chunk
+                self.received.append((line, headers, body))
+                stream.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                               b"Content-Length: " + str(len(self.body)).encode() + b"\r\n\r\n" + self.body)
+        except OSError:
+            pass

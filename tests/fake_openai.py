@@ -20,10 +20,10 @@ import time
 import urllib.parse
 import zlib
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from fake_http import QuietKeepAliveHandler, stop_server
+from fake_http import FakeServer, QuietKeepAliveHandler, stop_server
 
 DEFAULT_ADMIN_KEY = "sk-admin-fake-key-0001"
 BASE_TIME = 1_700_000_000
@@ -68,8 +68,10 @@ class Fault:
 
     path: str
     # status|reset|truncate|nonjson|wrong_object|data_not_list|no_cursor|repeat_cursor|overlap|delay-only
-    # |drip|endless|gzip_bomb|hook (drip: a byte every `delay` s; endless: body = items per page (1); gzip_bomb: body =
-    # decompressed bytes (50 MB); hook: body = callable(fake), called once, then the request is answered normally)
+    # |drip|endless|gzip_bomb|hook|raw (drip: a byte every `delay` s; endless: body = items per page (1);
+    # gzip_bomb: body = decompressed bytes (50 MB); hook: body = callable(fake), called once, then the request is
+    # answered normally; raw: body = bytes sent as they are, with `status`, as JSON: e.g. nesting too deep for
+    # json.dumps to write)
     kind: str = "status"
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
@@ -147,13 +149,14 @@ class FakeOpenAI:
         self.refused: dict[str, int] = {}  # family -> 403 or 404
         self.requests: list[tuple[str, dict]] = []
         self.user_agents: list[str | None] = []  # the User-Agent of every request, in order
+        self.authorizations: list[str | None] = []  # the Authorization header of every request, in order
         self.timeline: list[tuple[float, str, int]] = []  # (arrival time.monotonic(), path, status answered)
         self.jitter = 0.0  # extra random latency, up to this many seconds, to shuffle completion order
         self.lock = threading.Lock()
         self.in_flight = 0
         self.peak_in_flight = 0
         self.limiter: Any = None  # a fake_limits model: admit(family, now) -> None or 429 headers
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
+        self._server = FakeServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -504,6 +507,7 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 time.sleep(fake.latency + random.uniform(0, fake.jitter))
             with fake.lock:
                 fake.user_agents.append(self.headers.get("User-Agent"))
+                fake.authorizations.append(self.headers.get("Authorization"))
             status, body, fault = fake.answer(path, query, self.headers.get("Authorization"))
             with fake.lock:
                 fake.timeline.append((arrived, path, fault.status if fault and fault.kind == "status" else status))
@@ -527,6 +531,9 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                     return
                 elif fault.kind == "gzip_bomb":
                     self._send(200, gzip_bomb(int(fault.body or 50_000_000)), {"Content-Encoding": "gzip"})
+                    return
+                elif fault.kind == "raw":
+                    self._send(fault.status, fault.body, dict(fault.headers))
                     return
                 elif fault.kind == "truncate":
                     raw = json.dumps(body).encode()

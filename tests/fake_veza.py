@@ -14,7 +14,14 @@ assessment queries and reports) and keeps every decoded payload. Knobs for the c
 - `user_agents`: the User-Agent header of every request, in order.
 - `keep_bodies = True`: `bodies` gets (method, path, Content-Type, raw body) of every request with a body.
 - `answer_with[(method, path)] = (status, headers)`: answer every such request with that (e.g. a load
-  balancer's 503 with `Retry-After: 3600`); `delays[(method, path)] = seconds` before answering.
+  balancer's 503 with `Retry-After: 3600`); `delays[(method, path)] = seconds` before answering. A third
+  element is the body: bytes sent as they are (Content-Type from the headers, else text/html), or JSON.
+- `push_answers`: a list of `PushAnswer`; each `:push` takes the first (status, headers, body, and whether the
+  payload is stored first) until the list is empty, e.g. a 307 with a Location, a 503 once, an odd 200 body.
+- `resets[(method, path)] = n`: the first n such requests get the connection closed without an answer.
+- `authorizations`: the Authorization header of every request, in order.
+- `endless_providers = n` / `endless_data_sources = n`: that list (the provider or data-source lookup) says
+  `has_more` with a fresh page token for ever, n entries a page (0: empty pages), none of the name asked.
 - `endless_queries = True`: the saved-query list says `has_more` with a fresh page token for ever.
 - `rich_queries = True`: saved queries come back as a real Veza stores them: fields of its own added,
   enums as integers, false/empty values left out (proto3 JSON).
@@ -36,11 +43,12 @@ import struct
 import threading
 import urllib.parse
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import trustme
-from fake_http import QuietKeepAliveHandler, stop_server
+from fake_http import FakeServer, QuietKeepAliveHandler, stop_server
 
 DEFAULT_API_KEY = "veza-fake-key-0001"
 PUSH_THEN = ("reset", "502", "nonjson", "drip")
@@ -49,6 +57,16 @@ GATEWAY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 
 HTML_PAGE = b"<!DOCTYPE html><html><body><p>Veza is under maintenance.</p></body></html>"
 QUERIES = "/api/v1/assessments/queries"
 REPORTS = "/api/preview/assessments/reports"
+
+
+@dataclass
+class PushAnswer:
+    """One answer to a `:push` (FakeVeza.push_answers)."""
+
+    status: int = 200
+    body: Any = None  # JSON, or bytes sent as they are; None: Veza's usual error body
+    headers: dict[str, str] = field(default_factory=dict)
+    store: bool = False  # store the pushed payload first (Veza took it, whatever the answer says)
 
 
 _SERVER_CONTEXTS: dict[int, tuple[trustme.CA, ssl.SSLContext]] = {}
@@ -80,7 +98,13 @@ class FakeVeza:
         self.keep_bodies = False
         self.bodies: list[tuple[str, str, str | None, bytes]] = []
         self.queries: list[dict] = []  # saved assessment queries
-        self.answer_with: dict[tuple[str, str], tuple[int, dict[str, str]]] = {}
+        self.answer_with: dict[tuple[str, str], tuple] = {}  # (status, headers) or (status, headers, body)
+        self.push_answers: list[PushAnswer] = []
+        self.resets: dict[tuple[str, str], int] = {}
+        self.authorizations: list[str | None] = []
+        self.endless_providers: int | None = None
+        self.endless_data_sources: int | None = None
+        self._endless = 0
         self.delays: dict[tuple[str, str], float] = {}
         self.endless_queries = False
         self.rich_queries = False
@@ -89,7 +113,7 @@ class FakeVeza:
         self._parts: dict[str, list[bytes]] = {}
         self.lock = threading.Lock()
         self._local = threading.local()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
+        self._server = FakeServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self._server.socket = _server_context(ca).wrap_socket(self._server.socket, server_side=True)
 
@@ -145,12 +169,18 @@ class FakeVeza:
         with self.lock:
             self.requests.append((method, path))
             self.user_agents.append(user_agent)
+            self.authorizations.append(auth)
+            reset = self.resets.get((method, path), 0) > 0
+            if reset:
+                self.resets[(method, path)] -= 1
+        if reset:
+            return 0, {}, "reset"
         if (method, path) in self.delays:
             self._stopping.wait(self.delays[(method, path)])
         self._local.headers = {}
         if (method, path) in self.answer_with:
-            status, self._local.headers = self.answer_with[(method, path)]
-            return status, {"code": "Unavailable", "message": "the service is unavailable"}, None
+            status, self._local.headers, *body = self.answer_with[(method, path)]
+            return status, body[0] if body else {"code": "Unavailable", "message": "the service is unavailable"}, None
         status, answer = self._route(method, path, query, body, auth)
         stored = getattr(self._local, "stored", False)
         self._local.stored = False
@@ -165,6 +195,8 @@ class FakeVeza:
         if path == "/api/v1/providers/custom/templates" and method == "GET":
             return 200, {"values": [{"id": "application"}, {"id": "identity_provider"}], "has_more": False}
         if path == "/api/v1/providers/custom":
+            if method == "GET" and self.endless_providers is not None:
+                return 200, self._endless_page(self.endless_providers, "provider")
             if method == "GET":
                 return 200, {"values": _filtered(self.providers, query), "has_more": False}
             if self.team_key:
@@ -181,6 +213,8 @@ class FakeVeza:
             provider_id = parts[4]
             if provider_id not in self.data_sources:
                 return 404, {"code": "NotFound", "message": "provider not found"}
+            if method == "GET" and self.endless_data_sources is not None:
+                return 200, self._endless_page(self.endless_data_sources, "data-source")
             if method == "GET":
                 return 200, {"values": _filtered(self.data_sources[provider_id], query), "has_more": False}
             if self.team_key:
@@ -192,6 +226,10 @@ class FakeVeza:
         if len(parts) == 7 and parts[5] == "datasources" and method == "POST":
             provider_id, (source_id, _, operation) = parts[4], parts[6].partition(":")
             if operation == "push":
+                with self.lock:
+                    planned = self.push_answers.pop(0) if self.push_answers else None
+                if planned is not None:
+                    return self._planned_push(planned, provider_id, source_id, body)
                 if self.push_error:
                     return self.push_error
                 raw = body["json_data"]
@@ -200,6 +238,27 @@ class FakeVeza:
             if operation == "parts":
                 return self._parts_operation(provider_id, source_id, body)
         return 404, {"code": "NotFound", "message": f"no route {method} {path}"}
+
+    def _planned_push(self, planned: PushAnswer, provider_id: str, source_id: str, body: Any) -> tuple[int, Any]:
+        if planned.store:
+            raw = body["json_data"]
+            self._store(provider_id, source_id,
+                        gzip.decompress(base64.b64decode(raw)) if body.get("compression_type") == "GZIP" else raw)
+        self._local.headers = dict(planned.headers)
+        if planned.body is None:
+            return planned.status, {"code": "Unavailable", "message": "the service is unavailable"}
+        return planned.status, planned.body
+
+    def _endless_page(self, entries: int, kind: str) -> dict:
+        """A page of `entries` fresh entries, none of the name asked for, that says there is always more."""
+        with self.lock:
+            values = []
+            for _ in range(entries):
+                self._endless += 1
+                values.append({"id": str(uuid.uuid4()), "name": f"endless-{kind}-{self._endless:06d}",
+                               **({"custom_template": "application"} if kind == "provider" else {})})
+            self._endless += 1
+            return {"values": values, "has_more": True, "next_page_token": f"endless-{self._endless}"}
 
     def _store(self, provider_id: str, source_id: str, data: bytes | str) -> tuple[int, dict]:
         payload = json.loads(data)
@@ -360,8 +419,12 @@ def _handler_for(fake: FakeVeza) -> type[BaseHTTPRequestHandler]:
             body = json.loads(raw) if raw else None
             status, answer, then = fake.respond(method, split.path, dict(urllib.parse.parse_qsl(split.query)), body,
                                                 self.headers.get("authorization"), self.headers.get("User-Agent"))
-            data = json.dumps(answer).encode()
-            headers = getattr(fake._local, "headers", None) or {}
+            headers = dict(getattr(fake._local, "headers", None) or {})
+            content_type = "application/json"
+            if isinstance(answer, bytes):
+                data, content_type = answer, headers.pop("Content-Type", "text/html")
+            else:
+                data = json.dumps(answer).encode()
             if then == "reset":
                 # Stored, then gone: no status line, the TCP connection just ends (RST on close).
                 self.close_connection = True
@@ -375,7 +438,7 @@ def _handler_for(fake: FakeVeza) -> type[BaseHTTPRequestHandler]:
             elif then == "drip":
                 self._send(200, "application/json", data, drip=fake.drip_interval)
             else:
-                self._send(status, "application/json", data, headers=headers)
+                self._send(status, content_type, data, headers=headers)
 
         def _send(self, status: int, content_type: str, data: bytes, drip: float | None = None,
                   headers: dict[str, str] | None = None) -> None:

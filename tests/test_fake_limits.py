@@ -296,3 +296,14 @@ def test_existing_fault_kinds_still_work(fake):
     fake.faults.append(Fault(r"^/organization/invites$", kind="data_not_list"))
     assert get(fake, "/organization/invites").json()["data"] == {"oops": True}
     assert json.loads(get(fake, "/organization/invites").text)["data"][0]["object"] == "organization.invite"
+
+
+def test_raw_answers_are_sent_as_given_and_authorizations_are_recorded(fake):
+    deep = b'{"enabled":' + b"[" * 2000 + b"]" * 2000 + b"}"  # deeper than json.dumps would write
+    fake.faults.append(Fault(r"^/organization/roles$", kind="raw", status=200, body=deep))
+    response = requests.get(fake.base_url + "/organization/roles", timeout=10,
+                            headers={"Authorization": f"Bearer {DEFAULT_ADMIN_KEY}"})
+    assert response.status_code == 200 and response.content == deep
+    assert response.headers["Content-Type"] == "application/json"
+    requests.get(fake.base_url + "/organization/users", timeout=10, auth=("netrc-login", "password"))
+    assert fake.authorizations == [f"Bearer {DEFAULT_ADMIN_KEY}", "Basic bmV0cmMtbG9naW46cGFzc3dvcmQ="]

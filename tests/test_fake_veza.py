@@ -7,8 +7,9 @@ import time
 
 import oaaclient
 import pytest
+import requests
 from conftest import VEZA_SECRET
-from fake_veza import REPORTS
+from fake_veza import GATEWAY_PAGE, HTML_PAGE, REPORTS, PushAnswer
 from oaaclient import utils as oaautils
 from oaaclient.client import OAAClient, OAAClientError, OAAConnectionError, OAAResponseError
 
@@ -181,3 +182,58 @@ def test_a_team_key_pushes_to_a_precreated_provider_and_data_source(client, veza
     assert (found["id"], found_source["id"]) == (provider["id"], source["id"])
     client.datasource_push(found["id"], found_source["id"], PAYLOAD)
     assert veza.payloads == [json.loads(PAYLOAD)]
+
+
+# --- knobs for hostile answers -------------------------------------------------------------------
+
+def veza_session(ca) -> requests.Session:
+    """A session trusting the fake's CA (also when REQUESTS_CA_BUNDLE, which would win over session.verify, is set)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.verify, session.headers["Authorization"] = ca[1], f"Bearer {VEZA_SECRET}"
+    return session
+
+
+def test_push_answers_are_taken_in_order_then_pushes_are_answered_as_usual(veza, ca):
+    session = veza_session(ca)
+    provider, source = veza.precreate("OpenAI", "OpenAI - org-1")
+    push = f"{veza.url}/api/v1/providers/custom/{provider['id']}/datasources/{source['id']}:push"
+    body = {"id": provider["id"], "data_source_id": source["id"], "json_data": PAYLOAD, "compression_type": "NONE"}
+    veza.push_answers += [PushAnswer(307, headers={"Location": "https://elsewhere.example/push"}),
+                          PushAnswer(200, body={"warnings": "abc"}, store=True),
+                          PushAnswer(502, headers={"Content-Type": "text/html"}, body=GATEWAY_PAGE)]
+    redirected = session.post(push, json=body, allow_redirects=False)
+    assert redirected.status_code == 307 and redirected.headers["Location"] == "https://elsewhere.example/push"
+    assert veza.pushes == []
+    odd = session.post(push, json=body)
+    assert odd.status_code == 200 and odd.json() == {"warnings": "abc"} and veza.payloads == [json.loads(PAYLOAD)]
+    gateway = session.post(push, json=body)
+    assert gateway.status_code == 502 and gateway.content == GATEWAY_PAGE
+    assert gateway.headers["Content-Type"] == "text/html" and len(veza.pushes) == 1
+    usual = session.post(push, json=body)
+    assert usual.json() == {"id": source["id"], "warnings": []} and len(veza.pushes) == 2
+    assert veza.authorizations == [f"Bearer {VEZA_SECRET}"] * 4
+
+
+def test_resets_answer_with_bodies_and_endless_lookups(veza, ca):
+    session = veza_session(ca)
+    templates = f"{veza.url}/api/v1/providers/custom/templates"
+    veza.resets[("GET", "/api/v1/providers/custom/templates")] = 1
+    with pytest.raises(requests.ConnectionError):
+        session.get(templates)
+    assert session.get(templates).json()["values"]  # only the first was reset
+    veza.answer_with[("GET", "/api/v1/providers/custom/templates")] = (200, {}, HTML_PAGE)
+    page = session.get(templates)
+    assert page.content == HTML_PAGE and page.headers["Content-Type"] == "text/html"
+
+    provider, _ = veza.precreate("OpenAI")
+    veza.endless_providers, veza.endless_data_sources = 2, 0
+    tokens = set()
+    for url in [f"{veza.url}/api/v1/providers/custom"] * 3:
+        answer = session.get(url, params={"filter": 'name eq "OpenAI"'}).json()
+        assert answer["has_more"] is True and len(answer["values"]) == 2
+        assert not any(value["name"] == "OpenAI" for value in answer["values"])
+        tokens.add(answer["next_page_token"])
+    sources = session.get(f"{veza.url}/api/v1/providers/custom/{provider['id']}/datasources").json()
+    assert sources["values"] == [] and sources["has_more"] is True and sources["next_page_token"] not in tokens
+    assert len(tokens) == 3

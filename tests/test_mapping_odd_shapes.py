@@ -3,6 +3,8 @@ what is known."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import NO_ROLE_READS, application, by_id
 from fake_openai import Fault
@@ -182,3 +184,56 @@ def test_a_list_answer_for_a_projects_settings_does_not_fail_the_run(run_connect
     assert "mcp_enabled" not in resources["proj_alpha"].get("custom_properties", {})
     assert "WARNING project proj_alpha hosted tool permissions are [" in result.stderr
     assert "WARNING project proj_beta model permissions are [\"gpt-4o\"], not an object" in result.stderr
+
+
+DEEP = "deep-value-here"
+
+
+def deeply_nested(answer, depth: int) -> bytes:
+    """`answer` as JSON with the string DEEP replaced by a list nested `depth` deep (too deep for json.dumps to
+    write on a thread of ordinary depth, so the fake sends it as these bytes)."""
+    return json.dumps(answer).replace(f'"{DEEP}"', "[" * depth + "]" * depth).encode()
+
+
+def deep_hosted_tool(openai_fake) -> tuple[str, bytes]:
+    tools = {"code_interpreter": {"enabled": False}, "mcp": {"enabled": DEEP}}
+    return r"^/organization/projects/proj_alpha/hosted_tool_permissions$", deeply_nested(tools, 986)
+
+
+def deep_model_permissions(openai_fake) -> tuple[str, bytes]:
+    return r"^/organization/projects/proj_alpha/model_permissions$", deeply_nested(DEEP, 988)
+
+
+def deep_attribute_matcher(openai_fake) -> tuple[str, bytes]:
+    rules = [dict(rule) for rule in openai_fake.org.federation_rules["wip_github"]]
+    rules[0]["attribute_matchers"] = {"repository": DEEP, "ref": "refs/heads/main"}  # rule wifr_deploy_main
+    page = {"object": "list", "data": rules, "has_more": False}
+    return r"^/organization/workload_identity_providers/wip_github/federation_rules$", deeply_nested(page, 985)
+
+
+# (the answer, the words a warning about that field has); each answer is nested ~990 deep in all
+DEEP_VALUES = {
+    "hosted tool setting": (deep_hosted_tool, ("proj_alpha", "mcp")),
+    "model permissions": (deep_model_permissions, ("proj_alpha", "model permissions")),
+    "attribute matcher": (deep_attribute_matcher, ("wifr_deploy_main", "repository")),
+}
+
+
+@pytest.mark.parametrize("field", DEEP_VALUES)
+def test_a_value_nested_about_990_deep_is_warned_and_treated_as_unknown(run_connector, veza, openai_fake, field):
+    """A value that parses but is nested too deep to render in a warning is an odd value like any other: warned,
+    treated as unknown, and the run pushes (never "unexpected error: RecursionError")."""
+    answer, words = DEEP_VALUES[field]
+    path, body = answer(openai_fake)
+    openai_fake.faults.append(Fault(path, kind="raw", status=200, body=body, times=None))
+    result = run_connector(*NO_ROLE_READS)
+    assert result.returncode == 0, result.output
+    assert "unexpected error" not in result.stderr and "RecursionError" not in result.stderr
+    assert len(veza.pushes) == 1
+    assert [line for line in result.stderr.splitlines() if "WARNING" in line and all(w in line for w in words)], \
+        result.stderr
+    properties = by_id(application(veza.payloads[0])["resources"])["proj_alpha"].get("custom_properties", {})
+    if field == "hosted tool setting":
+        assert "mcp_enabled" not in properties
+    if field == "model permissions":
+        assert "model_permission_mode" not in properties and "model_ids" not in properties

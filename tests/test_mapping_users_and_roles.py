@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from conftest import NO_ROLE_READS, application, assignments, by_id, pushed
+
+import veza_openai as vo
 
 
 def local_user_ids(payload: dict) -> list[str]:
@@ -294,3 +297,47 @@ def test_a_user_record_with_a_numeric_id_is_skipped_with_a_warning(run_connector
     ids = local_user_ids(veza.payloads[0])
     assert "12345" not in ids and 12345 not in ids and "user-0050" in ids
     assert re.search(r"WARNING an? organization user record has no usable id \(int\); skipped", result.stderr)
+
+
+def fixed_roles() -> dict[str, list[str]]:
+    """The fixed roles (id -> permissions) every payload defines: those of an organization with nothing in it."""
+    roles = vo.build_application(vo.Snapshot(org_id="org-empty0001")).application.local_roles
+    return {role_id: sorted(role.permissions) for role_id, role in roles.items()}
+
+
+@pytest.mark.parametrize("clash", ["Owner", "owner", "admin_api_key"])
+def test_a_custom_role_whose_id_is_a_fixed_role_id_keeps_its_assignments_under_a_free_id(run_connector, veza,
+                                                                                          openai_fake, clash):
+    """A Roles API role (not predefined) with the id of a fixed role keeps its definition and a group's grant of
+    it, under an id of its own; the fixed role keeps its permissions; a warning says where it went."""
+    permissions = ["api.organization.billing.read", "api.organization.members.manage"]
+    clashing = {"object": "role", "id": clash, "name": "Clashing Custom", "permissions": permissions,
+                "predefined_role": False, "resource_type": "api.organization", "description": None}
+    control = {**clashing, "id": "role-control", "name": "Control Custom"}  # the same role, with an id of its own
+    openai_fake.org.roles += [clashing, control]
+    openai_fake.org.group_roles["group_eng"] = [{k: v for k, v in clashing.items() if k != "object"}]
+    payload, stderr = pushed(run_connector, veza)
+    roles = application(payload)["local_roles"]
+    fixed = fixed_roles()
+    [kept] = [role for role in roles if role["name"] == "Clashing Custom"]
+    assert kept["id"].lower() not in {role_id.lower() for role_id in fixed}
+    assert sorted(kept["permissions"]) == sorted(by_id(roles)["role-control"]["permissions"])
+    assert assignments(payload, "group_eng")[kept["id"]]["apply_to_application"] is True
+    for role_id, fixed_permissions in fixed.items():  # owner and admin_api_key among them
+        assert sorted(by_id(roles)[role_id]["permissions"]) == fixed_permissions, role_id
+    assert [line for line in stderr.splitlines()
+            if "WARNING" in line and f"'{clash}'" in line and "kept" in line and kept["id"] in line], stderr
+
+
+def test_ids_that_differ_only_as_casefold_differs_from_lower_are_two_users(run_connector, veza, openai_fake):
+    """Ids compare as oaaclient compares them (str.lower()): user-straße and user-strasse are two users; ids that
+    differ only in case are still one (the first kept, warned)."""
+    for uid in ("user-straße", "user-strasse", "user-ABC", "user-abc"):
+        openai_fake.org.users.append({"object": "organization.user", "id": uid, "name": uid, "email": None,
+                                      "role": "reader", "added_at": 1})
+    payload, stderr = pushed(run_connector, veza)
+    ids = local_user_ids(payload)
+    assert "user-straße" in ids and "user-strasse" in ids
+    assert [i for i in ids if i.lower() == "user-abc"] == ["user-ABC"]
+    warned = [line for line in stderr.splitlines() if "differ only in case" in line]
+    assert len(warned) == 1 and "'user-ABC'" in warned[0] and "'user-abc'" in warned[0], warned

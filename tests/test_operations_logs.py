@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
+import conftest
 from conftest import NO_ROLE_READS, OPENAI_SECRET, VEZA_SECRET, application, by_id, summary_line
 from fake_openai import Fault
 
@@ -222,3 +224,34 @@ def test_the_summary_line_keeps_its_keys_in_order_and_only_appends_new_ones(run_
     assert result.returncode == 0, result.output
     keys = list(summary_fields(summary_line(result.stderr)))
     assert keys[:len(SUMMARY_KEYS)] == SUMMARY_KEYS
+
+
+def warning_lines_and_count(stderr: str) -> tuple[int, int]:
+    """(WARNING lines written, the summary's warnings=)."""
+    written = sum(1 for line in stderr.splitlines() if (match := TIMESTAMP.match(line)) and match[1] == "WARNING")
+    counted = re.search(r" warnings=(\d+) ", summary_line(stderr))
+    return written, int(counted[1]) if counted else -1
+
+
+def test_warnings_counts_a_librarys_warning_lines_too(run_connector, veza, small_openai):
+    """A Veza connection reset once and retried: the HTTP library's own "Retrying ..." line is a warning line."""
+    veza.resets[("GET", "/api/v1/providers/custom")] = 1
+    result = run_connector(*NO_ROLE_READS, env={"OAA_API_RETRIES": "1"})
+    written, counted = warning_lines_and_count(result.stderr)
+    assert written == counted, result.stderr
+
+
+def test_warnings_counts_a_warning_any_logger_writes_during_the_run(run_connector, openai_fake, small_openai):
+    def library_warning(fake) -> None:
+        conftest._fake_server_thread.active = False  # written as the connector's own output: captured with it
+        try:
+            logging.getLogger("urllib3.connectionpool").warning("a library's own warning line")
+        finally:
+            conftest._fake_server_thread.active = True
+
+    openai_fake.faults.append(Fault(r"^/organization/invites$", kind="hook", body=library_warning))
+    result = run_connector(*NO_ROLE_READS, "--dry-run")
+    assert result.returncode == 0, result.output
+    assert "WARNING a library's own warning line" in result.stderr
+    written, counted = warning_lines_and_count(result.stderr)
+    assert written == counted, result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 
 import pytest
 from conftest import NO_ROLE_READS, SCRIPT, TinyServer, application, clean_environment, load, summary_line
+from fake_veza import HTML_PAGE, PushAnswer
 
 UNKNOWN = "outcome unknown: Veza may have received the payload; check data source 'OpenAI - org-demo0001'"
 
@@ -175,3 +177,90 @@ def test_a_veza_certificate_that_cannot_be_verified_is_named_with_requests_ca_bu
            "or a private CA signs it, set REQUESTS_CA_BUNDLE to that CA's certificate file (PEM)" in result.stderr
     assert "not reachable" not in result.stderr
     assert openai_fake.calls() == 0 and veza.pushes == []
+
+
+PUSH_REJECTED = {"code": "Internal", "message": "payload rejected"}
+
+
+@pytest.mark.parametrize(("answer", "quoted"), [
+    (PUSH_REJECTED, "payload rejected"),
+    ({"warnings": "abc"}, "abc"),
+    ({"warnings": 5}, "warnings"),  # quoted: 'warnings' or "warnings" (never the summary's warnings=)
+    ({"warnings": None}, "warnings"),
+    (["pushed-elsewhere"], "pushed-elsewhere"),
+], ids=["code", "warnings a string", "warnings a number", "warnings null", "a list"])
+def test_an_odd_200_answer_to_the_push_is_outcome_unknown_quoting_the_answer(run_connector, veza, small_openai, answer,
+                                                                            quoted):
+    """Success is a 2xx JSON object without `code` whose `warnings`, when present, is a list; any other answer,
+    even a 200, may or may not mean Veza stored the payload: outcome unknown, the answer quoted."""
+    veza.push_answers.append(PushAnswer(200, body=answer, store=True))
+    result = run_connector(*NO_ROLE_READS)
+    assert result.returncode == 1, result.output
+    assert "outcome=unknown" in summary_line(result.stderr)
+    quoting = re.compile(re.escape(quoted) if quoted != "warnings" else r"[\"']warnings[\"']")
+    assert [line for line in result.stderr.splitlines()[:-1] if "ERROR" in line and quoting.search(line)], \
+        result.stderr
+    assert "unexpected error" not in result.stderr
+    assert not re.search(r"WARNING Veza: [abc]$", result.stderr, re.MULTILINE)  # not "abc" as three warnings
+
+
+@pytest.mark.parametrize("answer", [{"id": "source-1", "warnings": []}, {}, {"warnings": ["one", "two"]}],
+                         ids=["id and no warnings", "empty object", "two warnings"])
+def test_a_push_answered_with_a_json_object_and_a_list_of_warnings_is_pushed(run_connector, veza, small_openai, answer):
+    veza.push_answers.append(PushAnswer(200, body=answer, store=True))
+    result = run_connector(*NO_ROLE_READS)
+    assert result.returncode == 0, result.output
+    assert "outcome=pushed" in summary_line(result.stderr)
+    for warning in answer.get("warnings", []):
+        assert f"WARNING Veza: {warning}" in result.stderr
+    assert f"veza_warnings={len(answer.get('warnings', []))} " in summary_line(result.stderr)
+
+
+@pytest.mark.parametrize(("listing", "entries"), [("providers", 0), ("providers", 1), ("data sources", 0),
+                                                  ("data sources", 1)])
+def test_an_endless_veza_provider_or_data_source_list_fails_the_run_at_its_page_cap(run_connector, veza, small_openai,
+                                                                                    listing, entries):
+    """A Veza list that says has_more for ever (empty pages, or pages of other names) is read to 100 pages at
+    most, then the run fails: nothing is pushed."""
+    if listing == "providers":
+        veza.endless_providers = entries
+    else:
+        veza.precreate("OpenAI")
+        veza.endless_data_sources = entries
+    result = run_connector(*NO_ROLE_READS, timeout=20)
+    path = re.compile(r"^/api/v1/providers/custom$" if listing == "providers" else r"/datasources$")
+    asked = [p for method, p in veza.requests if method == "GET" and path.search(p)]
+    assert result.returncode == 1, result.output
+    assert veza.pushes == []
+    assert 0 < len(asked) <= 101
+    assert "100 pages" in result.stderr or "has_more" in result.stderr
+    assert "outcome=failed" in summary_line(result.stderr)
+
+
+TEMPLATES = ("GET", "/api/v1/providers/custom/templates")
+
+
+@pytest.mark.parametrize(("answer", "said"), [
+    ((404, {}), "HTTP 404"),
+    ((500, {}), "HTTP 500"),
+    ((200, {"Content-Type": "text/html"}, HTML_PAGE), "not JSON"),
+    ((200, {}, {"code": "OK"}), "values"),
+], ids=["404", "500", "200 HTML page", "200 JSON without values"])
+def test_a_veza_url_that_is_not_veza_fails_at_the_start_up_check(run_connector, veza, openai_fake, answer, said):
+    """The start-up check wants a 200 JSON object with a `values` list: anything else fails within seconds,
+    before any OpenAI call, saying what was wrong."""
+    veza.answer_with[TEMPLATES] = answer
+    result = run_connector(*NO_ROLE_READS)
+    assert result.returncode == 1, result.output
+    assert openai_fake.calls() == 0
+    assert said in result.stderr
+    assert veza.pushes == []
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_at_the_start_up_check_still_says_so(run_connector, veza, openai_fake, status):
+    veza.answer_with[TEMPLATES] = (status, {})
+    result = run_connector(*NO_ROLE_READS)
+    assert result.returncode == 1, result.output
+    assert f"Veza refused the API key (HTTP {status})" in result.stderr
+    assert openai_fake.calls() == 0

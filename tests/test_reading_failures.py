@@ -10,7 +10,7 @@ import time
 
 import pytest
 from conftest import NO_ROLE_READS, OPENAI_SECRET, SCRIPT, VEZA_SECRET, application, clean_environment, summary_line
-from fake_openai import Fault
+from fake_openai import Fault, generate_organization
 
 import veza_openai
 
@@ -193,3 +193,23 @@ def test_a_gzip_bomb_is_refused_at_32_mb_without_growing_memory(tmp_path, ca, op
     assert veza.pushes == [] and NOTHING_PUSHED in done.stderr
     peak_mb = int(report.read_text()) / 1024
     assert peak_mb < 250, f"peak RSS {peak_mb:.0f} MB"  # the process, imports included; 1 GB is far away
+
+
+def test_gzip_bombs_on_every_worker_at_once_stay_under_400_mb(tmp_path, ca, openai_fake, veza):
+    """The decompressed cap is 256 MB divided by --max-workers (4 MB at 64 workers), so 64 bombs read at once
+    stay bounded in total, not just one by one; the run fails naming the endpoint and the cap."""
+    openai_fake.org = generate_organization(users=64, projects=64, members=1, service_accounts=1, keys=1,
+                                            groups=0)
+    openai_fake.faults.append(Fault(r"^/(organization/)?projects/[^/]+/", kind="gzip_bomb", body=50_000_000,
+                                    times=None))
+    environment = clean_environment(tmp_path, ca, openai_fake, veza, None, ())
+    report = tmp_path / "maxrss"
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, str(report), str(SCRIPT), *NO_ROLE_READS,
+                           "--max-workers", "64"], env=environment, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stderr
+    peak_mb = int(report.read_text()) / 1024
+    assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB"
+    assert [line for line in done.stderr.splitlines()
+            if "ERROR" in line and "/projects/" in line and re.search(r"(?<![\d.])4 MB", line)], done.stderr
+    assert veza.pushes == [] and NOTHING_PUSHED in done.stderr

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from conftest import NO_ROLE_READS, application, by_id, summary_line
-from fake_openai import Fault
+import pytest
+from conftest import NO_ROLE_READS, application, assignments, by_id, summary_line
+from fake_openai import Fault, Organization, _role_record
 
 import veza_openai
 
@@ -58,3 +59,62 @@ def test_a_required_familys_bad_page_fails_with_a_clear_message(run_connector, v
     assert "ERROR /organization/users: 'data' is not a list of objects" in result.stderr
     assert "unexpected error" not in result.stderr and veza.pushes == []
     assert "outcome=failed" in summary_line(result.stderr)
+
+
+def dot_organization() -> Organization:
+    """A small organization (one page of each list) with a custom role the Roles API lists."""
+    org = Organization(org_id="org-dots0001")
+    org.users = [{"object": "organization.user", "id": uid, "name": f"User {uid}", "email": f"u{n}@example.com",
+                  "role": role, "added_at": 1} for n, (uid, role) in enumerate([("user-owner", "owner"),
+                                                                                 ("user-plain", "reader")])]
+    owner = _role_record("role-api-organization-owner__api-organization__org-dots0001", "owner",
+                         ["api.organization.read", "api.organization.update"], True, "api.organization")
+    custom = _role_record("role-custom-billing", "Billing", ["api.organization.billing.read"], False,
+                          "api.organization")
+    org.roles = [owner, custom]
+    org.groups = [{"id": "group-plain", "name": "Plain", "created_at": 1}]
+    org.group_users = {"group-plain": [{"id": "user-plain", "name": "User user-plain", "email": "u1@example.com"}]}
+    return org
+
+
+def skipped_warnings(stderr: str, entity_id: str) -> list[str]:
+    return [line for line in stderr.splitlines()
+            if "WARNING" in line and f"'{entity_id}'" in line and "skipped" in line]
+
+
+@pytest.mark.parametrize("user_id", ["..", "."])
+def test_a_user_whose_id_is_a_dot_segment_is_kept_and_never_reads_another_endpoint(run_connector, veza, openai_fake,
+                                                                                  user_id):
+    """`..` in /organization/users/{id}/roles would read /organization/roles (every role as the user's own):
+    the user is kept with its organization role, its per-user reads are skipped with a warning naming it."""
+    openai_fake.org = dot_organization()
+    openai_fake.org.users.append({"object": "organization.user", "id": user_id, "name": "Dots",
+                                  "email": "dots@example.com", "role": "reader", "added_at": 1})
+    result = run_connector("--role-assignments", "all")
+    assert result.returncode == 0, result.output
+    assert openai_fake.calls(r"^/organization/roles$") == 1  # the roles list itself, once
+    assert openai_fake.calls(r"^/organization/users$") == 1  # the user list itself, once
+    assert openai_fake.calls(r"^/organization/users/roles$") == 0  # `.`: /organization/users/./roles
+    assert openai_fake.calls(r"^/organization/?$") == 0  # `..`: /organization/users/.. (its own object)
+    [payload] = veza.payloads
+    assert user_id in by_id(application(payload)["local_users"])
+    assert set(assignments(payload, user_id)) == {"reader"}  # its org role only: no Owner, no custom role
+    assert skipped_warnings(result.stderr, user_id), result.stderr
+
+
+def test_a_group_whose_id_is_a_dot_segment_is_kept_without_the_organizations_users_as_members(
+        run_connector, veza, openai_fake):
+    """`..` in /organization/groups/{id}/users would read /organization/users: every user a member. The group
+    is kept, its reads are skipped with a warning naming it."""
+    openai_fake.org = dot_organization()
+    openai_fake.org.groups.append({"id": "..", "name": "Dots", "created_at": 1})
+    result = run_connector("--role-assignments", "all")
+    assert result.returncode == 0, result.output
+    assert openai_fake.calls(r"^/organization/users$") == 1
+    assert openai_fake.calls(r"^/organization/roles$") == 1
+    [payload] = veza.payloads
+    app = application(payload)
+    assert ".." in by_id(app["local_groups"])
+    assert not [user["id"] for user in app["local_users"] if ".." in (user.get("groups") or [])]
+    assert assignments(payload, "..") == {}  # no role from /organization/roles either
+    assert skipped_warnings(result.stderr, ".."), result.stderr
