@@ -60,7 +60,7 @@ def canonicals(definition: dict) -> set[str]:
     return {getattr(kind, "value", kind) for kind in definition["permission_type"]}
 
 
-# --- 1. keys act with every project role their owner holds -------------------------------------------------
+# --- keys act with every project role their owner holds -------------------------------------------------
 
 def test_a_key_of_a_service_account_without_a_project_role_holds_the_custom_role_its_group_holds_there(
         run_connector, veza, effective_org):
@@ -87,7 +87,7 @@ def test_a_key_holds_every_project_role_its_owner_holds_there_from_every_source(
     assert held(payload, "wifr_svc_none") == {"role-custom-deployer": ["proj_main"]}
 
 
-# --- 2. a key record without its owner's role ------------------------------------------------------------
+# --- a key record without its owner's role ------------------------------------------------------------
 
 def test_a_key_whose_record_omits_the_owners_role_takes_it_from_the_project_members_list(run_connector, veza,
                                                                                         effective_org):
@@ -100,7 +100,7 @@ def test_a_key_whose_record_omits_the_owners_role_takes_it_from_the_project_memb
     assert [line for line in stderr.splitlines() if "no project role" in line] == []
 
 
-# --- 3. admin keys reach every project -------------------------------------------------------------------
+# --- admin keys reach every project -------------------------------------------------------------------
 
 def test_admin_keys_hold_project_management_on_every_project_through_permissions_that_spread(run_connector, veza):
     """An admin key lists, adds and removes members, service accounts and keys in every project: its
@@ -118,7 +118,7 @@ def test_admin_keys_hold_project_management_on_every_project_through_permissions
         assert reaching(payload, project)["admin keys"] == {"key_admin1"}, project
 
 
-# --- 4. custom organization roles apply in every project --------------------------------------------------
+# --- custom organization roles apply in every project --------------------------------------------------
 
 def test_a_custom_organization_role_reaches_every_project_and_the_fixed_org_roles_do_not(run_connector, veza,
                                                                                          effective_org):
@@ -139,7 +139,7 @@ def test_a_custom_organization_role_reaches_every_project_and_the_fixed_org_role
         assert reaching(payload, project)["organization roles"] == {"user-auditor", "group_fin", "user-finance"}
 
 
-# --- 5. owners through the Roles API or a group own every project -----------------------------------------
+# --- owners through the Roles API or a group own every project -----------------------------------------
 
 def test_holders_of_the_predefined_owner_role_own_every_project_also_through_a_group(run_connector, veza,
                                                                                      effective_org):
@@ -155,7 +155,7 @@ def test_holders_of_the_predefined_owner_role_own_every_project_also_through_a_g
             "owners"], project
 
 
-# --- 6. predefined roles are the fixed roles --------------------------------------------------------------
+# --- predefined roles are the fixed roles --------------------------------------------------------------
 
 def test_predefined_roles_land_on_the_fixed_roles_which_show_their_permission_strings(run_connector, veza,
                                                                                       effective_org):
@@ -223,7 +223,7 @@ def test_a_role_without_a_true_predefined_flag_or_pattern_is_custom_and_auto_rea
     assert held(veza.payloads[0], "user-auditor")["role-org-auditor"] == "application"
 
 
-# --- 7. data permissions are data -------------------------------------------------------------------------
+# --- data permissions are data -------------------------------------------------------------------------
 
 EXPECTED_CANONICALS = {
     "api.files.read": {"DataRead"},
