@@ -8,6 +8,9 @@ max(longest cursor chain, total calls / workers) x latency + mapping time, the c
     python tests/benchmark.py                                  # 20,000 users, 2,000 projects, 50 ms, 1 and 8 workers
     python tests/benchmark.py --workers 8                      # only the default worker count
     python tests/benchmark.py --users 100000 --projects 5000 --latency 0 --workers 8 --push   # peak memory
+    python tests/benchmark.py --users 100000 --projects 5000 --latency 0 --workers 8 --push --admin-keys 20 \
+        --org-role-holders 1000 --role-assignments none     # effective access: admin keys and an organization role
+                                                            # that reach every project (payload size, memory)
     python tests/benchmark.py --users 20000 --projects 2000 --latency 0 --workers 8 --role-assignments none --memory
     python tests/benchmark.py --users 100000 --projects 5000 --latency 0 --workers 8 --role-assignments none --memory
                                                                # memory after each stage (read, map, serialise, push)
@@ -307,6 +310,10 @@ def main() -> None:
     parser.add_argument("--service-accounts", type=int, default=2)
     parser.add_argument("--keys", type=int, default=5)
     parser.add_argument("--groups", type=int, default=50)
+    parser.add_argument("--admin-keys", type=int, default=0, help="admin API keys, owned by organization owners")
+    parser.add_argument("--org-role-holders", type=int, default=0,
+                        help="users holding a custom organization role (through one group; a custom role makes "
+                        "--role-assignments auto read every user's roles)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds added to every answer")
     parser.add_argument("--workers", default=f"1,{vo.DEFAULT_MAX_WORKERS}", help="comma-separated worker counts")
     parser.add_argument("--scaling", action="store_true", help="only measure mapping time at N and 10N")
@@ -355,7 +362,7 @@ def main() -> None:
 
     org = generate_organization(users=args.users, projects=args.projects, members=args.members,
                                 service_accounts=args.service_accounts, keys=args.keys, groups=args.groups,
-                                **ACCESS_REVIEW)
+                                admin_keys=args.admin_keys, org_role_holders=args.org_role_holders, **ACCESS_REVIEW)
     minimum, chain = minimum_calls(org)
     fake = FakeOpenAI(org, admin_key=ADMIN_KEY, latency=args.latency).start()
     extra_env, extra_args = {}, ()
@@ -366,7 +373,8 @@ def main() -> None:
     if args.memory:
         extra_args += ("--debug",)
     print(f"organization: {args.users} users, {args.projects} projects ({args.members} members, "
-          f"{args.service_accounts} service accounts, {args.keys} keys each), {args.groups} groups; "
+          f"{args.service_accounts} service accounts, {args.keys} keys each), {args.groups} groups, "
+          f"{len(org.admin_api_keys)} admin keys, {args.org_role_holders} holders of an organization custom role; "
           f"access review {ACCESS_REVIEW} ({audit_events_read(org)} audit events); "
           f"latency {args.latency * 1000:.0f} ms; machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     print(f"minimum calls {minimum}, longest cursor chain {chain} calls")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Try the connector without credentials: start the bundled fakes and run the real script against them.
 
-    python tests/demo.py                    # prints the connector's log, what the fake Veza received, the JSON path
+    python tests/demo.py                    # prints the connector's log, what the fake Veza received, who reaches
+                                            # one project by which path (tests/access_paths.py), the JSON path
     python tests/demo.py --create-report    # any connector flags pass through; this one also shows the report
 """
 
@@ -19,6 +20,7 @@ import trustme
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from access_paths import describe  # noqa: E402
 from fake_openai import FakeOpenAI, demo_organization  # noqa: E402
 from fake_veza import FakeVeza  # noqa: E402
 
@@ -32,6 +34,7 @@ leaves this machine and no real key is used.
 Any flags are passed through to the connector (see ./veza_openai.py --help), for example:
   python tests/demo.py --create-report      # also creates the 'OpenAI access review' report in the fake Veza
 """
+DEMO_PROJECT = "proj_alpha"
 
 
 def main() -> int:
@@ -76,6 +79,10 @@ def main() -> int:
         print(f"demo failed: the payload and the summary line differ (payload, summary): {differ}", file=sys.stderr)
         return 1
     print("the same as the summary line")
+    # Who reaches one project, by each path Veza follows in the payload (a direct role, a group's role, the
+    # implicit ownership of organization owners, organization roles and admin keys that apply to every
+    # project, keys and federation rules acting with their owner's roles).
+    print(describe(veza.pushes[0]["payload"], DEMO_PROJECT))
     print(f"the payload is at {payload_file} ({payload_file.stat().st_size:,} bytes); "
           f"first user: {json.dumps(app['local_users'][0])}")
     for report in veza.reports:

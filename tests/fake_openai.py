@@ -600,7 +600,8 @@ def _assignment(role: dict, sources: list[dict] | None = None) -> dict:
 def generate_organization(users: int = 20_000, projects: int = 2_000, members: int = 10, service_accounts: int = 2,
                           keys: int = 5, groups: int = 50, group_members: int = 20, custom_roles: bool = False,
                           org_id: str = "org-bench0001", login_every: int = 0, wif_every: int = 0,
-                          certificates: int = 0, hosted_tools: bool = False) -> Organization:
+                          certificates: int = 0, hosted_tools: bool = False, admin_keys: int = 0,
+                          org_role_holders: int = 0) -> Organization:
     """A large, regular organization for the benchmark (deterministic, except audit times follow the clock).
 
     The access-review families are off by default (empty lists; hosted tools 404), so the benchmark's
@@ -615,6 +616,12 @@ def generate_organization(users: int = 20_000, projects: int = 2_000, members: i
       first of each project active.
     - `hosted_tools`: every project answers hosted tool permissions (mcp on even projects, web_search on
       every third, the rest off).
+    - `admin_keys=N`: N admin API keys `key_admin_000`..., owned in turn by the organization owners (every 500th
+      user).
+    - `org_role_holders=M`: a custom organization role `role-custom-org-analyst` (Roles API, not predefined; it
+      makes `--role-assignments auto` read every user's roles) held by M users spread evenly over the user list:
+      they are the members of group `group_org_analysts`, which holds the role (group roles are read whatever
+      `--role-assignments` says), and each one's user roles list it with that group as its source.
     """
     org = Organization(org_id=org_id)
     for i in range(users):
@@ -686,6 +693,29 @@ def generate_organization(users: int = 20_000, projects: int = 2_000, members: i
     if hosted_tools:
         org.hosted_tool_permissions = {project["id"]: _hosted_tools(mcp=p % 2 == 0, web_search=p % 3 == 0)
                                        for p, project in enumerate(org.projects)}
+    owners = [user for user in org.users if user["role"] == "owner"]
+    for n in range(admin_keys if owners else 0):
+        owner = owners[n % len(owners)]
+        org.admin_api_keys.append({
+            "object": "organization.admin_api_key", "id": f"key_admin_{n:03d}", "name": f"admin key {n}",
+            "redacted_value": f"sk-admin...{n:04d}", "created_at": BASE_TIME + n, "last_used_at": None,
+            "expires_at": None, "owner": {"type": "user", "object": "organization.user", "id": owner["id"],
+                                          "name": owner["name"], "created_at": BASE_TIME, "role": "owner"}})
+    if org_role_holders and users:
+        analyst = _role_record("role-custom-org-analyst", "Analyst",
+                               ["api.organization.read", "api.usage.read", "api.files.read", "api.responses.read"],
+                               False, "api.organization", "Reads usage, files and responses everywhere")
+        org.roles.append(analyst)
+        step = max(users // org_role_holders, 1)
+        holders = org.users[::step][:org_role_holders]
+        org.groups.append({"id": "group_org_analysts", "name": "Analysts", "created_at": BASE_TIME,
+                           "group_type": "group", "is_scim_managed": True})
+        org.group_users["group_org_analysts"] = [{"id": h["id"], "name": h["name"], "email": h["email"]}
+                                                 for h in holders]
+        org.group_roles["group_org_analysts"] = [_assignment(analyst)]
+        for holder in holders:
+            org.user_roles[holder["id"]] = [
+                _assignment(analyst, [{"principal_id": "group_org_analysts", "principal_type": "group"}])]
     return org
 
 
@@ -862,6 +892,155 @@ def demo_organization() -> Organization:
         "proj_alpha": _hosted_tools(mcp=True, web_search=True),
         "proj_beta": _hosted_tools(),
     }
+    return org
+
+
+EFFECTIVE_ACCESS_ORG = "org-access0001"
+
+
+def effective_access_organization() -> Organization:
+    """A small organization where access arrives along every path OpenAI grants it (the mapping spec's
+    "Effective access"), each path on a principal of its own. proj_main is the project under review:
+
+    - user-owner: an organization owner (user list), not listed in any project; key_owner in proj_main (its
+      record trims the owner to an id); admin key key_admin.
+    - user-rolesowner: `reader` in the user list, assigned the predefined organization owner role directly
+      (user roles). user-grpowner: member of group_owners, which holds that predefined role (group roles).
+    - user-lead: proj_main `owner` (project users) and the custom project role Deployer directly (project user
+      roles); key_lead's record says `{"type": "user", "user": {"id": ...}}`, without the role.
+    - user-dev: proj_main `member`, its predefined project member role listed again in project user roles,
+      member of group_viewers (predefined project viewer role on proj_main); key_dev's record owner is
+      `{"id": ...}` only (public fixtures).
+    - user-plain: member of group_viewers only. user-outsider: a reader with no other access.
+    - user-auditor: proj_main `member`, the custom organization role Org Auditor directly (user roles);
+      key_auditor in proj_main. user-finance: proj_side `member`, member of group_fin, which holds Org
+      Auditor (group roles); key_finance in proj_side.
+    - svc_none: a proj_main service account with role `none` (OpenAI's recommended pattern), member of
+      group_deployers, which holds Deployer on proj_main (project groups); its key key_svc_none and federation
+      rule wifr_svc_none.
+
+    The Roles API lists predefined roles as OpenAI does: by flag, by id pattern, or both (the organization's
+    reader and proj_side's project member carry no `predefined_role` at all), in both id formats. Role
+    assignments (user roles, project user roles) are read only with `--role-assignments all` (or `auto`).
+    """
+    org = Organization(org_id=EFFECTIVE_ACCESS_ORG)
+    people = [("user-owner", "owner"), ("user-rolesowner", "reader"), ("user-grpowner", "reader"),
+              ("user-lead", "reader"), ("user-dev", "reader"), ("user-plain", "reader"),
+              ("user-outsider", "reader"), ("user-auditor", "reader"), ("user-finance", "reader")]
+    for n, (uid, role) in enumerate(people):
+        name = uid.split("-", 1)[1].capitalize()
+        org.users.append({"object": "organization.user", "id": uid, "name": name, "email": f"{uid}@example.com",
+                          "role": role, "added_at": BASE_TIME + n})
+    org.projects = [
+        {"object": "organization.project", "id": pid, "name": name, "created_at": BASE_TIME, "archived_at": None,
+         "status": "active"} for pid, name in (("proj_main", "Main"), ("proj_side", "Side"))]
+
+    def member(uid: str, role: str) -> dict:
+        return {"object": "organization.project.user", "id": uid, "name": uid.split("-", 1)[1].capitalize(),
+                "email": f"{uid}@example.com", "role": role, "added_at": BASE_TIME}
+
+    org.project_users = {"proj_main": [member("user-lead", "owner"), member("user-dev", "member"),
+                                       member("user-auditor", "member")],
+                         "proj_side": [member("user-finance", "member")]}
+    org.service_accounts = {"proj_main": [{"object": "organization.project.service_account", "id": "svc_none",
+                                           "name": "deploy-bot", "role": "none", "created_at": BASE_TIME}],
+                            "proj_side": []}
+
+    def key(kid: str, owner: dict) -> dict:
+        return {"object": "organization.project.api_key", "id": kid, "name": kid.replace("_", " "),
+                "redacted_value": f"sk-proj-...{kid[-4:]}", "created_at": BASE_TIME, "last_used_at": None,
+                "expires_at": None, "owner_project_access": "active", "owner": owner}
+
+    def user_owner(uid: str, role: str) -> dict:
+        return {"type": "user", "user": {"id": uid, "email": f"{uid}@example.com", "name": uid, "role": role,
+                                         "created_at": BASE_TIME}}
+
+    org.api_keys = {
+        "proj_main": [
+            key("key_svc_none", {"type": "service_account", "service_account": {
+                "id": "svc_none", "name": "deploy-bot", "role": "none", "created_at": BASE_TIME}}),
+            key("key_dev", {"id": "user-dev"}),  # trimmed as in public fixtures
+            key("key_lead", {"type": "user", "user": {"id": "user-lead"}}),  # no role in the record
+            key("key_auditor", user_owner("user-auditor", "member")),
+            key("key_owner", {"type": "user", "user": {"id": "user-owner"}}),
+        ],
+        "proj_side": [key("key_finance", user_owner("user-finance", "member"))],
+    }
+    org.admin_api_keys = [
+        {"object": "organization.admin_api_key", "id": "key_admin", "name": "Automation", "redacted_value":
+         "sk-admin...main", "created_at": BASE_TIME, "last_used_at": None, "expires_at": None,
+         "owner": {"type": "user", "object": "organization.user", "id": "user-owner", "name": "Owner",
+                   "created_at": BASE_TIME, "role": "owner"}}]
+
+    def predefined(role_id: str, name: str, permissions: list[str], resource_type: str,
+                   flag: object = True) -> dict:
+        record = _role_record(role_id, name, permissions, True, resource_type)
+        if flag is Ellipsis:
+            del record["predefined_role"]
+        else:
+            record["predefined_role"] = flag
+        return record
+
+    org_owner = predefined(f"role-api-organization-owner__api-organization__{EFFECTIVE_ACCESS_ORG}", "owner",
+                           ["api.organization.read", "api.organization.update"], "api.organization")
+    org_reader = predefined(f"role-api-organization-reader__api-organization__{EFFECTIVE_ACCESS_ORG}", "reader",
+                            ["api.organization.read"], "api.organization", flag=Ellipsis)  # known by its id
+    auditor = _role_record("role-org-auditor", "Org Auditor",
+                           ["api.files.read", "api.responses.write", "api.all.read", "api.groups.read",
+                            "api.organization.projects.api_keys.write", "api.widgets.read"], False,
+                           "api.organization", "Reads files and responses in every project")
+    main_owner = predefined("role-api-project-owner__api-project__proj_main", "owner",
+                            ["api.model.request", "api.project.read", "api.project.write"], "api.project")
+    main_member = predefined("role-api-project-member__api-project__proj_main", "member",
+                             ["api.model.request", "api.project.read"], "api.project")
+    main_viewer = predefined("role-api-project-viewer__api-project__proj_main", "viewer", ["api.project.read"],
+                             "api.project")
+    deployer = _role_record("role-custom-deployer", "Deployer",
+                            ["api.model.request", "api.files.write", "api.fine_tuning.jobs.read"], False, "api.project",
+                            "Deploys fine-tuned models")
+    side_owner = predefined("role-api-project-owner", "owner", ["api.project.admin"], "api.project")
+    side_member = predefined("role-api-project-member", "member", ["api.files.read", "api.model.request"],
+                             "api.project", flag=Ellipsis)  # the other id format, known by its id
+    org.roles = [org_owner, org_reader, auditor]
+    org.project_roles = {"proj_main": [main_owner, main_member, main_viewer, deployer],
+                         "proj_side": [side_owner, side_member]}
+    org.groups = [{"id": gid, "name": name, "created_at": BASE_TIME, "group_type": "group", "is_scim_managed": False}
+                  for gid, name in (("group_owners", "Owners"), ("group_fin", "Finance"),
+                                    ("group_deployers", "Deployers"), ("group_viewers", "Viewers"))]
+    org.group_users = {
+        "group_owners": [{"id": "user-grpowner", "name": "Grpowner", "email": "user-grpowner@example.com"}],
+        "group_fin": [{"id": "user-finance", "name": "Finance", "email": "user-finance@example.com"}],
+        "group_deployers": [{"id": "svc_none", "name": "deploy-bot", "email": None}],
+        "group_viewers": [{"id": "user-dev", "name": "Dev", "email": "user-dev@example.com"},
+                          {"id": "user-plain", "name": "Plain", "email": "user-plain@example.com"}],
+    }
+    org.group_roles = {"group_owners": [_assignment(org_owner)], "group_fin": [_assignment(auditor)]}
+
+    def through(group_id: str) -> list[dict]:
+        return [{"principal_id": group_id, "principal_type": "group"}]
+
+    def itself(user_id: str) -> list[dict]:
+        return [{"principal_id": user_id, "principal_type": "user"}]
+
+    org.user_roles = {
+        "user-rolesowner": [_assignment(org_owner, itself("user-rolesowner"))],
+        "user-grpowner": [_assignment(org_owner, through("group_owners"))],
+        "user-auditor": [_assignment(auditor, itself("user-auditor"))],
+        "user-finance": [_assignment(auditor, through("group_fin"))],
+    }
+    org.project_groups = {"proj_main": [
+        {"object": "project.group", "group_id": gid, "group_name": name, "group_type": "group",
+         "project_id": "proj_main", "created_at": BASE_TIME}
+        for gid, name in (("group_deployers", "Deployers"), ("group_viewers", "Viewers"))]}
+    org.project_group_roles = {("proj_main", "group_deployers"): [_assignment(deployer)],
+                               ("proj_main", "group_viewers"): [_assignment(main_viewer)]}
+    org.project_user_roles = {("proj_main", "user-lead"): [_assignment(deployer, itself("user-lead"))],
+                              ("proj_main", "user-dev"): [_assignment(main_member, itself("user-dev"))]}
+    org.workload_identity_providers = [_wif_provider("wip_ci", "CI", "https://token.actions.githubusercontent.com",
+                                                     "api://openai", True, BASE_TIME)]
+    org.federation_rules = {"wip_ci": [_federation_rule("wifr_svc_none", "wip_ci", "proj_main", "svc_none",
+                                                        {"repository": "acme/app"}, {"type": "service_account_default"},
+                                                        BASE_TIME + 1, name="deploy from CI")]}
     return org
 
 

@@ -55,6 +55,8 @@ def test_admin_keys_manage_the_organization_and_project_keys_stay_project_keys(r
     assert assignments(payload, "key_admin1")["admin_api_key"]["apply_to_application"] is True
     role = by_id(app["local_roles"])["admin_api_key"]
     assert role["name"] == "Admin API Key"
-    assert role["permissions"] == ["Read Organization", "Modify Billing", "Manage Members"]
+    # the organization's and, applying to every project (tests/test_mapping_effective_access.py), its projects'
+    assert sorted(role["permissions"]) == sorted(["Read Organization", "Modify Billing", "Manage Members",
+                                                  "Read Project", "Manage Project Members", "Manage Project API Keys"])
     assert "admin_api_key" not in assignments(payload, "key_user1")
     assert [c["id"] for c in app["local_access_creds"]].count("key_user1") == 1

@@ -183,6 +183,11 @@ def test_the_demo_runs_the_real_script_against_the_bundled_fakes_and_shows_the_r
     assert counted["projects"] == summary["projects"] and counted["certificates"] == summary["certificates"]
     assert {name: summary[name] for name in counted} == counted
     assert "the same as the summary line" in result.stdout
+    # who reaches proj_alpha by each path (tests/access_paths.py): the admin key and the custom organization role
+    # (held by group_fin, its member user-0012 and user-0013) reach every project
+    [reach] = re.findall(r"^project proj_alpha is reached by: .*$", result.stdout, re.M)
+    assert "5 direct members, 1 group, 3 members through groups, 1 owner, 3 holders of an organization role, " \
+           "1 admin key, 3 project keys, 2 federation rules (" in reach, reach
 
 
 def test_both_fakes_run_standalone_from_the_command_line(tmp_path):
