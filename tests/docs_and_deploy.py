@@ -69,17 +69,6 @@ def yaml_documents(path: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
-def cron_entries(text: str) -> list[list[str]]:
-    """The job lines of a crontab or /etc/cron.d file, each split into its fields (the command as one last
-    field: six for a crontab line, seven with a user field). Comments, blank lines and NAME=value are skipped."""
-    entries = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\s*=", line):
-            entries.append(line.split())
-    return entries
-
-
 def cron_file_entries() -> list[tuple[list[str], str, str]]:
     """The cron file's jobs as (schedule fields, user, command)."""
     jobs = []

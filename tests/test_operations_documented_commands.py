@@ -400,7 +400,7 @@ def test_the_readmes_kubectl_lines_name_deploys_manifest_and_the_secret_it_mount
     for argv in commands:
         checker.command(argv)
     assert checker.problems == []
-    applied = [argv[argv.index("-f") + 1] for argv in commands if argv[:1] == ["apply"] or argv[1:2] == ["apply"]]
+    applied = [argv[argv.index("-f") + 1] for argv in commands if argv[1:2] == ["apply"]]
     assert applied == [str(CRONJOB.relative_to(ROOT))]
     created = [argv for argv in commands if argv[1:4] == ["create", "secret", "generic"]]
     assert len(created) == 1
