@@ -22,11 +22,11 @@ def tool(name: str) -> str:
     return path
 
 
-def test_top_level_holds_only_the_design_cards_layout():
+def test_top_level_holds_only_the_design_cards_layout_with_docs_and_deploy_files():
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     top = {line.split("/")[0] for line in tracked.splitlines()}
     allowed = {"veza_openai.py", "requirements.txt", "requirements.lock", "Dockerfile", "README.md", "CHANGELOG.md",
-               "tests", "LICENSE", ".ci"}
+               "tests", "LICENSE", ".ci", "docs", "deploy"}
     assert {entry for entry in top if not entry.startswith(".")} <= allowed
     assert allowed - {"README.md", "CHANGELOG.md"} <= top | {"README.md", "CHANGELOG.md"}
     assert "MIT License" in (ROOT / "LICENSE").read_text()
