@@ -351,7 +351,7 @@ def checked_secret(value: str | None, name: str, problems: list[str]) -> str | N
     if len(value) > MAX_SECRET_LENGTH:
         problems.append(f"{name} is {len(value):,} characters long; an API key is a few hundred at most")
     elif has_control_characters(value):
-        where = "a trailing newline" if value.rstrip() != value else "whitespace, a newline or control characters"
+        where = "a trailing newline" if value.endswith(("\n", "\r")) else "whitespace, a newline or control characters"
         file_variable = name if name.endswith("_FILE") else f"{name}_FILE"
         problems.append(f"{name} contains {where}: set it without them (printf '%s' \"$KEY\", not echo), or put "
                         f"the key in a file and name it with {file_variable}, whose trailing newlines are dropped")
@@ -1167,6 +1167,16 @@ def ids_of(items: Iterable[dict], key: str = "id") -> list[str]:
     return [item[key] for item in unique_by_id(items, key)]
 
 
+# Predefined roles of the Roles API, by id: role-api-<scope>-<role>[__api-<scope>__<organization or project id>].
+PREDEFINED_ROLE_ID = re.compile(r"role-api-(organization|project)-([a-z_]+?)(?:__api-(?:organization|project)__.+)?")
+
+
+def is_predefined_role(record: dict) -> bool:
+    """A Roles API role that is one of the fixed roles: flagged so, or with a predefined id. Anything else is custom,
+    also with a missing, null or non-boolean flag (never skip the reads that would find who holds it)."""
+    return record.get("predefined_role") is True or bool(PREDEFINED_ROLE_ID.fullmatch(str(record.get("id"))))
+
+
 def project_is_archived(record: dict) -> bool:
     """A project record that says it is archived (status `archived`, or an `archived_at` time)."""
     status = text_of(record.get("status"))
@@ -1564,8 +1574,10 @@ class Scheduler:
         if due > until and (answer.hint is not None or now >= until):
             limit = ("--max-run-time" if until == self.clock.deadline else
                      f"--max-throttle-wait {self.config.max_throttle_wait:g}s")
-            self.plan.failed(read, f"{read.path}: HTTP 429 (rate limited){hint} after {now - request.throttled_since:.1f}s "
-                                   f"of 429s: waiting on would go past {limit}{self.slowest_endpoint('; ')}")
+            waited = f"after waiting {now - request.throttled_since:.1f}s"
+            self.plan.failed(read, f"{read.path}: HTTP 429 (rate limited){hint}, which ends past {limit} ({waited})"
+                             if answer.hint is not None else f"{read.path}: still HTTP 429 (rate limited) {waited} "
+                             f"({limit}){self.slowest_endpoint('; ')}")
             return
         first = read.family.name not in self.throttled_families  # news; the rest show in progress lines
         self.throttled_families.add(read.family.name)
@@ -1694,7 +1706,7 @@ ROLE_DECISION_WAITS_FOR = {family.name for family in ROLE_LISTS} | {f.parent for
 
 
 def has_custom_roles(roles: Iterable[Any]) -> bool:
-    return any(role.get("predefined_role") is False for role in roles if isinstance(role, dict))
+    return any(isinstance(role, dict) and usable_id(role.get("id")) and not is_predefined_role(role) for role in roles)
 
 
 def decide_role_assignment_reads(mode: str, roles_refused: bool, custom_roles_seen: bool,
@@ -1769,7 +1781,7 @@ class ReadPlan:
         path = family.path_for(key, self.config.org_id)
         if path is None:
             shown = " in ".join(repr(part) for part in ([key] if isinstance(key, str) else reversed(key)))
-            log.warning("%s %s: its %s were not read, as an id of '.' or '..' would read another endpoint; it is "
+            log.warning("%s %s: reading its %s skipped, as an id of '.' or '..' would read another endpoint; it is "
                         "kept without them", family.per.label, shown, family.label)
             return
         query: dict[str, Any] = {**dict(family.params), **(params or {})}
@@ -2053,7 +2065,8 @@ FIXED_ROLES = {  # unique id: (name, permissions)
     "project_owner_via_organization": ("Project Owner (organization owner)", PROJECT_OWNER_PERMISSIONS),
     "project_member": ("Project Member", ["Standard API Requests", "Read Project"]),
     "project_viewer": ("Project Viewer", ["Read Project"]),  # OpenAI's RBAC guide gives viewers read access
-    "admin_api_key": ("Admin API Key", ["Read Organization", "Modify Billing", "Manage Members"]),
+    # An admin key manages members, service accounts and keys in every project (its project permissions spread).
+    "admin_api_key": ("Admin API Key", ["Read Organization", "Modify Billing", "Manage Members", *PROJECT_PERMISSIONS]),
 }
 ORG_ROLE_VALUES = {"owner": "owner", "reader": "reader", "member": "reader"}  # invite docs say "owner or member"
 PROJECT_ROLE_VALUES = {"owner": "project_owner", "member": "project_member", "viewer": "project_viewer"}
@@ -2064,19 +2077,30 @@ KEY_OWNER_TYPES = ("user", "service_account")
 PROJECT_STATUSES = ("active", "archived")
 SOURCE_PRINCIPAL_TYPES = ("user", "group")
 HOSTED_TOOLS = ("code_interpreter", "file_search", "image_generation", "mcp", "web_search")
-CANONICAL_BY_VERB = {
-    **dict.fromkeys(("read", "list", "view", "get"), OAAPermission.MetadataRead),
-    "create": OAAPermission.MetadataCreate,
-    **dict.fromkeys(("delete", "remove"), OAAPermission.MetadataDelete),
-    **dict.fromkeys(("write", "update", "manage", "admin"), OAAPermission.MetadataWrite),
-    **dict.fromkeys(("request", "use", "invoke"), OAAPermission.DataRead),
-}
+# A permission string `api.<area>[.<sub>].<verb>` maps by area and verb (OpenAI's RBAC guide; docs/mapping.md):
+# content areas read or write customer data, management areas the organization's settings.
+CONTENT_AREAS = {"model", "models", "files", "assistants", "threads", "vector_stores", "batches", "fine_tuning",
+                 "evals", "responses", "chat", "completions", "audio", "images", "videos", "realtime", "embeddings",
+                 "uploads", "containers"}
+MANAGEMENT_AREAS = {"organization", "projects", "project", "users", "groups", "roles", "api_keys", "keys",
+                    "service_accounts", "invites", "usage", "audit_logs", "billing", "rate_limits", "ip_allowlist",
+                    "mtls", "oidc", "management"}
+VERBS = {**dict.fromkeys(("read", "list", "view", "get"), "Read"), "create": "Create",
+         **dict.fromkeys(("delete", "remove"), "Delete"), **dict.fromkeys(("write", "update", "manage", "admin"), "Write")}
 
 
-def canonical_permission(permission: str) -> OAAPermission:
-    """The OAA canonical permission of an OpenAI permission string, by its last dotted segment."""
-    verb = permission.rsplit(".", 1)[-1].strip().lower()
-    return CANONICAL_BY_VERB.get(verb, OAAPermission.Uncategorized)
+def canonical_permissions(permission: str) -> list[OAAPermission]:
+    """The OAA canonicals of a permission string: Data for content areas, Metadata for management ones, both for
+    `api.all` and an area in neither list (never understated); requesting a model is DataRead everywhere."""
+    parts = permission.strip().lower().split(".")
+    verb, area = parts[-1], parts[1] if len(parts) > 2 and parts[0] == "api" else ""
+    if verb in ("request", "use", "invoke"):
+        return [OAAPermission.DataRead]
+    if verb not in VERBS:
+        return [OAAPermission.Uncategorized]
+    kinds = ["Data"] if area in CONTENT_AREAS else ["Metadata"] if area in MANAGEMENT_AREAS else ["Data", "Metadata"]
+    return [OAAPermission[kind + VERBS[verb]] for kind in kinds]
+
 
 
 S, N, B, T, L = (OAAPropertyType.STRING, OAAPropertyType.NUMBER, OAAPropertyType.BOOLEAN, OAAPropertyType.TIMESTAMP,
@@ -2101,6 +2125,7 @@ class MappingResult:
     warnings: list[str]
     counts: dict[str, int]
     notes: list[tuple[int, str]] = field(default_factory=list)  # (log level, message) lines that are no warning
+    people: dict[str, int] = field(default_factory=dict)  # for the summary a person reads (main)
 
 
 class ApplicationBuilder:
@@ -2120,6 +2145,10 @@ class ApplicationBuilder:
             self.warn(f"{kind.label} {key if isinstance(key, str) else ' in '.join(reversed(key))} was deleted "
                       f"during the run (HTTP 404 on {endpoint}): {kind.when_deleted}", f"deleted:{kind.label}:{key}")
         self.generated_roles: dict[tuple[bool, str], str] = {}
+        self.api_roles: dict[str, str] = {}          # Roles API role id -> the role id pushed for it
+        self.custom_roles: set[str] = set()          # pushed ids of the Roles API's custom roles
+        self.predefined_permissions: dict[str, set[str]] = {}  # fixed role id -> its predefined roles' strings
+        self.key_holders: list[tuple[AccessCred, LocalUser, CustomResource, str]] = []  # filled by project keys
         self.groups_not_in_payload: dict[str, int] = {}  # group id -> role assignments given directly instead
         self.project_lists: dict[tuple[str, str, Kind | None], list[dict]] = {}
         self.user_records = self.records("organization user", s.users, Kind.USER)
@@ -2275,16 +2304,34 @@ class ApplicationBuilder:
             candidate = fallback if number == 2 else f"{fallback}_{number - 1}"
         return candidate
 
-    def role_record(self, record: dict) -> str | None:
-        """Define a Roles API role (once) from a role or assignment record; return its id."""
+    def role_record(self, record: dict, project: bool) -> str | None:
+        """The role id pushed for a Roles API role or assignment record (defined once): a predefined role is the
+        fixed role of its name, showing its permission strings; a custom one keeps its id unless a fixed role
+        has it. `project`: the record came from a project's list."""
         role_id = text_of(record.get("id"))
         if role_id is None:
             return None
-        if role_id.lower() in FIXED_ROLES:
-            self.warn(f"role id {role_id!r} clashes with a fixed role; the fixed role is kept", f"clash:{role_id}")
-            return None
-        if role_id in self.app.local_roles:
-            return role_id
+        pattern = PREDEFINED_ROLE_ID.fullmatch(role_id)
+        if is_predefined_role(record):
+            scope = pattern.group(1) if pattern else text_of(record.get("resource_type")) or ""
+            word = pattern.group(2) if pattern else text_of(record.get("name")) or role_id
+            fixed = self.role_for_value(word, f"predefined role {role_id}", project=scope.endswith("project")
+                                        if scope else project)
+            if fixed and isinstance(record.get("permissions"), list):
+                shown = self.predefined_permissions.setdefault(fixed, set())
+                shown.update(p for p in record["permissions"] if isinstance(p, str))
+                self.app.local_roles[fixed].set_property("openai_permissions", sorted(shown))
+            return fixed or None
+        if role_id not in self.api_roles:
+            self.api_roles[role_id] = self.custom_role(record, role_id)
+        return self.api_roles[role_id]
+
+    def custom_role(self, record: dict, role_id: str) -> str:
+        pushed = role_id
+        if role_id.lower() in FIXED_ROLES or role_id in self.app.local_roles:
+            pushed = self.free_role_id(f"roles_api_{role_id}", f"roles_api_{role_id}")
+            self.warn(f"Roles API role {role_id!r} has the id of a fixed role; it is kept, with its assignments, "
+                      f"as {pushed!r}")
         raw = record.get("permissions")
         if isinstance(raw, str):
             self.warn(f"role {role_id} lists its permissions as one string, not a list; read as one permission",
@@ -2294,16 +2341,18 @@ class ApplicationBuilder:
             self.warn(f"role {role_id} has permissions of type {type(raw).__name__}; read as none",
                       f"permissions:{role_id}")
             raw = []
-        permissions = [p for p in raw or [] if isinstance(p, str) and p]
-        for permission in permissions:
+        permissions = list(dict.fromkeys(p for p in raw or [] if isinstance(p, str) and p))
+        for permission in permissions:  # held on the application, a custom role's permissions reach every project
             if permission not in self.app.custom_permissions:
-                self.app.add_custom_permission(permission, [canonical_permission(permission)])
-        role = self.app.add_local_role(text_of(record.get("name")) or role_id, permissions, unique_id=role_id)
+                self.app.add_custom_permission(permission, canonical_permissions(permission),
+                                               apply_to_sub_resources=True, resource_types=["project"])
+        role = self.app.add_local_role(text_of(record.get("name")) or role_id, permissions, unique_id=pushed)
         if isinstance(record.get("predefined_role"), bool):
             role.set_property("predefined_role", record["predefined_role"])
         role.set_property("resource_type", text_of(record.get("resource_type")), ignore_none=True)
         role.set_property("description", text_of(record.get("description")), ignore_none=True)
-        return role_id
+        self.custom_roles.add(pushed)
+        return pushed
 
     def assign(self, identity: Any, assignments: list[dict], project: CustomResource | None,
                member: LocalUser | None = None) -> int:
@@ -2311,15 +2360,25 @@ class ApplicationBuilder:
         in the payload is left to them."""
         count = 0
         for record in self.records("role assignment", assignments):
-            role_id = self.role_record(record)
+            role_id = self.role_record(record, project is not None)
             if role_id is None or (member is not None and self.through_groups(record, role_id, member, project)):
                 continue
-            if project is None:
-                identity.add_role(role_id, apply_to_application=True)
-            else:
+            if project is not None:
                 identity.add_role(role_id, resources=[project])
+            else:
+                identity.add_role(role_id, apply_to_application=True)
+                if role_id == "owner":  # whoever holds the owner role, by any path, owns every project
+                    identity.add_role("project_owner_via_organization", resources=list(self.projects.values()))
             count += 1
         return count
+
+    def roles_on(self, holder: LocalUser, project: CustomResource) -> list[str]:
+        """Every role `holder` has in `project`: its own and its groups', on the project, and the custom roles
+        they hold on the application (which reach every project). What a key of `holder` acts with there."""
+        holders = [holder, *(self.app.local_groups[g] for g in holder.groups or () if g in self.app.local_groups)]
+        return list(dict.fromkeys(role for who in holders for role, held in who.role_assignments.items()
+                                  if project.resource_key in held["resources"]
+                                  or held["apply_to_application"] and role in self.custom_roles))
 
     def through_groups(self, record: dict, role_id: str, member: LocalUser, project: CustomResource | None) -> bool:
         """True only when every assignment source is a group in the payload that holds this role (there) and lists
@@ -2352,8 +2411,10 @@ class ApplicationBuilder:
 
 @step()
 def map_permissions_and_fixed_roles(m: ApplicationBuilder) -> None:
-    for name, canonical in {**ORG_PERMISSIONS, **PROJECT_PERMISSIONS}.items():
+    for name, canonical in ORG_PERMISSIONS.items():
         m.app.add_custom_permission(name, [canonical])
+    for name, canonical in PROJECT_PERMISSIONS.items():  # held on the application (an admin key's), every project
+        m.app.add_custom_permission(name, [canonical], apply_to_sub_resources=True, resource_types=["project"])
     for role_id, (name, permissions) in FIXED_ROLES.items():
         m.app.add_local_role(name, list(permissions), unique_id=role_id)
 
@@ -2565,9 +2626,9 @@ def map_project_api_keys(m: ApplicationBuilder) -> None:
                 continue
             holder = m.principal(owner_id, owner, f"project API key {record['id']}", service_account=service_account)
             holder.add_access_cred(record["id"])
-            role = m.role_for_value(owner.get("role"), f"owner of project API key {record['id']}", project=True)
-            if role:
-                cred.add_role(role, resources=[project])
+            in_record = m.role_for_value(owner["role"], f"owner of project API key {record['id']}", project=True) \
+                if text_of(owner.get("role")) else ""
+            m.key_holders.append((cred, holder, project, in_record))
     m.counts["project_api_keys_active"] = active
     m.counts["project_api_keys_inactive"] = inactive
 
@@ -2660,17 +2721,19 @@ def map_invites(m: ApplicationBuilder) -> None:
     m.counts["invites_pending"] = pending
 
 
-@step(("local_role", "predefined_role", B), ("local_role", "resource_type", S), ("local_role", "description", S))
+@step(("local_role", "predefined_role", B), ("local_role", "resource_type", S), ("local_role", "description", S),
+      ("local_role", "openai_permissions", L))
 def map_custom_roles(m: ApplicationBuilder) -> None:
+    """The Roles API's roles: custom ones as roles of their own, predefined ones as the fixed roles."""
     s = m.snapshot
     if s.roles is None:
         return
     before = len(m.app.local_roles)
     for record in m.records("role", s.roles):
-        m.role_record(record)
+        m.role_record(record, project=False)
     for pid in m.projects:
         for record in m.project_list("project_roles", pid, kind=None):
-            m.role_record(record)
+            m.role_record(record, project=True)
     m.counts["roles"] = len(m.app.local_roles) - before
 
 
@@ -2706,6 +2769,19 @@ def map_role_assignments(m: ApplicationBuilder) -> None:
     m.counts["role_assignments"] = count
 
 
+@step()
+def map_key_access(m: ApplicationBuilder) -> None:
+    """A project key acts with its owner's access in its project: every role the owner holds there, from every
+    source read (the membership lists, groups, role assignments, the key record, an owner's ownership)."""
+    for cred, holder, project, in_record in m.key_holders:
+        roles = [*m.roles_on(holder, project), *([in_record] if in_record else [])]
+        if not roles:
+            m.warn(f"owner {holder.unique_id} of project API key {cred.unique_id} has no project role in "
+                   f"{project.unique_id}; kept without one")
+        for role in dict.fromkeys(roles):
+            cred.add_role(role, resources=[project])
+
+
 def assign_project_groups(m: ApplicationBuilder, pid: str, project: CustomResource) -> int:
     """Each group the project lists gets its roles there (a group missing from the group list is kept)."""
     count = 0
@@ -2732,8 +2808,8 @@ def map_federation_rules(m: ApplicationBuilder) -> None:
     accounts_read = s.projects is not None and s.project_service_accounts is not None
     if not accounts_read:
         m.warn("federation rules are kept without holders or project roles: project service accounts were not read")
-    roles = {(pid, record["id"]): record.get("role") for pid in m.projects
-             for record in m.project_list("project_service_accounts", pid, kind=None)} if accounts_read else {}
+    listed = {(pid, record["id"]) for pid in m.projects
+              for record in m.project_list("project_service_accounts", pid, kind=None)} if accounts_read else set()
     count = 0
     for provider in m.records("workload identity provider", s.workload_identity_providers, Kind.PROVIDER):
         provider_id = provider["id"]
@@ -2744,7 +2820,7 @@ def map_federation_rules(m: ApplicationBuilder) -> None:
                 continue
             cred = federation_rule_credential(m, provider, rule)
             if accounts_read:
-                hold_federation_rule(m, rule, cred, roles)
+                hold_federation_rule(m, rule, cred, listed)
             count += 1
     m.counts["federation_rules"] = count
 
@@ -2761,11 +2837,13 @@ def federation_rule_credential(m: ApplicationBuilder, provider: dict, rule: dict
     cred.set_property("project_id", text_of(rule.get("project_id")), ignore_none=True)
     matchers = rule.get("attribute_matchers")
     if isinstance(matchers, dict):
-        try:
-            cred.set_property("attribute_matchers", sorted(f"{key}={matcher_value(value)}"
-                                                           for key, value in matchers.items()))
-        except RecursionError:
-            m.warn(f"federation rule {rule['id']} has attribute_matchers nested too deep to read; left unset")
+        shown = {key: matcher_value(value) for key, value in matchers.items()}
+        deep = [key for key, value in shown.items() if value is None]
+        if deep:
+            m.warn(f"federation rule {rule['id']} has attribute matcher {deep[0]!r} nested too deep to read; "
+                   "attribute_matchers left unset")
+        else:
+            cred.set_property("attribute_matchers", sorted(f"{key}={value}" for key, value in shown.items()))
     elif matchers is not None:
         m.warn(f"federation rule {rule['id']} has attribute_matchers of type {type(matchers).__name__}, not an "
                "object; left unset")
@@ -2777,18 +2855,19 @@ def federation_rule_credential(m: ApplicationBuilder, provider: dict, rule: dict
     return cred
 
 
-def matcher_value(value: Any) -> str:
-    """An attribute matcher's value as text: strings as they are, anything else as JSON (true, 1, null)."""
+def matcher_value(value: Any) -> str | None:
+    """An attribute matcher's value as text: strings as they are, anything else as JSON (true, 1, null); None for a
+    value nested too deep to write."""
     if isinstance(value, str):
         return value
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError):
-        return str(value)
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    except RecursionError:
+        return None
 
 
-def hold_federation_rule(m: ApplicationBuilder, rule: dict, cred: AccessCred, roles: dict[tuple[str, str], Any]) -> None:
-    """The rule's service account holds it, and it gets that account's role on the rule's project."""
+def hold_federation_rule(m: ApplicationBuilder, rule: dict, cred: AccessCred, listed: set[tuple[str, str]]) -> None:
+    """The rule's service account holds it, and it acts with every role that account has on the rule's project."""
     account_id, project_id = text_of(rule.get("service_account_id")), text_of(rule.get("project_id"))
     holder = m.app.local_users.get(account_id) if account_id else None
     if holder is None or holder.user_type != "service_account":
@@ -2802,12 +2881,12 @@ def hold_federation_rule(m: ApplicationBuilder, rule: dict, cred: AccessCred, ro
     if project is None:
         m.warn(f"federation rule {rule['id']} names project {project_id} which is not listed; kept without a "
                "project role")
-    elif (project_id, account_id) not in roles:
-        m.warn(f"federation rule {rule['id']}: service account {account_id} is not listed in project {project_id}; "
-               "kept without a project role")
     else:
-        role = m.role_for_value(roles[(project_id, account_id)], f"service account {account_id}", project=True)
-        if role:
+        roles = m.roles_on(holder, project)
+        if not roles and (project_id, account_id) not in listed:
+            m.warn(f"federation rule {rule['id']}: service account {account_id} is not listed in project "
+                   f"{project_id}; kept without a project role")
+        for role in roles:
             cred.add_role(role, resources=[project])
 
 
@@ -2908,6 +2987,12 @@ def build_application(snapshot: Snapshot) -> MappingResult:
     """Map a Snapshot to a CustomApplication (pure: no I/O, no logging; the caller logs warnings and notes)."""
     result = ApplicationBuilder(snapshot).build()
     result.counts = {name: result.counts[name] for name in COUNTS if name in result.counts}
+    app = result.application
+    owner_groups = {group.unique_id for group in app.local_groups.values() if "owner" in group.role_assignments}
+    users = [user for user in app.local_users.values() if "invite_status" not in user.properties]
+    result.people = {"people": sum(user.user_type != "service_account" for user in users),
+                     "owners": sum("owner" in user.role_assignments or bool(owner_groups & set(user.groups or ()))
+                                   for user in users)}
     return result
 
 
@@ -3112,7 +3197,8 @@ class Veza:
                             "its user may manage OAA providers")
         body = answer.body if answer.status == 200 else None
         if not (isinstance(body, dict) and isinstance(body.get("values"), list)):
-            what = answer.problem if answer.status != 200 else "an answer that is not Veza's (no list of templates)"
+            what = answer.problem if answer.status != 200 or answer.fatal else \
+                "an answer without Veza's list of templates ('values')"
             raise PushError(f"{where}: {what} from {path}; is VEZA_URL the address of your Veza instance?")
 
     def call(self, method: str, path: str, body: Any = None, params: Any = None, *,
@@ -3175,25 +3261,25 @@ class Veza:
         except VezaError as exc:
             if exc.status != 403:
                 raise
-            raise PushError(f"Veza refused to create {what} (HTTP 403): this API key may not create "
+            raise PushError(f"Veza refused to create the {what} (HTTP 403): this API key may not create "
                             "providers or data sources. Create them once with a key that may (e.g. an administrator's: "
                             "run the connector once with it), or grant this key's user that right; later runs need "
                             "only push rights") from None
         if not isinstance(created, dict) or not isinstance(created.get("id"), str):
-            raise VezaError(f"{path}: Veza's answer to creating {what} has no id")
+            raise VezaError(f"{path}: Veza's answer to creating the {what} has no id")
         return created, True
 
     def data_source(self) -> tuple[str, str]:
         """(provider id, data source id), each created when missing."""
         providers = "/api/v1/providers/custom"
-        provider, created = self.find_or_create(f"the provider {PROVIDER_NAME!r} (template application)", providers,
+        provider, created = self.find_or_create(f"provider {PROVIDER_NAME!r} (template application)", providers,
                                                 PROVIDER_NAME,
                                                 {"name": PROVIDER_NAME, "custom_template": "application"})
         if created:
             self.call("POST", f"{providers}/{provider['id']}:icon", {"icon_base64": PROVIDER_ICON_SVG},
                       retry_when=lambda answer: answer.status == 429)
         name = self.config.data_source_name
-        source, _ = self.find_or_create(f"the data source {name!r} under provider {PROVIDER_NAME!r}",
+        source, _ = self.find_or_create(f"data source {name!r} under provider {PROVIDER_NAME!r}",
                                         f"{providers}/{provider['id']}/datasources", name,
                                         {"name": self.config.data_source_name, "id": provider["id"]})
         return provider["id"], source["id"]
@@ -3378,6 +3464,8 @@ class RunSummary:
     retries: int = 0
     seconds: float = 0.0
     report: str = ""        # with --create-report: created, updated, unchanged, failed or interrupted
+    people: dict[str, int] = field(default_factory=dict)  # people and owners, for the lines a person reads
+    reasons: dict[str, str] = field(default_factory=dict)  # family left out -> why
 
     def fields(self) -> dict[str, Any]:
         return {"outcome": self.outcome, **self.counts, "warnings": self.warnings, "left_out": self.left_out,
@@ -3388,6 +3476,25 @@ class RunSummary:
     def log(self, level: int) -> None:
         line = " ".join(f"{k}={f'{v:.1f}' if k == 'seconds' else v}" for k, v in self.fields().items())
         log_with_fields(level, {"summary": True, **self.fields()}, "summary: %s", line)
+
+    def log_for_people(self, config: Config, reasons: dict[str, str]) -> None:
+        """A few lines a person reads above the summary line (text logs only: the JSON summary has the fields)."""
+        c = self.counts
+        if self.outcome in ("pushed", "dry-run") and self.people:
+            keys = c.get("project_api_keys_active", 0), c.get("project_api_keys_inactive", 0)
+            log.info("In Veza: %d people, %d service accounts, %d owners (by any path), %d admin key%s, %d active "
+                     "project keys of %d, %d projects, %d pending invites.", self.people["people"],
+                     c.get("service_accounts", 0), self.people["owners"], c.get("admin_api_keys", 0),
+                     "" if c.get("admin_api_keys") == 1 else "s", keys[0], sum(keys), c.get("projects", 0),
+                     c.get("invites_pending", 0))
+        grants = [f"{FAMILIES[name].label} ({why}): grant the admin key '{FAMILIES[name].grant}'"
+                  for name, why in reasons.items()]
+        log.info("Left out: %s.", "; ".join(grants) or "none")
+        saved = f"; saved to {config.save_json_path}" if config.save_json_path and self.counts else ""
+        log.info("Payload: %s%s.", "not pushed (dry run)" if config.dry_run else {
+            "pushed": f"pushed to data source {config.data_source_name!r}",
+            "unknown": "the push's outcome is unknown: check the data source in Veza"}.get(
+            self.outcome, "not pushed; Veza keeps the previous snapshot"), saved)
 
 
 def memory_mb() -> tuple[float | None, float]:
@@ -3437,6 +3544,7 @@ def read_organization(config: Config, clock: Clock, summary: RunSummary) -> Snap
         summary.calls, summary.retries, summary.throttled = reader.calls, reader.retries, reader.throttled
         http.close()
     summary.left_out = ",".join(sorted(snapshot.unavailable))
+    summary.reasons = dict(snapshot.unavailable)
     for name, reason in snapshot.unavailable.items():
         family = FAMILIES[name]
         log.warning("left out %s (%s): grant the admin key '%s', or the organization does not have it",
@@ -3464,7 +3572,7 @@ def discover(config: Config, clock: Clock, summary: RunSummary) -> Payload:
         result = build_application(snapshot)
         del snapshot
         log_memory("mapping")
-        summary.counts = result.counts
+        summary.counts, summary.people = result.counts, result.people
         for level, message in result.notes:
             log.log(level, "%s", message)
         for message in result.warnings:
@@ -3602,6 +3710,8 @@ def main(argv: list[str] | None = None) -> int:
             log_what_veza_has(config, progress.upload_started)
             summary.outcome = "unknown" if progress.upload_started else summary.outcome
         signals.finished = True
+        if config.log_format == "text":
+            summary.log_for_people(config, summary.reasons)
         summary.seconds = time.monotonic() - clock.started
         summary.warnings = handler.warnings
         summary.log(logging.INFO if status == ExitStatus.OK else logging.ERROR)

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import VEZA_SECRET
-from fake_openai import FakeOpenAI, Fault, generate_organization
-from fake_veza import FakeVeza
-
-import veza_openai as vo
+from fake_openai import Fault
 
 
 @pytest.mark.slow
@@ -71,25 +67,3 @@ def test_max_requests_per_second_caps_the_rate(run_connector, openai_fake):
     assert (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) <= 40 * 1.25
     for index in range(len(arrivals) - 20):  # any 20 consecutive requests span at least half of 19 intervals
         assert arrivals[index + 20] - arrivals[index] >= 19 * 0.025 * 0.5
-
-
-def test_large_payloads_are_pushed_in_parts(ca, monkeypatch):
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca[1])
-    veza = FakeVeza(ca[0], api_key=VEZA_SECRET).start()
-    fake = FakeOpenAI(generate_organization(users=300, projects=5, groups=2)).start()
-    try:
-        config = vo.Config(org_id=fake.org.org_id, openai_api_key=fake.admin_key, openai_base_url=fake.base_url,
-                           veza_url=veza.url, veza_api_key=VEZA_SECRET, time_scale=0.0)
-        client = vo.connect_veza(config)
-        client.MULTIPART_THRESHOLD_SIZE = 10_000  # oaaclient's threshold is 50 MB; this payload is ~200 KB
-        client.DEFAULT_PART_SIZE = 50_000
-        snapshot = vo.ReadPlan(config, vo.Scheduler(vo.OpenAIAdminClient(config), config, vo.FAMILY_LIST)).read()
-        application = vo.build_application(snapshot).application
-        payload = application.get_payload()
-        vo.push_payload(client, config, vo.serialize_application(application), vo.PushProgress())
-    finally:
-        veza.stop()
-        fake.stop()
-    assert veza.payloads == [payload]
-    parts = [path for method, path in veza.requests if path.endswith(":parts")]
-    assert len(parts) >= 4  # start, several uploads, complete

@@ -106,8 +106,7 @@ def test_the_newest_scope_event_is_chosen_by_time_not_by_text():
                "api_key.created": {"id": "key_1", "data": {"scopes": ["api.model.request"]}}}
     updated = {"id": "e2", "type": "api_key.updated", "effective_at": now - DAY,
                "api_key.updated": {"id": "key_1", "changes_requested": {"scopes": ["api.files.read"]}}}
-    snapshot = vo.Snapshot(org_id="org-x", activity_since=now - 90 * DAY, audit_logs=[updated, created])
-    logins, scopes = vo.ApplicationBuilder(snapshot)._audit_activity()
+    logins, scopes = vo.audit_activity([updated, created], now - 90 * DAY)
     assert scopes == {"key_1": ["api.files.read"]} and logins == {}
 
 

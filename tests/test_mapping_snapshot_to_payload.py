@@ -34,19 +34,24 @@ def test_timestamps_become_rfc3339_utc_with_z(value, expected):
     assert vo.rfc3339(value) == expected
 
 
-@pytest.mark.parametrize(("permission", "canonical"), [
-    ("api.organization.read", OAAPermission.MetadataRead), ("api.projects.list", OAAPermission.MetadataRead),
-    ("a.view", OAAPermission.MetadataRead), ("a.get", OAAPermission.MetadataRead),
-    ("api.keys.create", OAAPermission.MetadataCreate), ("a.delete", OAAPermission.MetadataDelete),
-    ("a.remove", OAAPermission.MetadataDelete), ("a.write", OAAPermission.MetadataWrite),
-    ("a.update", OAAPermission.MetadataWrite), ("a.manage", OAAPermission.MetadataWrite),
-    ("a.admin", OAAPermission.MetadataWrite), ("api.model.request", OAAPermission.DataRead),
-    ("a.use", OAAPermission.DataRead), ("a.invoke", OAAPermission.DataRead), ("a.READ", OAAPermission.MetadataRead),
-    ("a.frobnicate", OAAPermission.Uncategorized), ("", OAAPermission.Uncategorized),
-    ("read", OAAPermission.MetadataRead),
+D, M = OAAPermission, OAAPermission  # Data and Metadata canonicals below, by name
+
+
+@pytest.mark.parametrize(("permission", "canonicals"), [
+    ("api.organization.read", [M.MetadataRead]), ("api.projects.list", [M.MetadataRead]),
+    ("api.groups.view", [M.MetadataRead]), ("api.keys.create", [M.MetadataCreate]),
+    ("api.users.delete", [M.MetadataDelete]), ("api.roles.remove", [M.MetadataDelete]),
+    ("api.billing.write", [M.MetadataWrite]), ("api.usage.update", [M.MetadataWrite]),
+    ("api.organization.projects.api_keys.manage", [M.MetadataWrite]), ("api.mtls.admin", [M.MetadataWrite]),
+    ("api.files.read", [D.DataRead]), ("api.files.write", [D.DataWrite]), ("api.batches.create", [D.DataCreate]),
+    ("api.vector_stores.delete", [D.DataDelete]), ("api.fine_tuning.jobs.read", [D.DataRead]),
+    ("api.model.request", [D.DataRead]), ("api.groups.use", [D.DataRead]), ("a.invoke", [D.DataRead]),
+    ("api.all.read", [D.DataRead, M.MetadataRead]), ("api.widgets.WRITE", [D.DataWrite, M.MetadataWrite]),
+    ("read", [D.DataRead, M.MetadataRead]), ("api.files.frobnicate", [D.Uncategorized]), ("", [D.Uncategorized]),
 ])
-def test_permission_strings_map_by_their_last_segment(permission, canonical):
-    assert vo.canonical_permission(permission) == canonical
+def test_permission_strings_map_by_area_and_verb_never_below_what_they_grant(permission, canonicals):
+    """Content areas are data, management areas metadata; an area in neither list, or none, is both."""
+    assert vo.canonical_permissions(permission) == canonicals
 
 
 def test_the_same_user_twice_is_one_user_and_unknown_roles_warn_once_with_readers_permissions():
@@ -102,7 +107,9 @@ def test_a_role_id_that_clashes_with_a_fixed_role_never_replaces_it():
                                    "resource_type": "api.organization"}])
     result = build(snapshot)
     assert result.application.local_roles["owner"].name == "Owner"
-    assert any("clashes with a fixed role" in w for w in result.warnings)
+    assert result.application.local_roles["roles_api_owner"].name == "Evil"
+    assert any("has the id of a fixed role; it is kept, with its assignments, as 'roles_api_owner'" in w
+               for w in result.warnings)
 
 
 def test_cyclic_gc_is_paused_only_while_mapping():

@@ -38,7 +38,7 @@ def test_a_retry_after_of_an_hour_is_capped_without_max_run_time(run_connector, 
 
 
 def test_an_endless_saved_query_list_stops_at_its_page_cap_and_the_push_stands(run_connector, veza, monkeypatch):
-    monkeypatch.setattr(veza_openai, "MAX_VEZA_LIST_PAGES", 20)
+    monkeypatch.setattr(veza_openai, "MAX_VEZA_PAGES", 20)
     veza.endless_queries = True
     result = run_connector(*NO_ROLE_READS, "--create-report", timeout=30)
     assert result.returncode == 0, result.output
@@ -60,19 +60,3 @@ def test_max_run_time_ends_a_slow_report_after_a_completed_push(run_connector, v
     assert "ERROR Veza report 'OpenAI access review' not created or updated: --max-run-time 2s reached" in \
         result.stderr
     assert "outcome=pushed" in summary_line(result.stderr) and "report=failed" in summary_line(result.stderr)
-
-
-def test_veza_retry_waits_are_capped_and_end_at_the_deadline():
-    from urllib3 import HTTPResponse
-
-    response = HTTPResponse(status=503, headers={"Retry-After": "3600"})
-    retry = veza_openai.VezaRetry(total=5, status_forcelist=[503])
-    assert retry.get_retry_after(response) == 60.0  # not the hour asked for
-    retry.deadline = time.monotonic() + 5
-    assert 4 < retry.get_retry_after(response) <= 5
-    assert not retry.is_exhausted()
-    retry.deadline = time.monotonic() - 1
-    assert retry.get_retry_after(response) == 0 and retry.get_backoff_time() == 0
-    assert retry.is_exhausted()  # no retry starts after the deadline
-    again = retry.new(total=4)
-    assert (again.deadline, again.max_wait, again.backoff_cap) == (retry.deadline, retry.max_wait, retry.backoff_cap)

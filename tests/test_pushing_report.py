@@ -81,7 +81,7 @@ def test_report_queries_name_the_node_types_and_properties_the_payload_has(run_c
 
 def test_a_report_veza_refuses_is_an_error_line_but_the_push_stands(run_connector, veza, monkeypatch):
     def refuse(client):
-        raise vo.OAAResponseError("InvalidArgument", "bad query", status_code=400)
+        raise vo.VezaError("HTTP 400: InvalidArgument: bad query", 400)
     monkeypatch.setattr(vo, "create_or_update_report", refuse)
     result = run_connector(*NO_ROLE_READS, "--create-report")
     assert result.returncode == 0 and len(veza.pushes) == 1
@@ -126,9 +126,9 @@ def test_a_query_changed_in_veza_is_put_back(run_connector, veza):
 
 def test_same_as_sent_compares_only_what_was_sent_normalised():
     sent = {"query_type": "SOURCE_TO_DESTINATION", "flag": False, "nodes": [{"node_type": "A", "v": True}]}
-    assert vo._same_as_sent({"query_type": 1, "nodes": [{"node_type": "A", "v": True, "extra": 1}], "id": "x"},
+    assert vo.same_as_sent({"query_type": 1, "nodes": [{"node_type": "A", "v": True, "extra": 1}], "id": "x"},
                             sent)
-    assert not vo._same_as_sent({"query_type": 1, "nodes": [{"node_type": "B", "v": True}]}, sent)
-    assert not vo._same_as_sent({"query_type": 1, "flag": True, "nodes": [{"node_type": "A", "v": True}]}, sent)
-    assert not vo._same_as_sent({"query_type": 1, "nodes": [{"node_type": "A"}]}, sent)  # true is not a default
-    assert not vo._same_as_sent({"query_type": "1", "nodes": [{"node_type": "A", "v": True}]}, sent)
+    assert not vo.same_as_sent({"query_type": 1, "nodes": [{"node_type": "B", "v": True}]}, sent)
+    assert not vo.same_as_sent({"query_type": 1, "flag": True, "nodes": [{"node_type": "A", "v": True}]}, sent)
+    assert not vo.same_as_sent({"query_type": 1, "nodes": [{"node_type": "A"}]}, sent)  # true is not a default
+    assert not vo.same_as_sent({"query_type": "1", "nodes": [{"node_type": "A", "v": True}]}, sent)

@@ -111,14 +111,6 @@ def test_unrecoverable_faults_exit_1_naming_the_endpoint_and_push_nothing(run_co
     assert "Traceback" not in result.output
 
 
-def test_a_refused_connection_to_openai_is_retried_then_fails(run_connector, veza):
-    result = run_connector(env={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_MAX_RETRIES": "2"})
-    assert result.returncode == 1
-    assert re.search(r"ERROR /organization/\S+: ConnectionError \(connection failed\), gave up after 2 retries",
-                     result.stderr)
-    assert veza.pushes == []
-
-
 # Only with --debug: it logs every record a plain run logs, the same way, plus debug records and tracebacks.
 @pytest.mark.parametrize("name", marked_slow([*SECRET_SCENARIOS, "veza push 500", "veza refuses key",
                                               "openai refuses key"], "slow every time"))
