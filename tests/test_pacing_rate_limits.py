@@ -14,8 +14,6 @@ import pytest
 from fake_limits import AlwaysThrottled, EveryKth, FixedWindows, TokenBucket
 from fake_openai import ROUTES, Fault, generate_organization
 
-import veza_openai as vo
-
 SCALE = 0.01
 ENV = {"VEZA_OPENAI_TIME_SCALE": str(SCALE)}
 FAMILY_OF = [(re.compile(f"^{regex}$"), family) for regex, family, *_ in ROUTES]
@@ -99,7 +97,7 @@ def test_a_long_run_logs_progress_and_an_estimate(small_org, run_connector):
     assert re.search(r"progress: \d+ reads done, \d+ open \(.*project roles \d+/12.*\); \d+ calls, \d+ answered 429; "
                      r"slowest endpoint /projects/\{project_id\}/roles at about [\d.]+ requests a minute; about \S+ "
                      r"left", "\n".join(progress)), progress
-    assert re.search(r"/projects/proj_\d+/roles: HTTP 429, pausing /projects/\{project_id\}/roles", result.stderr)
+    assert re.search(r"/projects/proj_\d+/roles: HTTP 429, waiting [\d.]+s \(no retry-after: probing\)", result.stderr)
 
 
 def test_an_endpoint_throttled_past_the_deadline_fails_the_run_and_pushes_nothing(small_org, run_connector, veza):
@@ -117,7 +115,7 @@ def test_max_run_time_ends_a_run_that_cannot_finish_in_time(small_org, run_conne
     assert result.returncode == 1
     # the slowest endpoint is named once one has been throttled (a loaded machine may not get that far in 1 s)
     assert re.search(r"reading took longer than --max-run-time 1s with \d+ reads still open"
-                     r"(; the slowest endpoint is /projects/\{project_id\}/roles|\n)", result.stderr), result.stderr
+                     r"(; slowest endpoint /projects/\{project_id\}/roles at about|\n)", result.stderr), result.stderr
     assert veza.pushes == []
 
 
@@ -167,90 +165,6 @@ def test_x_should_retry_false_fails_at_once(small_org, run_connector, veza):
     assert result.returncode == 1
     assert "/organization/invites: HTTP 503: injected 503" in result.stderr
     assert small_org.calls(r"^/organization/invites$") == 1 and veza.pushes == []
-
-
-# --- the pacer's rules, on explicit clocks ------------------------------------------------------
-
-def test_pacer_honours_a_hint_then_paces_at_the_rate_that_got_through():
-    pacer = vo.EndpointPacer("/x")
-    for at in (0.0, 0.1, 0.2, 0.3):  # four got through in the 0.4 s before the 429: ten a second
-        pacer.on_send(at)
-        pacer.on_success(at + 0.05, probe=False)
-    pacer.on_send(0.4)
-    pacer.on_throttled(0.4, probe=False, server_wait=2.0, sent_at=0.4)
-    assert pacer.ready_at(0.5) == pytest.approx(2.4)  # the hint, as a lower bound
-    assert pacer.on_send(2.4) is False  # no probing: the server said when
-    assert pacer.ready_at(2.4) == float("inf")  # one request in flight at first...
-    pacer.on_success(2.45, probe=False)
-    assert pacer.ready_at(2.45) == 2.45  # (the one send of credit a late send leaves)
-    pacer.on_send(2.45)
-    assert pacer.ready_at(2.45) == pytest.approx(2.5)  # ...then at the pace that got through, not a burst
-    pacer.on_throttled(2.6, probe=False, server_wait=3600, sent_at=2.45)
-    assert pacer.ready_at(2.7) == pytest.approx(2.6 + vo.MAX_SERVER_WAIT)  # a wait past a window is capped
-    assert pacer.refill_seconds is None  # a hint teaches no window
-
-
-def test_pacer_probes_a_hintless_limit_with_growing_waits_then_learns_its_window():
-    pacer = vo.EndpointPacer("/x")
-    for _ in range(7):
-        pacer.on_send(0.0)
-        pacer.on_success(0.05, probe=False)
-    pacer.on_send(0.06)
-    pacer.on_throttled(0.1, probe=False, server_wait=None)
-    waits, now = [], 0.1
-    while now < 60:
-        at = pacer.ready_at(now)
-        waits.append(round(at - now, 2))
-        now = at
-        assert pacer.on_send(now) is True
-        if now >= 60:
-            pacer.on_success(now, probe=True)
-        else:
-            pacer.on_throttled(now, probe=True, server_wait=None, sent_at=now)
-            refused = now
-    assert waits[:5] == [0.5, 1.0, 2.0, 4.0, 5.0] and max(waits) == vo.PROBE_MAX_WAIT
-    assert len(waits) < 20  # about one probe per 5 s once the window is long
-    assert pacer.refill_burst == 7 and pacer.refill_seconds == pytest.approx(now, abs=0.01)
-    assert pacer.requests_per_second() == pytest.approx(7 / now)
-    # the next burst: the allowance, then one more to ask whether it grew; refused, the first probe goes
-    # halfway between the latest refused probe and the refill (the window is longer than one, at most the other)
-    burst_start = now
-    for _ in range(6):
-        assert pacer.on_send(now + 0.1) is False
-        pacer.on_success(now + 0.15, probe=False)
-    assert pacer.on_send(now + 0.2) is False  # the eighth: one more than the allowance, not a probe
-    pacer.on_throttled(now + 0.25, probe=False, server_wait=None)
-    assert pacer.ready_at(now + 0.3) == pytest.approx(burst_start + (refused + pacer.refill_seconds) / 2)
-
-
-def test_pacer_forgets_a_learned_window_that_lets_one_more_through_and_learns_it_again():
-    pacer = vo.EndpointPacer("/x")
-    pacer.refill_burst, pacer.refill_seconds, pacer.refill_wait = 7, 60.0, 59.0
-    pacer.burst_started, pacer.burst_successes, pacer.sent_in_burst = 0.0, 7, 7
-    assert pacer.ready_at(1.0) == 1.0 and pacer.on_send(1.0) is False  # one more than the allowance
-    pacer.on_success(1.1, probe=False)  # the limit doubled: the eighth got through
-    assert pacer.refill_burst is None and pacer.ready_at(1.1) == 1.1  # spent until a 429 says how far
-
-
-def test_pacer_answers_to_requests_sent_before_a_429_do_not_extend_the_pause():
-    pacer = vo.EndpointPacer("/x")
-    for _ in range(3):
-        pacer.on_send(0.0)
-    pacer.on_throttled(0.1, probe=False, server_wait=None)
-    blocked = pacer.blocked_until
-    pacer.on_throttled(0.2, probe=False, server_wait=None)
-    pacer.on_throttled(0.3, probe=False, server_wait=None)
-    assert pacer.blocked_until == blocked and pacer.throttled == 3
-
-
-def test_pacer_caps_requests_per_minute_over_a_sliding_minute():
-    pacer = vo.EndpointPacer("/x", max_per_minute=3)
-    for at in (0.0, 1.0, 2.0):
-        assert pacer.ready_at(at) == at
-        pacer.on_send(at)
-        pacer.on_success(at + 0.1, probe=False)
-    assert pacer.ready_at(3.0) == 60.0
-    assert pacer.ready_at(61.5) == 61.5
 
 
 # --- a `next` cursor that is missing -------------------------------------------------------------------
