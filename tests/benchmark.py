@@ -299,12 +299,12 @@ def table_row(name: str, limiter: Limiter | None, result: dict, clean: float | N
 PER_MINUTE = {"windows": (7, 60), "family-windows": 20, "spent-windows": 60}
 BUCKET_RATE, BUCKET_BURST = 40.0, 10.0
 ONE_OFF_FAMILIES = ("users", "invites", "projects")
-# spent-windows is the issue's new user: the Quick start's dry run, then the next run at once, on 60 projects with
-# the default --role-assignments (auto: no per-user reads, the generated organization has no custom roles). Every
-# per-project endpoint then spends exactly its one window at the end of the first run, so the second meets eight
-# spent endpoints at once. Its time scale is larger than the table's: at 0.01 the second process's own start (about
-# 0.2 s) is 20 seconds of a 60-second window, and the windows have refilled before it sends a request.
-SPENT_PROJECTS, SPENT_ROLE_ASSIGNMENTS = 60, "auto"
+# spent-windows is the issue's new user (defaults of --spent-*): the Quick start's dry run, then the next run at once,
+# on 60 projects with the default --role-assignments (auto: no per-user reads, the generated organization has no
+# custom roles). Every per-project endpoint then spends exactly its one window at the end of the first run, so the
+# second meets eight spent endpoints at once. Its time scale is larger than the table's: at 0.01 the second
+# process's own start (about 0.2 s) is 20 seconds of a 60-second window, and the windows have refilled before it
+# sends a request (on the table's organization at 0.01 the second run met no 429 at all).
 PACING_MODELS = ("none-per-minute", "windows", "family-windows", "spent-windows", "none-real-time",
                  "endpoint-bucket-ms", "endpoint-bucket-s", "endpoint-bucket-none", "org-bucket-ms", "org-bucket-s",
                  "org-bucket-none", "one-off-429s")
@@ -312,8 +312,8 @@ PACING_LABELS = {
     "none-per-minute": "no limit, scaled as the per-minute rows (their floor)",
     "windows": "windows, no header: 7 a minute on project roles, 60 elsewhere",
     "family-windows": "every family its own window of 20 a minute, no header",
-    "spent-windows": f"windows of 60 a minute per endpoint, no header, just spent by a dry run ({SPENT_PROJECTS} "
-                     f"projects, --role-assignments {SPENT_ROLE_ASSIGNMENTS}; its own scale and unlimited floor)",
+    "spent-windows": "windows of 60 a minute per endpoint, no header, just spent by a dry run (its own organization, "
+                     "scale and unlimited floor: see the header)",
     "none-real-time": "no limit, in real time (the floor of the per-second rows)",
     "endpoint-bucket-ms": "token bucket per endpoint 40/s, burst 10, `retry-after-ms`",
     "endpoint-bucket-s": "token bucket per endpoint 40/s, burst 10, whole-second `retry-after`",
@@ -375,9 +375,9 @@ def fastest_unlimited(org: Organization, args: argparse.Namespace, scale: float)
 
 
 def spent_windows_org(args: argparse.Namespace) -> tuple[Organization, argparse.Namespace]:
-    org = generate_organization(users=args.table_users, projects=SPENT_PROJECTS, members=args.members,
+    org = generate_organization(users=args.table_users, projects=args.spent_projects, members=args.members,
                                 service_accounts=args.service_accounts, keys=args.keys, groups=min(args.groups, 10))
-    return org, argparse.Namespace(**{**vars(args), "role_assignments": SPENT_ROLE_ASSIGNMENTS})
+    return org, argparse.Namespace(**{**vars(args), "role_assignments": args.spent_role_assignments})
 
 
 def pacing_run(name: str, org: Organization, args: argparse.Namespace, floors: dict[float, dict]) -> dict:
@@ -423,6 +423,9 @@ def pacing_run(name: str, org: Organization, args: argparse.Namespace, floors: d
     if earlier is not None:
         row["earlier_run"] = {"wall": round(earlier["wall"], 3), "exit": earlier["exit"],
                               "throttled": earlier["throttled"], "reads": sum(earlier["reads"].values())}
+    row["setup"] = {"users": args.table_users, "projects": len(org.projects), "role_assignments": args.role_assignments,
+                    "workers": args.table_workers, "latency": args.table_latency,
+                    "connector_version": vo.__version__, "load_average": round(os.getloadavg()[0], 1)}
     row["meets_targets"] = bool(finished and row["ratio"] is not None and row["ratio"] <= 1.3
                                 and row["beyond_forced_per_read"] is not None and row["beyond_forced_per_read"] <= 0.25)
     return row
@@ -459,9 +462,11 @@ def pacing_table(args: argparse.Namespace) -> None:
     print(f"organization: {args.table_users} users, {args.table_projects} projects ({args.members} members each), "
           f"{min(args.groups, 10)} groups; --dry-run --role-assignments {args.role_assignments} --max-workers "
           f"{args.table_workers}; latency {args.table_latency * 1000:g} ms; per minute: VEZA_OPENAI_TIME_SCALE="
-          f"{args.time_scale:g} (a minute is {60 * args.time_scale:g} s; spent-windows {args.spent_time_scale:g}: "
-          f"{60 * args.spent_time_scale:g} s); per second: real time (VEZA_OPENAI_TIME_SCALE=1); timeout "
-          f"{args.model_timeout:g} s a run; unlimited runs: the fastest of {args.floor_runs}; machine: "
+          f"{args.time_scale:g} (a minute is {60 * args.time_scale:g} s); spent-windows: {args.spent_projects} "
+          f"projects, --role-assignments {args.spent_role_assignments}, VEZA_OPENAI_TIME_SCALE="
+          f"{args.spent_time_scale:g} (a minute is {60 * args.spent_time_scale:g} s); per second: real time "
+          f"(VEZA_OPENAI_TIME_SCALE=1); timeout {args.model_timeout:g} s a run; unlimited runs: the fastest of "
+          f"{args.floor_runs}; machine: "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}")
     floors: dict[float, dict] = {}
     rows = []
@@ -566,6 +571,9 @@ def main() -> None:
                         help="--pacing-table: runs without a limit per scale; the fastest is the floor (default 3)")
     limits.add_argument("--spent-time-scale", type=float, default=0.1,
                         help="--pacing-table: VEZA_OPENAI_TIME_SCALE of spent-windows (default 0.1: a minute is 6 s)")
+    limits.add_argument("--spent-projects", type=int, default=60, help="--pacing-table: spent-windows' projects")
+    limits.add_argument("--spent-role-assignments", choices=("none", "auto", "all"), default="auto",
+                        help="--pacing-table: spent-windows' --role-assignments (default auto, the Quick start's)")
     limits.add_argument("--models", help="comma-separated models for --models-table or --pacing-table (default: all)")
     limits.add_argument("--every-k", type=int, default=7, help="every-kth: every k-th request (all endpoints) is 429")
     limits.add_argument("--every-retry-after-ms", type=int, default=20, help="every-kth: retry-after-ms sent")

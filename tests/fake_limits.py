@@ -297,7 +297,10 @@ class FirstRequestsRefused(Limiter):
         return {}
 
     def forced(self, reads_per_family: Mapping[str, int]) -> int:
-        return sum(1 for family, reads in reads_per_family.items() if family in self.families and reads > 0)
+        """One per listed family the client asked at all: read, or refused and not yet asked again."""
+        with self.lock:
+            asked = set(self._refused)
+        return len(asked | {family for family, reads in reads_per_family.items() if family in self.families and reads})
 
 
 class AlwaysThrottled(Limiter):

@@ -182,6 +182,7 @@ def test_first_requests_refused_once_per_family_and_forced():
     assert model.admit("roles", 0.0) is None and model.admit("projects", 0.0) is None
     assert model.throttled == {"users": 1, "projects": 1} and model.bound({"users": 101}) == 0.0
     assert model.forced({"users": 101, "projects": 1, "invites": 1, "roles": 1}) == 3
+    assert model.forced({"users": 101}) == 2  # projects was refused, and not read again yet
     assert Limiter().forced({"users": 10}) == 0 and EveryKth(k=7).forced({"users": 30, "roles": 6}) == 6
 
 
