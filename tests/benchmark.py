@@ -17,11 +17,14 @@ max(longest cursor chain, total calls / workers) x latency + mapping time, the c
     python tests/benchmark.py --scaling                        # mapping + payload time at N and 10N users
     python tests/benchmark.py --limit-model fixed-windows      # behind a rate-limit model (tests/fake_limits.py)
     python tests/benchmark.py --models-table                   # each rate-limit model once, small org: a table
+    python tests/benchmark.py --pacing-table                   # issue 25's pacing models, per minute and per
+                                                               # second in real time: a table and a JSON line a row
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -37,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from fake_limits import Combined, EveryKth, FixedWindows, Limiter, TokenBucket  # noqa: E402
+from fake_limits import Combined, EveryKth, FirstRequestsRefused, FixedWindows, Limiter, TokenBucket  # noqa: E402
 from fake_openai import COMPILED_ROUTES, FakeOpenAI, Organization, _audit_logs, generate_organization  # noqa: E402
 from fake_veza import FakeVeza  # noqa: E402
 
@@ -188,30 +191,46 @@ def reads_per_family(fake: FakeOpenAI, since: int = 0) -> dict[str, int]:
     return counts
 
 
-def run_limited(fake: FakeOpenAI, args: argparse.Namespace, timeout: float) -> dict:
-    """One dry run of the connector as a user runs it; never exits: reports the exit status or the timeout."""
+def run_limited(fake: FakeOpenAI, args: argparse.Namespace, timeout: float, time_scale: float | None = None) -> dict:
+    """One dry run of the connector as a user runs it; never exits: reports the exit status or the timeout.
+
+    `reads`: 200s per family; `requests`: every answer but a 429 per family (what a limit charges);
+    `last_log`: the connector's last log line (the one it was writing when a timeout stopped it).
+    """
+    scale = args.time_scale if time_scale is None else time_scale
     env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
            "OPENAI_ORG_ID": fake.org.org_id, "OPENAI_API_KEY": ADMIN_KEY, "OPENAI_BASE_URL": fake.base_url,
-           "VEZA_OPENAI_TIME_SCALE": str(args.time_scale)}
+           "VEZA_OPENAI_TIME_SCALE": str(scale)}
     argv = [str(HERE.parent / "veza_openai.py"), "--dry-run", "--max-workers", str(args.table_workers)]
     if args.role_assignments:
         argv += ["--role-assignments", args.role_assignments]
     since = len(fake.timeline)
+    exit_code: int | None = None
     with tempfile.TemporaryDirectory() as workdir:
         started = time.monotonic()
         try:
             done = subprocess.run([*argv, "--save_json", str(Path(workdir) / "payload.json")], env=env, cwd=workdir,
                                   capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+            exit_code, stderr = done.returncode, done.stderr
             status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
             errors = [line.split(" ERROR ", 1)[1] for line in done.stderr.splitlines() if " ERROR " in line]
             tail = (errors or done.stderr.strip().splitlines()[-1:]) if done.returncode else []
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as stopped:
+            stderr = stopped.stderr or ""
+            stderr = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
             status, tail = f"timed out ({timeout:g} s)", []
         wall = time.monotonic() - started
     reads = reads_per_family(fake, since)
     with fake.lock:
-        throttled = sum(1 for _, _, code in fake.timeline[since:] if code == 429)
-    return {"status": status, "wall": wall, "reads": reads, "throttled": throttled, "error": tail[0] if tail else ""}
+        timeline = fake.timeline[since:]
+    requests: dict[str, int] = {}
+    for _, path, code in timeline:
+        if code != 429:
+            requests[family_of(path)] = requests.get(family_of(path), 0) + 1
+    throttled = sum(1 for _, _, code in timeline if code == 429)
+    last_log = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+    return {"status": status, "wall": wall, "reads": reads, "throttled": throttled, "error": tail[0] if tail else "",
+            "requests": requests, "exit": exit_code, "last_log": last_log, "started": started}
 
 
 def models_table(args: argparse.Namespace) -> None:
@@ -275,6 +294,223 @@ def table_row(name: str, limiter: Limiter | None, result: dict, clean: float | N
             f"| {bound:.1f} s | {versus_bound} |")
 
 
+# --- the pacing table (issue 25): limits per minute (scaled) and per second (real time) -----------------------
+
+# The limits the table measures, as the issue states them: per minute, 7 on project roles and 60 elsewhere, or
+# 20 on every family; per second, a bucket of 40 a second holding 10. The three endpoints of the one-off 429s
+# are the first lists a run reads, all within its first few milliseconds.
+PER_MINUTE = {"windows": (7, 60), "family-windows": 20, "spent-windows": 60}
+BUCKET_RATE, BUCKET_BURST = 40.0, 10.0
+ONE_OFF_FAMILIES = ("users", "invites", "projects")
+# spent-windows is the issue's new user (defaults of --spent-*): the Quick start's dry run, then the next run at once,
+# on 60 projects with the default --role-assignments (auto: no per-user reads, the generated organization has no
+# custom roles). Every per-project endpoint then spends exactly its one window at the end of the first run, so the
+# second meets eight spent endpoints at once. Its time scale is larger than the table's: at 0.01 the second
+# process's own start (about 0.2 s) is 20 seconds of a 60-second window, and the windows have refilled before it
+# sends a request (on the table's organization at 0.01 the second run met no 429 at all).
+PACING_MODELS = ("none-per-minute", "windows", "family-windows", "spent-windows", "none-real-time",
+                 "endpoint-bucket-ms", "endpoint-bucket-s", "endpoint-bucket-none", "org-bucket-ms", "org-bucket-s",
+                 "org-bucket-none", "one-off-429s")
+PACING_LABELS = {
+    "none-per-minute": "no limit, scaled as the per-minute rows (their floor)",
+    "windows": "windows, no header: 7 a minute on project roles, 60 elsewhere",
+    "family-windows": "every family its own window of 20 a minute, no header",
+    "spent-windows": "windows of 60 a minute per endpoint, no header, just spent by a dry run (its own organization, "
+                     "scale and unlimited floor: see the header)",
+    "none-real-time": "no limit, in real time (the floor of the per-second rows)",
+    "endpoint-bucket-ms": "token bucket per endpoint 40/s, burst 10, `retry-after-ms`",
+    "endpoint-bucket-s": "token bucket per endpoint 40/s, burst 10, whole-second `retry-after`",
+    "endpoint-bucket-none": "token bucket per endpoint 40/s, burst 10, no header",
+    "org-bucket-ms": "one bucket for the organization 40/s, burst 10, `retry-after-ms`",
+    "org-bucket-s": "one bucket for the organization 40/s, burst 10, whole-second `retry-after`",
+    "org-bucket-none": "one bucket for the organization 40/s, burst 10, no header",
+    "one-off-429s": "one 429 (no header) on the first request of users, invites, projects; no limit after "
+                    "(in real time; bound: the unlimited run)",
+}
+
+
+def pacing_scale(name: str, args: argparse.Namespace) -> float:
+    """The connector's VEZA_OPENAI_TIME_SCALE for a model: the table's scale per minute, 1 (real time) per second."""
+    if name == "spent-windows":
+        return args.spent_time_scale
+    return args.time_scale if name in ("none-per-minute", "windows", "family-windows") else 1.0
+
+
+def pacing_model(name: str, minute: float) -> Limiter | None:
+    """The limiter of a pacing model; `minute` is a minute in real seconds (60 x the time scale)."""
+    if name == "windows":
+        roles, others = PER_MINUTE["windows"]
+        return FixedWindows(default=(others, minute), per_endpoint={"project roles": (roles, minute)})
+    if name in ("family-windows", "spent-windows"):
+        return FixedWindows(default=(PER_MINUTE[name], minute))
+    if name.startswith(("endpoint-bucket-", "org-bucket-")):
+        return TokenBucket(BUCKET_RATE, BUCKET_BURST, HINTS[name.rsplit("-", 1)[1]], time_scale=1.0,
+                           shared=name.startswith("org-"))
+    if name == "one-off-429s":
+        return FirstRequestsRefused(ONE_OFF_FAMILIES)
+    return None
+
+
+def served(org: Organization, args: argparse.Namespace, scale: float, limiter: Limiter | None,
+           spend_first: bool = False) -> tuple[dict, dict | None, tuple[dict, float] | None]:
+    """The measured run behind `limiter` on a fresh fake; spend_first: a run before it, and the windows when it started.
+
+    Returns (measured run, earlier run or None, (windows, start) or None).
+    """
+    fake = FakeOpenAI(org, admin_key=ADMIN_KEY, latency=args.table_latency).start()
+    fake.limiter = limiter
+    try:
+        if not spend_first:
+            return run_limited(fake, args, args.model_timeout, scale), None, None
+        earlier = run_limited(fake, args, args.model_timeout, scale)
+        windows, now = limiter.windows(), time.monotonic()
+        return run_limited(fake, args, args.model_timeout, scale), earlier, (windows, now)
+    finally:
+        fake.stop()
+
+
+def fastest_unlimited(org: Organization, args: argparse.Namespace, scale: float) -> dict:
+    """The fastest of --floor-runs runs without a limit (a floor: the least the machine needs, whatever its load)."""
+    runs = [served(org, args, scale, None)[0] for _ in range(max(1, args.floor_runs))]
+    finished = [run for run in runs if run["exit"] == 0] or runs
+    fastest = min(finished, key=lambda run: run["wall"])
+    return {**fastest, "walls": [round(run["wall"], 3) for run in runs]}
+
+
+def spent_windows_org(args: argparse.Namespace) -> tuple[Organization, argparse.Namespace]:
+    org = generate_organization(users=args.table_users, projects=args.spent_projects, members=args.members,
+                                service_accounts=args.service_accounts, keys=args.keys, groups=min(args.groups, 10))
+    return org, argparse.Namespace(**{**vars(args), "role_assignments": args.spent_role_assignments})
+
+
+def pacing_run(name: str, org: Organization, args: argparse.Namespace, floors: dict[float, dict]) -> dict:
+    """Run one model and measure it against its bound: a dict (the JSON row; keys starting with _ are not printed).
+
+    The bound is the limiter's for the requests made (every answer but a 429), never less than the run without
+    limits at the same scale; a run that did not finish is bounded by the requests of that unlimited run.
+    spent-windows: an unlimited run (its floor), then a dry run and at once the measured run, on its own organization.
+    """
+    scale = pacing_scale(name, args)
+    limiter = pacing_model(name, 60 * scale)
+    floor = floors.get(scale)
+    if name == "spent-windows":
+        org, args = spent_windows_org(args)
+        unlimited = fastest_unlimited(org, args, scale)
+        floor = {"wall": unlimited["wall"], "requests": unlimited["requests"]} if unlimited["exit"] == 0 else None
+    if limiter is None:
+        result, earlier, begun = fastest_unlimited(org, args, scale), None, None
+    else:
+        result, earlier, begun = served(org, args, scale, limiter, spend_first=name == "spent-windows")
+    finished = result["exit"] == 0
+    requests = result["requests"] if finished or floor is None else floor["requests"]
+    if limiter is None:  # an unlimited run is its own bound: the floor of the others
+        limit_bound = bound = result["wall"]
+    else:
+        limit_bound = limiter.bound_from(requests, begun[1], begun[0]) if begun else limiter.bound(requests)
+        bound = max(limit_bound, floor["wall"] if floor else 0.0)
+    reads = sum(result["reads"].values())
+    forced = limiter.forced(result["requests"]) if limiter is not None else 0
+    row = {"model": name, "speed": "per minute" if scale < 1 else "per second", "time_scale": scale,
+           "reads": reads, "requests": sum(result["requests"].values()), "throttled": result["throttled"],
+           "forced": forced, "per_read": round(result["throttled"] / reads, 4) if reads else None,
+           "beyond_forced_per_read": round((result["throttled"] - forced) / reads, 4) if reads else None,
+           "wall": round(result["wall"], 3), "limit_bound": round(limit_bound, 3), "bound": round(bound, 3),
+           "floor": round(floor["wall"], 3) if floor else None,
+           "bound_from": "its requests" if requests is result["requests"] else "the unlimited run's requests",
+           "ratio": round(result["wall"] / bound, 3) if bound else None, "finished": finished,
+           "exit": result["exit"], "timed_out": result["exit"] is None, "timeout": args.model_timeout,
+           "error": result["error"], "last_log": "" if finished else result["last_log"],
+           "_requests_by_family": result["requests"]}
+    if "walls" in result or name == "spent-windows":
+        row["unlimited_walls"] = result["walls"] if "walls" in result else unlimited["walls"]
+    if earlier is not None:
+        row["earlier_run"] = {"wall": round(earlier["wall"], 3), "exit": earlier["exit"],
+                              "throttled": earlier["throttled"], "reads": sum(earlier["reads"].values())}
+    row["setup"] = {"users": args.table_users, "projects": len(org.projects), "role_assignments": args.role_assignments,
+                    "workers": args.table_workers, "latency": args.table_latency,
+                    "connector_version": vo.__version__, "load_average": round(os.getloadavg()[0], 1)}
+    row["meets_targets"] = bool(finished and row["ratio"] is not None and row["ratio"] <= 1.3
+                                and row["beyond_forced_per_read"] is not None and row["beyond_forced_per_read"] <= 0.25)
+    return row
+
+
+def pacing_row(row: dict) -> str:
+    """A Markdown row: 429s per useful read (forced share), wall against the bound, whether the run finished."""
+    reads = row["reads"]
+    per_read = f"{row['per_read']:.2f} ({row['forced'] / reads:.2f})" if reads else "-"
+    if row["timed_out"]:
+        wall, ratio, finished = f"> {row['timeout']:g} s", f"> {row['timeout'] / row['bound']:.1f}", "no (timeout)"
+    else:
+        wall, ratio = f"{row['wall']:.1f} s", f"{row['ratio']:.2f}"
+        finished = "yes" if row["finished"] else f"no (exit {row['exit']})"
+    return (f"| {row['model']} | {row['speed']} | {reads} | {row['throttled']} | {per_read} | {wall} "
+            f"| {row['bound']:.1f} s | {ratio} | {finished} | {'yes' if row['meets_targets'] else 'no'} |")
+
+
+def pacing_table(args: argparse.Namespace) -> None:
+    """Issue 25's pacing models once each on the models-table organization: a Markdown table and a JSON line a row."""
+    org = generate_organization(users=args.table_users, projects=args.table_projects, members=args.members,
+                                service_accounts=args.service_accounts, keys=args.keys,
+                                groups=min(args.groups, 10))
+    args.role_assignments = args.role_assignments or "all"
+    args.model_timeout = args.model_timeout or 180.0
+    chosen = args.models.split(",") if args.models else list(PACING_MODELS)
+    unknown = [name for name in chosen if name not in PACING_MODELS]
+    if unknown:
+        sys.exit(f"unknown pacing models {unknown}; choose from {', '.join(PACING_MODELS)}")
+    # the floors first: the unlimited run at each scale a chosen model runs at
+    scales = {pacing_scale(name, args) for name in chosen if name != "spent-windows"}
+    names = [floor for floor in ("none-per-minute", "none-real-time") if pacing_scale(floor, args) in scales]
+    names += [name for name in chosen if name not in names]
+    print(f"organization: {args.table_users} users, {args.table_projects} projects ({args.members} members each), "
+          f"{min(args.groups, 10)} groups; --dry-run --role-assignments {args.role_assignments} --max-workers "
+          f"{args.table_workers}; latency {args.table_latency * 1000:g} ms; per minute: VEZA_OPENAI_TIME_SCALE="
+          f"{args.time_scale:g} (a minute is {60 * args.time_scale:g} s); spent-windows: {args.spent_projects} "
+          f"projects, --role-assignments {args.spent_role_assignments}, VEZA_OPENAI_TIME_SCALE="
+          f"{args.spent_time_scale:g} (a minute is {60 * args.spent_time_scale:g} s); per second: real time "
+          f"(VEZA_OPENAI_TIME_SCALE=1); timeout {args.model_timeout:g} s a run; unlimited runs: the fastest of "
+          f"{args.floor_runs}; machine: "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}")
+    floors: dict[float, dict] = {}
+    rows = []
+    for name in names:
+        row = pacing_run(name, org, args, floors)
+        if name.startswith("none-") and row["finished"]:
+            floors[row["time_scale"]] = {"wall": row["wall"], "requests": row["_requests_by_family"]}
+        rows.append(row)
+        print(f"  {name}: exit {row['exit']}, {row['wall']:.1f} s, {row['throttled']} 429s", file=sys.stderr,
+              flush=True)
+    print()
+    print("| model | speed | reads (200s) | 429s | 429s per read (forced) | wall | bound | wall / bound | finished "
+          "(exit 0) | targets |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
+    print("\n".join(pacing_row(row) for row in rows))
+    print()
+    print("models:")
+    for row in rows:
+        print(f"- {row['model']}: {PACING_LABELS[row['model']]}")
+    print()
+    print("bound: the wall time the limit alone forces for the requests the run made (fake_limits `bound`; every "
+          "answer but a 429 counts, as the limiter charges it), never less than the unlimited run at the same "
+          "speed; spent-windows: from the limiter's windows when the measured run started (`bound_from`: what is "
+          "left of each window at once, then the refill and a window each). A run that did not finish is bounded "
+          "by the unlimited run's requests and shows '> timeout / bound'. targets: finished, wall / bound <= 1.3 "
+          "and at most 0.25 429s per read beyond the forced share.")
+    notes = [f"- {row['model']}: " + (row["error"] or f"last log line: {row['last_log']}")[:300]
+             for row in rows if not row["finished"]]
+    notes += [f"- spent-windows: its unlimited run took {row['floor'] or float('nan'):.1f} s; the dry run before it "
+              f"{row['earlier_run']['wall']:.1f} s with {row['earlier_run']['throttled']} 429s (exit "
+              f"{row['earlier_run']['exit']})" for row in rows if "earlier_run" in row]
+    if notes:
+        print()
+        print("\n".join(notes))
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (1 minute), {os.getloadavg()[1]:.1f} (5 minutes)")
+    print()
+    print("JSON, one line a row:")
+    for row in rows:
+        print(json.dumps({key: value for key, value in row.items() if not key.startswith("_")}, sort_keys=True))
+
+
 def snapshot_of(org: Organization) -> vo.Snapshot:
     return vo.Snapshot(
         org_id=org.org_id, users=org.users, invites=org.invites, projects=org.projects,
@@ -335,7 +571,17 @@ def main() -> None:
                         help="family-windows and windows-double: requests per window on every endpoint")
     limits.add_argument("--doubles-at", type=float, default=2.4,
                         help="the doubling models: real seconds after the first request when the limit doubles")
-    limits.add_argument("--models", help="comma-separated models for --models-table (default: all)")
+    limits.add_argument("--pacing-table", action="store_true",
+                        help="issue 25's pacing models (per minute, scaled by --time-scale; per second, in real "
+                        "time) on the --models-table organization: a Markdown table and a JSON line a row")
+    limits.add_argument("--floor-runs", type=int, default=3,
+                        help="--pacing-table: runs without a limit per scale; the fastest is the floor (default 3)")
+    limits.add_argument("--spent-time-scale", type=float, default=0.1,
+                        help="--pacing-table: VEZA_OPENAI_TIME_SCALE of spent-windows (default 0.1: a minute is 6 s)")
+    limits.add_argument("--spent-projects", type=int, default=60, help="--pacing-table: spent-windows' projects")
+    limits.add_argument("--spent-role-assignments", choices=("none", "auto", "all"), default="auto",
+                        help="--pacing-table: spent-windows' --role-assignments (default auto, the Quick start's)")
+    limits.add_argument("--models", help="comma-separated models for --models-table or --pacing-table (default: all)")
     limits.add_argument("--every-k", type=int, default=7, help="every-kth: every k-th request (all endpoints) is 429")
     limits.add_argument("--every-retry-after-ms", type=int, default=20, help="every-kth: retry-after-ms sent")
     limits.add_argument("--window", type=float, default=0.6, help="fixed windows: window length, real seconds")
@@ -350,12 +596,17 @@ def main() -> None:
     limits.add_argument("--table-latency", type=float, default=0.005,
                         help="seconds added to every answer in --models-table (default 5 ms: 500 ms at time scale "
                         "0.01, so latency, windows and waits keep the real API's proportions)")
-    limits.add_argument("--model-timeout", type=float, default=300.0, help="seconds per model in --models-table")
+    limits.add_argument("--model-timeout", type=float,
+                        help="seconds a run may take in --models-table (default 300) or --pacing-table (default 180)")
     args = parser.parse_args()
     if args.scaling:
         scaling(args.users // 10, args.projects // 10)
         return
+    if args.pacing_table:
+        pacing_table(args)
+        return
     if args.models_table:
+        args.model_timeout = args.model_timeout or 300.0
         models_table(args)
         return
     args.push = args.push or args.memory

@@ -14,6 +14,8 @@ Every model has the same small interface:
     bound(reads_per_family) -> float
         The wall time, in real seconds, that the limit alone forces on a client making that many
         successful reads per family from a cold start (the limiter's initial state).
+    forced(reads_per_family) -> int
+        429s the server gives whatever the client does (EveryKth, FirstRequestsRefused); 0 for the others.
     lock                         # admit() takes it; thread safe
 
 A model may also change mid-run: `doubles_at` (real seconds after its first request) doubles its
@@ -54,6 +56,9 @@ class Limiter:
 
     def bound(self, reads_per_family: Mapping[str, int]) -> float:
         return 0.0
+
+    def forced(self, reads_per_family: Mapping[str, int]) -> int:
+        return 0
 
     @property
     def total_throttled(self) -> int:
@@ -169,6 +174,13 @@ class EveryKth(Limiter):
     def bound(self, reads_per_family: Mapping[str, int]) -> float:
         return 0.0  # no wait is forced; compare with a clean run instead
 
+    def forced(self, reads_per_family: Mapping[str, int]) -> int:
+        """One 429 per k - 1 requests let through (counted over all families, or per family with per_endpoint)."""
+        if self.k == 1:
+            return 0  # every request refused: nothing is let through
+        counts = reads_per_family.values() if self.per_endpoint else [sum(reads_per_family.values())]
+        return sum(reads // (self.k - 1) for reads in counts)
+
 
 class FixedWindows(Limiter):
     """n requests per window of window_s seconds per family; 429 with no header beyond that.
@@ -229,6 +241,31 @@ class FixedWindows(Limiter):
             worst = max(worst, max(0, windows - (2 if self.aligned else 1)) * window)
         return worst
 
+    def windows(self) -> dict[str, tuple[float, int]]:
+        """A copy of the windows begun: family -> (start, requests admitted in it); for `bound_from` later."""
+        with self.lock:
+            return dict(self._windows)
+
+    def bound_from(self, reads_per_family: Mapping[str, int], now: float,
+                   windows: Mapping[str, tuple[float, int]] | None = None) -> float:
+        """`bound` for a client starting at `now` against windows already begun (an earlier client spent them).
+
+        Per family: what is left of its current window goes at once; the rest waits for the window's end,
+        then takes a window each. `windows`: the state at `now` (from `windows()`); None: the state now.
+        Sliding windows without doubling only.
+        """
+        if self.aligned or self.doubles_at is not None:
+            raise NotImplementedError("bound_from: sliding windows without doubling only")
+        begun = self.windows() if windows is None else windows
+        worst = 0.0
+        for family, reads in reads_per_family.items():
+            n, window = self.limits(family)
+            start, count = begun.get(family, (-math.inf, 0))
+            left, refill = (n - count, start + window - now) if now < start + window else (n, window)
+            if reads > left:
+                worst = max(worst, refill + (math.ceil((reads - left) / n) - 1) * window)
+        return worst
+
     def _doubling_bound(self, reads: int, n: int, window: float) -> float:
         """Windows back to back from 0; one starting at or after `doubles_at` allows 2n."""
         start = 0.0
@@ -237,6 +274,33 @@ class FixedWindows(Limiter):
             if reads <= 0:
                 return start
             start += window
+
+
+class FirstRequestsRefused(Limiter):
+    """The first request of each given family answers 429 with no header; nothing else is limited.
+
+    A limit that was transient (one-off 429s at the start of a run): they cost no wait, and the server
+    gives them whatever the client does (`forced`).
+    """
+
+    name = "first-requests-refused"
+
+    def __init__(self, families: Iterable[str]) -> None:
+        super().__init__()
+        self.families = frozenset(families)
+        self._refused: set[str] = set()
+
+    def _admit(self, family: str, now: float) -> dict[str, str] | None:
+        if family not in self.families or family in self._refused:
+            return None
+        self._refused.add(family)
+        return {}
+
+    def forced(self, reads_per_family: Mapping[str, int]) -> int:
+        """One per listed family the client asked at all: read, or refused and not yet asked again."""
+        with self.lock:
+            asked = set(self._refused)
+        return len(asked | {family for family, reads in reads_per_family.items() if family in self.families and reads})
 
 
 class AlwaysThrottled(Limiter):

@@ -11,7 +11,15 @@ import time
 
 import pytest
 import requests
-from fake_limits import AlwaysThrottled, Combined, EveryKth, FixedWindows, Limiter, TokenBucket
+from fake_limits import (
+    AlwaysThrottled,
+    Combined,
+    EveryKth,
+    FirstRequestsRefused,
+    FixedWindows,
+    Limiter,
+    TokenBucket,
+)
 from fake_openai import DEFAULT_ADMIN_KEY, FakeOpenAI, Fault, demo_organization, gzip_bomb
 
 # --- models ---------------------------------------------------------------------------------------
@@ -145,6 +153,37 @@ def test_fixed_windows_bound_is_reachable_by_a_client_that_waits_out_each_window
         else:
             tick += 1
     assert tick / 1000 == pytest.approx(model.bound({"project roles": 40}), abs=0.006)  # 5 waits, <= 1 ms late each
+
+
+def test_fixed_windows_bound_from_windows_an_earlier_client_spent():
+    """A later client gets what is left of each window at once, then waits for the refill and a window each."""
+    model = FixedWindows(default=(60, 0.6))
+    assert all(model.admit("user roles", 10.0) is None for _ in range(60))  # spent: refills at 10.6
+    assert all(model.admit("users", 10.2) is None for _ in range(20))  # 40 left until 10.8
+    assert all(model.admit("roles", 9.0) is None for _ in range(60))  # spent, but refilled at 9.6
+    assert model.bound_from({"user roles": 1}, now=10.1) == pytest.approx(0.5)
+    assert model.bound_from({"user roles": 121}, now=10.1) == pytest.approx(0.5 + 2 * 0.6)
+    assert model.bound_from({"users": 40}, now=10.3) == 0.0
+    assert model.bound_from({"users": 41}, now=10.3) == pytest.approx(0.5)
+    assert model.bound_from({"roles": 61, "projects": 61}, now=10.1) == pytest.approx(0.6)  # as bound(): fresh
+    assert model.bound_from({"user roles": 1, "users": 41}, now=10.1) == pytest.approx(0.7)
+    before = model.windows()
+    assert model.admit("user roles", 10.7) is None  # a later client's request begins a new window
+    assert model.bound_from({"user roles": 61}, now=10.1, windows=before) == pytest.approx(0.5 + 0.6)
+    with pytest.raises(NotImplementedError):
+        FixedWindows(aligned=True).bound_from({"users": 1}, now=0.0)
+
+
+def test_first_requests_refused_once_per_family_and_forced():
+    """Each listed family's first request answers 429 with no header; nothing after it is limited."""
+    model = FirstRequestsRefused({"users", "projects", "invites"})
+    assert model.admit("users", 0.0) == {} and model.admit("projects", 0.0) == {}
+    assert all(model.admit("users", 0.0) is None for _ in range(100))
+    assert model.admit("roles", 0.0) is None and model.admit("projects", 0.0) is None
+    assert model.throttled == {"users": 1, "projects": 1} and model.bound({"users": 101}) == 0.0
+    assert model.forced({"users": 101, "projects": 1, "invites": 1, "roles": 1}) == 3
+    assert model.forced({"users": 101}) == 2  # projects was refused, and not read again yet
+    assert Limiter().forced({"users": 10}) == 0 and EveryKth(k=7).forced({"users": 30, "roles": 6}) == 6
 
 
 def test_always_throttled():
