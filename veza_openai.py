@@ -21,6 +21,7 @@ import gzip
 import heapq
 import io
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -44,7 +45,6 @@ from typing import Any, Callable
 
 try:
     import requests
-    from requests.packages import urllib3
     from oaaclient.templates import (
         AccessCred,
         CustomApplication,
@@ -54,6 +54,7 @@ try:
         OAAPermission,
         OAAPropertyType,
     )
+    from requests.packages import urllib3
 except ImportError as missing:  # run outside its virtual environment: say how to fix it, not a traceback
     sys.stderr.write(f"veza_openai.py: the Python package {missing.name!r} is missing. Install what the connector "
                      "needs with: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt, then run "
@@ -187,11 +188,13 @@ OPTIONS = (
 OPTION = {option.dest: option for option in OPTIONS}
 # The variables that hold secrets, directly or by naming a file (as Docker and Kubernetes mount them).
 SECRET_VARIABLES = ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY", "VEZA_API_KEY")
-# Variables of other software the connector honours, so a "did you mean" never names them.
-OUTSIDE_VARIABLES = ("VEZA_UNSAFE_HTTPS",)
+# Every variable the connector reads (VEZA_UNSAFE_HTTPS is oaaclient's), so a "did you mean" never names one.
+KNOWN_VARIABLES = {*(option.env for option in OPTIONS if option.env), "VEZA_UNSAFE_HTTPS", *SECRET_VARIABLES,
+                   *(f"{name}_FILE" for name in SECRET_VARIABLES)}
 NON_ADMIN_KEY_PREFIXES = {"sk-proj-": "a project key", "sk-svcacct-": "a service account key"}
 MAX_SECRET_LENGTH = 4096      # real keys are ~200 characters; a 100 KB "key" is a pasted file
 CONTAINER_UID = 10001         # the Dockerfile's USER
+ORG_ID_RE = re.compile(r"org-[A-Za-z0-9_-]{1,128}")
 
 
 class Config:
@@ -221,83 +224,29 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ConfigError([f"{message} (see --help)"])
 
 
-def build_arg_parser(options: Iterable[Option] = OPTIONS) -> ArgumentParser:
+def build_arg_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="veza_openai.py",
         description="Discover an OpenAI organization's access and push it to Veza (OAA). Secrets come from the "
         "environment only: VEZA_API_KEY, and OPENAI_ADMIN_KEY or OPENAI_API_KEY (the admin key wins when both "
         "are set); each may instead name a file with VEZA_API_KEY_FILE, OPENAI_ADMIN_KEY_FILE, OPENAI_API_KEY_FILE.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    for option in options:
+    for option in OPTIONS:
         add_option(parser, option)
     return parser
 
 
 def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
-    """The option's flags, if any. Values stay text: load_config checks them, naming flag and variable."""
+    """The option's flags, if any. Values stay text: ConfigReader checks them, naming flag and variable."""
     if not option.flags:
         return
     if option.switch:
-        parser.add_argument(*option.flags, dest=option.dest, action="store_true", default=None,
-                            help=option.help_text())
+        how = {"action": "store_true", "default": None}
     elif option.bare_value is not None:
-        parser.add_argument(*option.flags, dest=option.dest, nargs="?", const=option.bare_value, metavar="PATH",
-                            help=option.help_text())
+        how = {"nargs": "?", "const": option.bare_value, "metavar": "PATH"}
     else:
-        parser.add_argument(*option.flags, dest=option.dest, help=option.help_text(),
-                            metavar=option.flags[0].lstrip("-").upper().replace("-", "_"))
-
-
-def unquoted(value: str, name: str, notes: list[str]) -> str:
-    """`value` without one pair of surrounding quotes, noted: `docker run --env-file` keeps quotes literally."""
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        notes.append(f"{name} is wrapped in quotes, which docker --env-file and some secret stores keep as part "
-                     "of the value; the quotes were removed (write the value unquoted)")
-        return value[1:-1]
-    return value
-
-
-def checked_value(option: Option, raw: str | bool | None, problems: list[str]) -> Any:
-    """A number within its bounds, a word from its choices, a switch's truth; the default when not given."""
-    if raw is None:
-        return option.default
-    if option.switch:
-        word = raw if isinstance(raw, bool) else raw.strip().lower()
-        if word not in (True, "true", "false", "1", "0", "yes", "no"):
-            problems.append(f"{option.env} must be true or false")
-            return option.default
-        return word in (True, "true", "1", "yes")
-    if option.kind is not None:
-        try:
-            value = option.kind(raw.strip())
-        except ValueError:
-            problems.append(f"{option.label} must be a number, got {raw[:20]!r}")
-            return option.default
-        if not option.low <= value <= option.high:
-            problems.append(f"{option.label} must be between {option.low:g} and {option.high:g}")
-            return option.default
-        return value
-    if option.choices:
-        word = raw.strip().lower()
-        if word not in option.choices:
-            problems.append(f"{option.label} must be {', '.join(option.choices[:-1])} or {option.choices[-1]}")
-            return option.default
-        return word
-    return raw
-
-
-def raw_settings(args: argparse.Namespace, env: Mapping[str, str], notes: list[str]) -> dict[str, Any]:
-    """Each option's raw value: the flag when given, else its variable (unquoted); None when neither is."""
-    values: dict[str, Any] = {}
-    for option in OPTIONS:
-        value = getattr(args, option.dest, None)
-        if value is None and option.env and env.get(option.env):
-            value = unquoted(env[option.env], option.env, notes)
-        values[option.dest] = None if value in (None, "") else value
-    return values
-
-
-ORG_ID_RE = re.compile(r"org-[A-Za-z0-9_-]{1,128}")
+        how = {"metavar": option.flags[0].lstrip("-").upper().replace("-", "_")}
+    parser.add_argument(*option.flags, dest=option.dest, help=option.help_text(), **how)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -314,109 +263,9 @@ def has_control_characters(text: str) -> bool:
     return any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text)
 
 
-def checked_url(value: str, name: str, problems: list[str], *, openai: bool) -> str | None:
-    """The URL normalised (scheme lower-cased, no trailing slash), or None with a problem recorded. OpenAI's may
-    have a path and be plain http to loopback (tests, local proxies); Veza's is the instance's address only."""
-    if has_control_characters(value):
-        problems.append(f"{name} contains whitespace or control characters")
-        return None
-    try:
-        parts = urllib.parse.urlsplit(value if "://" in value else f"https://{value}")
-        parts.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError:
-        problems.append(f"{name} is not a valid URL")
-        return None
-    scheme = parts.scheme.lower()
-    if not parts.hostname:
-        problem = "is not a valid URL (no host)"
-    elif parts.username or parts.password:
-        problem = "must not contain credentials (user:password@); keys come from the environment"
-    elif parts.query or parts.fragment:
-        problem = "must not contain a query string or fragment"
-    elif not openai and parts.path.strip("/"):
-        problem = f"must be the instance's address only (https://host), not a page such as {parts.path[:40]!r}"
-    elif scheme != "https" and not (openai and scheme == "http" and is_loopback(parts.hostname)):
-        problem = "must use https" + (" (http is allowed only for loopback test servers)" if openai else "")
-    else:
-        return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", "")).rstrip("/")
-    problems.append(f"{name} {problem}")
-    return None
-
-
-def checked_secret(value: str | None, name: str, problems: list[str]) -> str | None:
-    if not value:
-        if not any(problem.startswith(name) for problem in problems):
-            problems.append(f"{name} is not set")
-        return None
-    if len(value) > MAX_SECRET_LENGTH:
-        problems.append(f"{name} is {len(value):,} characters long; an API key is a few hundred at most")
-    elif has_control_characters(value):
-        where = "a trailing newline" if value.endswith(("\n", "\r")) else "whitespace, a newline or control characters"
-        file_variable = name if name.endswith("_FILE") else f"{name}_FILE"
-        problems.append(f"{name} contains {where}: set it without them (printf '%s' \"$KEY\", not echo), or put "
-                        f"the key in a file and name it with {file_variable}, whose trailing newlines are dropped")
-    elif not value.isascii():
-        problems.append(f"{name} contains non-ASCII characters; API keys are plain ASCII (a copy-paste slip?)")
-    else:
-        return value
-    return None
-
-
 def shown_path(path: str) -> str:
     """A secret file's path as messages show it: only an absolute path, which cannot be a key pasted by mistake."""
     return repr(path) if path.startswith("/") and not has_control_characters(path) else "the file it names"
-
-
-def read_secret_file(path: str, variable: str, problems: list[str], notes: list[str]) -> str | None:
-    """The content of a secret file, trailing newlines dropped; None with a problem that never shows the content.
-
-    Only a regular file is read: a FIFO would block before signal handling starts (as PID 1 only SIGKILL
-    would end it). A file other users may read is warned about, unless it sits on a read-only mount (a
-    Kubernetes secret volume, whose 0440 files are meant for the pod's group).
-    """
-    if path.startswith("sk-"):
-        problems.append(f"{variable} holds what looks like an API key, not a file path; put the key in "
-                        f"{variable.removesuffix('_FILE')} instead, or in a file that {variable} names")
-        return None
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    except (OSError, ValueError) as exc:
-        problems.append(f"{variable}: cannot read {shown_path(path)} "
-                        f"({getattr(exc, 'strerror', None) or type(exc).__name__})")
-        return None
-    mode = os.fstat(descriptor).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(descriptor)
-        problems.append(f"{variable}: {shown_path(path)} is not a regular file (a FIFO, device or directory); name the "
-                        "file that holds the key")
-        return None
-    if mode & stat.S_IROTH and not os.fstatvfs(descriptor).f_flag & os.ST_RDONLY:
-        notes.append(f"{variable}: {shown_path(path)} is readable by other users (mode {stat.S_IMODE(mode):04o}); "
-                     "restrict it with chmod 600")
-    with open(descriptor, "rb", closefd=True) as handle:
-        raw = handle.read(MAX_SECRET_LENGTH + 2)
-    try:
-        value = raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        problems.append(f"{variable}: {shown_path(path)} is not UTF-8 text")
-        return None
-    if not value:
-        problems.append(f"{variable}: {shown_path(path)} is empty")
-    return value or None
-
-
-def secret_setting(env: Mapping[str, str], name: str, problems: list[str],
-                   notes: list[str]) -> tuple[str | None, str | None]:
-    """A secret from `name`, or from the file `name`_FILE names: (value, the variable it came from)."""
-    file_name = f"{name}_FILE"
-    direct, path = env.get(name), env.get(file_name)
-    if direct and path:
-        problems.append(f"{name} and {file_name} are both set; set only one")
-        return None, name
-    if not path:
-        return (unquoted(direct, name, notes), name) if direct else (None, None)
-    value = read_secret_file(path, file_name, problems, notes)
-    return (unquoted(value, file_name, notes) if value else None), file_name
 
 
 def mask_key(key: str) -> str:
@@ -424,48 +273,6 @@ def mask_key(key: str) -> str:
     kind = next((prefix for prefix in ("sk-admin-", "sk-proj-", "sk-svcacct-", "sk-") if key.startswith(prefix)), "")
     # Four characters of a secret part shorter than 16 would give too much of it away.
     return f"{kind}...{key[-4:]}" if len(key) - len(kind) >= 16 else f"{kind}..."
-
-
-def save_path(value: str, org_id: str | None, problems: list[str]) -> str | None:
-    """The file --save-json writes: a directory gets openai-<org>-<UTC time>.json; checked writable now."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    if os.path.isdir(value) or not value.lower().endswith(".json"):
-        directory, path = value, os.path.join(value, f"openai-{org_id or 'org'}-{stamp}.json")
-    else:
-        directory, path = os.path.dirname(value) or ".", value
-    if not os.path.isdir(directory):
-        problems.append(f"--save-json directory {directory!r} does not exist")
-        return None
-    try:
-        name_max = os.pathconf(directory, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        name_max = 255
-    if len(os.path.basename(path).encode()) > name_max:
-        problems.append(f"--save-json file name is longer than the {name_max} bytes this file system allows")
-        return None
-    try:  # os.access says yes to root even on read-only mounts; a real file says the truth
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError:
-        who = f"the container's user (uid {CONTAINER_UID})" if os.getuid() == CONTAINER_UID else \
-            f"this user (uid {os.getuid()})"
-        problems.append(f"--save-json directory {directory!r} is not writable by {who}")
-        return None
-    return path
-
-
-def known_variables() -> set[str]:
-    names = {option.env for option in OPTIONS if option.env} | set(OUTSIDE_VARIABLES)
-    return names | set(SECRET_VARIABLES) | {f"{name}_FILE" for name in SECRET_VARIABLES}
-
-
-def did_you_mean(missing: str, env: Mapping[str, str]) -> str:
-    """Set variables of the same family (VEZA_..., OPENAI_...) the connector does not know: likely misspellings
-    of the unset `missing`. Names only, never values."""
-    prefix = missing.split("_", 1)[0] + "_"
-    unknown = sorted(name for name in env if name.startswith(prefix) and name not in known_variables())
-    return f" ({', '.join(unknown[:3])} {'is' if len(unknown) == 1 else 'are'} set: did you mean {missing}?)" \
-        if unknown else ""
 
 
 def unknown_arguments_problem(extras: list[str]) -> str:
@@ -486,50 +293,236 @@ def unknown_arguments_problem(extras: list[str]) -> str:
     return message + " (see --help)"
 
 
-def checked_org_id(raw: str | None, env: Mapping[str, str], problems: list[str]) -> str | None:
-    if raw is None:
-        problems.append(f"OPENAI_ORG_ID (or --openai-org) is not set{did_you_mean('OPENAI_ORG_ID', env)}")
-    elif not ORG_ID_RE.fullmatch(raw):
-        problems.append("OPENAI_ORG_ID (or --openai-org) must look like org-XXXX "
-                        "(letters, digits, '-' and '_' after 'org-', nothing else, no trailing newline)")
-    else:
+class ConfigReader:
+    """Reads flags and environment into a Config, collecting every problem (then ConfigError) and note."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+
+    def problem(self, message: str) -> None:
+        self.problems.append(message)
+
+    def read(self, argv: list[str] | None) -> Config:
+        args, extras = build_arg_parser().parse_known_args(argv)
+        if extras:
+            self.problem(unknown_arguments_problem(extras))
+        raw: dict[str, Any] = {}  # the flag when given, else its variable (unquoted); None when neither is
+        for option in OPTIONS:
+            value = getattr(args, option.dest, None)
+            if value is None and option.env and self.env.get(option.env):
+                value = self.unquoted(self.env[option.env], option.env)
+            raw[option.dest] = None if value in (None, "") else value
+        settings = {option.dest: self.checked_value(option, raw[option.dest]) for option in OPTIONS}
+        dry_run = bool(settings["dry_run"])
+        settings["org_id"] = self.org_id(raw["org_id"])
+        settings["openai_api_key"], settings["openai_key_source"] = self.openai_key()
+        settings["openai_base_url"] = self.checked_url(settings["openai_base_url"],
+                                                       "OPENAI_BASE_URL (or --openai-base-url)", openai=True)
+        if not dry_run:
+            settings["veza_url"], settings["veza_api_key"] = self.veza_settings(raw["veza_url"])
+        save_json = settings.pop("save_json")
+        save_json = save_json if save_json is not None else "." if dry_run else None
+        settings["save_json_path"] = self.save_path(save_json, settings["org_id"]) if save_json is not None else None
+        if self.problems:
+            raise ConfigError(self.problems)
+        settings.update(dry_run=dry_run, debug=bool(settings["debug"]), notes=tuple(self.notes),
+                        create_report=bool(settings["create_report"]) and not dry_run)
+        return Config(**settings)
+
+    def unquoted(self, value: str, name: str) -> str:
+        """`value` without one pair of surrounding quotes, noted: `docker run --env-file` keeps quotes literally."""
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            self.notes.append(f"{name} is wrapped in quotes, which docker --env-file and some secret stores keep as "
+                              "part of the value; the quotes were removed (write the value unquoted)")
+            return value[1:-1]
+        return value
+
+    def checked_value(self, option: Option, raw: str | bool | None) -> Any:
+        """A number within its bounds, a word from its choices, a switch's truth; the default when not given."""
+        if raw is None:
+            return option.default
+        if option.switch:
+            word = raw if isinstance(raw, bool) else raw.strip().lower()
+            if word not in (True, "true", "false", "1", "0", "yes", "no"):
+                self.problem(f"{option.env} must be true or false")
+                return option.default
+            return word in (True, "true", "1", "yes")
+        if option.kind is not None:
+            try:
+                value = option.kind(raw.strip())
+            except ValueError:
+                self.problem(f"{option.label} must be a number, got {raw[:20]!r}")
+                return option.default
+            if not option.low <= value <= option.high:
+                self.problem(f"{option.label} must be between {option.low:g} and {option.high:g}")
+                return option.default
+            return value
+        if option.choices:
+            word = raw.strip().lower()
+            if word not in option.choices:
+                self.problem(f"{option.label} must be {', '.join(option.choices[:-1])} or {option.choices[-1]}")
+                return option.default
+            return word
         return raw
-    return None
 
+    def checked_url(self, value: str, name: str, *, openai: bool) -> str | None:
+        """The URL normalised (scheme lower-cased, no trailing slash). OpenAI's may have a path and be plain http
+        to loopback (tests, local proxies); Veza's is the instance's address only."""
+        if has_control_characters(value):
+            return self.problem(f"{name} contains whitespace or control characters")
+        try:
+            parts = urllib.parse.urlsplit(value if "://" in value else f"https://{value}")
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError:
+            return self.problem(f"{name} is not a valid URL")
+        scheme = parts.scheme.lower()
+        if not parts.hostname:
+            problem = "is not a valid URL (no host)"
+        elif parts.username or parts.password:
+            problem = "must not contain credentials (user:password@); keys come from the environment"
+        elif parts.query or parts.fragment:
+            problem = "must not contain a query string or fragment"
+        elif not openai and parts.path.strip("/"):
+            problem = f"must be the instance's address only (https://host), not a page such as {parts.path[:40]!r}"
+        elif scheme != "https" and not (openai and scheme == "http" and is_loopback(parts.hostname)):
+            problem = "must use https" + (" (http is allowed only for loopback test servers)" if openai else "")
+        else:
+            return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", "")).rstrip("/")
+        return self.problem(f"{name} {problem}")
 
-def openai_key(env: Mapping[str, str], problems: list[str], notes: list[str]) -> tuple[str | None, str | None]:
-    """The OpenAI key and the variable it came from. The admin key wins: a shell may hold a project key in
-    OPENAI_API_KEY for other tools, and the official SDK reads an admin key from OPENAI_ADMIN_KEY."""
-    for name in ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY"):
-        value, source = secret_setting(env, name, problems, notes)
-        if source:
-            key = checked_secret(value, source, problems)
-            kind = next((kind for prefix, kind in NON_ADMIN_KEY_PREFIXES.items() if key and key.startswith(prefix)),
-                        None)
-            if kind:
-                problems.append(f"{source} holds {kind} ({mask_key(key)}), which the Admin API refuses: use an Admin "
-                                "API key (sk-admin-...), created by an organization owner under Settings > "
-                                "Organization > Admin keys")
-                key = None
-            return key, source
-    problems.append("OPENAI_API_KEY (or OPENAI_ADMIN_KEY, or either's _FILE variant) is not set"
-                    + did_you_mean("OPENAI_API_KEY", env))
-    return None, None
+    def checked_secret(self, value: str | None, name: str) -> str | None:
+        if not value:
+            if not any(problem.startswith(name) for problem in self.problems):
+                self.problem(f"{name} is not set")
+        elif len(value) > MAX_SECRET_LENGTH:
+            self.problem(f"{name} is {len(value):,} characters long; an API key is a few hundred at most")
+        elif has_control_characters(value):
+            where = "a trailing newline" if value.endswith(("\n", "\r")) else \
+                "whitespace, a newline or control characters"
+            file_variable = name if name.endswith("_FILE") else f"{name}_FILE"
+            self.problem(f"{name} contains {where}: set it without them (printf '%s' \"$KEY\", not echo), or put "
+                         f"the key in a file and name it with {file_variable}, whose trailing newlines are dropped")
+        elif not value.isascii():
+            self.problem(f"{name} contains non-ASCII characters; API keys are plain ASCII (a copy-paste slip?)")
+        else:
+            return value
+        return None
 
+    def read_secret_file(self, path: str, variable: str) -> str | None:
+        """A secret file's content, trailing newlines dropped; only a regular file (a FIFO would block before
+        signals are handled). Readable by others is noted, unless on a read-only mount (a Kubernetes secret)."""
+        if path.startswith("sk-"):
+            return self.problem(f"{variable} holds what looks like an API key, not a file path; put the key in "
+                                f"{variable.removesuffix('_FILE')} instead, or in a file that {variable} names")
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        except (OSError, ValueError) as exc:
+            return self.problem(f"{variable}: cannot read {shown_path(path)} "
+                                f"({getattr(exc, 'strerror', None) or type(exc).__name__})")
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(descriptor)
+            return self.problem(f"{variable}: {shown_path(path)} is not a regular file (a FIFO, device or "
+                                "directory); name the file that holds the key")
+        if mode & stat.S_IROTH and not os.fstatvfs(descriptor).f_flag & os.ST_RDONLY:
+            self.notes.append(f"{variable}: {shown_path(path)} is readable by other users (mode "
+                              f"{stat.S_IMODE(mode):04o}); restrict it with chmod 600")
+        with open(descriptor, "rb", closefd=True) as handle:
+            raw = handle.read(MAX_SECRET_LENGTH + 2)
+        try:
+            value = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            return self.problem(f"{variable}: {shown_path(path)} is not UTF-8 text")
+        if not value:
+            self.problem(f"{variable}: {shown_path(path)} is empty")
+        return value or None
 
-def veza_settings(raw_url: str | None, env: Mapping[str, str], problems: list[str],
-                  notes: list[str]) -> tuple[str | None, str | None]:
-    url = None
-    if raw_url is None:
-        problems.append(f"VEZA_URL (or --veza-url) is not set{did_you_mean('VEZA_URL', env)}")
-    else:
-        url = checked_url(raw_url, "VEZA_URL (or --veza-url)", problems, openai=False)
-    value, source = secret_setting(env, "VEZA_API_KEY", problems, notes)
-    if not source:
-        problems.append(f"VEZA_API_KEY is not set{did_you_mean('VEZA_API_KEY', env)}")
-    if veza_tls_unverified(env):
-        notes.append("VEZA_UNSAFE_HTTPS=true: Veza's TLS certificate is not verified (for test instances only)")
-    return url, checked_secret(value, source or "VEZA_API_KEY", problems)
+    def secret(self, name: str) -> tuple[str | None, str | None]:
+        """A secret from `name`, or from the file `name`_FILE names: (value, the variable it came from)."""
+        file_name = f"{name}_FILE"
+        direct, path = self.env.get(name), self.env.get(file_name)
+        if direct and path:
+            self.problem(f"{name} and {file_name} are both set; set only one")
+            return None, name
+        if not path:
+            return (self.unquoted(direct, name), name) if direct else (None, None)
+        value = self.read_secret_file(path, file_name)
+        return (self.unquoted(value, file_name) if value else None), file_name
+
+    def save_path(self, value: str, org_id: str | None) -> str | None:
+        """The file --save-json writes: a directory gets openai-<org>-<UTC time>.json; checked writable now."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        if os.path.isdir(value) or not value.lower().endswith(".json"):
+            directory, path = value, os.path.join(value, f"openai-{org_id or 'org'}-{stamp}.json")
+        else:
+            directory, path = os.path.dirname(value) or ".", value
+        if not os.path.isdir(directory):
+            return self.problem(f"--save-json directory {directory!r} does not exist")
+        try:
+            name_max = os.pathconf(directory, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            name_max = 255
+        if len(os.path.basename(path).encode()) > name_max:
+            return self.problem(f"--save-json file name is longer than the {name_max} bytes this file system allows")
+        try:  # os.access says yes to root even on read-only mounts; a real file says the truth
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError:
+            who = f"the container's user (uid {CONTAINER_UID})" if os.getuid() == CONTAINER_UID else \
+                f"this user (uid {os.getuid()})"
+            return self.problem(f"--save-json directory {directory!r} is not writable by {who}")
+        return path
+
+    def did_you_mean(self, missing: str) -> str:
+        """Set variables of the unset `missing`'s family (VEZA_..., OPENAI_...) the connector does not know: likely
+        misspellings. Names only, never values."""
+        prefix = missing.split("_", 1)[0] + "_"
+        unknown = sorted(name for name in self.env if name.startswith(prefix) and name not in KNOWN_VARIABLES)
+        return f" ({', '.join(unknown[:3])} {'is' if len(unknown) == 1 else 'are'} set: did you mean {missing}?)" \
+            if unknown else ""
+
+    def org_id(self, raw: str | None) -> str | None:
+        if raw is None:
+            return self.problem(f"OPENAI_ORG_ID (or --openai-org) is not set{self.did_you_mean('OPENAI_ORG_ID')}")
+        if not ORG_ID_RE.fullmatch(raw):
+            return self.problem("OPENAI_ORG_ID (or --openai-org) must look like org-XXXX "
+                                "(letters, digits, '-' and '_' after 'org-', nothing else, no trailing newline)")
+        return raw
+
+    def openai_key(self) -> tuple[str | None, str | None]:
+        """The OpenAI key and the variable it came from. The admin key wins: a shell may hold a project key in
+        OPENAI_API_KEY for other tools, and the official SDK reads an admin key from OPENAI_ADMIN_KEY."""
+        for name in ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY"):
+            value, source = self.secret(name)
+            if source:
+                key = self.checked_secret(value, source)
+                kind = next((kind for prefix, kind in NON_ADMIN_KEY_PREFIXES.items()
+                             if key and key.startswith(prefix)), None)
+                if kind:
+                    self.problem(f"{source} holds {kind} ({mask_key(key)}), which the Admin API refuses: use an Admin "
+                                 "API key (sk-admin-...), created by an organization owner under Settings > "
+                                 "Organization > Admin keys")
+                    key = None
+                return key, source
+        self.problem("OPENAI_API_KEY (or OPENAI_ADMIN_KEY, or either's _FILE variant) is not set"
+                     + self.did_you_mean("OPENAI_API_KEY"))
+        return None, None
+
+    def veza_settings(self, raw_url: str | None) -> tuple[str | None, str | None]:
+        url = None
+        if raw_url is None:
+            self.problem(f"VEZA_URL (or --veza-url) is not set{self.did_you_mean('VEZA_URL')}")
+        else:
+            url = self.checked_url(raw_url, "VEZA_URL (or --veza-url)", openai=False)
+        value, source = self.secret("VEZA_API_KEY")
+        if not source:
+            self.problem(f"VEZA_API_KEY is not set{self.did_you_mean('VEZA_API_KEY')}")
+        if veza_tls_unverified(self.env):
+            self.notes.append("VEZA_UNSAFE_HTTPS=true: Veza's TLS certificate is not verified (for test instances "
+                              "only)")
+        return url, self.checked_secret(value, source or "VEZA_API_KEY")
 
 
 def veza_tls_unverified(env: Mapping[str, str]) -> bool:
@@ -539,27 +532,7 @@ def veza_tls_unverified(env: Mapping[str, str]) -> bool:
 
 def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Parse flags and environment into a Config; raise ConfigError listing every problem."""
-    env = os.environ if environ is None else environ
-    args, extras = build_arg_parser().parse_known_args(argv)
-    problems: list[str] = [unknown_arguments_problem(extras)] if extras else []
-    notes: list[str] = []
-    raw = raw_settings(args, env, notes)
-    settings = {option.dest: checked_value(option, raw[option.dest], problems) for option in OPTIONS}
-    dry_run = bool(settings["dry_run"])
-    settings["org_id"] = checked_org_id(raw["org_id"], env, problems)
-    settings["openai_api_key"], settings["openai_key_source"] = openai_key(env, problems, notes)
-    settings["openai_base_url"] = checked_url(settings["openai_base_url"], "OPENAI_BASE_URL (or --openai-base-url)",
-                                              problems, openai=True)
-    if not dry_run:
-        settings["veza_url"], settings["veza_api_key"] = veza_settings(raw["veza_url"], env, problems, notes)
-    save_json = settings.pop("save_json")
-    save_json = save_json if save_json is not None else "." if dry_run else None
-    settings["save_json_path"] = save_path(save_json, settings["org_id"], problems) if save_json is not None else None
-    if problems:
-        raise ConfigError(problems)
-    settings.update(dry_run=dry_run, debug=bool(settings["debug"]), notes=tuple(notes),
-                    create_report=bool(settings["create_report"]) and not dry_run)
-    return Config(**settings)
+    return ConfigReader(os.environ if environ is None else environ).read(argv)
 
 
 def log_format_asked(argv: list[str] | None, env: Mapping[str, str]) -> str:
@@ -578,8 +551,7 @@ def log_format_asked(argv: list[str] | None, env: Mapping[str, str]) -> str:
 # Logging: one line per record, server text escaped, secrets masked, every warning counted
 # ---------------------------------------------------------------------------------------------
 
-# Control characters (and the Unicode ones that reorder or break lines) from a server could forge
-# log lines or hide text on a terminal; they are shown escaped instead.
+# Control characters, and the Unicode ones that reorder or break lines, could forge log lines: shown escaped.
 UNSAFE_IN_LOGS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 # Anything shaped like an OpenAI key is masked in every line, known or not.
 KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_-]{12,}")
@@ -607,7 +579,7 @@ class RedactingFormatter(logging.Formatter):
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's naming)
-        # Each traceback line indented and escaped: an exception message cannot start a line that looks like a record.
+        # Indented and escaped: an exception message cannot start a line that looks like a record.
         return "\n".join(f"  | {escape_for_log(line)}" for line in super().formatException(ei).splitlines())
 
     def redact(self, text: str) -> str:
@@ -664,16 +636,10 @@ def configure_logging(debug: bool, secrets: Iterable[str] = (), log_format: str 
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     log.setLevel(logging.DEBUG if debug else logging.INFO)
-    # Python warnings (a library's deprecation, say) become log lines in the same format, never raw text;
-    # urllib3's per-request warning under VEZA_UNSAFE_HTTPS is said once, at the start, instead.
+    # Python warnings become log lines in this format; VEZA_UNSAFE_HTTPS is said once, not per request.
     logging.captureWarnings(True)
     warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
     return handler
-
-
-def secrets_in_environment(env: Mapping[str, str]) -> list[str]:
-    """The secrets the environment holds, for masking before the configuration is known."""
-    return [env.get(name, "") for name in SECRET_VARIABLES]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,8 +653,7 @@ MAX_WAIT = 60.0                          # a 5xx's or Veza's retry wait never ex
 
 
 class Clock:
-    """Every wait of one run: scaled for the tests (VEZA_OPENAI_TIME_SCALE) and ended by --max-run-time, the one
-    deadline of the run (reading, push and report)."""
+    """The run's one deadline (--max-run-time, over reading, push and report) and the tests' time scale."""
 
     def __init__(self, scale: float = 1.0, max_run_time: float | None = None) -> None:
         self.scale = scale
@@ -702,14 +667,10 @@ class Clock:
     def passed(self) -> bool:
         return time.monotonic() >= self.deadline
 
-    def sleep(self, seconds: float) -> None:
-        """Wait `seconds` (scaled), or until the deadline if that comes first."""
-        time.sleep(max(0.0, min(seconds * self.scale, self.left())))
-
 
 def retry_hint(headers: Mapping[str, str]) -> tuple[float, bool] | None:
-    """(seconds, whole): the server's wait from retry-after-ms, else retry-after (seconds or an HTTP date), whole
-    when given to the second. Zero, a past date, nan or garbage is no hint (as the official SDK reads it)."""
+    """(seconds, whether whole) from retry-after-ms, else retry-after (seconds or an HTTP date); zero, a past
+    date, nan or garbage is no hint (as the official SDK reads it)."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         raw = (headers.get(name) or "").strip()
         try:
@@ -726,8 +687,8 @@ def retry_hint(headers: Mapping[str, str]) -> tuple[float, bool] | None:
 
 
 def backoff(attempt: int, hint: float | None) -> float:
-    """The wait before retry `attempt` (1, 2, ...) of a transient fault: the server's hint, else 0.5 s doubling,
-    with jitter so concurrent retries spread; at most MAX_WAIT (unscaled seconds)."""
+    """The wait before retry `attempt` (1, 2, ...): the server's hint, else 0.5 s doubling with jitter; at most
+    MAX_WAIT."""
     if hint is not None:
         return min(hint, MAX_WAIT)
     return min(MAX_WAIT, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
@@ -762,8 +723,7 @@ class AnswerTooLarge(Exception):
 
 
 class SharedStrings:
-    """A json.loads object_pairs_hook giving equal strings of every page one str object: the same records in
-    less memory, as ids, names and emails repeat across lists (~60 MB less at 100,000 users)."""
+    """A json.loads object_pairs_hook: equal strings of every page become one object (ids and emails repeat)."""
 
     def __init__(self) -> None:
         self.strings: dict[str, str] = {}
@@ -804,10 +764,10 @@ class Http:
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, pool), max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
-        self.host = urllib.parse.urlsplit(base_url).netloc
+        parts = urllib.parse.urlsplit(base_url)
+        self.host = parts.netloc
         # A proxy from HTTP_PROXY would see the key sent to a loopback (test) server in clear text.
-        loopback = is_loopback(urllib.parse.urlsplit(base_url).hostname)
-        self.proxies = {"http": None, "https": None, "all": None} if loopback else None
+        self.proxies = {"http": None, "https": None, "all": None} if is_loopback(parts.hostname) else None
         self.hook = SharedStrings() if shared_strings else None
 
     def close(self) -> None:
@@ -866,8 +826,8 @@ def error_message(body: Any, fallback: str | None) -> str:
 
 
 def read_whole(response: requests.Response, whole_by: float, limit: int) -> bytes:
-    """The decompressed body, or an exception once it passes `whole_by` or `limit` bytes. Each socket read may
-    block only until `whole_by`, so a body dripped a byte at a time, or stalled, ends on time too."""
+    """The decompressed body; each socket read may block only until `whole_by`, so a dripped or stalled body
+    ends on time too, and past `limit` bytes it stops."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -895,14 +855,11 @@ def read_whole(response: requests.Response, whole_by: float, limit: int) -> byte
 
 MAX_PAGES_PER_LIST = 10_000   # 1,000,000 users at 100 a page; more is a server that never stops
 MAX_AUDIT_LOG_PAGES = 500     # 50,000 events: logins are optional, never worth hours of one sequential chain
-# One list's answers together: 100,000 users in the API's full record shape are ~37 MB, so this leaves room for
-# ~170,000 while a list that never ends stops at a few hundred MB of records.
-MAX_LIST_BYTES = 64 * 2 ** 20
+MAX_LIST_BYTES = 64 * 2 ** 20  # one list's answers: ~170,000 users in full; a list that never ends stops here
 
 
 class Kind(enum.Enum):
-    """The entity a per-entity family is read for: a 404 on its list may mean it was deleted during the run, which
-    its own object (when it has one) settles; what is left out with it is said in the log."""
+    """The entity a per-entity family is read for: (label, the family of its own object, what goes if deleted)."""
 
     PROJECT = ("project", "project_object", "left out with its members, service accounts, keys and roles")
     GROUP = ("group", "group_object", "left out with its memberships and role grants")
@@ -930,8 +887,7 @@ CURSOR_LAST_ID, CURSOR_ITEM_ID, CURSOR_NEXT = "last_id", "item_id", "next"  # th
 
 @dataclass(frozen=True)
 class Family:
-    """One kind of record the connector reads: everything that varies from one family to another. The reader
-    knows no family by name."""
+    """One kind of record the connector reads: everything that varies from one family to another."""
 
     name: str                        # also the Snapshot attribute its result is filed in
     label: str
@@ -965,8 +921,7 @@ class Family:
         return self.on_404 or (On404.ENTITY if self.per else On404.LEAVE_OUT)
 
     def path_for(self, key: Any, org_id: str) -> str | None:
-        """The path of one read, placeholders filled from the key (or the organization id), each quoted; None when
-        an id is `.` or `..`, which no quoting keeps from being read as a step up the path."""
+        """The path of one read, each id quoted; None for an id `.` or `..`, which quoting cannot keep in place."""
         names = re.findall(r"{(\w+)}", self.path)
         values = [org_id] if names == ["org_id"] else [key] if isinstance(key, str) else list(key or ())
         if any(value in (".", "..") for value in values):
@@ -977,88 +932,77 @@ class Family:
 # One read of the audit log brings all three: logins for last_login_at, key creations and updates for scopes.
 AUDIT_EVENT_TYPES = ("login.succeeded", "api_key.created", "api_key.updated")
 
-# In dispatch order: when several endpoints may send, the first listed goes first.
+# In dispatch order: when several endpoints may send, the first listed goes first. Where a list's largest page is
+# undocumented (workload identity, project groups), 100 is what every sibling allows.
 FAMILY_LIST = [
-    Family(name="organization", label="organization object", path="/organizations/{org_id}",
-           grant="(dashboard-style keys only)", optional="is_personal"),
-    Family(name="users", label="users", path="/organization/users", grant="Users: Read", cursor=CURSOR_LAST_ID,
-           page_size=100, item_object="organization.user", required=True),
-    # The audit log is read newest first, one sequential chain: listed early so its next page goes first.
-    Family(name="audit_logs", label="audit logs", path="/organization/audit_logs", grant="Audit logs: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, params=(("event_types[]", AUDIT_EVENT_TYPES),),
-           activity_window=True, cut_at_cap=True),
-    Family(name="invites", label="invites", path="/organization/invites", grant="Invites: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.invite"),
-    Family(name="admin_api_keys", label="admin API keys", path="/organization/admin_api_keys",
-           grant="Admin keys: Read", cursor=CURSOR_ITEM_ID, page_size=100, item_object="organization.admin_api_key"),
-    Family(name="groups", label="groups", path="/organization/groups", grant="Groups: Read", cursor=CURSOR_NEXT,
-           page_size=1000, next_falls_back_to_item_id=True),
-    Family(name="roles", label="roles", path="/organization/roles", grant="Roles: Read", cursor=CURSOR_NEXT,
-           page_size=1000, item_object="role", role_list=True),
-    Family(name="projects", label="projects", path="/organization/projects", grant="Projects: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project",
-           params=(("include_archived", "true"),)),
-    # The maximum page size of both workload identity lists is undocumented; 100 is what every sibling allows.
-    Family(name="workload_identity_providers", label="workload identity providers",
-           path="/organization/workload_identity_providers", grant="Workload identity: Read", cursor=CURSOR_ITEM_ID,
-           page_size=100, item_object="organization.workload_identity_provider"),
-    Family(name="certificates", label="certificates", path="/organization/certificates", grant="Certificates: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.certificate"),
-    Family(name="project_users", label="project users", path="/organization/projects/{project_id}/users",
-           grant="Projects: Read", cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.user",
-           per=Kind.PROJECT, parent="projects", empty_when_archived=True),
-    Family(name="project_service_accounts", label="project service accounts",
-           path="/organization/projects/{project_id}/service_accounts", grant="Projects: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.service_account",
-           per=Kind.PROJECT, parent="projects", empty_when_archived=True),
-    Family(name="project_api_keys", label="project API keys", path="/organization/projects/{project_id}/api_keys",
-           grant="API keys: Read", cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.api_key",
-           params=(("owner_project_access", "any"),), per=Kind.PROJECT, parent="projects"),
-    Family(name="project_roles", label="project roles", path="/projects/{project_id}/roles", grant="Roles: Read",
-           cursor=CURSOR_NEXT, page_size=1000, item_object="role", per=Kind.PROJECT, parent="projects",
-           role_list=True),
-    # The maximum page size of project groups is undocumented; 100 is what every sibling list allows.
-    Family(name="project_groups", label="project groups", path="/organization/projects/{project_id}/groups",
-           grant="Groups: Read", cursor=CURSOR_NEXT, page_size=100, item_object="project.group", per=Kind.PROJECT,
-           parent="projects", item_id_field="group_id", next_falls_back_to_item_id=True),
-    Family(name="model_permissions", label="model permissions",
-           path="/organization/projects/{project_id}/model_permissions", grant="Projects: Read", per=Kind.PROJECT,
-           parent="projects", on_404=On404.NO_SETTINGS, settings=True),
-    Family(name="project_certificates", label="project certificates",
-           path="/organization/projects/{project_id}/certificates", grant="Certificates: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.certificate", per=Kind.PROJECT,
-           parent="projects"),
-    Family(name="hosted_tool_permissions", label="hosted tool permissions",
-           path="/organization/projects/{project_id}/hosted_tool_permissions", grant="Projects: Read",
-           per=Kind.PROJECT, parent="projects", on_404=On404.NO_SETTINGS, settings=True),
-    Family(name="group_users", label="group users", path="/organization/groups/{group_id}/users",
-           grant="Groups: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.GROUP, parent="groups",
+    Family("organization", "organization object", "/organizations/{org_id}", "(dashboard-style keys only)",
+           optional="is_personal"),
+    Family("users", "users", "/organization/users", "Users: Read", cursor=CURSOR_LAST_ID, page_size=100,
+           item_object="organization.user", required=True),
+    # Newest first, one sequential chain: listed early so its next page goes first.
+    Family("audit_logs", "audit logs", "/organization/audit_logs", "Audit logs: Read", cursor=CURSOR_LAST_ID,
+           page_size=100, params=(("event_types[]", AUDIT_EVENT_TYPES),), activity_window=True, cut_at_cap=True),
+    Family("invites", "invites", "/organization/invites", "Invites: Read", cursor=CURSOR_LAST_ID, page_size=100,
+           item_object="organization.invite"),
+    Family("admin_api_keys", "admin API keys", "/organization/admin_api_keys", "Admin keys: Read",
+           cursor=CURSOR_ITEM_ID, page_size=100, item_object="organization.admin_api_key"),
+    Family("groups", "groups", "/organization/groups", "Groups: Read", cursor=CURSOR_NEXT, page_size=1000,
            next_falls_back_to_item_id=True),
-    Family(name="group_roles", label="group roles", path="/organization/groups/{group_id}/roles",
-           grant="Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.GROUP, parent="groups"),
-    Family(name="project_group_roles", label="project group roles",
-           path="/projects/{project_id}/groups/{group_id}/roles", grant="Roles: Read", cursor=CURSOR_NEXT,
-           page_size=1000, per=Kind.PROJECT_GROUP, parent="project_groups", parent_id_field="group_id"),
-    Family(name="federation_rules", label="federation rules",
-           path="/organization/workload_identity_providers/{provider_id}/federation_rules",
-           grant="Workload identity: Read", cursor=CURSOR_ITEM_ID, page_size=100,
-           item_object="organization.workload_identity_federation_rule", per=Kind.PROVIDER,
-           parent="workload_identity_providers"),
-    Family(name="user_roles", label="user roles", path="/organization/users/{user_id}/roles", grant="Roles: Read",
-           cursor=CURSOR_NEXT, page_size=1000, per=Kind.USER, parent="users", after_role_decision=True),
-    Family(name="project_user_roles", label="project user roles", path="/projects/{project_id}/users/{user_id}/roles",
-           grant="Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.PROJECT_MEMBER, parent="project_users",
+    Family("roles", "roles", "/organization/roles", "Roles: Read", cursor=CURSOR_NEXT, page_size=1000,
+           item_object="role", role_list=True),
+    Family("projects", "projects", "/organization/projects", "Projects: Read", cursor=CURSOR_LAST_ID,
+           page_size=100, item_object="organization.project", params=(("include_archived", "true"),)),
+    Family("workload_identity_providers", "workload identity providers", "/organization/workload_identity_providers",
+           "Workload identity: Read", cursor=CURSOR_ITEM_ID, page_size=100,
+           item_object="organization.workload_identity_provider"),
+    Family("certificates", "certificates", "/organization/certificates", "Certificates: Read", cursor=CURSOR_LAST_ID,
+           page_size=100, item_object="organization.certificate"),
+    Family("project_users", "project users", "/organization/projects/{project_id}/users", "Projects: Read",
+           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.user", per=Kind.PROJECT,
+           parent="projects", empty_when_archived=True),
+    Family("project_service_accounts", "project service accounts",
+           "/organization/projects/{project_id}/service_accounts", "Projects: Read", cursor=CURSOR_LAST_ID,
+           page_size=100, item_object="organization.project.service_account", per=Kind.PROJECT, parent="projects",
+           empty_when_archived=True),
+    Family("project_api_keys", "project API keys", "/organization/projects/{project_id}/api_keys", "API keys: Read",
+           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.api_key",
+           params=(("owner_project_access", "any"),), per=Kind.PROJECT, parent="projects"),
+    Family("project_roles", "project roles", "/projects/{project_id}/roles", "Roles: Read", cursor=CURSOR_NEXT,
+           page_size=1000, item_object="role", per=Kind.PROJECT, parent="projects", role_list=True),
+    Family("project_groups", "project groups", "/organization/projects/{project_id}/groups", "Groups: Read",
+           cursor=CURSOR_NEXT, page_size=100, item_object="project.group", per=Kind.PROJECT, parent="projects",
+           item_id_field="group_id", next_falls_back_to_item_id=True),
+    Family("model_permissions", "model permissions", "/organization/projects/{project_id}/model_permissions",
+           "Projects: Read", per=Kind.PROJECT, parent="projects", on_404=On404.NO_SETTINGS, settings=True),
+    Family("project_certificates", "project certificates", "/organization/projects/{project_id}/certificates",
+           "Certificates: Read", cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.certificate",
+           per=Kind.PROJECT, parent="projects"),
+    Family("hosted_tool_permissions", "hosted tool permissions",
+           "/organization/projects/{project_id}/hosted_tool_permissions", "Projects: Read", per=Kind.PROJECT,
+           parent="projects", on_404=On404.NO_SETTINGS, settings=True),
+    Family("group_users", "group users", "/organization/groups/{group_id}/users", "Groups: Read", cursor=CURSOR_NEXT,
+           page_size=1000, per=Kind.GROUP, parent="groups", next_falls_back_to_item_id=True),
+    Family("group_roles", "group roles", "/organization/groups/{group_id}/roles", "Roles: Read", cursor=CURSOR_NEXT,
+           page_size=1000, per=Kind.GROUP, parent="groups"),
+    Family("project_group_roles", "project group roles", "/projects/{project_id}/groups/{group_id}/roles",
+           "Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.PROJECT_GROUP, parent="project_groups",
+           parent_id_field="group_id"),
+    Family("federation_rules", "federation rules",
+           "/organization/workload_identity_providers/{provider_id}/federation_rules", "Workload identity: Read",
+           cursor=CURSOR_ITEM_ID, page_size=100, item_object="organization.workload_identity_federation_rule",
+           per=Kind.PROVIDER, parent="workload_identity_providers"),
+    Family("user_roles", "user roles", "/organization/users/{user_id}/roles", "Roles: Read", cursor=CURSOR_NEXT,
+           page_size=1000, per=Kind.USER, parent="users", after_role_decision=True),
+    Family("project_user_roles", "project user roles", "/projects/{project_id}/users/{user_id}/roles",
+           "Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.PROJECT_MEMBER, parent="project_users",
            after_role_decision=True),
     # One object by id, asked only to tell a deleted entity from a list its organization lacks (Kind).
-    Family(name="project_object", label="project", path="/organization/projects/{project_id}",
-           grant="Projects: Read", on_404=On404.EXISTENCE),
-    Family(name="group_object", label="group", path="/organization/groups/{group_id}", grant="Groups: Read",
+    Family("project_object", "project", "/organization/projects/{project_id}", "Projects: Read",
            on_404=On404.EXISTENCE),
-    Family(name="user_object", label="user", path="/organization/users/{user_id}", grant="Users: Read",
-           on_404=On404.EXISTENCE),
-    Family(name="provider_object", label="workload identity provider",
-           path="/organization/workload_identity_providers/{provider_id}", grant="Workload identity: Read",
-           on_404=On404.EXISTENCE),
+    Family("group_object", "group", "/organization/groups/{group_id}", "Groups: Read", on_404=On404.EXISTENCE),
+    Family("user_object", "user", "/organization/users/{user_id}", "Users: Read", on_404=On404.EXISTENCE),
+    Family("provider_object", "workload identity provider", "/organization/workload_identity_providers/{provider_id}",
+           "Workload identity: Read", on_404=On404.EXISTENCE),
 ]
 FAMILIES = {family.name: family for family in FAMILY_LIST}
 FAMILY_INDEX = {family.name: index for index, family in enumerate(FAMILY_LIST)}
@@ -1070,12 +1014,12 @@ STARTING_FAMILIES = [family for family in FAMILY_LIST if family.parent is None a
 # Records: what the fields of a record from OpenAI mean (ids, times, text)
 # ---------------------------------------------------------------------------------------------
 
-# Go's zero time: what a server written in Go sends for "never set"; as a date it would show a key expired.
+# What a server written in Go sends for "never set"; as a date it would show a key expired.
 GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)
 
 
 def moment(value: Any) -> datetime | None:
-    """Unix seconds (number or digits) or an ISO string as an aware UTC datetime; None when absent or unusable."""
+    """Unix seconds (number or digits) or an ISO string as a UTC datetime; None when absent or unusable."""
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -1103,13 +1047,12 @@ def rfc3339(value: Any) -> str | None:
 
 
 def epoch_seconds(value: Any) -> float | None:
-    """The same value as Unix seconds, for comparing times as numbers (strings sort "892-..." after "2026-...")."""
+    """Unix seconds, for comparing times as numbers (as text, "892-..." sorts after "2026-...")."""
     when = moment(value)
     return None if when is None else when.timestamp()
 
 
 def text_of(value: Any) -> str | None:
-    """A trimmed non-empty string, else None."""
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
@@ -1118,7 +1061,7 @@ def dict_of(value: Any) -> dict:
 
 
 def shape(value: Any) -> str:
-    """A value from a server as short JSON, for a warning about its shape (a value nested too deep included)."""
+    """A server's value as short JSON, for a warning (a value nested too deep included)."""
     try:
         text = json.dumps(value, sort_keys=True, default=str)
     except (TypeError, ValueError, RecursionError):
@@ -1138,11 +1081,8 @@ def usable_id(value: Any) -> bool:
 
 
 def unique_by_id(items: Iterable[Any], key: str = "id", problem: Callable[[str], None] | None = None) -> list[dict]:
-    """Items with a usable string id, the first of each kept, ids compared as oaaclient compares them (lower()).
-
-    The same id on two pages is normal (pages overlap) and silent; a record without a usable id, or whose id
-    differs from another only in case, is told to `problem`.
-    """
+    """Items with a usable id, the first of each kept, ids compared lower-cased as oaaclient does. A repeat is
+    silent (pages overlap); no usable id, or one differing from another only in case, is told to `problem`."""
     seen: dict[str, str] = {}
     result = []
     for item in items:
@@ -1163,7 +1103,6 @@ def unique_by_id(items: Iterable[Any], key: str = "id", problem: Callable[[str],
 
 
 def ids_of(items: Iterable[dict], key: str = "id") -> list[str]:
-    """The usable ids of `items`, first occurrence kept."""
     return [item[key] for item in unique_by_id(items, key)]
 
 
@@ -1172,13 +1111,11 @@ PREDEFINED_ROLE_ID = re.compile(r"role-api-(organization|project)-([a-z_]+?)(?:_
 
 
 def is_predefined_role(record: dict) -> bool:
-    """A Roles API role that is one of the fixed roles: flagged so, or with a predefined id. Anything else is custom,
-    also with a missing, null or non-boolean flag (never skip the reads that would find who holds it)."""
+    """Flagged predefined, or with a predefined id; anything else is custom (never skip the reads it needs)."""
     return record.get("predefined_role") is True or bool(PREDEFINED_ROLE_ID.fullmatch(str(record.get("id"))))
 
 
 def project_is_archived(record: dict) -> bool:
-    """A project record that says it is archived (status `archived`, or an `archived_at` time)."""
     status = text_of(record.get("status"))
     return (status is not None and status.lower() == "archived") or rfc3339(record.get("archived_at")) is not None
 
@@ -1355,7 +1292,6 @@ class Verdict(enum.Enum):
 
 
 def classify(answer: Answer) -> Verdict:
-    """What one answer means for its request, from the answer alone (pure)."""
     if answer.status == 200 and not answer.fatal:
         return Verdict.PAGE
     if answer.status == 429 and answer.should_retry is not False:
@@ -1372,9 +1308,9 @@ def check_page(family: Family, body: dict, path: str, limit: Any) -> list[dict]:
         raise DiscoveryError(f"{path}: expected a list, got object {str(body.get('object'))[:40]!r}")
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise DiscoveryError(f"{path}: 'data' is not a list of objects")
-    if family.item_object and any(item.get("object", family.item_object) != family.item_object for item in data):
-        odd = next(item.get("object") for item in data if item.get("object", family.item_object) != family.item_object)
-        raise DiscoveryError(f"{path}: expected {family.item_object} items, got {str(odd)[:40]!r}")
+    odd = [item.get("object") for item in data if item.get("object", family.item_object) != family.item_object]
+    if family.item_object and odd:
+        raise DiscoveryError(f"{path}: expected {family.item_object} items, got {str(odd[0])[:40]!r}")
     if isinstance(limit, int) and len(data) > limit:
         raise DiscoveryError(f"{path}: a page of {len(data):,} items answered a request for at most {limit}; "
                              "a server that ignores the page size cannot be read safely, so the run stops")
@@ -1403,12 +1339,12 @@ class WorkerPool:
         self.http, self.done, self.size = http, done, size
         self.work: queue.SimpleQueue = queue.SimpleQueue()
         for number in range(size):
-            threading.Thread(target=self._work, name=f"openai-read-{number + 1}", daemon=True).start()
+            threading.Thread(target=self.work_loop, name=f"openai-read-{number + 1}", daemon=True).start()
 
     def submit(self, request: Request) -> None:
         self.work.put(request)
 
-    def _work(self) -> None:
+    def work_loop(self) -> None:
         while (request := self.work.get()) is not None:
             try:
                 answer = self.http.call("GET", request.read.path, request.params)
@@ -1431,12 +1367,9 @@ def format_duration(seconds: float) -> str:
 
 
 class Scheduler:
-    """Sends each GET when its endpoint's lane allows it, takes the answers, follows the pages.
-
-    A worker only ever carries out one GET; a next page or a throttled request goes back to the front of its
-    endpoint's queue, a retry to a heap of delayed requests, so one endpoint's limit never holds a worker
-    another endpoint could use. What an answer means for the organization is the read plan's to decide.
-    """
+    """Sends each GET when its endpoint's lane allows it, takes the answers, follows the pages. A next page or a
+    throttled request goes back to the front of its endpoint's queue, a retry to a heap of delayed requests: one
+    endpoint's limit never holds a worker another could use. What an answer means is the read plan's to decide."""
 
     def __init__(self, http: Http, config: Config, clock: Clock, families: Iterable[Family]) -> None:
         self.http, self.config, self.clock = http, config, clock
@@ -1445,10 +1378,11 @@ class Scheduler:
         self.lanes = Lanes(self.labels, clock.scale, config.max_requests_per_minute_per_endpoint)
         self.queues: dict[str, deque[Request]] = {family.name: deque() for family in families}
         self.delayed: list[tuple[float, int, Request]] = []   # (due, order, request)
+        self.order = itertools.count(1)
         self.done: queue.SimpleQueue = queue.SimpleQueue()
         self.open_reads = {family.name: 0 for family in families}
         self.finished_reads = {family.name: 0 for family in families}
-        self.in_flight = self.calls = self.retries = self.throttled = self.succeeded = self.order = 0
+        self.in_flight = self.calls = self.retries = self.throttled = self.succeeded = 0
         self.next_global_send = self.next_progress = 0.0
         self.unreachable_since: float | None = None  # connection failures before OpenAI first answered
         self.answered = False
@@ -1518,7 +1452,8 @@ class Scheduler:
 
     def send(self, request: Request, now: float) -> None:
         if self.config.max_requests_per_second:
-            self.next_global_send = max(now, self.next_global_send) + self.clock.scale / self.config.max_requests_per_second
+            self.next_global_send = max(now, self.next_global_send) + \
+                self.clock.scale / self.config.max_requests_per_second
         request.sent_at = request.read.last_sent = now
         self.lanes[request.read.family.name].on_send(now)
         self.in_flight += 1
@@ -1583,16 +1518,22 @@ class Scheduler:
         self.throttled_families.add(read.family.name)
         log.log(logging.INFO if first else logging.DEBUG, "%s: HTTP 429, waiting %.1fs%s", read.path,
                 (min(due, until) - now) / self.clock.scale, hint or " (no retry-after: probing)")
-        heapq.heappush(self.delayed, (min(due, until), self.next_order(), request))
+        heapq.heappush(self.delayed, (min(due, until), next(self.order), request))
 
     def retry(self, request: Request, answer: Answer, now: float) -> None:
-        """A transient fault: the same request after a backoff; until OpenAI has answered once, connection
-        failures get UNREACHABLE_AFTER seconds in all, then the run ends naming the host."""
-        path = request.read.path
+        """A transient fault: the same request after a backoff. Before OpenAI first answered, connection failures
+        get UNREACHABLE_AFTER seconds in all, then the run ends naming the host."""
+        path, host = request.read.path, self.http.host
         if answer.status == 0 and not self.answered:
             self.unreachable_since = self.unreachable_since or now
             if now - self.unreachable_since >= UNREACHABLE_AFTER * self.clock.scale:
-                raise DiscoveryError(unreachable_message(self.http.host, answer))
+                tls = (" The TLS handshake failed: behind a TLS-inspecting proxy or a private CA, set "
+                       "REQUESTS_CA_BUNDLE to its CA certificate file (PEM).") if answer.ssl else \
+                    " Behind a TLS-inspecting proxy, REQUESTS_CA_BUNDLE must name its CA certificate file (PEM)."
+                raise DiscoveryError(
+                    f"cannot reach OpenAI at {host}: {answer.problem}, for {UNREACHABLE_AFTER:g}s before any answer. "
+                    f"Check that {host.rsplit(':', 1)[0] if host.count(':') == 1 else host} resolves (DNS) and is "
+                    f"reachable from here, and the proxy settings (HTTPS_PROXY, NO_PROXY).{tls}")
         elif request.attempt >= self.config.max_retries:
             self.plan.failed(request.read, f"{path}: {answer.problem}, gave up after {request.attempt} retries")
             return
@@ -1601,11 +1542,7 @@ class Scheduler:
         wait = backoff(request.attempt, answer.hint)
         log.log(logging.INFO if self.answered else logging.DEBUG, "%s: %s, retry %d/%d in %.1fs", path,
                 answer.problem, request.attempt, self.config.max_retries, wait)
-        heapq.heappush(self.delayed, (now + wait * self.clock.scale, self.next_order(), request))
-
-    def next_order(self) -> int:
-        self.order += 1
-        return self.order
+        heapq.heappush(self.delayed, (now + wait * self.clock.scale, next(self.order), request))
 
     def take_page(self, request: Request, answer: Answer) -> None:
         """A page: keep its items, then the next page first in its endpoint's queue (one bounded loop)."""
@@ -1630,8 +1567,9 @@ class Scheduler:
             if family.cut_at_cap:
                 self.plan.cut(read)
                 return
-            bound = (f"{read.size / 2 ** 20:.3g} MB in {read.pages:,} pages, past the {MAX_LIST_BYTES / 2 ** 20:.3g} MB "
-                     "bound on one list" if read.size > MAX_LIST_BYTES else f"{family.max_pages:,} pages")
+            bound = (f"{read.size / 2 ** 20:.3g} MB in {read.pages:,} pages, past the "
+                     f"{MAX_LIST_BYTES / 2 ** 20:.3g} MB bound on one list" if read.size > MAX_LIST_BYTES
+                     else f"{family.max_pages:,} pages")
             raise DiscoveryError(f"{path}: still has_more after {bound}; no real organization is that large, so the "
                                  "server is looping")
         cursor = next_cursor(family, body, data, path)
@@ -1661,15 +1599,14 @@ class Scheduler:
         return min(rates, default=None)
 
     def estimate_seconds_left(self) -> float | None:
-        """Every open read at the rate calls have succeeded so far, and each paced endpoint's at its pace; None
-        before 20 calls have succeeded (no estimate is printed, never a guess)."""
+        """Every open read at the rate calls succeeded so far, and each paced endpoint's at its pace; None before
+        20 calls succeeded (never a guess)."""
         overall = self.slowest_rate_for([])
         if overall is None:
             return None
-        estimates = [sum(self.open_reads.values()) / overall]
-        estimates += [pending / lane.requests_per_second() for name, lane in self.lanes.lanes.items()
-                      if (pending := self.open_reads[name]) and lane.requests_per_second()]
-        return max(estimates)
+        return max([sum(self.open_reads.values()) / overall] +
+                   [pending / lane.requests_per_second() for name, lane in self.lanes.lanes.items()
+                    if (pending := self.open_reads[name]) and lane.requests_per_second()])
 
     def log_progress(self) -> None:
         self.next_progress = time.monotonic() + self.progress_interval()
@@ -1684,15 +1621,6 @@ class Scheduler:
                         pending, self.calls, self.throttled, self.slowest_endpoint("; "),
                         "no rate seen yet to estimate the time left" if left is None else
                         f"about {format_duration(left)} left for the reads known so far at the rate seen")
-
-
-def unreachable_message(host: str, answer: Answer) -> str:
-    tls = (" The TLS handshake failed: behind a TLS-inspecting proxy or a private CA, set REQUESTS_CA_BUNDLE to "
-           "its CA certificate file (PEM).") if answer.ssl else \
-        " Behind a TLS-inspecting proxy, REQUESTS_CA_BUNDLE must name its CA certificate file (PEM)."
-    return (f"cannot reach OpenAI at {host}: {answer.problem}, for {UNREACHABLE_AFTER:g}s before any answer. Check "
-            f"that {host.rsplit(':', 1)[0] if host.count(':') == 1 else host} resolves (DNS) and is reachable from "
-            f"here, and the proxy settings (HTTPS_PROXY, NO_PROXY).{tls}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1711,9 +1639,8 @@ def has_custom_roles(roles: Iterable[Any]) -> bool:
 
 def decide_role_assignment_reads(mode: str, roles_refused: bool, custom_roles_seen: bool,
                                  role_lists_pending: int) -> tuple[bool | None, str]:
-    """Whether to read per-user and per-project-member roles: (True/False, why), or (None, "") until known.
-    `auto` reads them as soon as any role list shows a custom role, and skips them only once every role list
-    has been read and none does."""
+    """Whether to read per-user and per-project-member roles, and why; (None, "") until known. `auto` reads them
+    once any role list shows a custom role, and skips them once every role list is read and none does."""
     if roles_refused:
         return False, "skipped: the Roles API is not available to this key"
     if mode == "none":
@@ -1724,17 +1651,14 @@ def decide_role_assignment_reads(mode: str, roles_refused: bool, custom_roles_se
         return True, "reading them: the Roles API lists custom roles (--role-assignments auto)"
     if role_lists_pending > 0:
         return None, ""
-    return False, "skipped: every role the Roles API lists is predefined (--role-assignments auto); use 'all' to read them anyway"
+    return False, ("skipped: every role the Roles API lists is predefined (--role-assignments auto); use 'all' to "
+                   "read them anyway")
 
 
 class ReadPlan:
-    """Reads every family of the catalogue into a Snapshot, the scheduler doing the requests.
-
-    The families without a parent go first, then each family for every item of its parent as that list arrives,
-    the role assignment reads once they are decided on. A 404 on one entity's list is settled at the end by
-    asking the entity itself. Only the main thread touches the snapshot, and every result is filed under its
-    key, so the payload does not depend on the order answers arrive in.
-    """
+    """Reads every family of the catalogue into a Snapshot: the starting families, then each family for every item
+    of its parent as that list arrives. Only the main thread files results, each under its key, so the payload
+    does not depend on the order answers arrive in."""
 
     def __init__(self, config: Config, scheduler: Any) -> None:
         self.config, self.scheduler = config, scheduler
@@ -1744,7 +1668,7 @@ class ReadPlan:
         self.exists: dict[tuple[Kind, Any], bool | None] = {}  # (kind, key) -> its own object answered 200/404
         self.existence_unknown: dict[tuple[Kind, Any], str] = {}  # (kind, key) -> why its object could not say
         self.unseen: set[int] = set()  # reads that answered 404: they say nothing about their entity existing
-        self.archived: set[str] = set()  # entities their list says are archived (their members' lists answer 400)
+        self.archived: set[str] = set()  # projects their list says are archived (their members' lists answer 400)
         self.role_decision: bool | None = None
         self.role_decision_reason = ""
         self.held: list[tuple[Family, Any, list[dict]]] = []  # reads that wait for the role decision
@@ -1791,19 +1715,22 @@ class ReadPlan:
 
     # --- a list is in: file it, read what hangs on it ---------------------------------------
     def list_done(self, read: ListRead, result: Any) -> None:
-        family, key = read.family, read.key
+        family, key, s = read.family, read.key, self.snapshot
         if family.per and key is not None and id(read) not in self.unseen:
             seen = self.found.setdefault(family.per, {})
             seen[key] = max(seen.get(key, read.last_sent), read.last_sent)
-        if family.name in self.snapshot.unavailable:
+        if family.name in s.unavailable:
             result = None
-        self.snapshot.file(family, key, result)
-        if family.activity_window and result is not None:
-            self.log_activity_read(read, result)
+        s.file(family, key, result)
         if result is not None:
+            if family.activity_window:
+                if s.activity_window_days is None:
+                    s.activity_window_days = self.config.activity_days
+                log.info("read %d audit log events (logins and API key changes of the last %d days) in %d call%s",
+                         len(result), s.activity_window_days, read.pages, "" if read.pages == 1 else "s")
             self.read_children(family, key, result)
-        if family.role_list and result is not None:
-            self.custom_roles_seen = self.custom_roles_seen or has_custom_roles(result)
+            if family.role_list:
+                self.custom_roles_seen = self.custom_roles_seen or has_custom_roles(result)
         if family.name in ROLE_DECISION_WAITS_FOR:
             self.decide_role_reads()
 
@@ -1825,16 +1752,9 @@ class ReadPlan:
         for item_id in ids:
             self.queue(child, item_id if parent_key is None else (parent_key, item_id), self.list_done)
 
-    def log_activity_read(self, read: ListRead, items: list[dict]) -> None:
-        s = self.snapshot
-        if s.activity_window_days is None:
-            s.activity_window_days = self.config.activity_days
-        log.info("read %d audit log events (logins and API key changes of the last %d days) in %d call%s",
-                 len(items), s.activity_window_days, read.pages, "" if read.pages == 1 else "s")
-
     def cut(self, read: ListRead) -> None:
-        """Stop a newest-first list at its cap: what was read is each user's latest login and each key's latest
-        scopes back to the last event read; older ones are missing, so the window is shortened."""
+        """Stop a newest-first list at its cap: what was read holds back to its oldest event, so the activity
+        window is shortened to it."""
         s = self.snapshot
         oldest = next((at for at in map(epoch_seconds, (event.get("effective_at") for event in reversed(read.items)))
                        if at is not None), None)
@@ -1875,7 +1795,7 @@ class ReadPlan:
             self.read_each(child, key, items)
 
     def log_role_read_estimate(self, top_level: int) -> None:
-        """Logged once the user list is in: the count, and a time only when there is an observed rate."""
+        """Once the user list is in: the count, and a time only when there is an observed rate."""
         s = self.snapshot
         later = [family for family in FAMILY_LIST if family.after_role_decision]
         nested = sum(len(ids_of(items, other.parent_id_field)) for other in later if FAMILIES[other.parent].parent
@@ -1896,7 +1816,8 @@ class ReadPlan:
         if refusal.status == 400:
             if family.empty_when_archived and (read.key in self.archived or "archived" in refusal.detail.lower()):
                 # OpenAI documents this 400 "when project is archived": an archived project has no members.
-                log.info("%s: HTTP 400 for archived %s %s; read as an empty list", read.path, family.per.label, read.key)
+                log.info("%s: HTTP 400 for archived %s %s; read as an empty list", read.path, family.per.label,
+                         read.key)
                 finish(read, [])
             else:
                 self.failed(read, str(refusal))
@@ -1924,25 +1845,21 @@ class ReadPlan:
 
     def failed(self, read: ListRead, message: str) -> None:
         """A read that cannot complete: the run fails, except for an optional family (left unset, warned)."""
-        if read.family.optional:
-            log.warning("%s left unset: the %s could not be read (%s)", read.family.optional, read.family.label,
-                        message)
-            self.scheduler.finish(read, None)
-            return
-        raise DiscoveryError(message)
+        if not read.family.optional:
+            raise DiscoveryError(message)
+        log.warning("%s left unset: the %s could not be read (%s)", read.family.optional, read.family.label, message)
+        self.scheduler.finish(read, None)
 
     def leave_out(self, family: Family, reason: str) -> None:
-        if family.name in self.snapshot.unavailable:
-            return
-        self.snapshot.unavailable[family.name] = reason
-        setattr(self.snapshot, family.name, None)
-        self.scheduler.drop_waiting(family)
+        if family.name not in self.snapshot.unavailable:
+            self.snapshot.unavailable[family.name] = reason
+            setattr(self.snapshot, family.name, None)
+            self.scheduler.drop_waiting(family)
 
     # --- entities that may have been deleted during the run -------------------------------------
     def ask_whether_gone(self) -> None:
-        """Ask for the object itself (project, group, user, provider) whose list answered 404: its 404 says it
-        was deleted during the run; a 200 says it is there, so the organization lacks that list. One object per
-        family first, which settles a missing family in one call; then the others, one call per entity."""
+        """Ask each entity whose list answered 404 for its own object: a 404 says it was deleted, a 200 that the
+        organization lacks that list. One object per family first (that settles a missing family), then the rest."""
         for first_round in (True, False):
             wanted: dict[tuple[Kind, Any], None] = {}
             for name, misses in self.not_found_in_catalogue_order():
@@ -1973,9 +1890,8 @@ class ReadPlan:
             self.existence_unknown[kind_and_key] = f"HTTP {result.status} on {result.endpoint}"
 
     def settle_not_found(self) -> None:
-        """Entities their own object says are gone (404) are deleted; nothing else is. Where the object could not
-        say (403, or never answered), the entity may exist: its family is left out. A link between two entities has
-        no object: a 404 on every link of a family is the family missing, else that link is gone."""
+        """An entity its own object says is gone (404) is deleted. One whose object could not say may exist: its
+        family is left out. Links have no object: a 404 on every link is the family missing, else the link is gone."""
         for name, misses in self.not_found_in_catalogue_order():
             family = FAMILIES[name]
             if name in self.snapshot.unavailable:
@@ -2004,9 +1920,8 @@ class ReadPlan:
 # ---------------------------------------------------------------------------------------------
 
 class Snapshot:
-    """Everything read from OpenAI: one attribute per catalogue family, named like it. A top-level family holds
-    its records (None: left out, or not read); a per-entity family holds {entity key: records} (None: left out).
-    The role assignment families stay None unless they are read."""
+    """Everything read from OpenAI, one attribute per catalogue family: its records, or {entity key: records} for a
+    per-entity family; None when left out (or, for role assignments, not read)."""
 
     def __init__(self, org_id: str, *, activity_since: int | None = None, activity_window_days: int | None = None,
                  unavailable: dict[str, str] | None = None, read_at: float | None = None,
@@ -2017,19 +1932,13 @@ class Snapshot:
         self.org_id = org_id
         for family in FAMILY_LIST:
             if family.not_found is not On404.EXISTENCE:
-                setattr(self, family.name, results[family.name] if family.name in results else self.empty(family))
+                empty = [] if family.required else {} if family.per and not family.after_role_decision else None
+                setattr(self, family.name, results.get(family.name, empty))
         self.activity_since = activity_since            # Unix seconds the audit log was read from
         self.activity_window_days = activity_window_days  # the days it covers (fewer when cut at its cap)
         self.unavailable = unavailable if unavailable is not None else {}  # family name -> why it was left out
         self.read_at = read_at if read_at is not None else time.time()  # "expired" is judged at this time
         self.deleted = deleted if deleted is not None else []  # (entity kind, key, endpoint)
-
-    @staticmethod
-    def empty(family: Family) -> Any:
-        """A family's value before it is read: what the mapping sees when nothing came."""
-        if family.required:
-            return []
-        return {} if family.per and not family.after_role_decision else None
 
     def file(self, family: Family, key: Any, result: Any) -> None:
         """File one read's result where its family lives (a list refused for one entity files nothing)."""
@@ -2056,7 +1965,7 @@ PROJECT_PERMISSIONS = {
     "Manage Project Members": OAAPermission.MetadataWrite,
     "Manage Project API Keys": OAAPermission.MetadataWrite,
 }
-PROJECT_OWNER_PERMISSIONS = ["Standard API Requests", "Read Project", "Manage Project Members", "Manage Project API Keys"]
+PROJECT_OWNER_PERMISSIONS = ["Standard API Requests", *PROJECT_PERMISSIONS]
 FIXED_ROLES = {  # unique id: (name, permissions)
     "owner": ("Owner", ["Standard API Requests", "Read Organization", "Modify Billing", "Manage Members"]),
     "reader": ("Reader", ["Standard API Requests", "Read Organization"]),
@@ -2065,20 +1974,19 @@ FIXED_ROLES = {  # unique id: (name, permissions)
     "project_owner_via_organization": ("Project Owner (organization owner)", PROJECT_OWNER_PERMISSIONS),
     "project_member": ("Project Member", ["Standard API Requests", "Read Project"]),
     "project_viewer": ("Project Viewer", ["Read Project"]),  # OpenAI's RBAC guide gives viewers read access
-    # An admin key manages members, service accounts and keys in every project (its project permissions spread).
+    # An admin key manages members, service accounts and keys in every project.
     "admin_api_key": ("Admin API Key", ["Read Organization", "Modify Billing", "Manage Members", *PROJECT_PERMISSIONS]),
 }
 ORG_ROLE_VALUES = {"owner": "owner", "reader": "reader", "member": "reader"}  # invite docs say "owner or member"
 PROJECT_ROLE_VALUES = {"owner": "project_owner", "member": "project_member", "viewer": "project_viewer"}
-# An unknown role value never shows less than what every holder of a role there has: reading it.
-UNKNOWN_ROLE_PERMISSIONS = {False: FIXED_ROLES["reader"][1], True: ["Read Project"]}  # by "is a project role"
+# An unknown role value never shows less than every holder of a role there has: reading it (by "is project").
+UNKNOWN_ROLE_PERMISSIONS = {False: FIXED_ROLES["reader"][1], True: ["Read Project"]}
 KEY_ACCESS_VALUES = ("active", "inactive")
 KEY_OWNER_TYPES = ("user", "service_account")
 PROJECT_STATUSES = ("active", "archived")
 SOURCE_PRINCIPAL_TYPES = ("user", "group")
 HOSTED_TOOLS = ("code_interpreter", "file_search", "image_generation", "mcp", "web_search")
-# A permission string `api.<area>[.<sub>].<verb>` maps by area and verb (OpenAI's RBAC guide; docs/mapping.md):
-# content areas read or write customer data, management areas the organization's settings.
+# A permission string `api.<area>[.<sub>].<verb>` maps by area and verb (OpenAI's RBAC guide; docs/mapping.md).
 CONTENT_AREAS = {"model", "models", "files", "assistants", "threads", "vector_stores", "batches", "fine_tuning",
                  "evals", "responses", "chat", "completions", "audio", "images", "videos", "realtime", "embeddings",
                  "uploads", "containers"}
@@ -2090,8 +1998,8 @@ VERBS = {**dict.fromkeys(("read", "list", "view", "get"), "Read"), "create": "Cr
 
 
 def canonical_permissions(permission: str) -> list[OAAPermission]:
-    """The OAA canonicals of a permission string: Data for content areas, Metadata for management ones, both for
-    `api.all` and an area in neither list (never understated); requesting a model is DataRead everywhere."""
+    """Data for content areas, Metadata for management ones, both for `api.all` and an unknown area (never
+    understated); requesting a model is DataRead everywhere."""
     parts = permission.strip().lower().split(".")
     verb, area = parts[-1], parts[1] if len(parts) > 2 and parts[0] == "api" else ""
     if verb in ("request", "use", "invoke"):
@@ -2102,16 +2010,14 @@ def canonical_permissions(permission: str) -> list[OAAPermission]:
     return [OAAPermission[kind + VERBS[verb]] for kind in kinds]
 
 
-
 S, N, B, T, L = (OAAPropertyType.STRING, OAAPropertyType.NUMBER, OAAPropertyType.BOOLEAN, OAAPropertyType.TIMESTAMP,
                  OAAPropertyType.STRING_LIST)
 STEPS: list[Callable[[ApplicationBuilder], None]] = []
 
 
 def step(*properties: tuple[str, str, OAAPropertyType]) -> Callable:
-    """A mapping step: Mapping.build() runs the steps in the order they are declared here, after defining the
-    custom properties each declares as (entity, name, type); entity is `application`, `local_user`,
-    `local_group`, `local_role`, `access_cred` or `resource:<type>`."""
+    """A mapping step, run in declaration order after the custom properties it declares as (entity, name, type)
+    are defined; entity is `application`, `local_user`, `local_group`, `local_role`, `access_cred` or `resource:<type>`."""
     def register(function: Callable[[ApplicationBuilder], None]) -> Callable[[ApplicationBuilder], None]:
         function.properties = properties
         STEPS.append(function)
@@ -2129,8 +2035,8 @@ class MappingResult:
 
 
 class ApplicationBuilder:
-    """What every mapping step shares: the application being built, its warnings and counts, each list read once
-    (deduplicated, deleted entities dropped), the one place each kind of identity is made, and roles."""
+    """What every mapping step shares: the application, its warnings and counts, each list read once (deduplicated,
+    deleted entities dropped), the one place each kind of identity is made, and roles."""
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = s = snapshot
@@ -2144,7 +2050,7 @@ class ApplicationBuilder:
             self.deleted.setdefault(kind, set()).add(key)
             self.warn(f"{kind.label} {key if isinstance(key, str) else ' in '.join(reversed(key))} was deleted "
                       f"during the run (HTTP 404 on {endpoint}): {kind.when_deleted}", f"deleted:{kind.label}:{key}")
-        self.generated_roles: dict[tuple[bool, str], str] = {}
+        self.generated_roles: dict[tuple[bool, str], str] = {}  # (is project, unknown role value) -> role id
         self.api_roles: dict[str, str] = {}          # Roles API role id -> the role id pushed for it
         self.custom_roles: set[str] = set()          # pushed ids of the Roles API's custom roles
         self.predefined_permissions: dict[str, set[str]] = {}  # fixed role id -> its predefined roles' strings
@@ -2193,11 +2099,12 @@ class ApplicationBuilder:
                   f"unknown {field_name} {shown!r}: {what_then}", f"value:{field_name}:{shown}")
 
     def flag(self, record: dict, name: str, subject: str) -> bool | None:
-        """A boolean field: true, false, or None when absent or not a boolean (then warned once, as unknown)."""
+        """A boolean field; None when absent, or when not a boolean (then warned once, as unknown)."""
         value = record.get(name)
         if value is None or isinstance(value, bool):
             return value
-        self.warn(f"{subject} has {name} {shape(value)}, not true or false; treated as unknown", f"flag:{subject}:{name}")
+        self.warn(f"{subject} has {name} {shape(value)}, not true or false; treated as unknown",
+                  f"flag:{subject}:{name}")
         return None
 
     def records(self, what: str, items: Iterable[Any], kind: Kind | None = None, key: str = "id") -> list[dict]:
@@ -2209,7 +2116,7 @@ class ApplicationBuilder:
         return [item for item in unique_by_id(items, key, warn) if item[key] not in gone]
 
     def project_list(self, family: str, pid: str, kind: Kind | None = Kind.USER) -> list[dict]:
-        """One project's records of a per-project family, deduplicated, deleted principals dropped (once)."""
+        """One project's records of a per-project family, as records() makes them (once)."""
         key = (family, pid, kind)
         if key not in self.project_lists:
             self.project_lists[key] = self.records(f"project {pid} {FAMILIES[family].label}",
@@ -2217,7 +2124,7 @@ class ApplicationBuilder:
         return self.project_lists[key]
 
     def expired(self, record: dict) -> bool:
-        """Whether a key's `expires_at` was already past when the read started (absent: it does not expire)."""
+        """Whether a key's `expires_at` was past when the read started (absent: it does not expire)."""
         expires = epoch_seconds(record.get("expires_at"))
         return expires is not None and expires < self.snapshot.read_at
 
@@ -2235,7 +2142,7 @@ class ApplicationBuilder:
         return user
 
     def principal(self, principal_id: str, record: dict, where: str, *, service_account: bool = False) -> LocalUser:
-        """The local user for an id, created (with a warning) from what `record` says when the org list lacks it."""
+        """The local user for an id, made (warned) from what `record` says when the organization list lacks it."""
         user = self.app.local_users.get(principal_id)
         if user is not None:
             return user
@@ -2271,8 +2178,8 @@ class ApplicationBuilder:
 
     # --- roles ------------------------------------------------------------------------------------
     def role_for_value(self, value: Any, subject: str, *, project: bool) -> str:
-        """The local role id for an org or project role value; "" when there is none. An unknown value gets a
-        role of its own with the floor of its scope (Reader's permissions, or Read Project), warned once."""
+        """The local role id for an org or project role value; "" for none. An unknown value gets a role of its
+        own with its scope's floor (Reader's permissions, or Read Project), warned once."""
         scope = "project" if project else "organization"
         role = text_of(value)
         if role is None:
@@ -2305,9 +2212,8 @@ class ApplicationBuilder:
         return candidate
 
     def role_record(self, record: dict, project: bool) -> str | None:
-        """The role id pushed for a Roles API role or assignment record (defined once): a predefined role is the
-        fixed role of its name, showing its permission strings; a custom one keeps its id unless a fixed role
-        has it. `project`: the record came from a project's list."""
+        """The role id pushed for a Roles API role or assignment record (`project`: from a project's list): a
+        predefined role is the fixed role of its name, showing its permission strings; a custom one is its own."""
         role_id = text_of(record.get("id"))
         if role_id is None:
             return None
@@ -2356,8 +2262,7 @@ class ApplicationBuilder:
 
     def assign(self, identity: Any, assignments: list[dict], project: CustomResource | None,
                member: LocalUser | None = None) -> int:
-        """Give `identity` each role of its assignment records; a member's role that arrives through its groups
-        in the payload is left to them."""
+        """Give `identity` each role of its assignment records, except a member's role its groups give it."""
         count = 0
         for record in self.records("role assignment", assignments):
             role_id = self.role_record(record, project is not None)
@@ -2373,8 +2278,8 @@ class ApplicationBuilder:
         return count
 
     def roles_on(self, holder: LocalUser, project: CustomResource) -> list[str]:
-        """Every role `holder` has in `project`: its own and its groups', on the project, and the custom roles
-        they hold on the application (which reach every project). What a key of `holder` acts with there."""
+        """Every role `holder` and its groups have on `project`, and the custom roles they hold on the application
+        (which reach every project): what a key of `holder` acts with there."""
         holders = [holder, *(self.app.local_groups[g] for g in holder.groups or () if g in self.app.local_groups)]
         return list(dict.fromkeys(role for who in holders for role, held in who.role_assignments.items()
                                   if project.resource_key in held["resources"]
@@ -2431,34 +2336,27 @@ def map_organization(m: ApplicationBuilder) -> None:
 def map_users(m: ApplicationBuilder) -> None:
     """Organization users with their org role; the owners own every project (map_projects)."""
     for record in m.user_records:
-        user = add_user(m, record)
-        role = m.role_for_value(record.get("role"), f"user {record['id']}", project=False)
+        nested, subject = dict_of(record.get("user")), f"user {record['id']}"
+        email = text_of(record.get("email")) or text_of(nested.get("email"))
+        name = text_of(record.get("name")) or text_of(nested.get("name")) or email or record["id"]
+        # Unknown (a string "false", 1) is not false: active, so access is never understated, and warned.
+        banned = m.flag(nested, "banned", subject)
+        user = m.new_local_user(record["id"], name, email=email, identity=email,
+                                is_active=not (banned is True or m.flag(nested, "enabled", subject) is False))
+        user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
+        # banned and banned_at are independent: an unbanned user with an old banned_at is not deactivated
+        user.deactivated_at = rfc3339(nested.get("banned_at")) if banned is True else None
+        user.user_type = "service_account" if record.get("is_service_account") is True else "human"
+        user.set_property("added_at", rfc3339(record.get("added_at")), ignore_none=True)
+        user.set_property("api_key_last_used_at", rfc3339(record.get("api_key_last_used_at")), ignore_none=True)
+        if isinstance(record.get("is_scim_managed"), bool):
+            user.set_property("is_scim_managed", record["is_scim_managed"])
+        role = m.role_for_value(record.get("role"), subject, project=False)
         if role:
             user.add_role(role, apply_to_application=True)
             if role == "owner":
                 m.owners.append(user)
     m.counts["users"] = len(m.app.local_users)
-
-
-def add_user(m: ApplicationBuilder, record: dict) -> LocalUser:
-    """A local user from an organization user record."""
-    nested = dict_of(record.get("user"))
-    email = text_of(record.get("email")) or text_of(nested.get("email"))
-    name = text_of(record.get("name")) or text_of(nested.get("name")) or email or record["id"]
-    subject = f"user {record['id']}"
-    # Unknown (a string "false", 1) is not false: active, so access is never understated, and warned.
-    banned = m.flag(nested, "banned", subject)
-    user = m.new_local_user(record["id"], name, email=email, identity=email,
-                            is_active=not (banned is True or m.flag(nested, "enabled", subject) is False))
-    user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
-    # banned and banned_at are independent: an unbanned user with an old banned_at is not deactivated
-    user.deactivated_at = rfc3339(nested.get("banned_at")) if banned is True else None
-    user.user_type = "service_account" if record.get("is_service_account") is True else "human"
-    user.set_property("added_at", rfc3339(record.get("added_at")), ignore_none=True)
-    user.set_property("api_key_last_used_at", rfc3339(record.get("api_key_last_used_at")), ignore_none=True)
-    if isinstance(record.get("is_scim_managed"), bool):
-        user.set_property("is_scim_managed", record["is_scim_managed"])
-    return user
 
 
 @step(("local_group", "group_type", S), ("local_group", "is_scim_managed", B))
@@ -2576,9 +2474,8 @@ def map_service_accounts(m: ApplicationBuilder) -> None:
 
 
 def key_owner(m: ApplicationBuilder, record: dict) -> tuple[str | None, dict, bool]:
-    """(owner id, the owner's record, is it a service account) of a key record. A project key nests its owner
-    (`owner.user` or `owner.service_account`), an admin key's is flat (`owner.id`): either shape is read on
-    either kind of key, whatever `type` says, so an odd or missing `type` never loses the owner."""
+    """(owner id, the owner's record, whether a service account) of a key record: nested (`owner.user`,
+    `owner.service_account`) or flat (`owner.id`), either read on either kind of key, whatever `type` says."""
     owner = dict_of(record.get("owner"))
     owner_type = text_of(owner.get("type"))
     if owner_type is not None and owner_type not in KEY_OWNER_TYPES:
@@ -2591,18 +2488,10 @@ def key_owner(m: ApplicationBuilder, record: dict) -> tuple[str | None, dict, bo
     return text_of(owner.get("id")), owner, owner_type == "service_account"
 
 
-def project_key_is_active(m: ApplicationBuilder, record: dict, archived: bool) -> bool:
-    """Not active when its owner lost project access, it expired, or its project is archived. A record without
-    `owner_project_access` (older API versions) is active: unknown is never "inactive"."""
-    access = record.get("owner_project_access")
-    if access is not None and access not in KEY_ACCESS_VALUES:
-        m.warn_value("owner_project_access", access, "read as active unless expired or archived")
-    return access != "inactive" and not m.expired(record) and not archived
-
-
 @step(("access_cred", "redacted_value", S), ("access_cred", "project_id", S), ("access_cred", "owner_type", S))
 def map_project_api_keys(m: ApplicationBuilder) -> None:
-    """Project keys as credentials of their owners, with the owner's project role."""
+    """Project keys as credentials of their owners. Inactive when the owner lost project access, the key expired or
+    the project is archived; a record without `owner_project_access` (older API versions) is active."""
     active = inactive = 0
     records = {record["id"]: record for record in m.project_records}
     for pid, project in m.projects.items():
@@ -2615,7 +2504,10 @@ def map_project_api_keys(m: ApplicationBuilder) -> None:
             owner_id, owner, service_account = key_owner(m, record)
             if owner_id in m.deleted.get(Kind.USER, ()):
                 continue
-            cred = m.key_credential(record, is_active=project_key_is_active(m, record, archived))
+            access = record.get("owner_project_access")
+            if access is not None and access not in KEY_ACCESS_VALUES:
+                m.warn_value("owner_project_access", access, "read as active unless expired or archived")
+            cred = m.key_credential(record, is_active=access != "inactive" and not m.expired(record) and not archived)
             m.project_keys.add(record["id"])
             active += cred.is_active
             inactive += not cred.is_active
@@ -2634,9 +2526,9 @@ def map_project_api_keys(m: ApplicationBuilder) -> None:
 
 
 def admin_key_id(m: ApplicationBuilder, record: dict, redacted: str) -> str | None:
-    """The unique id an admin-list entry is pushed under; None when it is a project key, or not an admin key.
-    The admin list has been seen to return project keys: such an entry is that project key, once. OpenAI's own
-    examples use one id in both lists, so an entry whose value says admin (`sk-admin`) is kept too."""
+    """The id an admin-list entry is pushed under; None for a project key, or not an admin key. The admin list has
+    been seen to return project keys (kept once, as that key); OpenAI's examples use one id in both lists, so an
+    entry whose value says admin (`sk-admin`) is kept too."""
     key_id = record["id"]
     is_admin_value = redacted.startswith("sk-admin")
     if key_id in m.app.access_creds:
@@ -2755,11 +2647,7 @@ def map_role_assignments(m: ApplicationBuilder) -> None:
         if s.groups is not None and s.project_groups is not None and s.project_group_roles is not None:
             count += assign_project_groups(m, pid, project)
         if s.project_user_roles is not None and s.project_users is not None:
-            gone = m.deleted.get(Kind.PROJECT_MEMBER, set())
-            for member in m.project_list("project_users", pid):
-                if (pid, member["id"]) not in gone:
-                    user = m.app.local_users[member["id"]]
-                    count += m.assign(user, s.project_user_roles.get((pid, member["id"]), []), project, member=user)
+            count += assign_project_members(m, pid, project)
     if m.groups_not_in_payload:
         missing = sorted(m.groups_not_in_payload)
         why = "groups were left out" if s.groups is None else "not in the group list, or deleted"
@@ -2767,19 +2655,6 @@ def map_role_assignments(m: ApplicationBuilder) -> None:
                f"({why}: {', '.join(g or '(no id)' for g in missing[:5])}{', ...' if len(missing) > 5 else ''}); "
                "those roles are given to the users directly")
     m.counts["role_assignments"] = count
-
-
-@step()
-def map_key_access(m: ApplicationBuilder) -> None:
-    """A project key acts with its owner's access in its project: every role the owner holds there, from every
-    source read (the membership lists, groups, role assignments, the key record, an owner's ownership)."""
-    for cred, holder, project, in_record in m.key_holders:
-        roles = [*m.roles_on(holder, project), *([in_record] if in_record else [])]
-        if not roles:
-            m.warn(f"owner {holder.unique_id} of project API key {cred.unique_id} has no project role in "
-                   f"{project.unique_id}; kept without one")
-        for role in dict.fromkeys(roles):
-            cred.add_role(role, resources=[project])
 
 
 def assign_project_groups(m: ApplicationBuilder, pid: str, project: CustomResource) -> int:
@@ -2796,6 +2671,28 @@ def assign_project_groups(m: ApplicationBuilder, pid: str, project: CustomResour
             m.warn(f"project {pid} names group {gid} which is not in the group list; kept")
         count += m.assign(group, m.snapshot.project_group_roles.get((pid, gid), []), project)
     return count
+
+
+def assign_project_members(m: ApplicationBuilder, pid: str, project: CustomResource) -> int:
+    count = 0
+    gone = m.deleted.get(Kind.PROJECT_MEMBER, set())
+    for member in m.project_list("project_users", pid):
+        if (pid, member["id"]) not in gone:
+            user = m.app.local_users[member["id"]]
+            count += m.assign(user, m.snapshot.project_user_roles.get((pid, member["id"]), []), project, member=user)
+    return count
+
+
+@step()
+def map_key_access(m: ApplicationBuilder) -> None:
+    """A project key acts with every role its owner holds in its project, from every source read."""
+    for cred, holder, project, in_record in m.key_holders:
+        roles = [*m.roles_on(holder, project), *([in_record] if in_record else [])]
+        if not roles:
+            m.warn(f"owner {holder.unique_id} of project API key {cred.unique_id} has no project role in "
+                   f"{project.unique_id}; kept without one")
+        for role in dict.fromkeys(roles):
+            cred.add_role(role, resources=[project])
 
 
 @step(("access_cred", "issuer", S), ("access_cred", "audience", S), ("access_cred", "workload_identity_provider_id", S),
@@ -2856,8 +2753,7 @@ def federation_rule_credential(m: ApplicationBuilder, provider: dict, rule: dict
 
 
 def matcher_value(value: Any) -> str | None:
-    """An attribute matcher's value as text: strings as they are, anything else as JSON (true, 1, null); None for a
-    value nested too deep to write."""
+    """Text as it is, anything else as JSON (true, 1, null); None for a value nested too deep to write."""
     if isinstance(value, str):
         return value
     try:
@@ -2881,13 +2777,13 @@ def hold_federation_rule(m: ApplicationBuilder, rule: dict, cred: AccessCred, li
     if project is None:
         m.warn(f"federation rule {rule['id']} names project {project_id} which is not listed; kept without a "
                "project role")
-    else:
-        roles = m.roles_on(holder, project)
-        if not roles and (project_id, account_id) not in listed:
-            m.warn(f"federation rule {rule['id']}: service account {account_id} is not listed in project "
-                   f"{project_id}; kept without a project role")
-        for role in roles:
-            cred.add_role(role, resources=[project])
+        return
+    roles = m.roles_on(holder, project)
+    if not roles and (project_id, account_id) not in listed:
+        m.warn(f"federation rule {rule['id']}: service account {account_id} is not listed in project "
+               f"{project_id}; kept without a project role")
+    for role in roles:
+        cred.add_role(role, resources=[project])
 
 
 @step(("application", "activity_window_days", N), ("access_cred", "scopes_restricted", B))
@@ -2916,8 +2812,7 @@ def map_activity(m: ApplicationBuilder) -> None:
 
 
 def audit_activity(events: list[dict], since: Any) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """(user id -> latest login, project key id -> scopes of its newest scope-setting event) in the window. Times
-    compare as numbers: as text, a year-892 login could win."""
+    """(user id -> latest login, project key id -> scopes of its newest scope-setting event) in the window."""
     since = epoch_seconds(since)
     since = -math.inf if since is None else since
     logins: dict[str, float] = {}
@@ -3672,7 +3567,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(argv)
     except ConfigError as exc:
-        configure_logging(False, secrets_in_environment(os.environ), log_format_asked(argv, os.environ))
+        configure_logging(False, [os.environ.get(name, "") for name in SECRET_VARIABLES],
+                          log_format_asked(argv, os.environ))
         for problem in exc.problems:
             log.error("configuration error: %s", problem)
         RunSummary(outcome="config-error", seconds=time.monotonic() - clock.started).log(logging.ERROR)
