@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Veza OAA connector for OpenAI: who can do what in an OpenAI organization, pushed to Veza.
 
-Reads the organization through the OpenAI Admin API, maps it to an OAA custom application and pushes it
-to Veza. The file reads in the order data flows: options, logging, HTTP, the catalogue of families,
-pacing, the scheduler, the read plan, mapping, the payload, Veza, main. README.md is the operator's
-guide; docs/ holds the mapping reference, operations and development notes.
+Reads the organization through the OpenAI Admin API, maps it to an OAA custom application and pushes it to
+Veza. The file reads in the order data flows: options, logging, HTTP, the catalogue, records, pacing, the
+scheduler, the read plan, the snapshot, mapping, the payload, Veza, the report, main. README.md is the
+operator's guide; docs/ holds the mapping reference, operations and development notes.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class DiscoveryError(Exception):
 
 
 class PushError(Exception):
-    """Veza refused or could not take the payload; `reached_veza` says whether it may have arrived anyway."""
+    """Veza refused or could not take the payload; `reached_veza`: it may have arrived anyway."""
 
     def __init__(self, message: str, *, reached_veza: bool = False) -> None:
         super().__init__(message)
@@ -131,7 +131,6 @@ class Option:
 
     @property
     def label(self) -> str:
-        """How messages name it: its flag and variable, as a user may have set either."""
         if not self.flags:
             return self.env or self.dest
         return f"{self.flags[0]} (env {self.env})" if self.env else self.flags[0]
@@ -186,9 +185,9 @@ OPTIONS = (
     Option("time_scale", (), "VEZA_OPENAI_TIME_SCALE", "time scale", float, 1.0, 0.001, 1.0),
 )
 OPTION = {option.dest: option for option in OPTIONS}
-# The variables that hold secrets, directly or by naming a file (as Docker and Kubernetes mount them).
+# Variables that hold secrets, directly or by naming a file (as Docker and Kubernetes mount them).
 SECRET_VARIABLES = ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY", "VEZA_API_KEY")
-# Every variable the connector reads (VEZA_UNSAFE_HTTPS is oaaclient's), so a "did you mean" never names one.
+# Every variable the connector reads, which a "did you mean" never names.
 KNOWN_VARIABLES = {*(option.env for option in OPTIONS if option.env), "VEZA_UNSAFE_HTTPS", *SECRET_VARIABLES,
                    *(f"{name}_FILE" for name in SECRET_VARIABLES)}
 NON_ADMIN_KEY_PREFIXES = {"sk-proj-": "a project key", "sk-svcacct-": "a service account key"}
@@ -218,7 +217,7 @@ class Config:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a rejected flag is a configuration error like any other (one line, a summary, exit 2)."""
+    """argparse, but a rejected flag is a configuration error like any other (one line, exit 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError([f"{message} (see --help)"])
@@ -237,7 +236,7 @@ def build_arg_parser() -> ArgumentParser:
 
 
 def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
-    """The option's flags, if any. Values stay text: ConfigReader checks them, naming flag and variable."""
+    """The option's flags, if any; values stay text for ConfigReader to check."""
     if not option.flags:
         return
     if option.switch:
@@ -259,24 +258,24 @@ def is_loopback(host: str | None) -> bool:
 
 
 def has_control_characters(text: str) -> bool:
-    """Whitespace or control characters: never part of a key, an id or a URL (a pasted newline, say)."""
+    """Never part of a key, an id or a URL (a pasted newline, say)."""
     return any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text)
 
 
 def shown_path(path: str) -> str:
-    """A secret file's path as messages show it: only an absolute path, which cannot be a key pasted by mistake."""
+    """Only an absolute path is shown: it cannot be a key pasted by mistake."""
     return repr(path) if path.startswith("/") and not has_control_characters(path) else "the file it names"
 
 
 def mask_key(key: str) -> str:
-    """Enough of a key to tell which one it is (its kind and last four characters), never the key."""
+    """Enough of a key to tell which one it is (its kind and last four characters)."""
     kind = next((prefix for prefix in ("sk-admin-", "sk-proj-", "sk-svcacct-", "sk-") if key.startswith(prefix)), "")
     # Four characters of a secret part shorter than 16 would give too much of it away.
     return f"{kind}...{key[-4:]}" if len(key) - len(kind) >= 16 else f"{kind}..."
 
 
 def unknown_arguments_problem(extras: list[str]) -> str:
-    """Name unknown flags, never the values beside them: a key pasted on the command line must not be echoed."""
+    """Names unknown flags, never the values beside them: a key pasted on the command line is not echoed."""
     flags = [arg.partition("=")[0][:60] for arg in extras if arg.startswith("-")]
     values = len(extras) - len(flags)
     if flags:
@@ -332,7 +331,7 @@ class ConfigReader:
         return Config(**settings)
 
     def unquoted(self, value: str, name: str) -> str:
-        """`value` without one pair of surrounding quotes, noted: `docker run --env-file` keeps quotes literally."""
+        """Without one pair of surrounding quotes, noted: `docker run --env-file` keeps them literally."""
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             self.notes.append(f"{name} is wrapped in quotes, which docker --env-file and some secret stores keep as "
                               "part of the value; the quotes were removed (write the value unquoted)")
@@ -340,36 +339,33 @@ class ConfigReader:
         return value
 
     def checked_value(self, option: Option, raw: str | bool | None) -> Any:
-        """A number within its bounds, a word from its choices, a switch's truth; the default when not given."""
+        """The value given, if it is right; else the default (and a problem when it was given)."""
         if raw is None:
             return option.default
+        word = raw if isinstance(raw, bool) else raw.strip().lower()
         if option.switch:
-            word = raw if isinstance(raw, bool) else raw.strip().lower()
-            if word not in (True, "true", "false", "1", "0", "yes", "no"):
-                self.problem(f"{option.env} must be true or false")
-                return option.default
-            return word in (True, "true", "1", "yes")
-        if option.kind is not None:
+            if word in (True, "true", "false", "1", "0", "yes", "no"):
+                return word in (True, "true", "1", "yes")
+            self.problem(f"{option.env} must be true or false")
+        elif option.kind is not None:
             try:
                 value = option.kind(raw.strip())
             except ValueError:
                 self.problem(f"{option.label} must be a number, got {raw[:20]!r}")
-                return option.default
-            if not option.low <= value <= option.high:
+            else:
+                if option.low <= value <= option.high:
+                    return value
                 self.problem(f"{option.label} must be between {option.low:g} and {option.high:g}")
-                return option.default
-            return value
-        if option.choices:
-            word = raw.strip().lower()
-            if word not in option.choices:
-                self.problem(f"{option.label} must be {', '.join(option.choices[:-1])} or {option.choices[-1]}")
-                return option.default
+        elif not option.choices:
+            return raw
+        elif word in option.choices:
             return word
-        return raw
+        else:
+            self.problem(f"{option.label} must be {', '.join(option.choices[:-1])} or {option.choices[-1]}")
+        return option.default
 
     def checked_url(self, value: str, name: str, *, openai: bool) -> str | None:
-        """The URL normalised (scheme lower-cased, no trailing slash). OpenAI's may have a path and be plain http
-        to loopback (tests, local proxies); Veza's is the instance's address only."""
+        """Normalised; OpenAI's may have a path and be http to loopback, Veza's is the instance's address only."""
         if has_control_characters(value):
             return self.problem(f"{name} contains whitespace or control characters")
         try:
@@ -411,8 +407,7 @@ class ConfigReader:
         return None
 
     def read_secret_file(self, path: str, variable: str) -> str | None:
-        """A secret file's content, trailing newlines dropped; only a regular file (a FIFO would block before
-        signals are handled). Readable by others is noted, unless on a read-only mount (a Kubernetes secret)."""
+        """Only a regular file (a FIFO would block before signals are handled); trailing newlines dropped."""
         if path.startswith("sk-"):
             return self.problem(f"{variable} holds what looks like an API key, not a file path; put the key in "
                                 f"{variable.removesuffix('_FILE')} instead, or in a file that {variable} names")
@@ -440,7 +435,7 @@ class ConfigReader:
         return value or None
 
     def secret(self, name: str) -> tuple[str | None, str | None]:
-        """A secret from `name`, or from the file `name`_FILE names: (value, the variable it came from)."""
+        """(value, the variable it came from): `name`, or the file `name`_FILE names."""
         file_name = f"{name}_FILE"
         direct, path = self.env.get(name), self.env.get(file_name)
         if direct and path:
@@ -452,7 +447,7 @@ class ConfigReader:
         return (self.unquoted(value, file_name) if value else None), file_name
 
     def save_path(self, value: str, org_id: str | None) -> str | None:
-        """The file --save-json writes: a directory gets openai-<org>-<UTC time>.json; checked writable now."""
+        """A directory gets openai-<org>-<UTC time>.json; checked writable now."""
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         if os.path.isdir(value) or not value.lower().endswith(".json"):
             directory, path = value, os.path.join(value, f"openai-{org_id or 'org'}-{stamp}.json")
@@ -476,8 +471,7 @@ class ConfigReader:
         return path
 
     def did_you_mean(self, missing: str) -> str:
-        """Set variables of the unset `missing`'s family (VEZA_..., OPENAI_...) the connector does not know: likely
-        misspellings. Names only, never values."""
+        """Unknown variables of `missing`'s family (VEZA_..., OPENAI_...): likely misspellings; names only."""
         prefix = missing.split("_", 1)[0] + "_"
         unknown = sorted(name for name in self.env if name.startswith(prefix) and name not in KNOWN_VARIABLES)
         return f" ({', '.join(unknown[:3])} {'is' if len(unknown) == 1 else 'are'} set: did you mean {missing}?)" \
@@ -492,8 +486,7 @@ class ConfigReader:
         return raw
 
     def openai_key(self) -> tuple[str | None, str | None]:
-        """The OpenAI key and the variable it came from. The admin key wins: a shell may hold a project key in
-        OPENAI_API_KEY for other tools, and the official SDK reads an admin key from OPENAI_ADMIN_KEY."""
+        """(key, its variable): the admin key wins, as OPENAI_API_KEY may hold a project key for other tools."""
         for name in ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY"):
             value, source = self.secret(name)
             if source:
@@ -526,7 +519,6 @@ class ConfigReader:
 
 
 def veza_tls_unverified(env: Mapping[str, str]) -> bool:
-    """oaaclient's switch for test instances with self-signed certificates, honoured here too."""
     return env.get("VEZA_UNSAFE_HTTPS", "").strip().lower() == "true"
 
 
@@ -536,7 +528,7 @@ def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None
 
 
 def log_format_asked(argv: list[str] | None, env: Mapping[str, str]) -> str:
-    """The log format a run asked for, even when its configuration is wrong (so its errors ship as JSON too)."""
+    """The log format asked for, even when the configuration is wrong (its errors ship as JSON too)."""
     parser = ArgumentParser(add_help=False)
     add_option(parser, OPTION["log_format"])
     try:
@@ -669,8 +661,7 @@ class Clock:
 
 
 def retry_hint(headers: Mapping[str, str]) -> tuple[float, bool] | None:
-    """(seconds, whether whole) from retry-after-ms, else retry-after (seconds or an HTTP date); zero, a past
-    date, nan or garbage is no hint (as the official SDK reads it)."""
+    """(seconds, whether whole) from retry-after-ms, else retry-after (seconds or an HTTP date), as the SDK reads it."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         raw = (headers.get(name) or "").strip()
         try:
@@ -687,8 +678,7 @@ def retry_hint(headers: Mapping[str, str]) -> tuple[float, bool] | None:
 
 
 def backoff(attempt: int, hint: float | None) -> float:
-    """The wait before retry `attempt` (1, 2, ...): the server's hint, else 0.5 s doubling with jitter; at most
-    MAX_WAIT."""
+    """The server's hint, else 0.5 s doubling with jitter; at most MAX_WAIT."""
     if hint is not None:
         return min(hint, MAX_WAIT)
     return min(MAX_WAIT, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
@@ -752,8 +742,8 @@ class BearerToken(requests.auth.AuthBase):
 
 
 class Http:
-    """One API over requests: the key as auth, no redirect followed (a 3xx is a fatal answer naming its target),
-    loopback never through a proxy, each answer whole within its timeout and under `max_bytes` decompressed."""
+    """One API: the key as auth, no redirect followed, loopback never proxied, each answer whole within its timeout
+    and under `max_bytes` decompressed."""
 
     def __init__(self, base_url: str, key: str, *, timeout: float, max_bytes: int, pool: int = 10,
                  verify: bool = True, headers: Mapping[str, str] | None = None, shared_strings: bool = False) -> None:
@@ -826,8 +816,7 @@ def error_message(body: Any, fallback: str | None) -> str:
 
 
 def read_whole(response: requests.Response, whole_by: float, limit: int) -> bytes:
-    """The decompressed body; each socket read may block only until `whole_by`, so a dripped or stalled body
-    ends on time too, and past `limit` bytes it stops."""
+    """The decompressed body; each socket read blocks only until `whole_by`, so a dripped body ends on time too."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -1081,8 +1070,8 @@ def usable_id(value: Any) -> bool:
 
 
 def unique_by_id(items: Iterable[Any], key: str = "id", problem: Callable[[str], None] | None = None) -> list[dict]:
-    """Items with a usable id, the first of each kept, ids compared lower-cased as oaaclient does. A repeat is
-    silent (pages overlap); no usable id, or one differing from another only in case, is told to `problem`."""
+    """Items with a usable id, the first of each (lower-cased, as oaaclient compares); a repeat is silent (pages
+    overlap), no usable id or one differing only in case is told to `problem`."""
     seen: dict[str, str] = {}
     result = []
     for item in items:
@@ -1131,9 +1120,8 @@ GROW_NEAR = 1 / 64  # per success otherwise: a limit that grew is found again at
 
 
 class Lanes:
-    """Every endpoint's lane, and the two things they share: one retry out at a time across all endpoints (so
-    endpoints refused by one shared limit do not all ask again at the same moment), and the pace of an endpoint
-    that has finished, shared out among those still paced (their share of a shared limit grows)."""
+    """Every endpoint's lane, and what they share: one retry out at a time across all endpoints, and the pace of a
+    finished endpoint, shared out among those still paced."""
 
     def __init__(self, names: Iterable[str], scale: float, per_minute: int | None) -> None:
         self.lanes = {name: Lane(self, scale, per_minute) for name in names}
@@ -1367,9 +1355,8 @@ def format_duration(seconds: float) -> str:
 
 
 class Scheduler:
-    """Sends each GET when its endpoint's lane allows it, takes the answers, follows the pages. A next page or a
-    throttled request goes back to the front of its endpoint's queue, a retry to a heap of delayed requests: one
-    endpoint's limit never holds a worker another could use. What an answer means is the read plan's to decide."""
+    """Sends each GET when its endpoint's lane allows it and follows the pages; a request that must wait goes back
+    to its endpoint's queue or a heap, so one endpoint's limit never holds a worker another could use."""
 
     def __init__(self, http: Http, config: Config, clock: Clock, families: Iterable[Family]) -> None:
         self.http, self.config, self.clock = http, config, clock
@@ -1521,8 +1508,7 @@ class Scheduler:
         heapq.heappush(self.delayed, (min(due, until), next(self.order), request))
 
     def retry(self, request: Request, answer: Answer, now: float) -> None:
-        """A transient fault: the same request after a backoff. Before OpenAI first answered, connection failures
-        get UNREACHABLE_AFTER seconds in all, then the run ends naming the host."""
+        """A transient fault: the same request after a backoff; before OpenAI ever answered, UNREACHABLE_AFTER."""
         path, host = request.read.path, self.http.host
         if answer.status == 0 and not self.answered:
             self.unreachable_since = self.unreachable_since or now
@@ -1599,8 +1585,7 @@ class Scheduler:
         return min(rates, default=None)
 
     def estimate_seconds_left(self) -> float | None:
-        """Every open read at the rate calls succeeded so far, and each paced endpoint's at its pace; None before
-        20 calls succeeded (never a guess)."""
+        """Open reads at the rate seen and each paced endpoint's at its pace; None before 20 successes."""
         overall = self.slowest_rate_for([])
         if overall is None:
             return None
@@ -1639,8 +1624,8 @@ def has_custom_roles(roles: Iterable[Any]) -> bool:
 
 def decide_role_assignment_reads(mode: str, roles_refused: bool, custom_roles_seen: bool,
                                  role_lists_pending: int) -> tuple[bool | None, str]:
-    """Whether to read per-user and per-project-member roles, and why; (None, "") until known. `auto` reads them
-    once any role list shows a custom role, and skips them once every role list is read and none does."""
+    """(whether to read role assignments, why), or (None, "") until known: `auto` reads them once a role list
+    shows a custom role, and skips them once every role list is read and none does."""
     if roles_refused:
         return False, "skipped: the Roles API is not available to this key"
     if mode == "none":
@@ -1656,9 +1641,8 @@ def decide_role_assignment_reads(mode: str, roles_refused: bool, custom_roles_se
 
 
 class ReadPlan:
-    """Reads every family of the catalogue into a Snapshot: the starting families, then each family for every item
-    of its parent as that list arrives. Only the main thread files results, each under its key, so the payload
-    does not depend on the order answers arrive in."""
+    """Reads the catalogue into a Snapshot: each family for every item of its parent as that list arrives, each
+    result filed under its key (by the main thread), so the payload does not depend on the order of answers."""
 
     def __init__(self, config: Config, scheduler: Any) -> None:
         self.config, self.scheduler = config, scheduler
@@ -1753,8 +1737,7 @@ class ReadPlan:
             self.queue(child, item_id if parent_key is None else (parent_key, item_id), self.list_done)
 
     def cut(self, read: ListRead) -> None:
-        """Stop a newest-first list at its cap: what was read holds back to its oldest event, so the activity
-        window is shortened to it."""
+        """Stop a newest-first list at its cap; the activity window shrinks to the oldest event read."""
         s = self.snapshot
         oldest = next((at for at in map(epoch_seconds, (event.get("effective_at") for event in reversed(read.items)))
                        if at is not None), None)
@@ -1858,8 +1841,8 @@ class ReadPlan:
 
     # --- entities that may have been deleted during the run -------------------------------------
     def ask_whether_gone(self) -> None:
-        """Ask each entity whose list answered 404 for its own object: a 404 says it was deleted, a 200 that the
-        organization lacks that list. One object per family first (that settles a missing family), then the rest."""
+        """Ask each entity whose list answered 404 for its own object (a 404: deleted; a 200: the list is missing),
+        one per family first, which settles a missing family in one call."""
         for first_round in (True, False):
             wanted: dict[tuple[Kind, Any], None] = {}
             for name, misses in self.not_found_in_catalogue_order():
@@ -1994,12 +1977,12 @@ MANAGEMENT_AREAS = {"organization", "projects", "project", "users", "groups", "r
                     "service_accounts", "invites", "usage", "audit_logs", "billing", "rate_limits", "ip_allowlist",
                     "mtls", "oidc", "management"}
 VERBS = {**dict.fromkeys(("read", "list", "view", "get"), "Read"), "create": "Create",
-         **dict.fromkeys(("delete", "remove"), "Delete"), **dict.fromkeys(("write", "update", "manage", "admin"), "Write")}
+         **dict.fromkeys(("delete", "remove"), "Delete"),
+         **dict.fromkeys(("write", "update", "manage", "admin"), "Write")}
 
 
 def canonical_permissions(permission: str) -> list[OAAPermission]:
-    """Data for content areas, Metadata for management ones, both for `api.all` and an unknown area (never
-    understated); requesting a model is DataRead everywhere."""
+    """Data for content areas, Metadata for management ones, both for others (never understated)."""
     parts = permission.strip().lower().split(".")
     verb, area = parts[-1], parts[1] if len(parts) > 2 and parts[0] == "api" else ""
     if verb in ("request", "use", "invoke"):
@@ -2015,9 +1998,20 @@ S, N, B, T, L = (OAAPropertyType.STRING, OAAPropertyType.NUMBER, OAAPropertyType
 STEPS: list[Callable[[ApplicationBuilder], None]] = []
 
 
+def copy_fields(entity: Any, record: dict, **kinds: OAAPropertyType) -> None:
+    """Record fields as the entity's custom properties of the same names, in order: text trimmed (S), a time as
+    RFC3339 (T), a boolean (B) only when it is one; anything absent or unusable is left unset."""
+    for name, kind in kinds.items():
+        value = record.get(name)
+        value = text_of(value) if kind is S else rfc3339(value) if kind is T else value if isinstance(value, bool) \
+            else None
+        entity.set_property(name, value, ignore_none=True)
+
+
 def step(*properties: tuple[str, str, OAAPropertyType]) -> Callable:
-    """A mapping step, run in declaration order after the custom properties it declares as (entity, name, type)
-    are defined; entity is `application`, `local_user`, `local_group`, `local_role`, `access_cred` or `resource:<type>`."""
+    """A mapping step, run in declaration order once the custom properties it declares are defined: (entity,
+    name, type), entity being `application`, `local_user`, `local_group`, `local_role`, `access_cred` or
+    `resource:<type>`."""
     def register(function: Callable[[ApplicationBuilder], None]) -> Callable[[ApplicationBuilder], None]:
         function.properties = properties
         STEPS.append(function)
@@ -2156,8 +2150,9 @@ class ApplicationBuilder:
 
     def new_group(self, record: dict, id_field: str = "id", name_field: str = "name") -> LocalGroup:
         """A local group from a group record, or from a project's link to a group (`group_id`, `group_name`)."""
-        group = self.app.add_local_group(text_of(record.get(name_field)) or record[id_field], unique_id=record[id_field])
-        group.set_property("group_type", text_of(record.get("group_type")), ignore_none=True)
+        group_id = record[id_field]
+        group = self.app.add_local_group(text_of(record.get(name_field)) or group_id, unique_id=group_id)
+        copy_fields(group, record, group_type=S)
         return group
 
     def new_credential(self, unique_id: str, name: str, created_at: Any, *, is_active: bool) -> AccessCred:
@@ -2173,13 +2168,12 @@ class ApplicationBuilder:
                                    is_active=is_active)
         cred.last_used_at = rfc3339(record.get("last_used_at")) or ""
         cred.expires_at = rfc3339(record.get("expires_at")) or ""
-        cred.set_property("redacted_value", text_of(record.get("redacted_value")), ignore_none=True)
+        copy_fields(cred, record, redacted_value=S)
         return cred
 
     # --- roles ------------------------------------------------------------------------------------
     def role_for_value(self, value: Any, subject: str, *, project: bool) -> str:
-        """The local role id for an org or project role value; "" for none. An unknown value gets a role of its
-        own with its scope's floor (Reader's permissions, or Read Project), warned once."""
+        """The role id for an org or project role value ("" for none); an unknown value gets a role of its own."""
         scope = "project" if project else "organization"
         role = text_of(value)
         if role is None:
@@ -2212,8 +2206,7 @@ class ApplicationBuilder:
         return candidate
 
     def role_record(self, record: dict, project: bool) -> str | None:
-        """The role id pushed for a Roles API role or assignment record (`project`: from a project's list): a
-        predefined role is the fixed role of its name, showing its permission strings; a custom one is its own."""
+        """The role id pushed for a Roles API role or assignment record: a predefined role is its fixed role."""
         role_id = text_of(record.get("id"))
         if role_id is None:
             return None
@@ -2253,10 +2246,7 @@ class ApplicationBuilder:
                 self.app.add_custom_permission(permission, canonical_permissions(permission),
                                                apply_to_sub_resources=True, resource_types=["project"])
         role = self.app.add_local_role(text_of(record.get("name")) or role_id, permissions, unique_id=pushed)
-        if isinstance(record.get("predefined_role"), bool):
-            role.set_property("predefined_role", record["predefined_role"])
-        role.set_property("resource_type", text_of(record.get("resource_type")), ignore_none=True)
-        role.set_property("description", text_of(record.get("description")), ignore_none=True)
+        copy_fields(role, record, predefined_role=B, resource_type=S, description=S)
         self.custom_roles.add(pushed)
         return pushed
 
@@ -2278,16 +2268,15 @@ class ApplicationBuilder:
         return count
 
     def roles_on(self, holder: LocalUser, project: CustomResource) -> list[str]:
-        """Every role `holder` and its groups have on `project`, and the custom roles they hold on the application
-        (which reach every project): what a key of `holder` acts with there."""
+        """Every role `holder` and its groups have on `project` (custom roles on the application reach it)."""
         holders = [holder, *(self.app.local_groups[g] for g in holder.groups or () if g in self.app.local_groups)]
         return list(dict.fromkeys(role for who in holders for role, held in who.role_assignments.items()
                                   if project.resource_key in held["resources"]
                                   or held["apply_to_application"] and role in self.custom_roles))
 
     def through_groups(self, record: dict, role_id: str, member: LocalUser, project: CustomResource | None) -> bool:
-        """True only when every assignment source is a group in the payload that holds this role (there) and lists
-        this member; anything else is a direct assignment, so access is never understated."""
+        """Whether every assignment source is a group in the payload holding this role that lists this member;
+        anything else is a direct assignment, so access is never understated."""
         sources = record.get("assignment_sources")
         if not isinstance(sources, list) or not sources:
             return False
@@ -2347,10 +2336,7 @@ def map_users(m: ApplicationBuilder) -> None:
         # banned and banned_at are independent: an unbanned user with an old banned_at is not deactivated
         user.deactivated_at = rfc3339(nested.get("banned_at")) if banned is True else None
         user.user_type = "service_account" if record.get("is_service_account") is True else "human"
-        user.set_property("added_at", rfc3339(record.get("added_at")), ignore_none=True)
-        user.set_property("api_key_last_used_at", rfc3339(record.get("api_key_last_used_at")), ignore_none=True)
-        if isinstance(record.get("is_scim_managed"), bool):
-            user.set_property("is_scim_managed", record["is_scim_managed"])
+        copy_fields(user, record, added_at=T, api_key_last_used_at=T, is_scim_managed=B)
         role = m.role_for_value(record.get("role"), subject, project=False)
         if role:
             user.add_role(role, apply_to_application=True)
@@ -2367,8 +2353,7 @@ def map_groups(m: ApplicationBuilder) -> None:
     for record in m.group_records:
         group = m.new_group(record)
         group.created_at = rfc3339(record.get("created_at"))
-        if isinstance(record.get("is_scim_managed"), bool):
-            group.set_property("is_scim_managed", record["is_scim_managed"])
+        copy_fields(group, record, is_scim_managed=B)
     memberships = 0
     for group_record in m.group_records if s.group_users is not None else ():
         gid = group_record["id"]
@@ -2393,9 +2378,7 @@ def map_projects(m: ApplicationBuilder) -> None:
         status = text_of(record.get("status"))
         if status is not None and status.lower() not in PROJECT_STATUSES:
             m.warn_value("project status", status, "read as not archived (its keys stay active)")
-        project.set_property("status", status, ignore_none=True)
-        project.set_property("created_at", rfc3339(record.get("created_at")), ignore_none=True)
-        project.set_property("archived_at", rfc3339(record.get("archived_at")), ignore_none=True)
+        copy_fields(project, record, status=S, created_at=T, archived_at=T)
         map_model_permissions(m, project, (s.model_permissions or {}).get(pid))
         map_hosted_tools(m, project, (s.hosted_tool_permissions or {}).get(pid))
         m.projects[pid] = project
@@ -2474,8 +2457,7 @@ def map_service_accounts(m: ApplicationBuilder) -> None:
 
 
 def key_owner(m: ApplicationBuilder, record: dict) -> tuple[str | None, dict, bool]:
-    """(owner id, the owner's record, whether a service account) of a key record: nested (`owner.user`,
-    `owner.service_account`) or flat (`owner.id`), either read on either kind of key, whatever `type` says."""
+    """(owner id, owner record, whether a service account): nested or flat, on either kind of key."""
     owner = dict_of(record.get("owner"))
     owner_type = text_of(owner.get("type"))
     if owner_type is not None and owner_type not in KEY_OWNER_TYPES:
@@ -2490,8 +2472,7 @@ def key_owner(m: ApplicationBuilder, record: dict) -> tuple[str | None, dict, bo
 
 @step(("access_cred", "redacted_value", S), ("access_cred", "project_id", S), ("access_cred", "owner_type", S))
 def map_project_api_keys(m: ApplicationBuilder) -> None:
-    """Project keys as credentials of their owners. Inactive when the owner lost project access, the key expired or
-    the project is archived; a record without `owner_project_access` (older API versions) is active."""
+    """Project keys as their owners' credentials; inactive when the owner lost access, expired or archived."""
     active = inactive = 0
     records = {record["id"]: record for record in m.project_records}
     for pid, project in m.projects.items():
@@ -2526,9 +2507,8 @@ def map_project_api_keys(m: ApplicationBuilder) -> None:
 
 
 def admin_key_id(m: ApplicationBuilder, record: dict, redacted: str) -> str | None:
-    """The id an admin-list entry is pushed under; None for a project key, or not an admin key. The admin list has
-    been seen to return project keys (kept once, as that key); OpenAI's examples use one id in both lists, so an
-    entry whose value says admin (`sk-admin`) is kept too."""
+    """The id an admin-list entry is pushed under; None for a project key (the list has returned them) or a key
+    that is no admin key. An `sk-admin` value with a project key's id is kept too (OpenAI's examples do that)."""
     key_id = record["id"]
     is_admin_value = redacted.startswith("sk-admin")
     if key_id in m.app.access_creds:
@@ -2728,10 +2708,9 @@ def federation_rule_credential(m: ApplicationBuilder, provider: dict, rule: dict
                m.flag(provider, "enabled", f"workload identity provider {provider['id']}") is not False)
     cred = m.new_credential(rule["id"], text_of(rule.get("name")) or rule["id"], rule.get("created_at"),
                             is_active=enabled)
-    cred.set_property("issuer", text_of(provider.get("issuer")), ignore_none=True)
-    cred.set_property("audience", text_of(provider.get("audience")), ignore_none=True)
+    copy_fields(cred, provider, issuer=S, audience=S)
     cred.set_property("workload_identity_provider_id", provider["id"])
-    cred.set_property("project_id", text_of(rule.get("project_id")), ignore_none=True)
+    copy_fields(cred, rule, project_id=S)
     matchers = rule.get("attribute_matchers")
     if isinstance(matchers, dict):
         shown = {key: matcher_value(value) for key, value in matchers.items()}
@@ -2865,11 +2844,8 @@ def map_certificates(m: ApplicationBuilder) -> None:
 
 def add_certificate(add: Callable[..., CustomResource], record: dict) -> None:
     certificate = add(text_of(record.get("name")) or record["id"], resource_type="certificate", unique_id=record["id"])
-    if isinstance(record.get("active"), bool):
-        certificate.set_property("active", record["active"])
-    details = dict_of(record.get("certificate_details"))
-    certificate.set_property("valid_at", rfc3339(details.get("valid_at")), ignore_none=True)
-    certificate.set_property("expires_at", rfc3339(details.get("expires_at")), ignore_none=True)
+    copy_fields(certificate, record, active=B)
+    copy_fields(certificate, dict_of(record.get("certificate_details")), valid_at=T, expires_at=T)
 
 
 # The summary's counts, in the order the summary line has always listed them (new ones are only appended).
@@ -2895,7 +2871,7 @@ def build_application(snapshot: Snapshot) -> MappingResult:
 # The payload: oaaclient's get_payload() as compact JSON, written one entity at a time
 # ---------------------------------------------------------------------------------------------
 
-# CustomApplication.get_payload()'s lists of one entry per entity: (key in the payload's application, attribute).
+# get_payload()'s lists of one entry per entity: (key in the payload's application, attribute).
 ENTITY_LISTS = (("local_users", "local_users"), ("local_groups", "local_groups"), ("local_roles", "local_roles"),
                 ("local_access_creds", "access_creds"), ("local_agents", "local_agents"),
                 ("local_models", "local_models"), ("resources", "resources"))
@@ -2923,8 +2899,7 @@ class Payload:
         return b"".join(self.chunks)
 
     def blocks(self, start: int = 0, end: int | None = None, size: int = 3 * 2 ** 20) -> Iterator[bytes]:
-        """Bytes start..end in blocks of exactly `size` (the last shorter): base64 of blocks whose size is a
-        multiple of 3 joins into the base64 of the whole."""
+        """Bytes start..end in blocks of exactly `size` (a multiple of 3, so their base64 joins into the whole's)."""
         end = self.size if end is None else min(end, self.size)
         pending, offset = bytearray(), 0
         for chunk in self.chunks:
@@ -2942,7 +2917,7 @@ class Payload:
 
 
 class ListWriter:
-    """The entries of one JSON list, comma-separated, a thousand encoded at a time (brackets are the caller's)."""
+    """The entries of one JSON list, a thousand encoded at a time (brackets are the caller's)."""
 
     def __init__(self, out: Payload) -> None:
         self.out, self.empty, self.batch = out, True, []
@@ -2953,7 +2928,7 @@ class ListWriter:
             self.flush()
 
     def add_written(self, other: ListWriter) -> None:
-        """Entries another writer already encoded, handed over chunk by chunk (each freed once copied)."""
+        """Entries another writer already encoded, handed over chunk by chunk."""
         self.flush()
         if other.empty:
             return
@@ -2971,11 +2946,7 @@ class ListWriter:
 
 
 def serialize_application(app: CustomApplication) -> Payload:
-    """json.dumps(app.get_payload(), separators=(",", ":")) as ASCII bytes, byte for byte, built one entity at a
-    time: the payload dict (as large again as the objects) never exists, and users and credentials are taken out
-    of `app` and freed as they are written. The skeleton (definitions, permissions, the application's fields) is
-    get_payload() of a copy of `app` without entities; each entity list is then written where it has a placeholder.
-    """
+    """json.dumps(app.get_payload(), separators=(",", ":")) byte for byte, never building the payload dict."""
     placeholder = f"entities-{os.urandom(16).hex()}-"  # cannot occur in the skeleton's own strings
     skeleton_app = copy.copy(app)  # shallow: the entities themselves are neither copied nor changed
     for attribute in {attribute for _, attribute in ENTITY_LISTS} | set(IDENTITIES):
@@ -2999,8 +2970,7 @@ def serialize_application(app: CustomApplication) -> Payload:
 
 
 def write_entity_list(writer: ListWriter, app: CustomApplication, attribute: str, kept: dict[str, ListWriter]) -> None:
-    """One entity list of the payload; users and credentials are freed as they are written, their
-    identity_to_permissions entries kept encoded until that list is written."""
+    """One entity list; users' and credentials' identity_to_permissions entries are kept encoded till theirs."""
     if attribute == "identity_to_permissions":
         for identities in IDENTITIES:
             if identities in kept:
@@ -3023,14 +2993,14 @@ def write_entity_list(writer: ListWriter, app: CustomApplication, attribute: str
 
 
 def add_permissions_entry(writer: ListWriter, identity: Any, application_name: str) -> None:
-    """An identity's entry, when CustomApplication.get_identity_to_permissions() would list it."""
+    """An identity's entry, when get_identity_to_permissions() would list it."""
     entry = identity.get_identity_to_permissions(application_name=application_name)
     if "application_permissions" in entry or "role_assignments" in entry:
         writer.add(entry)
 
 
 def save_payload(payload: Payload, path: str) -> None:
-    """Write the pushed JSON atomically, so a half-written file never looks like a snapshot."""
+    """Atomically, so a half-written file never looks like a snapshot."""
     fd, tmp = tempfile.mkstemp(prefix=".veza_openai-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -3048,9 +3018,9 @@ def save_payload(payload: Payload, path: str) -> None:
 
 VEZA_CHECK_TIMEOUT = 10.0      # the first call fails fast: an unreachable Veza is said in seconds
 MAX_VEZA_PAGES = 100           # 25,000 providers, data sources, queries or reports at 250 a page; more is a loop
-PUSH_IN_PARTS_OVER = 50_000_000  # bytes of JSON past which the push goes in parts (oaaclient's threshold and size)
+PUSH_IN_PARTS_OVER = 50_000_000  # bytes of JSON past which the push goes in parts of this size (as oaaclient)
 MAX_PUSH_BYTES = 100_000_000   # the largest request body Veza takes
-# A plain glyph (not OpenAI's trademark) so the provider is recognisable in Veza's UI.
+# A plain glyph (not OpenAI's trademark), so the provider is recognisable in Veza's UI.
 PROVIDER_ICON_SVG = (
     "PHN2ZyB4bWxucz0iaHR0cDovL3d3dy53My5vcmcvMjAwMC9zdmciIHZpZXdCb3g9IjAgMCAzMiAzMiI+PGNpcmNsZSBjeD0i"
     "MTYiIGN5PSIxNiIgcj0iMTQiIGZpbGw9IiMxMDEwMTAiLz48dGV4dCB4PSIxNiIgeT0iMjEiIGZvbnQtc2l6ZT0iMTQiIGZv"
@@ -3066,9 +3036,17 @@ class VezaError(Exception):
         self.status, self.details, self.late = status, details or [], late  # late: --max-run-time ended it
 
 
+def key_refused(status: int) -> str:
+    return f"Veza refused the API key (HTTP {status}): check VEZA_API_KEY and that its user may manage OAA providers"
+
+
+def only_throttled(answer: Answer) -> bool:
+    """Whether to send a create again: only after a 429, as any other answer may have created it."""
+    return answer.status == 429
+
+
 class Veza:
-    """Veza's OAA API: no redirect followed, every answer whole within OAA_API_TIMEOUT, every list at most
-    MAX_VEZA_PAGES pages, and each retry's wait at most MAX_WAIT and never past --max-run-time."""
+    """Veza's OAA API: each answer within OAA_API_TIMEOUT, lists bounded, retries never past --max-run-time."""
 
     def __init__(self, config: Config, clock: Clock, verify: bool = True) -> None:
         self.config, self.clock = config, clock
@@ -3088,8 +3066,7 @@ class Veza:
             raise PushError(f"{where}: {answer.problem} (not reachable within {VEZA_CHECK_TIMEOUT:g}s; check VEZA_URL, "
                             "DNS, proxy and TLS)")
         if answer.status in (401, 403):
-            raise PushError(f"{where}: Veza refused the API key (HTTP {answer.status}): check VEZA_API_KEY and that "
-                            "its user may manage OAA providers")
+            raise PushError(f"{where}: {key_refused(answer.status)}")
         body = answer.body if answer.status == 200 else None
         if not (isinstance(body, dict) and isinstance(body.get("values"), list)):
             what = answer.problem if answer.status != 200 or answer.fatal else \
@@ -3098,12 +3075,12 @@ class Veza:
 
     def call(self, method: str, path: str, body: Any = None, params: Any = None, *,
              retry_when: Callable[[Answer], bool] = Answer.transient) -> Any:
-        """One call and its retries (at most OAA_API_RETRIES, when `retry_when` says the answer allows one);
-        Veza's JSON unwrapped as oaaclient does (`value`, else the object); VezaError when it did not succeed."""
+        """One call, retried (OAA_API_RETRIES) when `retry_when` allows; its JSON unwrapped as oaaclient does."""
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         for attempt in range(1, self.config.veza_retries + 2):
             if self.clock.passed():
-                raise VezaError(f"--max-run-time {self.clock.max_run_time:g}s reached before {method} {path}", late=True)
+                raise VezaError(f"--max-run-time {self.clock.max_run_time:g}s reached before {method} {path}",
+                                late=True)
             answer = self.http.call(method, path, params, data, timeout=min(self.config.veza_timeout,
                                                                           max(0.001, self.clock.left())))
             if 200 <= answer.status < 300 and not answer.fatal:
@@ -3118,12 +3095,9 @@ class Veza:
                      self.config.veza_retries, wait / self.clock.scale)
             time.sleep(wait)
         body = dict_of(answer.body)
-        if answer.status in (401, 403):
-            message = (f"Veza refused the API key (HTTP {answer.status}): check VEZA_API_KEY and that its user may "
-                       "manage OAA providers")
-        else:
-            code = f"{body['code']}: " if isinstance(body.get("code"), str) else ""
-            message = f"{answer.problem}: {code}{answer.detail}" if answer.status and not answer.fatal else answer.problem
+        code = f"{body['code']}: " if isinstance(body.get("code"), str) else ""
+        message = key_refused(answer.status) if answer.status in (401, 403) else \
+            f"{answer.problem}: {code}{answer.detail}" if answer.status and not answer.fatal else answer.problem
         details = body.get("details")
         raise VezaError(message, answer.status, details if isinstance(details, list) else None)
 
@@ -3145,14 +3119,13 @@ class Veza:
         raise VezaError(f"{path}: still has_more after {MAX_VEZA_PAGES} pages; stopped instead of looping")
 
     def find_or_create(self, what: str, path: str, name: str, body: dict) -> tuple[dict, bool]:
-        """(the provider or data source called `name`, whether it was created now); a key that may not create it
-        is told what to do. `what` names it in messages."""
+        """(the provider or data source called `name`, whether it was created now)."""
         found = self.list(path, filter=f'name eq "{name}"')
         if found:
             return found[0], False
         log.info("creating Veza %s", what)
         try:
-            created = self.call("POST", path, body, retry_when=lambda answer: answer.status == 429)
+            created = self.call("POST", path, body, retry_when=only_throttled)
         except VezaError as exc:
             if exc.status != 403:
                 raise
@@ -3172,7 +3145,7 @@ class Veza:
                                                 {"name": PROVIDER_NAME, "custom_template": "application"})
         if created:
             self.call("POST", f"{providers}/{provider['id']}:icon", {"icon_base64": PROVIDER_ICON_SVG},
-                      retry_when=lambda answer: answer.status == 429)
+                      retry_when=only_throttled)
         name = self.config.data_source_name
         source, _ = self.find_or_create(f"data source {name!r} under provider {PROVIDER_NAME!r}",
                                         f"{providers}/{provider['id']}/datasources", name,
@@ -3180,8 +3153,7 @@ class Veza:
         return provider["id"], source["id"]
 
     def push(self, payload: Payload, progress: PushProgress) -> list:
-        """Replace the data source's snapshot with `payload`; Veza's warnings. As oaaclient's push_application
-        sends it: gzip and base64 in one `:push`, or past 50 MB of JSON the JSON in parts."""
+        """Replace the data source's snapshot as oaaclient's push_application does; returns Veza's warnings."""
         provider_id, source_id = self.data_source()
         path = f"/api/v1/providers/custom/{provider_id}/datasources/{source_id}"
         progress.upload_started = True
@@ -3197,7 +3169,8 @@ class Veza:
             return push_warnings(self.call("POST", path + ":push", body, retry_when=push_retryable))
         log.info("payload is %d MB: pushing it in parts", len(payload) // 1_000_000)
         path += ":parts"
-        upload_id = dict_of(self.call("POST", path, {"operation": "start"}, retry_when=push_retryable)).get("upload_id")
+        upload_id = dict_of(self.call("POST", path, {"operation": "start"}, retry_when=push_retryable))
+        upload_id = upload_id.get("upload_id")
         if not isinstance(upload_id, str) or not upload_id:
             raise VezaError("Veza's answer to starting a push in parts has no upload_id")
         parts = range(0, len(payload), PUSH_IN_PARTS_OVER)
@@ -3219,8 +3192,7 @@ BASE64 = f"base64-{os.urandom(16).hex()}"  # where json_with_base64 puts the bas
 
 
 def json_with_base64(fields: dict, blocks: Iterable[bytes]) -> bytes:
-    """The JSON of `fields`, whose BASE64 value is the base64 of the blocks joined, written straight into the
-    body (never as a str, then inside a JSON str). Every block but the last is a multiple of 3 bytes long."""
+    """The JSON of `fields`, its BASE64 value the base64 of the blocks, written straight into the bytes."""
     head, tail = json.dumps(fields).encode().split(f'"{BASE64}"'.encode())
     body = io.BytesIO()
     body.write(head + b'"')
@@ -3231,15 +3203,13 @@ def json_with_base64(fields: dict, blocks: Iterable[bytes]) -> bytes:
 
 
 def push_retryable(answer: Answer) -> bool:
-    """Sending a push again is safe (it replaces the data source whole): a 429, or a gateway's 502/503/504 whose
-    body is not Veza's push result. Anything else may have been taken, or will be refused again."""
+    """A push (it replaces the data source whole) may go again after a 429, or a gateway's 502/503/504."""
     result = isinstance(answer.body, dict) and ("warnings" in answer.body or "id" in answer.body)
     return answer.status == 429 or (answer.status in (502, 503, 504) and not result)
 
 
 def push_warnings(result: Any) -> list:
-    """Veza's warnings from a push's answer: a JSON object without an error code, whose warnings, if any, are a
-    list. Any other answer leaves the push's outcome unknown."""
+    """Veza's warnings from a push's answer; any answer but an object without an error code is no push result."""
     if isinstance(result, dict) and "code" not in result and isinstance(result.get("warnings", []), list):
         return result.get("warnings", [])
     raise PushError(f"Veza answered the push with {shape(result)}, which is not a push result: whether it stored "
@@ -3296,8 +3266,7 @@ REPORT_QUERIES = [
 
 
 def same_as_sent(stored: Any, sent: Any) -> bool:
-    """Whether Veza's stored value says what we sent: only the fields we sent are compared, a field Veza leaves
-    out equals a default we sent (proto3 JSON omits them), and an integer counts as an enum name we sent."""
+    """Whether Veza's stored value says what we sent (proto3 JSON omits defaults and may give enums as numbers)."""
     if isinstance(sent, dict):
         return isinstance(stored, dict) and all(
             same_as_sent(stored[key], value) if key in stored else not value for key, value in sent.items())
@@ -3309,8 +3278,7 @@ def same_as_sent(stored: Any, sent: Any) -> bool:
 
 
 def create_or_update_report(veza: Veza) -> str:
-    """Make Veza's report and its saved queries match REPORT_QUERIES, found by name: created, updated or
-    unchanged (a second run changes nothing)."""
+    """Make the report and its queries (found by name) match REPORT_QUERIES: created, updated or unchanged."""
     changed = created = False
     queries = "/api/v1/assessments/queries"
     existing = {q.get("name"): q for q in veza.list(queries, include_inactive_queries=True)
@@ -3319,7 +3287,7 @@ def create_or_update_report(veza: Veza) -> str:
     for definition in REPORT_QUERIES:
         query = existing.get(definition["name"])
         if query is None:
-            query = dict_of(veza.call("POST", queries, definition, retry_when=lambda answer: answer.status == 429))
+            query = dict_of(veza.call("POST", queries, definition, retry_when=only_throttled))
             changed = True
         elif not same_as_sent(query, definition):
             veza.call("PUT", f"{queries}/{query['id']}", {**definition, "id": query["id"]})
@@ -3331,7 +3299,7 @@ def create_or_update_report(veza: Veza) -> str:
     if report is None:
         veza.call("POST", reports, {"name": REPORT_NAME, "description": REPORT_DESCRIPTION,
                                     "queries": [{"query": query_id} for query_id in query_ids]},
-                  retry_when=lambda answer: answer.status == 429)
+                  retry_when=only_throttled)
         created = True
     else:
         stored = dict_of(veza.call("GET", f"{reports}/{report['id']}", params={"include_inactive_queries": True}))
@@ -3352,7 +3320,6 @@ class RunSummary:
     outcome: str = "failed"
     counts: dict[str, int] = field(default_factory=dict)
     warnings: int = 0       # every warning line the run logged (LogHandler)
-    left_out: str = ""      # the families left out (refused, or missing from the organization), comma-separated
     veza_warnings: int = 0
     throttled: int = 0
     calls: int = 0
@@ -3360,10 +3327,11 @@ class RunSummary:
     seconds: float = 0.0
     report: str = ""        # with --create-report: created, updated, unchanged, failed or interrupted
     people: dict[str, int] = field(default_factory=dict)  # people and owners, for the lines a person reads
-    reasons: dict[str, str] = field(default_factory=dict)  # family left out -> why
+    reasons: dict[str, str] = field(default_factory=dict)  # family left out (refused, or missing) -> why
 
     def fields(self) -> dict[str, Any]:
-        return {"outcome": self.outcome, **self.counts, "warnings": self.warnings, "left_out": self.left_out,
+        return {"outcome": self.outcome, **self.counts, "warnings": self.warnings,
+                "left_out": ",".join(sorted(self.reasons)),
                 "veza_warnings": self.veza_warnings, "throttled": self.throttled, "calls": self.calls,
                 "retries": self.retries, "seconds": round(self.seconds, 1),
                 **({"report": self.report} if self.report else {}), "version": __version__}
@@ -3372,8 +3340,8 @@ class RunSummary:
         line = " ".join(f"{k}={f'{v:.1f}' if k == 'seconds' else v}" for k, v in self.fields().items())
         log_with_fields(level, {"summary": True, **self.fields()}, "summary: %s", line)
 
-    def log_for_people(self, config: Config, reasons: dict[str, str]) -> None:
-        """A few lines a person reads above the summary line (text logs only: the JSON summary has the fields)."""
+    def log_for_people(self, config: Config) -> None:
+        """A few lines a person reads above the summary line (text logs only)."""
         c = self.counts
         if self.outcome in ("pushed", "dry-run") and self.people:
             keys = c.get("project_api_keys_active", 0), c.get("project_api_keys_inactive", 0)
@@ -3383,7 +3351,7 @@ class RunSummary:
                      "" if c.get("admin_api_keys") == 1 else "s", keys[0], sum(keys), c.get("projects", 0),
                      c.get("invites_pending", 0))
         grants = [f"{FAMILIES[name].label} ({why}): grant the admin key '{FAMILIES[name].grant}'"
-                  for name, why in reasons.items()]
+                  for name, why in self.reasons.items()]
         log.info("Left out: %s.", "; ".join(grants) or "none")
         saved = f"; saved to {config.save_json_path}" if config.save_json_path and self.counts else ""
         log.info("Payload: %s%s.", "not pushed (dry run)" if config.dry_run else {
@@ -3392,30 +3360,25 @@ class RunSummary:
             self.outcome, "not pushed; Veza keeps the previous snapshot"), saved)
 
 
-def memory_mb() -> tuple[float | None, float]:
-    """(resident now, peak so far) of this process in MiB; resident now is None without /proc."""
+def log_memory(stage: str) -> None:
+    """With --debug: memory (MiB) after each stage, so a pod's limit can be sized."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             fields = dict(line.split(":", 1) for line in status if line.startswith(("VmRSS:", "VmHWM:")))
-        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+        now, peak = int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
     except (OSError, KeyError, ValueError):
         import resource  # Unix; ru_maxrss is KB on Linux
-        return None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def log_memory(stage: str) -> None:
-    """With --debug: memory after each stage, so a pod's limit can be sized (tests/benchmark.py --memory)."""
-    if log.isEnabledFor(logging.DEBUG):
-        now, peak = memory_mb()
-        log_with_fields(logging.DEBUG, {"stage": "memory", "after": stage, "resident_mib": now and round(now),
-                                        "peak_mib": round(peak)}, "memory after %s: %s MiB resident, peak %d MiB",
-                        stage, "?" if now is None else f"{now:.0f}", peak)
+        now, peak = None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    log_with_fields(logging.DEBUG, {"stage": "memory", "after": stage, "resident_mib": now and round(now),
+                                    "peak_mib": round(peak)}, "memory after %s: %s MiB resident, peak %d MiB",
+                    stage, "?" if now is None else f"{now:.0f}", peak)
 
 
 @contextlib.contextmanager
 def cyclic_gc_paused() -> Iterator[None]:
-    """Mapping and serialising allocate millions of acyclic objects; full collections rescanning them all made
-    10x the users cost ~17x the time. Reference counting still frees everything."""
+    """Mapping allocates millions of acyclic objects that full collections would rescan again and again."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -3426,7 +3389,6 @@ def cyclic_gc_paused() -> Iterator[None]:
 
 
 def read_organization(config: Config, clock: Clock, summary: RunSummary) -> Snapshot:
-    """Every family from OpenAI into a Snapshot; the summary gets the calls made."""
     http = Http(config.openai_base_url, config.openai_api_key, timeout=config.timeout, pool=config.max_workers,
                 max_bytes=ANSWER_BYTES_IN_FLIGHT // config.max_workers, shared_strings=True,
                 headers={"OpenAI-Organization": config.org_id})
@@ -3438,7 +3400,6 @@ def read_organization(config: Config, clock: Clock, summary: RunSummary) -> Snap
     finally:
         summary.calls, summary.retries, summary.throttled = reader.calls, reader.retries, reader.throttled
         http.close()
-    summary.left_out = ",".join(sorted(snapshot.unavailable))
     summary.reasons = dict(snapshot.unavailable)
     for name, reason in snapshot.unavailable.items():
         family = FAMILIES[name]
@@ -3457,8 +3418,7 @@ def read_organization(config: Config, clock: Clock, summary: RunSummary) -> Snap
 
 
 def discover(config: Config, clock: Clock, summary: RunSummary) -> Payload:
-    """Read, map and serialise. Each stage's input is freed once the next has it: the records once the objects
-    are built, the objects as they are written."""
+    """Read, map and serialise, each stage's input freed once the next has it."""
     snapshot = read_organization(config, clock, summary)
     gc.collect()  # the finished reader is in reference cycles and holds every record; ~0.1 s at 100,000 users
     log_memory("reading")
@@ -3482,7 +3442,7 @@ def discover(config: Config, clock: Clock, summary: RunSummary) -> Payload:
 
 
 def run(config: Config, clock: Clock, summary: RunSummary, progress: PushProgress) -> None:
-    """Read, map, save and push once, by --max-run-time; raises DiscoveryError or PushError."""
+    """Read, map, save, push and report; raises DiscoveryError or PushError."""
     veza = None
     if not config.dry_run:  # fail fast, before spending OpenAI quota, when Veza cannot take the result
         log.info("connecting to Veza at %s", config.veza_url)
@@ -3520,8 +3480,9 @@ def run(config: Config, clock: Clock, summary: RunSummary, progress: PushProgres
             log.info("Veza report %r %s (%d queries)", REPORT_NAME, summary.report, len(REPORT_QUERIES))
         except Exception as exc:  # the push stands whatever the report does
             summary.report = "failed"
+            late = clock.passed() or getattr(exc, "late", False)
             log.error("Veza report %r not created or updated: %s", REPORT_NAME,
-                      f"--max-run-time {config.max_run_time:g}s reached" if clock.passed() or getattr(exc, "late", False) else exc)
+                      f"--max-run-time {config.max_run_time:g}s reached" if late else exc)
 
 
 @dataclass
@@ -3532,8 +3493,7 @@ class SignalState:
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[SignalState]:
-    """SIGTERM (docker stop, Kubernetes) and SIGINT stop the run, raising Stopped. As PID 1 in a container a
-    signal with no handler is ignored: without this `docker stop` would wait 10 s and kill the run mid-push."""
+    """SIGTERM and SIGINT raise Stopped (as PID 1 in a container, a signal with no handler is ignored)."""
     state = SignalState()
     names = {signal.SIGTERM: ("SIGTERM", ExitStatus.TERMINATED), signal.SIGINT: ("Ctrl-C (SIGINT)",
                                                                                  ExitStatus.INTERRUPTED)}
@@ -3607,7 +3567,7 @@ def main(argv: list[str] | None = None) -> int:
             summary.outcome = "unknown" if progress.upload_started else summary.outcome
         signals.finished = True
         if config.log_format == "text":
-            summary.log_for_people(config, summary.reasons)
+            summary.log_for_people(config)
         summary.seconds = time.monotonic() - clock.started
         summary.warnings = handler.warnings
         summary.log(logging.INFO if status == ExitStatus.OK else logging.ERROR)
@@ -3617,7 +3577,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         exit_status = main()
-    except KeyboardInterrupt:  # Ctrl-C outside the run's own handlers (before they are set, after they are restored)
+    except KeyboardInterrupt:  # Ctrl-C outside the run's own handlers
         exit_status = ExitStatus.INTERRUPTED
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run is over: a late Ctrl-C must not print a traceback at exit
     sys.exit(exit_status)
