@@ -1235,28 +1235,20 @@ PROGRESS_INTERVAL = 30.0   # seconds between progress lines (at least one second
 
 @dataclass
 class ListRead:
-    """Every page of one list (or one single object) of one family for one entity."""
+    """Every page of one list (or one single object) of one family for one entity: one GET at a time."""
 
     family: Family
     key: Any                      # where the result is filed: None, an id, or an (id, id) pair
     path: str
     on_done: Callable[[ListRead, Any], None]
+    params: dict[str, Any] = field(default_factory=dict)  # of its next GET
     items: list[dict] = field(default_factory=list)
     pages: int = 0
     size: int = 0                 # answer bytes read so far (decompressed)
     cursors: set[str] = field(default_factory=set)
-    last_sent: float = 0.0        # when its latest request went out: the entity existed then if it answered
-
-
-@dataclass
-class Request:
-    """One GET the reader wants: the next page of a ListRead."""
-
-    read: ListRead
-    params: dict[str, Any]
-    attempt: int = 0                      # 5xx and transport retries so far
+    attempt: int = 0                      # 5xx and transport retries of this page so far
     throttled_since: float | None = None  # the first 429 of its current run of 429s
-    sent_at: float = 0.0
+    sent_at: float = 0.0          # when its latest GET went out: the entity existed then if it answered
 
 
 @dataclass(frozen=True)
@@ -1329,16 +1321,16 @@ class WorkerPool:
         for number in range(size):
             threading.Thread(target=self.work_loop, name=f"openai-read-{number + 1}", daemon=True).start()
 
-    def submit(self, request: Request) -> None:
-        self.work.put(request)
+    def submit(self, read: ListRead) -> None:
+        self.work.put(read)
 
     def work_loop(self) -> None:
-        while (request := self.work.get()) is not None:
+        while (read := self.work.get()) is not None:
             try:
-                answer = self.http.call("GET", request.read.path, request.params)
+                answer = self.http.call("GET", read.path, read.params)
             except Exception as exc:  # a bug must not leave the reader waiting for an answer
                 answer = Answer(0, problem=f"{type(exc).__name__}: {exc}", fatal=True)
-            self.done.put((request, answer))
+            self.done.put((read, answer))
 
     def close(self) -> None:
         for _ in range(self.size):
@@ -1363,8 +1355,8 @@ class Scheduler:
         families = list(families)
         self.labels = {family.name: family.label for family in families}
         self.lanes = Lanes(self.labels, clock.scale, config.max_requests_per_minute_per_endpoint)
-        self.queues: dict[str, deque[Request]] = {family.name: deque() for family in families}
-        self.delayed: list[tuple[float, int, Request]] = []   # (due, order, request)
+        self.queues: dict[str, deque[ListRead]] = {family.name: deque() for family in families}
+        self.delayed: list[tuple[float, int, ListRead]] = []   # (due, order, read)
         self.order = itertools.count(1)
         self.done: queue.SimpleQueue = queue.SimpleQueue()
         self.open_reads = {family.name: 0 for family in families}
@@ -1379,8 +1371,9 @@ class Scheduler:
 
     def add(self, read: ListRead, params: dict[str, Any]) -> None:
         """Queue the first page of a read."""
+        read.params = params
         self.open_reads[read.family.name] += 1
-        self.queues[read.family.name].append(Request(read, params))
+        self.queues[read.family.name].append(read)
 
     def finish(self, read: ListRead, result: Any) -> None:
         name = read.family.name
@@ -1394,7 +1387,7 @@ class Scheduler:
         """Finish, with no result, every read of a family that was left out while it waited."""
         waiting = self.queues[family.name]
         while waiting:
-            self.finish(waiting.pop().read, None)
+            self.finish(waiting.pop(), None)
 
     def start(self, plan: Any) -> None:
         self.plan = plan
@@ -1414,22 +1407,22 @@ class Scheduler:
                                      f"{sum(self.open_reads.values())} reads still open{self.slowest_endpoint(' ')}")
             self.dispatch(now)
             try:
-                request, answer = self.done.get(timeout=self.seconds_to_next_event(time.monotonic()))
+                read, answer = self.done.get(timeout=self.seconds_to_next_event(time.monotonic()))
             except queue.Empty:
                 pass
             else:
                 self.in_flight -= 1
-                self.take_answer(request, answer, time.monotonic())
+                self.take_answer(read, answer, time.monotonic())
             if time.monotonic() >= self.next_progress:
                 self.log_progress()
 
     def dispatch(self, now: float) -> None:
         while self.delayed and self.delayed[0][0] <= now:
-            request = heapq.heappop(self.delayed)[2]
-            if self.plan.is_left_out(request.read.family):
-                self.finish(request.read, None)  # its family was left out while it waited
+            read = heapq.heappop(self.delayed)[2]
+            if self.plan.is_left_out(read.family):
+                self.finish(read, None)  # its family was left out while it waited
             else:
-                self.queues[request.read.family.name].appendleft(request)
+                self.queues[read.family.name].appendleft(read)
         while self.in_flight < self.config.max_workers and self.next_global_send <= now:
             name = next((name for name, waiting in self.queues.items()  # catalogue order: the same run each time
                          if waiting and self.lanes[name].ready_at(now) <= now), None)
@@ -1437,15 +1430,15 @@ class Scheduler:
                 return
             self.send(self.queues[name].popleft(), now)
 
-    def send(self, request: Request, now: float) -> None:
+    def send(self, read: ListRead, now: float) -> None:
         if self.config.max_requests_per_second:
             self.next_global_send = max(now, self.next_global_send) + \
                 self.clock.scale / self.config.max_requests_per_second
-        request.sent_at = request.read.last_sent = now
-        self.lanes[request.read.family.name].on_send(now)
+        read.sent_at = now
+        self.lanes[read.family.name].on_send(now)
         self.in_flight += 1
         self.calls += 1
-        self.pool.submit(request)
+        self.pool.submit(read)
 
     def seconds_to_next_event(self, now: float) -> float:
         wake = [self.next_progress]
@@ -1459,8 +1452,8 @@ class Scheduler:
         return min(1.0, max(0.0, min(wake) - now))
 
     # --- answers ----------------------------------------------------------------------------
-    def take_answer(self, request: Request, answer: Answer, now: float) -> None:
-        read, lane = request.read, self.lanes[request.read.family.name]
+    def take_answer(self, read: ListRead, answer: Answer, now: float) -> None:
+        lane = self.lanes[read.family.name]
         self.answered = self.answered or answer.status != 0
         if self.plan.is_left_out(read.family):  # left out meanwhile: whatever came back is moot
             lane.answered()
@@ -1468,35 +1461,35 @@ class Scheduler:
             return
         verdict = classify(answer)
         if verdict is Verdict.PAGE:
-            lane.on_success(now, request.sent_at)
+            lane.on_success(now, read.sent_at)
             self.succeeded += 1
-            request.throttled_since = None
-            self.take_page(request, answer)
+            read.throttled_since = None
+            self.take_page(read, answer)
         elif verdict is Verdict.THROTTLED:
-            self.take_throttle(request, answer, now)
+            self.take_throttle(read, answer, now)
         elif verdict is Verdict.REFUSED:  # its limit let it through: a success for the pace
-            lane.on_success(now, request.sent_at)
+            lane.on_success(now, read.sent_at)
             self.plan.refused(read, Refusal(answer.status, read.path, answer.detail))
         else:
             lane.answered()
             if verdict is Verdict.RETRY:
-                self.retry(request, answer, now)
+                self.retry(read, answer, now)
             else:
                 self.plan.failed(read, f"{read.path}: {answer.problem}"
                                        + (f": {answer.detail}" if answer.detail else ""))
 
-    def take_throttle(self, request: Request, answer: Answer, now: float) -> None:
+    def take_throttle(self, read: ListRead, answer: Answer, now: float) -> None:
         """A 429: the same request again once its lane allows; never past --max-throttle-wait or the run's end."""
-        read, lane = request.read, self.lanes[request.read.family.name]
+        lane = self.lanes[read.family.name]
         self.throttled += 1
-        request.throttled_since = request.throttled_since or now
-        until = min(request.throttled_since + self.config.max_throttle_wait, self.clock.deadline)
-        due = lane.on_throttled(now, request.sent_at, answer.hint, answer.whole_seconds)
+        read.throttled_since = read.throttled_since or now
+        until = min(read.throttled_since + self.config.max_throttle_wait, self.clock.deadline)
+        due = lane.on_throttled(now, read.sent_at, answer.hint, answer.whole_seconds)
         hint = f" with retry-after {answer.hint:g}s" if answer.hint is not None else ""
         if due > until and (answer.hint is not None or now >= until):
             limit = ("--max-run-time" if until == self.clock.deadline else
                      f"--max-throttle-wait {self.config.max_throttle_wait:g}s")
-            waited = f"after waiting {now - request.throttled_since:.1f}s"
+            waited = f"after waiting {now - read.throttled_since:.1f}s"
             self.plan.failed(read, f"{read.path}: HTTP 429 (rate limited){hint}, which ends past {limit} ({waited})"
                              if answer.hint is not None else f"{read.path}: still HTTP 429 (rate limited) {waited} "
                              f"({limit}){self.slowest_endpoint('; ')}")
@@ -1505,11 +1498,11 @@ class Scheduler:
         self.throttled_families.add(read.family.name)
         log.log(logging.INFO if first else logging.DEBUG, "%s: HTTP 429, waiting %.1fs%s", read.path,
                 (min(due, until) - now) / self.clock.scale, hint or " (no retry-after: probing)")
-        heapq.heappush(self.delayed, (min(due, until), next(self.order), request))
+        heapq.heappush(self.delayed, (min(due, until), next(self.order), read))
 
-    def retry(self, request: Request, answer: Answer, now: float) -> None:
+    def retry(self, read: ListRead, answer: Answer, now: float) -> None:
         """A transient fault: the same request after a backoff; before OpenAI ever answered, UNREACHABLE_AFTER."""
-        path, host = request.read.path, self.http.host
+        path, host = read.path, self.http.host
         if answer.status == 0 and not self.answered:
             self.unreachable_since = self.unreachable_since or now
             if now - self.unreachable_since >= UNREACHABLE_AFTER * self.clock.scale:
@@ -1520,19 +1513,19 @@ class Scheduler:
                     f"cannot reach OpenAI at {host}: {answer.problem}, for {UNREACHABLE_AFTER:g}s before any answer. "
                     f"Check that {host.rsplit(':', 1)[0] if host.count(':') == 1 else host} resolves (DNS) and is "
                     f"reachable from here, and the proxy settings (HTTPS_PROXY, NO_PROXY).{tls}")
-        elif request.attempt >= self.config.max_retries:
-            self.plan.failed(request.read, f"{path}: {answer.problem}, gave up after {request.attempt} retries")
+        elif read.attempt >= self.config.max_retries:
+            self.plan.failed(read, f"{path}: {answer.problem}, gave up after {read.attempt} retries")
             return
-        request.attempt += 1
+        read.attempt += 1
         self.retries += 1
-        wait = backoff(request.attempt, answer.hint)
+        wait = backoff(read.attempt, answer.hint)
         log.log(logging.INFO if self.answered else logging.DEBUG, "%s: %s, retry %d/%d in %.1fs", path,
-                answer.problem, request.attempt, self.config.max_retries, wait)
-        heapq.heappush(self.delayed, (now + wait * self.clock.scale, next(self.order), request))
+                answer.problem, read.attempt, self.config.max_retries, wait)
+        heapq.heappush(self.delayed, (now + wait * self.clock.scale, next(self.order), read))
 
-    def take_page(self, request: Request, answer: Answer) -> None:
+    def take_page(self, read: ListRead, answer: Answer) -> None:
         """A page: keep its items, then the next page first in its endpoint's queue (one bounded loop)."""
-        read, family, path, body = request.read, request.read.family, request.read.path, answer.body
+        family, path, body = read.family, read.path, answer.body
         if not isinstance(body, dict):
             if family.settings:  # the mapping warns and leaves the settings unset
                 self.finish(read, body)
@@ -1542,7 +1535,7 @@ class Scheduler:
         if family.cursor is None:
             self.finish(read, body)
             return
-        data = check_page(family, body, path, request.params.get("limit"))
+        data = check_page(family, body, path, read.params.get("limit"))
         read.items.extend(data)
         read.pages += 1
         read.size += answer.size
@@ -1562,7 +1555,8 @@ class Scheduler:
         if cursor in read.cursors:
             raise DiscoveryError(f"{path}: the cursor {cursor[:40]!r} repeats; stopping instead of looping")
         read.cursors.add(cursor)
-        self.queues[family.name].appendleft(Request(read, {**request.params, "after": cursor}))
+        read.params, read.attempt = {**read.params, "after": cursor}, 0
+        self.queues[family.name].appendleft(read)
 
     # --- progress -----------------------------------------------------------------------------
     def progress_interval(self) -> float:
@@ -1702,7 +1696,7 @@ class ReadPlan:
         family, key, s = read.family, read.key, self.snapshot
         if family.per and key is not None and id(read) not in self.unseen:
             seen = self.found.setdefault(family.per, {})
-            seen[key] = max(seen.get(key, read.last_sent), read.last_sent)
+            seen[key] = max(seen.get(key, read.sent_at), read.sent_at)
         if family.name in s.unavailable:
             result = None
         s.file(family, key, result)
