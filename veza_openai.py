@@ -1612,10 +1612,6 @@ ROLE_LISTS = [family for family in FAMILY_LIST if family.role_list]
 ROLE_DECISION_WAITS_FOR = {family.name for family in ROLE_LISTS} | {f.parent for f in ROLE_LISTS if f.parent}
 
 
-def has_custom_roles(roles: Iterable[Any]) -> bool:
-    return any(isinstance(role, dict) and usable_id(role.get("id")) and not is_predefined_role(role) for role in roles)
-
-
 def decide_role_assignment_reads(mode: str, roles_refused: bool, custom_roles_seen: bool,
                                  role_lists_pending: int) -> tuple[bool | None, str]:
     """(whether to read role assignments, why), or (None, "") until known: `auto` reads them once a role list
@@ -1707,8 +1703,9 @@ class ReadPlan:
                 log.info("read %d audit log events (logins and API key changes of the last %d days) in %d call%s",
                          len(result), s.activity_window_days, read.pages, "" if read.pages == 1 else "s")
             self.read_children(family, key, result)
-            if family.role_list:
-                self.custom_roles_seen = self.custom_roles_seen or has_custom_roles(result)
+            if family.role_list and not self.custom_roles_seen:
+                self.custom_roles_seen = any(isinstance(role, dict) and usable_id(role.get("id"))
+                                             and not is_predefined_role(role) for role in result)
         if family.name in ROLE_DECISION_WAITS_FOR:
             self.decide_role_reads()
 
