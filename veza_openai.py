@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Veza OAA connector for OpenAI: who can do what in an OpenAI organization, pushed to Veza.
 
-Reads the organization through the OpenAI Admin API, maps it to an OAA custom application and pushes it
-to Veza. The file reads in the order data flows: options, logging, HTTP, the catalogue of families,
-pacing, the scheduler, the read plan, mapping, the payload, Veza, main. README.md is the operator's
-guide; docs/ holds the mapping reference, operations and development notes.
+Reads the organization through the OpenAI Admin API, maps it to an OAA custom application and pushes it to
+Veza. The file reads in the order data flows: options, logging, HTTP, the catalogue, records, pacing, the
+scheduler, the read plan, the snapshot, mapping, the payload, Veza, the report, main. README.md is the
+operator's guide; docs/ holds the mapping reference, operations and development notes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import gzip
 import heapq
 import io
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -44,7 +45,6 @@ from typing import Any, Callable
 
 try:
     import requests
-    from requests.packages import urllib3
     from oaaclient.templates import (
         AccessCred,
         CustomApplication,
@@ -54,6 +54,7 @@ try:
         OAAPermission,
         OAAPropertyType,
     )
+    from requests.packages import urllib3
 except ImportError as missing:  # run outside its virtual environment: say how to fix it, not a traceback
     sys.stderr.write(f"veza_openai.py: the Python package {missing.name!r} is missing. Install what the connector "
                      "needs with: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt, then run "
@@ -92,7 +93,7 @@ class DiscoveryError(Exception):
 
 
 class PushError(Exception):
-    """Veza refused or could not take the payload; `reached_veza` says whether it may have arrived anyway."""
+    """Veza refused or could not take the payload; `reached_veza`: it may have arrived anyway."""
 
     def __init__(self, message: str, *, reached_veza: bool = False) -> None:
         super().__init__(message)
@@ -130,7 +131,6 @@ class Option:
 
     @property
     def label(self) -> str:
-        """How messages name it: its flag and variable, as a user may have set either."""
         if not self.flags:
             return self.env or self.dest
         return f"{self.flags[0]} (env {self.env})" if self.env else self.flags[0]
@@ -185,13 +185,15 @@ OPTIONS = (
     Option("time_scale", (), "VEZA_OPENAI_TIME_SCALE", "time scale", float, 1.0, 0.001, 1.0),
 )
 OPTION = {option.dest: option for option in OPTIONS}
-# The variables that hold secrets, directly or by naming a file (as Docker and Kubernetes mount them).
+# Variables that hold secrets, directly or by naming a file (as Docker and Kubernetes mount them).
 SECRET_VARIABLES = ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY", "VEZA_API_KEY")
-# Variables of other software the connector honours, so a "did you mean" never names them.
-OUTSIDE_VARIABLES = ("VEZA_UNSAFE_HTTPS",)
+# Every variable the connector reads, which a "did you mean" never names.
+KNOWN_VARIABLES = {*(option.env for option in OPTIONS if option.env), "VEZA_UNSAFE_HTTPS", *SECRET_VARIABLES,
+                   *(f"{name}_FILE" for name in SECRET_VARIABLES)}
 NON_ADMIN_KEY_PREFIXES = {"sk-proj-": "a project key", "sk-svcacct-": "a service account key"}
 MAX_SECRET_LENGTH = 4096      # real keys are ~200 characters; a 100 KB "key" is a pasted file
 CONTAINER_UID = 10001         # the Dockerfile's USER
+ORG_ID_RE = re.compile(r"org-[A-Za-z0-9_-]{1,128}")
 
 
 class Config:
@@ -215,89 +217,35 @@ class Config:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a rejected flag is a configuration error like any other (one line, a summary, exit 2)."""
+    """argparse, but a rejected flag is a configuration error like any other (one line, exit 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError([f"{message} (see --help)"])
 
 
-def build_arg_parser(options: Iterable[Option] = OPTIONS) -> ArgumentParser:
+def build_arg_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="veza_openai.py",
         description="Discover an OpenAI organization's access and push it to Veza (OAA). Secrets come from the "
         "environment only: VEZA_API_KEY, and OPENAI_ADMIN_KEY or OPENAI_API_KEY (the admin key wins when both "
         "are set); each may instead name a file with VEZA_API_KEY_FILE, OPENAI_ADMIN_KEY_FILE, OPENAI_API_KEY_FILE.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    for option in options:
+    for option in OPTIONS:
         add_option(parser, option)
     return parser
 
 
 def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
-    """The option's flags, if any. Values stay text: load_config checks them, naming flag and variable."""
+    """The option's flags, if any; values stay text for ConfigReader to check."""
     if not option.flags:
         return
     if option.switch:
-        parser.add_argument(*option.flags, dest=option.dest, action="store_true", default=None,
-                            help=option.help_text())
+        how = {"action": "store_true", "default": None}
     elif option.bare_value is not None:
-        parser.add_argument(*option.flags, dest=option.dest, nargs="?", const=option.bare_value, metavar="PATH",
-                            help=option.help_text())
+        how = {"nargs": "?", "const": option.bare_value, "metavar": "PATH"}
     else:
-        parser.add_argument(*option.flags, dest=option.dest, help=option.help_text(),
-                            metavar=option.flags[0].lstrip("-").upper().replace("-", "_"))
-
-
-def unquoted(value: str, name: str, notes: list[str]) -> str:
-    """`value` without one pair of surrounding quotes, noted: `docker run --env-file` keeps quotes literally."""
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        notes.append(f"{name} is wrapped in quotes, which docker --env-file and some secret stores keep as part "
-                     "of the value; the quotes were removed (write the value unquoted)")
-        return value[1:-1]
-    return value
-
-
-def checked_value(option: Option, raw: str | bool | None, problems: list[str]) -> Any:
-    """A number within its bounds, a word from its choices, a switch's truth; the default when not given."""
-    if raw is None:
-        return option.default
-    if option.switch:
-        word = raw if isinstance(raw, bool) else raw.strip().lower()
-        if word not in (True, "true", "false", "1", "0", "yes", "no"):
-            problems.append(f"{option.env} must be true or false")
-            return option.default
-        return word in (True, "true", "1", "yes")
-    if option.kind is not None:
-        try:
-            value = option.kind(raw.strip())
-        except ValueError:
-            problems.append(f"{option.label} must be a number, got {raw[:20]!r}")
-            return option.default
-        if not option.low <= value <= option.high:
-            problems.append(f"{option.label} must be between {option.low:g} and {option.high:g}")
-            return option.default
-        return value
-    if option.choices:
-        word = raw.strip().lower()
-        if word not in option.choices:
-            problems.append(f"{option.label} must be {', '.join(option.choices[:-1])} or {option.choices[-1]}")
-            return option.default
-        return word
-    return raw
-
-
-def raw_settings(args: argparse.Namespace, env: Mapping[str, str], notes: list[str]) -> dict[str, Any]:
-    """Each option's raw value: the flag when given, else its variable (unquoted); None when neither is."""
-    values: dict[str, Any] = {}
-    for option in OPTIONS:
-        value = getattr(args, option.dest, None)
-        if value is None and option.env and env.get(option.env):
-            value = unquoted(env[option.env], option.env, notes)
-        values[option.dest] = None if value in (None, "") else value
-    return values
-
-
-ORG_ID_RE = re.compile(r"org-[A-Za-z0-9_-]{1,128}")
+        how = {"metavar": option.flags[0].lstrip("-").upper().replace("-", "_")}
+    parser.add_argument(*option.flags, dest=option.dest, help=option.help_text(), **how)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -310,166 +258,24 @@ def is_loopback(host: str | None) -> bool:
 
 
 def has_control_characters(text: str) -> bool:
-    """Whitespace or control characters: never part of a key, an id or a URL (a pasted newline, say)."""
+    """Never part of a key, an id or a URL (a pasted newline, say)."""
     return any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text)
 
 
-def checked_url(value: str, name: str, problems: list[str], *, openai: bool) -> str | None:
-    """The URL normalised (scheme lower-cased, no trailing slash), or None with a problem recorded. OpenAI's may
-    have a path and be plain http to loopback (tests, local proxies); Veza's is the instance's address only."""
-    if has_control_characters(value):
-        problems.append(f"{name} contains whitespace or control characters")
-        return None
-    try:
-        parts = urllib.parse.urlsplit(value if "://" in value else f"https://{value}")
-        parts.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError:
-        problems.append(f"{name} is not a valid URL")
-        return None
-    scheme = parts.scheme.lower()
-    if not parts.hostname:
-        problem = "is not a valid URL (no host)"
-    elif parts.username or parts.password:
-        problem = "must not contain credentials (user:password@); keys come from the environment"
-    elif parts.query or parts.fragment:
-        problem = "must not contain a query string or fragment"
-    elif not openai and parts.path.strip("/"):
-        problem = f"must be the instance's address only (https://host), not a page such as {parts.path[:40]!r}"
-    elif scheme != "https" and not (openai and scheme == "http" and is_loopback(parts.hostname)):
-        problem = "must use https" + (" (http is allowed only for loopback test servers)" if openai else "")
-    else:
-        return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", "")).rstrip("/")
-    problems.append(f"{name} {problem}")
-    return None
-
-
-def checked_secret(value: str | None, name: str, problems: list[str]) -> str | None:
-    if not value:
-        if not any(problem.startswith(name) for problem in problems):
-            problems.append(f"{name} is not set")
-        return None
-    if len(value) > MAX_SECRET_LENGTH:
-        problems.append(f"{name} is {len(value):,} characters long; an API key is a few hundred at most")
-    elif has_control_characters(value):
-        where = "a trailing newline" if value.endswith(("\n", "\r")) else "whitespace, a newline or control characters"
-        file_variable = name if name.endswith("_FILE") else f"{name}_FILE"
-        problems.append(f"{name} contains {where}: set it without them (printf '%s' \"$KEY\", not echo), or put "
-                        f"the key in a file and name it with {file_variable}, whose trailing newlines are dropped")
-    elif not value.isascii():
-        problems.append(f"{name} contains non-ASCII characters; API keys are plain ASCII (a copy-paste slip?)")
-    else:
-        return value
-    return None
-
-
 def shown_path(path: str) -> str:
-    """A secret file's path as messages show it: only an absolute path, which cannot be a key pasted by mistake."""
+    """Only an absolute path is shown: it cannot be a key pasted by mistake."""
     return repr(path) if path.startswith("/") and not has_control_characters(path) else "the file it names"
 
 
-def read_secret_file(path: str, variable: str, problems: list[str], notes: list[str]) -> str | None:
-    """The content of a secret file, trailing newlines dropped; None with a problem that never shows the content.
-
-    Only a regular file is read: a FIFO would block before signal handling starts (as PID 1 only SIGKILL
-    would end it). A file other users may read is warned about, unless it sits on a read-only mount (a
-    Kubernetes secret volume, whose 0440 files are meant for the pod's group).
-    """
-    if path.startswith("sk-"):
-        problems.append(f"{variable} holds what looks like an API key, not a file path; put the key in "
-                        f"{variable.removesuffix('_FILE')} instead, or in a file that {variable} names")
-        return None
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    except (OSError, ValueError) as exc:
-        problems.append(f"{variable}: cannot read {shown_path(path)} "
-                        f"({getattr(exc, 'strerror', None) or type(exc).__name__})")
-        return None
-    mode = os.fstat(descriptor).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(descriptor)
-        problems.append(f"{variable}: {shown_path(path)} is not a regular file (a FIFO, device or directory); name the "
-                        "file that holds the key")
-        return None
-    if mode & stat.S_IROTH and not os.fstatvfs(descriptor).f_flag & os.ST_RDONLY:
-        notes.append(f"{variable}: {shown_path(path)} is readable by other users (mode {stat.S_IMODE(mode):04o}); "
-                     "restrict it with chmod 600")
-    with open(descriptor, "rb", closefd=True) as handle:
-        raw = handle.read(MAX_SECRET_LENGTH + 2)
-    try:
-        value = raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        problems.append(f"{variable}: {shown_path(path)} is not UTF-8 text")
-        return None
-    if not value:
-        problems.append(f"{variable}: {shown_path(path)} is empty")
-    return value or None
-
-
-def secret_setting(env: Mapping[str, str], name: str, problems: list[str],
-                   notes: list[str]) -> tuple[str | None, str | None]:
-    """A secret from `name`, or from the file `name`_FILE names: (value, the variable it came from)."""
-    file_name = f"{name}_FILE"
-    direct, path = env.get(name), env.get(file_name)
-    if direct and path:
-        problems.append(f"{name} and {file_name} are both set; set only one")
-        return None, name
-    if not path:
-        return (unquoted(direct, name, notes), name) if direct else (None, None)
-    value = read_secret_file(path, file_name, problems, notes)
-    return (unquoted(value, file_name, notes) if value else None), file_name
-
-
 def mask_key(key: str) -> str:
-    """Enough of a key to tell which one it is (its kind and last four characters), never the key."""
+    """Enough of a key to tell which one it is (its kind and last four characters)."""
     kind = next((prefix for prefix in ("sk-admin-", "sk-proj-", "sk-svcacct-", "sk-") if key.startswith(prefix)), "")
     # Four characters of a secret part shorter than 16 would give too much of it away.
     return f"{kind}...{key[-4:]}" if len(key) - len(kind) >= 16 else f"{kind}..."
 
 
-def save_path(value: str, org_id: str | None, problems: list[str]) -> str | None:
-    """The file --save-json writes: a directory gets openai-<org>-<UTC time>.json; checked writable now."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    if os.path.isdir(value) or not value.lower().endswith(".json"):
-        directory, path = value, os.path.join(value, f"openai-{org_id or 'org'}-{stamp}.json")
-    else:
-        directory, path = os.path.dirname(value) or ".", value
-    if not os.path.isdir(directory):
-        problems.append(f"--save-json directory {directory!r} does not exist")
-        return None
-    try:
-        name_max = os.pathconf(directory, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        name_max = 255
-    if len(os.path.basename(path).encode()) > name_max:
-        problems.append(f"--save-json file name is longer than the {name_max} bytes this file system allows")
-        return None
-    try:  # os.access says yes to root even on read-only mounts; a real file says the truth
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError:
-        who = f"the container's user (uid {CONTAINER_UID})" if os.getuid() == CONTAINER_UID else \
-            f"this user (uid {os.getuid()})"
-        problems.append(f"--save-json directory {directory!r} is not writable by {who}")
-        return None
-    return path
-
-
-def known_variables() -> set[str]:
-    names = {option.env for option in OPTIONS if option.env} | set(OUTSIDE_VARIABLES)
-    return names | set(SECRET_VARIABLES) | {f"{name}_FILE" for name in SECRET_VARIABLES}
-
-
-def did_you_mean(missing: str, env: Mapping[str, str]) -> str:
-    """Set variables of the same family (VEZA_..., OPENAI_...) the connector does not know: likely misspellings
-    of the unset `missing`. Names only, never values."""
-    prefix = missing.split("_", 1)[0] + "_"
-    unknown = sorted(name for name in env if name.startswith(prefix) and name not in known_variables())
-    return f" ({', '.join(unknown[:3])} {'is' if len(unknown) == 1 else 'are'} set: did you mean {missing}?)" \
-        if unknown else ""
-
-
 def unknown_arguments_problem(extras: list[str]) -> str:
-    """Name unknown flags, never the values beside them: a key pasted on the command line must not be echoed."""
+    """Names unknown flags, never the values beside them: a key pasted on the command line is not echoed."""
     flags = [arg.partition("=")[0][:60] for arg in extras if arg.startswith("-")]
     values = len(extras) - len(flags)
     if flags:
@@ -486,84 +292,243 @@ def unknown_arguments_problem(extras: list[str]) -> str:
     return message + " (see --help)"
 
 
-def checked_org_id(raw: str | None, env: Mapping[str, str], problems: list[str]) -> str | None:
-    if raw is None:
-        problems.append(f"OPENAI_ORG_ID (or --openai-org) is not set{did_you_mean('OPENAI_ORG_ID', env)}")
-    elif not ORG_ID_RE.fullmatch(raw):
-        problems.append("OPENAI_ORG_ID (or --openai-org) must look like org-XXXX "
-                        "(letters, digits, '-' and '_' after 'org-', nothing else, no trailing newline)")
-    else:
+class ConfigReader:
+    """Reads flags and environment into a Config, collecting every problem (then ConfigError) and note."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+
+    def problem(self, message: str) -> None:
+        self.problems.append(message)
+
+    def read(self, argv: list[str] | None) -> Config:
+        args, extras = build_arg_parser().parse_known_args(argv)
+        if extras:
+            self.problem(unknown_arguments_problem(extras))
+        raw: dict[str, Any] = {}  # the flag when given, else its variable (unquoted); None when neither is
+        for option in OPTIONS:
+            value = getattr(args, option.dest, None)
+            if value is None and option.env and self.env.get(option.env):
+                value = self.unquoted(self.env[option.env], option.env)
+            raw[option.dest] = None if value in (None, "") else value
+        settings = {option.dest: self.checked_value(option, raw[option.dest]) for option in OPTIONS}
+        dry_run = bool(settings["dry_run"])
+        settings["org_id"] = self.org_id(raw["org_id"])
+        settings["openai_api_key"], settings["openai_key_source"] = self.openai_key()
+        settings["openai_base_url"] = self.checked_url(settings["openai_base_url"],
+                                                       "OPENAI_BASE_URL (or --openai-base-url)", openai=True)
+        if not dry_run:
+            settings["veza_url"], settings["veza_api_key"] = self.veza_settings(raw["veza_url"])
+        save_json = settings.pop("save_json")
+        save_json = save_json if save_json is not None else "." if dry_run else None
+        settings["save_json_path"] = self.save_path(save_json, settings["org_id"]) if save_json is not None else None
+        if self.problems:
+            raise ConfigError(self.problems)
+        settings.update(dry_run=dry_run, debug=bool(settings["debug"]), notes=tuple(self.notes),
+                        create_report=bool(settings["create_report"]) and not dry_run)
+        return Config(**settings)
+
+    def unquoted(self, value: str, name: str) -> str:
+        """Without one pair of surrounding quotes, noted: `docker run --env-file` keeps them literally."""
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            self.notes.append(f"{name} is wrapped in quotes, which docker --env-file and some secret stores keep as "
+                              "part of the value; the quotes were removed (write the value unquoted)")
+            return value[1:-1]
+        return value
+
+    def checked_value(self, option: Option, raw: str | bool | None) -> Any:
+        """The value given, if it is right; else the default (and a problem when it was given)."""
+        if raw is None:
+            return option.default
+        word = raw if isinstance(raw, bool) else raw.strip().lower()
+        if option.switch:
+            if word in (True, "true", "false", "1", "0", "yes", "no"):
+                return word in (True, "true", "1", "yes")
+            self.problem(f"{option.env} must be true or false")
+        elif option.kind is not None:
+            try:
+                value = option.kind(raw.strip())
+            except ValueError:
+                self.problem(f"{option.label} must be a number, got {raw[:20]!r}")
+            else:
+                if option.low <= value <= option.high:
+                    return value
+                self.problem(f"{option.label} must be between {option.low:g} and {option.high:g}")
+        elif not option.choices:
+            return raw
+        elif word in option.choices:
+            return word
+        else:
+            self.problem(f"{option.label} must be {', '.join(option.choices[:-1])} or {option.choices[-1]}")
+        return option.default
+
+    def checked_url(self, value: str, name: str, *, openai: bool) -> str | None:
+        """Normalised; OpenAI's may have a path and be http to loopback, Veza's is the instance's address only."""
+        if has_control_characters(value):
+            return self.problem(f"{name} contains whitespace or control characters")
+        try:
+            parts = urllib.parse.urlsplit(value if "://" in value else f"https://{value}")
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError:
+            return self.problem(f"{name} is not a valid URL")
+        scheme = parts.scheme.lower()
+        if not parts.hostname:
+            problem = "is not a valid URL (no host)"
+        elif parts.username or parts.password:
+            problem = "must not contain credentials (user:password@); keys come from the environment"
+        elif parts.query or parts.fragment:
+            problem = "must not contain a query string or fragment"
+        elif not openai and parts.path.strip("/"):
+            problem = f"must be the instance's address only (https://host), not a page such as {parts.path[:40]!r}"
+        elif scheme != "https" and not (openai and scheme == "http" and is_loopback(parts.hostname)):
+            problem = "must use https" + (" (http is allowed only for loopback test servers)" if openai else "")
+        else:
+            return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", "")).rstrip("/")
+        return self.problem(f"{name} {problem}")
+
+    def checked_secret(self, value: str | None, name: str) -> str | None:
+        if not value:
+            if not any(problem.startswith(name) for problem in self.problems):
+                self.problem(f"{name} is not set")
+        elif len(value) > MAX_SECRET_LENGTH:
+            self.problem(f"{name} is {len(value):,} characters long; an API key is a few hundred at most")
+        elif has_control_characters(value):
+            where = "a trailing newline" if value.endswith(("\n", "\r")) else \
+                "whitespace, a newline or control characters"
+            file_variable = name if name.endswith("_FILE") else f"{name}_FILE"
+            self.problem(f"{name} contains {where}: set it without them (printf '%s' \"$KEY\", not echo), or put "
+                         f"the key in a file and name it with {file_variable}, whose trailing newlines are dropped")
+        elif not value.isascii():
+            self.problem(f"{name} contains non-ASCII characters; API keys are plain ASCII (a copy-paste slip?)")
+        else:
+            return value
+        return None
+
+    def read_secret_file(self, path: str, variable: str) -> str | None:
+        """Only a regular file (a FIFO would block before signals are handled); trailing newlines dropped."""
+        if path.startswith("sk-"):
+            return self.problem(f"{variable} holds what looks like an API key, not a file path; put the key in "
+                                f"{variable.removesuffix('_FILE')} instead, or in a file that {variable} names")
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        except (OSError, ValueError) as exc:
+            return self.problem(f"{variable}: cannot read {shown_path(path)} "
+                                f"({getattr(exc, 'strerror', None) or type(exc).__name__})")
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(descriptor)
+            return self.problem(f"{variable}: {shown_path(path)} is not a regular file (a FIFO, device or "
+                                "directory); name the file that holds the key")
+        if mode & stat.S_IROTH and not os.fstatvfs(descriptor).f_flag & os.ST_RDONLY:
+            self.notes.append(f"{variable}: {shown_path(path)} is readable by other users (mode "
+                              f"{stat.S_IMODE(mode):04o}); restrict it with chmod 600")
+        with open(descriptor, "rb", closefd=True) as handle:
+            raw = handle.read(MAX_SECRET_LENGTH + 2)
+        try:
+            value = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            return self.problem(f"{variable}: {shown_path(path)} is not UTF-8 text")
+        if not value:
+            self.problem(f"{variable}: {shown_path(path)} is empty")
+        return value or None
+
+    def secret(self, name: str) -> tuple[str | None, str | None]:
+        """(value, the variable it came from): `name`, or the file `name`_FILE names."""
+        file_name = f"{name}_FILE"
+        direct, path = self.env.get(name), self.env.get(file_name)
+        if direct and path:
+            self.problem(f"{name} and {file_name} are both set; set only one")
+            return None, name
+        if not path:
+            return (self.unquoted(direct, name), name) if direct else (None, None)
+        value = self.read_secret_file(path, file_name)
+        return (self.unquoted(value, file_name) if value else None), file_name
+
+    def save_path(self, value: str, org_id: str | None) -> str | None:
+        """A directory gets openai-<org>-<UTC time>.json; checked writable now."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        if os.path.isdir(value) or not value.lower().endswith(".json"):
+            directory, path = value, os.path.join(value, f"openai-{org_id or 'org'}-{stamp}.json")
+        else:
+            directory, path = os.path.dirname(value) or ".", value
+        if not os.path.isdir(directory):
+            return self.problem(f"--save-json directory {directory!r} does not exist")
+        try:
+            name_max = os.pathconf(directory, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            name_max = 255
+        if len(os.path.basename(path).encode()) > name_max:
+            return self.problem(f"--save-json file name is longer than the {name_max} bytes this file system allows")
+        try:  # os.access says yes to root even on read-only mounts; a real file says the truth
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError:
+            who = f"the container's user (uid {CONTAINER_UID})" if os.getuid() == CONTAINER_UID else \
+                f"this user (uid {os.getuid()})"
+            return self.problem(f"--save-json directory {directory!r} is not writable by {who}")
+        return path
+
+    def did_you_mean(self, missing: str) -> str:
+        """Unknown variables of `missing`'s family (VEZA_..., OPENAI_...): likely misspellings; names only."""
+        prefix = missing.split("_", 1)[0] + "_"
+        unknown = sorted(name for name in self.env if name.startswith(prefix) and name not in KNOWN_VARIABLES)
+        return f" ({', '.join(unknown[:3])} {'is' if len(unknown) == 1 else 'are'} set: did you mean {missing}?)" \
+            if unknown else ""
+
+    def org_id(self, raw: str | None) -> str | None:
+        if raw is None:
+            return self.problem(f"OPENAI_ORG_ID (or --openai-org) is not set{self.did_you_mean('OPENAI_ORG_ID')}")
+        if not ORG_ID_RE.fullmatch(raw):
+            return self.problem("OPENAI_ORG_ID (or --openai-org) must look like org-XXXX "
+                                "(letters, digits, '-' and '_' after 'org-', nothing else, no trailing newline)")
         return raw
-    return None
 
+    def openai_key(self) -> tuple[str | None, str | None]:
+        """(key, its variable): the admin key wins, as OPENAI_API_KEY may hold a project key for other tools."""
+        for name in ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY"):
+            value, source = self.secret(name)
+            if source:
+                key = self.checked_secret(value, source)
+                kind = next((kind for prefix, kind in NON_ADMIN_KEY_PREFIXES.items()
+                             if key and key.startswith(prefix)), None)
+                if kind:
+                    self.problem(f"{source} holds {kind} ({mask_key(key)}), which the Admin API refuses: use an Admin "
+                                 "API key (sk-admin-...), created by an organization owner under Settings > "
+                                 "Organization > Admin keys")
+                    key = None
+                return key, source
+        self.problem("OPENAI_API_KEY (or OPENAI_ADMIN_KEY, or either's _FILE variant) is not set"
+                     + self.did_you_mean("OPENAI_API_KEY"))
+        return None, None
 
-def openai_key(env: Mapping[str, str], problems: list[str], notes: list[str]) -> tuple[str | None, str | None]:
-    """The OpenAI key and the variable it came from. The admin key wins: a shell may hold a project key in
-    OPENAI_API_KEY for other tools, and the official SDK reads an admin key from OPENAI_ADMIN_KEY."""
-    for name in ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY"):
-        value, source = secret_setting(env, name, problems, notes)
-        if source:
-            key = checked_secret(value, source, problems)
-            kind = next((kind for prefix, kind in NON_ADMIN_KEY_PREFIXES.items() if key and key.startswith(prefix)),
-                        None)
-            if kind:
-                problems.append(f"{source} holds {kind} ({mask_key(key)}), which the Admin API refuses: use an Admin "
-                                "API key (sk-admin-...), created by an organization owner under Settings > "
-                                "Organization > Admin keys")
-                key = None
-            return key, source
-    problems.append("OPENAI_API_KEY (or OPENAI_ADMIN_KEY, or either's _FILE variant) is not set"
-                    + did_you_mean("OPENAI_API_KEY", env))
-    return None, None
-
-
-def veza_settings(raw_url: str | None, env: Mapping[str, str], problems: list[str],
-                  notes: list[str]) -> tuple[str | None, str | None]:
-    url = None
-    if raw_url is None:
-        problems.append(f"VEZA_URL (or --veza-url) is not set{did_you_mean('VEZA_URL', env)}")
-    else:
-        url = checked_url(raw_url, "VEZA_URL (or --veza-url)", problems, openai=False)
-    value, source = secret_setting(env, "VEZA_API_KEY", problems, notes)
-    if not source:
-        problems.append(f"VEZA_API_KEY is not set{did_you_mean('VEZA_API_KEY', env)}")
-    if veza_tls_unverified(env):
-        notes.append("VEZA_UNSAFE_HTTPS=true: Veza's TLS certificate is not verified (for test instances only)")
-    return url, checked_secret(value, source or "VEZA_API_KEY", problems)
+    def veza_settings(self, raw_url: str | None) -> tuple[str | None, str | None]:
+        url = None
+        if raw_url is None:
+            self.problem(f"VEZA_URL (or --veza-url) is not set{self.did_you_mean('VEZA_URL')}")
+        else:
+            url = self.checked_url(raw_url, "VEZA_URL (or --veza-url)", openai=False)
+        value, source = self.secret("VEZA_API_KEY")
+        if not source:
+            self.problem(f"VEZA_API_KEY is not set{self.did_you_mean('VEZA_API_KEY')}")
+        if veza_tls_unverified(self.env):
+            self.notes.append("VEZA_UNSAFE_HTTPS=true: Veza's TLS certificate is not verified (for test instances "
+                              "only)")
+        return url, self.checked_secret(value, source or "VEZA_API_KEY")
 
 
 def veza_tls_unverified(env: Mapping[str, str]) -> bool:
-    """oaaclient's switch for test instances with self-signed certificates, honoured here too."""
     return env.get("VEZA_UNSAFE_HTTPS", "").strip().lower() == "true"
 
 
 def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Parse flags and environment into a Config; raise ConfigError listing every problem."""
-    env = os.environ if environ is None else environ
-    args, extras = build_arg_parser().parse_known_args(argv)
-    problems: list[str] = [unknown_arguments_problem(extras)] if extras else []
-    notes: list[str] = []
-    raw = raw_settings(args, env, notes)
-    settings = {option.dest: checked_value(option, raw[option.dest], problems) for option in OPTIONS}
-    dry_run = bool(settings["dry_run"])
-    settings["org_id"] = checked_org_id(raw["org_id"], env, problems)
-    settings["openai_api_key"], settings["openai_key_source"] = openai_key(env, problems, notes)
-    settings["openai_base_url"] = checked_url(settings["openai_base_url"], "OPENAI_BASE_URL (or --openai-base-url)",
-                                              problems, openai=True)
-    if not dry_run:
-        settings["veza_url"], settings["veza_api_key"] = veza_settings(raw["veza_url"], env, problems, notes)
-    save_json = settings.pop("save_json")
-    save_json = save_json if save_json is not None else "." if dry_run else None
-    settings["save_json_path"] = save_path(save_json, settings["org_id"], problems) if save_json is not None else None
-    if problems:
-        raise ConfigError(problems)
-    settings.update(dry_run=dry_run, debug=bool(settings["debug"]), notes=tuple(notes),
-                    create_report=bool(settings["create_report"]) and not dry_run)
-    return Config(**settings)
+    return ConfigReader(os.environ if environ is None else environ).read(argv)
 
 
 def log_format_asked(argv: list[str] | None, env: Mapping[str, str]) -> str:
-    """The log format a run asked for, even when its configuration is wrong (so its errors ship as JSON too)."""
+    """The log format asked for, even when the configuration is wrong (its errors ship as JSON too)."""
     parser = ArgumentParser(add_help=False)
     add_option(parser, OPTION["log_format"])
     try:
@@ -578,8 +543,7 @@ def log_format_asked(argv: list[str] | None, env: Mapping[str, str]) -> str:
 # Logging: one line per record, server text escaped, secrets masked, every warning counted
 # ---------------------------------------------------------------------------------------------
 
-# Control characters (and the Unicode ones that reorder or break lines) from a server could forge
-# log lines or hide text on a terminal; they are shown escaped instead.
+# Control characters, and the Unicode ones that reorder or break lines, could forge log lines: shown escaped.
 UNSAFE_IN_LOGS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 # Anything shaped like an OpenAI key is masked in every line, known or not.
 KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_-]{12,}")
@@ -607,7 +571,7 @@ class RedactingFormatter(logging.Formatter):
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's naming)
-        # Each traceback line indented and escaped: an exception message cannot start a line that looks like a record.
+        # Indented and escaped: an exception message cannot start a line that looks like a record.
         return "\n".join(f"  | {escape_for_log(line)}" for line in super().formatException(ei).splitlines())
 
     def redact(self, text: str) -> str:
@@ -664,16 +628,10 @@ def configure_logging(debug: bool, secrets: Iterable[str] = (), log_format: str 
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     log.setLevel(logging.DEBUG if debug else logging.INFO)
-    # Python warnings (a library's deprecation, say) become log lines in the same format, never raw text;
-    # urllib3's per-request warning under VEZA_UNSAFE_HTTPS is said once, at the start, instead.
+    # Python warnings become log lines in this format; VEZA_UNSAFE_HTTPS is said once, not per request.
     logging.captureWarnings(True)
     warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
     return handler
-
-
-def secrets_in_environment(env: Mapping[str, str]) -> list[str]:
-    """The secrets the environment holds, for masking before the configuration is known."""
-    return [env.get(name, "") for name in SECRET_VARIABLES]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,8 +645,7 @@ MAX_WAIT = 60.0                          # a 5xx's or Veza's retry wait never ex
 
 
 class Clock:
-    """Every wait of one run: scaled for the tests (VEZA_OPENAI_TIME_SCALE) and ended by --max-run-time, the one
-    deadline of the run (reading, push and report)."""
+    """The run's one deadline (--max-run-time, over reading, push and report) and the tests' time scale."""
 
     def __init__(self, scale: float = 1.0, max_run_time: float | None = None) -> None:
         self.scale = scale
@@ -702,14 +659,9 @@ class Clock:
     def passed(self) -> bool:
         return time.monotonic() >= self.deadline
 
-    def sleep(self, seconds: float) -> None:
-        """Wait `seconds` (scaled), or until the deadline if that comes first."""
-        time.sleep(max(0.0, min(seconds * self.scale, self.left())))
-
 
 def retry_hint(headers: Mapping[str, str]) -> tuple[float, bool] | None:
-    """(seconds, whole): the server's wait from retry-after-ms, else retry-after (seconds or an HTTP date), whole
-    when given to the second. Zero, a past date, nan or garbage is no hint (as the official SDK reads it)."""
+    """(seconds, whether whole) from retry-after-ms, else retry-after (seconds or an HTTP date), as the SDK reads it."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         raw = (headers.get(name) or "").strip()
         try:
@@ -726,8 +678,7 @@ def retry_hint(headers: Mapping[str, str]) -> tuple[float, bool] | None:
 
 
 def backoff(attempt: int, hint: float | None) -> float:
-    """The wait before retry `attempt` (1, 2, ...) of a transient fault: the server's hint, else 0.5 s doubling,
-    with jitter so concurrent retries spread; at most MAX_WAIT (unscaled seconds)."""
+    """The server's hint, else 0.5 s doubling with jitter; at most MAX_WAIT."""
     if hint is not None:
         return min(hint, MAX_WAIT)
     return min(MAX_WAIT, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
@@ -762,8 +713,7 @@ class AnswerTooLarge(Exception):
 
 
 class SharedStrings:
-    """A json.loads object_pairs_hook giving equal strings of every page one str object: the same records in
-    less memory, as ids, names and emails repeat across lists (~60 MB less at 100,000 users)."""
+    """A json.loads object_pairs_hook: equal strings of every page become one object (ids and emails repeat)."""
 
     def __init__(self) -> None:
         self.strings: dict[str, str] = {}
@@ -792,8 +742,8 @@ class BearerToken(requests.auth.AuthBase):
 
 
 class Http:
-    """One API over requests: the key as auth, no redirect followed (a 3xx is a fatal answer naming its target),
-    loopback never through a proxy, each answer whole within its timeout and under `max_bytes` decompressed."""
+    """One API: the key as auth, no redirect followed, loopback never proxied, each answer whole within its timeout
+    and under `max_bytes` decompressed."""
 
     def __init__(self, base_url: str, key: str, *, timeout: float, max_bytes: int, pool: int = 10,
                  verify: bool = True, headers: Mapping[str, str] | None = None, shared_strings: bool = False) -> None:
@@ -804,10 +754,10 @@ class Http:
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, pool), max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
-        self.host = urllib.parse.urlsplit(base_url).netloc
+        parts = urllib.parse.urlsplit(base_url)
+        self.host = parts.netloc
         # A proxy from HTTP_PROXY would see the key sent to a loopback (test) server in clear text.
-        loopback = is_loopback(urllib.parse.urlsplit(base_url).hostname)
-        self.proxies = {"http": None, "https": None, "all": None} if loopback else None
+        self.proxies = {"http": None, "https": None, "all": None} if is_loopback(parts.hostname) else None
         self.hook = SharedStrings() if shared_strings else None
 
     def close(self) -> None:
@@ -866,8 +816,7 @@ def error_message(body: Any, fallback: str | None) -> str:
 
 
 def read_whole(response: requests.Response, whole_by: float, limit: int) -> bytes:
-    """The decompressed body, or an exception once it passes `whole_by` or `limit` bytes. Each socket read may
-    block only until `whole_by`, so a body dripped a byte at a time, or stalled, ends on time too."""
+    """The decompressed body; each socket read blocks only until `whole_by`, so a dripped body ends on time too."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -895,14 +844,11 @@ def read_whole(response: requests.Response, whole_by: float, limit: int) -> byte
 
 MAX_PAGES_PER_LIST = 10_000   # 1,000,000 users at 100 a page; more is a server that never stops
 MAX_AUDIT_LOG_PAGES = 500     # 50,000 events: logins are optional, never worth hours of one sequential chain
-# One list's answers together: 100,000 users in the API's full record shape are ~37 MB, so this leaves room for
-# ~170,000 while a list that never ends stops at a few hundred MB of records.
-MAX_LIST_BYTES = 64 * 2 ** 20
+MAX_LIST_BYTES = 64 * 2 ** 20  # one list's answers: ~170,000 users in full; a list that never ends stops here
 
 
 class Kind(enum.Enum):
-    """The entity a per-entity family is read for: a 404 on its list may mean it was deleted during the run, which
-    its own object (when it has one) settles; what is left out with it is said in the log."""
+    """The entity a per-entity family is read for: (label, the family of its own object, what goes if deleted)."""
 
     PROJECT = ("project", "project_object", "left out with its members, service accounts, keys and roles")
     GROUP = ("group", "group_object", "left out with its memberships and role grants")
@@ -930,8 +876,7 @@ CURSOR_LAST_ID, CURSOR_ITEM_ID, CURSOR_NEXT = "last_id", "item_id", "next"  # th
 
 @dataclass(frozen=True)
 class Family:
-    """One kind of record the connector reads: everything that varies from one family to another. The reader
-    knows no family by name."""
+    """One kind of record the connector reads: everything that varies from one family to another."""
 
     name: str                        # also the Snapshot attribute its result is filed in
     label: str
@@ -965,8 +910,7 @@ class Family:
         return self.on_404 or (On404.ENTITY if self.per else On404.LEAVE_OUT)
 
     def path_for(self, key: Any, org_id: str) -> str | None:
-        """The path of one read, placeholders filled from the key (or the organization id), each quoted; None when
-        an id is `.` or `..`, which no quoting keeps from being read as a step up the path."""
+        """The path of one read, each id quoted; None for an id `.` or `..`, which quoting cannot keep in place."""
         names = re.findall(r"{(\w+)}", self.path)
         values = [org_id] if names == ["org_id"] else [key] if isinstance(key, str) else list(key or ())
         if any(value in (".", "..") for value in values):
@@ -977,88 +921,77 @@ class Family:
 # One read of the audit log brings all three: logins for last_login_at, key creations and updates for scopes.
 AUDIT_EVENT_TYPES = ("login.succeeded", "api_key.created", "api_key.updated")
 
-# In dispatch order: when several endpoints may send, the first listed goes first.
+# In dispatch order: when several endpoints may send, the first listed goes first. Where a list's largest page is
+# undocumented (workload identity, project groups), 100 is what every sibling allows.
 FAMILY_LIST = [
-    Family(name="organization", label="organization object", path="/organizations/{org_id}",
-           grant="(dashboard-style keys only)", optional="is_personal"),
-    Family(name="users", label="users", path="/organization/users", grant="Users: Read", cursor=CURSOR_LAST_ID,
-           page_size=100, item_object="organization.user", required=True),
-    # The audit log is read newest first, one sequential chain: listed early so its next page goes first.
-    Family(name="audit_logs", label="audit logs", path="/organization/audit_logs", grant="Audit logs: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, params=(("event_types[]", AUDIT_EVENT_TYPES),),
-           activity_window=True, cut_at_cap=True),
-    Family(name="invites", label="invites", path="/organization/invites", grant="Invites: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.invite"),
-    Family(name="admin_api_keys", label="admin API keys", path="/organization/admin_api_keys",
-           grant="Admin keys: Read", cursor=CURSOR_ITEM_ID, page_size=100, item_object="organization.admin_api_key"),
-    Family(name="groups", label="groups", path="/organization/groups", grant="Groups: Read", cursor=CURSOR_NEXT,
-           page_size=1000, next_falls_back_to_item_id=True),
-    Family(name="roles", label="roles", path="/organization/roles", grant="Roles: Read", cursor=CURSOR_NEXT,
-           page_size=1000, item_object="role", role_list=True),
-    Family(name="projects", label="projects", path="/organization/projects", grant="Projects: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project",
-           params=(("include_archived", "true"),)),
-    # The maximum page size of both workload identity lists is undocumented; 100 is what every sibling allows.
-    Family(name="workload_identity_providers", label="workload identity providers",
-           path="/organization/workload_identity_providers", grant="Workload identity: Read", cursor=CURSOR_ITEM_ID,
-           page_size=100, item_object="organization.workload_identity_provider"),
-    Family(name="certificates", label="certificates", path="/organization/certificates", grant="Certificates: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.certificate"),
-    Family(name="project_users", label="project users", path="/organization/projects/{project_id}/users",
-           grant="Projects: Read", cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.user",
-           per=Kind.PROJECT, parent="projects", empty_when_archived=True),
-    Family(name="project_service_accounts", label="project service accounts",
-           path="/organization/projects/{project_id}/service_accounts", grant="Projects: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.service_account",
-           per=Kind.PROJECT, parent="projects", empty_when_archived=True),
-    Family(name="project_api_keys", label="project API keys", path="/organization/projects/{project_id}/api_keys",
-           grant="API keys: Read", cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.api_key",
-           params=(("owner_project_access", "any"),), per=Kind.PROJECT, parent="projects"),
-    Family(name="project_roles", label="project roles", path="/projects/{project_id}/roles", grant="Roles: Read",
-           cursor=CURSOR_NEXT, page_size=1000, item_object="role", per=Kind.PROJECT, parent="projects",
-           role_list=True),
-    # The maximum page size of project groups is undocumented; 100 is what every sibling list allows.
-    Family(name="project_groups", label="project groups", path="/organization/projects/{project_id}/groups",
-           grant="Groups: Read", cursor=CURSOR_NEXT, page_size=100, item_object="project.group", per=Kind.PROJECT,
-           parent="projects", item_id_field="group_id", next_falls_back_to_item_id=True),
-    Family(name="model_permissions", label="model permissions",
-           path="/organization/projects/{project_id}/model_permissions", grant="Projects: Read", per=Kind.PROJECT,
-           parent="projects", on_404=On404.NO_SETTINGS, settings=True),
-    Family(name="project_certificates", label="project certificates",
-           path="/organization/projects/{project_id}/certificates", grant="Certificates: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.certificate", per=Kind.PROJECT,
-           parent="projects"),
-    Family(name="hosted_tool_permissions", label="hosted tool permissions",
-           path="/organization/projects/{project_id}/hosted_tool_permissions", grant="Projects: Read",
-           per=Kind.PROJECT, parent="projects", on_404=On404.NO_SETTINGS, settings=True),
-    Family(name="group_users", label="group users", path="/organization/groups/{group_id}/users",
-           grant="Groups: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.GROUP, parent="groups",
+    Family("organization", "organization object", "/organizations/{org_id}", "(dashboard-style keys only)",
+           optional="is_personal"),
+    Family("users", "users", "/organization/users", "Users: Read", cursor=CURSOR_LAST_ID, page_size=100,
+           item_object="organization.user", required=True),
+    # Newest first, one sequential chain: listed early so its next page goes first.
+    Family("audit_logs", "audit logs", "/organization/audit_logs", "Audit logs: Read", cursor=CURSOR_LAST_ID,
+           page_size=100, params=(("event_types[]", AUDIT_EVENT_TYPES),), activity_window=True, cut_at_cap=True),
+    Family("invites", "invites", "/organization/invites", "Invites: Read", cursor=CURSOR_LAST_ID, page_size=100,
+           item_object="organization.invite"),
+    Family("admin_api_keys", "admin API keys", "/organization/admin_api_keys", "Admin keys: Read",
+           cursor=CURSOR_ITEM_ID, page_size=100, item_object="organization.admin_api_key"),
+    Family("groups", "groups", "/organization/groups", "Groups: Read", cursor=CURSOR_NEXT, page_size=1000,
            next_falls_back_to_item_id=True),
-    Family(name="group_roles", label="group roles", path="/organization/groups/{group_id}/roles",
-           grant="Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.GROUP, parent="groups"),
-    Family(name="project_group_roles", label="project group roles",
-           path="/projects/{project_id}/groups/{group_id}/roles", grant="Roles: Read", cursor=CURSOR_NEXT,
-           page_size=1000, per=Kind.PROJECT_GROUP, parent="project_groups", parent_id_field="group_id"),
-    Family(name="federation_rules", label="federation rules",
-           path="/organization/workload_identity_providers/{provider_id}/federation_rules",
-           grant="Workload identity: Read", cursor=CURSOR_ITEM_ID, page_size=100,
-           item_object="organization.workload_identity_federation_rule", per=Kind.PROVIDER,
-           parent="workload_identity_providers"),
-    Family(name="user_roles", label="user roles", path="/organization/users/{user_id}/roles", grant="Roles: Read",
-           cursor=CURSOR_NEXT, page_size=1000, per=Kind.USER, parent="users", after_role_decision=True),
-    Family(name="project_user_roles", label="project user roles", path="/projects/{project_id}/users/{user_id}/roles",
-           grant="Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.PROJECT_MEMBER, parent="project_users",
+    Family("roles", "roles", "/organization/roles", "Roles: Read", cursor=CURSOR_NEXT, page_size=1000,
+           item_object="role", role_list=True),
+    Family("projects", "projects", "/organization/projects", "Projects: Read", cursor=CURSOR_LAST_ID,
+           page_size=100, item_object="organization.project", params=(("include_archived", "true"),)),
+    Family("workload_identity_providers", "workload identity providers", "/organization/workload_identity_providers",
+           "Workload identity: Read", cursor=CURSOR_ITEM_ID, page_size=100,
+           item_object="organization.workload_identity_provider"),
+    Family("certificates", "certificates", "/organization/certificates", "Certificates: Read", cursor=CURSOR_LAST_ID,
+           page_size=100, item_object="organization.certificate"),
+    Family("project_users", "project users", "/organization/projects/{project_id}/users", "Projects: Read",
+           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.user", per=Kind.PROJECT,
+           parent="projects", empty_when_archived=True),
+    Family("project_service_accounts", "project service accounts",
+           "/organization/projects/{project_id}/service_accounts", "Projects: Read", cursor=CURSOR_LAST_ID,
+           page_size=100, item_object="organization.project.service_account", per=Kind.PROJECT, parent="projects",
+           empty_when_archived=True),
+    Family("project_api_keys", "project API keys", "/organization/projects/{project_id}/api_keys", "API keys: Read",
+           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.api_key",
+           params=(("owner_project_access", "any"),), per=Kind.PROJECT, parent="projects"),
+    Family("project_roles", "project roles", "/projects/{project_id}/roles", "Roles: Read", cursor=CURSOR_NEXT,
+           page_size=1000, item_object="role", per=Kind.PROJECT, parent="projects", role_list=True),
+    Family("project_groups", "project groups", "/organization/projects/{project_id}/groups", "Groups: Read",
+           cursor=CURSOR_NEXT, page_size=100, item_object="project.group", per=Kind.PROJECT, parent="projects",
+           item_id_field="group_id", next_falls_back_to_item_id=True),
+    Family("model_permissions", "model permissions", "/organization/projects/{project_id}/model_permissions",
+           "Projects: Read", per=Kind.PROJECT, parent="projects", on_404=On404.NO_SETTINGS, settings=True),
+    Family("project_certificates", "project certificates", "/organization/projects/{project_id}/certificates",
+           "Certificates: Read", cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.certificate",
+           per=Kind.PROJECT, parent="projects"),
+    Family("hosted_tool_permissions", "hosted tool permissions",
+           "/organization/projects/{project_id}/hosted_tool_permissions", "Projects: Read", per=Kind.PROJECT,
+           parent="projects", on_404=On404.NO_SETTINGS, settings=True),
+    Family("group_users", "group users", "/organization/groups/{group_id}/users", "Groups: Read", cursor=CURSOR_NEXT,
+           page_size=1000, per=Kind.GROUP, parent="groups", next_falls_back_to_item_id=True),
+    Family("group_roles", "group roles", "/organization/groups/{group_id}/roles", "Roles: Read", cursor=CURSOR_NEXT,
+           page_size=1000, per=Kind.GROUP, parent="groups"),
+    Family("project_group_roles", "project group roles", "/projects/{project_id}/groups/{group_id}/roles",
+           "Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.PROJECT_GROUP, parent="project_groups",
+           parent_id_field="group_id"),
+    Family("federation_rules", "federation rules",
+           "/organization/workload_identity_providers/{provider_id}/federation_rules", "Workload identity: Read",
+           cursor=CURSOR_ITEM_ID, page_size=100, item_object="organization.workload_identity_federation_rule",
+           per=Kind.PROVIDER, parent="workload_identity_providers"),
+    Family("user_roles", "user roles", "/organization/users/{user_id}/roles", "Roles: Read", cursor=CURSOR_NEXT,
+           page_size=1000, per=Kind.USER, parent="users", after_role_decision=True),
+    Family("project_user_roles", "project user roles", "/projects/{project_id}/users/{user_id}/roles",
+           "Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.PROJECT_MEMBER, parent="project_users",
            after_role_decision=True),
     # One object by id, asked only to tell a deleted entity from a list its organization lacks (Kind).
-    Family(name="project_object", label="project", path="/organization/projects/{project_id}",
-           grant="Projects: Read", on_404=On404.EXISTENCE),
-    Family(name="group_object", label="group", path="/organization/groups/{group_id}", grant="Groups: Read",
+    Family("project_object", "project", "/organization/projects/{project_id}", "Projects: Read",
            on_404=On404.EXISTENCE),
-    Family(name="user_object", label="user", path="/organization/users/{user_id}", grant="Users: Read",
-           on_404=On404.EXISTENCE),
-    Family(name="provider_object", label="workload identity provider",
-           path="/organization/workload_identity_providers/{provider_id}", grant="Workload identity: Read",
-           on_404=On404.EXISTENCE),
+    Family("group_object", "group", "/organization/groups/{group_id}", "Groups: Read", on_404=On404.EXISTENCE),
+    Family("user_object", "user", "/organization/users/{user_id}", "Users: Read", on_404=On404.EXISTENCE),
+    Family("provider_object", "workload identity provider", "/organization/workload_identity_providers/{provider_id}",
+           "Workload identity: Read", on_404=On404.EXISTENCE),
 ]
 FAMILIES = {family.name: family for family in FAMILY_LIST}
 FAMILY_INDEX = {family.name: index for index, family in enumerate(FAMILY_LIST)}
@@ -1070,12 +1003,12 @@ STARTING_FAMILIES = [family for family in FAMILY_LIST if family.parent is None a
 # Records: what the fields of a record from OpenAI mean (ids, times, text)
 # ---------------------------------------------------------------------------------------------
 
-# Go's zero time: what a server written in Go sends for "never set"; as a date it would show a key expired.
+# What a server written in Go sends for "never set"; as a date it would show a key expired.
 GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)
 
 
 def moment(value: Any) -> datetime | None:
-    """Unix seconds (number or digits) or an ISO string as an aware UTC datetime; None when absent or unusable."""
+    """Unix seconds (number or digits) or an ISO string as a UTC datetime; None when absent or unusable."""
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -1103,13 +1036,12 @@ def rfc3339(value: Any) -> str | None:
 
 
 def epoch_seconds(value: Any) -> float | None:
-    """The same value as Unix seconds, for comparing times as numbers (strings sort "892-..." after "2026-...")."""
+    """Unix seconds, for comparing times as numbers (as text, "892-..." sorts after "2026-...")."""
     when = moment(value)
     return None if when is None else when.timestamp()
 
 
 def text_of(value: Any) -> str | None:
-    """A trimmed non-empty string, else None."""
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
@@ -1118,7 +1050,7 @@ def dict_of(value: Any) -> dict:
 
 
 def shape(value: Any) -> str:
-    """A value from a server as short JSON, for a warning about its shape (a value nested too deep included)."""
+    """A server's value as short JSON, for a warning (a value nested too deep included)."""
     try:
         text = json.dumps(value, sort_keys=True, default=str)
     except (TypeError, ValueError, RecursionError):
@@ -1138,11 +1070,8 @@ def usable_id(value: Any) -> bool:
 
 
 def unique_by_id(items: Iterable[Any], key: str = "id", problem: Callable[[str], None] | None = None) -> list[dict]:
-    """Items with a usable string id, the first of each kept, ids compared as oaaclient compares them (lower()).
-
-    The same id on two pages is normal (pages overlap) and silent; a record without a usable id, or whose id
-    differs from another only in case, is told to `problem`.
-    """
+    """Items with a usable id, the first of each (lower-cased, as oaaclient compares); a repeat is silent (pages
+    overlap), no usable id or one differing only in case is told to `problem`."""
     seen: dict[str, str] = {}
     result = []
     for item in items:
@@ -1163,7 +1092,6 @@ def unique_by_id(items: Iterable[Any], key: str = "id", problem: Callable[[str],
 
 
 def ids_of(items: Iterable[dict], key: str = "id") -> list[str]:
-    """The usable ids of `items`, first occurrence kept."""
     return [item[key] for item in unique_by_id(items, key)]
 
 
@@ -1172,13 +1100,11 @@ PREDEFINED_ROLE_ID = re.compile(r"role-api-(organization|project)-([a-z_]+?)(?:_
 
 
 def is_predefined_role(record: dict) -> bool:
-    """A Roles API role that is one of the fixed roles: flagged so, or with a predefined id. Anything else is custom,
-    also with a missing, null or non-boolean flag (never skip the reads that would find who holds it)."""
+    """Flagged predefined, or with a predefined id; anything else is custom (never skip the reads it needs)."""
     return record.get("predefined_role") is True or bool(PREDEFINED_ROLE_ID.fullmatch(str(record.get("id"))))
 
 
 def project_is_archived(record: dict) -> bool:
-    """A project record that says it is archived (status `archived`, or an `archived_at` time)."""
     status = text_of(record.get("status"))
     return (status is not None and status.lower() == "archived") or rfc3339(record.get("archived_at")) is not None
 
@@ -1194,9 +1120,8 @@ GROW_NEAR = 1 / 64  # per success otherwise: a limit that grew is found again at
 
 
 class Lanes:
-    """Every endpoint's lane, and the two things they share: one retry out at a time across all endpoints (so
-    endpoints refused by one shared limit do not all ask again at the same moment), and the pace of an endpoint
-    that has finished, shared out among those still paced (their share of a shared limit grows)."""
+    """Every endpoint's lane, and what they share: one retry out at a time across all endpoints, and the pace of a
+    finished endpoint, shared out among those still paced."""
 
     def __init__(self, names: Iterable[str], scale: float, per_minute: int | None) -> None:
         self.lanes = {name: Lane(self, scale, per_minute) for name in names}
@@ -1310,28 +1235,20 @@ PROGRESS_INTERVAL = 30.0   # seconds between progress lines (at least one second
 
 @dataclass
 class ListRead:
-    """Every page of one list (or one single object) of one family for one entity."""
+    """Every page of one list (or one single object) of one family for one entity: one GET at a time."""
 
     family: Family
     key: Any                      # where the result is filed: None, an id, or an (id, id) pair
     path: str
     on_done: Callable[[ListRead, Any], None]
+    params: dict[str, Any] = field(default_factory=dict)  # of its next GET
     items: list[dict] = field(default_factory=list)
     pages: int = 0
     size: int = 0                 # answer bytes read so far (decompressed)
     cursors: set[str] = field(default_factory=set)
-    last_sent: float = 0.0        # when its latest request went out: the entity existed then if it answered
-
-
-@dataclass
-class Request:
-    """One GET the reader wants: the next page of a ListRead."""
-
-    read: ListRead
-    params: dict[str, Any]
-    attempt: int = 0                      # 5xx and transport retries so far
+    attempt: int = 0                      # 5xx and transport retries of this page so far
     throttled_since: float | None = None  # the first 429 of its current run of 429s
-    sent_at: float = 0.0
+    sent_at: float = 0.0          # when its latest GET went out: the entity existed then if it answered
 
 
 @dataclass(frozen=True)
@@ -1355,7 +1272,6 @@ class Verdict(enum.Enum):
 
 
 def classify(answer: Answer) -> Verdict:
-    """What one answer means for its request, from the answer alone (pure)."""
     if answer.status == 200 and not answer.fatal:
         return Verdict.PAGE
     if answer.status == 429 and answer.should_retry is not False:
@@ -1372,9 +1288,9 @@ def check_page(family: Family, body: dict, path: str, limit: Any) -> list[dict]:
         raise DiscoveryError(f"{path}: expected a list, got object {str(body.get('object'))[:40]!r}")
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise DiscoveryError(f"{path}: 'data' is not a list of objects")
-    if family.item_object and any(item.get("object", family.item_object) != family.item_object for item in data):
-        odd = next(item.get("object") for item in data if item.get("object", family.item_object) != family.item_object)
-        raise DiscoveryError(f"{path}: expected {family.item_object} items, got {str(odd)[:40]!r}")
+    odd = [item.get("object") for item in data if item.get("object", family.item_object) != family.item_object]
+    if family.item_object and odd:
+        raise DiscoveryError(f"{path}: expected {family.item_object} items, got {str(odd[0])[:40]!r}")
     if isinstance(limit, int) and len(data) > limit:
         raise DiscoveryError(f"{path}: a page of {len(data):,} items answered a request for at most {limit}; "
                              "a server that ignores the page size cannot be read safely, so the run stops")
@@ -1403,18 +1319,18 @@ class WorkerPool:
         self.http, self.done, self.size = http, done, size
         self.work: queue.SimpleQueue = queue.SimpleQueue()
         for number in range(size):
-            threading.Thread(target=self._work, name=f"openai-read-{number + 1}", daemon=True).start()
+            threading.Thread(target=self.work_loop, name=f"openai-read-{number + 1}", daemon=True).start()
 
-    def submit(self, request: Request) -> None:
-        self.work.put(request)
+    def submit(self, read: ListRead) -> None:
+        self.work.put(read)
 
-    def _work(self) -> None:
-        while (request := self.work.get()) is not None:
+    def work_loop(self) -> None:
+        while (read := self.work.get()) is not None:
             try:
-                answer = self.http.call("GET", request.read.path, request.params)
+                answer = self.http.call("GET", read.path, read.params)
             except Exception as exc:  # a bug must not leave the reader waiting for an answer
                 answer = Answer(0, problem=f"{type(exc).__name__}: {exc}", fatal=True)
-            self.done.put((request, answer))
+            self.done.put((read, answer))
 
     def close(self) -> None:
         for _ in range(self.size):
@@ -1431,24 +1347,21 @@ def format_duration(seconds: float) -> str:
 
 
 class Scheduler:
-    """Sends each GET when its endpoint's lane allows it, takes the answers, follows the pages.
-
-    A worker only ever carries out one GET; a next page or a throttled request goes back to the front of its
-    endpoint's queue, a retry to a heap of delayed requests, so one endpoint's limit never holds a worker
-    another endpoint could use. What an answer means for the organization is the read plan's to decide.
-    """
+    """Sends each GET when its endpoint's lane allows it and follows the pages; a request that must wait goes back
+    to its endpoint's queue or a heap, so one endpoint's limit never holds a worker another could use."""
 
     def __init__(self, http: Http, config: Config, clock: Clock, families: Iterable[Family]) -> None:
         self.http, self.config, self.clock = http, config, clock
         families = list(families)
         self.labels = {family.name: family.label for family in families}
         self.lanes = Lanes(self.labels, clock.scale, config.max_requests_per_minute_per_endpoint)
-        self.queues: dict[str, deque[Request]] = {family.name: deque() for family in families}
-        self.delayed: list[tuple[float, int, Request]] = []   # (due, order, request)
+        self.queues: dict[str, deque[ListRead]] = {family.name: deque() for family in families}
+        self.delayed: list[tuple[float, int, ListRead]] = []   # (due, order, read)
+        self.order = itertools.count(1)
         self.done: queue.SimpleQueue = queue.SimpleQueue()
         self.open_reads = {family.name: 0 for family in families}
         self.finished_reads = {family.name: 0 for family in families}
-        self.in_flight = self.calls = self.retries = self.throttled = self.succeeded = self.order = 0
+        self.in_flight = self.calls = self.retries = self.throttled = self.succeeded = 0
         self.next_global_send = self.next_progress = 0.0
         self.unreachable_since: float | None = None  # connection failures before OpenAI first answered
         self.answered = False
@@ -1458,8 +1371,9 @@ class Scheduler:
 
     def add(self, read: ListRead, params: dict[str, Any]) -> None:
         """Queue the first page of a read."""
+        read.params = params
         self.open_reads[read.family.name] += 1
-        self.queues[read.family.name].append(Request(read, params))
+        self.queues[read.family.name].append(read)
 
     def finish(self, read: ListRead, result: Any) -> None:
         name = read.family.name
@@ -1473,7 +1387,7 @@ class Scheduler:
         """Finish, with no result, every read of a family that was left out while it waited."""
         waiting = self.queues[family.name]
         while waiting:
-            self.finish(waiting.pop().read, None)
+            self.finish(waiting.pop(), None)
 
     def start(self, plan: Any) -> None:
         self.plan = plan
@@ -1493,22 +1407,22 @@ class Scheduler:
                                      f"{sum(self.open_reads.values())} reads still open{self.slowest_endpoint(' ')}")
             self.dispatch(now)
             try:
-                request, answer = self.done.get(timeout=self.seconds_to_next_event(time.monotonic()))
+                read, answer = self.done.get(timeout=self.seconds_to_next_event(time.monotonic()))
             except queue.Empty:
                 pass
             else:
                 self.in_flight -= 1
-                self.take_answer(request, answer, time.monotonic())
+                self.take_answer(read, answer, time.monotonic())
             if time.monotonic() >= self.next_progress:
                 self.log_progress()
 
     def dispatch(self, now: float) -> None:
         while self.delayed and self.delayed[0][0] <= now:
-            request = heapq.heappop(self.delayed)[2]
-            if self.plan.is_left_out(request.read.family):
-                self.finish(request.read, None)  # its family was left out while it waited
+            read = heapq.heappop(self.delayed)[2]
+            if self.plan.is_left_out(read.family):
+                self.finish(read, None)  # its family was left out while it waited
             else:
-                self.queues[request.read.family.name].appendleft(request)
+                self.queues[read.family.name].appendleft(read)
         while self.in_flight < self.config.max_workers and self.next_global_send <= now:
             name = next((name for name, waiting in self.queues.items()  # catalogue order: the same run each time
                          if waiting and self.lanes[name].ready_at(now) <= now), None)
@@ -1516,14 +1430,15 @@ class Scheduler:
                 return
             self.send(self.queues[name].popleft(), now)
 
-    def send(self, request: Request, now: float) -> None:
+    def send(self, read: ListRead, now: float) -> None:
         if self.config.max_requests_per_second:
-            self.next_global_send = max(now, self.next_global_send) + self.clock.scale / self.config.max_requests_per_second
-        request.sent_at = request.read.last_sent = now
-        self.lanes[request.read.family.name].on_send(now)
+            self.next_global_send = max(now, self.next_global_send) + \
+                self.clock.scale / self.config.max_requests_per_second
+        read.sent_at = now
+        self.lanes[read.family.name].on_send(now)
         self.in_flight += 1
         self.calls += 1
-        self.pool.submit(request)
+        self.pool.submit(read)
 
     def seconds_to_next_event(self, now: float) -> float:
         wake = [self.next_progress]
@@ -1537,8 +1452,8 @@ class Scheduler:
         return min(1.0, max(0.0, min(wake) - now))
 
     # --- answers ----------------------------------------------------------------------------
-    def take_answer(self, request: Request, answer: Answer, now: float) -> None:
-        read, lane = request.read, self.lanes[request.read.family.name]
+    def take_answer(self, read: ListRead, answer: Answer, now: float) -> None:
+        lane = self.lanes[read.family.name]
         self.answered = self.answered or answer.status != 0
         if self.plan.is_left_out(read.family):  # left out meanwhile: whatever came back is moot
             lane.answered()
@@ -1546,35 +1461,35 @@ class Scheduler:
             return
         verdict = classify(answer)
         if verdict is Verdict.PAGE:
-            lane.on_success(now, request.sent_at)
+            lane.on_success(now, read.sent_at)
             self.succeeded += 1
-            request.throttled_since = None
-            self.take_page(request, answer)
+            read.throttled_since = None
+            self.take_page(read, answer)
         elif verdict is Verdict.THROTTLED:
-            self.take_throttle(request, answer, now)
+            self.take_throttle(read, answer, now)
         elif verdict is Verdict.REFUSED:  # its limit let it through: a success for the pace
-            lane.on_success(now, request.sent_at)
+            lane.on_success(now, read.sent_at)
             self.plan.refused(read, Refusal(answer.status, read.path, answer.detail))
         else:
             lane.answered()
             if verdict is Verdict.RETRY:
-                self.retry(request, answer, now)
+                self.retry(read, answer, now)
             else:
                 self.plan.failed(read, f"{read.path}: {answer.problem}"
                                        + (f": {answer.detail}" if answer.detail else ""))
 
-    def take_throttle(self, request: Request, answer: Answer, now: float) -> None:
+    def take_throttle(self, read: ListRead, answer: Answer, now: float) -> None:
         """A 429: the same request again once its lane allows; never past --max-throttle-wait or the run's end."""
-        read, lane = request.read, self.lanes[request.read.family.name]
+        lane = self.lanes[read.family.name]
         self.throttled += 1
-        request.throttled_since = request.throttled_since or now
-        until = min(request.throttled_since + self.config.max_throttle_wait, self.clock.deadline)
-        due = lane.on_throttled(now, request.sent_at, answer.hint, answer.whole_seconds)
+        read.throttled_since = read.throttled_since or now
+        until = min(read.throttled_since + self.config.max_throttle_wait, self.clock.deadline)
+        due = lane.on_throttled(now, read.sent_at, answer.hint, answer.whole_seconds)
         hint = f" with retry-after {answer.hint:g}s" if answer.hint is not None else ""
         if due > until and (answer.hint is not None or now >= until):
             limit = ("--max-run-time" if until == self.clock.deadline else
                      f"--max-throttle-wait {self.config.max_throttle_wait:g}s")
-            waited = f"after waiting {now - request.throttled_since:.1f}s"
+            waited = f"after waiting {now - read.throttled_since:.1f}s"
             self.plan.failed(read, f"{read.path}: HTTP 429 (rate limited){hint}, which ends past {limit} ({waited})"
                              if answer.hint is not None else f"{read.path}: still HTTP 429 (rate limited) {waited} "
                              f"({limit}){self.slowest_endpoint('; ')}")
@@ -1583,33 +1498,34 @@ class Scheduler:
         self.throttled_families.add(read.family.name)
         log.log(logging.INFO if first else logging.DEBUG, "%s: HTTP 429, waiting %.1fs%s", read.path,
                 (min(due, until) - now) / self.clock.scale, hint or " (no retry-after: probing)")
-        heapq.heappush(self.delayed, (min(due, until), self.next_order(), request))
+        heapq.heappush(self.delayed, (min(due, until), next(self.order), read))
 
-    def retry(self, request: Request, answer: Answer, now: float) -> None:
-        """A transient fault: the same request after a backoff; until OpenAI has answered once, connection
-        failures get UNREACHABLE_AFTER seconds in all, then the run ends naming the host."""
-        path = request.read.path
+    def retry(self, read: ListRead, answer: Answer, now: float) -> None:
+        """A transient fault: the same request after a backoff; before OpenAI ever answered, UNREACHABLE_AFTER."""
+        path, host = read.path, self.http.host
         if answer.status == 0 and not self.answered:
             self.unreachable_since = self.unreachable_since or now
             if now - self.unreachable_since >= UNREACHABLE_AFTER * self.clock.scale:
-                raise DiscoveryError(unreachable_message(self.http.host, answer))
-        elif request.attempt >= self.config.max_retries:
-            self.plan.failed(request.read, f"{path}: {answer.problem}, gave up after {request.attempt} retries")
+                tls = (" The TLS handshake failed: behind a TLS-inspecting proxy or a private CA, set "
+                       "REQUESTS_CA_BUNDLE to its CA certificate file (PEM).") if answer.ssl else \
+                    " Behind a TLS-inspecting proxy, REQUESTS_CA_BUNDLE must name its CA certificate file (PEM)."
+                raise DiscoveryError(
+                    f"cannot reach OpenAI at {host}: {answer.problem}, for {UNREACHABLE_AFTER:g}s before any answer. "
+                    f"Check that {host.rsplit(':', 1)[0] if host.count(':') == 1 else host} resolves (DNS) and is "
+                    f"reachable from here, and the proxy settings (HTTPS_PROXY, NO_PROXY).{tls}")
+        elif read.attempt >= self.config.max_retries:
+            self.plan.failed(read, f"{path}: {answer.problem}, gave up after {read.attempt} retries")
             return
-        request.attempt += 1
+        read.attempt += 1
         self.retries += 1
-        wait = backoff(request.attempt, answer.hint)
+        wait = backoff(read.attempt, answer.hint)
         log.log(logging.INFO if self.answered else logging.DEBUG, "%s: %s, retry %d/%d in %.1fs", path,
-                answer.problem, request.attempt, self.config.max_retries, wait)
-        heapq.heappush(self.delayed, (now + wait * self.clock.scale, self.next_order(), request))
+                answer.problem, read.attempt, self.config.max_retries, wait)
+        heapq.heappush(self.delayed, (now + wait * self.clock.scale, next(self.order), read))
 
-    def next_order(self) -> int:
-        self.order += 1
-        return self.order
-
-    def take_page(self, request: Request, answer: Answer) -> None:
+    def take_page(self, read: ListRead, answer: Answer) -> None:
         """A page: keep its items, then the next page first in its endpoint's queue (one bounded loop)."""
-        read, family, path, body = request.read, request.read.family, request.read.path, answer.body
+        family, path, body = read.family, read.path, answer.body
         if not isinstance(body, dict):
             if family.settings:  # the mapping warns and leaves the settings unset
                 self.finish(read, body)
@@ -1619,7 +1535,7 @@ class Scheduler:
         if family.cursor is None:
             self.finish(read, body)
             return
-        data = check_page(family, body, path, request.params.get("limit"))
+        data = check_page(family, body, path, read.params.get("limit"))
         read.items.extend(data)
         read.pages += 1
         read.size += answer.size
@@ -1630,15 +1546,17 @@ class Scheduler:
             if family.cut_at_cap:
                 self.plan.cut(read)
                 return
-            bound = (f"{read.size / 2 ** 20:.3g} MB in {read.pages:,} pages, past the {MAX_LIST_BYTES / 2 ** 20:.3g} MB "
-                     "bound on one list" if read.size > MAX_LIST_BYTES else f"{family.max_pages:,} pages")
+            bound = (f"{read.size / 2 ** 20:.3g} MB in {read.pages:,} pages, past the "
+                     f"{MAX_LIST_BYTES / 2 ** 20:.3g} MB bound on one list" if read.size > MAX_LIST_BYTES
+                     else f"{family.max_pages:,} pages")
             raise DiscoveryError(f"{path}: still has_more after {bound}; no real organization is that large, so the "
                                  "server is looping")
         cursor = next_cursor(family, body, data, path)
         if cursor in read.cursors:
             raise DiscoveryError(f"{path}: the cursor {cursor[:40]!r} repeats; stopping instead of looping")
         read.cursors.add(cursor)
-        self.queues[family.name].appendleft(Request(read, {**request.params, "after": cursor}))
+        read.params, read.attempt = {**read.params, "after": cursor}, 0
+        self.queues[family.name].appendleft(read)
 
     # --- progress -----------------------------------------------------------------------------
     def progress_interval(self) -> float:
@@ -1661,15 +1579,13 @@ class Scheduler:
         return min(rates, default=None)
 
     def estimate_seconds_left(self) -> float | None:
-        """Every open read at the rate calls have succeeded so far, and each paced endpoint's at its pace; None
-        before 20 calls have succeeded (no estimate is printed, never a guess)."""
+        """Open reads at the rate seen and each paced endpoint's at its pace; None before 20 successes."""
         overall = self.slowest_rate_for([])
         if overall is None:
             return None
-        estimates = [sum(self.open_reads.values()) / overall]
-        estimates += [pending / lane.requests_per_second() for name, lane in self.lanes.lanes.items()
-                      if (pending := self.open_reads[name]) and lane.requests_per_second()]
-        return max(estimates)
+        return max([sum(self.open_reads.values()) / overall] +
+                   [pending / lane.requests_per_second() for name, lane in self.lanes.lanes.items()
+                    if (pending := self.open_reads[name]) and lane.requests_per_second()])
 
     def log_progress(self) -> None:
         self.next_progress = time.monotonic() + self.progress_interval()
@@ -1686,15 +1602,6 @@ class Scheduler:
                         f"about {format_duration(left)} left for the reads known so far at the rate seen")
 
 
-def unreachable_message(host: str, answer: Answer) -> str:
-    tls = (" The TLS handshake failed: behind a TLS-inspecting proxy or a private CA, set REQUESTS_CA_BUNDLE to "
-           "its CA certificate file (PEM).") if answer.ssl else \
-        " Behind a TLS-inspecting proxy, REQUESTS_CA_BUNDLE must name its CA certificate file (PEM)."
-    return (f"cannot reach OpenAI at {host}: {answer.problem}, for {UNREACHABLE_AFTER:g}s before any answer. Check "
-            f"that {host.rsplit(':', 1)[0] if host.count(':') == 1 else host} resolves (DNS) and is reachable from "
-            f"here, and the proxy settings (HTTPS_PROXY, NO_PROXY).{tls}")
-
-
 # ---------------------------------------------------------------------------------------------
 # The read plan: what to read, in what order, and what each answer means (from the catalogue)
 # ---------------------------------------------------------------------------------------------
@@ -1705,15 +1612,10 @@ ROLE_LISTS = [family for family in FAMILY_LIST if family.role_list]
 ROLE_DECISION_WAITS_FOR = {family.name for family in ROLE_LISTS} | {f.parent for f in ROLE_LISTS if f.parent}
 
 
-def has_custom_roles(roles: Iterable[Any]) -> bool:
-    return any(isinstance(role, dict) and usable_id(role.get("id")) and not is_predefined_role(role) for role in roles)
-
-
 def decide_role_assignment_reads(mode: str, roles_refused: bool, custom_roles_seen: bool,
                                  role_lists_pending: int) -> tuple[bool | None, str]:
-    """Whether to read per-user and per-project-member roles: (True/False, why), or (None, "") until known.
-    `auto` reads them as soon as any role list shows a custom role, and skips them only once every role list
-    has been read and none does."""
+    """(whether to read role assignments, why), or (None, "") until known: `auto` reads them once a role list
+    shows a custom role, and skips them once every role list is read and none does."""
     if roles_refused:
         return False, "skipped: the Roles API is not available to this key"
     if mode == "none":
@@ -1724,17 +1626,13 @@ def decide_role_assignment_reads(mode: str, roles_refused: bool, custom_roles_se
         return True, "reading them: the Roles API lists custom roles (--role-assignments auto)"
     if role_lists_pending > 0:
         return None, ""
-    return False, "skipped: every role the Roles API lists is predefined (--role-assignments auto); use 'all' to read them anyway"
+    return False, ("skipped: every role the Roles API lists is predefined (--role-assignments auto); use 'all' to "
+                   "read them anyway")
 
 
 class ReadPlan:
-    """Reads every family of the catalogue into a Snapshot, the scheduler doing the requests.
-
-    The families without a parent go first, then each family for every item of its parent as that list arrives,
-    the role assignment reads once they are decided on. A 404 on one entity's list is settled at the end by
-    asking the entity itself. Only the main thread touches the snapshot, and every result is filed under its
-    key, so the payload does not depend on the order answers arrive in.
-    """
+    """Reads the catalogue into a Snapshot: each family for every item of its parent as that list arrives, each
+    result filed under its key (by the main thread), so the payload does not depend on the order of answers."""
 
     def __init__(self, config: Config, scheduler: Any) -> None:
         self.config, self.scheduler = config, scheduler
@@ -1744,7 +1642,7 @@ class ReadPlan:
         self.exists: dict[tuple[Kind, Any], bool | None] = {}  # (kind, key) -> its own object answered 200/404
         self.existence_unknown: dict[tuple[Kind, Any], str] = {}  # (kind, key) -> why its object could not say
         self.unseen: set[int] = set()  # reads that answered 404: they say nothing about their entity existing
-        self.archived: set[str] = set()  # entities their list says are archived (their members' lists answer 400)
+        self.archived: set[str] = set()  # projects their list says are archived (their members' lists answer 400)
         self.role_decision: bool | None = None
         self.role_decision_reason = ""
         self.held: list[tuple[Family, Any, list[dict]]] = []  # reads that wait for the role decision
@@ -1791,19 +1689,23 @@ class ReadPlan:
 
     # --- a list is in: file it, read what hangs on it ---------------------------------------
     def list_done(self, read: ListRead, result: Any) -> None:
-        family, key = read.family, read.key
+        family, key, s = read.family, read.key, self.snapshot
         if family.per and key is not None and id(read) not in self.unseen:
             seen = self.found.setdefault(family.per, {})
-            seen[key] = max(seen.get(key, read.last_sent), read.last_sent)
-        if family.name in self.snapshot.unavailable:
+            seen[key] = max(seen.get(key, read.sent_at), read.sent_at)
+        if family.name in s.unavailable:
             result = None
-        self.snapshot.file(family, key, result)
-        if family.activity_window and result is not None:
-            self.log_activity_read(read, result)
+        s.file(family, key, result)
         if result is not None:
+            if family.activity_window:
+                if s.activity_window_days is None:
+                    s.activity_window_days = self.config.activity_days
+                log.info("read %d audit log events (logins and API key changes of the last %d days) in %d call%s",
+                         len(result), s.activity_window_days, read.pages, "" if read.pages == 1 else "s")
             self.read_children(family, key, result)
-        if family.role_list and result is not None:
-            self.custom_roles_seen = self.custom_roles_seen or has_custom_roles(result)
+            if family.role_list and not self.custom_roles_seen:
+                self.custom_roles_seen = any(isinstance(role, dict) and usable_id(role.get("id"))
+                                             and not is_predefined_role(role) for role in result)
         if family.name in ROLE_DECISION_WAITS_FOR:
             self.decide_role_reads()
 
@@ -1825,16 +1727,8 @@ class ReadPlan:
         for item_id in ids:
             self.queue(child, item_id if parent_key is None else (parent_key, item_id), self.list_done)
 
-    def log_activity_read(self, read: ListRead, items: list[dict]) -> None:
-        s = self.snapshot
-        if s.activity_window_days is None:
-            s.activity_window_days = self.config.activity_days
-        log.info("read %d audit log events (logins and API key changes of the last %d days) in %d call%s",
-                 len(items), s.activity_window_days, read.pages, "" if read.pages == 1 else "s")
-
     def cut(self, read: ListRead) -> None:
-        """Stop a newest-first list at its cap: what was read is each user's latest login and each key's latest
-        scopes back to the last event read; older ones are missing, so the window is shortened."""
+        """Stop a newest-first list at its cap; the activity window shrinks to the oldest event read."""
         s = self.snapshot
         oldest = next((at for at in map(epoch_seconds, (event.get("effective_at") for event in reversed(read.items)))
                        if at is not None), None)
@@ -1875,7 +1769,7 @@ class ReadPlan:
             self.read_each(child, key, items)
 
     def log_role_read_estimate(self, top_level: int) -> None:
-        """Logged once the user list is in: the count, and a time only when there is an observed rate."""
+        """Once the user list is in: the count, and a time only when there is an observed rate."""
         s = self.snapshot
         later = [family for family in FAMILY_LIST if family.after_role_decision]
         nested = sum(len(ids_of(items, other.parent_id_field)) for other in later if FAMILIES[other.parent].parent
@@ -1896,7 +1790,8 @@ class ReadPlan:
         if refusal.status == 400:
             if family.empty_when_archived and (read.key in self.archived or "archived" in refusal.detail.lower()):
                 # OpenAI documents this 400 "when project is archived": an archived project has no members.
-                log.info("%s: HTTP 400 for archived %s %s; read as an empty list", read.path, family.per.label, read.key)
+                log.info("%s: HTTP 400 for archived %s %s; read as an empty list", read.path, family.per.label,
+                         read.key)
                 finish(read, [])
             else:
                 self.failed(read, str(refusal))
@@ -1924,25 +1819,21 @@ class ReadPlan:
 
     def failed(self, read: ListRead, message: str) -> None:
         """A read that cannot complete: the run fails, except for an optional family (left unset, warned)."""
-        if read.family.optional:
-            log.warning("%s left unset: the %s could not be read (%s)", read.family.optional, read.family.label,
-                        message)
-            self.scheduler.finish(read, None)
-            return
-        raise DiscoveryError(message)
+        if not read.family.optional:
+            raise DiscoveryError(message)
+        log.warning("%s left unset: the %s could not be read (%s)", read.family.optional, read.family.label, message)
+        self.scheduler.finish(read, None)
 
     def leave_out(self, family: Family, reason: str) -> None:
-        if family.name in self.snapshot.unavailable:
-            return
-        self.snapshot.unavailable[family.name] = reason
-        setattr(self.snapshot, family.name, None)
-        self.scheduler.drop_waiting(family)
+        if family.name not in self.snapshot.unavailable:
+            self.snapshot.unavailable[family.name] = reason
+            setattr(self.snapshot, family.name, None)
+            self.scheduler.drop_waiting(family)
 
     # --- entities that may have been deleted during the run -------------------------------------
     def ask_whether_gone(self) -> None:
-        """Ask for the object itself (project, group, user, provider) whose list answered 404: its 404 says it
-        was deleted during the run; a 200 says it is there, so the organization lacks that list. One object per
-        family first, which settles a missing family in one call; then the others, one call per entity."""
+        """Ask each entity whose list answered 404 for its own object (a 404: deleted; a 200: the list is missing),
+        one per family first, which settles a missing family in one call."""
         for first_round in (True, False):
             wanted: dict[tuple[Kind, Any], None] = {}
             for name, misses in self.not_found_in_catalogue_order():
@@ -1973,9 +1864,8 @@ class ReadPlan:
             self.existence_unknown[kind_and_key] = f"HTTP {result.status} on {result.endpoint}"
 
     def settle_not_found(self) -> None:
-        """Entities their own object says are gone (404) are deleted; nothing else is. Where the object could not
-        say (403, or never answered), the entity may exist: its family is left out. A link between two entities has
-        no object: a 404 on every link of a family is the family missing, else that link is gone."""
+        """An entity its own object says is gone (404) is deleted. One whose object could not say may exist: its
+        family is left out. Links have no object: a 404 on every link is the family missing, else the link is gone."""
         for name, misses in self.not_found_in_catalogue_order():
             family = FAMILIES[name]
             if name in self.snapshot.unavailable:
@@ -2004,9 +1894,8 @@ class ReadPlan:
 # ---------------------------------------------------------------------------------------------
 
 class Snapshot:
-    """Everything read from OpenAI: one attribute per catalogue family, named like it. A top-level family holds
-    its records (None: left out, or not read); a per-entity family holds {entity key: records} (None: left out).
-    The role assignment families stay None unless they are read."""
+    """Everything read from OpenAI, one attribute per catalogue family: its records, or {entity key: records} for a
+    per-entity family; None when left out (or, for role assignments, not read)."""
 
     def __init__(self, org_id: str, *, activity_since: int | None = None, activity_window_days: int | None = None,
                  unavailable: dict[str, str] | None = None, read_at: float | None = None,
@@ -2017,19 +1906,13 @@ class Snapshot:
         self.org_id = org_id
         for family in FAMILY_LIST:
             if family.not_found is not On404.EXISTENCE:
-                setattr(self, family.name, results[family.name] if family.name in results else self.empty(family))
+                empty = [] if family.required else {} if family.per and not family.after_role_decision else None
+                setattr(self, family.name, results.get(family.name, empty))
         self.activity_since = activity_since            # Unix seconds the audit log was read from
         self.activity_window_days = activity_window_days  # the days it covers (fewer when cut at its cap)
         self.unavailable = unavailable if unavailable is not None else {}  # family name -> why it was left out
         self.read_at = read_at if read_at is not None else time.time()  # "expired" is judged at this time
         self.deleted = deleted if deleted is not None else []  # (entity kind, key, endpoint)
-
-    @staticmethod
-    def empty(family: Family) -> Any:
-        """A family's value before it is read: what the mapping sees when nothing came."""
-        if family.required:
-            return []
-        return {} if family.per and not family.after_role_decision else None
 
     def file(self, family: Family, key: Any, result: Any) -> None:
         """File one read's result where its family lives (a list refused for one entity files nothing)."""
@@ -2056,7 +1939,7 @@ PROJECT_PERMISSIONS = {
     "Manage Project Members": OAAPermission.MetadataWrite,
     "Manage Project API Keys": OAAPermission.MetadataWrite,
 }
-PROJECT_OWNER_PERMISSIONS = ["Standard API Requests", "Read Project", "Manage Project Members", "Manage Project API Keys"]
+PROJECT_OWNER_PERMISSIONS = ["Standard API Requests", *PROJECT_PERMISSIONS]
 FIXED_ROLES = {  # unique id: (name, permissions)
     "owner": ("Owner", ["Standard API Requests", "Read Organization", "Modify Billing", "Manage Members"]),
     "reader": ("Reader", ["Standard API Requests", "Read Organization"]),
@@ -2065,20 +1948,19 @@ FIXED_ROLES = {  # unique id: (name, permissions)
     "project_owner_via_organization": ("Project Owner (organization owner)", PROJECT_OWNER_PERMISSIONS),
     "project_member": ("Project Member", ["Standard API Requests", "Read Project"]),
     "project_viewer": ("Project Viewer", ["Read Project"]),  # OpenAI's RBAC guide gives viewers read access
-    # An admin key manages members, service accounts and keys in every project (its project permissions spread).
+    # An admin key manages members, service accounts and keys in every project.
     "admin_api_key": ("Admin API Key", ["Read Organization", "Modify Billing", "Manage Members", *PROJECT_PERMISSIONS]),
 }
 ORG_ROLE_VALUES = {"owner": "owner", "reader": "reader", "member": "reader"}  # invite docs say "owner or member"
 PROJECT_ROLE_VALUES = {"owner": "project_owner", "member": "project_member", "viewer": "project_viewer"}
-# An unknown role value never shows less than what every holder of a role there has: reading it.
-UNKNOWN_ROLE_PERMISSIONS = {False: FIXED_ROLES["reader"][1], True: ["Read Project"]}  # by "is a project role"
+# An unknown role value never shows less than every holder of a role there has: reading it (by "is project").
+UNKNOWN_ROLE_PERMISSIONS = {False: FIXED_ROLES["reader"][1], True: ["Read Project"]}
 KEY_ACCESS_VALUES = ("active", "inactive")
 KEY_OWNER_TYPES = ("user", "service_account")
 PROJECT_STATUSES = ("active", "archived")
 SOURCE_PRINCIPAL_TYPES = ("user", "group")
 HOSTED_TOOLS = ("code_interpreter", "file_search", "image_generation", "mcp", "web_search")
-# A permission string `api.<area>[.<sub>].<verb>` maps by area and verb (OpenAI's RBAC guide; docs/mapping.md):
-# content areas read or write customer data, management areas the organization's settings.
+# A permission string `api.<area>[.<sub>].<verb>` maps by area and verb (OpenAI's RBAC guide; docs/mapping.md).
 CONTENT_AREAS = {"model", "models", "files", "assistants", "threads", "vector_stores", "batches", "fine_tuning",
                  "evals", "responses", "chat", "completions", "audio", "images", "videos", "realtime", "embeddings",
                  "uploads", "containers"}
@@ -2086,12 +1968,12 @@ MANAGEMENT_AREAS = {"organization", "projects", "project", "users", "groups", "r
                     "service_accounts", "invites", "usage", "audit_logs", "billing", "rate_limits", "ip_allowlist",
                     "mtls", "oidc", "management"}
 VERBS = {**dict.fromkeys(("read", "list", "view", "get"), "Read"), "create": "Create",
-         **dict.fromkeys(("delete", "remove"), "Delete"), **dict.fromkeys(("write", "update", "manage", "admin"), "Write")}
+         **dict.fromkeys(("delete", "remove"), "Delete"),
+         **dict.fromkeys(("write", "update", "manage", "admin"), "Write")}
 
 
 def canonical_permissions(permission: str) -> list[OAAPermission]:
-    """The OAA canonicals of a permission string: Data for content areas, Metadata for management ones, both for
-    `api.all` and an area in neither list (never understated); requesting a model is DataRead everywhere."""
+    """Data for content areas, Metadata for management ones, both for others (never understated)."""
     parts = permission.strip().lower().split(".")
     verb, area = parts[-1], parts[1] if len(parts) > 2 and parts[0] == "api" else ""
     if verb in ("request", "use", "invoke"):
@@ -2102,16 +1984,25 @@ def canonical_permissions(permission: str) -> list[OAAPermission]:
     return [OAAPermission[kind + VERBS[verb]] for kind in kinds]
 
 
-
 S, N, B, T, L = (OAAPropertyType.STRING, OAAPropertyType.NUMBER, OAAPropertyType.BOOLEAN, OAAPropertyType.TIMESTAMP,
                  OAAPropertyType.STRING_LIST)
 STEPS: list[Callable[[ApplicationBuilder], None]] = []
 
 
+def copy_fields(entity: Any, record: dict, **kinds: OAAPropertyType) -> None:
+    """Record fields as the entity's custom properties of the same names, in order: text trimmed (S), a time as
+    RFC3339 (T), a boolean (B) only when it is one; anything absent or unusable is left unset."""
+    for name, kind in kinds.items():
+        value = record.get(name)
+        value = text_of(value) if kind is S else rfc3339(value) if kind is T else value if isinstance(value, bool) \
+            else None
+        entity.set_property(name, value, ignore_none=True)
+
+
 def step(*properties: tuple[str, str, OAAPropertyType]) -> Callable:
-    """A mapping step: Mapping.build() runs the steps in the order they are declared here, after defining the
-    custom properties each declares as (entity, name, type); entity is `application`, `local_user`,
-    `local_group`, `local_role`, `access_cred` or `resource:<type>`."""
+    """A mapping step, run in declaration order once the custom properties it declares are defined: (entity,
+    name, type), entity being `application`, `local_user`, `local_group`, `local_role`, `access_cred` or
+    `resource:<type>`."""
     def register(function: Callable[[ApplicationBuilder], None]) -> Callable[[ApplicationBuilder], None]:
         function.properties = properties
         STEPS.append(function)
@@ -2129,8 +2020,8 @@ class MappingResult:
 
 
 class ApplicationBuilder:
-    """What every mapping step shares: the application being built, its warnings and counts, each list read once
-    (deduplicated, deleted entities dropped), the one place each kind of identity is made, and roles."""
+    """What every mapping step shares: the application, its warnings and counts, each list read once (deduplicated,
+    deleted entities dropped), the one place each kind of identity is made, and roles."""
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = s = snapshot
@@ -2144,7 +2035,7 @@ class ApplicationBuilder:
             self.deleted.setdefault(kind, set()).add(key)
             self.warn(f"{kind.label} {key if isinstance(key, str) else ' in '.join(reversed(key))} was deleted "
                       f"during the run (HTTP 404 on {endpoint}): {kind.when_deleted}", f"deleted:{kind.label}:{key}")
-        self.generated_roles: dict[tuple[bool, str], str] = {}
+        self.generated_roles: dict[tuple[bool, str], str] = {}  # (is project, unknown role value) -> role id
         self.api_roles: dict[str, str] = {}          # Roles API role id -> the role id pushed for it
         self.custom_roles: set[str] = set()          # pushed ids of the Roles API's custom roles
         self.predefined_permissions: dict[str, set[str]] = {}  # fixed role id -> its predefined roles' strings
@@ -2193,11 +2084,12 @@ class ApplicationBuilder:
                   f"unknown {field_name} {shown!r}: {what_then}", f"value:{field_name}:{shown}")
 
     def flag(self, record: dict, name: str, subject: str) -> bool | None:
-        """A boolean field: true, false, or None when absent or not a boolean (then warned once, as unknown)."""
+        """A boolean field; None when absent, or when not a boolean (then warned once, as unknown)."""
         value = record.get(name)
         if value is None or isinstance(value, bool):
             return value
-        self.warn(f"{subject} has {name} {shape(value)}, not true or false; treated as unknown", f"flag:{subject}:{name}")
+        self.warn(f"{subject} has {name} {shape(value)}, not true or false; treated as unknown",
+                  f"flag:{subject}:{name}")
         return None
 
     def records(self, what: str, items: Iterable[Any], kind: Kind | None = None, key: str = "id") -> list[dict]:
@@ -2209,7 +2101,7 @@ class ApplicationBuilder:
         return [item for item in unique_by_id(items, key, warn) if item[key] not in gone]
 
     def project_list(self, family: str, pid: str, kind: Kind | None = Kind.USER) -> list[dict]:
-        """One project's records of a per-project family, deduplicated, deleted principals dropped (once)."""
+        """One project's records of a per-project family, as records() makes them (once)."""
         key = (family, pid, kind)
         if key not in self.project_lists:
             self.project_lists[key] = self.records(f"project {pid} {FAMILIES[family].label}",
@@ -2217,7 +2109,7 @@ class ApplicationBuilder:
         return self.project_lists[key]
 
     def expired(self, record: dict) -> bool:
-        """Whether a key's `expires_at` was already past when the read started (absent: it does not expire)."""
+        """Whether a key's `expires_at` was past when the read started (absent: it does not expire)."""
         expires = epoch_seconds(record.get("expires_at"))
         return expires is not None and expires < self.snapshot.read_at
 
@@ -2235,7 +2127,7 @@ class ApplicationBuilder:
         return user
 
     def principal(self, principal_id: str, record: dict, where: str, *, service_account: bool = False) -> LocalUser:
-        """The local user for an id, created (with a warning) from what `record` says when the org list lacks it."""
+        """The local user for an id, made (warned) from what `record` says when the organization list lacks it."""
         user = self.app.local_users.get(principal_id)
         if user is not None:
             return user
@@ -2249,8 +2141,9 @@ class ApplicationBuilder:
 
     def new_group(self, record: dict, id_field: str = "id", name_field: str = "name") -> LocalGroup:
         """A local group from a group record, or from a project's link to a group (`group_id`, `group_name`)."""
-        group = self.app.add_local_group(text_of(record.get(name_field)) or record[id_field], unique_id=record[id_field])
-        group.set_property("group_type", text_of(record.get("group_type")), ignore_none=True)
+        group_id = record[id_field]
+        group = self.app.add_local_group(text_of(record.get(name_field)) or group_id, unique_id=group_id)
+        copy_fields(group, record, group_type=S)
         return group
 
     def new_credential(self, unique_id: str, name: str, created_at: Any, *, is_active: bool) -> AccessCred:
@@ -2266,13 +2159,12 @@ class ApplicationBuilder:
                                    is_active=is_active)
         cred.last_used_at = rfc3339(record.get("last_used_at")) or ""
         cred.expires_at = rfc3339(record.get("expires_at")) or ""
-        cred.set_property("redacted_value", text_of(record.get("redacted_value")), ignore_none=True)
+        copy_fields(cred, record, redacted_value=S)
         return cred
 
     # --- roles ------------------------------------------------------------------------------------
     def role_for_value(self, value: Any, subject: str, *, project: bool) -> str:
-        """The local role id for an org or project role value; "" when there is none. An unknown value gets a
-        role of its own with the floor of its scope (Reader's permissions, or Read Project), warned once."""
+        """The role id for an org or project role value ("" for none); an unknown value gets a role of its own."""
         scope = "project" if project else "organization"
         role = text_of(value)
         if role is None:
@@ -2305,9 +2197,7 @@ class ApplicationBuilder:
         return candidate
 
     def role_record(self, record: dict, project: bool) -> str | None:
-        """The role id pushed for a Roles API role or assignment record (defined once): a predefined role is the
-        fixed role of its name, showing its permission strings; a custom one keeps its id unless a fixed role
-        has it. `project`: the record came from a project's list."""
+        """The role id pushed for a Roles API role or assignment record: a predefined role is its fixed role."""
         role_id = text_of(record.get("id"))
         if role_id is None:
             return None
@@ -2347,17 +2237,13 @@ class ApplicationBuilder:
                 self.app.add_custom_permission(permission, canonical_permissions(permission),
                                                apply_to_sub_resources=True, resource_types=["project"])
         role = self.app.add_local_role(text_of(record.get("name")) or role_id, permissions, unique_id=pushed)
-        if isinstance(record.get("predefined_role"), bool):
-            role.set_property("predefined_role", record["predefined_role"])
-        role.set_property("resource_type", text_of(record.get("resource_type")), ignore_none=True)
-        role.set_property("description", text_of(record.get("description")), ignore_none=True)
+        copy_fields(role, record, predefined_role=B, resource_type=S, description=S)
         self.custom_roles.add(pushed)
         return pushed
 
     def assign(self, identity: Any, assignments: list[dict], project: CustomResource | None,
                member: LocalUser | None = None) -> int:
-        """Give `identity` each role of its assignment records; a member's role that arrives through its groups
-        in the payload is left to them."""
+        """Give `identity` each role of its assignment records, except a member's role its groups give it."""
         count = 0
         for record in self.records("role assignment", assignments):
             role_id = self.role_record(record, project is not None)
@@ -2373,16 +2259,15 @@ class ApplicationBuilder:
         return count
 
     def roles_on(self, holder: LocalUser, project: CustomResource) -> list[str]:
-        """Every role `holder` has in `project`: its own and its groups', on the project, and the custom roles
-        they hold on the application (which reach every project). What a key of `holder` acts with there."""
+        """Every role `holder` and its groups have on `project` (custom roles on the application reach it)."""
         holders = [holder, *(self.app.local_groups[g] for g in holder.groups or () if g in self.app.local_groups)]
         return list(dict.fromkeys(role for who in holders for role, held in who.role_assignments.items()
                                   if project.resource_key in held["resources"]
                                   or held["apply_to_application"] and role in self.custom_roles))
 
     def through_groups(self, record: dict, role_id: str, member: LocalUser, project: CustomResource | None) -> bool:
-        """True only when every assignment source is a group in the payload that holds this role (there) and lists
-        this member; anything else is a direct assignment, so access is never understated."""
+        """Whether every assignment source is a group in the payload holding this role that lists this member;
+        anything else is a direct assignment, so access is never understated."""
         sources = record.get("assignment_sources")
         if not isinstance(sources, list) or not sources:
             return False
@@ -2431,34 +2316,24 @@ def map_organization(m: ApplicationBuilder) -> None:
 def map_users(m: ApplicationBuilder) -> None:
     """Organization users with their org role; the owners own every project (map_projects)."""
     for record in m.user_records:
-        user = add_user(m, record)
-        role = m.role_for_value(record.get("role"), f"user {record['id']}", project=False)
+        nested, subject = dict_of(record.get("user")), f"user {record['id']}"
+        email = text_of(record.get("email")) or text_of(nested.get("email"))
+        name = text_of(record.get("name")) or text_of(nested.get("name")) or email or record["id"]
+        # Unknown (a string "false", 1) is not false: active, so access is never understated, and warned.
+        banned = m.flag(nested, "banned", subject)
+        user = m.new_local_user(record["id"], name, email=email, identity=email,
+                                is_active=not (banned is True or m.flag(nested, "enabled", subject) is False))
+        user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
+        # banned and banned_at are independent: an unbanned user with an old banned_at is not deactivated
+        user.deactivated_at = rfc3339(nested.get("banned_at")) if banned is True else None
+        user.user_type = "service_account" if record.get("is_service_account") is True else "human"
+        copy_fields(user, record, added_at=T, api_key_last_used_at=T, is_scim_managed=B)
+        role = m.role_for_value(record.get("role"), subject, project=False)
         if role:
             user.add_role(role, apply_to_application=True)
             if role == "owner":
                 m.owners.append(user)
     m.counts["users"] = len(m.app.local_users)
-
-
-def add_user(m: ApplicationBuilder, record: dict) -> LocalUser:
-    """A local user from an organization user record."""
-    nested = dict_of(record.get("user"))
-    email = text_of(record.get("email")) or text_of(nested.get("email"))
-    name = text_of(record.get("name")) or text_of(nested.get("name")) or email or record["id"]
-    subject = f"user {record['id']}"
-    # Unknown (a string "false", 1) is not false: active, so access is never understated, and warned.
-    banned = m.flag(nested, "banned", subject)
-    user = m.new_local_user(record["id"], name, email=email, identity=email,
-                            is_active=not (banned is True or m.flag(nested, "enabled", subject) is False))
-    user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
-    # banned and banned_at are independent: an unbanned user with an old banned_at is not deactivated
-    user.deactivated_at = rfc3339(nested.get("banned_at")) if banned is True else None
-    user.user_type = "service_account" if record.get("is_service_account") is True else "human"
-    user.set_property("added_at", rfc3339(record.get("added_at")), ignore_none=True)
-    user.set_property("api_key_last_used_at", rfc3339(record.get("api_key_last_used_at")), ignore_none=True)
-    if isinstance(record.get("is_scim_managed"), bool):
-        user.set_property("is_scim_managed", record["is_scim_managed"])
-    return user
 
 
 @step(("local_group", "group_type", S), ("local_group", "is_scim_managed", B))
@@ -2469,8 +2344,7 @@ def map_groups(m: ApplicationBuilder) -> None:
     for record in m.group_records:
         group = m.new_group(record)
         group.created_at = rfc3339(record.get("created_at"))
-        if isinstance(record.get("is_scim_managed"), bool):
-            group.set_property("is_scim_managed", record["is_scim_managed"])
+        copy_fields(group, record, is_scim_managed=B)
     memberships = 0
     for group_record in m.group_records if s.group_users is not None else ():
         gid = group_record["id"]
@@ -2495,9 +2369,7 @@ def map_projects(m: ApplicationBuilder) -> None:
         status = text_of(record.get("status"))
         if status is not None and status.lower() not in PROJECT_STATUSES:
             m.warn_value("project status", status, "read as not archived (its keys stay active)")
-        project.set_property("status", status, ignore_none=True)
-        project.set_property("created_at", rfc3339(record.get("created_at")), ignore_none=True)
-        project.set_property("archived_at", rfc3339(record.get("archived_at")), ignore_none=True)
+        copy_fields(project, record, status=S, created_at=T, archived_at=T)
         map_model_permissions(m, project, (s.model_permissions or {}).get(pid))
         map_hosted_tools(m, project, (s.hosted_tool_permissions or {}).get(pid))
         m.projects[pid] = project
@@ -2576,9 +2448,7 @@ def map_service_accounts(m: ApplicationBuilder) -> None:
 
 
 def key_owner(m: ApplicationBuilder, record: dict) -> tuple[str | None, dict, bool]:
-    """(owner id, the owner's record, is it a service account) of a key record. A project key nests its owner
-    (`owner.user` or `owner.service_account`), an admin key's is flat (`owner.id`): either shape is read on
-    either kind of key, whatever `type` says, so an odd or missing `type` never loses the owner."""
+    """(owner id, owner record, whether a service account): nested or flat, on either kind of key."""
     owner = dict_of(record.get("owner"))
     owner_type = text_of(owner.get("type"))
     if owner_type is not None and owner_type not in KEY_OWNER_TYPES:
@@ -2591,18 +2461,9 @@ def key_owner(m: ApplicationBuilder, record: dict) -> tuple[str | None, dict, bo
     return text_of(owner.get("id")), owner, owner_type == "service_account"
 
 
-def project_key_is_active(m: ApplicationBuilder, record: dict, archived: bool) -> bool:
-    """Not active when its owner lost project access, it expired, or its project is archived. A record without
-    `owner_project_access` (older API versions) is active: unknown is never "inactive"."""
-    access = record.get("owner_project_access")
-    if access is not None and access not in KEY_ACCESS_VALUES:
-        m.warn_value("owner_project_access", access, "read as active unless expired or archived")
-    return access != "inactive" and not m.expired(record) and not archived
-
-
 @step(("access_cred", "redacted_value", S), ("access_cred", "project_id", S), ("access_cred", "owner_type", S))
 def map_project_api_keys(m: ApplicationBuilder) -> None:
-    """Project keys as credentials of their owners, with the owner's project role."""
+    """Project keys as their owners' credentials; inactive when the owner lost access, expired or archived."""
     active = inactive = 0
     records = {record["id"]: record for record in m.project_records}
     for pid, project in m.projects.items():
@@ -2615,7 +2476,10 @@ def map_project_api_keys(m: ApplicationBuilder) -> None:
             owner_id, owner, service_account = key_owner(m, record)
             if owner_id in m.deleted.get(Kind.USER, ()):
                 continue
-            cred = m.key_credential(record, is_active=project_key_is_active(m, record, archived))
+            access = record.get("owner_project_access")
+            if access is not None and access not in KEY_ACCESS_VALUES:
+                m.warn_value("owner_project_access", access, "read as active unless expired or archived")
+            cred = m.key_credential(record, is_active=access != "inactive" and not m.expired(record) and not archived)
             m.project_keys.add(record["id"])
             active += cred.is_active
             inactive += not cred.is_active
@@ -2634,9 +2498,8 @@ def map_project_api_keys(m: ApplicationBuilder) -> None:
 
 
 def admin_key_id(m: ApplicationBuilder, record: dict, redacted: str) -> str | None:
-    """The unique id an admin-list entry is pushed under; None when it is a project key, or not an admin key.
-    The admin list has been seen to return project keys: such an entry is that project key, once. OpenAI's own
-    examples use one id in both lists, so an entry whose value says admin (`sk-admin`) is kept too."""
+    """The id an admin-list entry is pushed under; None for a project key (the list has returned them) or a key
+    that is no admin key. An `sk-admin` value with a project key's id is kept too (OpenAI's examples do that)."""
     key_id = record["id"]
     is_admin_value = redacted.startswith("sk-admin")
     if key_id in m.app.access_creds:
@@ -2755,11 +2618,7 @@ def map_role_assignments(m: ApplicationBuilder) -> None:
         if s.groups is not None and s.project_groups is not None and s.project_group_roles is not None:
             count += assign_project_groups(m, pid, project)
         if s.project_user_roles is not None and s.project_users is not None:
-            gone = m.deleted.get(Kind.PROJECT_MEMBER, set())
-            for member in m.project_list("project_users", pid):
-                if (pid, member["id"]) not in gone:
-                    user = m.app.local_users[member["id"]]
-                    count += m.assign(user, s.project_user_roles.get((pid, member["id"]), []), project, member=user)
+            count += assign_project_members(m, pid, project)
     if m.groups_not_in_payload:
         missing = sorted(m.groups_not_in_payload)
         why = "groups were left out" if s.groups is None else "not in the group list, or deleted"
@@ -2767,19 +2626,6 @@ def map_role_assignments(m: ApplicationBuilder) -> None:
                f"({why}: {', '.join(g or '(no id)' for g in missing[:5])}{', ...' if len(missing) > 5 else ''}); "
                "those roles are given to the users directly")
     m.counts["role_assignments"] = count
-
-
-@step()
-def map_key_access(m: ApplicationBuilder) -> None:
-    """A project key acts with its owner's access in its project: every role the owner holds there, from every
-    source read (the membership lists, groups, role assignments, the key record, an owner's ownership)."""
-    for cred, holder, project, in_record in m.key_holders:
-        roles = [*m.roles_on(holder, project), *([in_record] if in_record else [])]
-        if not roles:
-            m.warn(f"owner {holder.unique_id} of project API key {cred.unique_id} has no project role in "
-                   f"{project.unique_id}; kept without one")
-        for role in dict.fromkeys(roles):
-            cred.add_role(role, resources=[project])
 
 
 def assign_project_groups(m: ApplicationBuilder, pid: str, project: CustomResource) -> int:
@@ -2796,6 +2642,28 @@ def assign_project_groups(m: ApplicationBuilder, pid: str, project: CustomResour
             m.warn(f"project {pid} names group {gid} which is not in the group list; kept")
         count += m.assign(group, m.snapshot.project_group_roles.get((pid, gid), []), project)
     return count
+
+
+def assign_project_members(m: ApplicationBuilder, pid: str, project: CustomResource) -> int:
+    count = 0
+    gone = m.deleted.get(Kind.PROJECT_MEMBER, set())
+    for member in m.project_list("project_users", pid):
+        if (pid, member["id"]) not in gone:
+            user = m.app.local_users[member["id"]]
+            count += m.assign(user, m.snapshot.project_user_roles.get((pid, member["id"]), []), project, member=user)
+    return count
+
+
+@step()
+def map_key_access(m: ApplicationBuilder) -> None:
+    """A project key acts with every role its owner holds in its project, from every source read."""
+    for cred, holder, project, in_record in m.key_holders:
+        roles = [*m.roles_on(holder, project), *([in_record] if in_record else [])]
+        if not roles:
+            m.warn(f"owner {holder.unique_id} of project API key {cred.unique_id} has no project role in "
+                   f"{project.unique_id}; kept without one")
+        for role in dict.fromkeys(roles):
+            cred.add_role(role, resources=[project])
 
 
 @step(("access_cred", "issuer", S), ("access_cred", "audience", S), ("access_cred", "workload_identity_provider_id", S),
@@ -2831,10 +2699,9 @@ def federation_rule_credential(m: ApplicationBuilder, provider: dict, rule: dict
                m.flag(provider, "enabled", f"workload identity provider {provider['id']}") is not False)
     cred = m.new_credential(rule["id"], text_of(rule.get("name")) or rule["id"], rule.get("created_at"),
                             is_active=enabled)
-    cred.set_property("issuer", text_of(provider.get("issuer")), ignore_none=True)
-    cred.set_property("audience", text_of(provider.get("audience")), ignore_none=True)
+    copy_fields(cred, provider, issuer=S, audience=S)
     cred.set_property("workload_identity_provider_id", provider["id"])
-    cred.set_property("project_id", text_of(rule.get("project_id")), ignore_none=True)
+    copy_fields(cred, rule, project_id=S)
     matchers = rule.get("attribute_matchers")
     if isinstance(matchers, dict):
         shown = {key: matcher_value(value) for key, value in matchers.items()}
@@ -2856,8 +2723,7 @@ def federation_rule_credential(m: ApplicationBuilder, provider: dict, rule: dict
 
 
 def matcher_value(value: Any) -> str | None:
-    """An attribute matcher's value as text: strings as they are, anything else as JSON (true, 1, null); None for a
-    value nested too deep to write."""
+    """Text as it is, anything else as JSON (true, 1, null); None for a value nested too deep to write."""
     if isinstance(value, str):
         return value
     try:
@@ -2881,13 +2747,13 @@ def hold_federation_rule(m: ApplicationBuilder, rule: dict, cred: AccessCred, li
     if project is None:
         m.warn(f"federation rule {rule['id']} names project {project_id} which is not listed; kept without a "
                "project role")
-    else:
-        roles = m.roles_on(holder, project)
-        if not roles and (project_id, account_id) not in listed:
-            m.warn(f"federation rule {rule['id']}: service account {account_id} is not listed in project "
-                   f"{project_id}; kept without a project role")
-        for role in roles:
-            cred.add_role(role, resources=[project])
+        return
+    roles = m.roles_on(holder, project)
+    if not roles and (project_id, account_id) not in listed:
+        m.warn(f"federation rule {rule['id']}: service account {account_id} is not listed in project "
+               f"{project_id}; kept without a project role")
+    for role in roles:
+        cred.add_role(role, resources=[project])
 
 
 @step(("application", "activity_window_days", N), ("access_cred", "scopes_restricted", B))
@@ -2916,8 +2782,7 @@ def map_activity(m: ApplicationBuilder) -> None:
 
 
 def audit_activity(events: list[dict], since: Any) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """(user id -> latest login, project key id -> scopes of its newest scope-setting event) in the window. Times
-    compare as numbers: as text, a year-892 login could win."""
+    """(user id -> latest login, project key id -> scopes of its newest scope-setting event) in the window."""
     since = epoch_seconds(since)
     since = -math.inf if since is None else since
     logins: dict[str, float] = {}
@@ -2970,11 +2835,8 @@ def map_certificates(m: ApplicationBuilder) -> None:
 
 def add_certificate(add: Callable[..., CustomResource], record: dict) -> None:
     certificate = add(text_of(record.get("name")) or record["id"], resource_type="certificate", unique_id=record["id"])
-    if isinstance(record.get("active"), bool):
-        certificate.set_property("active", record["active"])
-    details = dict_of(record.get("certificate_details"))
-    certificate.set_property("valid_at", rfc3339(details.get("valid_at")), ignore_none=True)
-    certificate.set_property("expires_at", rfc3339(details.get("expires_at")), ignore_none=True)
+    copy_fields(certificate, record, active=B)
+    copy_fields(certificate, dict_of(record.get("certificate_details")), valid_at=T, expires_at=T)
 
 
 # The summary's counts, in the order the summary line has always listed them (new ones are only appended).
@@ -3000,7 +2862,7 @@ def build_application(snapshot: Snapshot) -> MappingResult:
 # The payload: oaaclient's get_payload() as compact JSON, written one entity at a time
 # ---------------------------------------------------------------------------------------------
 
-# CustomApplication.get_payload()'s lists of one entry per entity: (key in the payload's application, attribute).
+# get_payload()'s lists of one entry per entity: (key in the payload's application, attribute).
 ENTITY_LISTS = (("local_users", "local_users"), ("local_groups", "local_groups"), ("local_roles", "local_roles"),
                 ("local_access_creds", "access_creds"), ("local_agents", "local_agents"),
                 ("local_models", "local_models"), ("resources", "resources"))
@@ -3028,8 +2890,7 @@ class Payload:
         return b"".join(self.chunks)
 
     def blocks(self, start: int = 0, end: int | None = None, size: int = 3 * 2 ** 20) -> Iterator[bytes]:
-        """Bytes start..end in blocks of exactly `size` (the last shorter): base64 of blocks whose size is a
-        multiple of 3 joins into the base64 of the whole."""
+        """Bytes start..end in blocks of exactly `size` (a multiple of 3, so their base64 joins into the whole's)."""
         end = self.size if end is None else min(end, self.size)
         pending, offset = bytearray(), 0
         for chunk in self.chunks:
@@ -3047,7 +2908,7 @@ class Payload:
 
 
 class ListWriter:
-    """The entries of one JSON list, comma-separated, a thousand encoded at a time (brackets are the caller's)."""
+    """The entries of one JSON list, a thousand encoded at a time (brackets are the caller's)."""
 
     def __init__(self, out: Payload) -> None:
         self.out, self.empty, self.batch = out, True, []
@@ -3058,7 +2919,7 @@ class ListWriter:
             self.flush()
 
     def add_written(self, other: ListWriter) -> None:
-        """Entries another writer already encoded, handed over chunk by chunk (each freed once copied)."""
+        """Entries another writer already encoded, handed over chunk by chunk."""
         self.flush()
         if other.empty:
             return
@@ -3076,11 +2937,7 @@ class ListWriter:
 
 
 def serialize_application(app: CustomApplication) -> Payload:
-    """json.dumps(app.get_payload(), separators=(",", ":")) as ASCII bytes, byte for byte, built one entity at a
-    time: the payload dict (as large again as the objects) never exists, and users and credentials are taken out
-    of `app` and freed as they are written. The skeleton (definitions, permissions, the application's fields) is
-    get_payload() of a copy of `app` without entities; each entity list is then written where it has a placeholder.
-    """
+    """json.dumps(app.get_payload(), separators=(",", ":")) byte for byte, never building the payload dict."""
     placeholder = f"entities-{os.urandom(16).hex()}-"  # cannot occur in the skeleton's own strings
     skeleton_app = copy.copy(app)  # shallow: the entities themselves are neither copied nor changed
     for attribute in {attribute for _, attribute in ENTITY_LISTS} | set(IDENTITIES):
@@ -3104,8 +2961,7 @@ def serialize_application(app: CustomApplication) -> Payload:
 
 
 def write_entity_list(writer: ListWriter, app: CustomApplication, attribute: str, kept: dict[str, ListWriter]) -> None:
-    """One entity list of the payload; users and credentials are freed as they are written, their
-    identity_to_permissions entries kept encoded until that list is written."""
+    """One entity list; users' and credentials' identity_to_permissions entries are kept encoded till theirs."""
     if attribute == "identity_to_permissions":
         for identities in IDENTITIES:
             if identities in kept:
@@ -3128,14 +2984,14 @@ def write_entity_list(writer: ListWriter, app: CustomApplication, attribute: str
 
 
 def add_permissions_entry(writer: ListWriter, identity: Any, application_name: str) -> None:
-    """An identity's entry, when CustomApplication.get_identity_to_permissions() would list it."""
+    """An identity's entry, when get_identity_to_permissions() would list it."""
     entry = identity.get_identity_to_permissions(application_name=application_name)
     if "application_permissions" in entry or "role_assignments" in entry:
         writer.add(entry)
 
 
 def save_payload(payload: Payload, path: str) -> None:
-    """Write the pushed JSON atomically, so a half-written file never looks like a snapshot."""
+    """Atomically, so a half-written file never looks like a snapshot."""
     fd, tmp = tempfile.mkstemp(prefix=".veza_openai-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -3153,9 +3009,9 @@ def save_payload(payload: Payload, path: str) -> None:
 
 VEZA_CHECK_TIMEOUT = 10.0      # the first call fails fast: an unreachable Veza is said in seconds
 MAX_VEZA_PAGES = 100           # 25,000 providers, data sources, queries or reports at 250 a page; more is a loop
-PUSH_IN_PARTS_OVER = 50_000_000  # bytes of JSON past which the push goes in parts (oaaclient's threshold and size)
+PUSH_IN_PARTS_OVER = 50_000_000  # bytes of JSON past which the push goes in parts of this size (as oaaclient)
 MAX_PUSH_BYTES = 100_000_000   # the largest request body Veza takes
-# A plain glyph (not OpenAI's trademark) so the provider is recognisable in Veza's UI.
+# A plain glyph (not OpenAI's trademark), so the provider is recognisable in Veza's UI.
 PROVIDER_ICON_SVG = (
     "PHN2ZyB4bWxucz0iaHR0cDovL3d3dy53My5vcmcvMjAwMC9zdmciIHZpZXdCb3g9IjAgMCAzMiAzMiI+PGNpcmNsZSBjeD0i"
     "MTYiIGN5PSIxNiIgcj0iMTQiIGZpbGw9IiMxMDEwMTAiLz48dGV4dCB4PSIxNiIgeT0iMjEiIGZvbnQtc2l6ZT0iMTQiIGZv"
@@ -3171,9 +3027,17 @@ class VezaError(Exception):
         self.status, self.details, self.late = status, details or [], late  # late: --max-run-time ended it
 
 
+def key_refused(status: int) -> str:
+    return f"Veza refused the API key (HTTP {status}): check VEZA_API_KEY and that its user may manage OAA providers"
+
+
+def only_throttled(answer: Answer) -> bool:
+    """Whether to send a create again: only after a 429, as any other answer may have created it."""
+    return answer.status == 429
+
+
 class Veza:
-    """Veza's OAA API: no redirect followed, every answer whole within OAA_API_TIMEOUT, every list at most
-    MAX_VEZA_PAGES pages, and each retry's wait at most MAX_WAIT and never past --max-run-time."""
+    """Veza's OAA API: each answer within OAA_API_TIMEOUT, lists bounded, retries never past --max-run-time."""
 
     def __init__(self, config: Config, clock: Clock, verify: bool = True) -> None:
         self.config, self.clock = config, clock
@@ -3193,8 +3057,7 @@ class Veza:
             raise PushError(f"{where}: {answer.problem} (not reachable within {VEZA_CHECK_TIMEOUT:g}s; check VEZA_URL, "
                             "DNS, proxy and TLS)")
         if answer.status in (401, 403):
-            raise PushError(f"{where}: Veza refused the API key (HTTP {answer.status}): check VEZA_API_KEY and that "
-                            "its user may manage OAA providers")
+            raise PushError(f"{where}: {key_refused(answer.status)}")
         body = answer.body if answer.status == 200 else None
         if not (isinstance(body, dict) and isinstance(body.get("values"), list)):
             what = answer.problem if answer.status != 200 or answer.fatal else \
@@ -3203,12 +3066,12 @@ class Veza:
 
     def call(self, method: str, path: str, body: Any = None, params: Any = None, *,
              retry_when: Callable[[Answer], bool] = Answer.transient) -> Any:
-        """One call and its retries (at most OAA_API_RETRIES, when `retry_when` says the answer allows one);
-        Veza's JSON unwrapped as oaaclient does (`value`, else the object); VezaError when it did not succeed."""
+        """One call, retried (OAA_API_RETRIES) when `retry_when` allows; its JSON unwrapped as oaaclient does."""
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         for attempt in range(1, self.config.veza_retries + 2):
             if self.clock.passed():
-                raise VezaError(f"--max-run-time {self.clock.max_run_time:g}s reached before {method} {path}", late=True)
+                raise VezaError(f"--max-run-time {self.clock.max_run_time:g}s reached before {method} {path}",
+                                late=True)
             answer = self.http.call(method, path, params, data, timeout=min(self.config.veza_timeout,
                                                                           max(0.001, self.clock.left())))
             if 200 <= answer.status < 300 and not answer.fatal:
@@ -3223,12 +3086,9 @@ class Veza:
                      self.config.veza_retries, wait / self.clock.scale)
             time.sleep(wait)
         body = dict_of(answer.body)
-        if answer.status in (401, 403):
-            message = (f"Veza refused the API key (HTTP {answer.status}): check VEZA_API_KEY and that its user may "
-                       "manage OAA providers")
-        else:
-            code = f"{body['code']}: " if isinstance(body.get("code"), str) else ""
-            message = f"{answer.problem}: {code}{answer.detail}" if answer.status and not answer.fatal else answer.problem
+        code = f"{body['code']}: " if isinstance(body.get("code"), str) else ""
+        message = key_refused(answer.status) if answer.status in (401, 403) else \
+            f"{answer.problem}: {code}{answer.detail}" if answer.status and not answer.fatal else answer.problem
         details = body.get("details")
         raise VezaError(message, answer.status, details if isinstance(details, list) else None)
 
@@ -3250,14 +3110,13 @@ class Veza:
         raise VezaError(f"{path}: still has_more after {MAX_VEZA_PAGES} pages; stopped instead of looping")
 
     def find_or_create(self, what: str, path: str, name: str, body: dict) -> tuple[dict, bool]:
-        """(the provider or data source called `name`, whether it was created now); a key that may not create it
-        is told what to do. `what` names it in messages."""
+        """(the provider or data source called `name`, whether it was created now)."""
         found = self.list(path, filter=f'name eq "{name}"')
         if found:
             return found[0], False
         log.info("creating Veza %s", what)
         try:
-            created = self.call("POST", path, body, retry_when=lambda answer: answer.status == 429)
+            created = self.call("POST", path, body, retry_when=only_throttled)
         except VezaError as exc:
             if exc.status != 403:
                 raise
@@ -3277,7 +3136,7 @@ class Veza:
                                                 {"name": PROVIDER_NAME, "custom_template": "application"})
         if created:
             self.call("POST", f"{providers}/{provider['id']}:icon", {"icon_base64": PROVIDER_ICON_SVG},
-                      retry_when=lambda answer: answer.status == 429)
+                      retry_when=only_throttled)
         name = self.config.data_source_name
         source, _ = self.find_or_create(f"data source {name!r} under provider {PROVIDER_NAME!r}",
                                         f"{providers}/{provider['id']}/datasources", name,
@@ -3285,8 +3144,7 @@ class Veza:
         return provider["id"], source["id"]
 
     def push(self, payload: Payload, progress: PushProgress) -> list:
-        """Replace the data source's snapshot with `payload`; Veza's warnings. As oaaclient's push_application
-        sends it: gzip and base64 in one `:push`, or past 50 MB of JSON the JSON in parts."""
+        """Replace the data source's snapshot as oaaclient's push_application does; returns Veza's warnings."""
         provider_id, source_id = self.data_source()
         path = f"/api/v1/providers/custom/{provider_id}/datasources/{source_id}"
         progress.upload_started = True
@@ -3302,7 +3160,8 @@ class Veza:
             return push_warnings(self.call("POST", path + ":push", body, retry_when=push_retryable))
         log.info("payload is %d MB: pushing it in parts", len(payload) // 1_000_000)
         path += ":parts"
-        upload_id = dict_of(self.call("POST", path, {"operation": "start"}, retry_when=push_retryable)).get("upload_id")
+        upload_id = dict_of(self.call("POST", path, {"operation": "start"}, retry_when=push_retryable))
+        upload_id = upload_id.get("upload_id")
         if not isinstance(upload_id, str) or not upload_id:
             raise VezaError("Veza's answer to starting a push in parts has no upload_id")
         parts = range(0, len(payload), PUSH_IN_PARTS_OVER)
@@ -3324,8 +3183,7 @@ BASE64 = f"base64-{os.urandom(16).hex()}"  # where json_with_base64 puts the bas
 
 
 def json_with_base64(fields: dict, blocks: Iterable[bytes]) -> bytes:
-    """The JSON of `fields`, whose BASE64 value is the base64 of the blocks joined, written straight into the
-    body (never as a str, then inside a JSON str). Every block but the last is a multiple of 3 bytes long."""
+    """The JSON of `fields`, its BASE64 value the base64 of the blocks, written straight into the bytes."""
     head, tail = json.dumps(fields).encode().split(f'"{BASE64}"'.encode())
     body = io.BytesIO()
     body.write(head + b'"')
@@ -3336,15 +3194,13 @@ def json_with_base64(fields: dict, blocks: Iterable[bytes]) -> bytes:
 
 
 def push_retryable(answer: Answer) -> bool:
-    """Sending a push again is safe (it replaces the data source whole): a 429, or a gateway's 502/503/504 whose
-    body is not Veza's push result. Anything else may have been taken, or will be refused again."""
+    """A push (it replaces the data source whole) may go again after a 429, or a gateway's 502/503/504."""
     result = isinstance(answer.body, dict) and ("warnings" in answer.body or "id" in answer.body)
     return answer.status == 429 or (answer.status in (502, 503, 504) and not result)
 
 
 def push_warnings(result: Any) -> list:
-    """Veza's warnings from a push's answer: a JSON object without an error code, whose warnings, if any, are a
-    list. Any other answer leaves the push's outcome unknown."""
+    """Veza's warnings from a push's answer; any answer but an object without an error code is no push result."""
     if isinstance(result, dict) and "code" not in result and isinstance(result.get("warnings", []), list):
         return result.get("warnings", [])
     raise PushError(f"Veza answered the push with {shape(result)}, which is not a push result: whether it stored "
@@ -3401,8 +3257,7 @@ REPORT_QUERIES = [
 
 
 def same_as_sent(stored: Any, sent: Any) -> bool:
-    """Whether Veza's stored value says what we sent: only the fields we sent are compared, a field Veza leaves
-    out equals a default we sent (proto3 JSON omits them), and an integer counts as an enum name we sent."""
+    """Whether Veza's stored value says what we sent (proto3 JSON omits defaults and may give enums as numbers)."""
     if isinstance(sent, dict):
         return isinstance(stored, dict) and all(
             same_as_sent(stored[key], value) if key in stored else not value for key, value in sent.items())
@@ -3414,8 +3269,7 @@ def same_as_sent(stored: Any, sent: Any) -> bool:
 
 
 def create_or_update_report(veza: Veza) -> str:
-    """Make Veza's report and its saved queries match REPORT_QUERIES, found by name: created, updated or
-    unchanged (a second run changes nothing)."""
+    """Make the report and its queries (found by name) match REPORT_QUERIES: created, updated or unchanged."""
     changed = created = False
     queries = "/api/v1/assessments/queries"
     existing = {q.get("name"): q for q in veza.list(queries, include_inactive_queries=True)
@@ -3424,7 +3278,7 @@ def create_or_update_report(veza: Veza) -> str:
     for definition in REPORT_QUERIES:
         query = existing.get(definition["name"])
         if query is None:
-            query = dict_of(veza.call("POST", queries, definition, retry_when=lambda answer: answer.status == 429))
+            query = dict_of(veza.call("POST", queries, definition, retry_when=only_throttled))
             changed = True
         elif not same_as_sent(query, definition):
             veza.call("PUT", f"{queries}/{query['id']}", {**definition, "id": query["id"]})
@@ -3436,7 +3290,7 @@ def create_or_update_report(veza: Veza) -> str:
     if report is None:
         veza.call("POST", reports, {"name": REPORT_NAME, "description": REPORT_DESCRIPTION,
                                     "queries": [{"query": query_id} for query_id in query_ids]},
-                  retry_when=lambda answer: answer.status == 429)
+                  retry_when=only_throttled)
         created = True
     else:
         stored = dict_of(veza.call("GET", f"{reports}/{report['id']}", params={"include_inactive_queries": True}))
@@ -3457,7 +3311,6 @@ class RunSummary:
     outcome: str = "failed"
     counts: dict[str, int] = field(default_factory=dict)
     warnings: int = 0       # every warning line the run logged (LogHandler)
-    left_out: str = ""      # the families left out (refused, or missing from the organization), comma-separated
     veza_warnings: int = 0
     throttled: int = 0
     calls: int = 0
@@ -3465,10 +3318,11 @@ class RunSummary:
     seconds: float = 0.0
     report: str = ""        # with --create-report: created, updated, unchanged, failed or interrupted
     people: dict[str, int] = field(default_factory=dict)  # people and owners, for the lines a person reads
-    reasons: dict[str, str] = field(default_factory=dict)  # family left out -> why
+    reasons: dict[str, str] = field(default_factory=dict)  # family left out (refused, or missing) -> why
 
     def fields(self) -> dict[str, Any]:
-        return {"outcome": self.outcome, **self.counts, "warnings": self.warnings, "left_out": self.left_out,
+        return {"outcome": self.outcome, **self.counts, "warnings": self.warnings,
+                "left_out": ",".join(sorted(self.reasons)),
                 "veza_warnings": self.veza_warnings, "throttled": self.throttled, "calls": self.calls,
                 "retries": self.retries, "seconds": round(self.seconds, 1),
                 **({"report": self.report} if self.report else {}), "version": __version__}
@@ -3477,8 +3331,8 @@ class RunSummary:
         line = " ".join(f"{k}={f'{v:.1f}' if k == 'seconds' else v}" for k, v in self.fields().items())
         log_with_fields(level, {"summary": True, **self.fields()}, "summary: %s", line)
 
-    def log_for_people(self, config: Config, reasons: dict[str, str]) -> None:
-        """A few lines a person reads above the summary line (text logs only: the JSON summary has the fields)."""
+    def log_for_people(self, config: Config) -> None:
+        """A few lines a person reads above the summary line (text logs only)."""
         c = self.counts
         if self.outcome in ("pushed", "dry-run") and self.people:
             keys = c.get("project_api_keys_active", 0), c.get("project_api_keys_inactive", 0)
@@ -3488,7 +3342,7 @@ class RunSummary:
                      "" if c.get("admin_api_keys") == 1 else "s", keys[0], sum(keys), c.get("projects", 0),
                      c.get("invites_pending", 0))
         grants = [f"{FAMILIES[name].label} ({why}): grant the admin key '{FAMILIES[name].grant}'"
-                  for name, why in reasons.items()]
+                  for name, why in self.reasons.items()]
         log.info("Left out: %s.", "; ".join(grants) or "none")
         saved = f"; saved to {config.save_json_path}" if config.save_json_path and self.counts else ""
         log.info("Payload: %s%s.", "not pushed (dry run)" if config.dry_run else {
@@ -3497,30 +3351,25 @@ class RunSummary:
             self.outcome, "not pushed; Veza keeps the previous snapshot"), saved)
 
 
-def memory_mb() -> tuple[float | None, float]:
-    """(resident now, peak so far) of this process in MiB; resident now is None without /proc."""
+def log_memory(stage: str) -> None:
+    """With --debug: memory (MiB) after each stage, so a pod's limit can be sized."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             fields = dict(line.split(":", 1) for line in status if line.startswith(("VmRSS:", "VmHWM:")))
-        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+        now, peak = int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
     except (OSError, KeyError, ValueError):
         import resource  # Unix; ru_maxrss is KB on Linux
-        return None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def log_memory(stage: str) -> None:
-    """With --debug: memory after each stage, so a pod's limit can be sized (tests/benchmark.py --memory)."""
-    if log.isEnabledFor(logging.DEBUG):
-        now, peak = memory_mb()
-        log_with_fields(logging.DEBUG, {"stage": "memory", "after": stage, "resident_mib": now and round(now),
-                                        "peak_mib": round(peak)}, "memory after %s: %s MiB resident, peak %d MiB",
-                        stage, "?" if now is None else f"{now:.0f}", peak)
+        now, peak = None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    log_with_fields(logging.DEBUG, {"stage": "memory", "after": stage, "resident_mib": now and round(now),
+                                    "peak_mib": round(peak)}, "memory after %s: %s MiB resident, peak %d MiB",
+                    stage, "?" if now is None else f"{now:.0f}", peak)
 
 
 @contextlib.contextmanager
 def cyclic_gc_paused() -> Iterator[None]:
-    """Mapping and serialising allocate millions of acyclic objects; full collections rescanning them all made
-    10x the users cost ~17x the time. Reference counting still frees everything."""
+    """Mapping allocates millions of acyclic objects that full collections would rescan again and again."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -3531,7 +3380,6 @@ def cyclic_gc_paused() -> Iterator[None]:
 
 
 def read_organization(config: Config, clock: Clock, summary: RunSummary) -> Snapshot:
-    """Every family from OpenAI into a Snapshot; the summary gets the calls made."""
     http = Http(config.openai_base_url, config.openai_api_key, timeout=config.timeout, pool=config.max_workers,
                 max_bytes=ANSWER_BYTES_IN_FLIGHT // config.max_workers, shared_strings=True,
                 headers={"OpenAI-Organization": config.org_id})
@@ -3543,7 +3391,6 @@ def read_organization(config: Config, clock: Clock, summary: RunSummary) -> Snap
     finally:
         summary.calls, summary.retries, summary.throttled = reader.calls, reader.retries, reader.throttled
         http.close()
-    summary.left_out = ",".join(sorted(snapshot.unavailable))
     summary.reasons = dict(snapshot.unavailable)
     for name, reason in snapshot.unavailable.items():
         family = FAMILIES[name]
@@ -3562,8 +3409,7 @@ def read_organization(config: Config, clock: Clock, summary: RunSummary) -> Snap
 
 
 def discover(config: Config, clock: Clock, summary: RunSummary) -> Payload:
-    """Read, map and serialise. Each stage's input is freed once the next has it: the records once the objects
-    are built, the objects as they are written."""
+    """Read, map and serialise, each stage's input freed once the next has it."""
     snapshot = read_organization(config, clock, summary)
     gc.collect()  # the finished reader is in reference cycles and holds every record; ~0.1 s at 100,000 users
     log_memory("reading")
@@ -3587,7 +3433,7 @@ def discover(config: Config, clock: Clock, summary: RunSummary) -> Payload:
 
 
 def run(config: Config, clock: Clock, summary: RunSummary, progress: PushProgress) -> None:
-    """Read, map, save and push once, by --max-run-time; raises DiscoveryError or PushError."""
+    """Read, map, save, push and report; raises DiscoveryError or PushError."""
     veza = None
     if not config.dry_run:  # fail fast, before spending OpenAI quota, when Veza cannot take the result
         log.info("connecting to Veza at %s", config.veza_url)
@@ -3625,8 +3471,9 @@ def run(config: Config, clock: Clock, summary: RunSummary, progress: PushProgres
             log.info("Veza report %r %s (%d queries)", REPORT_NAME, summary.report, len(REPORT_QUERIES))
         except Exception as exc:  # the push stands whatever the report does
             summary.report = "failed"
+            late = clock.passed() or getattr(exc, "late", False)
             log.error("Veza report %r not created or updated: %s", REPORT_NAME,
-                      f"--max-run-time {config.max_run_time:g}s reached" if clock.passed() or getattr(exc, "late", False) else exc)
+                      f"--max-run-time {config.max_run_time:g}s reached" if late else exc)
 
 
 @dataclass
@@ -3637,8 +3484,7 @@ class SignalState:
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[SignalState]:
-    """SIGTERM (docker stop, Kubernetes) and SIGINT stop the run, raising Stopped. As PID 1 in a container a
-    signal with no handler is ignored: without this `docker stop` would wait 10 s and kill the run mid-push."""
+    """SIGTERM and SIGINT raise Stopped (as PID 1 in a container, a signal with no handler is ignored)."""
     state = SignalState()
     names = {signal.SIGTERM: ("SIGTERM", ExitStatus.TERMINATED), signal.SIGINT: ("Ctrl-C (SIGINT)",
                                                                                  ExitStatus.INTERRUPTED)}
@@ -3672,7 +3518,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(argv)
     except ConfigError as exc:
-        configure_logging(False, secrets_in_environment(os.environ), log_format_asked(argv, os.environ))
+        configure_logging(False, [os.environ.get(name, "") for name in SECRET_VARIABLES],
+                          log_format_asked(argv, os.environ))
         for problem in exc.problems:
             log.error("configuration error: %s", problem)
         RunSummary(outcome="config-error", seconds=time.monotonic() - clock.started).log(logging.ERROR)
@@ -3711,7 +3558,7 @@ def main(argv: list[str] | None = None) -> int:
             summary.outcome = "unknown" if progress.upload_started else summary.outcome
         signals.finished = True
         if config.log_format == "text":
-            summary.log_for_people(config, summary.reasons)
+            summary.log_for_people(config)
         summary.seconds = time.monotonic() - clock.started
         summary.warnings = handler.warnings
         summary.log(logging.INFO if status == ExitStatus.OK else logging.ERROR)
@@ -3721,7 +3568,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         exit_status = main()
-    except KeyboardInterrupt:  # Ctrl-C outside the run's own handlers (before they are set, after they are restored)
+    except KeyboardInterrupt:  # Ctrl-C outside the run's own handlers
         exit_status = ExitStatus.INTERRUPTED
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run is over: a late Ctrl-C must not print a traceback at exit
     sys.exit(exit_status)
