@@ -1196,9 +1196,6 @@ class Lane:
             if self.delivered and sent_at > self.cycle_start:
                 self.measured = self.delivered / (sent_at - self.cycle_start)
                 self.rate = max(self.measured * MARGIN, (self.rate or 0) / 2)
-                # What the pace would have sent while refused may go now (a refilled window), up to a cycle's worth.
-                self.next_at = min(self.next_at, now + 1 / self.rate - min(now - self.refused_since,
-                                                                           self.delivered / self.rate))
             self.cycle_start, self.delivered, self.refused_since = sent_at, 0, None
         elif self.rate:
             self.rate *= 1 + (GROW_BELOW if self.rate < self.measured * MARGIN else GROW_NEAR)
@@ -1220,9 +1217,11 @@ class Lane:
         return max(self.next_at, now + (hint or 0.0))
 
     def requests_per_second(self) -> float | None:
-        """The pace that limits this endpoint, for progress lines and estimates; None while it has none."""
-        return min((rate for rate in (self.rate, self.per_minute and self.per_minute / (60 * self.scale)) if rate),
-                   default=None)
+        """What this endpoint allows, for progress lines and estimates: what got through its last cycle, or its
+        cap; None while neither is known."""
+        rates = (self.measured and min(self.measured, self.rate or self.measured),
+                 self.per_minute and self.per_minute / (60 * self.scale))
+        return min((rate for rate in rates if rate), default=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1305,6 +1304,7 @@ def next_cursor(family: Family, body: dict, data: list[dict], path: str) -> str:
         cursor = body.get("next")
         if not cursor and family.next_falls_back_to_item_id and data:
             cursor = data[-1].get(family.item_id_field)
+            log.debug("%s: has_more without next; continuing after the last item's id", path)
     else:
         cursor = data[-1].get("id") if data else None
     if not cursor or not isinstance(cursor, str):
@@ -1354,6 +1354,7 @@ class Scheduler:
         self.http, self.config, self.clock = http, config, clock
         families = list(families)
         self.labels = {family.name: family.label for family in families}
+        self.paths = {family.name: family.path for family in families}
         self.lanes = Lanes(self.labels, clock.scale, config.max_requests_per_minute_per_endpoint)
         self.queues: dict[str, deque[ListRead]] = {family.name: deque() for family in families}
         self.delayed: list[tuple[float, int, ListRead]] = []   # (due, order, read)
@@ -1404,7 +1405,7 @@ class Scheduler:
             now = time.monotonic()
             if self.clock.passed():
                 raise DiscoveryError(f"reading took longer than --max-run-time {self.clock.max_run_time:g}s with "
-                                     f"{sum(self.open_reads.values())} reads still open{self.slowest_endpoint(' ')}")
+                                     f"{sum(self.open_reads.values())} reads still open{self.slowest_endpoint('; ')}")
             self.dispatch(now)
             try:
                 read, answer = self.done.get(timeout=self.seconds_to_next_event(time.monotonic()))
@@ -1479,20 +1480,19 @@ class Scheduler:
                                        + (f": {answer.detail}" if answer.detail else ""))
 
     def take_throttle(self, read: ListRead, answer: Answer, now: float) -> None:
-        """A 429: the same request again once its lane allows; never past --max-throttle-wait or the run's end."""
+        """A 429: the same request again once its lane allows; a hint that ends past --max-throttle-wait fails it at
+        once, and without one it is tried until --max-throttle-wait has passed."""
         lane = self.lanes[read.family.name]
         self.throttled += 1
         read.throttled_since = read.throttled_since or now
-        until = min(read.throttled_since + self.config.max_throttle_wait, self.clock.deadline)
+        until = read.throttled_since + self.config.max_throttle_wait
         due = lane.on_throttled(now, read.sent_at, answer.hint, answer.whole_seconds)
         hint = f" with retry-after {answer.hint:g}s" if answer.hint is not None else ""
         if due > until and (answer.hint is not None or now >= until):
-            limit = ("--max-run-time" if until == self.clock.deadline else
-                     f"--max-throttle-wait {self.config.max_throttle_wait:g}s")
-            waited = f"after waiting {now - read.throttled_since:.1f}s"
-            self.plan.failed(read, f"{read.path}: HTTP 429 (rate limited){hint}, which ends past {limit} ({waited})"
-                             if answer.hint is not None else f"{read.path}: still HTTP 429 (rate limited) {waited} "
-                             f"({limit}){self.slowest_endpoint('; ')}")
+            limit, waited = f"--max-throttle-wait {self.config.max_throttle_wait:g}s", now - read.throttled_since
+            self.plan.failed(read, f"{read.path}: HTTP 429 (rate limited){hint}, which ends past {limit} (after "
+                             f"{waited:.1f}s of 429s)" if answer.hint is not None else f"{read.path}: still HTTP 429 "
+                             f"(rate limited) after waiting {waited:.1f}s ({limit}){self.slowest_endpoint('; ')}")
             return
         first = read.family.name not in self.throttled_families  # news; the rest show in progress lines
         self.throttled_families.add(read.family.name)
@@ -1563,7 +1563,7 @@ class Scheduler:
         return max(1.0, PROGRESS_INTERVAL * self.clock.scale)
 
     def slowest_endpoint(self, prefix: str) -> str:
-        paced = [(lane.requests_per_second(), self.labels[name]) for name, lane in self.lanes.lanes.items()
+        paced = [(lane.requests_per_second(), self.paths[name]) for name, lane in self.lanes.lanes.items()
                  if lane.requests_per_second() and (self.open_reads[name] or lane.rate)]
         if not paced:
             return ""

@@ -40,7 +40,7 @@ HOST_TOOLS = {"jq", "mkdir", "chown", "chmod", "echo", "logger", "cat", "rm", "m
 DOCKER_RUN_OPTIONS_WITH_VALUE = {"-e", "--env", "--env-file", "-v", "--volume", "-u", "--user", "--name", "--mount",
                                  "--network", "-w", "--workdir", "--tmpfs", "--memory", "--cpus"}
 INSTALL_OPTIONS_WITH_VALUE = {"-m", "--mode", "-o", "--owner", "-g", "--group", "-t", "--target-directory", "-S"}
-OAA_TERMS = {"STRING_LIST"}  # an OAA property type, shaped like a variable
+OAA_TERMS = {"STRING_LIST", "SOURCE_TO_DESTINATION"}  # an OAA property type and query type, shaped like variables
 VARIABLE_NAME = re.compile(r"(?<![\w.-])([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)(?![\w.-])")
 
 
