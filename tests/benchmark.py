@@ -58,7 +58,7 @@ def pages(count: int, limit: int) -> int:
 ACCESS_REVIEW = {"login_every": 10, "wif_every": 10, "certificates": 1, "hosted_tools": True}
 
 
-def audit_events_read(org: Organization, days: int = vo.DEFAULT_ACTIVITY_DAYS) -> int:
+def audit_events_read(org: Organization, days: int = vo.OPTION["activity_days"].default) -> int:
     """The audit log events the connector asks for: its three types within the default window."""
     window = {"event_types[]": list(vo.AUDIT_EVENT_TYPES), "effective_at[gte]": str(int(time.time()) - days * 86_400)}
     return len(_audit_logs(org.audit_logs, window))
@@ -551,7 +551,8 @@ def main() -> None:
                         help="users holding a custom organization role (through one group; a custom role makes "
                         "--role-assignments auto read every user's roles)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds added to every answer")
-    parser.add_argument("--workers", default=f"1,{vo.DEFAULT_MAX_WORKERS}", help="comma-separated worker counts")
+    parser.add_argument("--workers", default=f"1,{vo.OPTION['max_workers'].default}",
+                        help="comma-separated worker counts")
     parser.add_argument("--scaling", action="store_true", help="only measure mapping time at N and 10N")
     parser.add_argument("--push", action="store_true", help="also push to a fake Veza (memory includes the push)")
     parser.add_argument("--memory", action="store_true",
@@ -592,7 +593,7 @@ def main() -> None:
                         help="passed to the connector (default: its own; 'all' in --models-table)")
     limits.add_argument("--table-users", type=int, default=300)
     limits.add_argument("--table-projects", type=int, default=24)
-    limits.add_argument("--table-workers", type=int, default=vo.DEFAULT_MAX_WORKERS)
+    limits.add_argument("--table-workers", type=int, default=vo.OPTION["max_workers"].default)
     limits.add_argument("--table-latency", type=float, default=0.005,
                         help="seconds added to every answer in --models-table (default 5 ms: 500 ms at time scale "
                         "0.01, so latency, windows and waits keep the real API's proportions)")
