@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import copy
 import difflib
 import email.utils
 import enum
 import gc
 import gzip
 import heapq
-import io
 import ipaddress
 import itertools
 import json
@@ -1117,6 +1115,7 @@ FLOOR = 0.05        # seconds: the least wait after a 429 (a "1 ms" hint is no p
 MARGIN = 7 / 8      # after a 429, pace a little under the rate that got through, so the limit refills meanwhile
 GROW_BELOW = 1 / 2  # per success, while the pace is below MARGIN of the last measurement: a lost share comes back
 GROW_NEAR = 1 / 64  # per success otherwise: a limit that grew is found again at the cost of a 429 now and then
+PROBES = 8          # retries a measured cycle holds at least: a window that refilled is found within an eighth of it
 
 
 class Lanes:
@@ -1144,8 +1143,9 @@ class Lane:
 
     An endpoint may have one more request in flight than the successes it has had since its last 429: a slow
     start, and one at a time after a 429. A refused request waits its hint, else the pace's interval (or FLOOR),
-    twice as long for each further 429 in a row. The first success after a 429 measures what got through since
-    the previous one; the pace goes to MARGIN of that and grows with each success.
+    twice as long for each further 429 in a row, up to 1/PROBES of the last measured cycle. The first success after
+    a 429 measures what got through since the previous one; the pace goes to MARGIN of that and grows with each
+    success.
     """
 
     def __init__(self, lanes: Lanes, scale: float = 1.0, per_minute: int | None = None) -> None:
@@ -1155,6 +1155,7 @@ class Lane:
         self.next_at = 0.0
         self.in_flight = self.streak = self.delivered = 0  # streak: successes since the last 429
         self.cycle_start: float | None = None
+        self.cycle = 0.0  # seconds the last measured cycle took
         self.refused_since: float | None = None  # the first 429 of the current run of them
         self.retry_wait = 0.0
         self.sends: deque[float] = deque()  # for --max-requests-per-minute-per-endpoint
@@ -1194,7 +1195,8 @@ class Lane:
         self.streak += 1
         if self.refused_since is not None:
             if self.delivered and sent_at > self.cycle_start:
-                self.measured = self.delivered / (sent_at - self.cycle_start)
+                self.cycle = sent_at - self.cycle_start
+                self.measured = self.delivered / self.cycle
                 self.rate = max(self.measured * MARGIN, (self.rate or 0) / 2)
             self.cycle_start, self.delivered, self.refused_since = sent_at, 0, None
         elif self.rate:
@@ -1209,7 +1211,8 @@ class Lane:
             self.refused_since = now
             self.retry_wait = max(FLOOR * self.scale, 1 / self.rate if self.rate else 0.0)
         elif sent_at >= self.refused_since:
-            self.retry_wait *= 2
+            self.retry_wait = min(self.retry_wait * 2, max(self.cycle / PROBES, FLOOR * self.scale) if self.cycle
+                                  else math.inf)
         hint = None if hint is None else hint * self.scale
         # A hint to the second may round up by one: the endpoint is held only for the part that is certain.
         hold = 0.0 if hint is None else max(0.0, hint - self.scale) if whole_seconds else hint
@@ -2859,143 +2862,20 @@ def build_application(snapshot: Snapshot) -> MappingResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# The payload: oaaclient's get_payload() as compact JSON, written one entity at a time
+# The payload: oaaclient's get_payload() as compact JSON
 # ---------------------------------------------------------------------------------------------
 
-# get_payload()'s lists of one entry per entity: (key in the payload's application, attribute).
-ENTITY_LISTS = (("local_users", "local_users"), ("local_groups", "local_groups"), ("local_roles", "local_roles"),
-                ("local_access_creds", "access_creds"), ("local_agents", "local_agents"),
-                ("local_models", "local_models"), ("resources", "resources"))
-IDENTITIES = ("local_users", "local_groups", "idp_identities", "access_creds", "local_agents")  # its order
-FREED_AS_WRITTEN = ("local_users", "access_creds")  # the many: freed as written, their permissions kept encoded
-encode = json.JSONEncoder(separators=(",", ":")).encode
+def serialize_application(app: CustomApplication) -> bytes:
+    """The payload as oaaclient's push_application sends it: get_payload() as compact JSON."""
+    return json.dumps(app.get_payload(), separators=(",", ":")).encode()
 
 
-class Payload:
-    """JSON bytes kept in chunks as written: the whole is never one buffer (76 MB at 100,000 users)."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.size = 0
-
-    def write(self, data: bytes) -> None:
-        if data:
-            self.chunks.append(data)
-            self.size += len(data)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __bytes__(self) -> bytes:
-        return b"".join(self.chunks)
-
-    def blocks(self, start: int = 0, end: int | None = None, size: int = 3 * 2 ** 20) -> Iterator[bytes]:
-        """Bytes start..end in blocks of exactly `size` (a multiple of 3, so their base64 joins into the whole's)."""
-        end = self.size if end is None else min(end, self.size)
-        pending, offset = bytearray(), 0
-        for chunk in self.chunks:
-            lo, hi = max(start - offset, 0), min(end - offset, len(chunk))
-            offset += len(chunk)
-            if lo < hi:
-                pending += chunk[lo:hi]
-            while len(pending) >= size:
-                yield bytes(pending[:size])
-                del pending[:size]
-            if offset >= end:
-                break
-        if pending:
-            yield bytes(pending)
-
-
-class ListWriter:
-    """The entries of one JSON list, a thousand encoded at a time (brackets are the caller's)."""
-
-    def __init__(self, out: Payload) -> None:
-        self.out, self.empty, self.batch = out, True, []
-
-    def add(self, entry: dict) -> None:
-        self.batch.append(encode(entry))
-        if len(self.batch) == 1000:
-            self.flush()
-
-    def add_written(self, other: ListWriter) -> None:
-        """Entries another writer already encoded, handed over chunk by chunk."""
-        self.flush()
-        if other.empty:
-            return
-        if not self.empty:
-            self.out.write(b",")
-        self.empty = False
-        other.out.chunks.reverse()
-        while other.out.chunks:
-            self.out.write(other.out.chunks.pop())
-
-    def flush(self) -> None:
-        if self.batch:
-            self.out.write((b"" if self.empty else b",") + ",".join(self.batch).encode("ascii"))
-            self.batch, self.empty = [], False
-
-
-def serialize_application(app: CustomApplication) -> Payload:
-    """json.dumps(app.get_payload(), separators=(",", ":")) byte for byte, never building the payload dict."""
-    placeholder = f"entities-{os.urandom(16).hex()}-"  # cannot occur in the skeleton's own strings
-    skeleton_app = copy.copy(app)  # shallow: the entities themselves are neither copied nor changed
-    for attribute in {attribute for _, attribute in ENTITY_LISTS} | set(IDENTITIES):
-        setattr(skeleton_app, attribute, {})
-    skeleton = skeleton_app.get_payload()
-    holders = [(skeleton["applications"][0], key, attribute) for key, attribute in ENTITY_LISTS]
-    for holder, key, attribute in [*holders, (skeleton, "identity_to_permissions", "identity_to_permissions")]:
-        if holder.get(key) != []:  # not the payload shape this was written for: never push one missing entities
-            raise RuntimeError(f"oaaclient's payload has no empty {key!r} list to fill")
-        holder[key] = placeholder + attribute
-    out, kept = Payload(), {}
-    # re.split with a group: literal JSON, attribute, literal JSON, ..., literal JSON
-    for index, piece in enumerate(re.split(f'"{re.escape(placeholder)}(\\w+)"', encode(skeleton))):
-        if index % 2 == 0:
-            out.write(piece.encode("ascii"))
-        else:
-            out.write(b"[")
-            write_entity_list(ListWriter(out), app, piece, kept)
-            out.write(b"]")
-    return out
-
-
-def write_entity_list(writer: ListWriter, app: CustomApplication, attribute: str, kept: dict[str, ListWriter]) -> None:
-    """One entity list; users' and credentials' identity_to_permissions entries are kept encoded till theirs."""
-    if attribute == "identity_to_permissions":
-        for identities in IDENTITIES:
-            if identities in kept:
-                writer.add_written(kept.pop(identities))
-                continue
-            for identity in getattr(app, identities).values():
-                add_permissions_entry(writer, identity, app.name)
-    elif attribute in FREED_AS_WRITTEN:
-        entities, entries = getattr(app, attribute), ListWriter(Payload())
-        for key in list(entities):
-            entity = entities.pop(key)
-            writer.add(entity.to_dict())
-            add_permissions_entry(entries, entity, app.name)
-        entries.flush()
-        kept[attribute] = entries
-    else:
-        for entity in getattr(app, attribute).values():
-            writer.add(entity.to_dict())
-    writer.flush()
-
-
-def add_permissions_entry(writer: ListWriter, identity: Any, application_name: str) -> None:
-    """An identity's entry, when get_identity_to_permissions() would list it."""
-    entry = identity.get_identity_to_permissions(application_name=application_name)
-    if "application_permissions" in entry or "role_assignments" in entry:
-        writer.add(entry)
-
-
-def save_payload(payload: Payload, path: str) -> None:
+def save_payload(payload: bytes, path: str) -> None:
     """Atomically, so a half-written file never looks like a snapshot."""
     fd, tmp = tempfile.mkstemp(prefix=".veza_openai-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.writelines(payload.chunks)
+            handle.write(payload)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -3143,18 +3023,14 @@ class Veza:
                                         {"name": self.config.data_source_name, "id": provider["id"]})
         return provider["id"], source["id"]
 
-    def push(self, payload: Payload, progress: PushProgress) -> list:
+    def push(self, payload: bytes, progress: PushProgress) -> list:
         """Replace the data source's snapshot as oaaclient's push_application does; returns Veza's warnings."""
         provider_id, source_id = self.data_source()
         path = f"/api/v1/providers/custom/{provider_id}/datasources/{source_id}"
         progress.upload_started = True
         if len(payload) <= PUSH_IN_PARTS_OVER:
-            compressed = io.BytesIO()
-            with gzip.GzipFile(fileobj=compressed, mode="wb", compresslevel=9) as archive:
-                for block in payload.blocks():
-                    archive.write(block)
             body = json_with_base64({"id": provider_id, "data_source_id": source_id, "json_data": BASE64,
-                                     "compression_type": "GZIP"}, [compressed.getvalue()])
+                                     "compression_type": "GZIP"}, gzip.compress(payload, 9))
             if len(body) > MAX_PUSH_BYTES:
                 raise VezaError(f"the compressed payload is {len(body):,} bytes, over Veza's {MAX_PUSH_BYTES:,}")
             return push_warnings(self.call("POST", path + ":push", body, retry_when=push_retryable))
@@ -3167,7 +3043,7 @@ class Veza:
         parts = range(0, len(payload), PUSH_IN_PARTS_OVER)
         for number, start in enumerate(parts, 1):
             body = json_with_base64({"operation": "upload", "upload_id": upload_id, "sequence_number": number,
-                                     "data": BASE64}, payload.blocks(start, start + PUSH_IN_PARTS_OVER))
+                                     "data": BASE64}, payload[start:start + PUSH_IN_PARTS_OVER])
             self.call("POST", path, body, retry_when=push_retryable)
         return push_warnings(self.call("POST", path, {"operation": "complete", "upload_id": upload_id,
                                                       "sequence_count": len(parts)}, retry_when=push_retryable))
@@ -3182,15 +3058,10 @@ class PushProgress:
 BASE64 = f"base64-{os.urandom(16).hex()}"  # where json_with_base64 puts the base64 text
 
 
-def json_with_base64(fields: dict, blocks: Iterable[bytes]) -> bytes:
-    """The JSON of `fields`, its BASE64 value the base64 of the blocks, written straight into the bytes."""
+def json_with_base64(fields: dict, data: bytes) -> bytes:
+    """The JSON of `fields`, its BASE64 value the base64 of `data`, which is never decoded to text."""
     head, tail = json.dumps(fields).encode().split(f'"{BASE64}"'.encode())
-    body = io.BytesIO()
-    body.write(head + b'"')
-    for block in blocks:
-        body.write(base64.b64encode(block))
-    body.write(b'"' + tail)
-    return body.getvalue()
+    return b"".join((head, b'"', base64.b64encode(data), b'"', tail))
 
 
 def push_retryable(answer: Answer) -> bool:
@@ -3408,7 +3279,7 @@ def read_organization(config: Config, clock: Clock, summary: RunSummary) -> Snap
     return snapshot
 
 
-def discover(config: Config, clock: Clock, summary: RunSummary) -> Payload:
+def discover(config: Config, clock: Clock, summary: RunSummary) -> bytes:
     """Read, map and serialise, each stage's input freed once the next has it."""
     snapshot = read_organization(config, clock, summary)
     gc.collect()  # the finished reader is in reference cycles and holds every record; ~0.1 s at 100,000 users
