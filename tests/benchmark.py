@@ -305,9 +305,9 @@ ONE_OFF_FAMILIES = ("users", "invites", "projects")
 # spent-windows is the issue's new user (defaults of --spent-*): the Quick start's dry run, then the next run at once,
 # on 60 projects with the default --role-assignments (auto: no per-user reads, the generated organization has no
 # custom roles). Every per-project endpoint then spends exactly its one window at the end of the first run, so the
-# second meets eight spent endpoints at once. Its time scale is larger than the table's: at 0.01 the second
+# second meets eight spent endpoints at once. The per-minute models run at --minute-scale 0.1: at 0.01 the second
 # process's own start (about 0.2 s) is 20 seconds of a 60-second window, and the windows have refilled before it
-# sends a request (on the table's organization at 0.01 the second run met no 429 at all).
+# sends a request; and every run's start and mapping (about 0.5 s) would count as 50 s of limit time.
 PACING_MODELS = ("none-per-minute", "windows", "family-windows", "spent-windows", "none-real-time",
                  "endpoint-bucket-ms", "endpoint-bucket-s", "endpoint-bucket-none", "org-bucket-ms", "org-bucket-s",
                  "org-bucket-none", "one-off-429s")
@@ -331,9 +331,7 @@ PACING_LABELS = {
 
 def pacing_scale(name: str, args: argparse.Namespace) -> float:
     """The connector's VEZA_OPENAI_TIME_SCALE for a model: the table's scale per minute, 1 (real time) per second."""
-    if name == "spent-windows":
-        return args.spent_time_scale
-    return args.time_scale if name in ("none-per-minute", "windows", "family-windows") else 1.0
+    return args.minute_scale if name in ("none-per-minute", "windows", "family-windows", "spent-windows") else 1.0
 
 
 def pacing_model(name: str, minute: float) -> Limiter | None:
@@ -459,15 +457,14 @@ def pacing_table(args: argparse.Namespace) -> None:
     if unknown:
         sys.exit(f"unknown pacing models {unknown}; choose from {', '.join(PACING_MODELS)}")
     # the floors first: the unlimited run at each scale a chosen model runs at
-    scales = {pacing_scale(name, args) for name in chosen if name != "spent-windows"}
+    scales = {pacing_scale(name, args) for name in chosen if name != "spent-windows"}  # spent: its own organization
     names = [floor for floor in ("none-per-minute", "none-real-time") if pacing_scale(floor, args) in scales]
     names += [name for name in chosen if name not in names]
     print(f"organization: {args.table_users} users, {args.table_projects} projects ({args.members} members each), "
           f"{min(args.groups, 10)} groups; --dry-run --role-assignments {args.role_assignments} --max-workers "
           f"{args.table_workers}; latency {args.table_latency * 1000:g} ms; per minute: VEZA_OPENAI_TIME_SCALE="
-          f"{args.time_scale:g} (a minute is {60 * args.time_scale:g} s); spent-windows: {args.spent_projects} "
-          f"projects, --role-assignments {args.spent_role_assignments}, VEZA_OPENAI_TIME_SCALE="
-          f"{args.spent_time_scale:g} (a minute is {60 * args.spent_time_scale:g} s); per second: real time "
+          f"{args.minute_scale:g} (a minute is {60 * args.minute_scale:g} s); spent-windows: {args.spent_projects} "
+          f"projects, --role-assignments {args.spent_role_assignments}; per second: real time "
           f"(VEZA_OPENAI_TIME_SCALE=1); timeout {args.model_timeout:g} s a run; unlimited runs: the fastest of "
           f"{args.floor_runs}; machine: "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}")
@@ -573,12 +570,13 @@ def main() -> None:
     limits.add_argument("--doubles-at", type=float, default=2.4,
                         help="the doubling models: real seconds after the first request when the limit doubles")
     limits.add_argument("--pacing-table", action="store_true",
-                        help="issue 25's pacing models (per minute, scaled by --time-scale; per second, in real "
+                        help="issue 25's pacing models (per minute, scaled by --minute-scale; per second, in real "
                         "time) on the --models-table organization: a Markdown table and a JSON line a row")
     limits.add_argument("--floor-runs", type=int, default=3,
                         help="--pacing-table: runs without a limit per scale; the fastest is the floor (default 3)")
-    limits.add_argument("--spent-time-scale", type=float, default=0.1,
-                        help="--pacing-table: VEZA_OPENAI_TIME_SCALE of spent-windows (default 0.1: a minute is 6 s)")
+    limits.add_argument("--minute-scale", type=float, default=0.1,
+                        help="--pacing-table: VEZA_OPENAI_TIME_SCALE of the per-minute models (default 0.1: a minute "
+                        "is 6 s, so the process's own start and mapping, about half a second, are not half a minute)")
     limits.add_argument("--spent-projects", type=int, default=60, help="--pacing-table: spent-windows' projects")
     limits.add_argument("--spent-role-assignments", choices=("none", "auto", "all"), default="auto",
                         help="--pacing-table: spent-windows' --role-assignments (default auto, the Quick start's)")
