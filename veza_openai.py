@@ -2912,13 +2912,14 @@ class VezaError(Exception):
 class Veza:
     """Veza's OAA API: each answer within OAA_API_TIMEOUT, lists bounded, retries never past --max-run-time."""
 
-    def __init__(self, config: Config, clock: Clock, verify: bool = True) -> None:
+    def __init__(self, config: Config, clock: Clock) -> None:
         self.config, self.clock = config, clock
         self.http = Http(config.veza_url, config.veza_api_key, timeout=config.veza_timeout,
-                         max_bytes=VEZA_ANSWER_BYTES, verify=verify)
+                         max_bytes=VEZA_ANSWER_BYTES, verify=not veza_tls_unverified(os.environ))
 
     def check(self) -> None:
         """One quick call before any OpenAI request: is this Veza, and does it take the key?"""
+        log.info("connecting to Veza at %s", self.config.veza_url)
         path = f"{PROVIDERS}/templates"
         answer = self.http.call("GET", path, timeout=VEZA_CHECK_TIMEOUT)
         where = f"cannot use Veza at {self.config.veza_url}"
@@ -3279,10 +3280,8 @@ def discover(config: Config, clock: Clock, summary: RunSummary) -> bytes:
 
 def run(config: Config, clock: Clock, summary: RunSummary) -> None:
     """Read, map, save, push and report; raises DiscoveryError or PushError."""
-    veza = None
-    if not config.dry_run:  # fail fast, before spending OpenAI quota, when Veza cannot take the result
-        log.info("connecting to Veza at %s", config.veza_url)
-        veza = Veza(config, clock, verify=not veza_tls_unverified(os.environ))
+    veza = None if config.dry_run else Veza(config, clock)
+    if veza is not None:  # fail fast, before spending OpenAI quota, when Veza cannot take the result
         veza.check()
     payload = discover(config, clock, summary)
     if config.save_json_path:
