@@ -2891,42 +2891,36 @@ VEZA_CHECK_TIMEOUT = 10.0      # the first call fails fast: an unreachable Veza 
 MAX_VEZA_PAGES = 100           # 25,000 providers, data sources, queries or reports at 250 a page; more is a loop
 PUSH_IN_PARTS_OVER = 50_000_000  # bytes of JSON past which the push goes in parts of this size (as oaaclient)
 MAX_PUSH_BYTES = 100_000_000   # the largest request body Veza takes
+PROVIDERS = "/api/v1/providers/custom"
 # A plain glyph (not OpenAI's trademark), so the provider is recognisable in Veza's UI.
-PROVIDER_ICON_SVG = (
-    "PHN2ZyB4bWxucz0iaHR0cDovL3d3dy53My5vcmcvMjAwMC9zdmciIHZpZXdCb3g9IjAgMCAzMiAzMiI+PGNpcmNsZSBjeD0i"
-    "MTYiIGN5PSIxNiIgcj0iMTQiIGZpbGw9IiMxMDEwMTAiLz48dGV4dCB4PSIxNiIgeT0iMjEiIGZvbnQtc2l6ZT0iMTQiIGZv"
-    "bnQtZmFtaWx5PSJzYW5zLXNlcmlmIiBmaWxsPSIjZmZmIiB0ZXh0LWFuY2hvcj0ibWlkZGxlIj5BSTwvdGV4dD48L3N2Zz4="
-)
+PROVIDER_ICON_SVG = base64.b64encode(
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><circle cx="16" cy="16" r="14" fill="#101010"/>'
+    b'<text x="16" y="21" font-size="14" font-family="sans-serif" fill="#fff" text-anchor="middle">AI</text></svg>'
+).decode()
+KEY_REFUSED = "Veza refused the API key (HTTP {}): check VEZA_API_KEY and that its user may manage OAA providers"
 
 
 class VezaError(Exception):
     """A Veza call that did not succeed: Veza's refusal (`status`, its `details`) or no usable answer."""
 
-    def __init__(self, message: str, status: int = 0, details: list | None = None, late: bool = False) -> None:
+    def __init__(self, message: str, status: int = 0, details: Any = None, late: bool = False) -> None:
         super().__init__(message)
-        self.status, self.details, self.late = status, details or [], late  # late: --max-run-time ended it
-
-
-def key_refused(status: int) -> str:
-    return f"Veza refused the API key (HTTP {status}): check VEZA_API_KEY and that its user may manage OAA providers"
-
-
-def only_throttled(answer: Answer) -> bool:
-    """Whether to send a create again: only after a 429, as any other answer may have created it."""
-    return answer.status == 429
+        self.status, self.late = status, late  # late: --max-run-time ended it
+        self.details = details if isinstance(details, list) else []
 
 
 class Veza:
     """Veza's OAA API: each answer within OAA_API_TIMEOUT, lists bounded, retries never past --max-run-time."""
 
-    def __init__(self, config: Config, clock: Clock, verify: bool = True) -> None:
+    def __init__(self, config: Config, clock: Clock) -> None:
         self.config, self.clock = config, clock
         self.http = Http(config.veza_url, config.veza_api_key, timeout=config.veza_timeout,
-                         max_bytes=VEZA_ANSWER_BYTES, verify=verify)
+                         max_bytes=VEZA_ANSWER_BYTES, verify=not veza_tls_unverified(os.environ))
 
     def check(self) -> None:
         """One quick call before any OpenAI request: is this Veza, and does it take the key?"""
-        path = "/api/v1/providers/custom/templates"
+        log.info("connecting to Veza at %s", self.config.veza_url)
+        path = f"{PROVIDERS}/templates"
         answer = self.http.call("GET", path, timeout=VEZA_CHECK_TIMEOUT)
         where = f"cannot use Veza at {self.config.veza_url}"
         if answer.ssl:
@@ -2937,66 +2931,68 @@ class Veza:
             raise PushError(f"{where}: {answer.problem} (not reachable within {VEZA_CHECK_TIMEOUT:g}s; check VEZA_URL, "
                             "DNS, proxy and TLS)")
         if answer.status in (401, 403):
-            raise PushError(f"{where}: {key_refused(answer.status)}")
+            raise PushError(f"{where}: {KEY_REFUSED.format(answer.status)}")
         body = answer.body if answer.status == 200 else None
         if not (isinstance(body, dict) and isinstance(body.get("values"), list)):
             what = answer.problem if answer.status != 200 or answer.fatal else \
                 "an answer without Veza's list of templates ('values')"
             raise PushError(f"{where}: {what} from {path}; is VEZA_URL the address of your Veza instance?")
 
-    def call(self, method: str, path: str, body: Any = None, params: Any = None, *,
-             retry_when: Callable[[Answer], bool] = Answer.transient) -> Any:
-        """One call, retried (OAA_API_RETRIES) when `retry_when` allows; its JSON unwrapped as oaaclient does."""
+    def call(self, method: str, path: str, body: Any = None, params: Any = None,
+             retry_when: Callable[[Answer], bool] | None = None) -> Any:
+        """One call, retried (OAA_API_RETRIES) when `retry_when` allows: by default a transient fault, but a POST
+        only after a 429 (any other answer may have created what it asked for). Its JSON unwrapped as oaaclient does."""
+        retry_when = retry_when or ((lambda answer: answer.status == 429) if method == "POST" else Answer.transient)
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        for attempt in range(1, self.config.veza_retries + 2):
+        retries = self.config.veza_retries
+        for attempt in range(1, retries + 2):
             if self.clock.passed():
                 raise VezaError(f"--max-run-time {self.clock.max_run_time:g}s reached before {method} {path}",
                                 late=True)
-            answer = self.http.call(method, path, params, data, timeout=min(self.config.veza_timeout,
-                                                                          max(0.001, self.clock.left())))
+            answer = self.http.call(method, path, params, data,
+                                    timeout=min(self.config.veza_timeout, max(0.001, self.clock.left())))
             if 200 <= answer.status < 300 and not answer.fatal:
                 return answer.body.get("value", answer.body) if isinstance(answer.body, dict) else answer.body
-            wait = backoff(attempt, answer.hint) * self.clock.scale
-            if attempt > self.config.veza_retries or not retry_when(answer):
+            if attempt > retries or not retry_when(answer):
                 break
+            wait = backoff(attempt, answer.hint) * self.clock.scale
             if wait >= self.clock.left():
                 raise VezaError(f"{answer.problem}, and its retry would end past --max-run-time", answer.status,
                                 late=True)
-            log.info("Veza %s %s: %s, retry %d/%d in %.1fs", method, path, answer.problem, attempt,
-                     self.config.veza_retries, wait / self.clock.scale)
+            log.info("Veza %s %s: %s, retry %d/%d in %.1fs", method, path, answer.problem, attempt, retries,
+                     wait / self.clock.scale)
             time.sleep(wait)
         body = dict_of(answer.body)
         code = f"{body['code']}: " if isinstance(body.get("code"), str) else ""
-        message = key_refused(answer.status) if answer.status in (401, 403) else \
+        message = KEY_REFUSED.format(answer.status) if answer.status in (401, 403) else \
             f"{answer.problem}: {code}{answer.detail}" if answer.status and not answer.fatal else answer.problem
-        details = body.get("details")
-        raise VezaError(message, answer.status, details if isinstance(details, list) else None)
+        raise VezaError(message, answer.status, body.get("details"))
 
     def list(self, path: str, **params: Any) -> list[dict]:
         """Every entry of a paged Veza list, at most MAX_VEZA_PAGES pages."""
         params["page_size"] = 250
         values: list[dict] = []
         for _ in range(MAX_VEZA_PAGES):
-            page = self.call("GET", path, params=params)
-            if not isinstance(page, dict) or not isinstance(page.get("values"), list):
+            page = dict_of(self.call("GET", path, params=params))
+            if not isinstance(page.get("values"), list):
                 raise VezaError(f"{path}: Veza's answer has no list of values")
-            values.extend(entry for entry in page["values"] if isinstance(entry, dict))
-            token = page.get("next_page_token")
+            values += [entry for entry in page["values"] if isinstance(entry, dict)]
             if not page.get("has_more"):
                 return values
+            token = page.get("next_page_token")
             if not isinstance(token, str) or not token or token == params.get("page_token"):
                 raise VezaError(f"{path}: has_more without a new next_page_token; stopped instead of looping")
             params["page_token"] = token
         raise VezaError(f"{path}: still has_more after {MAX_VEZA_PAGES} pages; stopped instead of looping")
 
-    def find_or_create(self, what: str, path: str, name: str, body: dict) -> tuple[dict, bool]:
-        """(the provider or data source called `name`, whether it was created now)."""
-        found = self.list(path, filter=f'name eq "{name}"')
+    def find_or_create(self, what: str, path: str, body: dict) -> tuple[str, bool]:
+        """(the id of the provider or data source named body["name"], whether it was created now)."""
+        found = self.list(path, filter=f'name eq "{body["name"]}"')
         if found:
-            return found[0], False
+            return found[0]["id"], False
         log.info("creating Veza %s", what)
         try:
-            created = self.call("POST", path, body, retry_when=only_throttled)
+            created = dict_of(self.call("POST", path, body))
         except VezaError as exc:
             if exc.status != 403:
                 raise
@@ -3004,55 +3000,42 @@ class Veza:
                             "providers or data sources. Create them once with a key that may (e.g. an administrator's: "
                             "run the connector once with it), or grant this key's user that right; later runs need "
                             "only push rights") from None
-        if not isinstance(created, dict) or not isinstance(created.get("id"), str):
+        if not isinstance(created.get("id"), str):
             raise VezaError(f"{path}: Veza's answer to creating the {what} has no id")
-        return created, True
+        return created["id"], True
 
-    def data_source(self) -> tuple[str, str]:
-        """(provider id, data source id), each created when missing."""
-        providers = "/api/v1/providers/custom"
-        provider, created = self.find_or_create(f"provider {PROVIDER_NAME!r} (template application)", providers,
-                                                PROVIDER_NAME,
+    def push(self, payload: bytes, summary: RunSummary) -> list:
+        """Replace the data source's snapshot as oaaclient's push_application does; returns Veza's warnings."""
+        provider, created = self.find_or_create(f"provider {PROVIDER_NAME!r} (template application)", PROVIDERS,
                                                 {"name": PROVIDER_NAME, "custom_template": "application"})
         if created:
-            self.call("POST", f"{providers}/{provider['id']}:icon", {"icon_base64": PROVIDER_ICON_SVG},
-                      retry_when=only_throttled)
+            self.call("POST", f"{PROVIDERS}/{provider}:icon", {"icon_base64": PROVIDER_ICON_SVG})
         name = self.config.data_source_name
         source, _ = self.find_or_create(f"data source {name!r} under provider {PROVIDER_NAME!r}",
-                                        f"{providers}/{provider['id']}/datasources", name,
-                                        {"name": self.config.data_source_name, "id": provider["id"]})
-        return provider["id"], source["id"]
+                                        f"{PROVIDERS}/{provider}/datasources", {"name": name, "id": provider})
+        path = f"{PROVIDERS}/{provider}/datasources/{source}"
+        summary.upload_started = True
 
-    def push(self, payload: bytes, progress: PushProgress) -> list:
-        """Replace the data source's snapshot as oaaclient's push_application does; returns Veza's warnings."""
-        provider_id, source_id = self.data_source()
-        path = f"/api/v1/providers/custom/{provider_id}/datasources/{source_id}"
-        progress.upload_started = True
+        def post(path: str, body: Any) -> Any:
+            return self.call("POST", path, body, retry_when=push_retryable)
+
         if len(payload) <= PUSH_IN_PARTS_OVER:
-            body = json_with_base64({"id": provider_id, "data_source_id": source_id, "json_data": BASE64,
+            body = json_with_base64({"id": provider, "data_source_id": source, "json_data": BASE64,
                                      "compression_type": "GZIP"}, gzip.compress(payload, 9))
             if len(body) > MAX_PUSH_BYTES:
                 raise VezaError(f"the compressed payload is {len(body):,} bytes, over Veza's {MAX_PUSH_BYTES:,}")
-            return push_warnings(self.call("POST", path + ":push", body, retry_when=push_retryable))
+            return push_warnings(post(path + ":push", body))
         log.info("payload is %d MB: pushing it in parts", len(payload) // 1_000_000)
         path += ":parts"
-        upload_id = dict_of(self.call("POST", path, {"operation": "start"}, retry_when=push_retryable))
-        upload_id = upload_id.get("upload_id")
+        upload_id = dict_of(post(path, {"operation": "start"})).get("upload_id")
         if not isinstance(upload_id, str) or not upload_id:
             raise VezaError("Veza's answer to starting a push in parts has no upload_id")
         parts = range(0, len(payload), PUSH_IN_PARTS_OVER)
         for number, start in enumerate(parts, 1):
-            body = json_with_base64({"operation": "upload", "upload_id": upload_id, "sequence_number": number,
-                                     "data": BASE64}, payload[start:start + PUSH_IN_PARTS_OVER])
-            self.call("POST", path, body, retry_when=push_retryable)
-        return push_warnings(self.call("POST", path, {"operation": "complete", "upload_id": upload_id,
-                                                      "sequence_count": len(parts)}, retry_when=push_retryable))
-
-
-class PushProgress:
-    """How far a push got: once the payload upload began, Veza may have it whatever the answer says."""
-
-    upload_started = False
+            post(path, json_with_base64({"operation": "upload", "upload_id": upload_id, "sequence_number": number,
+                                         "data": BASE64}, payload[start:start + PUSH_IN_PARTS_OVER]))
+        return push_warnings(post(path, {"operation": "complete", "upload_id": upload_id,
+                                         "sequence_count": len(parts)}))
 
 
 BASE64 = f"base64-{os.urandom(16).hex()}"  # where json_with_base64 puts the base64 text
@@ -3099,20 +3082,21 @@ def nodes(node_type: str, **equals: Any) -> dict:
     return {"nodes": [node]}
 
 
-def report_query(name: str, description: str, source: dict, **rest: Any) -> dict:
+def report_query(name: str, description: str, source: dict, role: dict | None = None) -> dict:
+    related = {"relates_to_exp": {"specs": [{"node_types": role}]}} if role else {}
     return {"name": f"OpenAI {name}", "description": description, "query_type": "SOURCE_TO_DESTINATION",
-            "source_node_types": source, **rest}
+            "source_node_types": source, **related}
 
 
 # Only conditions Veza's query model is known to take (equality, relations); docs/mapping.md says how to add
 # "never used" and "no login for N days" in the Query Builder.
 REPORT_QUERIES = [
     report_query("organization owners", "Users holding the organization's Owner role (members and billing)",
-                 nodes(USER_NODE), relates_to_exp={"specs": [{"node_types": nodes(ROLE_NODE, name="Owner")}]}),
+                 nodes(USER_NODE), nodes(ROLE_NODE, name="Owner")),
     report_query("admin API keys", "Credentials holding the organization-wide Admin API Key role", nodes(CRED_NODE),
-                 relates_to_exp={"specs": [{"node_types": nodes(ROLE_NODE, name="Admin API Key")}]}),
+                 nodes(ROLE_NODE, name="Admin API Key")),
     report_query("inactive users holding roles", "Deactivated or banned users, and pending invites, with any role",
-                 nodes(USER_NODE, is_active=False), relates_to_exp={"specs": [{"node_types": nodes(ROLE_NODE)}]}),
+                 nodes(USER_NODE, is_active=False), nodes(ROLE_NODE)),
     report_query("pending invites", "Invitations not yet accepted, with the roles they grant",
                  nodes(USER_NODE, customprop_invite_status="pending")),
     report_query("projects with MCP enabled", "Projects whose settings let models call MCP servers",
@@ -3141,36 +3125,31 @@ def same_as_sent(stored: Any, sent: Any) -> bool:
 
 def create_or_update_report(veza: Veza) -> str:
     """Make the report and its queries (found by name) match REPORT_QUERIES: created, updated or unchanged."""
-    changed = created = False
-    queries = "/api/v1/assessments/queries"
+    queries, reports = "/api/v1/assessments/queries", "/api/preview/assessments/reports"
     existing = {q.get("name"): q for q in veza.list(queries, include_inactive_queries=True)
                 if q.get("query_type") != "SYSTEM_CREATED"}
-    query_ids = []
+    changed, query_ids = False, []
     for definition in REPORT_QUERIES:
         query = existing.get(definition["name"])
         if query is None:
-            query = dict_of(veza.call("POST", queries, definition, retry_when=only_throttled))
+            query = dict_of(veza.call("POST", queries, definition))
             changed = True
         elif not same_as_sent(query, definition):
             veza.call("PUT", f"{queries}/{query['id']}", {**definition, "id": query["id"]})
             changed = True
         query_ids.append(query["id"])
-    reports = "/api/preview/assessments/reports"
     report = next((r for r in veza.list(reports, include_inactive_reports=True, include_inactive_queries=True)
                    if r.get("name") == REPORT_NAME), None)
     if report is None:
         veza.call("POST", reports, {"name": REPORT_NAME, "description": REPORT_DESCRIPTION,
-                                    "queries": [{"query": query_id} for query_id in query_ids]},
-                  retry_when=only_throttled)
-        created = True
-    else:
-        stored = dict_of(veza.call("GET", f"{reports}/{report['id']}", params={"include_inactive_queries": True}))
-        present = {entry.get("query") for entry in stored.get("queries") or [] if isinstance(entry, dict)}
-        for query_id in query_ids:
-            if query_id not in present:
-                veza.call("PUT", f"{reports}/{report['id']}/queries/{query_id}")
-                changed = True
-    return "created" if created else "updated" if changed else "unchanged"
+                                    "queries": [{"query": query_id} for query_id in query_ids]})
+        return "created"
+    stored = dict_of(veza.call("GET", f"{reports}/{report['id']}", params={"include_inactive_queries": True}))
+    present = {entry.get("query") for entry in stored.get("queries") or [] if isinstance(entry, dict)}
+    missing = [query_id for query_id in query_ids if query_id not in present]
+    for query_id in missing:
+        veza.call("PUT", f"{reports}/{report['id']}/queries/{query_id}")
+    return "updated" if changed or missing else "unchanged"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -3190,17 +3169,16 @@ class RunSummary:
     report: str = ""        # with --create-report: created, updated, unchanged, failed or interrupted
     people: dict[str, int] = field(default_factory=dict)  # people and owners, for the lines a person reads
     reasons: dict[str, str] = field(default_factory=dict)  # family left out (refused, or missing) -> why
-
-    def fields(self) -> dict[str, Any]:
-        return {"outcome": self.outcome, **self.counts, "warnings": self.warnings,
-                "left_out": ",".join(sorted(self.reasons)),
-                "veza_warnings": self.veza_warnings, "throttled": self.throttled, "calls": self.calls,
-                "retries": self.retries, "seconds": round(self.seconds, 1),
-                **({"report": self.report} if self.report else {}), "version": __version__}
+    upload_started: bool = False  # from then on Veza may have the payload, whatever it answers
 
     def log(self, level: int) -> None:
-        line = " ".join(f"{k}={f'{v:.1f}' if k == 'seconds' else v}" for k, v in self.fields().items())
-        log_with_fields(level, {"summary": True, **self.fields()}, "summary: %s", line)
+        fields = {"outcome": self.outcome, **self.counts, "warnings": self.warnings,
+                  "left_out": ",".join(sorted(self.reasons)), "veza_warnings": self.veza_warnings,
+                  "throttled": self.throttled, "calls": self.calls, "retries": self.retries,
+                  "seconds": round(self.seconds, 1), **({"report": self.report} if self.report else {}),
+                  "version": __version__}
+        line = " ".join(f"{k}={f'{v:.1f}' if k == 'seconds' else v}" for k, v in fields.items())
+        log_with_fields(level, {"summary": True, **fields}, "summary: %s", line)
 
     def log_for_people(self, config: Config) -> None:
         """A few lines a person reads above the summary line (text logs only)."""
@@ -3264,9 +3242,8 @@ def read_organization(config: Config, clock: Clock, summary: RunSummary) -> Snap
         http.close()
     summary.reasons = dict(snapshot.unavailable)
     for name, reason in snapshot.unavailable.items():
-        family = FAMILIES[name]
         log.warning("left out %s (%s): grant the admin key '%s', or the organization does not have it",
-                    family.label, reason, family.grant)
+                    FAMILIES[name].label, reason, FAMILIES[name].grant)
     if snapshot.organization is None:
         log.info("is_personal left unset: the organization object is not readable with this key")
     users, projects, groups = (None if v is None else len(v) for v in (snapshot.users, snapshot.projects,
@@ -3282,7 +3259,7 @@ def read_organization(config: Config, clock: Clock, summary: RunSummary) -> Snap
 def discover(config: Config, clock: Clock, summary: RunSummary) -> bytes:
     """Read, map and serialise, each stage's input freed once the next has it."""
     snapshot = read_organization(config, clock, summary)
-    gc.collect()  # the finished reader is in reference cycles and holds every record; ~0.1 s at 100,000 users
+    gc.collect()  # the finished reader is in reference cycles and holds every record
     log_memory("reading")
     started = time.monotonic()
     with cyclic_gc_paused():
@@ -3290,10 +3267,8 @@ def discover(config: Config, clock: Clock, summary: RunSummary) -> bytes:
         del snapshot
         log_memory("mapping")
         summary.counts, summary.people = result.counts, result.people
-        for level, message in result.notes:
+        for level, message in [*result.notes, *((logging.WARNING, message) for message in result.warnings)]:
             log.log(level, "%s", message)
-        for message in result.warnings:
-            log.warning("%s", message)
         payload = serialize_application(result.application)
         del result
     seconds = time.monotonic() - started
@@ -3303,12 +3278,10 @@ def discover(config: Config, clock: Clock, summary: RunSummary) -> bytes:
     return payload
 
 
-def run(config: Config, clock: Clock, summary: RunSummary, progress: PushProgress) -> None:
+def run(config: Config, clock: Clock, summary: RunSummary) -> None:
     """Read, map, save, push and report; raises DiscoveryError or PushError."""
-    veza = None
-    if not config.dry_run:  # fail fast, before spending OpenAI quota, when Veza cannot take the result
-        log.info("connecting to Veza at %s", config.veza_url)
-        veza = Veza(config, clock, verify=not veza_tls_unverified(os.environ))
+    veza = None if config.dry_run else Veza(config, clock)
+    if veza is not None:  # fail fast, before spending OpenAI quota, when Veza cannot take the result
         veza.check()
     payload = discover(config, clock, summary)
     if config.save_json_path:
@@ -3323,14 +3296,14 @@ def run(config: Config, clock: Clock, summary: RunSummary, progress: PushProgres
         return
     log.info("pushing to Veza data source %r", config.data_source_name)
     try:
-        veza_warnings = veza.push(payload, progress)
+        veza_warnings = veza.push(payload, summary)
     except VezaError as exc:
         for detail in exc.details:
             log.error("Veza: %s", detail)
         refused = 300 <= exc.status < 500  # Veza's own refusal, or a redirect: it did not take the payload
         raise PushError(f"push to Veza did not finish within --max-run-time {config.max_run_time:g}s ({exc})"
                         if clock.passed() or exc.late else f"push to Veza failed: {exc}",
-                        reached_veza=progress.upload_started and not refused) from None
+                        reached_veza=summary.upload_started and not refused) from None
     log_memory("pushing")
     summary.outcome = "pushed"  # settled when Veza answered: a later signal or failure changes only report=
     summary.veza_warnings = len(veza_warnings)
@@ -3347,28 +3320,24 @@ def run(config: Config, clock: Clock, summary: RunSummary, progress: PushProgres
                       f"--max-run-time {config.max_run_time:g}s reached" if late else exc)
 
 
-@dataclass
 class SignalState:
-    finished: bool = False  # once the outcome is decided, a late signal no longer interrupts the summary
-    stopping: bool = False  # the first signal is being handled: a second one (a double Ctrl-C) changes nothing
+    done = False  # a signal is being handled, or the outcome is decided: a later signal changes nothing
 
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[SignalState]:
-    """SIGTERM and SIGINT raise Stopped (as PID 1 in a container, a signal with no handler is ignored)."""
+    """SIGTERM and SIGINT raise Stopped, once (as PID 1 in a container, a signal with no handler is ignored)."""
     state = SignalState()
     names = {signal.SIGTERM: ("SIGTERM", ExitStatus.TERMINATED), signal.SIGINT: ("Ctrl-C (SIGINT)",
                                                                                  ExitStatus.INTERRUPTED)}
 
     def stop(signum: int, frame: Any) -> None:
-        if not state.finished and not state.stopping:
-            state.stopping = True
+        if not state.done:
+            state.done = True
             raise Stopped(*names[signal.Signals(signum)])
 
-    if threading.current_thread() is not threading.main_thread():
-        yield state
-        return
-    previous = {signum: signal.signal(signum, stop) for signum in names}
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there may handlers be set
+    previous = {signum: signal.signal(signum, stop) for signum in names} if in_main_thread else {}
     try:
         yield state
     finally:
@@ -3376,8 +3345,10 @@ def stop_on_signals() -> Iterator[SignalState]:
             signal.signal(signum, handler)
 
 
-def log_what_veza_has(config: Config, maybe_stored: bool) -> None:
+def settle_failure(config: Config, summary: RunSummary, maybe_stored: bool) -> None:
+    """Say what Veza holds after a failure; a payload Veza may have makes the outcome unknown."""
     if maybe_stored:
+        summary.outcome = "unknown"
         log.error("outcome unknown: Veza may have received the payload; check data source %r in Veza before the next "
                   "run", config.data_source_name)
     elif not config.dry_run:
@@ -3401,17 +3372,12 @@ def main(argv: list[str] | None = None) -> int:
              mask_key(config.openai_api_key))
     for note in config.notes:
         log.warning("configuration: %s", note)
-    summary, progress, status = RunSummary(), PushProgress(), ExitStatus.FAILED
+    summary, status = RunSummary(), ExitStatus.FAILED
     with stop_on_signals() as signals:
         try:
-            run(config, clock, summary, progress)
-            signals.finished = True  # pushed: a late signal must not turn that into "interrupted"
+            run(config, clock, summary)
+            signals.done = True  # pushed: a late signal must not turn that into "interrupted"
             status = ExitStatus.OK
-        except (DiscoveryError, PushError) as exc:
-            log.error("%s", exc, exc_info=config.debug)
-            maybe_stored = getattr(exc, "reached_veza", False)
-            log_what_veza_has(config, maybe_stored)
-            summary.outcome = "unknown" if maybe_stored else summary.outcome
         except (KeyboardInterrupt, Stopped) as exc:
             name, status = ((exc.signal_name, exc.status) if isinstance(exc, Stopped)
                             else ("Ctrl-C (SIGINT)", ExitStatus.INTERRUPTED))
@@ -3419,15 +3385,17 @@ def main(argv: list[str] | None = None) -> int:
                 summary.report = "interrupted"
                 log.error("stopped by %s while creating the Veza report; the push had completed", name)
             else:
-                summary.outcome = "unknown" if progress.upload_started else "interrupted"
+                summary.outcome = "interrupted"
                 log.error("stopped by %s", name)
-                log_what_veza_has(config, progress.upload_started)
-        except Exception as exc:  # a bug or an unforeseen answer: still one clear line, no partial push
-            log.error("unexpected error: %s: %s (run with --debug for the traceback)", type(exc).__name__, exc,
-                      exc_info=config.debug)
-            log_what_veza_has(config, progress.upload_started)
-            summary.outcome = "unknown" if progress.upload_started else summary.outcome
-        signals.finished = True
+                settle_failure(config, summary, summary.upload_started)
+        except Exception as exc:
+            if isinstance(exc, (DiscoveryError, PushError)):
+                log.error("%s", exc, exc_info=config.debug)
+            else:  # a bug or an unforeseen answer: still one clear line, no partial push
+                log.error("unexpected error: %s: %s (run with --debug for the traceback)", type(exc).__name__, exc,
+                          exc_info=config.debug)
+            settle_failure(config, summary, exc.reached_veza if isinstance(exc, PushError) else summary.upload_started)
+        signals.done = True
         if config.log_format == "text":
             summary.log_for_people(config)
         summary.seconds = time.monotonic() - clock.started
