@@ -2643,7 +2643,7 @@ def matcher_value(value: Any) -> str | None:
 def hold_federation_rule(m: ApplicationBuilder, rule: dict, cred: AccessCred) -> None:
     """The rule's service account holds it, and it acts with every role that account has on the rule's project."""
     account_id, project_id = text_of(rule.get("service_account_id")), text_of(rule.get("project_id"))
-    holder = m.app.local_users.get(account_id) if account_id else None
+    holder = m.app.local_users.get(account_id)
     if holder is None or holder.user_type != "service_account":
         m.warn(f"federation rule {rule['id']} names service account {account_id} which is not listed; kept without "
                "a holder or project role" if holder is None else
@@ -2651,7 +2651,7 @@ def hold_federation_rule(m: ApplicationBuilder, rule: dict, cred: AccessCred) ->
                "user's; kept without a holder or project role")
         return
     holder.add_access_cred(rule["id"])
-    project = m.projects.get(project_id) if project_id else None
+    project = m.projects.get(project_id)
     if project is None:
         m.warn(f"federation rule {rule['id']} names project {project_id} which is not listed; kept without a "
                "project role")
