@@ -47,7 +47,6 @@ try:
         AccessCred,
         CustomApplication,
         CustomResource,
-        LocalGroup,
         LocalUser,
         OAAPermission,
         OAAPropertyType,
@@ -1931,20 +1930,14 @@ class Snapshot:
 # Mapping (pure: a snapshot in, OAA objects out): one context class, then its steps in payload order
 # ---------------------------------------------------------------------------------------------
 
-ORG_PERMISSIONS = {
-    "Standard API Requests": OAAPermission.DataRead,
-    "Read Organization": OAAPermission.MetadataRead,
-    "Modify Billing": OAAPermission.MetadataWrite,
-    "Manage Members": OAAPermission.MetadataWrite,
-}
-PROJECT_PERMISSIONS = {
-    "Read Project": OAAPermission.MetadataRead,
-    "Manage Project Members": OAAPermission.MetadataWrite,
-    "Manage Project API Keys": OAAPermission.MetadataWrite,
-}
+ORG_PERMISSIONS = {"Standard API Requests": OAAPermission.DataRead, "Read Organization": OAAPermission.MetadataRead,
+                   "Modify Billing": OAAPermission.MetadataWrite, "Manage Members": OAAPermission.MetadataWrite}
+PROJECT_PERMISSIONS = {"Read Project": OAAPermission.MetadataRead,
+                       "Manage Project Members": OAAPermission.MetadataWrite,
+                       "Manage Project API Keys": OAAPermission.MetadataWrite}
 PROJECT_OWNER_PERMISSIONS = ["Standard API Requests", *PROJECT_PERMISSIONS]
 FIXED_ROLES = {  # unique id: (name, permissions)
-    "owner": ("Owner", ["Standard API Requests", "Read Organization", "Modify Billing", "Manage Members"]),
+    "owner": ("Owner", [*ORG_PERMISSIONS]),
     "reader": ("Reader", ["Standard API Requests", "Read Organization"]),
     "project_owner": ("Project Owner", PROJECT_OWNER_PERMISSIONS),
     # Organization owners own every project, listed or not: its own role, so a listed owner is still told apart.
@@ -1955,13 +1948,8 @@ FIXED_ROLES = {  # unique id: (name, permissions)
     "admin_api_key": ("Admin API Key", ["Read Organization", "Modify Billing", "Manage Members", *PROJECT_PERMISSIONS]),
 }
 ORG_ROLE_VALUES = {"owner": "owner", "reader": "reader", "member": "reader"}  # invite docs say "owner or member"
-PROJECT_ROLE_VALUES = {"owner": "project_owner", "member": "project_member", "viewer": "project_viewer"}
-# An unknown role value never shows less than every holder of a role there has: reading it (by "is project").
-UNKNOWN_ROLE_PERMISSIONS = {False: FIXED_ROLES["reader"][1], True: ["Read Project"]}
-KEY_ACCESS_VALUES = ("active", "inactive")
+PROJECT_ROLE_VALUES = {"owner": "project_owner", "member": "project_member", "viewer": "project_viewer", "none": ""}
 KEY_OWNER_TYPES = ("user", "service_account")
-PROJECT_STATUSES = ("active", "archived")
-SOURCE_PRINCIPAL_TYPES = ("user", "group")
 HOSTED_TOOLS = ("code_interpreter", "file_search", "image_generation", "mcp", "web_search")
 # A permission string `api.<area>[.<sub>].<verb>` maps by area and verb (OpenAI's RBAC guide; docs/mapping.md).
 CONTENT_AREAS = {"model", "models", "files", "assistants", "threads", "vector_stores", "batches", "fine_tuning",
@@ -1993,8 +1981,8 @@ STEPS: list[Callable[[ApplicationBuilder], None]] = []
 
 
 def copy_fields(entity: Any, record: dict, **kinds: OAAPropertyType) -> None:
-    """Record fields as the entity's custom properties of the same names, in order: text trimmed (S), a time as
-    RFC3339 (T), a boolean (B) only when it is one; anything absent or unusable is left unset."""
+    """Record fields as same-named custom properties, in order: text trimmed (S), times RFC3339 (T), booleans (B);
+    anything absent or unusable is left unset."""
     for name, kind in kinds.items():
         value = record.get(name)
         value = text_of(value) if kind is S else rfc3339(value) if kind is T else value if isinstance(value, bool) \
@@ -2002,10 +1990,9 @@ def copy_fields(entity: Any, record: dict, **kinds: OAAPropertyType) -> None:
         entity.set_property(name, value, ignore_none=True)
 
 
-def step(*properties: tuple[str, str, OAAPropertyType]) -> Callable:
-    """A mapping step, run in declaration order once the custom properties it declares are defined: (entity,
-    name, type), entity being `application`, `local_user`, `local_group`, `local_role`, `access_cred` or
-    `resource:<type>`."""
+def step(**properties: dict[str, OAAPropertyType]) -> Callable:
+    """A mapping step, run in declaration order once the custom properties it declares are defined, by entity
+    (application, local_user, local_group, local_role, access_cred) or by resource type (project, certificate)."""
     def register(function: Callable[[ApplicationBuilder], None]) -> Callable[[ApplicationBuilder], None]:
         function.properties = properties
         STEPS.append(function)
@@ -2024,7 +2011,7 @@ class MappingResult:
 
 class ApplicationBuilder:
     """What every mapping step shares: the application, its warnings and counts, each list read once (deduplicated,
-    deleted entities dropped), the one place each kind of identity is made, and roles."""
+    deleted entities dropped), identities and roles."""
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = s = snapshot
@@ -2033,23 +2020,21 @@ class ApplicationBuilder:
         self.warned: set[str] = set()
         self.counts: dict[str, int] = {}
         self.notes: list[tuple[int, str]] = []
-        self.deleted: dict[Kind, set] = {}
+        self.deleted: dict[Kind | None, set] = {kind: set() for kind in (*Kind, None)}
         for kind, key, endpoint in snapshot.deleted:
-            self.deleted.setdefault(kind, set()).add(key)
+            self.deleted[kind].add(key)
             self.warn(f"{kind.label} {key if isinstance(key, str) else ' in '.join(reversed(key))} was deleted "
                       f"during the run (HTTP 404 on {endpoint}): {kind.when_deleted}", f"deleted:{kind.label}:{key}")
-        self.generated_roles: dict[tuple[bool, str], str] = {}  # (is project, unknown role value) -> role id
+        self.role_values = {False: dict(ORG_ROLE_VALUES), True: dict(PROJECT_ROLE_VALUES)}  # unknown ones added
         self.api_roles: dict[str, str] = {}          # Roles API role id -> the role id pushed for it
         self.custom_roles: set[str] = set()          # pushed ids of the Roles API's custom roles
         self.predefined_permissions: dict[str, set[str]] = {}  # fixed role id -> its predefined roles' strings
         self.key_holders: list[tuple[AccessCred, LocalUser, CustomResource, str]] = []  # filled by project keys
         self.groups_not_in_payload: dict[str, int] = {}  # group id -> role assignments given directly instead
-        self.project_lists: dict[tuple[str, str, Kind | None], list[dict]] = {}
         self.user_records = self.records("organization user", s.users, Kind.USER)
         self.group_records = self.records("group", s.groups or [], Kind.GROUP)
         self.project_records = self.records("project", s.projects or [], Kind.PROJECT)
         self.projects: dict[str, CustomResource] = {}  # filled by map_projects
-        self.owners: list[LocalUser] = []              # filled by map_users: they own every project
         self.project_keys: set[str] = set()           # filled by map_project_api_keys
         lists = [s.roles, *(s.project_roles or {}).values(), *(s.group_roles or {}).values(),
                  *(s.user_roles or {}).values(), *(s.project_group_roles or {}).values(),
@@ -2060,22 +2045,21 @@ class ApplicationBuilder:
     def build(self) -> MappingResult:
         definitions = self.app.property_definitions
         for mapping_step in STEPS:
-            for entity, name, kind in mapping_step.properties:
-                if entity.startswith("resource:"):
-                    definitions.define_resource_property(entity.split(":", 1)[1], name, kind)
-                else:
-                    getattr(definitions, f"define_{entity}_property")(name, kind)
+            for entity, properties in mapping_step.properties.items():
+                for name, kind in properties.items():
+                    if entity in ("project", "certificate"):
+                        definitions.define_resource_property(entity, name, kind)
+                    else:
+                        getattr(definitions, f"define_{entity}_property")(name, kind)
         for mapping_step in STEPS:
             mapping_step(self)
         return MappingResult(self.app, self.warnings, self.counts, self.notes)
 
     # --- warnings and records -------------------------------------------------------------------
     def warn(self, message: str, once_key: str | None = None) -> None:
-        if once_key is not None:
-            if once_key in self.warned:
-                return
+        if once_key is None or once_key not in self.warned:
             self.warned.add(once_key)
-        self.warnings.append(message)
+            self.warnings.append(message)
 
     def warn_value(self, field_name: str, value: Any, what_then: str) -> None:
         """Warn once per field and value about a value the mapping does not know."""
@@ -2100,68 +2084,39 @@ class ApplicationBuilder:
         def warn(problem: str) -> None:
             message = f"a {what} record {problem}" if problem.startswith("has no") else f"{what} {problem}"
             self.warn(message, message)
-        gone = self.deleted.get(kind, set()) if kind else set()
-        return [item for item in unique_by_id(items, key, warn) if item[key] not in gone]
+        return [item for item in unique_by_id(items, key, warn) if item[key] not in self.deleted[kind]]
 
     def project_list(self, family: str, pid: str, kind: Kind | None = Kind.USER) -> list[dict]:
-        """One project's records of a per-project family, as records() makes them (once)."""
-        key = (family, pid, kind)
-        if key not in self.project_lists:
-            self.project_lists[key] = self.records(f"project {pid} {FAMILIES[family].label}",
-                                                   (getattr(self.snapshot, family) or {}).get(pid, []), kind)
-        return self.project_lists[key]
+        """One project's records of a per-project family, as records() makes them (warned once however often)."""
+        return self.records(f"project {pid} {FAMILIES[family].label}",
+                            (getattr(self.snapshot, family) or {}).get(pid, []), kind)
 
-    def expired(self, record: dict) -> bool:
-        """Whether a key's `expires_at` was past when the read started (absent: it does not expire)."""
-        expires = epoch_seconds(record.get("expires_at"))
-        return expires is not None and expires < self.snapshot.read_at
-
-    # --- the one place each kind of identity is made --------------------------------------------
-    def new_local_user(self, unique_id: str, name: str, *, email: str | None = None, identity: str | None = None,
-                       is_active: bool, user_type: str | None = None) -> LocalUser:
-        user = self.app.add_local_user(name, unique_id=unique_id)
-        if email:
-            user.email = email
-        if identity:
-            user.add_identity(identity)
-        user.is_active = is_active
-        if user_type:
-            user.user_type = user_type
+    # --- identities -------------------------------------------------------------------------------
+    def new_local_user(self, unique_id: str, name: str, identity: str | None = None, *, email: str | None = None,
+                       is_active: bool = True, user_type: str | None = None) -> LocalUser:
+        user = self.app.add_local_user(name, [identity] if identity else None, unique_id=unique_id)
+        user.email, user.is_active, user.user_type = email, is_active, user_type
         return user
 
     def principal(self, principal_id: str, record: dict, where: str, *, service_account: bool = False) -> LocalUser:
         """The local user for an id, made (warned) from what `record` says when the organization list lacks it."""
-        user = self.app.local_users.get(principal_id)
-        if user is not None:
-            return user
+        if principal_id in self.app.local_users:
+            return self.app.local_users[principal_id]
         email = text_of(record.get("email"))
-        user = self.new_local_user(principal_id, text_of(record.get("name")) or email or principal_id, email=email,
-                                   identity=email, is_active=True,
-                                   user_type="service_account" if service_account else "human")
+        user = self.new_local_user(principal_id, text_of(record.get("name")) or email or principal_id, email,
+                                   email=email, user_type="service_account" if service_account else "human")
         self.warn(f"{where} names {'service account' if service_account else 'user'} {principal_id} who is not in "
                   "the organization user list; kept, built from that record")
         return user
 
-    def new_group(self, record: dict, id_field: str = "id", name_field: str = "name") -> LocalGroup:
-        """A local group from a group record, or from a project's link to a group (`group_id`, `group_name`)."""
-        group_id = record[id_field]
-        group = self.app.add_local_group(text_of(record.get(name_field)) or group_id, unique_id=group_id)
-        copy_fields(group, record, group_type=S)
-        return group
-
-    def new_credential(self, unique_id: str, name: str, created_at: Any, *, is_active: bool) -> AccessCred:
-        cred = self.app.add_access_cred(unique_id, name)
-        cred.created_at = rfc3339(created_at) or ""
-        cred.is_active = is_active
-        return cred
-
-    def key_credential(self, record: dict, *, is_active: bool, unique_id: str | None = None) -> AccessCred:
-        """An access credential from a project or admin API key record."""
-        cred = self.new_credential(unique_id or record["id"], text_of(record.get("name")) or
-                                   text_of(record.get("redacted_value")) or record["id"], record.get("created_at"),
-                                   is_active=is_active)
-        cred.last_used_at = rfc3339(record.get("last_used_at")) or ""
-        cred.expires_at = rfc3339(record.get("expires_at")) or ""
+    def key_credential(self, record: dict, *, active: bool = True, unique_id: str | None = None) -> AccessCred:
+        """A credential from a project or admin API key record, inactive once expired when the read started."""
+        cred = self.app.add_access_cred(unique_id or record["id"], text_of(record.get("name")) or
+                                        text_of(record.get("redacted_value")) or record["id"])
+        expires = epoch_seconds(record.get("expires_at"))
+        cred.is_active = active and (expires is None or expires >= self.snapshot.read_at)
+        for name in ("created_at", "last_used_at", "expires_at"):
+            setattr(cred, name, rfc3339(record.get(name)) or "")
         copy_fields(cred, record, redacted_value=S)
         return cred
 
@@ -2173,26 +2128,21 @@ class ApplicationBuilder:
         if role is None:
             self.warn(f"{subject} has no {scope} role; kept without one")
             return ""
-        role = role.lower()
-        if project and role == "none":
-            return ""
-        known = (PROJECT_ROLE_VALUES if project else ORG_ROLE_VALUES).get(role)
-        if known:
-            return known
-        if (project, role) not in self.generated_roles:
+        role, values = role.lower(), self.role_values[project]
+        if role not in values:  # never less than every holder of a role there has: reading it
             wanted = f"project_{role}" if project else role
-            role_id = self.free_role_id(wanted, f"project_role_{role}" if project else f"organization_{role}")
+            values[role] = self.free_role_id(wanted, f"project_role_{role}" if project else f"organization_{role}")
             self.app.add_local_role(f"Project {role.capitalize()}" if project else role.capitalize(),
-                                    list(UNKNOWN_ROLE_PERMISSIONS[project]), unique_id=role_id)
-            taken = "" if role_id == wanted else f" ({wanted!r} is the id of another role)"
+                                    list(FIXED_ROLES["project_viewer" if project else "reader"][1]),
+                                    unique_id=values[role])
+            taken = "" if values[role] == wanted else f" ({wanted!r} is the id of another role)"
             floor = "Read Project" if project else "Reader's permissions"
-            self.warn(f"unknown {scope} role {role!r}: mapped to {role_id!r}{taken} with {floor}")
-            self.generated_roles[(project, role)] = role_id
-        return self.generated_roles[(project, role)]
+            self.warn(f"unknown {scope} role {role!r}: mapped to {values[role]!r}{taken} with {floor}")
+        return values[role]
 
     def free_role_id(self, wanted: str, fallback: str) -> str:
         """`wanted`, or else `fallback` (numbered if need be): never the id of a fixed, Roles API or other role."""
-        taken = {role_id.lower() for role_id in (*FIXED_ROLES, *self.app.local_roles)} | self.api_role_ids
+        taken = {role_id.lower() for role_id in self.app.local_roles} | self.api_role_ids
         candidate, number = wanted, 1
         while candidate.lower() in taken:
             number += 1
@@ -2201,39 +2151,35 @@ class ApplicationBuilder:
 
     def role_record(self, record: dict, project: bool) -> str | None:
         """The role id pushed for a Roles API role or assignment record: a predefined role is its fixed role."""
-        role_id = text_of(record.get("id"))
-        if role_id is None:
-            return None
+        role_id = record["id"].strip()
+        if not is_predefined_role(record):
+            if role_id not in self.api_roles:
+                self.api_roles[role_id] = self.custom_role(record, role_id)
+            return self.api_roles[role_id]
         pattern = PREDEFINED_ROLE_ID.fullmatch(role_id)
-        if is_predefined_role(record):
-            scope = pattern.group(1) if pattern else text_of(record.get("resource_type")) or ""
-            word = pattern.group(2) if pattern else text_of(record.get("name")) or role_id
-            fixed = self.role_for_value(word, f"predefined role {role_id}", project=scope.endswith("project")
-                                        if scope else project)
-            if fixed and isinstance(record.get("permissions"), list):
-                shown = self.predefined_permissions.setdefault(fixed, set())
-                shown.update(p for p in record["permissions"] if isinstance(p, str))
-                self.app.local_roles[fixed].set_property("openai_permissions", sorted(shown))
-            return fixed or None
-        if role_id not in self.api_roles:
-            self.api_roles[role_id] = self.custom_role(record, role_id)
-        return self.api_roles[role_id]
+        scope, word = pattern.groups() if pattern else (text_of(record.get("resource_type")) or "",
+                                                        text_of(record.get("name")) or role_id)
+        fixed = self.role_for_value(word, f"predefined role {role_id}",
+                                    project=scope.endswith("project") if scope else project)
+        if fixed and isinstance(record.get("permissions"), list):
+            shown = self.predefined_permissions.setdefault(fixed, set())
+            shown.update(p for p in record["permissions"] if isinstance(p, str))
+            self.app.local_roles[fixed].set_property("openai_permissions", sorted(shown))
+        return fixed or None
 
     def custom_role(self, record: dict, role_id: str) -> str:
         pushed = role_id
-        if role_id.lower() in FIXED_ROLES or role_id in self.app.local_roles:
+        if role_id in self.app.local_roles:  # case-insensitive, as Veza compares ids
             pushed = self.free_role_id(f"roles_api_{role_id}", f"roles_api_{role_id}")
             self.warn(f"Roles API role {role_id!r} has the id of a fixed role; it is kept, with its assignments, "
                       f"as {pushed!r}")
         raw = record.get("permissions")
-        if isinstance(raw, str):
-            self.warn(f"role {role_id} lists its permissions as one string, not a list; read as one permission",
+        if raw is not None and not isinstance(raw, list):
+            self.warn(f"role {role_id} lists its permissions as one string, not a list; read as one permission"
+                      if isinstance(raw, str) else
+                      f"role {role_id} has permissions of type {type(raw).__name__}; read as none",
                       f"permissions:{role_id}")
-            raw = [raw]
-        elif raw is not None and not isinstance(raw, list):
-            self.warn(f"role {role_id} has permissions of type {type(raw).__name__}; read as none",
-                      f"permissions:{role_id}")
-            raw = []
+            raw = [raw] if isinstance(raw, str) else []
         permissions = list(dict.fromkeys(p for p in raw or [] if isinstance(p, str) and p))
         for permission in permissions:  # held on the application, a custom role's permissions reach every project
             if permission not in self.app.custom_permissions:
@@ -2272,26 +2218,19 @@ class ApplicationBuilder:
         """Whether every assignment source is a group in the payload holding this role that lists this member;
         anything else is a direct assignment, so access is never understated."""
         sources = record.get("assignment_sources")
-        if not isinstance(sources, list) or not sources:
-            return False
-        through = True
-        for source in map(dict_of, sources):
-            kind = text_of(source.get("principal_type"))
-            if kind is not None and kind.lower() not in SOURCE_PRINCIPAL_TYPES:
-                self.warn_value("assignment source principal_type", kind, "read as a direct assignment")
-            if kind is None or kind.lower() != "group":
-                through = False
-                continue
+        through = isinstance(sources, list) and bool(sources)
+        for source in map(dict_of, sources if through else ()):
+            kind = (text_of(source.get("principal_type")) or "").lower()
+            if kind not in ("user", "group", ""):
+                self.warn_value("assignment source principal_type", text_of(source["principal_type"]),
+                                "read as a direct assignment")
             group_id = text_of(source.get("principal_id")) or ""
-            group = self.app.local_groups.get(group_id) if group_id else None
-            if group is None:
+            group = self.app.local_groups.get(group_id) if kind == "group" else None
+            if kind == "group" and group is None:
                 self.groups_not_in_payload[group_id] = self.groups_not_in_payload.get(group_id, 0) + 1
-                through = False
-                continue
-            held = group.role_assignments.get(role_id)
-            holds = bool(held) and (held["apply_to_application"] if project is None
-                                    else project.resource_key in held["resources"])
-            through = through and holds and group_id in (member.groups or ())
+            held = group.role_assignments.get(role_id) if group is not None else None
+            through = through and bool(held) and group_id in (member.groups or ()) and (
+                held["apply_to_application"] if project is None else project.resource_key in held["resources"])
         return through
 
 
@@ -2307,7 +2246,7 @@ def map_permissions_and_fixed_roles(m: ApplicationBuilder) -> None:
         m.app.add_local_role(name, list(permissions), unique_id=role_id)
 
 
-@step(("application", "organization_id", S), ("application", "is_personal", B))
+@step(application={"organization_id": S, "is_personal": B})
 def map_organization(m: ApplicationBuilder) -> None:
     m.app.set_property("organization_id", m.snapshot.org_id)
     personal = dict_of(m.snapshot.organization).get("personal")
@@ -2315,7 +2254,7 @@ def map_organization(m: ApplicationBuilder) -> None:
         m.app.set_property("is_personal", personal)
 
 
-@step(("local_user", "added_at", T), ("local_user", "api_key_last_used_at", T), ("local_user", "is_scim_managed", B))
+@step(local_user={"added_at": T, "api_key_last_used_at": T, "is_scim_managed": B})
 def map_users(m: ApplicationBuilder) -> None:
     """Organization users with their org role; the owners own every project (map_projects)."""
     for record in m.user_records:
@@ -2324,33 +2263,30 @@ def map_users(m: ApplicationBuilder) -> None:
         name = text_of(record.get("name")) or text_of(nested.get("name")) or email or record["id"]
         # Unknown (a string "false", 1) is not false: active, so access is never understated, and warned.
         banned = m.flag(nested, "banned", subject)
-        user = m.new_local_user(record["id"], name, email=email, identity=email,
-                                is_active=not (banned is True or m.flag(nested, "enabled", subject) is False))
+        user = m.new_local_user(record["id"], name, email, email=email,
+                                is_active=not (banned is True or m.flag(nested, "enabled", subject) is False),
+                                user_type="service_account" if record.get("is_service_account") is True else "human")
         user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
         # banned and banned_at are independent: an unbanned user with an old banned_at is not deactivated
         user.deactivated_at = rfc3339(nested.get("banned_at")) if banned is True else None
-        user.user_type = "service_account" if record.get("is_service_account") is True else "human"
         copy_fields(user, record, added_at=T, api_key_last_used_at=T, is_scim_managed=B)
         role = m.role_for_value(record.get("role"), subject, project=False)
         if role:
             user.add_role(role, apply_to_application=True)
-            if role == "owner":
-                m.owners.append(user)
     m.counts["users"] = len(m.app.local_users)
 
 
-@step(("local_group", "group_type", S), ("local_group", "is_scim_managed", B))
+@step(local_group={"group_type": S, "is_scim_managed": B})
 def map_groups(m: ApplicationBuilder) -> None:
     s = m.snapshot
     if s.groups is None:
         return
     for record in m.group_records:
-        group = m.new_group(record)
+        group = m.app.add_local_group(text_of(record.get("name")) or record["id"], unique_id=record["id"])
         group.created_at = rfc3339(record.get("created_at"))
-        copy_fields(group, record, is_scim_managed=B)
+        copy_fields(group, record, group_type=S, is_scim_managed=B)
     memberships = 0
-    for group_record in m.group_records if s.group_users is not None else ():
-        gid = group_record["id"]
+    for gid in [record["id"] for record in m.group_records] if s.group_users is not None else ():
         for member in m.records(f"group {gid} member", s.group_users.get(gid, []), Kind.USER):
             m.principal(member["id"], member, f"group {gid}").add_group(gid)
             memberships += 1
@@ -2358,9 +2294,8 @@ def map_groups(m: ApplicationBuilder) -> None:
     m.counts["group_memberships"] = memberships
 
 
-@step(*[("resource:project", name, kind) for name, kind in (
-    ("status", S), ("created_at", T), ("archived_at", T), ("model_permission_mode", S), ("model_ids", L),
-    *((f"{tool}_enabled", B) for tool in HOSTED_TOOLS))])
+@step(project={"status": S, "created_at": T, "archived_at": T, "model_permission_mode": S, "model_ids": L,
+               **{f"{tool}_enabled": B for tool in HOSTED_TOOLS}})
 def map_projects(m: ApplicationBuilder) -> None:
     """Project resources by id; organization owners get the implicit ownership of every one."""
     s = m.snapshot
@@ -2368,49 +2303,43 @@ def map_projects(m: ApplicationBuilder) -> None:
         return
     for record in m.project_records:
         pid = record["id"]
-        project = m.app.add_resource(text_of(record.get("name")) or pid, resource_type="project", unique_id=pid)
+        project = m.projects[pid] = m.app.add_resource(text_of(record.get("name")) or pid, resource_type="project",
+                                                       unique_id=pid)
         status = text_of(record.get("status"))
-        if status is not None and status.lower() not in PROJECT_STATUSES:
+        if status is not None and status.lower() not in ("active", "archived"):
             m.warn_value("project status", status, "read as not archived (its keys stay active)")
         copy_fields(project, record, status=S, created_at=T, archived_at=T)
         map_model_permissions(m, project, (s.model_permissions or {}).get(pid))
         map_hosted_tools(m, project, (s.hosted_tool_permissions or {}).get(pid))
-        m.projects[pid] = project
-    for owner in m.owners:  # OpenAI's rule: organization owners own every project, listed or not
-        owner.add_role("project_owner_via_organization", resources=list(m.projects.values()))
+    for user in m.app.local_users.values():  # OpenAI's rule: organization owners own every project, listed or not
+        if "owner" in user.role_assignments:
+            user.add_role("project_owner_via_organization", resources=list(m.projects.values()))
     m.counts["projects"] = len(m.projects)
 
 
 def map_model_permissions(m: ApplicationBuilder, project: CustomResource, policy: Any) -> None:
-    if policy is not None and not isinstance(policy, dict):
-        m.warn(f"project {project.unique_id} model permissions are {shape(policy)}, not an object; "
-               "model_permission_mode and model_ids left unset")
-    elif isinstance(policy, dict):
+    if isinstance(policy, dict):
         project.set_property("model_permission_mode", text_of(policy.get("mode")), ignore_none=True)
-        ids = policy.get("model_ids")
         try:
-            ids = [str(i) for i in ids] if isinstance(ids, list) else None
+            if isinstance(policy.get("model_ids"), list):
+                project.set_property("model_ids", [str(i) for i in policy["model_ids"]])
         except RecursionError:  # a value nested too deep to print: unknown
             m.warn(f"project {project.unique_id} model_ids are nested too deep to read; left unset")
-            ids = None
-        if ids is not None:
-            project.set_property("model_ids", ids)
+    elif policy is not None:
+        m.warn(f"project {project.unique_id} model permissions are {shape(policy)}, not an object; "
+               "model_permission_mode and model_ids left unset")
 
 
 def map_hosted_tools(m: ApplicationBuilder, project: CustomResource, tools: Any) -> None:
     """`<tool>_enabled` from {"<tool>": {"enabled": bool}}; any other shape is warned and left unset."""
     pid = project.unique_id
-    if tools is None:
-        return
-    if not isinstance(tools, dict):
+    if tools is not None and not isinstance(tools, dict):
         m.warn(f"project {pid} hosted tool permissions are {shape(tools)}, not an object; every *_enabled property "
                "left unset")
-        return
-    if not any(tool in tools for tool in HOSTED_TOOLS):
+    elif tools is not None and not any(tool in tools for tool in HOSTED_TOOLS):
         m.warn(f"project {pid} hosted tool permissions {shape(tools)} name none of the tools "
                f"{', '.join(HOSTED_TOOLS)}; every *_enabled property left unset")
-        return
-    for tool in HOSTED_TOOLS:
+    for tool in HOSTED_TOOLS if isinstance(tools, dict) else ():
         setting = tools.get(tool)
         enabled = setting.get("enabled") if isinstance(setting, dict) else None
         if isinstance(enabled, bool):
@@ -2433,13 +2362,13 @@ def map_project_members(m: ApplicationBuilder) -> None:
     m.counts["project_memberships"] = memberships
 
 
-@step(("local_user", "project_id", S))
+@step(local_user={"project_id": S})
 def map_service_accounts(m: ApplicationBuilder) -> None:
     count = 0
     for pid, project in m.projects.items():
         for record in m.project_list("project_service_accounts", pid, kind=None):
             account = m.app.local_users.get(record["id"]) or m.new_local_user(
-                record["id"], text_of(record.get("name")) or record["id"], is_active=True)
+                record["id"], text_of(record.get("name")) or record["id"])
             account.user_type = "service_account"
             account.created_at = account.created_at or rfc3339(record.get("created_at"))
             account.set_property("project_id", pid)
@@ -2464,28 +2393,24 @@ def key_owner(m: ApplicationBuilder, record: dict) -> tuple[str | None, dict, bo
     return text_of(owner.get("id")), owner, owner_type == "service_account"
 
 
-@step(("access_cred", "redacted_value", S), ("access_cred", "project_id", S), ("access_cred", "owner_type", S))
+@step(access_cred={"redacted_value": S, "project_id": S, "owner_type": S})
 def map_project_api_keys(m: ApplicationBuilder) -> None:
     """Project keys as their owners' credentials; inactive when the owner lost access, expired or archived."""
-    active = inactive = 0
-    records = {record["id"]: record for record in m.project_records}
-    for pid, project in m.projects.items():
-        archived = project_is_archived(records[pid])
+    for project_record in m.project_records:
+        pid = project_record["id"]
         for record in m.project_list("project_api_keys", pid, kind=None):
             if record["id"] in m.app.access_creds:
                 m.warn(f"project API key {record['id']} is listed in project {pid} and in another project; "
                        "kept once, under the first", f"key twice:{record['id']}")
                 continue
             owner_id, owner, service_account = key_owner(m, record)
-            if owner_id in m.deleted.get(Kind.USER, ()):
+            if owner_id in m.deleted[Kind.USER]:
                 continue
             access = record.get("owner_project_access")
-            if access is not None and access not in KEY_ACCESS_VALUES:
+            if access is not None and access not in ("active", "inactive"):
                 m.warn_value("owner_project_access", access, "read as active unless expired or archived")
-            cred = m.key_credential(record, is_active=access != "inactive" and not m.expired(record) and not archived)
+            cred = m.key_credential(record, active=access != "inactive" and not project_is_archived(project_record))
             m.project_keys.add(record["id"])
-            active += cred.is_active
-            inactive += not cred.is_active
             cred.set_property("project_id", pid)
             cred.set_property("owner_type", text_of(dict_of(record.get("owner")).get("type")), ignore_none=True)
             if owner_id is None:
@@ -2495,107 +2420,100 @@ def map_project_api_keys(m: ApplicationBuilder) -> None:
             holder.add_access_cred(record["id"])
             in_record = m.role_for_value(owner["role"], f"owner of project API key {record['id']}", project=True) \
                 if text_of(owner.get("role")) else ""
-            m.key_holders.append((cred, holder, project, in_record))
+            m.key_holders.append((cred, holder, m.projects[pid], in_record))
+    active = sum(m.app.access_creds[key_id].is_active for key_id in m.project_keys)
     m.counts["project_api_keys_active"] = active
-    m.counts["project_api_keys_inactive"] = inactive
+    m.counts["project_api_keys_inactive"] = len(m.project_keys) - active
 
 
 def admin_key_id(m: ApplicationBuilder, record: dict, redacted: str) -> str | None:
     """The id an admin-list entry is pushed under; None for a project key (the list has returned them) or a key
     that is no admin key. An `sk-admin` value with a project key's id is kept too (OpenAI's examples do that)."""
     key_id = record["id"]
-    is_admin_value = redacted.startswith("sk-admin")
-    if key_id in m.app.access_creds:
-        if redacted and not is_admin_value:
-            return None  # a project key already read: the caller counts it
-        unique_id, number = f"admin_api_key:{key_id}", 1
-        while unique_id in m.app.access_creds:
-            number += 1
-            unique_id = f"admin_api_key:{key_id}:{number}"
-        other = text_of(m.app.access_creds[key_id].properties.get("redacted_value")) or "no value"
-        m.warn(f"admin API key {key_id} ({redacted or 'no value'}) has the id of project API key {key_id} "
-               f"({other}); both are kept, the admin key as {unique_id}")
-        return unique_id
-    if redacted and not is_admin_value:
-        # A key of a project that was not read (refused, or deleted mid-run): organization admin would overstate it.
-        m.warn(f"admin API key list returned {key_id} ({redacted}), which does not look like an admin key and is "
-               "not a project key that was read; left out")
+    project_key = key_id in m.app.access_creds
+    if redacted and not redacted.startswith("sk-admin"):
+        if not project_key:  # a key of a project not read (refused, or deleted mid-run): admin would overstate it
+            m.warn(f"admin API key list returned {key_id} ({redacted}), which does not look like an admin key and "
+                   "is not a project key that was read; left out")
         return None
-    return key_id
+    if not project_key:
+        return key_id
+    unique_id, number = f"admin_api_key:{key_id}", 1
+    while unique_id in m.app.access_creds:
+        number += 1
+        unique_id = f"admin_api_key:{key_id}:{number}"
+    other = text_of(m.app.access_creds[key_id].properties.get("redacted_value")) or "no value"
+    m.warn(f"admin API key {key_id} ({redacted or 'no value'}) has the id of project API key {key_id} "
+           f"({other}); both are kept, the admin key as {unique_id}")
+    return unique_id
 
 
 @step()
 def map_admin_api_keys(m: ApplicationBuilder) -> None:
     count = 0
-    project_keys_listed: list[str] = []
+    listed: list[str] = []  # project keys the admin list returned too
     for record in m.records("admin API key", m.snapshot.admin_api_keys or []):
         already_read = record["id"] in m.app.access_creds
         unique_id = admin_key_id(m, record, text_of(record.get("redacted_value")) or "")
         if unique_id is None:
             if already_read:
-                project_keys_listed.append(record["id"])
+                listed.append(record["id"])
             continue
         owner_id, owner, service_account = key_owner(m, record)
-        if owner_id in m.deleted.get(Kind.USER, ()):
+        if owner_id in m.deleted[Kind.USER]:
             continue  # said by the deletion warning
-        cred = m.key_credential(record, is_active=not m.expired(record), unique_id=unique_id)
-        cred.add_role("admin_api_key", apply_to_application=True)
+        m.key_credential(record, unique_id=unique_id).add_role("admin_api_key", apply_to_application=True)
         if owner_id:
             m.principal(owner_id, owner, f"admin API key {record['id']}",
                         service_account=service_account).add_access_cred(unique_id)
         else:
             m.warn(f"admin API key {record['id']} has no owner in its record")
         count += 1
-    if project_keys_listed:
-        ids = project_keys_listed
-        entries = "1 entry is a project API key" if len(ids) == 1 else f"{len(ids)} entries are project API keys"
-        m.notes.append((logging.INFO, f"admin API key list: {entries} already read ({', '.join(ids[:5])}"
-                                      f"{', ...' if len(ids) > 5 else ''}); kept once, as project keys"))
+    if listed:
+        entries = "1 entry is a project API key" if len(listed) == 1 else f"{len(listed)} entries are project API keys"
+        m.notes.append((logging.INFO, f"admin API key list: {entries} already read ({', '.join(listed[:5])}"
+                                      f"{', ...' if len(listed) > 5 else ''}); kept once, as project keys"))
     m.counts["admin_api_keys"] = count
 
 
-@step(("local_user", "invite_status", S), ("local_user", "invite_expires_at", T))
+@step(local_user={"invite_status": S, "invite_expires_at": T})
 def map_invites(m: ApplicationBuilder) -> None:
     pending = 0
     for record in m.records("invite", m.snapshot.invites or []):
-        status = text_of(record.get("status"))
+        status, invite = text_of(record.get("status")), f"invite {record['id']}"
         if status in ("accepted", "expired"):
             continue  # accepted ones are users already; expired ones grant nothing
         if status != "pending":
             m.warn_value("invite status", status, "kept as a pending invite (it may still be accepted)")
         if record["id"] in m.app.local_users:
-            m.warn(f"invite {record['id']} has the id of an existing user; the invite is left out")
+            m.warn(f"{invite} has the id of an existing user; the invite is left out")
             continue
         email = text_of(record.get("email"))
-        invitee = m.new_local_user(record["id"], email or record["id"], identity=email, is_active=False)
+        invitee = m.new_local_user(record["id"], email or record["id"], email, is_active=False)
         invitee.set_property("invite_status", status, ignore_none=True)
         invitee.set_property("invite_expires_at", rfc3339(record.get("expires_at")), ignore_none=True)
-        role = m.role_for_value(record.get("role"), f"invite {record['id']}", project=False)
+        role = m.role_for_value(record.get("role"), invite, project=False)
         if role:
             invitee.add_role(role, apply_to_application=True)
         grants = record.get("projects")
-        for grant in grants if isinstance(grants, list) else []:
-            if not isinstance(grant, dict):
-                continue
+        for grant in [g for g in grants if isinstance(g, dict)] if isinstance(grants, list) else []:
             project = m.projects.get(grant.get("id")) if isinstance(grant.get("id"), str) else None
-            project_role = m.role_for_value(grant.get("role"), f"invite {record['id']}", project=True)
+            project_role = m.role_for_value(grant.get("role"), invite, project=True)
             if project is not None and project_role:
                 invitee.add_role(project_role, resources=[project])
             elif project is None and m.snapshot.projects is not None:
-                m.warn(f"invite {record['id']} names project {grant.get('id')} which is not listed")
+                m.warn(f"{invite} names project {grant.get('id')} which is not listed")
         pending += 1
     m.counts["invites_pending"] = pending
 
 
-@step(("local_role", "predefined_role", B), ("local_role", "resource_type", S), ("local_role", "description", S),
-      ("local_role", "openai_permissions", L))
+@step(local_role={"predefined_role": B, "resource_type": S, "description": S, "openai_permissions": L})
 def map_custom_roles(m: ApplicationBuilder) -> None:
     """The Roles API's roles: custom ones as roles of their own, predefined ones as the fixed roles."""
-    s = m.snapshot
-    if s.roles is None:
+    if m.snapshot.roles is None:
         return
     before = len(m.app.local_roles)
-    for record in m.records("role", s.roles):
+    for record in m.records("role", m.snapshot.roles):
         m.role_record(record, project=False)
     for pid in m.projects:
         for record in m.project_list("project_roles", pid, kind=None):
@@ -2610,18 +2528,18 @@ def map_role_assignments(m: ApplicationBuilder) -> None:
     if s.roles is None:
         return
     count = 0
-    if s.groups is not None and s.group_roles is not None:
-        for record in m.group_records:
-            count += m.assign(m.app.local_groups[record["id"]], s.group_roles.get(record["id"], []), None)
-    if s.user_roles is not None:
-        for record in m.user_records:
-            user = m.app.local_users[record["id"]]
-            count += m.assign(user, s.user_roles.get(record["id"], []), None, member=user)
+    for record in m.group_records:
+        count += m.assign(m.app.local_groups[record["id"]], (s.group_roles or {}).get(record["id"], []), None)
+    for record in m.user_records:
+        user = m.app.local_users[record["id"]]
+        count += m.assign(user, (s.user_roles or {}).get(record["id"], []), None, member=user)
     for pid, project in m.projects.items():
         if s.groups is not None and s.project_groups is not None and s.project_group_roles is not None:
             count += assign_project_groups(m, pid, project)
-        if s.project_user_roles is not None and s.project_users is not None:
-            count += assign_project_members(m, pid, project)
+        for member in m.project_list("project_users", pid) if s.project_user_roles is not None else ():
+            if (pid, member["id"]) not in m.deleted[Kind.PROJECT_MEMBER]:
+                user = m.app.local_users[member["id"]]
+                count += m.assign(user, s.project_user_roles.get((pid, member["id"]), []), project, member=user)
     if m.groups_not_in_payload:
         missing = sorted(m.groups_not_in_payload)
         why = "groups were left out" if s.groups is None else "not in the group list, or deleted"
@@ -2634,26 +2552,16 @@ def map_role_assignments(m: ApplicationBuilder) -> None:
 def assign_project_groups(m: ApplicationBuilder, pid: str, project: CustomResource) -> int:
     """Each group the project lists gets its roles there (a group missing from the group list is kept)."""
     count = 0
-    gone = m.deleted.get(Kind.PROJECT_GROUP, set())
     for link in m.records(f"project {pid} group", m.snapshot.project_groups.get(pid, []), Kind.GROUP, key="group_id"):
         gid = link["group_id"]
-        if (pid, gid) in gone:
+        if (pid, gid) in m.deleted[Kind.PROJECT_GROUP]:
             continue
         group = m.app.local_groups.get(gid)
         if group is None:
-            group = m.new_group(link, "group_id", "group_name")
+            group = m.app.add_local_group(text_of(link.get("group_name")) or gid, unique_id=gid)
+            copy_fields(group, link, group_type=S)
             m.warn(f"project {pid} names group {gid} which is not in the group list; kept")
         count += m.assign(group, m.snapshot.project_group_roles.get((pid, gid), []), project)
-    return count
-
-
-def assign_project_members(m: ApplicationBuilder, pid: str, project: CustomResource) -> int:
-    count = 0
-    gone = m.deleted.get(Kind.PROJECT_MEMBER, set())
-    for member in m.project_list("project_users", pid):
-        if (pid, member["id"]) not in gone:
-            user = m.app.local_users[member["id"]]
-            count += m.assign(user, m.snapshot.project_user_roles.get((pid, member["id"]), []), project, member=user)
     return count
 
 
@@ -2669,8 +2577,8 @@ def map_key_access(m: ApplicationBuilder) -> None:
             cred.add_role(role, resources=[project])
 
 
-@step(("access_cred", "issuer", S), ("access_cred", "audience", S), ("access_cred", "workload_identity_provider_id", S),
-      ("access_cred", "permission_type", S), ("access_cred", "scopes", L), ("access_cred", "attribute_matchers", L))
+@step(access_cred={"issuer": S, "audience": S, "workload_identity_provider_id": S, "permission_type": S, "scopes": L,
+                   "attribute_matchers": L})
 def map_federation_rules(m: ApplicationBuilder) -> None:
     """Workload identity federation rules as credentials of their service accounts, with its project role."""
     s = m.snapshot
@@ -2679,29 +2587,26 @@ def map_federation_rules(m: ApplicationBuilder) -> None:
     accounts_read = s.projects is not None and s.project_service_accounts is not None
     if not accounts_read:
         m.warn("federation rules are kept without holders or project roles: project service accounts were not read")
-    listed = {(pid, record["id"]) for pid in m.projects
-              for record in m.project_list("project_service_accounts", pid, kind=None)} if accounts_read else set()
     count = 0
     for provider in m.records("workload identity provider", s.workload_identity_providers, Kind.PROVIDER):
-        provider_id = provider["id"]
-        for rule in m.records(f"workload identity provider {provider_id} federation rule",
-                              s.federation_rules.get(provider_id, [])):
+        for rule in m.records(f"workload identity provider {provider['id']} federation rule",
+                              s.federation_rules.get(provider["id"], [])):
             if rule["id"] in m.app.access_creds:
                 m.warn(f"federation rule {rule['id']} has the id of another credential; left out")
                 continue
             cred = federation_rule_credential(m, provider, rule)
             if accounts_read:
-                hold_federation_rule(m, rule, cred, listed)
+                hold_federation_rule(m, rule, cred)
             count += 1
     m.counts["federation_rules"] = count
 
 
 def federation_rule_credential(m: ApplicationBuilder, provider: dict, rule: dict) -> AccessCred:
+    cred = m.app.add_access_cred(rule["id"], text_of(rule.get("name")) or rule["id"])
+    cred.created_at = rfc3339(rule.get("created_at")) or ""
     # Unknown (not a boolean) is warned and counts as enabled: access is never understated.
-    enabled = (m.flag(rule, "enabled", f"federation rule {rule['id']}") is not False and
-               m.flag(provider, "enabled", f"workload identity provider {provider['id']}") is not False)
-    cred = m.new_credential(rule["id"], text_of(rule.get("name")) or rule["id"], rule.get("created_at"),
-                            is_active=enabled)
+    cred.is_active = (m.flag(rule, "enabled", f"federation rule {rule['id']}") is not False and
+                      m.flag(provider, "enabled", f"workload identity provider {provider['id']}") is not False)
     copy_fields(cred, provider, issuer=S, audience=S)
     cred.set_property("workload_identity_provider_id", provider["id"])
     copy_fields(cred, rule, project_id=S)
@@ -2735,10 +2640,10 @@ def matcher_value(value: Any) -> str | None:
         return None
 
 
-def hold_federation_rule(m: ApplicationBuilder, rule: dict, cred: AccessCred, listed: set[tuple[str, str]]) -> None:
+def hold_federation_rule(m: ApplicationBuilder, rule: dict, cred: AccessCred) -> None:
     """The rule's service account holds it, and it acts with every role that account has on the rule's project."""
     account_id, project_id = text_of(rule.get("service_account_id")), text_of(rule.get("project_id"))
-    holder = m.app.local_users.get(account_id) if account_id else None
+    holder = m.app.local_users.get(account_id)
     if holder is None or holder.user_type != "service_account":
         m.warn(f"federation rule {rule['id']} names service account {account_id} which is not listed; kept without "
                "a holder or project role" if holder is None else
@@ -2746,20 +2651,21 @@ def hold_federation_rule(m: ApplicationBuilder, rule: dict, cred: AccessCred, li
                "user's; kept without a holder or project role")
         return
     holder.add_access_cred(rule["id"])
-    project = m.projects.get(project_id) if project_id else None
+    project = m.projects.get(project_id)
     if project is None:
         m.warn(f"federation rule {rule['id']} names project {project_id} which is not listed; kept without a "
                "project role")
         return
     roles = m.roles_on(holder, project)
-    if not roles and (project_id, account_id) not in listed:
+    if not roles and all(record["id"] != account_id
+                         for record in m.project_list("project_service_accounts", project_id, kind=None)):
         m.warn(f"federation rule {rule['id']}: service account {account_id} is not listed in project "
                f"{project_id}; kept without a project role")
     for role in roles:
         cred.add_role(role, resources=[project])
 
 
-@step(("application", "activity_window_days", N), ("access_cred", "scopes_restricted", B))
+@step(application={"activity_window_days": N}, access_cred={"scopes_restricted": B})
 def map_activity(m: ApplicationBuilder) -> None:
     """Last logins and project key scopes from the audit log window."""
     s = m.snapshot
@@ -2815,8 +2721,7 @@ def audit_activity(events: list[dict], since: Any) -> tuple[dict[str, str], dict
             {key_id: scopes for key_id, (_, scopes) in newest.items()})
 
 
-@step(("resource:certificate", "active", B), ("resource:certificate", "valid_at", T),
-      ("resource:certificate", "expires_at", T))
+@step(certificate={"active": B, "valid_at": T, "expires_at": T})
 def map_certificates(m: ApplicationBuilder) -> None:
     """Organization certificates on the application, project ones as sub-resources; never the PEM."""
     s = m.snapshot
