@@ -2017,6 +2017,7 @@ class ApplicationBuilder:
         self.snapshot = s = snapshot
         self.app = CustomApplication(name=snapshot.org_id, application_type=APPLICATION_TYPE)
         self.warnings: list[str] = []
+        self.invitees: set[int] = set()  # id() of the local users that are pending invites
         self.warned: set[str] = set()
         self.counts: dict[str, int] = {}
         self.notes: list[tuple[int, str]] = []
@@ -2490,6 +2491,7 @@ def map_invites(m: ApplicationBuilder) -> None:
             continue
         email = text_of(record.get("email"))
         invitee = m.new_local_user(record["id"], email or record["id"], email, is_active=False)
+        m.invitees.add(id(invitee))  # for the people count, also when its status is unknown
         invitee.set_property("invite_status", status, ignore_none=True)
         invitee.set_property("invite_expires_at", rfc3339(record.get("expires_at")), ignore_none=True)
         role = m.role_for_value(record.get("role"), invite, project=False)
@@ -2755,11 +2757,12 @@ COUNTS = ("users", "groups", "group_memberships", "projects", "project_membershi
 
 def build_application(snapshot: Snapshot) -> MappingResult:
     """Map a Snapshot to a CustomApplication (pure: no I/O, no logging; the caller logs warnings and notes)."""
-    result = ApplicationBuilder(snapshot).build()
+    builder = ApplicationBuilder(snapshot)
+    result = builder.build()
     result.counts = {name: result.counts[name] for name in COUNTS if name in result.counts}
     app = result.application
     owner_groups = {group.unique_id for group in app.local_groups.values() if "owner" in group.role_assignments}
-    users = [user for user in app.local_users.values() if "invite_status" not in user.properties]
+    users = [user for user in app.local_users.values() if id(user) not in builder.invitees]
     result.people = {"people": sum(user.user_type != "service_account" for user in users),
                      "owners": sum("owner" in user.role_assignments or bool(owner_groups & set(user.groups or ()))
                                    for user in users)}

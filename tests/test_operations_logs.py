@@ -252,3 +252,17 @@ def test_warnings_counts_a_warning_any_logger_writes_during_the_run(run_connecto
     assert "WARNING a library's own warning line" in result.stderr
     written, counted = warning_lines_and_count(result.stderr)
     assert written == counted, result.stderr
+
+
+def test_a_pending_invite_without_a_status_is_not_counted_as_a_person(run_connector, openai_fake):
+    """An invite whose status is missing is kept as a pending invite (it may still be accepted), never counted
+    among the people the human summary says Veza holds."""
+    def people() -> int:
+        result = run_connector(*NO_ROLE_READS, "--dry-run")
+        assert result.returncode == 0, result.output
+        return int(re.search(r"In Veza: (\d+) people", human_summary(result.stderr)["In Veza:"][1]).group(1))
+
+    with_status = people()
+    for invite in openai_fake.org.invites:
+        invite.pop("status", None)
+    assert people() == with_status
