@@ -1122,11 +1122,20 @@ class Lanes:
     finished endpoint, shared out among those still paced."""
 
     def __init__(self, names: Iterable[str], scale: float, per_minute: int | None) -> None:
-        self.lanes = {name: Lane(self, scale, per_minute) for name in names}
+        self.lanes = {name: Lane(self, scale, per_minute, index) for index, name in enumerate(names)}
         self.retry_out: Lane | None = None
 
     def __getitem__(self, name: str) -> Lane:
         return self.lanes[name]
+
+    def wake(self, now: float) -> set[str]:
+        """An endpoint refused from its first request got through: the others refused from theirs without a hint
+        try again at once (windows an earlier run spent refill at about the same time); returns their names."""
+        woken = {name for name, lane in self.lanes.items() if lane.refused_since is not None and not lane.delivered
+                 and not lane.hinted}
+        for name in woken:
+            self.lanes[name].next_at, self.lanes[name].woken = now, True
+        return woken
 
     def finished(self, name: str, still_open: Iterable[str]) -> None:
         lane = self.lanes[name]
@@ -1147,8 +1156,11 @@ class Lane:
     success.
     """
 
-    def __init__(self, lanes: Lanes, scale: float = 1.0, per_minute: int | None = None) -> None:
+    def __init__(self, lanes: Lanes, scale: float = 1.0, per_minute: int | None = None, index: int = 0) -> None:
         self.lanes, self.scale, self.per_minute = lanes, scale, per_minute
+        # Endpoints refused from their first request probe out of step: together they find a refill sooner.
+        self.phase = 2 ** (index * 0.618 % 1)
+        self.hinted = self.woken = False  # the last 429 had a hint; a wake-up sent this retry early
         self.rate: float | None = None      # requests a second; None: not paced
         self.measured: float | None = None  # what got through over the last cycle (recovery to recovery)
         self.next_at = 0.0
@@ -1188,10 +1200,15 @@ class Lane:
         if self.lanes.retry_out is self:
             self.lanes.retry_out = None
 
-    def on_success(self, now: float, sent_at: float) -> None:
-        """Any answer but a 429 or a fault: the endpoint's limit let it through."""
+    def on_success(self, now: float, sent_at: float) -> bool:
+        """Any answer but a 429 or a fault: the endpoint's limit let it through. True: for the first time, after
+        being refused from the first request without a hint."""
         self.answered()
-        self.streak += 1
+        if self.refused_since is not None and sent_at < self.refused_since:
+            self.delivered += 1  # let through before the 429 that ended the cycle: counted in it, no news of now
+            return False
+        first_through = self.refused_since is not None and not self.delivered and not self.hinted
+        self.streak, self.woken = self.streak + 1, False
         if self.refused_since is not None:
             if self.delivered and sent_at > self.cycle_start:
                 self.cycle = sent_at - self.cycle_start
@@ -1201,6 +1218,7 @@ class Lane:
         elif self.rate:
             self.rate *= 1 + (GROW_BELOW if self.rate < self.measured * MARGIN else GROW_NEAR)
         self.delivered += 1
+        return first_through
 
     def on_throttled(self, now: float, sent_at: float, hint: float | None, whole_seconds: bool) -> float:
         """A 429: returns when the refused request may go again (never before its hint, nor before FLOOR)."""
@@ -1208,10 +1226,12 @@ class Lane:
         self.streak = 0
         if self.refused_since is None:
             self.refused_since = now
-            self.retry_wait = max(FLOOR * self.scale, 1 / self.rate if self.rate else 0.0)
-        elif sent_at >= self.refused_since:
+            self.retry_wait = max(FLOOR * self.scale, 1 / self.rate if self.rate else 0.0) * (
+                1 if self.delivered else self.phase)
+        elif sent_at >= self.refused_since and not self.woken:
             self.retry_wait = min(self.retry_wait * 2, max(self.cycle / PROBES, FLOOR * self.scale) if self.cycle
                                   else math.inf)
+        self.hinted, self.woken = hint is not None, False
         hint = None if hint is None else hint * self.scale
         # A hint to the second may round up by one: the endpoint is held only for the part that is certain.
         hold = 0.0 if hint is None else max(0.0, hint - self.scale) if whole_seconds else hint
@@ -1463,15 +1483,18 @@ class Scheduler:
             self.finish(read, None)
             return
         verdict = classify(answer)
+        if verdict in (Verdict.PAGE, Verdict.REFUSED) and lane.on_success(now, read.sent_at):
+            woken = self.lanes.wake(now)
+            self.delayed = [(now if waiting.family.name in woken else due, order, waiting)
+                            for due, order, waiting in self.delayed]
+            heapq.heapify(self.delayed)
         if verdict is Verdict.PAGE:
-            lane.on_success(now, read.sent_at)
             self.succeeded += 1
             read.throttled_since = None
             self.take_page(read, answer)
         elif verdict is Verdict.THROTTLED:
             self.take_throttle(read, answer, now)
         elif verdict is Verdict.REFUSED:  # its limit let it through: a success for the pace
-            lane.on_success(now, read.sent_at)
             self.plan.refused(read, Refusal(answer.status, read.path, answer.detail))
         else:
             lane.answered()
