@@ -187,7 +187,7 @@ class Config:
     """The run's settings: one attribute per option, then what was derived (keys, the payload path, notes)."""
 
     DERIVED = {"openai_api_key": None, "veza_api_key": None, "save_json_path": None,
-               "openai_key_source": "OPENAI_API_KEY", "notes": ()}
+               "openai_key_source": "OPENAI_API_KEY", "veza_unverified": False, "notes": ()}
 
     def __init__(self, **values: Any) -> None:
         unknown = set(values) - set(OPTION) - set(self.DERIVED)
@@ -307,7 +307,7 @@ class ConfigReader:
         settings["openai_base_url"] = self.checked_url(settings["openai_base_url"],
                                                        "OPENAI_BASE_URL (or --openai-base-url)", openai=True)
         if not dry_run:
-            settings["veza_url"], settings["veza_api_key"] = self.veza_settings(settings["veza_url"])
+            self.veza_settings(settings)
         save_json = settings.pop("save_json") or ("." if dry_run else None)
         settings["save_json_path"] = save_json and self.save_path(save_json, settings["org_id"])
         if self.problems:
@@ -478,20 +478,17 @@ class ConfigReader:
                 return (None if kind else key), source
         return self.not_set("OPENAI_API_KEY", " (or OPENAI_ADMIN_KEY, or either's _FILE variant)"), None
 
-    def veza_settings(self, url: str | None) -> tuple[str | None, str | None]:
-        url = self.checked_url(url, "VEZA_URL (or --veza-url)", openai=False) if url else \
+    def veza_settings(self, settings: dict[str, Any]) -> None:
+        url = settings["veza_url"]
+        settings["veza_url"] = self.checked_url(url, "VEZA_URL (or --veza-url)", openai=False) if url else \
             self.not_set("VEZA_URL", " (or --veza-url)")
-        key, source = self.secret("VEZA_API_KEY")
+        settings["veza_api_key"], source = self.secret("VEZA_API_KEY")
         if not source:
             self.not_set("VEZA_API_KEY")
-        if veza_tls_unverified(self.env):
+        settings["veza_unverified"] = self.env.get("VEZA_UNSAFE_HTTPS", "").strip().lower() == "true"
+        if settings["veza_unverified"]:
             self.notes.append("VEZA_UNSAFE_HTTPS=true: Veza's TLS certificate is not verified (for test instances "
                               "only)")
-        return url, key
-
-
-def veza_tls_unverified(env: Mapping[str, str]) -> bool:
-    return env.get("VEZA_UNSAFE_HTTPS", "").strip().lower() == "true"
 
 
 def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -557,8 +554,8 @@ class JsonFormatter(RedactingFormatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
-                 .replace("+00:00", "Z"), "level": record.levelname, "message": record.getMessage()}
-        entry.update(getattr(record, "fields", None) or {})
+                 .replace("+00:00", "Z"), "level": record.levelname, "message": record.getMessage(),
+                 **getattr(record, "fields", {})}
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
         # Masked before JSON escapes a quote or backslash in a secret; ASCII-only JSON escapes control characters.
@@ -685,8 +682,7 @@ class SharedStrings:
 
 
 class Http:
-    """One API: the key as auth, no redirect followed, loopback never proxied, each answer whole within its timeout
-    and under `max_bytes` decompressed."""
+    """One API: the key as auth, no redirect followed, loopback never proxied, each answer whole in time and small."""
 
     def __init__(self, base_url: str, key: str, *, timeout: float, max_bytes: int, pool: int = 10,
                  verify: bool = True, headers: Mapping[str, str] | None = None, shared_strings: bool = False) -> None:
@@ -756,8 +752,7 @@ class Http:
 
 
 def read_whole(response: requests.Response, whole_by: float, limit: int) -> bytearray | None:
-    """The decompressed body, None past `limit` bytes; each socket read blocks only until `whole_by`, so a dripped
-    body ends on time too."""
+    """The decompressed body, None past `limit` bytes; no socket read waits past `whole_by`, so a dripped body too."""
     body = bytearray()
     while len(body) <= limit:
         left = whole_by - time.monotonic()
@@ -3248,7 +3243,7 @@ def run(config: Config, clock: Clock, summary: RunSummary, progress: PushProgres
     veza = None
     if not config.dry_run:  # fail fast, before spending OpenAI quota, when Veza cannot take the result
         log.info("connecting to Veza at %s", config.veza_url)
-        veza = Veza(config, clock, verify=not veza_tls_unverified(os.environ))
+        veza = Veza(config, clock, verify=not config.veza_unverified)
         veza.check()
     payload = discover(config, clock, summary)
     if config.save_json_path:
