@@ -280,9 +280,7 @@ class ConfigReader:
     """Reads flags and environment into a Config, collecting every problem (then ConfigError) and note."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-        self.problems: list[str] = []
-        self.notes: list[str] = []
+        self.env, self.problems, self.notes = env, [], []  # notes: warnings the run logs once it starts
 
     def problem(self, message: str) -> None:
         self.problems.append(message)
