@@ -1,10 +1,9 @@
 #!/usr/bin/env python3
 """Veza OAA connector for OpenAI: who can do what in an OpenAI organization, pushed to Veza.
 
-Reads the organization through the OpenAI Admin API, maps it to an OAA custom application and pushes it to
-Veza. The file reads in the order data flows: options, logging, HTTP, the catalogue, records, pacing, the
-scheduler, the read plan, the snapshot, mapping, the payload, Veza, the report, main. README.md is the
-operator's guide; docs/ holds the mapping reference, operations and development notes.
+Reads it through the OpenAI Admin API, maps it to an OAA custom application and pushes that to Veza. Sections
+follow the data: options, logging, HTTP, the catalogue, records, pacing, the scheduler, the read plan, the
+snapshot, mapping, the payload, Veza, the report, main. README.md is the operator's guide, docs/ the reference.
 """
 
 from __future__ import annotations
@@ -127,19 +126,10 @@ class Option:
     unset_means: str = ""            # what leaving it unset means, for --help
 
     @property
-    def label(self) -> str:
+    def label(self) -> str:  # every option has flags, a variable or both
         if not self.flags:
-            return self.env or self.dest
+            return self.env
         return f"{self.flags[0]} (env {self.env})" if self.env else self.flags[0]
-
-    def help_text(self) -> str:
-        if self.unset_means:
-            default = f", default: {self.unset_means}"
-        elif self.default in (None, False):
-            default = ""
-        else:
-            default = f", default {self.default:g}" if isinstance(self.default, float) else f", default {self.default}"
-        return f"{self.help} (env: {self.env or 'none'}{default})"
 
 
 OPTIONS = (
@@ -190,14 +180,13 @@ KNOWN_VARIABLES = {*(option.env for option in OPTIONS if option.env), "VEZA_UNSA
 NON_ADMIN_KEY_PREFIXES = {"sk-proj-": "a project key", "sk-svcacct-": "a service account key"}
 MAX_SECRET_LENGTH = 4096      # real keys are ~200 characters; a 100 KB "key" is a pasted file
 CONTAINER_UID = 10001         # the Dockerfile's USER
-ORG_ID_RE = re.compile(r"org-[A-Za-z0-9_-]{1,128}")
 
 
 class Config:
     """The run's settings: one attribute per option, then what was derived (keys, the payload path, notes)."""
 
     DERIVED = {"openai_api_key": None, "veza_api_key": None, "save_json_path": None,
-               "openai_key_source": "OPENAI_API_KEY", "notes": ()}
+               "openai_key_source": "OPENAI_API_KEY", "veza_unverified": False, "notes": ()}
 
     def __init__(self, **values: Any) -> None:
         unknown = set(values) - set(OPTION) - set(self.DERIVED)
@@ -220,36 +209,33 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ConfigError([f"{message} (see --help)"])
 
 
-def build_arg_parser() -> ArgumentParser:
+def build_arg_parser(options: Iterable[Option] = OPTIONS, add_help: bool = True) -> ArgumentParser:
+    """The flags of `options` with their --help lines, and --help and --version; values stay text, checked later."""
     parser = ArgumentParser(
-        prog="veza_openai.py",
+        prog="veza_openai.py", add_help=add_help,
         description="Discover an OpenAI organization's access and push it to Veza (OAA). Secrets come from the "
         "environment only: VEZA_API_KEY, and OPENAI_ADMIN_KEY or OPENAI_API_KEY (the admin key wins when both "
         "are set); each may instead name a file with VEZA_API_KEY_FILE, OPENAI_ADMIN_KEY_FILE, OPENAI_API_KEY_FILE.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    for option in OPTIONS:
-        add_option(parser, option)
+    if add_help:
+        parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    for option in [option for option in options if option.flags]:
+        if option.switch:
+            how = {"action": "store_true", "default": None}
+        elif option.bare_value is not None:
+            how = {"nargs": "?", "const": option.bare_value, "metavar": "PATH"}
+        else:
+            how = {"metavar": option.flags[0].lstrip("-").upper().replace("-", "_")}
+        shown = f"{option.default:g}" if isinstance(option.default, float) else option.default
+        default = f", default: {option.unset_means}" if option.unset_means else \
+            "" if shown is None else f", default {shown}"
+        parser.add_argument(*option.flags, dest=option.dest, help=f"{option.help} (env: {option.env or 'none'}"
+                            f"{default})", **how)
     return parser
 
 
-def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
-    """The option's flags, if any; values stay text for ConfigReader to check."""
-    if not option.flags:
-        return
-    if option.switch:
-        how = {"action": "store_true", "default": None}
-    elif option.bare_value is not None:
-        how = {"nargs": "?", "const": option.bare_value, "metavar": "PATH"}
-    else:
-        how = {"metavar": option.flags[0].lstrip("-").upper().replace("-", "_")}
-    parser.add_argument(*option.flags, dest=option.dest, help=option.help_text(), **how)
-
-
 def is_loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
     try:
-        return ipaddress.ip_address(host or "").is_loopback
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
@@ -293,9 +279,7 @@ class ConfigReader:
     """Reads flags and environment into a Config, collecting every problem (then ConfigError) and note."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-        self.problems: list[str] = []
-        self.notes: list[str] = []
+        self.env, self.problems, self.notes = env, [], []  # notes: warnings the run logs once it starts
 
     def problem(self, message: str) -> None:
         self.problems.append(message)
@@ -304,23 +288,25 @@ class ConfigReader:
         args, extras = build_arg_parser().parse_known_args(argv)
         if extras:
             self.problem(unknown_arguments_problem(extras))
-        raw: dict[str, Any] = {}  # the flag when given, else its variable (unquoted); None when neither is
-        for option in OPTIONS:
+        settings: dict[str, Any] = {}
+        for option in OPTIONS:  # the flag when given, else its variable (unquoted)
             value = getattr(args, option.dest, None)
             if value is None and option.env and self.env.get(option.env):
                 value = self.unquoted(self.env[option.env], option.env)
-            raw[option.dest] = None if value in (None, "") else value
-        settings = {option.dest: self.checked_value(option, raw[option.dest]) for option in OPTIONS}
+            settings[option.dest] = self.checked_value(option, None if value == "" else value)
         dry_run = bool(settings["dry_run"])
-        settings["org_id"] = self.org_id(raw["org_id"])
+        if settings["org_id"] is None:
+            self.not_set("OPENAI_ORG_ID", " (or --openai-org)")
+        elif not re.fullmatch(r"org-[A-Za-z0-9_-]{1,128}", settings["org_id"]):
+            settings["org_id"] = self.problem("OPENAI_ORG_ID (or --openai-org) must look like org-XXXX (letters, "
+                                              "digits, '-' and '_' after 'org-', nothing else, no trailing newline)")
         settings["openai_api_key"], settings["openai_key_source"] = self.openai_key()
         settings["openai_base_url"] = self.checked_url(settings["openai_base_url"],
                                                        "OPENAI_BASE_URL (or --openai-base-url)", openai=True)
         if not dry_run:
-            settings["veza_url"], settings["veza_api_key"] = self.veza_settings(raw["veza_url"])
-        save_json = settings.pop("save_json")
-        save_json = save_json if save_json is not None else "." if dry_run else None
-        settings["save_json_path"] = self.save_path(save_json, settings["org_id"]) if save_json is not None else None
+            self.veza_settings(settings)
+        save_json = settings.pop("save_json") or ("." if dry_run else None)
+        settings["save_json_path"] = save_json and self.save_path(save_json, settings["org_id"])
         if self.problems:
             raise ConfigError(self.problems)
         settings.update(dry_run=dry_run, debug=bool(settings["debug"]), notes=tuple(self.notes),
@@ -385,29 +371,12 @@ class ConfigReader:
             return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", "")).rstrip("/")
         return self.problem(f"{name} {problem}")
 
-    def checked_secret(self, value: str | None, name: str) -> str | None:
-        if not value:
-            if not any(problem.startswith(name) for problem in self.problems):
-                self.problem(f"{name} is not set")
-        elif len(value) > MAX_SECRET_LENGTH:
-            self.problem(f"{name} is {len(value):,} characters long; an API key is a few hundred at most")
-        elif has_control_characters(value):
-            where = "a trailing newline" if value.endswith(("\n", "\r")) else \
-                "whitespace, a newline or control characters"
-            file_variable = name if name.endswith("_FILE") else f"{name}_FILE"
-            self.problem(f"{name} contains {where}: set it without them (printf '%s' \"$KEY\", not echo), or put "
-                         f"the key in a file and name it with {file_variable}, whose trailing newlines are dropped")
-        elif not value.isascii():
-            self.problem(f"{name} contains non-ASCII characters; API keys are plain ASCII (a copy-paste slip?)")
-        else:
-            return value
-        return None
-
     def read_secret_file(self, path: str, variable: str) -> str | None:
         """Only a regular file (a FIFO would block before signals are handled); trailing newlines dropped."""
         if path.startswith("sk-"):
             return self.problem(f"{variable} holds what looks like an API key, not a file path; put the key in "
                                 f"{variable.removesuffix('_FILE')} instead, or in a file that {variable} names")
+        where = f"{variable}: {shown_path(path)}"
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
         except (OSError, ValueError) as exc:
@@ -416,32 +385,49 @@ class ConfigReader:
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
             os.close(descriptor)
-            return self.problem(f"{variable}: {shown_path(path)} is not a regular file (a FIFO, device or "
-                                "directory); name the file that holds the key")
+            return self.problem(f"{where} is not a regular file (a FIFO, device or directory); name the file that "
+                                "holds the key")
         if mode & stat.S_IROTH and not os.fstatvfs(descriptor).f_flag & os.ST_RDONLY:
-            self.notes.append(f"{variable}: {shown_path(path)} is readable by other users (mode "
-                              f"{stat.S_IMODE(mode):04o}); restrict it with chmod 600")
-        with open(descriptor, "rb", closefd=True) as handle:
+            self.notes.append(f"{where} is readable by other users (mode {stat.S_IMODE(mode):04o}); restrict it "
+                              "with chmod 600")
+        with open(descriptor, "rb") as handle:
             raw = handle.read(MAX_SECRET_LENGTH + 2)
         try:
             value = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
-            return self.problem(f"{variable}: {shown_path(path)} is not UTF-8 text")
+            return self.problem(f"{where} is not UTF-8 text")
         if not value:
-            self.problem(f"{variable}: {shown_path(path)} is empty")
+            self.problem(f"{where} is empty")
         return value or None
 
     def secret(self, name: str) -> tuple[str | None, str | None]:
-        """(value, the variable it came from): `name`, or the file `name`_FILE names."""
+        """(checked value, the variable it came from): `name`, or the file `name`_FILE names."""
         file_name = f"{name}_FILE"
         direct, path = self.env.get(name), self.env.get(file_name)
         if direct and path:
             self.problem(f"{name} and {file_name} are both set; set only one")
             return None, name
-        if not path:
-            return (self.unquoted(direct, name), name) if direct else (None, None)
-        value = self.read_secret_file(path, file_name)
-        return (self.unquoted(value, file_name) if value else None), file_name
+        if not direct and not path:
+            return None, None
+        source = name if direct else file_name
+        value = direct or self.read_secret_file(path, file_name)
+        if value is None:  # the file could not be read, as a problem says
+            return None, source
+        value = self.unquoted(value, source)
+        if not value:  # '""' unquoted
+            self.problem(f"{source} is not set")
+        elif len(value) > MAX_SECRET_LENGTH:
+            self.problem(f"{source} is {len(value):,} characters long; an API key is a few hundred at most")
+        elif has_control_characters(value):
+            where = "a trailing newline" if value.endswith(("\n", "\r")) else \
+                "whitespace, a newline or control characters"
+            self.problem(f"{source} contains {where}: set it without them (printf '%s' \"$KEY\", not echo), or put "
+                         f"the key in a file and name it with {file_name}, whose trailing newlines are dropped")
+        elif not value.isascii():
+            self.problem(f"{source} contains non-ASCII characters; API keys are plain ASCII (a copy-paste slip?)")
+        else:
+            return value, source
+        return None, source
 
     def save_path(self, value: str, org_id: str | None) -> str | None:
         """A directory gets openai-<org>-<UTC time>.json; checked writable now."""
@@ -452,10 +438,9 @@ class ConfigReader:
             directory, path = os.path.dirname(value) or ".", value
         if not os.path.isdir(directory):
             return self.problem(f"--save-json directory {directory!r} does not exist")
-        try:
+        name_max = 255
+        with contextlib.suppress(OSError, ValueError):
             name_max = os.pathconf(directory, "PC_NAME_MAX")
-        except (OSError, ValueError):
-            name_max = 255
         if len(os.path.basename(path).encode()) > name_max:
             return self.problem(f"--save-json file name is longer than the {name_max} bytes this file system allows")
         try:  # os.access says yes to root even on read-only mounts; a real file says the truth
@@ -467,56 +452,40 @@ class ConfigReader:
             return self.problem(f"--save-json directory {directory!r} is not writable by {who}")
         return path
 
-    def did_you_mean(self, missing: str) -> str:
-        """Unknown variables of `missing`'s family (VEZA_..., OPENAI_...): likely misspellings; names only."""
-        prefix = missing.split("_", 1)[0] + "_"
+    def not_set(self, variable: str, alternatives: str = "") -> None:
+        """The problem, naming unknown variables of its family (VEZA_..., OPENAI_...): likely misspellings."""
+        prefix = variable.split("_", 1)[0] + "_"
         unknown = sorted(name for name in self.env if name.startswith(prefix) and name not in KNOWN_VARIABLES)
-        return f" ({', '.join(unknown[:3])} {'is' if len(unknown) == 1 else 'are'} set: did you mean {missing}?)" \
-            if unknown else ""
+        self.problem(f"{variable}{alternatives} is not set" + (
+            f" ({', '.join(unknown[:3])} {'is' if len(unknown) == 1 else 'are'} set: did you mean {variable}?)"
+            if unknown else ""))
 
-    def org_id(self, raw: str | None) -> str | None:
-        if raw is None:
-            return self.problem(f"OPENAI_ORG_ID (or --openai-org) is not set{self.did_you_mean('OPENAI_ORG_ID')}")
-        if not ORG_ID_RE.fullmatch(raw):
-            return self.problem("OPENAI_ORG_ID (or --openai-org) must look like org-XXXX "
-                                "(letters, digits, '-' and '_' after 'org-', nothing else, no trailing newline)")
-        return raw
 
     def openai_key(self) -> tuple[str | None, str | None]:
         """(key, its variable): the admin key wins, as OPENAI_API_KEY may hold a project key for other tools."""
         for name in ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY"):
-            value, source = self.secret(name)
+            key, source = self.secret(name)
             if source:
-                key = self.checked_secret(value, source)
                 kind = next((kind for prefix, kind in NON_ADMIN_KEY_PREFIXES.items()
                              if key and key.startswith(prefix)), None)
                 if kind:
                     self.problem(f"{source} holds {kind} ({mask_key(key)}), which the Admin API refuses: use an Admin "
                                  "API key (sk-admin-...), created by an organization owner under Settings > "
                                  "Organization > Admin keys")
-                    key = None
-                return key, source
-        self.problem("OPENAI_API_KEY (or OPENAI_ADMIN_KEY, or either's _FILE variant) is not set"
-                     + self.did_you_mean("OPENAI_API_KEY"))
-        return None, None
+                return (None if kind else key), source
+        return self.not_set("OPENAI_API_KEY", " (or OPENAI_ADMIN_KEY, or either's _FILE variant)"), None
 
-    def veza_settings(self, raw_url: str | None) -> tuple[str | None, str | None]:
-        url = None
-        if raw_url is None:
-            self.problem(f"VEZA_URL (or --veza-url) is not set{self.did_you_mean('VEZA_URL')}")
-        else:
-            url = self.checked_url(raw_url, "VEZA_URL (or --veza-url)", openai=False)
-        value, source = self.secret("VEZA_API_KEY")
+    def veza_settings(self, settings: dict[str, Any]) -> None:
+        url = settings["veza_url"]
+        settings["veza_url"] = self.checked_url(url, "VEZA_URL (or --veza-url)", openai=False) if url else \
+            self.not_set("VEZA_URL", " (or --veza-url)")
+        settings["veza_api_key"], source = self.secret("VEZA_API_KEY")
         if not source:
-            self.problem(f"VEZA_API_KEY is not set{self.did_you_mean('VEZA_API_KEY')}")
-        if veza_tls_unverified(self.env):
+            self.not_set("VEZA_API_KEY")
+        settings["veza_unverified"] = self.env.get("VEZA_UNSAFE_HTTPS", "").strip().lower() == "true"
+        if settings["veza_unverified"]:
             self.notes.append("VEZA_UNSAFE_HTTPS=true: Veza's TLS certificate is not verified (for test instances "
                               "only)")
-        return url, self.checked_secret(value, source or "VEZA_API_KEY")
-
-
-def veza_tls_unverified(env: Mapping[str, str]) -> bool:
-    return env.get("VEZA_UNSAFE_HTTPS", "").strip().lower() == "true"
 
 
 def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -526,11 +495,9 @@ def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None
 
 def log_format_asked(argv: list[str] | None, env: Mapping[str, str]) -> str:
     """The log format asked for, even when the configuration is wrong (its errors ship as JSON too)."""
-    parser = ArgumentParser(add_help=False)
-    add_option(parser, OPTION["log_format"])
     try:
-        value = parser.parse_known_args(sys.argv[1:] if argv is None else argv)[0].log_format
-    except (ConfigError, SystemExit):
+        value = build_arg_parser([OPTION["log_format"]], add_help=False).parse_known_args(argv)[0].log_format
+    except ConfigError:  # a flag's value missing
         value = None
     value = (value or env.get("LOG_FORMAT") or "").strip().strip("\"'").lower()
     return "json" if value == "json" else "text"
@@ -548,12 +515,8 @@ MIN_SECRET_LENGTH_TO_MASK = 8  # masking a tiny value would shred every line; su
 
 
 def escape_for_log(text: str) -> str:
-    """`text` with control characters shown as escapes (\\n, \\x1b, \\u202e), safe on one log line."""
-    def escaped(match: re.Match) -> str:
-        char = match.group()
-        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char) or (
-            f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
-    return UNSAFE_IN_LOGS.sub(escaped, text)
+    """`text` with control characters shown as Python escapes (\\n, \\x1b, \\u202e), safe on one log line."""
+    return UNSAFE_IN_LOGS.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 class RedactingFormatter(logging.Formatter):
@@ -563,11 +526,11 @@ class RedactingFormatter(logging.Formatter):
         super().__init__(fmt)
         self.secrets = [s for s in secrets if s and len(s.strip()) >= MIN_SECRET_LENGTH_TO_MASK]
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's naming)
+    def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_for_log(record.message)
         return super().formatMessage(record)
 
-    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's naming)
+    def formatException(self, ei: Any) -> str:
         # Indented and escaped: an exception message cannot start a line that looks like a record.
         return "\n".join(f"  | {escape_for_log(line)}" for line in super().formatException(ei).splitlines())
 
@@ -588,23 +551,19 @@ class JsonFormatter(RedactingFormatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
-                 .replace("+00:00", "Z"), "level": record.levelname, "message": record.getMessage()}
-        entry.update(getattr(record, "fields", None) or {})
+                 .replace("+00:00", "Z"), "level": record.levelname, "message": record.getMessage(),
+                 **getattr(record, "fields", {})}
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
-        for name, value in entry.items():  # masked before JSON escapes a quote or backslash inside a secret
-            if isinstance(value, str):
-                entry[name] = self.redact(value)
-        return json.dumps(entry, default=str)  # ASCII-only: control and bidi characters come out escaped
+        # Masked before JSON escapes a quote or backslash in a secret; ASCII-only JSON escapes control characters.
+        return json.dumps({name: self.redact(value) if isinstance(value, str) else value
+                           for name, value in entry.items()}, default=str)
 
 
 class LogHandler(logging.StreamHandler):
     """The one handler every logger writes through (stderr); it counts the warning lines for `warnings=`."""
 
-    def __init__(self, formatter: logging.Formatter) -> None:
-        super().__init__(sys.stderr)
-        self.setFormatter(formatter)
-        self.warnings = 0
+    warnings = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno == logging.WARNING:
@@ -618,8 +577,8 @@ def log_with_fields(level: int, fields: dict[str, Any], message: str, *args: Any
 
 
 def configure_logging(debug: bool, secrets: Iterable[str] = (), log_format: str = "text") -> LogHandler:
-    secrets = list(secrets)
-    handler = LogHandler(JsonFormatter(secrets) if log_format == "json" else
+    handler = LogHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(secrets) if log_format == "json" else
                          RedactingFormatter("%(asctime)s %(levelname)s %(message)s", secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -645,30 +604,26 @@ class Clock:
     """The run's one deadline (--max-run-time, over reading, push and report) and the tests' time scale."""
 
     def __init__(self, scale: float = 1.0, max_run_time: float | None = None) -> None:
-        self.scale = scale
-        self.started = time.monotonic()
-        self.max_run_time = max_run_time
+        self.scale, self.max_run_time, self.started = scale, max_run_time, time.monotonic()
         self.deadline = self.started + max_run_time if max_run_time else math.inf
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
     def passed(self) -> bool:
-        return time.monotonic() >= self.deadline
+        return self.left() <= 0
 
 
 def retry_hint(headers: Mapping[str, str]) -> tuple[float, bool] | None:
     """(seconds, whether whole) from retry-after-ms, else retry-after (seconds or an HTTP date), as the SDK reads it."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         raw = (headers.get(name) or "").strip()
-        try:
+        seconds = math.nan
+        with contextlib.suppress(ValueError):
             seconds = float(raw) * scale
-        except ValueError:
-            try:
-                seconds = (email.utils.parsedate_to_datetime(raw) - datetime.now(timezone.utc)).total_seconds() \
-                    if name == "retry-after" and raw else math.nan
-            except (TypeError, ValueError, OverflowError):
-                seconds = math.nan
+        if name == "retry-after" and math.isnan(seconds):  # an HTTP date
+            with contextlib.suppress(TypeError, ValueError, OverflowError):
+                seconds = (email.utils.parsedate_to_datetime(raw) - datetime.now(timezone.utc)).total_seconds()
         if 0 < seconds < math.inf:
             return seconds, name == "retry-after"
     return None
@@ -705,10 +660,6 @@ class Answer:
         return self.status == 0 or self.status >= 500 or self.status in (408, 409, 429)
 
 
-class AnswerTooLarge(Exception):
-    """An answer larger than any real one: a broken or hostile server."""
-
-
 class SharedStrings:
     """A json.loads object_pairs_hook: equal strings of every page become one object (ids and emails repeat)."""
 
@@ -727,26 +678,17 @@ class SharedStrings:
         return record
 
 
-class BearerToken(requests.auth.AuthBase):
-    """An API key as `Authorization: Bearer`, given as requests' auth, so a ~/.netrc entry never replaces it."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self.key}"
-        return request
-
-
 class Http:
-    """One API: the key as auth, no redirect followed, loopback never proxied, each answer whole within its timeout
-    and under `max_bytes` decompressed."""
+    """One API: the key as auth, no redirect followed, loopback never proxied, each answer whole in time and small."""
 
     def __init__(self, base_url: str, key: str, *, timeout: float, max_bytes: int, pool: int = 10,
                  verify: bool = True, headers: Mapping[str, str] | None = None, shared_strings: bool = False) -> None:
         self.base_url, self.timeout, self.max_bytes, self.verify = base_url, timeout, max_bytes, verify
         self.session = requests.Session()
-        self.session.auth = BearerToken(key)
+        def bearer(request: requests.PreparedRequest) -> requests.PreparedRequest:
+            request.headers["Authorization"] = f"Bearer {key}"
+            return request
+        self.session.auth = bearer  # as requests' auth, the key is never replaced by a ~/.netrc entry
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})})
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, pool), max_retries=0)
         self.session.mount("https://", adapter)
@@ -767,24 +709,22 @@ class Http:
         whole_by = time.monotonic() + limit
         headers = {"Content-Type": "application/json"} if body is not None else None
         try:
-            response = self.session.request(method, self.base_url + path, params=params, data=body, headers=headers,
-                                            stream=True, allow_redirects=False, proxies=self.proxies,
-                                            verify=self.verify, timeout=(min(CONNECT_TIMEOUT_CAP, limit), limit))
-            try:
+            with self.session.request(method, self.base_url + path, params=params, data=body, headers=headers,
+                                      stream=True, allow_redirects=False, proxies=self.proxies, verify=self.verify,
+                                      timeout=(min(CONNECT_TIMEOUT_CAP, limit), limit)) as response:
                 raw = read_whole(response, whole_by, self.max_bytes)
-            finally:
-                response.close()
-        except AnswerTooLarge as exc:
-            return Answer(0, problem=str(exc), fatal=True)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             ssl = isinstance(exc, requests.exceptions.SSLError)
             what = ("its TLS certificate could not be verified" if "CERTIFICATE_VERIFY_FAILED" in str(exc) else
                     "the TLS handshake failed") if ssl else "timed out" if isinstance(
                 exc, (requests.Timeout, urllib3.exceptions.TimeoutError)) else "connection failed"
             return Answer(0, problem=f"{type(exc).__name__} ({what})", ssl=ssl)
+        if raw is None:
+            return Answer(0, problem=f"answer larger than {self.max_bytes / 2 ** 20:g} MB decompressed; stopped "
+                                     "reading", fatal=True)
         return self.answer(response, raw)
 
-    def answer(self, response: requests.Response, raw: bytes) -> Answer:
+    def answer(self, response: requests.Response, raw: bytearray) -> Answer:
         status = response.status_code
         if 300 <= status < 400:
             target = urllib.parse.urlsplit(urllib.parse.urljoin(response.url, response.headers.get("location", "")))
@@ -796,27 +736,22 @@ class Http:
             body = None
             if 200 <= status < 300:
                 return Answer(status, problem=f"answer is not JSON (HTTP {status}, {len(raw)} bytes)", fatal=True)
-        hint = retry_hint(response.headers)
+        # The server's message: OpenAI's {"error": {"message"}}, Veza's {"message"}, else the reason.
+        error = body.get("error") if isinstance(body, dict) else None
+        detail = error.get("message") if isinstance(error, dict) else error
+        if detail is None and isinstance(body, dict):
+            detail = body.get("message")
+        hint, whole_seconds = retry_hint(response.headers) or (None, False)
         retry = response.headers.get("x-should-retry", "").strip().lower()
-        return Answer(status, body, problem=f"HTTP {status}", detail=error_message(body, response.reason),
-                      hint=hint and hint[0], whole_seconds=bool(hint and hint[1]), size=len(raw),
+        return Answer(status, body, problem=f"HTTP {status}", hint=hint, whole_seconds=whole_seconds, size=len(raw),
+                      detail=str(detail or response.reason or "no message")[:300],
                       should_retry={"true": True, "false": False}.get(retry))
 
 
-def error_message(body: Any, fallback: str | None) -> str:
-    """The server's error message: OpenAI's {"error": {"message"}}, Veza's {"message"}, else the reason."""
-    error = body.get("error") if isinstance(body, dict) else None
-    message = error.get("message") if isinstance(error, dict) else error
-    if message is None and isinstance(body, dict):
-        message = body.get("message")
-    return str(message or fallback or "no message")[:300]
-
-
-def read_whole(response: requests.Response, whole_by: float, limit: int) -> bytes:
-    """The decompressed body; each socket read blocks only until `whole_by`, so a dripped body ends on time too."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
+def read_whole(response: requests.Response, whole_by: float, limit: int) -> bytearray | None:
+    """The decompressed body, None past `limit` bytes; no socket read waits past `whole_by`, so a dripped body too."""
+    body = bytearray()
+    while len(body) <= limit:
         left = whole_by - time.monotonic()
         if left <= 0:
             raise requests.Timeout("the whole answer took longer than the timeout")
@@ -828,11 +763,9 @@ def read_whole(response: requests.Response, whole_by: float, limit: int) -> byte
         except urllib3.exceptions.TimeoutError:
             raise requests.Timeout("the whole answer took longer than the timeout") from None
         if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            raise AnswerTooLarge(f"answer larger than {limit / 2 ** 20:g} MB decompressed; stopped reading")
-        chunks.append(chunk)
+            return body
+        body += chunk
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2846,7 +2779,7 @@ class Veza:
     def __init__(self, config: Config, clock: Clock) -> None:
         self.config, self.clock = config, clock
         self.http = Http(config.veza_url, config.veza_api_key, timeout=config.veza_timeout,
-                         max_bytes=VEZA_ANSWER_BYTES, verify=not veza_tls_unverified(os.environ))
+                         max_bytes=VEZA_ANSWER_BYTES, verify=not config.veza_unverified)
 
     def check(self) -> None:
         """One quick call before any OpenAI request: is this Veza, and does it take the key?"""
