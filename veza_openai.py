@@ -840,8 +840,8 @@ def read_whole(response: requests.Response, whole_by: float, limit: int) -> byte
 # The catalogue: every family the connector reads, declared once
 # ---------------------------------------------------------------------------------------------
 
-MAX_PAGES_PER_LIST = 10_000   # 1,000,000 users at 100 a page; more is a server that never stops
-MAX_AUDIT_LOG_PAGES = 500     # 50,000 events: logins are optional, never worth hours of one sequential chain
+MAX_PAGES_PER_LIST = 10_000  # 1,000,000 users at 100 a page; more is a server that never stops
+MAX_AUDIT_LOG_PAGES = 500  # 50,000 events: logins are optional, never worth hours of one sequential chain
 MAX_LIST_BYTES = 64 * 2 ** 20  # one list's answers: ~170,000 users in full; a list that never ends stops here
 
 
@@ -874,26 +874,24 @@ class On404(enum.Enum):
 class Family:
     """One kind of record the connector reads: everything that varies from one family to another."""
 
-    name: str                        # also the Snapshot attribute its result is filed in
-    path: str                        # placeholders are filled from the key (in order) or the organization id
-    grant: str                       # what the admin key needs, named when the family is refused
+    name: str  # also the Snapshot attribute its result is filed in
+    path: str  # placeholders are filled from the key (in order) or the organization id
+    grant: str  # what the admin key needs, named when the family is refused
     label: str = ""                  # for messages; "" is the name with spaces
     cursor: str | None = None        # "last_id" or "next": that field of the answer; "item_id": the last item's id
-    page_size: int = 100             # the largest page the endpoint serves
-    item_object: str | None = None   # the `object` every item must carry, when the API names one
+    page_size: int = 100  # the largest page the endpoint serves
+    item_object: str | None = None  # the `object` every item must carry, when the API names one
     params: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # a tuple value is sent as repeated keys
-    parent: str | None = None        # the family whose items it is read for, once each (None: read at the start)
-    id_field: str = "id"             # the field of its items that names them
+    parent: str | None = None  # the family whose items it is read for, once each (None: read at the start)
+    id_field: str = "id"  # the field of its items that names them
     next_falls_back_to_item_id: bool = False  # the SDK documents `after` as an item id for this list
-    on_404: On404 | None = None      # None: ENTITY when read per entity, else LEAVE_OUT
-    required: bool = False           # refused or missing, the run fails: no push without it
-    optional: str | None = None      # what is left unset when it cannot be read; the run goes on
-    settings: bool = False           # an answer of another shape goes to the mapping, which warns
+    required: bool = False  # refused or missing, the run fails: no push without it
+    optional: str | None = None  # what is left unset when it cannot be read; the run goes on
+    settings: bool = False  # a project's settings: a 404 is none, another shape goes to the mapping to warn
     empty_when_archived: bool = False  # OpenAI documents a 400 "when project is archived": an empty list
-    role_list: bool = False          # lists roles: `--role-assignments auto` decides on these
+    role_list: bool = False  # lists roles: `--role-assignments auto` decides on these
     after_role_decision: bool = False  # read only once the role assignment reads are decided on
-    activity_window: bool = False    # read back to the activity window's start, newest first
-    cut_at_cap: bool = False         # at the page or byte cap, keep what was read (warned) instead of failing
+    activity_window: bool = False  # newest first, back to the window's start; at its cap, what was read is kept
     per: Kind | None = field(init=False)  # the entity it is read for: the one its parent lists
 
     def __post_init__(self) -> None:
@@ -902,7 +900,9 @@ class Family:
 
     @property
     def not_found(self) -> On404:
-        return self.on_404 or (On404.ENTITY if self.per else On404.LEAVE_OUT)
+        if any(kind.object_family == self.name for kind in Kind):
+            return On404.EXISTENCE
+        return On404.NO_SETTINGS if self.settings else On404.ENTITY if self.per else On404.LEAVE_OUT
 
     def path_for(self, key: Any, org_id: str) -> str | None:
         """The path of one read, each id quoted; None for an id `.` or `..`, which quoting cannot keep in place."""
@@ -925,7 +925,7 @@ FAMILY_LIST = [
            required=True),
     # Newest first, one sequential chain: listed early so its next page goes first.
     Family("audit_logs", "/organization/audit_logs", "Audit logs: Read", cursor="last_id",
-           params=(("event_types[]", AUDIT_EVENT_TYPES),), activity_window=True, cut_at_cap=True),
+           params=(("event_types[]", AUDIT_EVENT_TYPES),), activity_window=True),
     Family("invites", "/organization/invites", "Invites: Read", cursor="last_id", item_object="organization.invite"),
     Family("admin_api_keys", "/organization/admin_api_keys", "Admin keys: Read", "admin API keys", cursor="item_id",
            item_object="organization.admin_api_key"),
@@ -952,11 +952,11 @@ FAMILY_LIST = [
     Family("project_groups", "/organization/projects/{project_id}/groups", "Groups: Read", cursor="next",
            item_object="project.group", parent="projects", id_field="group_id", next_falls_back_to_item_id=True),
     Family("model_permissions", "/organization/projects/{project_id}/model_permissions", "Projects: Read",
-           parent="projects", on_404=On404.NO_SETTINGS, settings=True),
+           parent="projects", settings=True),
     Family("project_certificates", "/organization/projects/{project_id}/certificates", "Certificates: Read",
            cursor="last_id", item_object="organization.project.certificate", parent="projects"),
     Family("hosted_tool_permissions", "/organization/projects/{project_id}/hosted_tool_permissions",
-           "Projects: Read", parent="projects", on_404=On404.NO_SETTINGS, settings=True),
+           "Projects: Read", parent="projects", settings=True),
     Family("group_users", "/organization/groups/{group_id}/users", "Groups: Read", cursor="next", page_size=1000,
            parent="groups", next_falls_back_to_item_id=True),
     Family("group_roles", "/organization/groups/{group_id}/roles", "Roles: Read", cursor="next", page_size=1000,
@@ -971,12 +971,11 @@ FAMILY_LIST = [
     Family("project_user_roles", "/projects/{project_id}/users/{user_id}/roles", "Roles: Read", cursor="next",
            page_size=1000, parent="project_users", after_role_decision=True),
     # One object by id, asked only to tell a deleted entity from a list its organization lacks (Kind).
-    Family("project_object", "/organization/projects/{project_id}", "Projects: Read", "project",
-           on_404=On404.EXISTENCE),
-    Family("group_object", "/organization/groups/{group_id}", "Groups: Read", "group", on_404=On404.EXISTENCE),
-    Family("user_object", "/organization/users/{user_id}", "Users: Read", "user", on_404=On404.EXISTENCE),
+    Family("project_object", "/organization/projects/{project_id}", "Projects: Read", "project"),
+    Family("group_object", "/organization/groups/{group_id}", "Groups: Read", "group"),
+    Family("user_object", "/organization/users/{user_id}", "Users: Read", "user"),
     Family("provider_object", "/organization/workload_identity_providers/{provider_id}", "Workload identity: Read",
-           "workload identity provider", on_404=On404.EXISTENCE),
+           "workload identity provider"),
 ]
 FAMILIES = {family.name: family for family in FAMILY_LIST}
 CHILDREN = {name: [family for family in FAMILY_LIST if family.parent == name] for name in FAMILIES}
@@ -1010,14 +1009,12 @@ def moment(value: Any) -> datetime | None:
 
 def rfc3339(value: Any) -> str | None:
     """A time as RFC3339 UTC with a Z and a four-digit year (strftime does not pad years before 1000)."""
-    when = moment(value)
-    return None if when is None else f"{when.year:04d}-{when:%m-%dT%H:%M:%S}Z"
+    return None if (when := moment(value)) is None else f"{when.year:04d}-{when:%m-%dT%H:%M:%S}Z"
 
 
 def epoch_seconds(value: Any) -> float | None:
     """Unix seconds, for comparing times as numbers (as text, "892-..." sorts after "2026-...")."""
-    when = moment(value)
-    return None if when is None else when.timestamp()
+    return None if (when := moment(value)) is None else when.timestamp()
 
 
 def text_of(value: Any) -> str | None:
@@ -1078,8 +1075,7 @@ def is_predefined_role(record: dict) -> bool:
 
 
 def project_is_archived(record: dict) -> bool:
-    status = text_of(record.get("status"))
-    return (status is not None and status.lower() == "archived") or rfc3339(record.get("archived_at")) is not None
+    return (text_of(record.get("status")) or "").lower() == "archived" or moment(record.get("archived_at")) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1206,38 +1202,26 @@ class Lane:
 # The scheduler: every GET when its endpoint allows it (knows no OpenAI family by name)
 # ---------------------------------------------------------------------------------------------
 
-UNREACHABLE_AFTER = 10.0   # seconds of connection failures, before OpenAI ever answered, that end the run
-PROGRESS_INTERVAL = 30.0   # seconds between progress lines (at least one second apart when tests shrink time)
+UNREACHABLE_AFTER = 10.0  # seconds of connection failures, before OpenAI ever answered, that end the run
+PROGRESS_INTERVAL = 30.0  # seconds between progress lines (at least one second apart when tests shrink time)
 
 
 @dataclass
 class ListRead:
-    """Every page of one list (or one single object) of one family for one entity: one GET at a time."""
+    """Every page of one list (or one object) of one family for one entity: one GET at a time."""
 
     family: Family
-    key: Any                      # where the result is filed: None, an id, or an (id, id) pair
+    key: Any  # where the result is filed: None, an id, or an (id, id) pair
     path: str
     on_done: Callable[[ListRead, Any], None]
     params: dict[str, Any] = field(default_factory=dict)  # of its next GET
     items: list[dict] = field(default_factory=list)
     pages: int = 0
-    size: int = 0                 # answer bytes read so far (decompressed)
+    size: int = 0  # answer bytes so far, decompressed
     cursors: set[str] = field(default_factory=set)
-    attempt: int = 0              # 5xx and transport retries of this page so far
-    throttled_since: float | None = None  # the first 429 of its current run of 429s
-    sent_at: float = 0.0          # when its latest GET went out: the entity existed then if it answered
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A 400, 401, 403 or 404: what the read plan decides on (a refused key, a missing family, a deleted entity)."""
-
-    status: int
-    endpoint: str
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.endpoint}: HTTP {self.status}: {self.detail}"
+    attempt: int = 0  # retries of this page so far
+    throttled_since: float | None = None  # the first of its current run of 429s
+    sent_at: float = 0.0  # when its latest GET went out
 
 
 class Verdict(enum.Enum):
@@ -1289,12 +1273,8 @@ def next_cursor(family: Family, body: dict, data: list[dict], path: str) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    s = max(0, int(round(seconds)))
+    return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class Scheduler:
@@ -1306,10 +1286,10 @@ class Scheduler:
         self.families = {family.name: family for family in families}
         self.lanes = Lanes(self.families, clock.scale, config.max_requests_per_minute_per_endpoint)
         self.queues: dict[str, deque[ListRead]] = {name: deque() for name in self.families}
-        self.delayed: list[tuple[float, int, ListRead]] = []   # (due, order, read)
+        self.delayed: list[tuple[float, int, ListRead]] = []  # (due, order, read)
         self.order = itertools.count(1)
-        self.work: queue.SimpleQueue = queue.SimpleQueue()  # to the workers; None stops one
-        self.done: queue.SimpleQueue = queue.SimpleQueue()  # (read, answer) from the workers
+        self.work: queue.SimpleQueue = queue.SimpleQueue()  # reads to the workers; None stops one
+        self.done: queue.SimpleQueue = queue.SimpleQueue()  # (read, answer) back
         self.open_reads = dict.fromkeys(self.families, 0)
         self.finished_reads = dict.fromkeys(self.families, 0)
         self.in_flight = self.calls = self.retries = self.throttled = self.succeeded = 0
@@ -1335,13 +1315,13 @@ class Scheduler:
         read.on_done(read, result)
 
     def drop_waiting(self, family: Family) -> None:
-        """Finish, with no result, every read of a family that was left out while it waited."""
+        """Finish, with no result, the waiting reads of a family just left out."""
         waiting = self.queues[family.name]
         while waiting:
             self.finish(waiting.pop(), None)
 
     def start(self, plan: Any) -> None:
-        """Daemon workers doing one GET each: never waited for at exit or on a signal."""
+        """Daemon workers, one GET at a time each: never waited for at exit or on a signal."""
         self.plan = plan
         for number in range(self.config.max_workers):
             threading.Thread(target=self.work_loop, name=f"openai-read-{number + 1}", daemon=True).start()
@@ -1411,7 +1391,7 @@ class Scheduler:
         # At most a second: a signal or --max-run-time is noticed even when nothing happens.
         return min(1.0, max(0.0, min(wake) - now))
 
-    # --- answers ----------------------------------------------------------------------------
+    # --- answers
     def take_answer(self, read: ListRead, answer: Answer, now: float) -> None:
         lane = self.lanes[read.family.name]
         self.answered = self.answered or answer.status != 0
@@ -1429,14 +1409,13 @@ class Scheduler:
             self.take_throttle(read, answer, now)
         elif verdict is Verdict.REFUSED:  # its limit let it through: a success for the pace
             lane.on_success(now, read.sent_at)
-            self.plan.refused(read, Refusal(answer.status, read.path, answer.detail))
+            self.plan.refused(read, answer)
         else:
             lane.answered()
             if verdict is Verdict.RETRY:
                 self.retry(read, answer, now)
             else:
-                self.plan.failed(read, f"{read.path}: {answer.problem}"
-                                       + (f": {answer.detail}" if answer.detail else ""))
+                self.plan.failed(read, f"{read.path}: {answer.problem}{': ' if answer.detail else ''}{answer.detail}")
 
     def take_throttle(self, read: ListRead, answer: Answer, now: float) -> None:
         """A 429: the same request again once its lane allows; a hint that ends past --max-throttle-wait fails it at
@@ -1497,9 +1476,9 @@ class Scheduler:
         if not body.get("has_more"):
             self.finish(read, read.items)
             return
-        max_pages = MAX_AUDIT_LOG_PAGES if family.cut_at_cap else MAX_PAGES_PER_LIST
+        max_pages = MAX_AUDIT_LOG_PAGES if family.activity_window else MAX_PAGES_PER_LIST
         if read.pages >= max_pages or read.size > MAX_LIST_BYTES:
-            if family.cut_at_cap:
+            if family.activity_window:
                 self.plan.cut(read)
                 return
             bound = (f"{read.size / 2 ** 20:.3g} MB in {read.pages:,} pages, past the "
@@ -1514,7 +1493,7 @@ class Scheduler:
         read.params, read.attempt = {**read.params, "after": cursor}, 0
         self.queues[family.name].appendleft(read)
 
-    # --- progress -----------------------------------------------------------------------------
+    # --- progress
     def slowest_endpoint(self) -> str:
         paced = [(lane.requests_per_second(), self.families[name].path) for name, lane in self.lanes.lanes.items()
                  if lane.requests_per_second() and (self.open_reads[name] or lane.rate)]
@@ -1573,37 +1552,31 @@ class ReadPlan:
     def __init__(self, config: Config, scheduler: Any) -> None:
         self.config, self.scheduler = config, scheduler
         self.snapshot = Snapshot(org_id=config.org_id)
-        self.not_found: dict[str, list[tuple[Any, str, float]]] = {}  # family -> [(entity key, endpoint, when)]
-        self.found: dict[Kind, dict[Any, float]] = {}  # entity kind -> key -> latest send of a read that found it
-        self.asked: dict[tuple[Kind, Any], Any] = {}  # (kind, key) -> its own object: a dict, NOT_FOUND, a Refusal
-        self.unseen: set[int] = set()  # reads that answered 404: they say nothing about their entity existing
+        self.not_found: dict[str, list[tuple[Any, str]]] = {}  # family -> [(entity key, endpoint)] that answered 404
+        self.asked: dict[tuple[Kind, Any], Any] = {}  # (kind, key) -> its own object, NOT_FOUND, or why it cannot say
         self.archived: set[str] = set()  # projects their list says are archived (their members' lists answer 400)
         self.role_decision: bool | None = None
         self.role_decision_reason = ""
         self.held: list[tuple[Family, Any, list[dict]]] = []  # reads that wait for the role decision
-        self.custom_roles_seen = self.estimate_logged = False
+        self.custom_roles_seen = False
 
     def read(self) -> Snapshot:
         """Read everything; raise DiscoveryError (or Stopped) as soon as a complete snapshot is impossible."""
         self.scheduler.start(self)
+        days = self.config.activity_days
         try:
             for family in STARTING_FAMILIES:
-                self.start(family)
+                if not family.activity_window:
+                    self.queue(family, None, self.list_done)
+                elif days:
+                    self.snapshot.activity_since = since = int(time.time()) - days * 86_400
+                    self.queue(family, None, self.list_done, {"effective_at[gte]": str(since)})
             self.scheduler.run_until_read()
             self.ask_whether_gone()
             self.settle_not_found()
             return self.snapshot
         finally:
             self.scheduler.close()
-
-    def start(self, family: Family) -> None:
-        params = None
-        if family.activity_window:
-            if not self.config.activity_days:
-                return
-            self.snapshot.activity_since = int(time.time()) - self.config.activity_days * 86_400
-            params = {"effective_at[gte]": str(self.snapshot.activity_since)}
-        self.queue(family, None, self.list_done, params)
 
     def queue(self, family: Family, key: Any, on_done: Callable[[ListRead, Any], None],
               params: dict[str, Any] | None = None) -> None:
@@ -1621,15 +1594,13 @@ class ReadPlan:
             query["limit"] = family.page_size
         self.scheduler.add(ListRead(family, key, path, on_done), query)
 
-    # --- a list is in: file it, read what hangs on it ---------------------------------------
+    # --- a list is in: file it, read what hangs on it
     def list_done(self, read: ListRead, result: Any) -> None:
         family, key, s = read.family, read.key, self.snapshot
-        if family.per and key is not None and id(read) not in self.unseen:
-            seen = self.found.setdefault(family.per, {})
-            seen[key] = max(seen.get(key, read.sent_at), read.sent_at)
-        if family.name in s.unavailable:
-            result = None
-        s.file(family, key, result)
+        if family.per is None:
+            setattr(s, family.name, result)
+        elif result is not None and getattr(s, family.name) is not None:  # None: left out, or no role reads
+            getattr(s, family.name)[key] = result
         if result is not None:
             if family.activity_window:
                 if s.activity_window_days is None:
@@ -1638,8 +1609,8 @@ class ReadPlan:
                          len(result), s.activity_window_days, read.pages, "" if read.pages == 1 else "s")
             self.read_children(family, key, result)
             if family.role_list and not self.custom_roles_seen:
-                self.custom_roles_seen = any(isinstance(role, dict) and usable_id(role.get("id"))
-                                             and not is_predefined_role(role) for role in result)
+                self.custom_roles_seen = any(usable_id(role.get("id")) and not is_predefined_role(role)
+                                             for role in result)
         if family.name in ROLE_DECISION_WAITS_FOR:
             self.decide_role_reads()
 
@@ -1655,8 +1626,7 @@ class ReadPlan:
 
     def read_each(self, child: Family, parent_key: Any, items: list[dict]) -> None:
         ids = ids_of(items, FAMILIES[child.parent].id_field)
-        if child.after_role_decision and not FAMILIES[child.parent].parent and not self.estimate_logged:
-            self.estimate_logged = True  # once the top-level list it hangs on (users) is in
+        if child.after_role_decision and not FAMILIES[child.parent].parent:  # the users, read once
             self.log_role_read_estimate(len(ids))
         for item_id in ids:
             self.queue(child, item_id if parent_key is None else (parent_key, item_id), self.list_done)
@@ -1675,7 +1645,7 @@ class ReadPlan:
                     days)
         self.scheduler.finish(read, read.items)
 
-    # --- the role assignment reads: decided once the role lists say so ---------------------
+    # --- the role assignment reads: decided once the role lists say so
     def decide_role_reads(self) -> None:
         """`auto` reads role assignments once a role list shows a custom role, and skips them once every role list
         is read and none does; whether the Roles API is refused is known first, whatever a project's list says."""
@@ -1716,41 +1686,40 @@ class ReadPlan:
         log.info("role assignment reads: %d users and %d project members so far, one call each%s", top_level,
                  nested, estimate)
 
-    # --- refusals and failures ----------------------------------------------------------------
+    # --- refusals and failures
     def is_left_out(self, family: Family) -> bool:
         return family.name in self.snapshot.unavailable
 
-    def refused(self, read: ListRead, refusal: Refusal) -> None:
+    def refused(self, read: ListRead, answer: Answer) -> None:
         """400/401/403/404: the key may not read this, the organization lacks it, or the entity is gone."""
-        family, finish, status = read.family, self.scheduler.finish, refusal.status
+        family, finish, status, endpoint = read.family, self.scheduler.finish, answer.status, read.path
         if status == 400:
-            if family.empty_when_archived and (read.key in self.archived or "archived" in refusal.detail.lower()):
+            if family.empty_when_archived and (read.key in self.archived or "archived" in answer.detail.lower()):
                 # OpenAI documents this 400 "when project is archived": an archived project has no members.
                 log.info("%s: HTTP 400 for archived %s %s; read as an empty list", read.path, family.per.label,
                          read.key)
                 finish(read, [])
             else:
-                self.failed(read, str(refusal))
+                self.failed(read, f"{endpoint}: HTTP 400: {answer.detail}")
         elif family.not_found is On404.EXISTENCE and status != 401:
-            finish(read, NOT_FOUND if status == 404 else refusal)  # only its own 404 says it is gone
+            finish(read, NOT_FOUND if status == 404 else f"HTTP {status} on {endpoint}")  # only a 404 says it is gone
         elif family.optional:  # asked of dashboard-style keys only; never fails the run
-            log.debug("%s not available: %s", family.label, refusal)
+            log.debug("%s not available: %s: HTTP %d: %s", family.label, endpoint, status, answer.detail)
             finish(read, None)
         elif status == 404 and family.not_found is not On404.LEAVE_OUT:  # ENTITY or NO_SETTINGS
             if family.not_found is On404.ENTITY:  # maybe deleted during the run: settled once all is read
-                self.not_found.setdefault(family.name, []).append((read.key, refusal.endpoint, time.monotonic()))
-            self.unseen.add(id(read))
+                self.not_found.setdefault(family.name, []).append((read.key, endpoint))
             finish(read, None)
         elif status == 401 or (status == 403 and family.required):
             raise DiscoveryError(
-                f"OpenAI refused the key (HTTP {status} on {refusal.endpoint}): the key from "
+                f"OpenAI refused the key (HTTP {status} on {endpoint}): the key from "
                 f"{self.config.openai_key_source} must be an Admin API key (sk-admin-...) of organization "
                 f"{self.config.org_id}")
         elif family.required:  # 404: this organization, or this API, is not what the settings name
-            raise DiscoveryError(f"OpenAI answered HTTP 404 on {refusal.endpoint}: check OPENAI_ORG_ID and "
+            raise DiscoveryError(f"OpenAI answered HTTP 404 on {endpoint}: check OPENAI_ORG_ID and "
                                  "--openai-base-url")
         else:
-            self.leave_out(family, f"HTTP {status} on {refusal.endpoint}")
+            self.leave_out(family, f"HTTP {status} on {endpoint}")
             finish(read, None)
 
     def failed(self, read: ListRead, message: str) -> None:
@@ -1766,59 +1735,51 @@ class ReadPlan:
             setattr(self.snapshot, family.name, None)
             self.scheduler.drop_waiting(family)
 
-    # --- entities that may have been deleted during the run -------------------------------------
+    # --- entities that may have been deleted during the run
+    def misses(self) -> list[tuple[Family, Kind, list[tuple[Any, str]]]]:
+        """The 404s of each family not left out, in catalogue order and by key: the same log every run."""
+        return [(family, family.per, sorted(self.not_found[family.name], key=lambda miss: str(miss[0])))
+                for family in FAMILY_LIST if family.name in self.not_found and not self.is_left_out(family)]
+
     def ask_whether_gone(self) -> None:
         """Ask each entity whose list answered 404 for its own object (a 404: deleted; a 200: the list is missing),
         one per family first, which settles a missing family in one call."""
         for first_round in (True, False):
             wanted: dict[tuple[Kind, Any], None] = {}
-            for name, misses in self.not_found_in_catalogue_order():
-                kind = FAMILIES[name].per
-                if name in self.snapshot.unavailable or kind.object_family is None:
-                    continue
-                unasked = [(kind, key) for key, _, _ in misses if (kind, key) not in self.asked]
+            for _, kind, misses in self.misses():
+                unasked = [(kind, key) for key, _ in misses if kind.object_family and (kind, key) not in self.asked]
                 wanted.update(dict.fromkeys(unasked[:1] if first_round else unasked))
             for kind, key in wanted:
                 self.asked[(kind, key)] = None
                 self.queue(FAMILIES[kind.object_family], key,
                            lambda _, result, asked=(kind, key): self.asked.update({asked: result}))
             self.scheduler.run_until_read()
-            for name, misses in self.not_found_in_catalogue_order():
-                kind = FAMILIES[name].per
-                there = next((key for key, _, _ in misses if isinstance(self.asked.get((kind, key)), dict)), None)
+            for family, kind, misses in self.misses():
+                there = next((key for key, _ in misses if isinstance(self.asked.get((kind, key)), dict)), None)
                 if there is not None:
-                    self.leave_out(FAMILIES[name], f"HTTP 404 on {misses[0][1]}, while {kind.label} {there} exists")
-
-    def not_found_in_catalogue_order(self) -> list[tuple[str, list[tuple[Any, str, float]]]]:
-        """The 404s by family in catalogue order, not in the order answers came: the same log every run."""
-        return [(name, sorted(self.not_found[name], key=lambda miss: str(miss[0])))
-                for name in FAMILIES if name in self.not_found]
+                    self.leave_out(family, f"HTTP 404 on {misses[0][1]}, while {kind.label} {there} exists")
 
     def settle_not_found(self) -> None:
-        """An entity its own object says is gone (404) is deleted. One whose object could not say may exist: its
-        family is left out. Links have no object: a 404 on every link is the family missing, else the link is gone."""
-        for name, misses in self.not_found_in_catalogue_order():
-            family, kind = FAMILIES[name], FAMILIES[name].per
-            if name in self.snapshot.unavailable:  # so no entity of these misses exists (ask_whether_gone)
+        """An entity its own object says is gone (404) is deleted; one whose object could not say may exist, so its
+        family is left out. A link has no object: a 404 on every one of several links is the family missing."""
+        for family, kind, misses in self.misses():
+            if kind.object_family is None:
+                if len(misses) > 1 and self.scheduler.finished_reads[family.name] == len(misses):
+                    self.leave_out(family, f"HTTP 404 on every {kind.label} ({misses[0][1]}, ...)")
+                else:
+                    self.snapshot.deleted.extend((kind, key, endpoint) for key, endpoint in misses)
                 continue
-            gone, unsure = [], []
-            for miss in misses:
-                (gone if self.asked.get((kind, miss[0])) is NOT_FOUND else unsure).append(miss)
-            self.snapshot.deleted.extend((kind, key, endpoint) for key, endpoint, _ in gone)
-            if unsure and kind.object_family is not None:  # it may exist: the family rule, never a silent drop
-                key, endpoint, _ = unsure[0]
-                answer = self.asked.get((kind, key))  # None or a Refusal: a record or a 404 would have settled it
-                asked = f"HTTP {answer.status} on {answer.endpoint}" if answer else "its object was not read"
+            unsure = []
+            for key, endpoint in misses:
+                if self.asked.get((kind, key)) is NOT_FOUND:
+                    self.snapshot.deleted.append((kind, key, endpoint))
+                else:
+                    unsure.append((key, endpoint))
+            if unsure:  # it may exist: the family rule, never a silent drop
+                key, endpoint = unsure[0]
+                asked = self.asked.get((kind, key)) or "its object was not read"  # a record would have left it out
                 self.leave_out(family, f"HTTP 404 on {endpoint}, and whether {kind.label} {key} still exists "
                                        f"is unknown ({asked})")
-                continue
-            seen = self.found.get(kind, {})
-            alive_after = any(seen.get(key, -math.inf) > when for key, _, when in unsure)
-            if unsure and not gone and self.scheduler.finished_reads[name] == len(misses) and \
-                    (len(unsure) > 1 or alive_after):
-                self.leave_out(family, f"HTTP 404 on every {kind.label} ({misses[0][1]}, ...)")
-                continue
-            self.snapshot.deleted.extend((kind, key, endpoint) for key, endpoint, _ in unsure)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1843,15 +1804,6 @@ class Snapshot:
             if family.not_found is not On404.EXISTENCE:
                 empty = [] if family.required else {} if family.per and not family.after_role_decision else None
                 setattr(self, family.name, results.get(family.name, empty))
-
-    def file(self, family: Family, key: Any, result: Any) -> None:
-        """File one read's result where its family lives (a list refused for one entity files nothing)."""
-        if family.per is None:
-            setattr(self, family.name, result)
-            return
-        target = getattr(self, family.name)
-        if target is not None and result is not None:
-            target[key] = result
 
 
 # ---------------------------------------------------------------------------------------------
