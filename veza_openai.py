@@ -875,24 +875,24 @@ class Family:
     """One kind of record the connector reads: everything that varies from one family to another."""
 
     name: str  # also the Snapshot attribute its result is filed in
-    path: str  # placeholders are filled from the key (in order) or the organization id
+    path: str  # placeholders: the key's ids in order, or the organization id
     grant: str  # what the admin key needs, named when the family is refused
-    label: str = ""                  # for messages; "" is the name with spaces
-    cursor: str | None = None        # "last_id" or "next": that field of the answer; "item_id": the last item's id
+    label: str = ""  # "": the name with spaces
+    cursor: str | None = None  # "last_id" or "next": that field of the answer; "item_id": the last item's id
     page_size: int = 100  # the largest page the endpoint serves
     item_object: str | None = None  # the `object` every item must carry, when the API names one
     params: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # a tuple value is sent as repeated keys
-    parent: str | None = None  # the family whose items it is read for, once each (None: read at the start)
-    id_field: str = "id"  # the field of its items that names them
+    parent: str | None = None  # read once for each item of this family (None: at the start)
+    id_field: str = "id"  # the field naming each item
     next_falls_back_to_item_id: bool = False  # the SDK documents `after` as an item id for this list
-    required: bool = False  # refused or missing, the run fails: no push without it
+    required: bool = False  # refused or missing, the run fails
     optional: str | None = None  # what is left unset when it cannot be read; the run goes on
     settings: bool = False  # a project's settings: a 404 is none, another shape goes to the mapping to warn
     empty_when_archived: bool = False  # OpenAI documents a 400 "when project is archived": an empty list
     role_list: bool = False  # lists roles: `--role-assignments auto` decides on these
     after_role_decision: bool = False  # read only once the role assignment reads are decided on
     activity_window: bool = False  # newest first, back to the window's start; at its cap, what was read is kept
-    per: Kind | None = field(init=False)  # the entity it is read for: the one its parent lists
+    per: Kind | None = field(init=False)  # the entity it is read for: what its parent lists
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "label", self.label or self.name.replace("_", " "))
@@ -1217,7 +1217,7 @@ class ListRead:
     params: dict[str, Any] = field(default_factory=dict)  # of its next GET
     items: list[dict] = field(default_factory=list)
     pages: int = 0
-    size: int = 0  # answer bytes so far, decompressed
+    size: int = 0  # bytes so far, decompressed
     cursors: set[str] = field(default_factory=set)
     attempt: int = 0  # retries of this page so far
     throttled_since: float | None = None  # the first of its current run of 429s
@@ -1495,8 +1495,8 @@ class Scheduler:
 
     # --- progress
     def slowest_endpoint(self) -> str:
-        paced = [(lane.requests_per_second(), self.families[name].path) for name, lane in self.lanes.lanes.items()
-                 if lane.requests_per_second() and (self.open_reads[name] or lane.rate)]
+        paced = [(rate, self.families[name].path) for name, lane in self.lanes.lanes.items()
+                 if (rate := lane.requests_per_second()) and (self.open_reads[name] or lane.rate)]
         if not paced:
             return ""
         rate, path = min(paced)
@@ -1515,9 +1515,8 @@ class Scheduler:
         overall = self.slowest_rate_for([])
         if overall is None:
             return None
-        return max([sum(self.open_reads.values()) / overall] +
-                   [pending / lane.requests_per_second() for name, lane in self.lanes.lanes.items()
-                    if (pending := self.open_reads[name]) and lane.requests_per_second()])
+        return max([sum(self.open_reads.values()) / overall] + [self.open_reads[name] / rate for name, lane
+                    in self.lanes.lanes.items() if (rate := lane.requests_per_second())])
 
     def log_progress(self) -> None:
         self.next_progress = time.monotonic() + self.progress_every
