@@ -772,72 +772,69 @@ def read_whole(response: requests.Response, whole_by: float, limit: int) -> byte
 # The catalogue: every family the connector reads, declared once
 # ---------------------------------------------------------------------------------------------
 
-MAX_PAGES_PER_LIST = 10_000   # 1,000,000 users at 100 a page; more is a server that never stops
-MAX_AUDIT_LOG_PAGES = 500     # 50,000 events: logins are optional, never worth hours of one sequential chain
+MAX_PAGES_PER_LIST = 10_000  # 1,000,000 users at 100 a page; more is a server that never stops
+MAX_AUDIT_LOG_PAGES = 500  # 50,000 events: logins are optional, never worth hours of one sequential chain
 MAX_LIST_BYTES = 64 * 2 ** 20  # one list's answers: ~170,000 users in full; a list that never ends stops here
 
 
 class Kind(enum.Enum):
-    """The entity a per-entity family is read for: (label, the family of its own object, what goes if deleted)."""
+    """The entity a per-entity family is read for: (label, the family listing it, the family of its own object, what
+    goes if it was deleted). Links between two entities have no object of their own to ask."""
 
-    PROJECT = ("project", "project_object", "left out with its members, service accounts, keys and roles")
-    GROUP = ("group", "group_object", "left out with its memberships and role grants")
-    USER = ("user", "user_object", "left out with its memberships, keys and role assignments")
-    PROVIDER = ("provider", "provider_object", "its federation rules are left out")
-    # Links between two entities have no object of their own to ask.
-    PROJECT_GROUP = ("project group", None, "its role grants on the project are left out")
-    PROJECT_MEMBER = ("project member", None, "its role assignments on the project are left out")
+    PROJECT = ("project", "projects", "project_object", "left out with its members, service accounts, keys and roles")
+    GROUP = ("group", "groups", "group_object", "left out with its memberships and role grants")
+    USER = ("user", "users", "user_object", "left out with its memberships, keys and role assignments")
+    PROVIDER = ("provider", "workload_identity_providers", "provider_object", "its federation rules are left out")
+    PROJECT_GROUP = ("project group", "project_groups", None, "its role grants on the project are left out")
+    PROJECT_MEMBER = ("project member", "project_users", None, "its role assignments on the project are left out")
 
-    def __init__(self, label: str, object_family: str | None, when_deleted: str) -> None:
-        self.label, self.object_family, self.when_deleted = label, object_family, when_deleted
+    def __init__(self, label: str, listed_by: str, object_family: str | None, when_deleted: str) -> None:
+        self.label, self.listed_by, self.object_family = label, listed_by, object_family
+        self.when_deleted = when_deleted
 
 
 class On404(enum.Enum):
     """What a 404 on a family's read means (a required family's 404 fails the run)."""
 
-    LEAVE_OUT = "the organization does not have this family: left out whole, warned"
-    ENTITY = "the entity it is read for may have been deleted: settled by asking the entity itself"
+    LEAVE_OUT = "the organization lacks the family: left out whole, warned"
+    ENTITY = "the entity it is read for may be deleted: settled by asking the entity itself"
     NO_SETTINGS = "the project has no such settings: left unset"
     EXISTENCE = "the entity itself answered: it was deleted"
-
-
-CURSOR_LAST_ID, CURSOR_ITEM_ID, CURSOR_NEXT = "last_id", "item_id", "next"  # the three documented paging styles
 
 
 @dataclass(frozen=True)
 class Family:
     """One kind of record the connector reads: everything that varies from one family to another."""
 
-    name: str                        # also the Snapshot attribute its result is filed in
-    label: str
-    path: str                        # placeholders are filled from the key (in order) or the organization id
-    grant: str                       # what the admin key needs, named when the family is refused
-    cursor: str | None = None        # None: one object, not a list
-    page_size: int = 0               # the largest page the endpoint serves
-    item_object: str | None = None   # the `object` every item must carry, when the API names one
+    name: str  # also the Snapshot attribute its result is filed in
+    path: str  # placeholders: the key's ids in order, or the organization id
+    grant: str  # what the admin key needs, named when the family is refused
+    label: str = ""  # "": the name with spaces
+    cursor: str | None = None  # "last_id" or "next": that field of the answer; "item_id": the last item's id
+    page_size: int = 100  # the largest page the endpoint serves
+    item_object: str | None = None  # the `object` every item must carry, when the API names one
     params: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # a tuple value is sent as repeated keys
-    per: Kind | None = None          # the entity it is read for, once per entity
-    parent: str | None = None        # the family whose items it is read for (None: read at the start)
-    parent_id_field: str = "id"      # the field of the parent's items that names the entity
-    item_id_field: str = "id"
+    parent: str | None = None  # read once for each item of this family (None: at the start)
+    id_field: str = "id"  # the field naming each item
     next_falls_back_to_item_id: bool = False  # the SDK documents `after` as an item id for this list
-    on_404: On404 | None = None      # None: ENTITY when read per entity, else LEAVE_OUT
-    required: bool = False           # refused or missing, the run fails: no push without it
-    optional: str | None = None      # what is left unset when it cannot be read; the run goes on
-    settings: bool = False           # an answer of another shape goes to the mapping, which warns
+    required: bool = False  # refused or missing, the run fails
+    optional: str | None = None  # what is left unset when it cannot be read; the run goes on
+    settings: bool = False  # a project's settings: a 404 is none, another shape goes to the mapping to warn
     empty_when_archived: bool = False  # OpenAI documents a 400 "when project is archived": an empty list
-    role_list: bool = False          # lists roles: `--role-assignments auto` decides on these
+    role_list: bool = False  # lists roles: `--role-assignments auto` decides on these
     after_role_decision: bool = False  # read only once the role assignment reads are decided on
-    activity_window: bool = False    # read back to the activity window's start, newest first
-    cut_at_cap: bool = False         # at the page or byte cap, keep what was read (warned) instead of failing
+    activity_window: bool = False  # newest first, back to the window's start; at its cap, what was read is kept
+    per: Kind | None = field(init=False)  # the entity it is read for: what its parent lists
 
-    @property
-    def max_pages(self) -> int:
-        return MAX_AUDIT_LOG_PAGES if self.cut_at_cap else MAX_PAGES_PER_LIST
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", self.label or self.name.replace("_", " "))
+        object.__setattr__(self, "per", next((kind for kind in Kind if kind.listed_by == self.parent), None))
 
     @property
     def not_found(self) -> On404:
-        return self.on_404 or (On404.ENTITY if self.per else On404.LEAVE_OUT)
+        if any(kind.object_family == self.name for kind in Kind):
+            return On404.EXISTENCE
+        return On404.NO_SETTINGS if self.settings else On404.ENTITY if self.per else On404.LEAVE_OUT
 
     def path_for(self, key: Any, org_id: str) -> str | None:
         """The path of one read, each id quoted; None for an id `.` or `..`, which quoting cannot keep in place."""
@@ -854,77 +851,65 @@ AUDIT_EVENT_TYPES = ("login.succeeded", "api_key.created", "api_key.updated")
 # In dispatch order: when several endpoints may send, the first listed goes first. Where a list's largest page is
 # undocumented (workload identity, project groups), 100 is what every sibling allows.
 FAMILY_LIST = [
-    Family("organization", "organization object", "/organizations/{org_id}", "(dashboard-style keys only)",
+    Family("organization", "/organizations/{org_id}", "(dashboard-style keys only)", "organization object",
            optional="is_personal"),
-    Family("users", "users", "/organization/users", "Users: Read", cursor=CURSOR_LAST_ID, page_size=100,
-           item_object="organization.user", required=True),
+    Family("users", "/organization/users", "Users: Read", cursor="last_id", item_object="organization.user",
+           required=True),
     # Newest first, one sequential chain: listed early so its next page goes first.
-    Family("audit_logs", "audit logs", "/organization/audit_logs", "Audit logs: Read", cursor=CURSOR_LAST_ID,
-           page_size=100, params=(("event_types[]", AUDIT_EVENT_TYPES),), activity_window=True, cut_at_cap=True),
-    Family("invites", "invites", "/organization/invites", "Invites: Read", cursor=CURSOR_LAST_ID, page_size=100,
-           item_object="organization.invite"),
-    Family("admin_api_keys", "admin API keys", "/organization/admin_api_keys", "Admin keys: Read",
-           cursor=CURSOR_ITEM_ID, page_size=100, item_object="organization.admin_api_key"),
-    Family("groups", "groups", "/organization/groups", "Groups: Read", cursor=CURSOR_NEXT, page_size=1000,
+    Family("audit_logs", "/organization/audit_logs", "Audit logs: Read", cursor="last_id",
+           params=(("event_types[]", AUDIT_EVENT_TYPES),), activity_window=True),
+    Family("invites", "/organization/invites", "Invites: Read", cursor="last_id", item_object="organization.invite"),
+    Family("admin_api_keys", "/organization/admin_api_keys", "Admin keys: Read", "admin API keys", cursor="item_id",
+           item_object="organization.admin_api_key"),
+    Family("groups", "/organization/groups", "Groups: Read", cursor="next", page_size=1000,
            next_falls_back_to_item_id=True),
-    Family("roles", "roles", "/organization/roles", "Roles: Read", cursor=CURSOR_NEXT, page_size=1000,
-           item_object="role", role_list=True),
-    Family("projects", "projects", "/organization/projects", "Projects: Read", cursor=CURSOR_LAST_ID,
-           page_size=100, item_object="organization.project", params=(("include_archived", "true"),)),
-    Family("workload_identity_providers", "workload identity providers", "/organization/workload_identity_providers",
-           "Workload identity: Read", cursor=CURSOR_ITEM_ID, page_size=100,
-           item_object="organization.workload_identity_provider"),
-    Family("certificates", "certificates", "/organization/certificates", "Certificates: Read", cursor=CURSOR_LAST_ID,
-           page_size=100, item_object="organization.certificate"),
-    Family("project_users", "project users", "/organization/projects/{project_id}/users", "Projects: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.user", per=Kind.PROJECT,
-           parent="projects", empty_when_archived=True),
-    Family("project_service_accounts", "project service accounts",
-           "/organization/projects/{project_id}/service_accounts", "Projects: Read", cursor=CURSOR_LAST_ID,
-           page_size=100, item_object="organization.project.service_account", per=Kind.PROJECT, parent="projects",
+    Family("roles", "/organization/roles", "Roles: Read", cursor="next", page_size=1000, item_object="role",
+           role_list=True),
+    Family("projects", "/organization/projects", "Projects: Read", cursor="last_id",
+           item_object="organization.project", params=(("include_archived", "true"),)),
+    Family("workload_identity_providers", "/organization/workload_identity_providers", "Workload identity: Read",
+           cursor="item_id", item_object="organization.workload_identity_provider"),
+    Family("certificates", "/organization/certificates", "Certificates: Read", cursor="last_id",
+           item_object="organization.certificate"),
+    Family("project_users", "/organization/projects/{project_id}/users", "Projects: Read", cursor="last_id",
+           item_object="organization.project.user", parent="projects", empty_when_archived=True),
+    Family("project_service_accounts", "/organization/projects/{project_id}/service_accounts", "Projects: Read",
+           cursor="last_id", item_object="organization.project.service_account", parent="projects",
            empty_when_archived=True),
-    Family("project_api_keys", "project API keys", "/organization/projects/{project_id}/api_keys", "API keys: Read",
-           cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.api_key",
-           params=(("owner_project_access", "any"),), per=Kind.PROJECT, parent="projects"),
-    Family("project_roles", "project roles", "/projects/{project_id}/roles", "Roles: Read", cursor=CURSOR_NEXT,
-           page_size=1000, item_object="role", per=Kind.PROJECT, parent="projects", role_list=True),
-    Family("project_groups", "project groups", "/organization/projects/{project_id}/groups", "Groups: Read",
-           cursor=CURSOR_NEXT, page_size=100, item_object="project.group", per=Kind.PROJECT, parent="projects",
-           item_id_field="group_id", next_falls_back_to_item_id=True),
-    Family("model_permissions", "model permissions", "/organization/projects/{project_id}/model_permissions",
-           "Projects: Read", per=Kind.PROJECT, parent="projects", on_404=On404.NO_SETTINGS, settings=True),
-    Family("project_certificates", "project certificates", "/organization/projects/{project_id}/certificates",
-           "Certificates: Read", cursor=CURSOR_LAST_ID, page_size=100, item_object="organization.project.certificate",
-           per=Kind.PROJECT, parent="projects"),
-    Family("hosted_tool_permissions", "hosted tool permissions",
-           "/organization/projects/{project_id}/hosted_tool_permissions", "Projects: Read", per=Kind.PROJECT,
-           parent="projects", on_404=On404.NO_SETTINGS, settings=True),
-    Family("group_users", "group users", "/organization/groups/{group_id}/users", "Groups: Read", cursor=CURSOR_NEXT,
-           page_size=1000, per=Kind.GROUP, parent="groups", next_falls_back_to_item_id=True),
-    Family("group_roles", "group roles", "/organization/groups/{group_id}/roles", "Roles: Read", cursor=CURSOR_NEXT,
-           page_size=1000, per=Kind.GROUP, parent="groups"),
-    Family("project_group_roles", "project group roles", "/projects/{project_id}/groups/{group_id}/roles",
-           "Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.PROJECT_GROUP, parent="project_groups",
-           parent_id_field="group_id"),
-    Family("federation_rules", "federation rules",
-           "/organization/workload_identity_providers/{provider_id}/federation_rules", "Workload identity: Read",
-           cursor=CURSOR_ITEM_ID, page_size=100, item_object="organization.workload_identity_federation_rule",
-           per=Kind.PROVIDER, parent="workload_identity_providers"),
-    Family("user_roles", "user roles", "/organization/users/{user_id}/roles", "Roles: Read", cursor=CURSOR_NEXT,
-           page_size=1000, per=Kind.USER, parent="users", after_role_decision=True),
-    Family("project_user_roles", "project user roles", "/projects/{project_id}/users/{user_id}/roles",
-           "Roles: Read", cursor=CURSOR_NEXT, page_size=1000, per=Kind.PROJECT_MEMBER, parent="project_users",
-           after_role_decision=True),
+    Family("project_api_keys", "/organization/projects/{project_id}/api_keys", "API keys: Read", "project API keys",
+           cursor="last_id", item_object="organization.project.api_key", params=(("owner_project_access", "any"),),
+           parent="projects"),
+    Family("project_roles", "/projects/{project_id}/roles", "Roles: Read", cursor="next", page_size=1000,
+           item_object="role", parent="projects", role_list=True),
+    Family("project_groups", "/organization/projects/{project_id}/groups", "Groups: Read", cursor="next",
+           item_object="project.group", parent="projects", id_field="group_id", next_falls_back_to_item_id=True),
+    Family("model_permissions", "/organization/projects/{project_id}/model_permissions", "Projects: Read",
+           parent="projects", settings=True),
+    Family("project_certificates", "/organization/projects/{project_id}/certificates", "Certificates: Read",
+           cursor="last_id", item_object="organization.project.certificate", parent="projects"),
+    Family("hosted_tool_permissions", "/organization/projects/{project_id}/hosted_tool_permissions",
+           "Projects: Read", parent="projects", settings=True),
+    Family("group_users", "/organization/groups/{group_id}/users", "Groups: Read", cursor="next", page_size=1000,
+           parent="groups", next_falls_back_to_item_id=True),
+    Family("group_roles", "/organization/groups/{group_id}/roles", "Roles: Read", cursor="next", page_size=1000,
+           parent="groups"),
+    Family("project_group_roles", "/projects/{project_id}/groups/{group_id}/roles", "Roles: Read", cursor="next",
+           page_size=1000, parent="project_groups"),
+    Family("federation_rules", "/organization/workload_identity_providers/{provider_id}/federation_rules",
+           "Workload identity: Read", cursor="item_id", item_object="organization.workload_identity_federation_rule",
+           parent="workload_identity_providers"),
+    Family("user_roles", "/organization/users/{user_id}/roles", "Roles: Read", cursor="next", page_size=1000,
+           parent="users", after_role_decision=True),
+    Family("project_user_roles", "/projects/{project_id}/users/{user_id}/roles", "Roles: Read", cursor="next",
+           page_size=1000, parent="project_users", after_role_decision=True),
     # One object by id, asked only to tell a deleted entity from a list its organization lacks (Kind).
-    Family("project_object", "project", "/organization/projects/{project_id}", "Projects: Read",
-           on_404=On404.EXISTENCE),
-    Family("group_object", "group", "/organization/groups/{group_id}", "Groups: Read", on_404=On404.EXISTENCE),
-    Family("user_object", "user", "/organization/users/{user_id}", "Users: Read", on_404=On404.EXISTENCE),
-    Family("provider_object", "workload identity provider", "/organization/workload_identity_providers/{provider_id}",
-           "Workload identity: Read", on_404=On404.EXISTENCE),
+    Family("project_object", "/organization/projects/{project_id}", "Projects: Read", "project"),
+    Family("group_object", "/organization/groups/{group_id}", "Groups: Read", "group"),
+    Family("user_object", "/organization/users/{user_id}", "Users: Read", "user"),
+    Family("provider_object", "/organization/workload_identity_providers/{provider_id}", "Workload identity: Read",
+           "workload identity provider"),
 ]
 FAMILIES = {family.name: family for family in FAMILY_LIST}
-FAMILY_INDEX = {family.name: index for index, family in enumerate(FAMILY_LIST)}
 CHILDREN = {name: [family for family in FAMILY_LIST if family.parent == name] for name in FAMILIES}
 STARTING_FAMILIES = [family for family in FAMILY_LIST if family.parent is None and family.not_found != On404.EXISTENCE]
 
@@ -939,18 +924,13 @@ GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)
 
 def moment(value: Any) -> datetime | None:
     """Unix seconds (number or digits) or an ISO string as a UTC datetime; None when absent or unusable."""
-    if value is None or isinstance(value, bool):
-        return None
+    text = value.strip() if isinstance(value, str) else ""
     try:
-        if isinstance(value, (int, float)):
-            result = datetime.fromtimestamp(value, tz=timezone.utc)
-        elif isinstance(value, str) and value.strip():
-            text = value.strip()
-            if re.fullmatch(r"\d+(\.\d+)?", text):
-                result = datetime.fromtimestamp(float(text), tz=timezone.utc)
-            else:
-                result = datetime.fromisoformat(text.replace("Z", "+00:00"))
-                result = result if result.tzinfo else result.replace(tzinfo=timezone.utc)
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)) or re.fullmatch(r"\d+(\.\d+)?", text):
+            result = datetime.fromtimestamp(float(value), tz=timezone.utc)
+        elif text:
+            result = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            result = result if result.tzinfo else result.replace(tzinfo=timezone.utc)
         else:
             return None
         result = result.astimezone(timezone.utc)
@@ -961,14 +941,12 @@ def moment(value: Any) -> datetime | None:
 
 def rfc3339(value: Any) -> str | None:
     """A time as RFC3339 UTC with a Z and a four-digit year (strftime does not pad years before 1000)."""
-    when = moment(value)
-    return None if when is None else f"{when.year:04d}-{when:%m-%dT%H:%M:%S}Z"
+    return None if (when := moment(value)) is None else f"{when.year:04d}-{when:%m-%dT%H:%M:%S}Z"
 
 
 def epoch_seconds(value: Any) -> float | None:
     """Unix seconds, for comparing times as numbers (as text, "892-..." sorts after "2026-...")."""
-    when = moment(value)
-    return None if when is None else when.timestamp()
+    return None if (when := moment(value)) is None else when.timestamp()
 
 
 def text_of(value: Any) -> str | None:
@@ -990,13 +968,7 @@ def shape(value: Any) -> str:
 
 def usable_id(value: Any) -> bool:
     """A non-blank string that is valid Unicode: a lone surrogate ("\\ud800" in JSON) fits no URL or payload."""
-    if not isinstance(value, str) or not value.strip():
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return isinstance(value, str) and bool(value.strip()) and not re.search("[\ud800-\udfff]", value)
 
 
 def unique_by_id(items: Iterable[Any], key: str = "id", problem: Callable[[str], None] | None = None) -> list[dict]:
@@ -1035,8 +1007,7 @@ def is_predefined_role(record: dict) -> bool:
 
 
 def project_is_archived(record: dict) -> bool:
-    status = text_of(record.get("status"))
-    return (status is not None and status.lower() == "archived") or rfc3339(record.get("archived_at")) is not None
+    return (text_of(record.get("status")) or "").lower() == "archived" or moment(record.get("archived_at")) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1183,38 +1154,26 @@ class Lane:
 # The scheduler: every GET when its endpoint allows it (knows no OpenAI family by name)
 # ---------------------------------------------------------------------------------------------
 
-UNREACHABLE_AFTER = 10.0   # seconds of connection failures, before OpenAI ever answered, that end the run
-PROGRESS_INTERVAL = 30.0   # seconds between progress lines (at least one second apart when tests shrink time)
+UNREACHABLE_AFTER = 10.0  # seconds of connection failures, before OpenAI ever answered, that end the run
+PROGRESS_INTERVAL = 30.0  # seconds between progress lines (at least one second apart when tests shrink time)
 
 
 @dataclass
 class ListRead:
-    """Every page of one list (or one single object) of one family for one entity: one GET at a time."""
+    """Every page of one list (or one object) of one family for one entity: one GET at a time."""
 
     family: Family
-    key: Any                      # where the result is filed: None, an id, or an (id, id) pair
+    key: Any  # where the result is filed: None, an id, or an (id, id) pair
     path: str
     on_done: Callable[[ListRead, Any], None]
     params: dict[str, Any] = field(default_factory=dict)  # of its next GET
     items: list[dict] = field(default_factory=list)
     pages: int = 0
-    size: int = 0                 # answer bytes read so far (decompressed)
+    size: int = 0  # bytes so far, decompressed
     cursors: set[str] = field(default_factory=set)
-    attempt: int = 0                      # 5xx and transport retries of this page so far
-    throttled_since: float | None = None  # the first 429 of its current run of 429s
-    sent_at: float = 0.0          # when its latest GET went out: the entity existed then if it answered
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A 400, 401, 403 or 404: what the read plan decides on (a refused key, a missing family, a deleted entity)."""
-
-    status: int
-    endpoint: str
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.endpoint}: HTTP {self.status}: {self.detail}"
+    attempt: int = 0  # retries of this page so far
+    throttled_since: float | None = None  # the first of its current run of 429s
+    sent_at: float = 0.0  # when its latest GET went out
 
 
 class Verdict(enum.Enum):
@@ -1253,52 +1212,21 @@ def check_page(family: Family, body: dict, path: str, limit: Any) -> list[dict]:
 
 def next_cursor(family: Family, body: dict, data: list[dict], path: str) -> str:
     """The `after` of the next page, by the family's cursor style; DiscoveryError when there is none."""
-    if family.cursor == CURSOR_LAST_ID:
-        cursor = body.get("last_id")
-    elif family.cursor == CURSOR_NEXT:
-        cursor = body.get("next")
-        if not cursor and family.next_falls_back_to_item_id and data:
-            cursor = data[-1].get(family.item_id_field)
-            log.debug("%s: has_more without next; continuing after the last item's id", path)
-    else:
+    if family.cursor == "item_id":
         cursor = data[-1].get("id") if data else None
+    else:
+        cursor = body.get(family.cursor)
+        if not cursor and family.next_falls_back_to_item_id and data:
+            cursor = data[-1].get(family.id_field)
+            log.debug("%s: has_more without next; continuing after the last item's id", path)
     if not cursor or not isinstance(cursor, str):
         raise DiscoveryError(f"{path}: has_more is true but the page has no cursor")
     return cursor
 
 
-class WorkerPool:
-    """Daemon threads doing one GET each; never waited for at exit or on a signal."""
-
-    def __init__(self, http: Http, size: int, done: queue.SimpleQueue) -> None:
-        self.http, self.done, self.size = http, done, size
-        self.work: queue.SimpleQueue = queue.SimpleQueue()
-        for number in range(size):
-            threading.Thread(target=self.work_loop, name=f"openai-read-{number + 1}", daemon=True).start()
-
-    def submit(self, read: ListRead) -> None:
-        self.work.put(read)
-
-    def work_loop(self) -> None:
-        while (read := self.work.get()) is not None:
-            try:
-                answer = self.http.call("GET", read.path, read.params)
-            except Exception as exc:  # a bug must not leave the reader waiting for an answer
-                answer = Answer(0, problem=f"{type(exc).__name__}: {exc}", fatal=True)
-            self.done.put((read, answer))
-
-    def close(self) -> None:
-        for _ in range(self.size):
-            self.work.put(None)
-
-
 def format_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    s = max(0, int(round(seconds)))
+    return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class Scheduler:
@@ -1307,23 +1235,22 @@ class Scheduler:
 
     def __init__(self, http: Http, config: Config, clock: Clock, families: Iterable[Family]) -> None:
         self.http, self.config, self.clock = http, config, clock
-        families = list(families)
-        self.labels = {family.name: family.label for family in families}
-        self.paths = {family.name: family.path for family in families}
-        self.lanes = Lanes(self.labels, clock.scale, config.max_requests_per_minute_per_endpoint)
-        self.queues: dict[str, deque[ListRead]] = {family.name: deque() for family in families}
-        self.delayed: list[tuple[float, int, ListRead]] = []   # (due, order, read)
+        self.families = {family.name: family for family in families}
+        self.lanes = Lanes(self.families, clock.scale, config.max_requests_per_minute_per_endpoint)
+        self.queues: dict[str, deque[ListRead]] = {name: deque() for name in self.families}
+        self.delayed: list[tuple[float, int, ListRead]] = []  # (due, order, read)
         self.order = itertools.count(1)
-        self.done: queue.SimpleQueue = queue.SimpleQueue()
-        self.open_reads = {family.name: 0 for family in families}
-        self.finished_reads = {family.name: 0 for family in families}
+        self.work: queue.SimpleQueue = queue.SimpleQueue()  # reads to the workers; None stops one
+        self.done: queue.SimpleQueue = queue.SimpleQueue()  # (read, answer) back
+        self.open_reads = dict.fromkeys(self.families, 0)
+        self.finished_reads = dict.fromkeys(self.families, 0)
         self.in_flight = self.calls = self.retries = self.throttled = self.succeeded = 0
         self.next_global_send = self.next_progress = 0.0
+        self.progress_every = max(1.0, PROGRESS_INTERVAL * clock.scale)
         self.unreachable_since: float | None = None  # connection failures before OpenAI first answered
         self.answered = False
         self.throttled_families: set[str] = set()
         self.plan: Any = None
-        self.pool: WorkerPool | None = None
 
     def add(self, read: ListRead, params: dict[str, Any]) -> None:
         """Queue the first page of a read."""
@@ -1340,28 +1267,37 @@ class Scheduler:
         read.on_done(read, result)
 
     def drop_waiting(self, family: Family) -> None:
-        """Finish, with no result, every read of a family that was left out while it waited."""
+        """Finish, with no result, the waiting reads of a family just left out."""
         waiting = self.queues[family.name]
         while waiting:
             self.finish(waiting.pop(), None)
 
     def start(self, plan: Any) -> None:
+        """Daemon workers, one GET at a time each: never waited for at exit or on a signal."""
         self.plan = plan
-        self.pool = WorkerPool(self.http, self.config.max_workers, self.done)
-        self.next_progress = time.monotonic() + self.progress_interval()
+        for number in range(self.config.max_workers):
+            threading.Thread(target=self.work_loop, name=f"openai-read-{number + 1}", daemon=True).start()
+        self.next_progress = time.monotonic() + self.progress_every
+
+    def work_loop(self) -> None:
+        while (read := self.work.get()) is not None:
+            try:
+                answer = self.http.call("GET", read.path, read.params)
+            except Exception as exc:  # a bug must not leave the reader waiting for an answer
+                answer = Answer(0, problem=f"{type(exc).__name__}: {exc}", fatal=True)
+            self.done.put((read, answer))
 
     def close(self) -> None:
-        if self.pool:
-            self.pool.close()
+        for _ in range(self.config.max_workers):
+            self.work.put(None)
 
     def run_until_read(self) -> None:
         """Send what may go, take what comes back, until every read scheduled so far is done."""
         while any(self.open_reads.values()):
-            now = time.monotonic()
             if self.clock.passed():
                 raise DiscoveryError(f"reading took longer than --max-run-time {self.clock.max_run_time:g}s with "
-                                     f"{sum(self.open_reads.values())} reads still open{self.slowest_endpoint('; ')}")
-            self.dispatch(now)
+                                     f"{sum(self.open_reads.values())} reads still open{self.slowest_endpoint()}")
+            self.dispatch(time.monotonic())
             try:
                 read, answer = self.done.get(timeout=self.seconds_to_next_event(time.monotonic()))
             except queue.Empty:
@@ -1394,7 +1330,7 @@ class Scheduler:
         self.lanes[read.family.name].on_send(now)
         self.in_flight += 1
         self.calls += 1
-        self.pool.submit(read)
+        self.work.put(read)
 
     def seconds_to_next_event(self, now: float) -> float:
         wake = [self.next_progress]
@@ -1407,7 +1343,7 @@ class Scheduler:
         # At most a second: a signal or --max-run-time is noticed even when nothing happens.
         return min(1.0, max(0.0, min(wake) - now))
 
-    # --- answers ----------------------------------------------------------------------------
+    # --- answers
     def take_answer(self, read: ListRead, answer: Answer, now: float) -> None:
         lane = self.lanes[read.family.name]
         self.answered = self.answered or answer.status != 0
@@ -1428,29 +1364,27 @@ class Scheduler:
         elif verdict is Verdict.THROTTLED:
             self.take_throttle(read, answer, now)
         elif verdict is Verdict.REFUSED:  # its limit let it through: a success for the pace
-            self.plan.refused(read, Refusal(answer.status, read.path, answer.detail))
+            self.plan.refused(read, answer)
         else:
             lane.answered()
             if verdict is Verdict.RETRY:
                 self.retry(read, answer, now)
             else:
-                self.plan.failed(read, f"{read.path}: {answer.problem}"
-                                       + (f": {answer.detail}" if answer.detail else ""))
+                self.plan.failed(read, f"{read.path}: {answer.problem}{': ' if answer.detail else ''}{answer.detail}")
 
     def take_throttle(self, read: ListRead, answer: Answer, now: float) -> None:
         """A 429: the same request again once its lane allows; a hint that ends past --max-throttle-wait fails it at
         once, and without one it is tried until --max-throttle-wait has passed."""
-        lane = self.lanes[read.family.name]
         self.throttled += 1
         read.throttled_since = read.throttled_since or now
         until = read.throttled_since + self.config.max_throttle_wait
-        due = lane.on_throttled(now, read.sent_at, answer.hint, answer.whole_seconds)
+        due = self.lanes[read.family.name].on_throttled(now, read.sent_at, answer.hint, answer.whole_seconds)
         hint = f" with retry-after {answer.hint:g}s" if answer.hint is not None else ""
-        if due > until and (answer.hint is not None or now >= until):
+        if due > until and (hint or now >= until):
             limit, waited = f"--max-throttle-wait {self.config.max_throttle_wait:g}s", now - read.throttled_since
             self.plan.failed(read, f"{read.path}: HTTP 429 (rate limited){hint}, which ends past {limit} (after "
-                             f"{waited:.1f}s of 429s)" if answer.hint is not None else f"{read.path}: still HTTP 429 "
-                             f"(rate limited) after waiting {waited:.1f}s ({limit}){self.slowest_endpoint('; ')}")
+                             f"{waited:.1f}s of 429s)" if hint else f"{read.path}: still HTTP 429 (rate limited) "
+                             f"after waiting {waited:.1f}s ({limit}){self.slowest_endpoint()}")
             return
         first = read.family.name not in self.throttled_families  # news; the rest show in progress lines
         self.throttled_families.add(read.family.name)
@@ -1460,7 +1394,7 @@ class Scheduler:
 
     def retry(self, read: ListRead, answer: Answer, now: float) -> None:
         """A transient fault: the same request after a backoff; before OpenAI ever answered, UNREACHABLE_AFTER."""
-        path, host = read.path, self.http.host
+        host = self.http.host
         if answer.status == 0 and not self.answered:
             self.unreachable_since = self.unreachable_since or now
             if now - self.unreachable_since >= UNREACHABLE_AFTER * self.clock.scale:
@@ -1472,26 +1406,23 @@ class Scheduler:
                     f"Check that {host.rsplit(':', 1)[0] if host.count(':') == 1 else host} resolves (DNS) and is "
                     f"reachable from here, and the proxy settings (HTTPS_PROXY, NO_PROXY).{tls}")
         elif read.attempt >= self.config.max_retries:
-            self.plan.failed(read, f"{path}: {answer.problem}, gave up after {read.attempt} retries")
+            self.plan.failed(read, f"{read.path}: {answer.problem}, gave up after {read.attempt} retries")
             return
         read.attempt += 1
         self.retries += 1
         wait = backoff(read.attempt, answer.hint)
-        log.log(logging.INFO if self.answered else logging.DEBUG, "%s: %s, retry %d/%d in %.1fs", path,
+        log.log(logging.INFO if self.answered else logging.DEBUG, "%s: %s, retry %d/%d in %.1fs", read.path,
                 answer.problem, read.attempt, self.config.max_retries, wait)
         heapq.heappush(self.delayed, (now + wait * self.clock.scale, next(self.order), read))
 
     def take_page(self, read: ListRead, answer: Answer) -> None:
         """A page: keep its items, then the next page first in its endpoint's queue (one bounded loop)."""
         family, path, body = read.family, read.path, answer.body
-        if not isinstance(body, dict):
-            if family.settings:  # the mapping warns and leaves the settings unset
+        if family.cursor is None or not isinstance(body, dict):
+            if isinstance(body, dict) or family.settings:  # the mapping warns of settings of another shape
                 self.finish(read, body)
             else:
                 self.plan.failed(read, f"{path}: answer is JSON but not an object")
-            return
-        if family.cursor is None:
-            self.finish(read, body)
             return
         data = check_page(family, body, path, read.params.get("limit"))
         read.items.extend(data)
@@ -1500,13 +1431,14 @@ class Scheduler:
         if not body.get("has_more"):
             self.finish(read, read.items)
             return
-        if read.pages >= family.max_pages or read.size > MAX_LIST_BYTES:
-            if family.cut_at_cap:
+        max_pages = MAX_AUDIT_LOG_PAGES if family.activity_window else MAX_PAGES_PER_LIST
+        if read.pages >= max_pages or read.size > MAX_LIST_BYTES:
+            if family.activity_window:
                 self.plan.cut(read)
                 return
             bound = (f"{read.size / 2 ** 20:.3g} MB in {read.pages:,} pages, past the "
                      f"{MAX_LIST_BYTES / 2 ** 20:.3g} MB bound on one list" if read.size > MAX_LIST_BYTES
-                     else f"{family.max_pages:,} pages")
+                     else f"{max_pages:,} pages")
             raise DiscoveryError(f"{path}: still has_more after {bound}; no real organization is that large, so the "
                                  "server is looping")
         cursor = next_cursor(family, body, data, path)
@@ -1516,17 +1448,14 @@ class Scheduler:
         read.params, read.attempt = {**read.params, "after": cursor}, 0
         self.queues[family.name].appendleft(read)
 
-    # --- progress -----------------------------------------------------------------------------
-    def progress_interval(self) -> float:
-        return max(1.0, PROGRESS_INTERVAL * self.clock.scale)
-
-    def slowest_endpoint(self, prefix: str) -> str:
-        paced = [(lane.requests_per_second(), self.paths[name]) for name, lane in self.lanes.lanes.items()
-                 if lane.requests_per_second() and (self.open_reads[name] or lane.rate)]
+    # --- progress
+    def slowest_endpoint(self) -> str:
+        paced = [(rate, self.families[name].path) for name, lane in self.lanes.lanes.items()
+                 if (rate := lane.requests_per_second()) and (self.open_reads[name] or lane.rate)]
         if not paced:
             return ""
-        rate, label = min(paced)
-        return f"{prefix}slowest endpoint {label} at about {rate * 60 * self.clock.scale:.1f} requests a minute"
+        rate, path = min(paced)
+        return f"; slowest endpoint {path} at about {rate * 60 * self.clock.scale:.1f} requests a minute"
 
     def slowest_rate_for(self, names: list[str]) -> float | None:
         """The slowest rate these endpoints, or every call so far, went at; None before there is one to go by."""
@@ -1541,13 +1470,12 @@ class Scheduler:
         overall = self.slowest_rate_for([])
         if overall is None:
             return None
-        return max([sum(self.open_reads.values()) / overall] +
-                   [pending / lane.requests_per_second() for name, lane in self.lanes.lanes.items()
-                    if (pending := self.open_reads[name]) and lane.requests_per_second()])
+        return max([sum(self.open_reads.values()) / overall] + [self.open_reads[name] / rate for name, lane
+                    in self.lanes.lanes.items() if (rate := lane.requests_per_second())])
 
     def log_progress(self) -> None:
-        self.next_progress = time.monotonic() + self.progress_interval()
-        pending = ", ".join(f"{self.labels[n]} {self.finished_reads[n]}/{self.finished_reads[n] + c}"
+        self.next_progress = time.monotonic() + self.progress_every
+        pending = ", ".join(f"{self.families[n].label} {self.finished_reads[n]}/{self.finished_reads[n] + c}"
                             for n, c in self.open_reads.items() if c)
         left = self.estimate_seconds_left()
         done, still_open = sum(self.finished_reads.values()), sum(self.open_reads.values())
@@ -1555,7 +1483,7 @@ class Scheduler:
                                        "calls": self.calls, "throttled": self.throttled,
                                        "seconds_left_estimate": None if left is None else round(left)},
                         "progress: %d reads done, %d open (%s); %d calls, %d answered 429%s; %s", done, still_open,
-                        pending, self.calls, self.throttled, self.slowest_endpoint("; "),
+                        pending, self.calls, self.throttled, self.slowest_endpoint(),
                         "no rate seen yet to estimate the time left" if left is None else
                         f"about {format_duration(left)} left for the reads known so far at the rate seen")
 
@@ -1566,26 +1494,9 @@ class Scheduler:
 
 NOT_FOUND = object()  # the result of an entity's own object read that answered 404
 ROLE_LISTS = [family for family in FAMILY_LIST if family.role_list]
+TOP_ROLE_LISTS = [family for family in ROLE_LISTS if not family.per]  # refused: the Roles API is not available
 # The role decision waits for every role list, and so for the lists they are read for.
 ROLE_DECISION_WAITS_FOR = {family.name for family in ROLE_LISTS} | {f.parent for f in ROLE_LISTS if f.parent}
-
-
-def decide_role_assignment_reads(mode: str, roles_refused: bool, custom_roles_seen: bool,
-                                 role_lists_pending: int) -> tuple[bool | None, str]:
-    """(whether to read role assignments, why), or (None, "") until known: `auto` reads them once a role list
-    shows a custom role, and skips them once every role list is read and none does."""
-    if roles_refused:
-        return False, "skipped: the Roles API is not available to this key"
-    if mode == "none":
-        return False, "skipped: --role-assignments none"
-    if mode == "all":
-        return True, "reading them: --role-assignments all"
-    if custom_roles_seen:
-        return True, "reading them: the Roles API lists custom roles (--role-assignments auto)"
-    if role_lists_pending > 0:
-        return None, ""
-    return False, ("skipped: every role the Roles API lists is predefined (--role-assignments auto); use 'all' to "
-                   "read them anyway")
 
 
 class ReadPlan:
@@ -1595,39 +1506,31 @@ class ReadPlan:
     def __init__(self, config: Config, scheduler: Any) -> None:
         self.config, self.scheduler = config, scheduler
         self.snapshot = Snapshot(org_id=config.org_id)
-        self.not_found: dict[str, list[tuple[Any, str, float]]] = {}  # family -> [(entity key, endpoint, when)]
-        self.found: dict[Kind, dict[Any, float]] = {}  # entity kind -> key -> latest send of a read that found it
-        self.exists: dict[tuple[Kind, Any], bool | None] = {}  # (kind, key) -> its own object answered 200/404
-        self.existence_unknown: dict[tuple[Kind, Any], str] = {}  # (kind, key) -> why its object could not say
-        self.unseen: set[int] = set()  # reads that answered 404: they say nothing about their entity existing
+        self.not_found: dict[str, list[tuple[Any, str]]] = {}  # family -> [(entity key, endpoint)] that answered 404
+        self.asked: dict[tuple[Kind, Any], Any] = {}  # (kind, key) -> its own object, NOT_FOUND, or why it cannot say
         self.archived: set[str] = set()  # projects their list says are archived (their members' lists answer 400)
         self.role_decision: bool | None = None
         self.role_decision_reason = ""
         self.held: list[tuple[Family, Any, list[dict]]] = []  # reads that wait for the role decision
         self.custom_roles_seen = False
-        self.estimate_logged = False
 
     def read(self) -> Snapshot:
         """Read everything; raise DiscoveryError (or Stopped) as soon as a complete snapshot is impossible."""
         self.scheduler.start(self)
+        days = self.config.activity_days
         try:
             for family in STARTING_FAMILIES:
-                self.start(family)
+                if not family.activity_window:
+                    self.queue(family, None, self.list_done)
+                elif days:
+                    self.snapshot.activity_since = since = int(time.time()) - days * 86_400
+                    self.queue(family, None, self.list_done, {"effective_at[gte]": str(since)})
             self.scheduler.run_until_read()
             self.ask_whether_gone()
             self.settle_not_found()
             return self.snapshot
         finally:
             self.scheduler.close()
-
-    def start(self, family: Family) -> None:
-        params = None
-        if family.activity_window:
-            if not self.config.activity_days:
-                return
-            self.snapshot.activity_since = int(time.time()) - self.config.activity_days * 86_400
-            params = {"effective_at[gte]": str(self.snapshot.activity_since)}
-        self.queue(family, None, self.list_done, params)
 
     def queue(self, family: Family, key: Any, on_done: Callable[[ListRead, Any], None],
               params: dict[str, Any] | None = None) -> None:
@@ -1645,15 +1548,13 @@ class ReadPlan:
             query["limit"] = family.page_size
         self.scheduler.add(ListRead(family, key, path, on_done), query)
 
-    # --- a list is in: file it, read what hangs on it ---------------------------------------
+    # --- a list is in: file it, read what hangs on it
     def list_done(self, read: ListRead, result: Any) -> None:
         family, key, s = read.family, read.key, self.snapshot
-        if family.per and key is not None and id(read) not in self.unseen:
-            seen = self.found.setdefault(family.per, {})
-            seen[key] = max(seen.get(key, read.sent_at), read.sent_at)
-        if family.name in s.unavailable:
-            result = None
-        s.file(family, key, result)
+        if family.per is None:
+            setattr(s, family.name, result)
+        elif result is not None and getattr(s, family.name) is not None:  # None: left out, or no role reads
+            getattr(s, family.name)[key] = result
         if result is not None:
             if family.activity_window:
                 if s.activity_window_days is None:
@@ -1662,8 +1563,8 @@ class ReadPlan:
                          len(result), s.activity_window_days, read.pages, "" if read.pages == 1 else "s")
             self.read_children(family, key, result)
             if family.role_list and not self.custom_roles_seen:
-                self.custom_roles_seen = any(isinstance(role, dict) and usable_id(role.get("id"))
-                                             and not is_predefined_role(role) for role in result)
+                self.custom_roles_seen = any(usable_id(role.get("id")) and not is_predefined_role(role)
+                                             for role in result)
         if family.name in ROLE_DECISION_WAITS_FOR:
             self.decide_role_reads()
 
@@ -1678,43 +1579,45 @@ class ReadPlan:
                 self.read_each(child, key, items)
 
     def read_each(self, child: Family, parent_key: Any, items: list[dict]) -> None:
-        ids = ids_of(items, child.parent_id_field)
-        if child.after_role_decision and not FAMILIES[child.parent].parent and not self.estimate_logged:
-            self.estimate_logged = True  # once the top-level list it hangs on (users) is in
+        ids = ids_of(items, FAMILIES[child.parent].id_field)
+        if child.after_role_decision and not FAMILIES[child.parent].parent:  # the users, read once
             self.log_role_read_estimate(len(ids))
         for item_id in ids:
             self.queue(child, item_id if parent_key is None else (parent_key, item_id), self.list_done)
 
     def cut(self, read: ListRead) -> None:
-        """Stop a newest-first list at its cap; the activity window shrinks to the oldest event read."""
-        s = self.snapshot
-        oldest = next((at for at in map(epoch_seconds, (event.get("effective_at") for event in reversed(read.items)))
+        """Stop the audit log at its cap; the activity window shrinks to the oldest event read."""
+        s, days = self.snapshot, self.config.activity_days
+        oldest = next((at for at in (epoch_seconds(event.get("effective_at")) for event in reversed(read.items))
                        if at is not None), None)
-        days = self.config.activity_days
-        if oldest is not None and s.activity_since is not None:
-            now = s.activity_since + days * 86_400
-            s.activity_window_days = max(0, min(days, int((now - oldest) // 86_400)))
-        else:
-            s.activity_window_days = 0
+        # activity_since is set whenever the audit log is read: the window ended at activity_since + days
+        s.activity_window_days = 0 if oldest is None else \
+            max(0, min(days, int((s.activity_since + days * 86_400 - oldest) // 86_400)))
         log.warning("audit log: stopped after %d pages (%d events); logins and API key scope changes older than %s "
                     "are missing, so activity_window_days is %d instead of %d; use a shorter --activity-days",
                     read.pages, len(read.items), rfc3339(oldest) or "the last event read", s.activity_window_days,
                     days)
         self.scheduler.finish(read, read.items)
 
-    # --- the role assignment reads: decided once the role lists say so ---------------------
+    # --- the role assignment reads: decided once the role lists say so
     def decide_role_reads(self) -> None:
-        if self.role_decision is not None:
+        """`auto` reads role assignments once a role list shows a custom role, and skips them once every role list
+        is read and none does; whether the Roles API is refused is known first, whatever a project's list says."""
+        mode, open_reads = self.config.role_assignments, self.scheduler.open_reads
+        if self.role_decision is not None or any(open_reads[family.name] for family in TOP_ROLE_LISTS):
             return
-        s = self.snapshot
-        if any(self.scheduler.open_reads[family.name] for family in ROLE_LISTS if not family.per):
-            return  # whether the Roles API is refused is known first, whatever a project's role list says
-        pending = sum(self.scheduler.open_reads[name] for name in ROLE_DECISION_WAITS_FOR)
-        refused = any(family.name in s.unavailable for family in ROLE_LISTS if not family.per)
-        decision, reason = decide_role_assignment_reads(self.config.role_assignments, refused, self.custom_roles_seen,
-                                                        pending)
-        if decision is None:
+        if any(family.name in self.snapshot.unavailable for family in TOP_ROLE_LISTS):
+            decision, reason = False, "skipped: the Roles API is not available to this key"
+        elif mode != "auto":  # "all" or "none"
+            decision = mode == "all"
+            reason = f"{'reading them' if decision else 'skipped'}: --role-assignments {mode}"
+        elif self.custom_roles_seen:
+            decision, reason = True, "reading them: the Roles API lists custom roles (--role-assignments auto)"
+        elif any(open_reads[name] for name in ROLE_DECISION_WAITS_FOR):
             return
+        else:
+            decision, reason = False, ("skipped: every role the Roles API lists is predefined (--role-assignments "
+                                       "auto); use 'all' to read them anyway")
         self.role_decision, self.role_decision_reason = decision, reason
         log.info("per-user role assignments %s", reason)
         held, self.held = self.held, []
@@ -1722,57 +1625,55 @@ class ReadPlan:
             return
         for family in FAMILY_LIST:
             if family.after_role_decision:
-                setattr(s, family.name, {})
+                setattr(self.snapshot, family.name, {})
         for child, key, items in held:
             self.read_each(child, key, items)
 
     def log_role_read_estimate(self, top_level: int) -> None:
         """Once the user list is in: the count, and a time only when there is an observed rate."""
-        s = self.snapshot
-        later = [family for family in FAMILY_LIST if family.after_role_decision]
-        nested = sum(len(ids_of(items, other.parent_id_field)) for other in later if FAMILIES[other.parent].parent
-                     for items in (getattr(s, other.parent) or {}).values())
+        s, later = self.snapshot, [family for family in FAMILY_LIST if family.after_role_decision]
+        nested = sum(len(ids_of(items, FAMILIES[other.parent].id_field)) for other in later
+                     if FAMILIES[other.parent].parent for items in (getattr(s, other.parent) or {}).values())
         rate = self.scheduler.slowest_rate_for([other.name for other in later])
         estimate = f"; at the rate seen so far that is at least {format_duration((top_level + nested) / rate)}" \
             if rate else ""
         log.info("role assignment reads: %d users and %d project members so far, one call each%s", top_level,
                  nested, estimate)
 
-    # --- refusals and failures ----------------------------------------------------------------
+    # --- refusals and failures
     def is_left_out(self, family: Family) -> bool:
         return family.name in self.snapshot.unavailable
 
-    def refused(self, read: ListRead, refusal: Refusal) -> None:
+    def refused(self, read: ListRead, answer: Answer) -> None:
         """400/401/403/404: the key may not read this, the organization lacks it, or the entity is gone."""
-        family, finish = read.family, self.scheduler.finish
-        if refusal.status == 400:
-            if family.empty_when_archived and (read.key in self.archived or "archived" in refusal.detail.lower()):
+        family, finish, status, endpoint = read.family, self.scheduler.finish, answer.status, read.path
+        if status == 400:
+            if family.empty_when_archived and (read.key in self.archived or "archived" in answer.detail.lower()):
                 # OpenAI documents this 400 "when project is archived": an archived project has no members.
                 log.info("%s: HTTP 400 for archived %s %s; read as an empty list", read.path, family.per.label,
                          read.key)
                 finish(read, [])
             else:
-                self.failed(read, str(refusal))
-        elif family.not_found is On404.EXISTENCE and refusal.status != 401:
-            finish(read, NOT_FOUND if refusal.status == 404 else refusal)  # only its own 404 says it is gone
+                self.failed(read, f"{endpoint}: HTTP 400: {answer.detail}")
+        elif family.not_found is On404.EXISTENCE and status != 401:
+            finish(read, NOT_FOUND if status == 404 else f"HTTP {status} on {endpoint}")  # only a 404 says it is gone
         elif family.optional:  # asked of dashboard-style keys only; never fails the run
-            log.debug("%s not available: %s", family.label, refusal)
+            log.debug("%s not available: %s: HTTP %d: %s", family.label, endpoint, status, answer.detail)
             finish(read, None)
-        elif refusal.status == 404 and family.not_found in (On404.NO_SETTINGS, On404.ENTITY):
+        elif status == 404 and family.not_found is not On404.LEAVE_OUT:  # ENTITY or NO_SETTINGS
             if family.not_found is On404.ENTITY:  # maybe deleted during the run: settled once all is read
-                self.not_found.setdefault(family.name, []).append((read.key, refusal.endpoint, time.monotonic()))
-            self.unseen.add(id(read))
+                self.not_found.setdefault(family.name, []).append((read.key, endpoint))
             finish(read, None)
-        elif refusal.status == 401 or (refusal.status == 403 and family.required):
+        elif status == 401 or (status == 403 and family.required):
             raise DiscoveryError(
-                f"OpenAI refused the key (HTTP {refusal.status} on {refusal.endpoint}): the key from "
+                f"OpenAI refused the key (HTTP {status} on {endpoint}): the key from "
                 f"{self.config.openai_key_source} must be an Admin API key (sk-admin-...) of organization "
                 f"{self.config.org_id}")
         elif family.required:  # 404: this organization, or this API, is not what the settings name
-            raise DiscoveryError(f"OpenAI answered HTTP 404 on {refusal.endpoint}: check OPENAI_ORG_ID and "
+            raise DiscoveryError(f"OpenAI answered HTTP 404 on {endpoint}: check OPENAI_ORG_ID and "
                                  "--openai-base-url")
         else:
-            self.leave_out(family, f"HTTP {refusal.status} on {refusal.endpoint}")
+            self.leave_out(family, f"HTTP {status} on {endpoint}")
             finish(read, None)
 
     def failed(self, read: ListRead, message: str) -> None:
@@ -1788,63 +1689,51 @@ class ReadPlan:
             setattr(self.snapshot, family.name, None)
             self.scheduler.drop_waiting(family)
 
-    # --- entities that may have been deleted during the run -------------------------------------
+    # --- entities that may have been deleted during the run
+    def misses(self) -> list[tuple[Family, Kind, list[tuple[Any, str]]]]:
+        """The 404s of each family not left out, in catalogue order and by key: the same log every run."""
+        return [(family, family.per, sorted(self.not_found[family.name], key=lambda miss: str(miss[0])))
+                for family in FAMILY_LIST if family.name in self.not_found and not self.is_left_out(family)]
+
     def ask_whether_gone(self) -> None:
         """Ask each entity whose list answered 404 for its own object (a 404: deleted; a 200: the list is missing),
         one per family first, which settles a missing family in one call."""
         for first_round in (True, False):
             wanted: dict[tuple[Kind, Any], None] = {}
-            for name, misses in self.not_found_in_catalogue_order():
-                kind = FAMILIES[name].per
-                if name in self.snapshot.unavailable or kind.object_family is None:
-                    continue
-                unasked = [(kind, key) for key, _, _ in misses if (kind, key) not in self.exists]
+            for _, kind, misses in self.misses():
+                unasked = [(kind, key) for key, _ in misses if kind.object_family and (kind, key) not in self.asked]
                 wanted.update(dict.fromkeys(unasked[:1] if first_round else unasked))
             for kind, key in wanted:
-                self.exists[(kind, key)] = None
+                self.asked[(kind, key)] = None
                 self.queue(FAMILIES[kind.object_family], key,
-                           lambda _, result, k=(kind, key): self.note_existence(k, result))
+                           lambda _, result, asked=(kind, key): self.asked.update({asked: result}))
             self.scheduler.run_until_read()
-            for name, misses in self.not_found_in_catalogue_order():
-                kind = FAMILIES[name].per
-                there = next((key for key, _, _ in misses if self.exists.get((kind, key)) is True), None)
+            for family, kind, misses in self.misses():
+                there = next((key for key, _ in misses if isinstance(self.asked.get((kind, key)), dict)), None)
                 if there is not None:
-                    self.leave_out(FAMILIES[name], f"HTTP 404 on {misses[0][1]}, while {kind.label} {there} exists")
-
-    def not_found_in_catalogue_order(self) -> list[tuple[str, list[tuple[Any, str, float]]]]:
-        """The 404s by family in catalogue order, not in the order answers came: the same log every run."""
-        return [(name, sorted(misses, key=lambda miss: str(miss[0])))
-                for name, misses in sorted(self.not_found.items(), key=lambda entry: FAMILY_INDEX[entry[0]])]
-
-    def note_existence(self, kind_and_key: tuple[Kind, Any], result: Any) -> None:
-        self.exists[kind_and_key] = True if isinstance(result, dict) else False if result is NOT_FOUND else None
-        if isinstance(result, Refusal):
-            self.existence_unknown[kind_and_key] = f"HTTP {result.status} on {result.endpoint}"
+                    self.leave_out(family, f"HTTP 404 on {misses[0][1]}, while {kind.label} {there} exists")
 
     def settle_not_found(self) -> None:
-        """An entity its own object says is gone (404) is deleted. One whose object could not say may exist: its
-        family is left out. Links have no object: a 404 on every link is the family missing, else the link is gone."""
-        for name, misses in self.not_found_in_catalogue_order():
-            family = FAMILIES[name]
-            if name in self.snapshot.unavailable:
+        """An entity its own object says is gone (404) is deleted; one whose object could not say may exist, so its
+        family is left out. A link has no object: a 404 on every one of several links is the family missing."""
+        for family, kind, misses in self.misses():
+            if kind.object_family is None:
+                if len(misses) > 1 and self.scheduler.finished_reads[family.name] == len(misses):
+                    self.leave_out(family, f"HTTP 404 on every {kind.label} ({misses[0][1]}, ...)")
+                else:
+                    self.snapshot.deleted.extend((kind, key, endpoint) for key, endpoint in misses)
                 continue
-            kind = family.per
-            gone = [(key, endpoint) for key, endpoint, _ in misses if self.exists.get((kind, key)) is False]
-            unsure = [(key, endpoint, when) for key, endpoint, when in misses if self.exists.get((kind, key)) is None]
-            self.snapshot.deleted.extend((kind, key, endpoint) for key, endpoint in gone)
-            if unsure and kind.object_family is not None:  # it may exist: the family rule, never a silent drop
-                key, endpoint, _ = unsure[0]
-                asked = self.existence_unknown.get((kind, key), "its object was not read")
+            unsure = []
+            for key, endpoint in misses:
+                if self.asked.get((kind, key)) is NOT_FOUND:
+                    self.snapshot.deleted.append((kind, key, endpoint))
+                else:
+                    unsure.append((key, endpoint))
+            if unsure:  # it may exist: the family rule, never a silent drop
+                key, endpoint = unsure[0]
+                asked = self.asked.get((kind, key)) or "its object was not read"  # a record would have left it out
                 self.leave_out(family, f"HTTP 404 on {endpoint}, and whether {kind.label} {key} still exists "
                                        f"is unknown ({asked})")
-                continue
-            seen = self.found.get(kind, {})
-            alive_after = any(seen.get(key, -math.inf) > when for key, _, when in unsure)
-            if unsure and not gone and self.scheduler.finished_reads[name] == len(misses) and \
-                    (len(unsure) > 1 or alive_after):
-                self.leave_out(family, f"HTTP 404 on every {kind.label} ({misses[0][1]}, ...)")
-                continue
-            self.snapshot.deleted.extend((kind, key, endpoint) for key, endpoint, _ in unsure)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1856,30 +1745,19 @@ class Snapshot:
     per-entity family; None when left out (or, for role assignments, not read)."""
 
     def __init__(self, org_id: str, *, activity_since: int | None = None, activity_window_days: int | None = None,
-                 unavailable: dict[str, str] | None = None, read_at: float | None = None,
-                 deleted: list[tuple[Kind, Any, str]] | None = None, **results: Any) -> None:
-        unknown = set(results) - set(FAMILIES)
-        if unknown:
-            raise TypeError(f"Snapshot has no family {', '.join(sorted(unknown))}")
+                 **results: Any) -> None:
+        if set(results) - set(FAMILIES):
+            raise TypeError(f"Snapshot has no family {', '.join(sorted(set(results) - set(FAMILIES)))}")
         self.org_id = org_id
+        self.activity_since = activity_since  # Unix seconds the audit log was read from
+        self.activity_window_days = activity_window_days  # the days it covers (fewer when cut at its cap)
+        self.unavailable: dict[str, str] = {}  # family name -> why it was left out
+        self.read_at = time.time()  # "expired" is judged at this time
+        self.deleted: list[tuple[Kind, Any, str]] = []  # (entity kind, key, endpoint)
         for family in FAMILY_LIST:
             if family.not_found is not On404.EXISTENCE:
                 empty = [] if family.required else {} if family.per and not family.after_role_decision else None
                 setattr(self, family.name, results.get(family.name, empty))
-        self.activity_since = activity_since            # Unix seconds the audit log was read from
-        self.activity_window_days = activity_window_days  # the days it covers (fewer when cut at its cap)
-        self.unavailable = unavailable if unavailable is not None else {}  # family name -> why it was left out
-        self.read_at = read_at if read_at is not None else time.time()  # "expired" is judged at this time
-        self.deleted = deleted if deleted is not None else []  # (entity kind, key, endpoint)
-
-    def file(self, family: Family, key: Any, result: Any) -> None:
-        """File one read's result where its family lives (a list refused for one entity files nothing)."""
-        if family.per is None:
-            setattr(self, family.name, result)
-            return
-        target = getattr(self, family.name)
-        if target is not None and result is not None:
-            target[key] = result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ class AnsweringScheduler:
             self.paths.append(read.path)
             answer = self.answers.get(read.path, [] if read.family.cursor else {})
             if isinstance(answer, int):
-                self.plan.refused(read, vo.Refusal(answer, read.path, "refused by the test"))
+                self.plan.refused(read, vo.Answer(answer, detail="refused by the test"))
             else:
                 self.finish(read, answer)
 
