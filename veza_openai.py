@@ -1022,8 +1022,8 @@ PROBES = 8          # retries a measured cycle holds at least: a window that ref
 
 
 class Lanes:
-    """Every endpoint's lane, and what they share: one retry out at a time across all endpoints, and the pace of a
-    finished endpoint, shared out among those still paced."""
+    """Every endpoint's lane, and what they share: one retry out at a time across all endpoints, the wake-up of
+    endpoints refused from their first request, and the pace of a finished endpoint, shared out."""
 
     def __init__(self, names: Iterable[str], scale: float, per_minute: int | None) -> None:
         self.lanes = {name: Lane(self, scale, per_minute, index) for index, name in enumerate(names)}
@@ -1056,13 +1056,14 @@ class Lane:
     An endpoint may have one more request in flight than the successes it has had since its last 429: a slow
     start, and one at a time after a 429. A refused request waits its hint, else the pace's interval (or FLOOR),
     twice as long for each further 429 in a row, up to 1/PROBES of the last measured cycle. The first success after
-    a 429 measures what got through since the previous one; the pace goes to MARGIN of that and grows with each
-    success.
+    a 429 (of a request sent after it) measures what got through since the previous one; the pace goes to MARGIN
+    of that and grows with each success.
     """
 
     def __init__(self, lanes: Lanes, scale: float = 1.0, per_minute: int | None = None, index: int = 0) -> None:
         self.lanes, self.scale, self.per_minute = lanes, scale, per_minute
-        # Endpoints refused from their first request probe out of step: together they find a refill sooner.
+        # Endpoints refused from their first request probe out of step, so together they find a refill sooner:
+        # multiples of the golden ratio's fraction spread any run of consecutive endpoints evenly over a doubling.
         self.phase = 2 ** (index * 0.618 % 1)
         self.hinted = self.woken = False  # the last 429 had a hint; a wake-up sent this retry early
         self.rate: float | None = None      # requests a second; None: not paced

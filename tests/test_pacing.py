@@ -101,6 +101,66 @@ def test_a_429_forever_sends_a_handful_of_requests_not_hundreds():
     assert sent < 15  # each retry waits twice the last: about log2(60 s / FLOOR), never a flood
 
 
+def test_a_success_of_a_request_sent_before_the_429_ends_no_wait():
+    """Answers come back out of order: one the limit let through before it ran out says nothing about now, but
+    counts in the cycle the next recovery measures."""
+    lane = lanes()["x"]
+    succeed(lane, 0.0)
+    lane.on_send(0.1)
+    lane.on_send(0.1)
+    lane.on_throttled(0.2, 0.1, None, False)
+    assert lane.on_success(0.25, 0.1) is False  # sent before the 429 came back
+    assert lane.refused_since == 0.2 and lane.ready_at(0.25) == pytest.approx(0.2 + vo.FLOOR)
+    retry = lane.ready_at(0.25)
+    succeed(lane, retry)
+    assert lane.measured == pytest.approx(2 / retry)  # the first success and the late one
+
+
+def test_retry_waits_grow_to_at_most_an_eighth_of_the_last_measured_cycle():
+    """A window that refilled is found within an eighth of its length, however long the 429s went on."""
+    lane = lanes()["x"]
+    for at in range(16):
+        succeed(lane, at / 4)
+    lane.on_send(4.0)
+    lane.on_throttled(4.0, 4.0, None, False)
+    succeed(lane, 8.0)  # recovered: a cycle of 8 s measured
+    assert lane.cycle == 8.0
+    lane.on_send(9.0)
+    waits, now = [], 9.0
+    for _ in range(12):
+        due = lane.on_throttled(now, now, None, False)
+        waits.append(due - now)
+        now = due
+        lane.on_send(now)
+    assert max(waits) == pytest.approx(8.0 / vo.PROBES) and waits[-1] == waits[-2]
+
+
+def test_endpoints_refused_from_their_first_request_probe_out_of_step_and_the_first_through_wakes_the_rest():
+    """Windows an earlier run spent refill together: the endpoints start their waits at different points of a
+    doubling, and the first let through sends the others at once; a woken retry refused keeps its wait."""
+    shared = lanes("a", "b", "c", "d", "hinted", "served")
+    shared["served"].on_send(0.0)
+    shared["served"].on_success(0.01, 0.0)
+    firsts = {}
+    for name in ("a", "b", "c", "d", "hinted", "served"):
+        shared[name].on_send(0.02)
+        firsts[name] = shared[name].on_throttled(0.03, 0.02, 5.0 if name == "hinted" else None, False) - 0.03
+    out_of_step = [firsts[name] for name in "abcd"]
+    assert len(set(out_of_step)) == 4 and all(vo.FLOOR <= wait < 2 * vo.FLOOR for wait in out_of_step)
+    assert firsts["served"] == pytest.approx(vo.FLOOR)  # it has had a success: no offset
+    b = shared["b"]
+    at = b.ready_at(1.0)
+    b.on_send(at)
+    assert b.on_success(at + 0.01, at) is True
+    assert shared.wake(at + 0.01) == {"a", "c", "d"}  # not the hinted one, not one that had a success
+    a = shared["a"]
+    assert a.ready_at(at + 0.01) == at + 0.01
+    wait = a.retry_wait
+    a.on_send(at + 0.01)
+    a.on_throttled(at + 0.02, at + 0.01, None, False)
+    assert a.retry_wait == wait  # woken early: refused, it waits as it would have, not twice as long
+
+
 # --- the pace: what got through, then a little more -----------------------------------------------------
 
 def test_the_first_success_after_a_429_paces_the_endpoint_just_under_what_got_through():
