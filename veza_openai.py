@@ -1018,27 +1018,31 @@ FLOOR = 0.05        # seconds: the least wait after a 429 (a "1 ms" hint is no p
 MARGIN = 7 / 8      # after a 429, pace a little under the rate that got through, so the limit refills meanwhile
 GROW_BELOW = 1 / 2  # per success, while the pace is below MARGIN of the last measurement: a lost share comes back
 GROW_NEAR = 1 / 64  # per success otherwise: a limit that grew is found again at the cost of a 429 now and then
-PROBES = 8          # retries a measured cycle holds at least: a window that refilled is found within an eighth of it
+PROBES = 8          # retries per measured cycle, at most: a window that refilled is found within an eighth of it
 
 
 class Lanes:
-    """Every endpoint's lane, and what they share: one retry out at a time across all endpoints, the wake-up of
-    endpoints refused from their first request, and the pace of a finished endpoint, shared out."""
+    """Every endpoint's lane, and what they share: one retry out at a time across all endpoints, the longest cycle
+    measured, a wake-up when one of them gets through, and the pace of a finished endpoint."""
 
     def __init__(self, names: Iterable[str], scale: float, per_minute: int | None) -> None:
         self.lanes = {name: Lane(self, scale, per_minute, index) for index, name in enumerate(names)}
+        self.scale = scale
         self.retry_out: Lane | None = None
+        self.cycle = 0.0  # the longest cycle any endpoint measured: a first guess for those yet to measure one
 
     def __getitem__(self, name: str) -> Lane:
         return self.lanes[name]
 
-    def wake(self, now: float) -> set[str]:
-        """An endpoint refused from its first request got through: the others refused from theirs without a hint
-        try again at once (windows an earlier run spent refill at about the same time); returns their names."""
-        woken = {name for name, lane in self.lanes.items() if lane.refused_since is not None and not lane.delivered
-                 and not lane.hinted}
+    def wake(self, now: float) -> dict[str, float]:
+        """An endpoint got through after 429s: those still refused without a hint and with no cycle of their own
+        measured try again within an eighth of the longest cycle seen (at once, when none is): limits that ran out
+        together refill together. Returns {name: when} of those now sooner."""
+        at = now + max(self.cycle / PROBES, FLOOR * self.scale)
+        woken = {name: at for name, lane in self.lanes.items() if lane.refused_since is not None
+                 and not lane.hinted and not lane.cycle and lane.next_at > at}
         for name in woken:
-            self.lanes[name].next_at, self.lanes[name].woken = now, True
+            self.lanes[name].next_at, self.lanes[name].woken = at, True
         return woken
 
     def finished(self, name: str, still_open: Iterable[str]) -> None:
@@ -1054,17 +1058,17 @@ class Lane:
     """One endpoint's pace (pure bookkeeping on `now`, in seconds; `scale` shrinks every wait for the tests).
 
     An endpoint may have one more request in flight than the successes it has had since its last 429: a slow
-    start, and one at a time after a 429. A refused request waits its hint, else the pace's interval (or FLOOR),
-    twice as long for each further 429 in a row, up to 1/PROBES of the last measured cycle. The first success after
-    a 429 (of a request sent after it) measures what got through since the previous one; the pace goes to MARGIN
-    of that and grows with each success.
+    start, and one at a time after a 429. A refused request waits its hint; without one, before any cycle is
+    measured, until the next point of its doubling grid; after, from half of 1/PROBES of a cycle, doubling, to all
+    of it. The first success after a 429 (of a request sent after it) measures what got through since the previous
+    one; the pace goes to MARGIN of that and grows with each success.
     """
 
     def __init__(self, lanes: Lanes, scale: float = 1.0, per_minute: int | None = None, index: int = 0) -> None:
         self.lanes, self.scale, self.per_minute = lanes, scale, per_minute
-        # Endpoints refused from their first request probe out of step, so together they find a refill sooner:
-        # multiples of the golden ratio's fraction spread any run of consecutive endpoints evenly over a doubling.
-        self.phase = 2 ** (index * 0.618 % 1)
+        # Where on the doubling grid this endpoint retries: multiples of the golden ratio's fraction spread any run
+        # of consecutive endpoints evenly, so together they probe often while each alone probes rarely.
+        self.phase = index * 0.618 % 1
         self.hinted = self.woken = False  # the last 429 had a hint; a wake-up sent this retry early
         self.rate: float | None = None      # requests a second; None: not paced
         self.measured: float | None = None  # what got through over the last cycle (recovery to recovery)
@@ -1112,36 +1116,50 @@ class Lane:
         if self.refused_since is not None and sent_at < self.refused_since:
             self.delivered += 1  # let through before the 429 that ended the cycle: counted in it, no news of now
             return False
-        first_through = self.refused_since is not None and not self.delivered and not self.hinted
+        recovered = self.refused_since is not None and not self.hinted
         self.streak, self.woken = self.streak + 1, False
         if self.refused_since is not None:
             if self.delivered and sent_at > self.cycle_start:
                 self.cycle = sent_at - self.cycle_start
+                self.lanes.cycle = max(self.lanes.cycle, self.cycle)
                 self.measured = self.delivered / self.cycle
                 self.rate = max(self.measured * MARGIN, (self.rate or 0) / 2)
             self.cycle_start, self.delivered, self.refused_since = sent_at, 0, None
         elif self.rate:
             self.rate *= 1 + (GROW_BELOW if self.rate < self.measured * MARGIN else GROW_NEAR)
         self.delivered += 1
-        return first_through
+        return recovered
 
     def on_throttled(self, now: float, sent_at: float, hint: float | None, whole_seconds: bool) -> float:
         """A 429: returns when the refused request may go again (never before its hint, nor before FLOOR)."""
         self.answered()
         self.streak = 0
+        floor = FLOOR * self.scale
+        cycle = self.cycle or self.lanes.cycle  # a window that refilled is found within 1/PROBES of a cycle
+        most = max(cycle / PROBES, floor) if cycle else math.inf
+        if hint is None and not cycle:  # nothing known: retries on this endpoint's own doubling grid, out of step
+            self.retry_wait = self.on_grid(now + floor) - now
+        elif self.refused_since is None:
+            self.retry_wait = min(max(floor, 1 / self.rate if self.rate else 0.0, most / 2 if cycle else 0.0), most)
+        elif sent_at >= self.refused_since and not self.woken:
+            self.retry_wait = min(self.retry_wait * 2, most)
         if self.refused_since is None:
             self.refused_since = now
-            self.retry_wait = max(FLOOR * self.scale, 1 / self.rate if self.rate else 0.0) * (
-                1 if self.delivered else self.phase)
-        elif sent_at >= self.refused_since and not self.woken:
-            self.retry_wait = min(self.retry_wait * 2, max(self.cycle / PROBES, FLOOR * self.scale) if self.cycle
-                                  else math.inf)
         self.hinted, self.woken = hint is not None, False
         hint = None if hint is None else hint * self.scale
         # A hint to the second may round up by one: the endpoint is held only for the part that is certain.
         hold = 0.0 if hint is None else max(0.0, hint - self.scale) if whole_seconds else hint
         self.next_at = max(self.next_at, now + max(hold, self.retry_wait))
         return max(self.next_at, now + (hint or 0.0))
+
+    def on_grid(self, at: float) -> float:
+        """The first time from `at` on of the form cycle_start + FLOOR x 2 ** (n + phase): retries that double in
+        time since the endpoint's first request, each endpoint at its own phase."""
+        unit = FLOOR * self.scale
+        n = math.floor(math.log2(max(at - self.cycle_start, unit) / unit) - self.phase)
+        while self.cycle_start + unit * 2 ** (n + self.phase) < at:
+            n += 1
+        return self.cycle_start + unit * 2 ** (n + self.phase)
 
     def requests_per_second(self) -> float | None:
         """What this endpoint allows, for progress lines and estimates: what got through its last cycle, or its
@@ -1355,7 +1373,7 @@ class Scheduler:
         verdict = classify(answer)
         if verdict in (Verdict.PAGE, Verdict.REFUSED) and lane.on_success(now, read.sent_at):
             woken = self.lanes.wake(now)
-            self.delayed = [(now if waiting.family.name in woken else due, order, waiting)
+            self.delayed = [(min(due, woken.get(waiting.family.name, due)), order, waiting)
                             for due, order, waiting in self.delayed]
             heapq.heapify(self.delayed)
         if verdict is Verdict.PAGE:

@@ -70,16 +70,16 @@ def test_a_hint_is_obeyed_never_below_the_floor_and_a_whole_second_one_holds_the
     assert tiny.on_throttled(0.0, 0.0, 0.001, False) == pytest.approx(vo.FLOOR)  # "1 ms" is no pace to keep
 
 
-def test_without_a_hint_retries_wait_the_floor_then_twice_as_long_each_time():
+def test_without_a_hint_and_before_any_cycle_is_measured_retries_double_in_time_since_the_first_request():
     lane = lanes(scale=0.01)["x"]
     lane.on_send(0.0)
-    waits, now = [], 0.0
+    times, now = [], 0.0
     for _ in range(6):
-        due = lane.on_throttled(now, now, None, False)
-        waits.append(round((due - now) / 0.01, 6))
-        now = lane.ready_at(due)
+        now = lane.on_throttled(now, now, None, False)
+        times.append(round(now / 0.01, 6))
+        now = lane.ready_at(now)
         lane.on_send(now)
-    assert waits == [vo.FLOOR * 2 ** n for n in range(6)]  # the same at every time scale
+    assert times == [vo.FLOOR * 2 ** n for n in range(6)]  # the same at every time scale
 
 
 def test_answers_to_requests_sent_before_the_first_429_do_not_lengthen_the_wait():
@@ -110,7 +110,7 @@ def test_a_success_of_a_request_sent_before_the_429_ends_no_wait():
     lane.on_send(0.1)
     lane.on_throttled(0.2, 0.1, None, False)
     assert lane.on_success(0.25, 0.1) is False  # sent before the 429 came back
-    assert lane.refused_since == 0.2 and lane.ready_at(0.25) == pytest.approx(0.2 + vo.FLOOR)
+    assert lane.refused_since == 0.2 and lane.ready_at(0.25) > 0.25  # still waiting, one at a time
     retry = lane.ready_at(0.25)
     succeed(lane, retry)
     assert lane.measured == pytest.approx(2 / retry)  # the first success and the late one
@@ -135,30 +135,35 @@ def test_retry_waits_grow_to_at_most_an_eighth_of_the_last_measured_cycle():
     assert max(waits) == pytest.approx(8.0 / vo.PROBES) and waits[-1] == waits[-2]
 
 
-def test_endpoints_refused_from_their_first_request_probe_out_of_step_and_the_first_through_wakes_the_rest():
-    """Windows an earlier run spent refill together: the endpoints start their waits at different points of a
-    doubling, and the first let through sends the others at once; a woken retry refused keeps its wait."""
-    shared = lanes("a", "b", "c", "d", "hinted", "served")
-    shared["served"].on_send(0.0)
-    shared["served"].on_success(0.01, 0.0)
-    firsts = {}
-    for name in ("a", "b", "c", "d", "hinted", "served"):
-        shared[name].on_send(0.02)
-        firsts[name] = shared[name].on_throttled(0.03, 0.02, 5.0 if name == "hinted" else None, False) - 0.03
-    out_of_step = [firsts[name] for name in "abcd"]
-    assert len(set(out_of_step)) == 4 and all(vo.FLOOR <= wait < 2 * vo.FLOOR for wait in out_of_step)
-    assert firsts["served"] == pytest.approx(vo.FLOOR)  # it has had a success: no offset
+def test_endpoints_retry_out_of_step_and_one_getting_through_wakes_those_that_measured_nothing():
+    """Windows an earlier run spent refill together: refused endpoints retry at different points of a doubling,
+    so together they probe often; the first let through wakes the others refused without a hint and with no cycle
+    of their own (at once while no cycle is known, else within 1/PROBES of the longest one)."""
+    shared = lanes("a", "b", "c", "d", "hinted", "measured")
+    shared["measured"].cycle = 5.0
+    retries = {}
+    for name in ("a", "b", "c", "d", "hinted", "measured"):
+        shared[name].on_send(0.0)
+        retries[name] = shared[name].on_throttled(0.01, 0.0, 5.0 if name == "hinted" else None, False)
+    out_of_step = [retries[name] for name in "abcd"]
+    assert len(set(out_of_step)) == 4 and all(0.01 + vo.FLOOR <= at < 2 * (0.01 + vo.FLOOR) for at in out_of_step)
+    for name in ("a", "c", "d", "hinted", "measured"):
+        shared[name].next_at = 10.0  # still waiting, long after b's retry
     b = shared["b"]
-    at = b.ready_at(1.0)
+    at = b.ready_at(0.0)
     b.on_send(at)
     assert b.on_success(at + 0.01, at) is True
-    assert shared.wake(at + 0.01) == {"a", "c", "d"}  # not the hinted one, not one that had a success
+    woken = shared.wake(at + 0.01)
+    assert set(woken) == {"a", "c", "d"}  # not the hinted one, not one that measured a cycle
+    assert woken["a"] == pytest.approx(at + 0.01 + vo.FLOOR) == shared["a"].ready_at(at + 0.01)
     a = shared["a"]
-    assert a.ready_at(at + 0.01) == at + 0.01
-    wait = a.retry_wait
-    a.on_send(at + 0.01)
-    a.on_throttled(at + 0.02, at + 0.01, None, False)
-    assert a.retry_wait == wait  # woken early: refused, it waits as it would have, not twice as long
+    before = a.on_grid(10.0)  # where it would have retried
+    a.on_send(woken["a"])
+    assert a.on_throttled(woken["a"] + 0.01, woken["a"], None, False) <= before + 1e-9  # refused: no later
+    shared.cycle = 8.0
+    c = shared["c"]
+    c.next_at = 100.0
+    assert shared.wake(50.0)["c"] == pytest.approx(50.0 + 8.0 / vo.PROBES)
 
 
 # --- the pace: what got through, then a little more -----------------------------------------------------
