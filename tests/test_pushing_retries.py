@@ -60,3 +60,12 @@ def test_a_push_told_to_retry_in_an_hour_never_waits_past_max_run_time(run_conne
     assert elapsed < 15, elapsed
     assert veza.pushes == []
     assert "outcome=pushed" not in summary_line(result.stderr)
+
+
+def test_a_push_told_to_retry_in_an_hour_waits_at_most_a_minute(run_connector, veza, small_openai):
+    """README: each Veza retry waits what Retry-After says, at most 60 s (the log shows unscaled seconds)."""
+    veza.push_answers.append(PushAnswer(429, headers={"Retry-After": "3600"}))
+    result = run_connector(*NO_ROLE_READS, env=RETRY_TWICE)
+    assert result.returncode == 0, result.output
+    assert "retry 1/2 in 60.0s" in result.stderr, result.stderr
+    assert push_requests(veza) == 2
