@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import copy
 import difflib
 import email.utils
 import enum
@@ -2623,12 +2624,57 @@ def build_application(snapshot: Snapshot) -> MappingResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# The payload: oaaclient's get_payload() as compact JSON
+# The payload: oaaclient's get_payload() as compact JSON, built one entity at a time
 # ---------------------------------------------------------------------------------------------
 
+# get_payload()'s lists of one entry per entity: {key in the payload's application: attribute of the application}.
+ENTITY_LISTS = {"local_users": "local_users", "local_groups": "local_groups", "local_roles": "local_roles",
+                "local_access_creds": "access_creds", "local_agents": "local_agents", "local_models": "local_models",
+                "resources": "resources"}
+IDENTITIES = ("local_users", "local_groups", "idp_identities", "access_creds", "local_agents")  # in its order
+encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def serialize_application(app: CustomApplication) -> bytes:
-    """The payload as oaaclient's push_application sends it: get_payload() as compact JSON."""
-    return json.dumps(app.get_payload(), separators=(",", ":")).encode()
+    """json.dumps(app.get_payload(), separators=(",", ":")) byte for byte, from each entity's own to_dict():
+    users and credentials are freed as they are written, so the whole payload dict (some 200 MB at 100,000
+    users) never exists. The application is spent afterwards."""
+    marker = f"entities-{os.urandom(16).hex()}-"  # cannot occur in the skeleton's own strings
+    skeleton = copy.copy(app)  # shallow: the entities are neither copied nor changed
+    for attribute in {*ENTITY_LISTS.values(), *IDENTITIES}:
+        setattr(skeleton, attribute, {})
+    payload = skeleton.get_payload()
+    for holder, key, attribute in [*((payload["applications"][0], key, attribute) for key, attribute in
+                                     ENTITY_LISTS.items()), (payload, "identity_to_permissions", "")]:
+        if holder.get(key) != []:  # not the shape this was written for: never push a payload missing entities
+            raise RuntimeError(f"oaaclient's payload has no empty {key!r} list to fill")
+        holder[key] = marker + attribute
+    chunks, permissions = [], {}  # permissions: the identity_to_permissions entries of entities already freed
+    # re.split with a group: literal JSON, attribute ("" for identity_to_permissions), literal JSON, ...
+    for index, attribute in enumerate(re.split(f'"{re.escape(marker)}(\\w*)"', encode(payload))):
+        if index % 2 == 0:
+            chunks.append(attribute.encode())
+            continue
+        entries = []
+        for identities in IDENTITIES if not attribute else ():
+            entries += permissions.pop(identities, None) or permission_entries(app, getattr(app, identities).values())
+        if attribute in ("local_users", "access_creds"):  # the many: each freed once written
+            entities, permissions[attribute] = getattr(app, attribute), []
+            for key in list(entities):
+                entity = entities.pop(key)
+                entries.append(encode(entity.to_dict()).encode())
+                permissions[attribute] += permission_entries(app, [entity])
+        elif attribute:
+            entries += [encode(entity.to_dict()).encode() for entity in getattr(app, attribute).values()]
+        chunks.append(b"[" + b",".join(entries) + b"]")
+    return b"".join(chunks)
+
+
+def permission_entries(app: CustomApplication, identities: Iterable[Any]) -> list[bytes]:
+    """The identity_to_permissions entries get_payload() lists for these identities, encoded."""
+    entries = (identity.get_identity_to_permissions(application_name=app.name) for identity in identities)
+    return [encode(entry).encode() for entry in entries if "application_permissions" in entry
+            or "role_assignments" in entry]
 
 
 def save_payload(payload: bytes, path: str) -> None:
