@@ -927,13 +927,15 @@ def moment(value: Any) -> datetime | None:
     """Unix seconds (number or digits) or an ISO string as a UTC datetime; None when absent or unusable."""
     text = value.strip() if isinstance(value, str) else ""
     try:
-        if (isinstance(value, (int, float)) and not isinstance(value, bool)) or re.fullmatch(r"\d+(\.\d+)?", text):
-            result = datetime.fromtimestamp(float(value), tz=timezone.utc)
-        elif text:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            result = datetime.fromtimestamp(value, tz=timezone.utc)
+        elif not text:  # absent, blank or of another type: most time fields of most records
+            return None
+        elif re.fullmatch(r"\d+(\.\d+)?", text):
+            result = datetime.fromtimestamp(float(text), tz=timezone.utc)
+        else:
             result = datetime.fromisoformat(text.replace("Z", "+00:00"))
             result = result if result.tzinfo else result.replace(tzinfo=timezone.utc)
-        else:
-            return None
         result = result.astimezone(timezone.utc)
     except (ValueError, OverflowError, OSError):  # nan, inf, out of range, not a date
         return None
@@ -1872,6 +1874,7 @@ class ApplicationBuilder:
         self.app = CustomApplication(name=snapshot.org_id, application_type=APPLICATION_TYPE)
         self.warnings: list[str] = []
         self.invitees: set[int] = set()  # id() of the local users that are pending invites
+        self.project_lists: dict[tuple[str, str, Kind | None], list[dict]] = {}
         self.warned: set[str] = set()
         self.counts: dict[str, int] = {}
         self.notes: list[tuple[int, str]] = []
@@ -1942,9 +1945,12 @@ class ApplicationBuilder:
         return [item for item in unique_by_id(items, key, warn) if item[key] not in self.deleted[kind]]
 
     def project_list(self, family: str, pid: str, kind: Kind | None = Kind.USER) -> list[dict]:
-        """One project's records of a per-project family, as records() makes them (warned once however often)."""
-        return self.records(f"project {pid} {FAMILIES[family].label}",
-                            (getattr(self.snapshot, family) or {}).get(pid, []), kind)
+        """One project's records of a per-project family, as records() makes them, made once (several steps read
+        the same lists)."""
+        if (family, pid, kind) not in self.project_lists:
+            self.project_lists[family, pid, kind] = self.records(
+                f"project {pid} {FAMILIES[family].label}", (getattr(self.snapshot, family) or {}).get(pid, []), kind)
+        return self.project_lists[family, pid, kind]
 
     # --- identities -------------------------------------------------------------------------------
     def new_local_user(self, unique_id: str, name: str, identity: str | None = None, *, email: str | None = None,
@@ -2618,8 +2624,8 @@ def build_application(snapshot: Snapshot) -> MappingResult:
     owner_groups = {group.unique_id for group in app.local_groups.values() if "owner" in group.role_assignments}
     users = [user for user in app.local_users.values() if id(user) not in builder.invitees]
     result.people = {"people": sum(user.user_type != "service_account" for user in users),
-                     "owners": sum("owner" in user.role_assignments or bool(owner_groups & set(user.groups or ()))
-                                   for user in users)}
+                     "owners": sum("owner" in user.role_assignments or bool(
+                         owner_groups and not owner_groups.isdisjoint(user.groups or ())) for user in users)}
     return result
 
 

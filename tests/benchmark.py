@@ -653,7 +653,7 @@ def main() -> None:
             payloads.append(result["payload"].read_bytes())
             fake.peak_in_flight = 0
         if veza is not None:
-            print(f"pushed {len(veza.pushes)} payload(s) of {len(payloads[-1]) / 1e6:.0f} MB of JSON")
+            print(f"pushed {len(veza.pushes)} payload(s) of {len(payloads[-1]):,} bytes of JSON")
             veza.stop()
     if len(payloads) > 1:
         print(f"payloads byte-identical across worker counts: {all(p == payloads[0] for p in payloads)}")
