@@ -1874,7 +1874,6 @@ class ApplicationBuilder:
         self.app = CustomApplication(name=snapshot.org_id, application_type=APPLICATION_TYPE)
         self.warnings: list[str] = []
         self.invitees: set[int] = set()  # id() of the local users that are pending invites
-        self.project_lists: dict[tuple[str, str, Kind | None], list[dict]] = {}
         self.warned: set[str] = set()
         self.counts: dict[str, int] = {}
         self.notes: list[tuple[int, str]] = []
@@ -1945,12 +1944,9 @@ class ApplicationBuilder:
         return [item for item in unique_by_id(items, key, warn) if item[key] not in self.deleted[kind]]
 
     def project_list(self, family: str, pid: str, kind: Kind | None = Kind.USER) -> list[dict]:
-        """One project's records of a per-project family, as records() makes them, made once (several steps read
-        the same lists)."""
-        if (family, pid, kind) not in self.project_lists:
-            self.project_lists[family, pid, kind] = self.records(
-                f"project {pid} {FAMILIES[family].label}", (getattr(self.snapshot, family) or {}).get(pid, []), kind)
-        return self.project_lists[family, pid, kind]
+        """One project's records of a per-project family, as records() makes them (warned once however often)."""
+        return self.records(f"project {pid} {FAMILIES[family].label}",
+                            (getattr(self.snapshot, family) or {}).get(pid, []), kind)
 
     # --- identities -------------------------------------------------------------------------------
     def new_local_user(self, unique_id: str, name: str, identity: str | None = None, *, email: str | None = None,
