@@ -953,7 +953,7 @@ def epoch_seconds(value: Any) -> float | None:
 
 
 def text_of(value: Any) -> str | None:
-    return value.strip() if isinstance(value, str) and value.strip() else None
+    return (value.strip() or None) if isinstance(value, str) else None
 
 
 def dict_of(value: Any) -> dict:
@@ -971,7 +971,8 @@ def shape(value: Any) -> str:
 
 def usable_id(value: Any) -> bool:
     """A non-blank string that is valid Unicode: a lone surrogate ("\\ud800" in JSON) fits no URL or payload."""
-    return isinstance(value, str) and bool(value.strip()) and not re.search("[\ud800-\udfff]", value)
+    return isinstance(value, str) and bool(value.strip()) and (value.isascii() or not re.search("[\ud800-\udfff]",
+                                                                                                value))
 
 
 def unique_by_id(items: Iterable[Any], key: str = "id", problem: Callable[[str], None] | None = None) -> list[dict]:
@@ -2641,6 +2642,32 @@ def serialize_application(app: CustomApplication) -> bytes:
     """json.dumps(app.get_payload(), separators=(",", ":")) byte for byte, from each entity's own to_dict():
     users and credentials are freed as they are written, so the whole payload dict (some 200 MB at 100,000
     users) never exists. The application is spent afterwards."""
+    chunks, permissions = [], {}  # permissions: the identity_to_permissions entries of entities already freed
+    # literal JSON, attribute ("" for identity_to_permissions), literal JSON, ...
+    for index, attribute in enumerate(payload_skeleton(app)):
+        if index % 2 == 0:
+            chunks.append(attribute.encode())
+            continue
+        entries: list[str] = []
+        for identities in IDENTITIES if not attribute else ():
+            entries += permissions.pop(identities, None) or permission_entries(app, getattr(app, identities).values())
+        if attribute in ("local_users", "access_creds"):  # the many: each freed once written
+            entities, permissions[attribute] = getattr(app, attribute), []
+            for key in list(entities):
+                entity = entities.pop(key)
+                entries.append(encode(entity.to_dict()))
+                entry = entity.get_identity_to_permissions(application_name=app.name)
+                if listed(entry):
+                    permissions[attribute].append(encode(entry))
+        elif attribute:
+            entries += [encode(entity.to_dict()) for entity in getattr(app, attribute).values()]
+        chunks.append(f"[{','.join(entries)}]".encode())
+    return b"".join(chunks)
+
+
+def payload_skeleton(app: CustomApplication) -> list[str]:
+    """get_payload() of the application without its entities, split where each entity list goes: literal JSON,
+    the attribute listed there ("" for identity_to_permissions), literal JSON, ..."""
     marker = f"entities-{os.urandom(16).hex()}-"  # cannot occur in the skeleton's own strings
     skeleton = copy.copy(app)  # shallow: the entities are neither copied nor changed
     for attribute in {*ENTITY_LISTS.values(), *IDENTITIES}:
@@ -2651,32 +2678,18 @@ def serialize_application(app: CustomApplication) -> bytes:
         if holder.get(key) != []:  # not the shape this was written for: never push a payload missing entities
             raise RuntimeError(f"oaaclient's payload has no empty {key!r} list to fill")
         holder[key] = marker + attribute
-    chunks, permissions = [], {}  # permissions: the identity_to_permissions entries of entities already freed
-    # re.split with a group: literal JSON, attribute ("" for identity_to_permissions), literal JSON, ...
-    for index, attribute in enumerate(re.split(f'"{re.escape(marker)}(\\w*)"', encode(payload))):
-        if index % 2 == 0:
-            chunks.append(attribute.encode())
-            continue
-        entries = []
-        for identities in IDENTITIES if not attribute else ():
-            entries += permissions.pop(identities, None) or permission_entries(app, getattr(app, identities).values())
-        if attribute in ("local_users", "access_creds"):  # the many: each freed once written
-            entities, permissions[attribute] = getattr(app, attribute), []
-            for key in list(entities):
-                entity = entities.pop(key)
-                entries.append(encode(entity.to_dict()).encode())
-                permissions[attribute] += permission_entries(app, [entity])
-        elif attribute:
-            entries += [encode(entity.to_dict()).encode() for entity in getattr(app, attribute).values()]
-        chunks.append(b"[" + b",".join(entries) + b"]")
-    return b"".join(chunks)
+    return re.split(f'"{re.escape(marker)}(\\w*)"', encode(payload))
 
 
-def permission_entries(app: CustomApplication, identities: Iterable[Any]) -> list[bytes]:
+def permission_entries(app: CustomApplication, identities: Iterable[Any]) -> list[str]:
     """The identity_to_permissions entries get_payload() lists for these identities, encoded."""
     entries = (identity.get_identity_to_permissions(application_name=app.name) for identity in identities)
-    return [encode(entry).encode() for entry in entries if "application_permissions" in entry
-            or "role_assignments" in entry]
+    return [encode(entry) for entry in entries if listed(entry)]
+
+
+def listed(entry: dict) -> bool:
+    """Whether get_payload() lists an identity's identity_to_permissions entry: only when it grants something."""
+    return "application_permissions" in entry or "role_assignments" in entry
 
 
 def save_payload(payload: bytes, path: str) -> None:
