@@ -2389,9 +2389,10 @@ def map_role_assignments(m: ApplicationBuilder) -> None:
     count = 0
     for record in m.group_records:
         count += m.assign(m.app.local_groups[record["id"]], (s.group_roles or {}).get(record["id"], []), None)
-    for record in m.user_records:
+    user_roles = s.user_roles or {}
+    for record in (record for record in m.user_records if record["id"] in user_roles):  # most have none read
         user = m.app.local_users[record["id"]]
-        count += m.assign(user, (s.user_roles or {}).get(record["id"], []), None, member=user)
+        count += m.assign(user, user_roles[record["id"]], None, member=user)
     for pid, project in m.projects.items():
         if s.groups is not None and s.project_groups is not None and s.project_group_roles is not None:
             count += assign_project_groups(m, pid, project)
