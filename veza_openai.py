@@ -2649,20 +2649,20 @@ def serialize_application(app: CustomApplication) -> bytes:
         if index % 2 == 0:
             chunks.append(attribute.encode())
             continue
-        entries: list[str] = []
+        entries: list[bytes] = []
         for identities in IDENTITIES if not attribute else ():
             entries += permissions.pop(identities, None) or permission_entries(app, getattr(app, identities).values())
         if attribute in ("local_users", "access_creds"):  # the many: each freed once written
             entities, permissions[attribute] = getattr(app, attribute), []
             for key in list(entities):
                 entity = entities.pop(key)
-                entries.append(encode(entity.to_dict()))
+                entries.append(encode(entity.to_dict()).encode())
                 entry = entity.get_identity_to_permissions(application_name=app.name)
                 if listed(entry):
-                    permissions[attribute].append(encode(entry))
+                    permissions[attribute].append(encode(entry).encode())
         elif attribute:
-            entries += [encode(entity.to_dict()) for entity in getattr(app, attribute).values()]
-        chunks.append(f"[{','.join(entries)}]".encode())
+            entries += [encode(entity.to_dict()).encode() for entity in getattr(app, attribute).values()]
+        chunks.append(b"[" + b",".join(entries) + b"]")
     return b"".join(chunks)
 
 
@@ -2682,10 +2682,10 @@ def payload_skeleton(app: CustomApplication) -> list[str]:
     return re.split(f'"{re.escape(marker)}(\\w*)"', encode(payload))
 
 
-def permission_entries(app: CustomApplication, identities: Iterable[Any]) -> list[str]:
+def permission_entries(app: CustomApplication, identities: Iterable[Any]) -> list[bytes]:
     """The identity_to_permissions entries get_payload() lists for these identities, encoded."""
     entries = (identity.get_identity_to_permissions(application_name=app.name) for identity in identities)
-    return [encode(entry) for entry in entries if listed(entry)]
+    return [encode(entry).encode() for entry in entries if listed(entry)]
 
 
 def listed(entry: dict) -> bool:
