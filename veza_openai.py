@@ -1376,10 +1376,7 @@ class Scheduler:
             return
         verdict = classify(answer)
         if verdict in (Verdict.PAGE, Verdict.REFUSED) and lane.on_success(now, read.sent_at):
-            woken = self.lanes.wake(now)
-            self.delayed = [(min(due, woken.get(waiting.family.name, due)), order, waiting)
-                            for due, order, waiting in self.delayed]
-            heapq.heapify(self.delayed)
+            self.wake(now)
         if verdict is Verdict.PAGE:
             self.succeeded += 1
             read.throttled_since = None
@@ -1394,6 +1391,16 @@ class Scheduler:
                 self.retry(read, answer, now)
             else:
                 self.plan.failed(read, f"{read.path}: {answer.problem}{': ' if answer.detail else ''}{answer.detail}")
+
+    def wake(self, now: float) -> None:
+        """Bring forward the refused reads of the endpoints an endpoint getting through woke (not reads waiting
+        out a 5xx backoff: theirs is no limit's wait)."""
+        woken = self.lanes.wake(now)
+        if woken:
+            self.delayed = [(min(due, woken[waiting.family.name]) if waiting.family.name in woken
+                             and waiting.throttled_since is not None else due, order, waiting)
+                            for due, order, waiting in self.delayed]
+            heapq.heapify(self.delayed)
 
     def take_throttle(self, read: ListRead, answer: Answer, now: float) -> None:
         """A 429: the same request again once its lane allows; a hint that ends past --max-throttle-wait fails it at
