@@ -1,9 +1,6 @@
 #!/usr/bin/env python3
-"""Veza OAA connector for OpenAI: who can do what in an OpenAI organization, pushed to Veza.
-
-Reads it through the OpenAI Admin API, maps it to an OAA custom application and pushes that to Veza. Sections
-follow the data: options, logging, HTTP, the catalogue, records, pacing, the scheduler, the read plan, the
-snapshot, mapping, the payload, Veza, the report, main. README.md is the operator's guide, docs/ the reference.
+"""Veza OAA connector for OpenAI: reads an organization through the OpenAI Admin API, maps who can do what to an
+OAA custom application and pushes it to Veza. README.md is the operator's guide, docs/ the reference.
 """
 
 from __future__ import annotations
@@ -52,17 +49,15 @@ try:
         OAAPropertyType,
     )
     from requests.packages import urllib3
-except ImportError as missing:  # run outside its virtual environment: say how to fix it, not a traceback
-    sys.stderr.write(f"veza_openai.py: the Python package {missing.name!r} is missing. Install what the connector "
-                     "needs with: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt, then run "
-                     ".venv/bin/python veza_openai.py (or use the Docker image)\n")
+except ImportError as missing:  # outside its virtual environment: say how to fix it, not a traceback
+    sys.stderr.write(f"veza_openai.py: the Python package {missing.name!r} is missing; install it: python3 -m venv "
+                     ".venv && .venv/bin/pip install -r requirements.txt, then run .venv/bin/python veza_openai.py\n")
     sys.exit(2)
 
 __version__ = "1.3.0"
 USER_AGENT = f"veza-openai-connector/{__version__}"
 PROVIDER_NAME = "OpenAI"
 APPLICATION_TYPE = "OpenAI"
-DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 log = logging.getLogger("veza_openai")
 
@@ -70,11 +65,11 @@ log = logging.getLogger("veza_openai")
 class ExitStatus(enum.IntEnum):
     """What the process tells cron, Docker or Kubernetes (README: Exit status)."""
 
-    OK = 0             # pushed; with --dry-run: read, mapped and written
-    FAILED = 1         # nothing pushed, or the push's outcome is unknown (the log says which)
-    CONFIG = 2         # configuration error; no request was sent (argparse uses 2 as well)
+    OK = 0  # pushed; with --dry-run: read, mapped and written
+    FAILED = 1  # nothing pushed, or the push's outcome is unknown (the log says which)
+    CONFIG = 2  # configuration error, no request sent (argparse's status too)
     INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2, as shells report it
-    TERMINATED = 143   # SIGTERM (docker stop, Kubernetes, systemd): 128 + 15
+    TERMINATED = 143  # SIGTERM (docker stop, Kubernetes, systemd): 128 + 15
 
 
 class ConfigError(Exception):
@@ -98,7 +93,7 @@ class PushError(Exception):
 
 
 class Stopped(BaseException):
-    """A signal asked the run to stop (SIGTERM or Ctrl-C); like KeyboardInterrupt, not an Exception."""
+    """SIGTERM or Ctrl-C stops the run; a BaseException, like KeyboardInterrupt."""
 
     def __init__(self, signal_name: str, status: ExitStatus) -> None:
         super().__init__(signal_name)
@@ -111,34 +106,34 @@ class Stopped(BaseException):
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: its flags (the first is shown in messages), its variable, its kind, bounds and help."""
+    """One setting: flags (messages name the first), variable, kind, bounds and help."""
 
     dest: str
-    flags: tuple[str, ...]           # () for a variable only
-    env: str | None                  # None: command line only
+    flags: tuple[str, ...]  # () for a variable only
+    env: str | None  # None: command line only
     help: str
-    kind: type | None = None         # int or float: a number within low..high; None: text
+    kind: type | None = None  # int or float: a number within low..high; None: text
     default: Any = None
     low: float = 0
     high: float = 0
-    choices: tuple[str, ...] = ()    # a word from this list, any case
-    switch: bool = False             # a flag without a value; its variable says true or false
-    bare_value: str | None = None    # the value of the flag given alone (--save-json)
-    unset_means: str = ""            # what leaving it unset means, for --help
+    choices: tuple[str, ...] = ()  # in any case
+    switch: bool = False  # a flag without a value; its variable says true or false
+    bare_value: str | None = None  # the value of the flag given alone
+    unset_means: str = ""  # for --help
 
     @property
-    def label(self) -> str:  # every option has flags, a variable or both
-        if not self.flags:
-            return self.env
-        return f"{self.flags[0]} (env {self.env})" if self.env else self.flags[0]
+    def label(self) -> str:
+        if self.flags and self.env:
+            return f"{self.flags[0]} (env {self.env})"
+        return self.flags[0] if self.flags else self.env
 
 
 OPTIONS = (
     Option("veza_url", ("--veza-url", "--veza_url"), "VEZA_URL", "URL of your Veza instance"),
     Option("org_id", ("--openai-org", "--openai_org"), "OPENAI_ORG_ID", "OpenAI organization ID, org-..."),
     Option("openai_base_url", ("--openai-base-url",), "OPENAI_BASE_URL", "OpenAI API base URL",
-           default=DEFAULT_OPENAI_BASE_URL),
-    Option("save_json", ("--save-json", "--save_json"), None, "also write the payload JSON; PATH is a directory "
+           default="https://api.openai.com/v1"),
+    Option("save_json", ("--save-json", "--save_json"), None, "also write the payload JSON to PATH: a directory "
            "(default: the current one) or a .json file", bare_value="."),
     Option("dry_run", ("--dry-run",), None, "read and map, write the payload JSON, push nothing; needs no Veza "
            "settings", switch=True),
@@ -148,24 +143,22 @@ OPTIONS = (
     Option("log_format", ("--log-format",), "LOG_FORMAT", "text or json: one JSON object per line, for log "
            "shippers", choices=("text", "json"), default="text"),
     Option("max_run_time", ("--max-run-time",), "OPENAI_MAX_RUN_TIME", "seconds the whole run (reading, push and "
-           "report) may take before it stops", float, None, 1, 7 * 86_400, unset_means="no limit"),
+           "report) may take", float, None, 1, 7 * 86_400, unset_means="no limit"),
     Option("role_assignments", ("--role-assignments",), "OPENAI_ROLE_ASSIGNMENTS", "per-user role assignment "
            "reads: auto, all or none", choices=("auto", "all", "none"), default="auto"),
     Option("activity_days", ("--activity-days",), "OPENAI_ACTIVITY_DAYS", "days of audit log read for last "
-           "logins and API key scopes; 0 reads none", int, 90, 0, 3650),
+           "logins and key scopes; 0 reads none", int, 90, 0, 3650),
     Option("max_workers", ("--max-workers",), "OPENAI_MAX_WORKERS", "concurrent OpenAI requests", int, 8, 1, 64),
     Option("max_requests_per_second", ("--max-requests-per-second",), "OPENAI_MAX_REQUESTS_PER_SECOND",
            "hard cap on all OpenAI requests per second", float, None, 0.01, 10_000, unset_means="no cap"),
     Option("max_requests_per_minute_per_endpoint", ("--max-requests-per-minute-per-endpoint",),
-           "OPENAI_MAX_RPM_PER_ENDPOINT", "cap on requests per minute to each Admin API endpoint, for an "
-           "organization whose limits are known", int, None, 1, 100_000,
-           unset_means="none, each endpoint's limit is learned from its answers"),
-    Option("timeout", ("--timeout",), "OPENAI_TIMEOUT", "seconds to wait for one whole OpenAI answer", float,
-           30.0, 0.05, 600),
+           "OPENAI_MAX_RPM_PER_ENDPOINT", "cap on each endpoint's requests per minute, for an organization whose "
+           "limits are known", int, None, 1, 100_000, unset_means="none, learned from the answers"),
+    Option("timeout", ("--timeout",), "OPENAI_TIMEOUT", "seconds for one whole OpenAI answer", float, 30.0, 0.05, 600),
     Option("max_retries", ("--max-retries",), "OPENAI_MAX_RETRIES", "retries of one OpenAI request on 5xx and "
            "connection errors", int, 6, 0, 20),
-    Option("max_throttle_wait", ("--max-throttle-wait",), "OPENAI_MAX_THROTTLE_WAIT", "seconds one OpenAI "
-           "request may keep being answered 429 before the run fails", float, 900.0, 0.1, 86_400),
+    Option("max_throttle_wait", ("--max-throttle-wait",), "OPENAI_MAX_THROTTLE_WAIT", "seconds one request may "
+           "keep being answered 429 before the run fails", float, 900.0, 0.1, 86_400),
     # Veza's side keeps oaaclient's variables and defaults.
     Option("veza_retries", (), "OAA_API_RETRIES", "retries of a Veza call", int, 10, 0, 100),
     Option("veza_timeout", (), "OAA_API_TIMEOUT", "seconds for one whole Veza answer", float, 300.0, 1, 3600),
@@ -173,18 +166,18 @@ OPTIONS = (
     Option("time_scale", (), "VEZA_OPENAI_TIME_SCALE", "time scale", float, 1.0, 0.001, 1.0),
 )
 OPTION = {option.dest: option for option in OPTIONS}
-# Variables that hold secrets, directly or by naming a file (as Docker and Kubernetes mount them).
+# Each may instead name a file with its _FILE variant, as Docker and Kubernetes mount secrets.
 SECRET_VARIABLES = ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY", "VEZA_API_KEY")
-# Every variable the connector reads, which a "did you mean" never names.
+# Every variable read: never taken for a misspelling.
 KNOWN_VARIABLES = {*(option.env for option in OPTIONS if option.env), "VEZA_UNSAFE_HTTPS", *SECRET_VARIABLES,
                    *(f"{name}_FILE" for name in SECRET_VARIABLES)}
 NON_ADMIN_KEY_PREFIXES = {"sk-proj-": "a project key", "sk-svcacct-": "a service account key"}
-MAX_SECRET_LENGTH = 4096      # real keys are ~200 characters; a 100 KB "key" is a pasted file
-CONTAINER_UID = 10001         # the Dockerfile's USER
+MAX_SECRET_LENGTH = 4096  # real keys are ~200 characters; a 100 KB "key" is a pasted file
+CONTAINER_UID = 10001  # the Dockerfile's USER
 
 
 class Config:
-    """The run's settings: one attribute per option, then what was derived (keys, the payload path, notes)."""
+    """The run's settings: every option's, then the DERIVED ones."""
 
     DERIVED = {"openai_api_key": None, "veza_api_key": None, "save_json_path": None,
                "openai_key_source": "OPENAI_API_KEY", "veza_unverified": False, "notes": ()}
@@ -204,19 +197,17 @@ class Config:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a rejected flag is a configuration error like any other (one line, exit 2)."""
+    """A flag argparse rejects is a configuration error like any other (one line, exit 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError([f"{message} (see --help)"])
 
 
 def build_arg_parser(options: Iterable[Option] = OPTIONS, add_help: bool = True) -> ArgumentParser:
-    """The flags of `options` with their --help lines, and --help and --version; values stay text, checked later."""
-    parser = ArgumentParser(
-        prog="veza_openai.py", add_help=add_help,
-        description="Discover an OpenAI organization's access and push it to Veza (OAA). Secrets come from the "
-        "environment only: VEZA_API_KEY, and OPENAI_ADMIN_KEY or OPENAI_API_KEY (the admin key wins when both "
-        "are set); each may instead name a file with VEZA_API_KEY_FILE, OPENAI_ADMIN_KEY_FILE, OPENAI_API_KEY_FILE.")
+    """The parser of `options`; values stay text, checked later."""
+    parser = ArgumentParser(prog="veza_openai.py", add_help=add_help, description="Push an OpenAI organization's "
+                            "access to Veza (OAA). Secrets come from the environment only: VEZA_API_KEY, and "
+                            "OPENAI_ADMIN_KEY (wins) or OPENAI_API_KEY, or files their _FILE variants name.")
     if add_help:
         parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for option in [option for option in options if option.flags]:
@@ -242,7 +233,6 @@ def is_loopback(host: str | None) -> bool:
 
 
 def has_control_characters(text: str) -> bool:
-    """Never part of a key, an id or a URL (a pasted newline, say)."""
     return any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text)
 
 
@@ -252,9 +242,8 @@ def shown_path(path: str) -> str:
 
 
 def mask_key(key: str) -> str:
-    """Enough of a key to tell which one it is (its kind and last four characters)."""
+    """Its kind and last four characters, these only if 16 or more follow the kind (else too much of it)."""
     kind = next((prefix for prefix in ("sk-admin-", "sk-proj-", "sk-svcacct-", "sk-") if key.startswith(prefix)), "")
-    # Four characters of a secret part shorter than 16 would give too much of it away.
     return f"{kind}...{key[-4:]}" if len(key) - len(kind) >= 16 else f"{kind}..."
 
 
@@ -270,14 +259,14 @@ def unknown_arguments_problem(extras: list[str]) -> str:
             f" (did you mean {', '.join(guesses)}?)" if guesses else "")
     else:
         message = f"unexpected argument(s) on the command line ({values}, not shown); every setting is a flag"
-    if any(arg.startswith("sk-") or "key" in arg.lower() or "token" in arg.lower() for arg in extras):
-        message += ("; secrets are read from the environment only (OPENAI_API_KEY or OPENAI_ADMIN_KEY, "
-                    "VEZA_API_KEY, or their _FILE variants), never from the command line")
+    if any(arg.startswith("sk-") or re.search("key|token", arg, re.IGNORECASE) for arg in extras):
+        message += ("; secrets are read from the environment only (OPENAI_ADMIN_KEY or OPENAI_API_KEY, "
+                    "VEZA_API_KEY, or their _FILE variants)")
     return message + " (see --help)"
 
 
 class ConfigReader:
-    """Reads flags and environment into a Config, collecting every problem (then ConfigError) and note."""
+    """Flags and environment into a Config; every problem is collected (then ConfigError), and every note."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env, self.problems, self.notes = env, [], []  # notes: warnings the run logs once it starts
@@ -299,11 +288,11 @@ class ConfigReader:
         if settings["org_id"] is None:
             self.not_set("OPENAI_ORG_ID", " (or --openai-org)")
         elif not re.fullmatch(r"org-[A-Za-z0-9_-]{1,128}", settings["org_id"]):
-            settings["org_id"] = self.problem("OPENAI_ORG_ID (or --openai-org) must look like org-XXXX (letters, "
-                                              "digits, '-' and '_' after 'org-', nothing else, no trailing newline)")
+            settings["org_id"] = self.problem("OPENAI_ORG_ID (or --openai-org) must look like org-XXXX: letters, "
+                                              "digits, '-' or '_' after 'org-', no trailing newline")
         settings["openai_api_key"], settings["openai_key_source"] = self.openai_key()
-        settings["openai_base_url"] = self.checked_url(settings["openai_base_url"],
-                                                       "OPENAI_BASE_URL (or --openai-base-url)", openai=True)
+        settings["openai_base_url"] = self.checked_url(
+            settings["openai_base_url"], "OPENAI_BASE_URL (or --openai-base-url)", openai=True)
         if not dry_run:
             self.veza_settings(settings)
         save_json = settings.pop("save_json") or ("." if dry_run else None)
@@ -315,15 +304,15 @@ class ConfigReader:
         return Config(**settings)
 
     def unquoted(self, value: str, name: str) -> str:
-        """Without one pair of surrounding quotes, noted: `docker run --env-file` keeps them literally."""
+        """Without one pair of surrounding quotes, noted."""
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            self.notes.append(f"{name} is wrapped in quotes, which docker --env-file and some secret stores keep as "
-                              "part of the value; the quotes were removed (write the value unquoted)")
+            self.notes.append(f"{name} is wrapped in quotes (docker --env-file keeps them); they were removed: "
+                              "write the value unquoted")
             return value[1:-1]
         return value
 
     def checked_value(self, option: Option, raw: str | bool | None) -> Any:
-        """The value given, if it is right; else the default (and a problem when it was given)."""
+        """The value if right, else the default (and a problem when one was given)."""
         if raw is None:
             return option.default
         word = raw if isinstance(raw, bool) else raw.strip().lower()
@@ -334,12 +323,11 @@ class ConfigReader:
         elif option.kind is not None:
             try:
                 value = option.kind(raw.strip())
-            except ValueError:
-                self.problem(f"{option.label} must be a number, got {raw[:20]!r}")
-            else:
                 if option.low <= value <= option.high:
                     return value
                 self.problem(f"{option.label} must be between {option.low:g} and {option.high:g}")
+            except ValueError:
+                self.problem(f"{option.label} must be a number, got {raw[:20]!r}")
         elif not option.choices:
             return raw
         elif word in option.choices:
@@ -361,13 +349,13 @@ class ConfigReader:
         if not parts.hostname:
             problem = "is not a valid URL (no host)"
         elif parts.username or parts.password:
-            problem = "must not contain credentials (user:password@); keys come from the environment"
+            problem = "must not contain credentials (user:password@)"
         elif parts.query or parts.fragment:
             problem = "must not contain a query string or fragment"
         elif not openai and parts.path.strip("/"):
             problem = f"must be the instance's address only (https://host), not a page such as {parts.path[:40]!r}"
         elif scheme != "https" and not (openai and scheme == "http" and is_loopback(parts.hostname)):
-            problem = "must use https" + (" (http is allowed only for loopback test servers)" if openai else "")
+            problem = "must use https" + (" (http only to loopback)" if openai else "")
         else:
             return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", "")).rstrip("/")
         return self.problem(f"{name} {problem}")
@@ -375,22 +363,20 @@ class ConfigReader:
     def read_secret_file(self, path: str, variable: str) -> str | None:
         """Only a regular file (a FIFO would block before signals are handled); trailing newlines dropped."""
         if path.startswith("sk-"):
-            return self.problem(f"{variable} holds what looks like an API key, not a file path; put the key in "
-                                f"{variable.removesuffix('_FILE')} instead, or in a file that {variable} names")
+            return self.problem(f"{variable} holds what looks like an API key, not a file path: put the key in "
+                                f"{variable.removesuffix('_FILE')}, or in a file that {variable} names")
         where = f"{variable}: {shown_path(path)}"
         try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         except (OSError, ValueError) as exc:
             return self.problem(f"{variable}: cannot read {shown_path(path)} "
                                 f"({getattr(exc, 'strerror', None) or type(exc).__name__})")
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
             os.close(descriptor)
-            return self.problem(f"{where} is not a regular file (a FIFO, device or directory); name the file that "
-                                "holds the key")
+            return self.problem(f"{where} is not a regular file; name the file holding the key")
         if mode & stat.S_IROTH and not os.fstatvfs(descriptor).f_flag & os.ST_RDONLY:
-            self.notes.append(f"{where} is readable by other users (mode {stat.S_IMODE(mode):04o}); restrict it "
-                              "with chmod 600")
+            self.notes.append(f"{where} is readable by other users (mode {stat.S_IMODE(mode):04o}): chmod 600 it")
         with open(descriptor, "rb") as handle:
             raw = handle.read(MAX_SECRET_LENGTH + 2)
         try:
@@ -405,11 +391,10 @@ class ConfigReader:
         """(checked value, the variable it came from): `name`, or the file `name`_FILE names."""
         file_name = f"{name}_FILE"
         direct, path = self.env.get(name), self.env.get(file_name)
-        if direct and path:
-            self.problem(f"{name} and {file_name} are both set; set only one")
-            return None, name
         if not direct and not path:
             return None, None
+        if direct and path:
+            return self.problem(f"{name} and {file_name} are both set; set only one"), name
         source = name if direct else file_name
         value = direct or self.read_secret_file(path, file_name)
         if value is None:  # the file could not be read, as a problem says
@@ -418,22 +403,22 @@ class ConfigReader:
         if not value:  # '""' unquoted
             self.problem(f"{source} is not set")
         elif len(value) > MAX_SECRET_LENGTH:
-            self.problem(f"{source} is {len(value):,} characters long; an API key is a few hundred at most")
+            self.problem(f"{source} is {len(value):,} characters long; an API key is a few hundred")
         elif has_control_characters(value):
             where = "a trailing newline" if value.endswith(("\n", "\r")) else \
                 "whitespace, a newline or control characters"
-            self.problem(f"{source} contains {where}: set it without them (printf '%s' \"$KEY\", not echo), or put "
-                         f"the key in a file and name it with {file_name}, whose trailing newlines are dropped")
+            self.problem(f"{source} contains {where}: set it without (printf '%s', not echo), or put the key in a "
+                         f"file named by {file_name} (trailing newlines are dropped)")
         elif not value.isascii():
-            self.problem(f"{source} contains non-ASCII characters; API keys are plain ASCII (a copy-paste slip?)")
+            self.problem(f"{source} contains non-ASCII characters, which no API key has")
         else:
             return value, source
         return None, source
 
     def save_path(self, value: str, org_id: str | None) -> str | None:
         """A directory gets openai-<org>-<UTC time>.json; checked writable now."""
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         if os.path.isdir(value) or not value.lower().endswith(".json"):
+            stamp = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
             directory, path = value, os.path.join(value, f"openai-{org_id or 'org'}-{stamp}.json")
         else:
             directory, path = os.path.dirname(value) or ".", value
@@ -443,14 +428,13 @@ class ConfigReader:
         with contextlib.suppress(OSError, ValueError):
             name_max = os.pathconf(directory, "PC_NAME_MAX")
         if len(os.path.basename(path).encode()) > name_max:
-            return self.problem(f"--save-json file name is longer than the {name_max} bytes this file system allows")
+            return self.problem(f"--save-json file name is longer than the file system's {name_max} bytes")
         try:  # os.access says yes to root even on read-only mounts; a real file says the truth
             with tempfile.TemporaryFile(dir=directory):
                 pass
         except OSError:
-            who = f"the container's user (uid {CONTAINER_UID})" if os.getuid() == CONTAINER_UID else \
-                f"this user (uid {os.getuid()})"
-            return self.problem(f"--save-json directory {directory!r} is not writable by {who}")
+            who = "the container's user" if os.getuid() == CONTAINER_UID else "this user"
+            return self.problem(f"--save-json directory {directory!r} is not writable by {who} (uid {os.getuid()})")
         return path
 
     def not_set(self, variable: str, alternatives: str = "") -> None:
@@ -461,7 +445,6 @@ class ConfigReader:
             f" ({', '.join(unknown[:3])} {'is' if len(unknown) == 1 else 'are'} set: did you mean {variable}?)"
             if unknown else ""))
 
-
     def openai_key(self) -> tuple[str | None, str | None]:
         """(key, its variable): the admin key wins, as OPENAI_API_KEY may hold a project key for other tools."""
         for name in ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY"):
@@ -471,8 +454,7 @@ class ConfigReader:
                              if key and key.startswith(prefix)), None)
                 if kind:
                     self.problem(f"{source} holds {kind} ({mask_key(key)}), which the Admin API refuses: use an Admin "
-                                 "API key (sk-admin-...), created by an organization owner under Settings > "
-                                 "Organization > Admin keys")
+                                 "API key (sk-admin-...) from Settings > Organization > Admin keys")
                 return (None if kind else key), source
         return self.not_set("OPENAI_API_KEY", " (or OPENAI_ADMIN_KEY, or either's _FILE variant)"), None
 
@@ -485,12 +467,11 @@ class ConfigReader:
             self.not_set("VEZA_API_KEY")
         settings["veza_unverified"] = self.env.get("VEZA_UNSAFE_HTTPS", "").strip().lower() == "true"
         if settings["veza_unverified"]:
-            self.notes.append("VEZA_UNSAFE_HTTPS=true: Veza's TLS certificate is not verified (for test instances "
-                              "only)")
+            self.notes.append("VEZA_UNSAFE_HTTPS=true: Veza's TLS certificate is not verified (test instances only)")
 
 
 def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Parse flags and environment into a Config; raise ConfigError listing every problem."""
+    """The Config of flags and environment, or ConfigError listing every problem."""
     return ConfigReader(os.environ if environ is None else environ).read(argv)
 
 
