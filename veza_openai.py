@@ -122,10 +122,8 @@ class Option:
     unset_means: str = ""  # for --help
 
     @property
-    def label(self) -> str:
-        if self.flags and self.env:
-            return f"{self.flags[0]} (env {self.env})"
-        return self.flags[0] if self.flags else self.env
+    def label(self) -> str:  # every option checked has a variable
+        return f"{self.flags[0]} (env {self.env})" if self.flags else self.env
 
 
 OPTIONS = (
@@ -166,7 +164,7 @@ OPTIONS = (
     Option("time_scale", (), "VEZA_OPENAI_TIME_SCALE", "time scale", float, 1.0, 0.001, 1.0),
 )
 OPTION = {option.dest: option for option in OPTIONS}
-# Each may instead name a file with its _FILE variant, as Docker and Kubernetes mount secrets.
+# Each may name a file instead, with its _FILE variant.
 SECRET_VARIABLES = ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY", "VEZA_API_KEY")
 # Every variable read: never taken for a misspelling.
 KNOWN_VARIABLES = {*(option.env for option in OPTIONS if option.env), "VEZA_UNSAFE_HTTPS", *SECRET_VARIABLES,
@@ -242,7 +240,7 @@ def shown_path(path: str) -> str:
 
 
 def mask_key(key: str) -> str:
-    """Its kind and last four characters, these only if 16 or more follow the kind (else too much of it)."""
+    """Its kind and last four characters, these only when 16 or more follow the kind."""
     kind = next((prefix for prefix in ("sk-admin-", "sk-proj-", "sk-svcacct-", "sk-") if key.startswith(prefix)), "")
     return f"{kind}...{key[-4:]}" if len(key) - len(kind) >= 16 else f"{kind}..."
 
@@ -266,7 +264,7 @@ def unknown_arguments_problem(extras: list[str]) -> str:
 
 
 class ConfigReader:
-    """Flags and environment into a Config; every problem is collected (then ConfigError), and every note."""
+    """Flags and environment into a Config, collecting every problem (then ConfigError) and note."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env, self.problems, self.notes = env, [], []  # notes: warnings the run logs once it starts
@@ -337,7 +335,7 @@ class ConfigReader:
         return option.default
 
     def checked_url(self, value: str, name: str, *, openai: bool) -> str | None:
-        """Normalised; OpenAI's may have a path and be http to loopback, Veza's is the instance's address only."""
+        """Normalised; OpenAI's may have a path and be http to loopback, Veza's is an instance's address."""
         if has_control_characters(value):
             return self.problem(f"{name} contains whitespace or control characters")
         try:
@@ -405,8 +403,7 @@ class ConfigReader:
         elif len(value) > MAX_SECRET_LENGTH:
             self.problem(f"{source} is {len(value):,} characters long; an API key is a few hundred")
         elif has_control_characters(value):
-            where = "a trailing newline" if value.endswith(("\n", "\r")) else \
-                "whitespace, a newline or control characters"
+            where = "a trailing newline" if value[-1] in "\r\n" else "whitespace, a newline or control characters"
             self.problem(f"{source} contains {where}: set it without (printf '%s', not echo), or put the key in a "
                          f"file named by {file_name} (trailing newlines are dropped)")
         elif not value.isascii():
@@ -429,7 +426,7 @@ class ConfigReader:
             name_max = os.pathconf(directory, "PC_NAME_MAX")
         if len(os.path.basename(path).encode()) > name_max:
             return self.problem(f"--save-json file name is longer than the file system's {name_max} bytes")
-        try:  # os.access says yes to root even on read-only mounts; a real file says the truth
+        try:  # os.access says yes to root even on a read-only mount
             with tempfile.TemporaryFile(dir=directory):
                 pass
         except OSError:
@@ -438,7 +435,7 @@ class ConfigReader:
         return path
 
     def not_set(self, variable: str, alternatives: str = "") -> None:
-        """The problem, naming unknown variables of its family (VEZA_..., OPENAI_...): likely misspellings."""
+        """Names unknown variables of its family (VEZA_..., OPENAI_...) too: likely misspellings."""
         prefix = variable.split("_", 1)[0] + "_"
         unknown = sorted(name for name in self.env if name.startswith(prefix) and name not in KNOWN_VARIABLES)
         self.problem(f"{variable}{alternatives} is not set" + (
@@ -449,13 +446,12 @@ class ConfigReader:
         """(key, its variable): the admin key wins, as OPENAI_API_KEY may hold a project key for other tools."""
         for name in ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY"):
             key, source = self.secret(name)
+            kind = next((kind for prefix, kind in NON_ADMIN_KEY_PREFIXES.items() if key and key.startswith(prefix)), "")
+            if kind:
+                return self.problem(f"{source} holds {kind} ({mask_key(key)}), which the Admin API refuses: use an "
+                                    "Admin API key (sk-admin-...) from Settings > Organization > Admin keys"), source
             if source:
-                kind = next((kind for prefix, kind in NON_ADMIN_KEY_PREFIXES.items()
-                             if key and key.startswith(prefix)), None)
-                if kind:
-                    self.problem(f"{source} holds {kind} ({mask_key(key)}), which the Admin API refuses: use an Admin "
-                                 "API key (sk-admin-...) from Settings > Organization > Admin keys")
-                return (None if kind else key), source
+                return key, source
         return self.not_set("OPENAI_API_KEY", " (or OPENAI_ADMIN_KEY, or either's _FILE variant)"), None
 
     def veza_settings(self, settings: dict[str, Any]) -> None:
@@ -471,7 +467,6 @@ class ConfigReader:
 
 
 def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """The Config of flags and environment, or ConfigError listing every problem."""
     return ConfigReader(os.environ if environ is None else environ).read(argv)
 
 
