@@ -645,7 +645,7 @@ class Answer:
     problem: str = ""  # for the log: "HTTP 503", "Timeout (...)"
     detail: str = ""  # the server's error message
     hint: float | None = None  # retry-after(-ms), unscaled seconds
-    whole_seconds: bool = False  # the hint was in whole seconds (so may be one short)
+    whole_seconds: bool = False  # the hint was in whole seconds (it may round up by one)
     should_retry: bool | None = None  # x-should-retry, when sent
     fatal: bool = False  # retrying cannot help (too large, not JSON, a redirect)
     size: int = 0  # the body's bytes, decompressed
