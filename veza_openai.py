@@ -484,20 +484,19 @@ def log_format_asked(argv: list[str] | None, env: Mapping[str, str]) -> str:
 # Logging: one line per record, server text escaped, secrets masked, every warning counted
 # ---------------------------------------------------------------------------------------------
 
-# Control characters, and the Unicode ones that reorder or break lines, could forge log lines: shown escaped.
+# Control, line-breaking and reordering characters could forge log lines: shown escaped.
 UNSAFE_IN_LOGS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-# Anything shaped like an OpenAI key is masked in every line, known or not.
-KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_-]{12,}")
+KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_-]{12,}")  # masked in every line, a known key or not
 MIN_SECRET_LENGTH_TO_MASK = 8  # masking a tiny value would shred every line; such keys fail anyway
 
 
 def escape_for_log(text: str) -> str:
-    """`text` with control characters shown as Python escapes (\\n, \\x1b, \\u202e), safe on one log line."""
+    """Control characters as Python escapes (\\n, \\x1b, \\u202e), so `text` stays one log line."""
     return UNSAFE_IN_LOGS.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 class RedactingFormatter(logging.Formatter):
-    """One line per record, control characters escaped, every known secret masked (tracebacks too)."""
+    """Control characters escaped, known secrets masked (tracebacks too)."""
 
     def __init__(self, fmt: str, secrets: Iterable[str]) -> None:
         super().__init__(fmt)
@@ -508,7 +507,7 @@ class RedactingFormatter(logging.Formatter):
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
-        # Indented and escaped: an exception message cannot start a line that looks like a record.
+        # Indented: no exception text can start a line that looks like a record.
         return "\n".join(f"  | {escape_for_log(line)}" for line in super().formatException(ei).splitlines())
 
     def redact(self, text: str) -> str:
@@ -521,7 +520,7 @@ class RedactingFormatter(logging.Formatter):
 
 
 class JsonFormatter(RedactingFormatter):
-    """One JSON object per line: time, level, message, and the record's `fields` (stage counts, summary)."""
+    """One JSON object per line, the record's `fields` included."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__("%(message)s", secrets)
@@ -538,7 +537,7 @@ class JsonFormatter(RedactingFormatter):
 
 
 class LogHandler(logging.StreamHandler):
-    """The one handler every logger writes through (stderr); it counts the warning lines for `warnings=`."""
+    """The one handler (stderr) of every logger; counts warnings for `warnings=`."""
 
     warnings = 0
 
@@ -549,7 +548,7 @@ class LogHandler(logging.StreamHandler):
 
 
 def log_with_fields(level: int, fields: dict[str, Any], message: str, *args: Any) -> None:
-    """A log line whose numbers are also fields of the JSON log format."""
+    """A log line whose numbers are also fields in JSON logs."""
     log.log(level, message, *args, extra={"fields": fields})
 
 
@@ -561,7 +560,7 @@ def configure_logging(debug: bool, secrets: Iterable[str] = (), log_format: str 
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     log.setLevel(logging.DEBUG if debug else logging.INFO)
-    # Python warnings become log lines in this format; VEZA_UNSAFE_HTTPS is said once, not per request.
+    # Python warnings are logged too; VEZA_UNSAFE_HTTPS is warned of once, not per request.
     logging.captureWarnings(True)
     warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
     return handler
@@ -571,14 +570,14 @@ def configure_logging(debug: bool, secrets: Iterable[str] = (), log_format: str 
 # HTTP: one request to either API, its whole answer within a deadline; one retry policy for both
 # ---------------------------------------------------------------------------------------------
 
-CONNECT_TIMEOUT_CAP = 10.0               # a TCP connect slower than this is a dead host, whatever --timeout says
-ANSWER_BYTES_IN_FLIGHT = 256 * 2 ** 20   # decompressed, all answers at once: each gets this / --max-workers
-VEZA_ANSWER_BYTES = 32 * 2 ** 20         # one Veza answer, decompressed (they come one at a time)
-MAX_WAIT = 60.0                          # a 5xx's or Veza's retry wait never exceeds this
+CONNECT_TIMEOUT_CAP = 10.0  # a slower TCP connect is a dead host, whatever --timeout says
+ANSWER_BYTES_IN_FLIGHT = 256 * 2 ** 20  # all answers at once, decompressed: each gets this / --max-workers
+VEZA_ANSWER_BYTES = 32 * 2 ** 20  # one Veza answer, decompressed (they come one at a time)
+MAX_WAIT = 60.0  # the longest retry wait after a 5xx or from Veza
 
 
 class Clock:
-    """The run's one deadline (--max-run-time, over reading, push and report) and the tests' time scale."""
+    """The run's deadline (--max-run-time, over reading, push and report) and the tests' time scale."""
 
     def __init__(self, scale: float = 1.0, max_run_time: float | None = None) -> None:
         self.scale, self.max_run_time, self.started = scale, max_run_time, time.monotonic()
@@ -592,7 +591,7 @@ class Clock:
 
 
 def retry_hint(headers: Mapping[str, str]) -> tuple[float, bool] | None:
-    """(seconds, whether whole) from retry-after-ms, else retry-after (seconds or an HTTP date), as the SDK reads it."""
+    """(seconds, whether whole) from retry-after-ms or retry-after (seconds or HTTP date), as the SDK reads them."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         raw = (headers.get(name) or "").strip()
         seconds = math.nan
@@ -617,28 +616,26 @@ def backoff(attempt: int, hint: float | None) -> float:
 class Answer:
     """What one HTTP request got: a status and a JSON body, or why there is none."""
 
-    status: int                       # 0: no HTTP answer (refused, reset, timed out, too large)
+    status: int  # 0: no HTTP answer (refused, reset, timed out, too large)
     body: Any = None
-    problem: str = ""                 # what went wrong, for the log ("HTTP 503", "Timeout ...")
-    detail: str = ""                  # the server's error message, when it sent one
-    hint: float | None = None         # retry-after(-ms), unscaled seconds
-    whole_seconds: bool = False       # the hint was given to the second (it may round up by one)
-    should_retry: bool | None = None  # x-should-retry, when the server says
-    fatal: bool = False               # retrying cannot help (too large, not JSON, a redirect)
-    size: int = 0                     # bytes of the body, decompressed
-    ssl: bool = False                 # the connection failed in TLS
+    problem: str = ""  # for the log: "HTTP 503", "Timeout (...)"
+    detail: str = ""  # the server's error message
+    hint: float | None = None  # retry-after(-ms), unscaled seconds
+    whole_seconds: bool = False  # the hint was in whole seconds (it may round up by one)
+    should_retry: bool | None = None  # x-should-retry, when sent
+    fatal: bool = False  # retrying cannot help (too large, not JSON, a redirect)
+    size: int = 0  # the body's bytes, decompressed
+    ssl: bool = False  # the connection failed in TLS
 
     def transient(self) -> bool:
-        """A fault worth retrying: no answer, 5xx, 408, 409, 429; x-should-retry overrides, as the SDK does."""
-        if self.fatal:
-            return False
-        if self.should_retry is not None:
+        """Worth retrying: no answer, 5xx, 408, 409, 429; x-should-retry overrides, as in the SDK."""
+        if self.should_retry is not None and not self.fatal:
             return self.should_retry
-        return self.status == 0 or self.status >= 500 or self.status in (408, 409, 429)
+        return not self.fatal and (self.status == 0 or self.status >= 500 or self.status in (408, 409, 429))
 
 
 class SharedStrings:
-    """A json.loads object_pairs_hook: equal strings of every page become one object (ids and emails repeat)."""
+    """A json.loads hook: equal strings of all pages become one object (ids and emails repeat)."""
 
     def __init__(self) -> None:
         self.strings: dict[str, str] = {}
@@ -656,7 +653,7 @@ class SharedStrings:
 
 
 class Http:
-    """One API: the key as auth, no redirect followed, loopback never proxied, each answer whole in time and small."""
+    """One API: key as auth, no redirects, loopback never proxied, each answer whole within time and size."""
 
     def __init__(self, base_url: str, key: str, *, timeout: float, max_bytes: int, pool: int = 10,
                  verify: bool = True, headers: Mapping[str, str] | None = None, shared_strings: bool = False) -> None:
@@ -665,14 +662,14 @@ class Http:
         def bearer(request: requests.PreparedRequest) -> requests.PreparedRequest:
             request.headers["Authorization"] = f"Bearer {key}"
             return request
-        self.session.auth = bearer  # as requests' auth, the key is never replaced by a ~/.netrc entry
+        self.session.auth = bearer  # as requests' auth, no ~/.netrc entry replaces the key
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})})
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, pool), max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         parts = urllib.parse.urlsplit(base_url)
         self.host = parts.netloc
-        # A proxy from HTTP_PROXY would see the key sent to a loopback (test) server in clear text.
+        # An HTTP_PROXY would see the key sent in clear text to a loopback (test) server.
         self.proxies = {"http": None, "https": None, "all": None} if is_loopback(parts.hostname) else None
         self.hook = SharedStrings() if shared_strings else None
 
@@ -681,7 +678,7 @@ class Http:
 
     def call(self, method: str, path: str, params: Any = None, body: bytes | None = None,
              timeout: float | None = None) -> Answer:
-        """One request; never raises for what the network or the server did (that is in the Answer)."""
+        """One request; what the network or server did is in the Answer, never raised."""
         limit = timeout or self.timeout
         whole_by = time.monotonic() + limit
         headers = {"Content-Type": "application/json"} if body is not None else None
@@ -692,9 +689,9 @@ class Http:
                 raw = read_whole(response, whole_by, self.max_bytes)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             ssl = isinstance(exc, requests.exceptions.SSLError)
+            timed_out = isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError))
             what = ("its TLS certificate could not be verified" if "CERTIFICATE_VERIFY_FAILED" in str(exc) else
-                    "the TLS handshake failed") if ssl else "timed out" if isinstance(
-                exc, (requests.Timeout, urllib3.exceptions.TimeoutError)) else "connection failed"
+                    "the TLS handshake failed") if ssl else "timed out" if timed_out else "connection failed"
             return Answer(0, problem=f"{type(exc).__name__} ({what})", ssl=ssl)
         if raw is None:
             return Answer(0, problem=f"answer larger than {self.max_bytes / 2 ** 20:g} MB decompressed; stopped "
@@ -713,11 +710,11 @@ class Http:
             body = None
             if 200 <= status < 300:
                 return Answer(status, problem=f"answer is not JSON (HTTP {status}, {len(raw)} bytes)", fatal=True)
-        # The server's message: OpenAI's {"error": {"message"}}, Veza's {"message"}, else the reason.
-        error = body.get("error") if isinstance(body, dict) else None
+        # OpenAI's {"error": {"message"}}, Veza's {"message"}, else the reason.
+        fields = body if isinstance(body, dict) else {}
+        error = fields.get("error")
         detail = error.get("message") if isinstance(error, dict) else error
-        if detail is None and isinstance(body, dict):
-            detail = body.get("message")
+        detail = fields.get("message") if detail is None else detail
         hint, whole_seconds = retry_hint(response.headers) or (None, False)
         retry = response.headers.get("x-should-retry", "").strip().lower()
         return Answer(status, body, problem=f"HTTP {status}", hint=hint, whole_seconds=whole_seconds, size=len(raw),
@@ -726,16 +723,15 @@ class Http:
 
 
 def read_whole(response: requests.Response, whole_by: float, limit: int) -> bytearray | None:
-    """The decompressed body, None past `limit` bytes; no socket read waits past `whole_by`, so a dripped body too."""
+    """The decompressed body, None past `limit` bytes; no read waits past `whole_by`, so a dripped body times out."""
     body = bytearray()
     while len(body) <= limit:
         left = whole_by - time.monotonic()
-        if left <= 0:
-            raise requests.Timeout("the whole answer took longer than the timeout")
-        sock = getattr(response.raw.connection, "sock", None)
-        if sock is not None:
-            sock.settimeout(left)
         try:
+            if left <= 0:
+                raise urllib3.exceptions.TimeoutError
+            if (sock := getattr(response.raw.connection, "sock", None)) is not None:
+                sock.settimeout(left)
             chunk = response.raw.read1(64 * 1024, decode_content=True)
         except urllib3.exceptions.TimeoutError:
             raise requests.Timeout("the whole answer took longer than the timeout") from None
@@ -750,13 +746,12 @@ def read_whole(response: requests.Response, whole_by: float, limit: int) -> byte
 # ---------------------------------------------------------------------------------------------
 
 MAX_PAGES_PER_LIST = 10_000  # 1,000,000 users at 100 a page; more is a server that never stops
-MAX_AUDIT_LOG_PAGES = 500  # 50,000 events: logins are optional, never worth hours of one sequential chain
+MAX_AUDIT_LOG_PAGES = 500  # 50,000 events: logins are optional, not worth hours of one sequential chain
 MAX_LIST_BYTES = 64 * 2 ** 20  # one list's answers: ~170,000 users in full; a list that never ends stops here
 
 
 class Kind(enum.Enum):
-    """The entity a per-entity family is read for: (label, the family listing it, the family of its own object, what
-    goes if it was deleted). Links between two entities have no object of their own to ask."""
+    """An entity families are read for: (label, family listing it, family reading it by id, what its deletion drops)."""
 
     PROJECT = ("project", "projects", "project_object", "left out with its members, service accounts, keys and roles")
     GROUP = ("group", "groups", "group_object", "left out with its memberships and role grants")
@@ -771,37 +766,37 @@ class Kind(enum.Enum):
 
 
 class On404(enum.Enum):
-    """What a 404 on a family's read means (a required family's 404 fails the run)."""
+    """What a 404 on a family's read means (for a required family, the run fails)."""
 
-    LEAVE_OUT = "the organization lacks the family: left out whole, warned"
-    ENTITY = "the entity it is read for may be deleted: settled by asking the entity itself"
-    NO_SETTINGS = "the project has no such settings: left unset"
-    EXISTENCE = "the entity itself answered: it was deleted"
+    LEAVE_OUT = "the organization lacks the family: left out, warned"
+    ENTITY = "its entity may be deleted: ask the entity"
+    NO_SETTINGS = "the project has none: left unset"
+    EXISTENCE = "the entity itself: deleted"
 
 
 @dataclass(frozen=True)
 class Family:
-    """One kind of record the connector reads: everything that varies from one family to another."""
+    """One kind of record the connector reads: all that varies between families."""
 
-    name: str  # also the Snapshot attribute its result is filed in
+    name: str  # also its Snapshot attribute
     path: str  # placeholders: the key's ids in order, or the organization id
-    grant: str  # what the admin key needs, named when the family is refused
-    label: str = ""  # "": the name with spaces
-    cursor: str | None = None  # "last_id" or "next": that field of the answer; "item_id": the last item's id
-    page_size: int = 100  # the largest page the endpoint serves
-    item_object: str | None = None  # the `object` every item must carry, when the API names one
+    grant: str  # the admin key's permission, named when refused
+    label: str = ""
+    cursor: str | None = None  # "last_id", "next": that answer field; "item_id": the last item's id
+    page_size: int = 100  # the largest the endpoint serves
+    item_object: str | None = None  # the `object` each item must carry, if the API names one
     params: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # a tuple value is sent as repeated keys
-    parent: str | None = None  # read once for each item of this family (None: at the start)
-    id_field: str = "id"  # the field naming each item
-    next_falls_back_to_item_id: bool = False  # the SDK documents `after` as an item id for this list
+    parent: str | None = None  # read once per item of this family (None: at the start)
+    id_field: str = "id"
+    next_falls_back_to_item_id: bool = False  # the SDK documents `after` as an item id here
     required: bool = False  # refused or missing, the run fails
-    optional: str | None = None  # what is left unset when it cannot be read; the run goes on
-    settings: bool = False  # a project's settings: a 404 is none, another shape goes to the mapping to warn
-    empty_when_archived: bool = False  # OpenAI documents a 400 "when project is archived": an empty list
-    role_list: bool = False  # lists roles: `--role-assignments auto` decides on these
-    after_role_decision: bool = False  # read only once the role assignment reads are decided on
-    activity_window: bool = False  # newest first, back to the window's start; at its cap, what was read is kept
-    per: Kind | None = field(init=False)  # the entity it is read for: what its parent lists
+    optional: str | None = None  # left unset when unreadable; the run goes on
+    settings: bool = False  # a 404 is none; the mapping warns of another shape
+    empty_when_archived: bool = False  # a documented 400 "when project is archived" is an empty list
+    role_list: bool = False  # `--role-assignments auto` decides on these
+    after_role_decision: bool = False  # read once role assignment reads are decided on
+    activity_window: bool = False  # newest first back to the window's start; at the cap, what was read is kept
+    per: Kind | None = field(init=False)  # the entity its parent lists
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "label", self.label or self.name.replace("_", " "))
@@ -814,7 +809,7 @@ class Family:
         return On404.NO_SETTINGS if self.settings else On404.ENTITY if self.per else On404.LEAVE_OUT
 
     def path_for(self, key: Any, org_id: str) -> str | None:
-        """The path of one read, each id quoted; None for an id `.` or `..`, which quoting cannot keep in place."""
+        """One read's path, ids quoted; None for an id "." or "..", which quoting leaves a path step."""
         names = re.findall(r"{(\w+)}", self.path)
         values = [org_id] if names == ["org_id"] else [key] if isinstance(key, str) else list(key or ())
         if any(value in (".", "..") for value in values):
@@ -822,17 +817,17 @@ class Family:
         return self.path.format(**{name: urllib.parse.quote(value, safe="") for name, value in zip(names, values)})
 
 
-# One read of the audit log brings all three: logins for last_login_at, key creations and updates for scopes.
+# One audit log read brings all three: logins for last_login_at, key creations and updates for scopes.
 AUDIT_EVENT_TYPES = ("login.succeeded", "api_key.created", "api_key.updated")
 
-# In dispatch order: when several endpoints may send, the first listed goes first. Where a list's largest page is
-# undocumented (workload identity, project groups), 100 is what every sibling allows.
+# In dispatch order: of endpoints that may send, the first listed goes first. Undocumented largest pages
+# (workload identity, project groups) are 100, as every sibling allows.
 FAMILY_LIST = [
     Family("organization", "/organizations/{org_id}", "(dashboard-style keys only)", "organization object",
            optional="is_personal"),
     Family("users", "/organization/users", "Users: Read", cursor="last_id", item_object="organization.user",
            required=True),
-    # Newest first, one sequential chain: listed early so its next page goes first.
+    # One sequential chain, newest first: listed early so its next page goes first.
     Family("audit_logs", "/organization/audit_logs", "Audit logs: Read", cursor="last_id",
            params=(("event_types[]", AUDIT_EVENT_TYPES),), activity_window=True),
     Family("invites", "/organization/invites", "Invites: Read", cursor="last_id", item_object="organization.invite"),
@@ -864,8 +859,8 @@ FAMILY_LIST = [
            parent="projects", settings=True),
     Family("project_certificates", "/organization/projects/{project_id}/certificates", "Certificates: Read",
            cursor="last_id", item_object="organization.project.certificate", parent="projects"),
-    Family("hosted_tool_permissions", "/organization/projects/{project_id}/hosted_tool_permissions",
-           "Projects: Read", parent="projects", settings=True),
+    Family("hosted_tool_permissions", "/organization/projects/{project_id}/hosted_tool_permissions", "Projects: Read",
+           parent="projects", settings=True),
     Family("group_users", "/organization/groups/{group_id}/users", "Groups: Read", cursor="next", page_size=1000,
            parent="groups", next_falls_back_to_item_id=True),
     Family("group_roles", "/organization/groups/{group_id}/roles", "Roles: Read", cursor="next", page_size=1000,
@@ -879,7 +874,7 @@ FAMILY_LIST = [
            parent="users", after_role_decision=True),
     Family("project_user_roles", "/projects/{project_id}/users/{user_id}/roles", "Roles: Read", cursor="next",
            page_size=1000, parent="project_users", after_role_decision=True),
-    # One object by id, asked only to tell a deleted entity from a list its organization lacks (Kind).
+    # One object by id, asked only to tell a deleted entity from a list the organization lacks (Kind).
     Family("project_object", "/organization/projects/{project_id}", "Projects: Read", "project"),
     Family("group_object", "/organization/groups/{group_id}", "Groups: Read", "group"),
     Family("user_object", "/organization/users/{user_id}", "Users: Read", "user"),
@@ -895,36 +890,34 @@ STARTING_FAMILIES = [family for family in FAMILY_LIST if family.parent is None a
 # Records: what the fields of a record from OpenAI mean (ids, times, text)
 # ---------------------------------------------------------------------------------------------
 
-# What a server written in Go sends for "never set"; as a date it would show a key expired.
-GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)
+GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)  # Go's "never set"; as a date, a key would look expired
 
 
 def moment(value: Any) -> datetime | None:
-    """Unix seconds (number or digits) or an ISO string as a UTC datetime; None when absent or unusable."""
+    """Unix seconds (number or digits) or ISO text as a UTC datetime; None when absent or unusable."""
     text = value.strip() if isinstance(value, str) else ""
     try:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             result = datetime.fromtimestamp(value, tz=timezone.utc)
-        elif not text:  # absent, blank or of another type: most time fields of most records
+        elif not text:  # absent, blank or another type: most time fields
             return None
         elif re.fullmatch(r"\d+(\.\d+)?", text):
             result = datetime.fromtimestamp(float(text), tz=timezone.utc)
         else:
             result = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            result = result if result.tzinfo else result.replace(tzinfo=timezone.utc)
-        result = result.astimezone(timezone.utc)
+            result = result.astimezone(timezone.utc) if result.tzinfo else result.replace(tzinfo=timezone.utc)
     except (ValueError, OverflowError, OSError):  # nan, inf, out of range, not a date
         return None
     return None if result == GO_ZERO_TIME else result
 
 
 def rfc3339(value: Any) -> str | None:
-    """A time as RFC3339 UTC with a Z and a four-digit year (strftime does not pad years before 1000)."""
+    """RFC3339 UTC with a Z and a four-digit year (strftime does not pad years before 1000)."""
     return None if (when := moment(value)) is None else f"{when.year:04d}-{when:%m-%dT%H:%M:%S}Z"
 
 
 def epoch_seconds(value: Any) -> float | None:
-    """Unix seconds, for comparing times as numbers (as text, "892-..." sorts after "2026-...")."""
+    """Unix seconds, to compare times as numbers (as text, "892-..." sorts after "2026-...")."""
     return None if (when := moment(value)) is None else when.timestamp()
 
 
@@ -937,7 +930,7 @@ def dict_of(value: Any) -> dict:
 
 
 def shape(value: Any) -> str:
-    """A server's value as short JSON, for a warning (a value nested too deep included)."""
+    """A server's value as short JSON for a warning (even one nested too deep)."""
     try:
         text = json.dumps(value, sort_keys=True, default=str)
     except (TypeError, ValueError, RecursionError):
@@ -946,14 +939,14 @@ def shape(value: Any) -> str:
 
 
 def usable_id(value: Any) -> bool:
-    """A non-blank string that is valid Unicode: a lone surrogate ("\\ud800" in JSON) fits no URL or payload."""
-    return isinstance(value, str) and bool(value.strip()) and (value.isascii() or not re.search("[\ud800-\udfff]",
-                                                                                                value))
+    """A non-blank string of valid Unicode: a lone surrogate ("\\ud800" in JSON) fits no URL or payload."""
+    return (isinstance(value, str) and bool(value.strip())
+            and (value.isascii() or not re.search("[\ud800-\udfff]", value)))
 
 
 def unique_by_id(items: Iterable[Any], key: str = "id", problem: Callable[[str], None] | None = None) -> list[dict]:
-    """Items with a usable id, the first of each (lower-cased, as oaaclient compares); a repeat is silent (pages
-    overlap), no usable id or one differing only in case is told to `problem`."""
+    """The first item of each usable id (lower-cased, as oaaclient compares); repeats are silent (pages overlap),
+    a missing id or one differing only in case goes to `problem`."""
     seen: dict[str, str] = {}
     result = []
     for item in items:
@@ -977,12 +970,12 @@ def ids_of(items: Iterable[dict], key: str = "id") -> list[str]:
     return [item[key] for item in unique_by_id(items, key)]
 
 
-# Predefined roles of the Roles API, by id: role-api-<scope>-<role>[__api-<scope>__<organization or project id>].
+# Predefined role ids: role-api-<scope>-<role>[__api-<scope>__<organization or project id>].
 PREDEFINED_ROLE_ID = re.compile(r"role-api-(organization|project)-([a-z_]+?)(?:__api-(?:organization|project)__.+)?")
 
 
 def is_predefined_role(record: dict) -> bool:
-    """Flagged predefined, or with a predefined id; anything else is custom (never skip the reads it needs)."""
+    """Flagged predefined or with a predefined id; anything else is custom (its reads are never skipped)."""
     return record.get("predefined_role") is True or bool(PREDEFINED_ROLE_ID.fullmatch(str(record.get("id"))))
 
 
