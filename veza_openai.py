@@ -1019,14 +1019,14 @@ def project_is_archived(record: dict) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 FLOOR = 0.05        # seconds: the least wait after a 429 (a "1 ms" hint is no pace to keep)
-MARGIN = 7 / 8      # after a 429, pace under the rate that got through, so the limit refills meanwhile
-GROW_BELOW = 1 / 2  # growth per success below MARGIN of the last measurement: a lost share comes back
-GROW_NEAR = 1 / 64  # growth per success otherwise: finds a limit that grew, at a 429 now and then
-PROBES = 8          # retries per measured cycle at most: a refilled window is found within an eighth of it
+MARGIN = 7 / 8      # after a 429, pace under what got through, so the limit refills meanwhile
+GROW_BELOW = 1 / 2  # growth per success below MARGIN of the last measure: a lost share comes back
+GROW_NEAR = 1 / 64  # growth per success otherwise: a limit that grew is found, at a 429 now and then
+PROBES = 8          # retries per measured cycle at most: a refilled window is found within an eighth
 
 
 class Lanes:
-    """Every endpoint's lane, and what they share: one retry out at a time, the longest cycle, wake-ups."""
+    """All endpoints' lanes and what they share: one retry out at a time, the longest cycle, wake-ups."""
 
     def __init__(self, names: Iterable[str], scale: float, per_minute: int | None) -> None:
         self.lanes = {name: Lane(self, scale, per_minute, index) for index, name in enumerate(names)}
@@ -1038,8 +1038,7 @@ class Lanes:
         return self.lanes[name]
 
     def wake(self, now: float) -> dict[str, float]:
-        """One got through after 429s: endpoints refused without a hint, with no cycle of their own, retry within
-        1/PROBES of the longest cycle (limits spent together refill together). Returns {name: when} of those."""
+        """One got through after 429s: bring forward those refused without hint or cycle (they may share its limit)."""
         at = now + max(self.cycle / PROBES, FLOOR * self.scale)
         woken = {name: at for name, lane in self.lanes.items() if lane.refused_since is not None
                  and not lane.hinted and not lane.cycle and lane.next_at > at}
@@ -1057,8 +1056,7 @@ class Lanes:
 
 
 class Lane:
-    """One endpoint's pace: bookkeeping on `now` in seconds (`scale` shrinks waits for the tests); the rules are
-    in docs/rate-limits.md."""
+    """One endpoint's pace, on `now` in seconds (`scale` shrinks waits for tests); rules: docs/rate-limits.md."""
 
     def __init__(self, lanes: Lanes, scale: float = 1.0, per_minute: int | None = None, index: int = 0) -> None:
         self.lanes, self.scale, self.per_minute = lanes, scale, per_minute
@@ -1155,7 +1153,7 @@ class Lane:
         return self.cycle_start + unit * 2 ** (n + self.phase)
 
     def requests_per_second(self) -> float | None:
-        """For progress and estimates: the rate its last cycle measured, or its cap; None while neither is known."""
+        """The rate its last cycle measured, or its cap; None while neither is known."""
         rates = (self.measured and min(self.measured, self.rate or self.measured),
                  self.per_minute and self.per_minute / (60 * self.scale))
         return min((rate for rate in rates if rate), default=None)
@@ -1165,8 +1163,8 @@ class Lane:
 # The scheduler: every GET when its endpoint allows it (knows no OpenAI family by name)
 # ---------------------------------------------------------------------------------------------
 
-UNREACHABLE_AFTER = 10.0  # seconds of connection failures before OpenAI ever answered that end the run
-PROGRESS_INTERVAL = 30.0  # seconds between progress lines (at least one when tests shrink time)
+UNREACHABLE_AFTER = 10.0  # seconds of connection failures, before any answer, that end the run
+PROGRESS_INTERVAL = 30.0  # seconds between progress lines (at least 1 when tests shrink time)
 
 
 @dataclass
@@ -1191,7 +1189,7 @@ Verdict = enum.Enum("Verdict", "PAGE THROTTLED REFUSED RETRY FAILED")
 
 
 def classify(answer: Answer) -> Verdict:
-    """PAGE to take; THROTTLED: a 429; REFUSED: the read plan judges it; RETRY after a backoff; FAILED."""
+    """What an answer means for its read (REFUSED: 400-404, which the read plan judges)."""
     if answer.status == 200 and not answer.fatal:
         return Verdict.PAGE
     if answer.status == 429 and answer.should_retry is not False:
@@ -1202,7 +1200,7 @@ def classify(answer: Answer) -> Verdict:
 
 
 def check_page(family: Family, body: dict, path: str, limit: Any) -> list[dict]:
-    """The items of one list page, or DiscoveryError when the page is not what the endpoint documents."""
+    """The items of a list page; DiscoveryError when it is not what the endpoint documents."""
     data = body.get("data")
     if body.get("object", "list") != "list":
         raise DiscoveryError(f"{path}: expected a list, got object {str(body.get('object'))[:40]!r}")
@@ -1218,7 +1216,7 @@ def check_page(family: Family, body: dict, path: str, limit: Any) -> list[dict]:
 
 
 def next_cursor(family: Family, body: dict, data: list[dict], path: str) -> str:
-    """The `after` of the next page, by the family's cursor style; DiscoveryError when there is none."""
+    """The `after` of the next page, by the family's cursor style; DiscoveryError if there is none."""
     if family.cursor == "item_id":
         cursor = data[-1].get("id") if data else None
     else:
@@ -1237,8 +1235,7 @@ def format_duration(seconds: float) -> str:
 
 
 class Scheduler:
-    """Sends each GET when its endpoint's lane allows and follows the pages; a read that must wait goes back to a
-    queue or a heap, so no worker waits on one endpoint's limit."""
+    """Sends each GET when its endpoint's lane allows and follows the pages; a waiting read holds no worker."""
 
     def __init__(self, http: Http, config: Config, clock: Clock, families: Iterable[Family]) -> None:
         self.http, self.config, self.clock = http, config, clock
@@ -1273,7 +1270,6 @@ class Scheduler:
         read.on_done(read, result)
 
     def drop_waiting(self, family: Family) -> None:
-        """Finish, with no result, the waiting reads of a family just left out."""
         waiting = self.queues[family.name]
         while waiting:
             self.finish(waiting.pop(), None)
@@ -1298,7 +1294,6 @@ class Scheduler:
             self.work.put(None)
 
     def run_until_read(self) -> None:
-        """Send what may go, take what comes back, until every read scheduled so far is done."""
         while any(self.open_reads.values()):
             if self.clock.passed():
                 raise DiscoveryError(f"reading took longer than --max-run-time {self.clock.max_run_time:g}s with "
@@ -1318,7 +1313,7 @@ class Scheduler:
         while self.delayed and self.delayed[0][0] <= now:
             read = heapq.heappop(self.delayed)[2]
             if self.plan.is_left_out(read.family):
-                self.finish(read, None)  # its family was left out while it waited
+                self.finish(read, None)
             else:
                 self.queues[read.family.name].appendleft(read)
         while self.in_flight < self.config.max_workers and self.next_global_send <= now:
@@ -1348,7 +1343,6 @@ class Scheduler:
             wake.append(max(ready, self.next_global_send))
         return min(1.0, max(0.0, min(wake) - now))  # at most a second: a signal or --max-run-time is noticed
 
-    # --- answers
     def take_answer(self, read: ListRead, answer: Answer, now: float) -> None:
         lane = self.lanes[read.family.name]
         self.answered = self.answered or answer.status != 0
@@ -1402,7 +1396,7 @@ class Scheduler:
         heapq.heappush(self.delayed, (min(due, until), next(self.order), read))
 
     def retry(self, read: ListRead, answer: Answer, now: float) -> None:
-        """A transient fault: the same request after a backoff; before OpenAI ever answered, UNREACHABLE_AFTER."""
+        """A transient fault: the same request after a backoff (before any answer, for UNREACHABLE_AFTER at most)."""
         if answer.status == 0 and not self.answered:
             self.unreachable_since = self.unreachable_since or now
             if now - self.unreachable_since >= UNREACHABLE_AFTER * self.clock.scale:
@@ -1425,7 +1419,7 @@ class Scheduler:
         heapq.heappush(self.delayed, (now + wait * self.clock.scale, next(self.order), read))
 
     def take_page(self, read: ListRead, answer: Answer) -> None:
-        """A page: keep its items, then the next page first in its endpoint's queue (one bounded loop)."""
+        """Keep a page's items and queue the next page first on its endpoint."""
         family, path, body = read.family, read.path, answer.body
         if family.cursor is None or not isinstance(body, dict):
             if isinstance(body, dict) or family.settings:  # the mapping warns of settings of another shape
@@ -1457,7 +1451,6 @@ class Scheduler:
         read.params, read.attempt = {**read.params, "after": cursor}, 0
         self.queues[family.name].appendleft(read)
 
-    # --- progress
     def slowest_endpoint(self) -> str:
         paced = [(rate, self.families[name].path) for name, lane in self.lanes.lanes.items()
                  if (rate := lane.requests_per_second()) and (self.open_reads[name] or lane.rate)]
