@@ -987,30 +987,27 @@ def project_is_archived(record: dict) -> bool:
 # Pacing: when each endpoint's next request may go, learned from its answers (docs/rate-limits.md)
 # ---------------------------------------------------------------------------------------------
 
-FLOOR = 0.05        # seconds: the least wait after a 429 (a "1 ms" hint is no pace anyone can keep)
-MARGIN = 7 / 8      # after a 429, pace a little under the rate that got through, so the limit refills meanwhile
-GROW_BELOW = 1 / 2  # per success, while the pace is below MARGIN of the last measurement: a lost share comes back
-GROW_NEAR = 1 / 64  # per success otherwise: a limit that grew is found again at the cost of a 429 now and then
-PROBES = 8          # retries per measured cycle, at most: a window that refilled is found within an eighth of it
+FLOOR = 0.05        # seconds: the least wait after a 429 (a "1 ms" hint is no pace to keep)
+MARGIN = 7 / 8      # after a 429, pace under what got through, so the limit refills meanwhile
+GROW_BELOW = 1 / 2  # growth per success below MARGIN of the last measure: a lost share comes back
+GROW_NEAR = 1 / 64  # growth per success otherwise: a limit that grew is found, at a 429 now and then
+PROBES = 8          # retries per measured cycle at most: a refilled window is found within an eighth
 
 
 class Lanes:
-    """Every endpoint's lane, and what they share: one retry out at a time across all endpoints, the longest cycle
-    measured, a wake-up when one of them gets through, and the pace of a finished endpoint."""
+    """All endpoints' lanes and what they share: one retry out at a time, the longest cycle, wake-ups."""
 
     def __init__(self, names: Iterable[str], scale: float, per_minute: int | None) -> None:
         self.lanes = {name: Lane(self, scale, per_minute, index) for index, name in enumerate(names)}
         self.scale = scale
         self.retry_out: Lane | None = None
-        self.cycle = 0.0  # the longest cycle any endpoint measured: a first guess for those yet to measure one
+        self.cycle = 0.0  # the longest one measured: a guess for endpoints yet to measure theirs
 
     def __getitem__(self, name: str) -> Lane:
         return self.lanes[name]
 
     def wake(self, now: float) -> dict[str, float]:
-        """An endpoint got through after 429s: those still refused without a hint and with no cycle of their own
-        measured try again within an eighth of the longest cycle seen (at once, when none is): limits that ran out
-        together refill together. Returns {name: when} of those now sooner."""
+        """One got through after 429s: bring forward those refused without hint or cycle (they may share its limit)."""
         at = now + max(self.cycle / PROBES, FLOOR * self.scale)
         woken = {name: at for name, lane in self.lanes.items() if lane.refused_since is not None
                  and not lane.hinted and not lane.cycle and lane.next_at > at}
@@ -1028,28 +1025,20 @@ class Lanes:
 
 
 class Lane:
-    """One endpoint's pace (pure bookkeeping on `now`, in seconds; `scale` shrinks every wait for the tests).
-
-    An endpoint may have one more request in flight than the successes it has had since its last 429: a slow
-    start, and one at a time after a 429. A refused request waits its hint; without one, before any cycle is
-    measured, until the next point of its doubling grid; after, from half of 1/PROBES of a cycle, doubling, to all
-    of it. The first success after a 429 (of a request sent after it) measures what got through since the previous
-    one; the pace goes to MARGIN of that and grows with each success.
-    """
+    """One endpoint's pace, on `now` in seconds (`scale` shrinks waits for tests); rules: docs/rate-limits.md."""
 
     def __init__(self, lanes: Lanes, scale: float = 1.0, per_minute: int | None = None, index: int = 0) -> None:
         self.lanes, self.scale, self.per_minute = lanes, scale, per_minute
-        # Where on the doubling grid this endpoint retries: multiples of the golden ratio's fraction spread any run
-        # of consecutive endpoints evenly, so together they probe often while each alone probes rarely.
+        # Golden-ratio steps spread consecutive endpoints evenly on the doubling grid: together they probe often.
         self.phase = index * 0.618 % 1
         self.hinted = self.woken = False  # the last 429 had a hint; a wake-up sent this retry early
         self.rate: float | None = None      # requests a second; None: not paced
-        self.measured: float | None = None  # what got through over the last cycle (recovery to recovery)
+        self.measured: float | None = None  # the rate that got through over the last cycle
         self.next_at = 0.0
         self.in_flight = self.streak = self.delivered = 0  # streak: successes since the last 429
         self.cycle_start: float | None = None
         self.cycle = 0.0  # seconds the last measured cycle took
-        self.refused_since: float | None = None  # the first 429 of the current run of them
+        self.refused_since: float | None = None  # the first 429 of the current run
         self.retry_wait = 0.0
         self.sends: deque[float] = deque()  # for --max-requests-per-minute-per-endpoint
 
@@ -1074,7 +1063,7 @@ class Lane:
             self.lanes.retry_out = self
         if self.per_minute:
             self.sends.append(now)
-        if self.rate:  # a send that went late leaves credit for one more, never more
+        if self.rate:  # a late send leaves credit for one more, never more
             self.next_at = max(self.next_at, now - 1 / self.rate) + 1 / self.rate
 
     def answered(self) -> None:
@@ -1083,11 +1072,10 @@ class Lane:
             self.lanes.retry_out = None
 
     def on_success(self, now: float, sent_at: float) -> bool:
-        """Any answer but a 429 or a fault: the endpoint's limit let it through. True: for the first time, after
-        being refused from the first request without a hint."""
+        """Any answer but a 429 or a fault: the limit let it through. True: the first after 429s without a hint."""
         self.answered()
         if self.refused_since is not None and sent_at < self.refused_since:
-            self.delivered += 1  # let through before the 429 that ended the cycle: counted in it, no news of now
+            self.delivered += 1  # sent before the 429: counted in the cycle, but no news of now
             return False
         recovered = self.refused_since is not None and not self.hinted
         self.streak, self.woken = self.streak + 1, False
@@ -1104,13 +1092,13 @@ class Lane:
         return recovered
 
     def on_throttled(self, now: float, sent_at: float, hint: float | None, whole_seconds: bool) -> float:
-        """A 429: returns when the refused request may go again (never before its hint, nor before FLOOR)."""
+        """A 429: when the refused request may go again (never before its hint, nor before FLOOR)."""
         self.answered()
         self.streak = 0
         floor = FLOOR * self.scale
-        cycle = self.cycle or self.lanes.cycle  # a window that refilled is found within 1/PROBES of a cycle
+        cycle = self.cycle or self.lanes.cycle
         most = max(cycle / PROBES, floor) if cycle else math.inf
-        if hint is None and not cycle:  # nothing known: retries on this endpoint's own doubling grid, out of step
+        if hint is None and not cycle:  # nothing known: its own doubling grid, out of step with the others
             self.retry_wait = self.on_grid(now + floor) - now
         elif self.refused_since is None:
             self.retry_wait = min(max(floor, 1 / self.rate if self.rate else 0.0, most / 2 if cycle else 0.0), most)
@@ -1120,14 +1108,13 @@ class Lane:
             self.refused_since = now
         self.hinted, self.woken = hint is not None, False
         hint = None if hint is None else hint * self.scale
-        # A hint to the second may round up by one: the endpoint is held only for the part that is certain.
+        # A whole-second hint may be rounded up: the endpoint is held only for the certain part.
         hold = 0.0 if hint is None else max(0.0, hint - self.scale) if whole_seconds else hint
         self.next_at = max(self.next_at, now + max(hold, self.retry_wait))
         return max(self.next_at, now + (hint or 0.0))
 
     def on_grid(self, at: float) -> float:
-        """The first time from `at` on of the form cycle_start + FLOOR x 2 ** (n + phase): retries that double in
-        time since the endpoint's first request, each endpoint at its own phase."""
+        """The first time from `at` on of the form cycle_start + FLOOR x 2 ** (n + phase)."""
         unit = FLOOR * self.scale
         n = math.floor(math.log2(max(at - self.cycle_start, unit) / unit) - self.phase)
         while self.cycle_start + unit * 2 ** (n + self.phase) < at:
@@ -1135,8 +1122,7 @@ class Lane:
         return self.cycle_start + unit * 2 ** (n + self.phase)
 
     def requests_per_second(self) -> float | None:
-        """What this endpoint allows, for progress lines and estimates: what got through its last cycle, or its
-        cap; None while neither is known."""
+        """The rate its last cycle measured, or its cap; None while neither is known."""
         rates = (self.measured and min(self.measured, self.rate or self.measured),
                  self.per_minute and self.per_minute / (60 * self.scale))
         return min((rate for rate in rates if rate), default=None)
@@ -1146,8 +1132,8 @@ class Lane:
 # The scheduler: every GET when its endpoint allows it (knows no OpenAI family by name)
 # ---------------------------------------------------------------------------------------------
 
-UNREACHABLE_AFTER = 10.0  # seconds of connection failures, before OpenAI ever answered, that end the run
-PROGRESS_INTERVAL = 30.0  # seconds between progress lines (at least one second apart when tests shrink time)
+UNREACHABLE_AFTER = 10.0  # seconds of connection failures, before any answer, that end the run
+PROGRESS_INTERVAL = 30.0  # seconds between progress lines (at least 1 when tests shrink time)
 
 
 @dataclass
@@ -1163,20 +1149,16 @@ class ListRead:
     pages: int = 0
     size: int = 0  # bytes so far, decompressed
     cursors: set[str] = field(default_factory=set)
-    attempt: int = 0  # retries of this page so far
+    attempt: int = 0  # retries of this page
     throttled_since: float | None = None  # the first of its current run of 429s
-    sent_at: float = 0.0  # when its latest GET went out
+    sent_at: float = 0.0
 
 
-class Verdict(enum.Enum):
-    PAGE = "a page (or object) to take"
-    THROTTLED = "429: the same request again when its endpoint allows"
-    REFUSED = "400/401/403/404: the read plan decides what it means"
-    RETRY = "a transient fault: the same request again after a backoff"
-    FAILED = "retrying cannot help"
+Verdict = enum.Enum("Verdict", "PAGE THROTTLED REFUSED RETRY FAILED")
 
 
 def classify(answer: Answer) -> Verdict:
+    """What an answer means for its read (REFUSED: 400-404, which the read plan judges)."""
     if answer.status == 200 and not answer.fatal:
         return Verdict.PAGE
     if answer.status == 429 and answer.should_retry is not False:
@@ -1187,7 +1169,7 @@ def classify(answer: Answer) -> Verdict:
 
 
 def check_page(family: Family, body: dict, path: str, limit: Any) -> list[dict]:
-    """The items of one list page, or DiscoveryError when the page is not what the endpoint documents."""
+    """The items of a list page; DiscoveryError when it is not what the endpoint documents."""
     data = body.get("data")
     if body.get("object", "list") != "list":
         raise DiscoveryError(f"{path}: expected a list, got object {str(body.get('object'))[:40]!r}")
@@ -1198,12 +1180,12 @@ def check_page(family: Family, body: dict, path: str, limit: Any) -> list[dict]:
         raise DiscoveryError(f"{path}: expected {family.item_object} items, got {str(odd[0])[:40]!r}")
     if isinstance(limit, int) and len(data) > limit:
         raise DiscoveryError(f"{path}: a page of {len(data):,} items answered a request for at most {limit}; "
-                             "a server that ignores the page size cannot be read safely, so the run stops")
+                             "a server that ignores the page size cannot be read safely")
     return data
 
 
 def next_cursor(family: Family, body: dict, data: list[dict], path: str) -> str:
-    """The `after` of the next page, by the family's cursor style; DiscoveryError when there is none."""
+    """The `after` of the next page, by the family's cursor style; DiscoveryError if there is none."""
     if family.cursor == "item_id":
         cursor = data[-1].get("id") if data else None
     else:
@@ -1222,8 +1204,7 @@ def format_duration(seconds: float) -> str:
 
 
 class Scheduler:
-    """Sends each GET when its endpoint's lane allows it and follows the pages; a request that must wait goes back
-    to its endpoint's queue or a heap, so one endpoint's limit never holds a worker another could use."""
+    """Sends each GET when its endpoint's lane allows and follows the pages; a waiting read holds no worker."""
 
     def __init__(self, http: Http, config: Config, clock: Clock, families: Iterable[Family]) -> None:
         self.http, self.config, self.clock = http, config, clock
@@ -1239,13 +1220,12 @@ class Scheduler:
         self.in_flight = self.calls = self.retries = self.throttled = self.succeeded = 0
         self.next_global_send = self.next_progress = 0.0
         self.progress_every = max(1.0, PROGRESS_INTERVAL * clock.scale)
-        self.unreachable_since: float | None = None  # connection failures before OpenAI first answered
+        self.unreachable_since: float | None = None
         self.answered = False
         self.throttled_families: set[str] = set()
         self.plan: Any = None
 
     def add(self, read: ListRead, params: dict[str, Any]) -> None:
-        """Queue the first page of a read."""
         read.params = params
         self.open_reads[read.family.name] += 1
         self.queues[read.family.name].append(read)
@@ -1259,7 +1239,6 @@ class Scheduler:
         read.on_done(read, result)
 
     def drop_waiting(self, family: Family) -> None:
-        """Finish, with no result, the waiting reads of a family just left out."""
         waiting = self.queues[family.name]
         while waiting:
             self.finish(waiting.pop(), None)
@@ -1284,7 +1263,6 @@ class Scheduler:
             self.work.put(None)
 
     def run_until_read(self) -> None:
-        """Send what may go, take what comes back, until every read scheduled so far is done."""
         while any(self.open_reads.values()):
             if self.clock.passed():
                 raise DiscoveryError(f"reading took longer than --max-run-time {self.clock.max_run_time:g}s with "
@@ -1304,7 +1282,7 @@ class Scheduler:
         while self.delayed and self.delayed[0][0] <= now:
             read = heapq.heappop(self.delayed)[2]
             if self.plan.is_left_out(read.family):
-                self.finish(read, None)  # its family was left out while it waited
+                self.finish(read, None)
             else:
                 self.queues[read.family.name].appendleft(read)
         while self.in_flight < self.config.max_workers and self.next_global_send <= now:
@@ -1332,10 +1310,8 @@ class Scheduler:
             ready = min((self.lanes[name].ready_at(now) for name, waiting in self.queues.items() if waiting),
                         default=math.inf)
             wake.append(max(ready, self.next_global_send))
-        # At most a second: a signal or --max-run-time is noticed even when nothing happens.
-        return min(1.0, max(0.0, min(wake) - now))
+        return min(1.0, max(0.0, min(wake) - now))  # at most a second: a signal or --max-run-time is noticed
 
-    # --- answers
     def take_answer(self, read: ListRead, answer: Answer, now: float) -> None:
         lane = self.lanes[read.family.name]
         self.answered = self.answered or answer.status != 0
@@ -1362,18 +1338,15 @@ class Scheduler:
                 self.plan.failed(read, f"{read.path}: {answer.problem}{': ' if answer.detail else ''}{answer.detail}")
 
     def wake(self, now: float) -> None:
-        """Bring forward the refused reads of the endpoints an endpoint getting through woke (not reads waiting
-        out a 5xx backoff: theirs is no limit's wait)."""
+        """Bring forward the 429-refused reads of the endpoints woken (a 5xx backoff is no limit's wait)."""
         woken = self.lanes.wake(now)
         if woken:
-            self.delayed = [(min(due, woken[waiting.family.name]) if waiting.family.name in woken
-                             and waiting.throttled_since is not None else due, order, waiting)
-                            for due, order, waiting in self.delayed]
+            self.delayed = [(min(due, woken.get(waiting.family.name, due)) if waiting.throttled_since is not None
+                             else due, order, waiting) for due, order, waiting in self.delayed]
             heapq.heapify(self.delayed)
 
     def take_throttle(self, read: ListRead, answer: Answer, now: float) -> None:
-        """A 429: the same request again once its lane allows; a hint that ends past --max-throttle-wait fails it at
-        once, and without one it is tried until --max-throttle-wait has passed."""
+        """A 429: the same request once its lane allows, until --max-throttle-wait; a hint past that fails it now."""
         self.throttled += 1
         read.throttled_since = read.throttled_since or now
         until = read.throttled_since + self.config.max_throttle_wait
@@ -1392,18 +1365,18 @@ class Scheduler:
         heapq.heappush(self.delayed, (min(due, until), next(self.order), read))
 
     def retry(self, read: ListRead, answer: Answer, now: float) -> None:
-        """A transient fault: the same request after a backoff; before OpenAI ever answered, UNREACHABLE_AFTER."""
-        host = self.http.host
+        """A transient fault: the same request after a backoff (before any answer, for UNREACHABLE_AFTER at most)."""
         if answer.status == 0 and not self.answered:
             self.unreachable_since = self.unreachable_since or now
             if now - self.unreachable_since >= UNREACHABLE_AFTER * self.clock.scale:
-                tls = (" The TLS handshake failed: behind a TLS-inspecting proxy or a private CA, set "
-                       "REQUESTS_CA_BUNDLE to its CA certificate file (PEM).") if answer.ssl else \
-                    " Behind a TLS-inspecting proxy, REQUESTS_CA_BUNDLE must name its CA certificate file (PEM)."
+                host = self.http.host
+                tls = ("The TLS handshake failed: behind a TLS-inspecting proxy or a private CA" if answer.ssl
+                       else "Behind a TLS-inspecting proxy")
                 raise DiscoveryError(
                     f"cannot reach OpenAI at {host}: {answer.problem}, for {UNREACHABLE_AFTER:g}s before any answer. "
                     f"Check that {host.rsplit(':', 1)[0] if host.count(':') == 1 else host} resolves (DNS) and is "
-                    f"reachable from here, and the proxy settings (HTTPS_PROXY, NO_PROXY).{tls}")
+                    f"reachable, and the proxy settings (HTTPS_PROXY, NO_PROXY). {tls}, set REQUESTS_CA_BUNDLE to "
+                    "its CA certificate file (PEM).")
         elif read.attempt >= self.config.max_retries:
             self.plan.failed(read, f"{read.path}: {answer.problem}, gave up after {read.attempt} retries")
             return
@@ -1415,7 +1388,7 @@ class Scheduler:
         heapq.heappush(self.delayed, (now + wait * self.clock.scale, next(self.order), read))
 
     def take_page(self, read: ListRead, answer: Answer) -> None:
-        """A page: keep its items, then the next page first in its endpoint's queue (one bounded loop)."""
+        """Keep a page's items and queue the next page first on its endpoint."""
         family, path, body = read.family, read.path, answer.body
         if family.cursor is None or not isinstance(body, dict):
             if isinstance(body, dict) or family.settings:  # the mapping warns of settings of another shape
@@ -1438,8 +1411,8 @@ class Scheduler:
             bound = (f"{read.size / 2 ** 20:.3g} MB in {read.pages:,} pages, past the "
                      f"{MAX_LIST_BYTES / 2 ** 20:.3g} MB bound on one list" if read.size > MAX_LIST_BYTES
                      else f"{max_pages:,} pages")
-            raise DiscoveryError(f"{path}: still has_more after {bound}; no real organization is that large, so the "
-                                 "server is looping")
+            raise DiscoveryError(f"{path}: still has_more after {bound}; no organization is that large: the server "
+                                 "is looping")
         cursor = next_cursor(family, body, data, path)
         if cursor in read.cursors:
             raise DiscoveryError(f"{path}: the cursor {cursor[:40]!r} repeats; stopping instead of looping")
@@ -1447,7 +1420,6 @@ class Scheduler:
         read.params, read.attempt = {**read.params, "after": cursor}, 0
         self.queues[family.name].appendleft(read)
 
-    # --- progress
     def slowest_endpoint(self) -> str:
         paced = [(rate, self.families[name].path) for name, lane in self.lanes.lanes.items()
                  if (rate := lane.requests_per_second()) and (self.open_reads[name] or lane.rate)]
@@ -1457,7 +1429,7 @@ class Scheduler:
         return f"; slowest endpoint {path} at about {rate * 60 * self.clock.scale:.1f} requests a minute"
 
     def slowest_rate_for(self, names: list[str]) -> float | None:
-        """The slowest rate these endpoints, or every call so far, went at; None before there is one to go by."""
+        """The slowest rate of these endpoints and of all calls so far; None before there is one."""
         rates = [rate for rate in (self.lanes[name].requests_per_second() for name in names) if rate]
         elapsed = time.monotonic() - self.clock.started
         if self.succeeded >= 20 and elapsed > 0:
@@ -1484,7 +1456,7 @@ class Scheduler:
                         "progress: %d reads done, %d open (%s); %d calls, %d answered 429%s; %s", done, still_open,
                         pending, self.calls, self.throttled, self.slowest_endpoint(),
                         "no rate seen yet to estimate the time left" if left is None else
-                        f"about {format_duration(left)} left for the reads known so far at the rate seen")
+                        f"about {format_duration(left)} left for the reads known so far")
 
 
 # ---------------------------------------------------------------------------------------------
