@@ -1524,29 +1524,28 @@ class Scheduler:
 
 NOT_FOUND = object()  # an entity's own object answered 404
 ROLE_LISTS = [family for family in FAMILY_LIST if family.role_list]
-TOP_ROLE_LISTS = [family for family in ROLE_LISTS if not family.per]  # refused: the Roles API is not available
-# The role decision waits for every role list, and so for the lists they are read for.
+TOP_ROLE_LISTS = [family for family in ROLE_LISTS if not family.per]
+# The role decision waits for every role list and the lists they are read for.
 ROLE_DECISION_WAITS_FOR = {family.name for family in ROLE_LISTS} | {f.parent for f in ROLE_LISTS if f.parent}
 AFTER_ROLE_DECISION = [family for family in FAMILY_LIST if family.after_role_decision]
 
 
 class ReadPlan:
-    """Reads the catalogue into a Snapshot, each family once per item of its parent; every result is filed under its
-    key (by the main thread), so the payload does not depend on the order of answers."""
+    """Reads the catalogue into a Snapshot, each result filed under its key, whatever the order of answers."""
 
     def __init__(self, config: Config, scheduler: Any) -> None:
         self.config, self.scheduler = config, scheduler
         self.snapshot = Snapshot(org_id=config.org_id)
-        self.not_found: dict[str, list[tuple[Any, str]]] = {}  # family name -> [(entity key, endpoint)] of its 404s
-        self.asked: dict[tuple[Kind, Any], Any] = {}  # (kind, key) -> its own object, NOT_FOUND, or why it cannot say
-        self.archived: set[str] = set()  # the ids of projects listed as archived
+        self.not_found: dict[str, list] = {}  # family name -> [(entity key, endpoint)] of its 404s
+        self.asked: dict[tuple, Any] = {}  # (kind, key) -> its own object, NOT_FOUND, or why it cannot say
+        self.archived: set[str] = set()  # projects listed as archived
         self.role_decision: bool | None = None
         self.role_decision_reason = ""
-        self.held: list[tuple[Family, Any, list[dict]]] = []  # reads waiting for the role decision
+        self.held: list[tuple] = []  # (family, key, items) of reads waiting for the role decision
         self.custom_roles_seen = False
 
     def read(self) -> Snapshot:
-        """Read everything; raise DiscoveryError (or Stopped) as soon as a complete snapshot is impossible."""
+        """Raise DiscoveryError (or Stopped) once a complete snapshot is impossible."""
         self.scheduler.start(self)
         s, days = self.snapshot, self.config.activity_days
         try:
@@ -1564,12 +1563,12 @@ class ReadPlan:
 
     def queue(self, family: Family, key: Any, on_done: Callable[[ListRead, Any], None],
               params: dict[str, Any] | None = None) -> None:
-        """Queue every page of one list (or one object); `params` are added to the family's own."""
+        """Queue every page of one list (or one object); `params` add to the family's own."""
         if self.is_left_out(family):
             return
         path = family.path_for(key, self.config.org_id)
         if path is None:
-            shown = " in ".join(repr(part) for part in ([key] if isinstance(key, str) else reversed(key)))
+            shown = " in ".join(map(repr, [key] if isinstance(key, str) else reversed(key)))
             log.warning("%s %s kept, its %s skipped: an id '.' or '..' would read another endpoint", family.per.label,
                         shown, family.label)
             return
@@ -1607,7 +1606,7 @@ class ReadPlan:
 
     def read_each(self, child: Family, parent_key: Any, items: list[dict]) -> None:
         ids = ids_of(items, FAMILIES[child.parent].id_field)
-        if child.after_role_decision and not FAMILIES[child.parent].parent:  # the users: log the count, once
+        if child.after_role_decision and not FAMILIES[child.parent].parent:  # the users, once
             members = sum(len(ids_of(items, FAMILIES[family.parent].id_field)) for family in AFTER_ROLE_DECISION
                           if family is not child for items in (getattr(self.snapshot, family.parent) or {}).values())
             rate = self.scheduler.slowest_rate_for([family.name for family in AFTER_ROLE_DECISION])
@@ -1631,14 +1630,13 @@ class ReadPlan:
         self.scheduler.finish(read, read.items)
 
     def decide_role_reads(self) -> None:
-        """`auto` reads role assignments once a role list shows a custom role and skips them once every role list
-        is read and none does; a refused Roles API is known first, whatever a project's list says."""
+        """Once a role list shows a custom role, or all are read; a refused Roles API decides first."""
         mode, open_reads = self.config.role_assignments, self.scheduler.open_reads
         if self.role_decision is not None or any(open_reads[family.name] for family in TOP_ROLE_LISTS):
             return
         if any(self.is_left_out(family) for family in TOP_ROLE_LISTS):
             decision, why = False, "the Roles API is not available to this key"
-        elif mode != "auto":  # "all" or "none"
+        elif mode != "auto":
             decision, why = mode == "all", f"--role-assignments {mode}"
         elif self.custom_roles_seen:
             decision, why = True, "the Roles API lists custom roles (--role-assignments auto)"
@@ -1647,7 +1645,8 @@ class ReadPlan:
         else:
             decision, why = False, ("every role the Roles API lists is predefined (--role-assignments auto); use "
                                     "'all' to read them anyway")
-        self.role_decision, self.role_decision_reason = decision, f"{'reading them' if decision else 'skipped'}: {why}"
+        self.role_decision = decision
+        self.role_decision_reason = f"{'reading them' if decision else 'skipped'}: {why}"
         log.info("per-user role assignments %s", self.role_decision_reason)
         held, self.held = self.held, []
         if decision:
@@ -1662,23 +1661,19 @@ class ReadPlan:
 
     def refused(self, read: ListRead, answer: Answer) -> None:
         """400/401/403/404: the key may not read this, the organization lacks it, or the entity is gone."""
-        family, finish, status, endpoint = read.family, self.scheduler.finish, answer.status, read.path
+        family, status, endpoint, result = read.family, answer.status, read.path, None
         if status == 400:
-            if family.empty_when_archived and (read.key in self.archived or "archived" in answer.detail.lower()):
-                log.info("%s: HTTP 400 for archived %s %s; read as an empty list", endpoint, family.per.label,
-                         read.key)
-                finish(read, [])
-            else:
-                self.failed(read, f"{endpoint}: HTTP 400: {answer.detail}")
+            if not (family.empty_when_archived and (read.key in self.archived or "archived" in answer.detail.lower())):
+                return self.failed(read, f"{endpoint}: HTTP 400: {answer.detail}")
+            log.info("%s: HTTP 400 for archived %s %s; read as an empty list", endpoint, family.per.label, read.key)
+            result = []
         elif family.not_found is On404.EXISTENCE and status != 401:
-            finish(read, NOT_FOUND if status == 404 else f"HTTP {status} on {endpoint}")  # only a 404 says it is gone
-        elif family.optional:  # never fails the run
+            result = NOT_FOUND if status == 404 else f"HTTP {status} on {endpoint}"  # only a 404 says it is gone
+        elif family.optional:
             log.debug("%s not available: %s: HTTP %d: %s", family.label, endpoint, status, answer.detail)
-            finish(read, None)
         elif status == 404 and family.not_found is not On404.LEAVE_OUT:
             if family.not_found is On404.ENTITY:  # settled once all is read
                 self.not_found.setdefault(family.name, []).append((read.key, endpoint))
-            finish(read, None)
         elif status == 401 or family.required:
             raise DiscoveryError(
                 f"OpenAI answered HTTP 404 on {endpoint}: check OPENAI_ORG_ID and --openai-base-url" if status == 404
@@ -1687,10 +1682,10 @@ class ReadPlan:
                 f"{self.config.org_id}")
         else:
             self.leave_out(family, f"HTTP {status} on {endpoint}")
-            finish(read, None)
+        self.scheduler.finish(read, result)
 
     def failed(self, read: ListRead, message: str) -> None:
-        """A read that cannot complete fails the run, unless its family is optional (then left unset, warned)."""
+        """Fail the run, unless the family is optional (then it is left unset, warned)."""
         if not read.family.optional:
             raise DiscoveryError(message)
         log.warning("%s left unset: the %s could not be read (%s)", read.family.optional, read.family.label, message)
@@ -1702,18 +1697,16 @@ class ReadPlan:
             setattr(self.snapshot, family.name, None)
             self.scheduler.drop_waiting(family)
 
-    # --- entities that may have been deleted during the run
-    def misses(self) -> list[tuple[Family, Kind, list[tuple[Any, str]]]]:
-        """The 404s of each family not left out, in catalogue order and by key: the same log every run."""
+    def misses(self) -> list[tuple[Family, Kind, list]]:
+        """The 404s of each family not left out, sorted: the same log every run."""
         return [(family, family.per, sorted(self.not_found[family.name], key=lambda miss: str(miss[0])))
                 for family in FAMILY_LIST if family.name in self.not_found and not self.is_left_out(family)]
 
     def settle_not_found(self) -> None:
-        """A list's 404: its entity is asked for its own object, one per family first. Found, the family is left
-        out; a 404, the entity is deleted; no answer, the family is left out (never a silent drop). A link has no
-        object: a 404 on every one of several links leaves its family out."""
+        """A list's 404: its entity's own object is asked, one per family first; a 404 there: deleted, anything else
+        leaves the family out. A link has no object: deleted, unless every one of several 404s (its family is out)."""
         for first_round in (True, False):
-            wanted: dict[tuple[Kind, Any], None] = {}
+            wanted: dict = {}  # (kind, key), in order
             for _, kind, misses in self.misses():
                 unasked = [(kind, key) for key, _ in misses if kind.object_family and (kind, key) not in self.asked]
                 wanted.update(dict.fromkeys(unasked[:1] if first_round else unasked))
@@ -1728,12 +1721,12 @@ class ReadPlan:
             if kind.object_family is None and 1 < len(misses) == self.scheduler.finished_reads[family.name]:
                 self.leave_out(family, f"HTTP 404 on every {kind.label} ({misses[0][1]}, ...)")
                 continue
-            answers = {key: self.asked.get((kind, key), NOT_FOUND) for key, _ in misses}  # a link's 404 is final
-            self.snapshot.deleted.extend((kind, key, endpoint) for key, endpoint in misses if answers[key] is NOT_FOUND)
-            if unsure := [(key, endpoint) for key, endpoint in misses if answers[key] is not NOT_FOUND]:
-                key, endpoint = unsure[0]
-                self.leave_out(family, f"HTTP 404 on {endpoint}, and whether {kind.label} {key} still exists "
-                                       f"is unknown ({answers[key]})")
+            for key, endpoint in misses:
+                if (answer := self.asked.get((kind, key), NOT_FOUND)) is NOT_FOUND:
+                    self.snapshot.deleted.append((kind, key, endpoint))
+                else:  # the first such entity names why
+                    self.leave_out(family, f"HTTP 404 on {endpoint}, and whether {kind.label} {key} still exists "
+                                           f"is unknown ({answer})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1741,12 +1734,11 @@ class ReadPlan:
 # ---------------------------------------------------------------------------------------------
 
 class Snapshot:
-    """Everything read from OpenAI, one attribute per family: its records, or {entity key: records} for a
-    per-entity family; None when left out (or, for role assignments, not read)."""
+    """Per family: its records, {entity key: records}, or None (left out; role assignments: not read)."""
 
     def __init__(self, org_id: str, *, activity_since: int | None = None, activity_window_days: int | None = None,
                  **results: Any) -> None:
-        if unknown := set(results) - set(FAMILIES):
+        if unknown := results.keys() - FAMILIES.keys():
             raise TypeError(f"Snapshot has no family {', '.join(sorted(unknown))}")
         self.org_id = org_id
         self.activity_since = activity_since  # Unix seconds the audit log was read from
