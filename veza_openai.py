@@ -1605,8 +1605,9 @@ class ReadPlan:
                 self.read_each(child, key, items)
 
     def read_each(self, child: Family, parent_key: Any, items: list[dict]) -> None:
-        ids = ids_of(items, FAMILIES[child.parent].id_field)
-        if child.after_role_decision and not FAMILIES[child.parent].parent:  # the users, once
+        parent = FAMILIES[child.parent]
+        ids = ids_of(items, parent.id_field)
+        if child.after_role_decision and not parent.parent:  # the users, once
             members = sum(len(ids_of(items, FAMILIES[family.parent].id_field)) for family in AFTER_ROLE_DECISION
                           if family is not child for items in (getattr(self.snapshot, family.parent) or {}).values())
             rate = self.scheduler.slowest_rate_for([family.name for family in AFTER_ROLE_DECISION])
@@ -1630,7 +1631,7 @@ class ReadPlan:
         self.scheduler.finish(read, read.items)
 
     def decide_role_reads(self) -> None:
-        """Once a role list shows a custom role, or all are read; a refused Roles API decides first."""
+        """Decided once the Roles API answers; for `auto`, once a role list shows a custom role or all are read."""
         mode, open_reads = self.config.role_assignments, self.scheduler.open_reads
         if self.role_decision is not None or any(open_reads[family.name] for family in TOP_ROLE_LISTS):
             return
@@ -1705,11 +1706,11 @@ class ReadPlan:
     def settle_not_found(self) -> None:
         """A list's 404: its entity's own object is asked, one per family first; a 404 there: deleted, anything else
         leaves the family out. A link has no object: deleted, unless every one of several 404s (its family is out)."""
-        for first_round in (True, False):
+        for at_most in (1, None):
             wanted: dict = {}  # (kind, key), in order
             for _, kind, misses in self.misses():
                 unasked = [(kind, key) for key, _ in misses if kind.object_family and (kind, key) not in self.asked]
-                wanted.update(dict.fromkeys(unasked[:1] if first_round else unasked))
+                wanted.update(dict.fromkeys(unasked[:at_most]))
             for kind, key in wanted:
                 self.queue(FAMILIES[kind.object_family], key,
                            lambda _, result, asked=(kind, key): self.asked.update({asked: result}))
