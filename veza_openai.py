@@ -1463,64 +1463,63 @@ class Scheduler:
 # The read plan: what to read, in what order, and what each answer means (from the catalogue)
 # ---------------------------------------------------------------------------------------------
 
-NOT_FOUND = object()  # the result of an entity's own object read that answered 404
+NOT_FOUND = object()  # an entity's own object answered 404
 ROLE_LISTS = [family for family in FAMILY_LIST if family.role_list]
-TOP_ROLE_LISTS = [family for family in ROLE_LISTS if not family.per]  # refused: the Roles API is not available
-# The role decision waits for every role list, and so for the lists they are read for.
+TOP_ROLE_LISTS = [family for family in ROLE_LISTS if not family.per]
+# The role decision waits for every role list and the lists they are read for.
 ROLE_DECISION_WAITS_FOR = {family.name for family in ROLE_LISTS} | {f.parent for f in ROLE_LISTS if f.parent}
+AFTER_ROLE_DECISION = [family for family in FAMILY_LIST if family.after_role_decision]
 
 
 class ReadPlan:
-    """Reads the catalogue into a Snapshot: each family for every item of its parent as that list arrives, each
-    result filed under its key (by the main thread), so the payload does not depend on the order of answers."""
+    """Reads the catalogue into a Snapshot, each result filed under its key, whatever the order of answers."""
 
     def __init__(self, config: Config, scheduler: Any) -> None:
         self.config, self.scheduler = config, scheduler
         self.snapshot = Snapshot(org_id=config.org_id)
-        self.not_found: dict[str, list[tuple[Any, str]]] = {}  # family -> [(entity key, endpoint)] that answered 404
-        self.asked: dict[tuple[Kind, Any], Any] = {}  # (kind, key) -> its own object, NOT_FOUND, or why it cannot say
-        self.archived: set[str] = set()  # projects their list says are archived (their members' lists answer 400)
+        self.not_found: dict[str, list] = {}  # family name -> [(entity key, endpoint)] of its 404s
+        self.asked: dict[tuple, Any] = {}  # (kind, key) -> its own object, NOT_FOUND, or why it cannot say
+        self.archived: set[str] = set()  # projects listed as archived
         self.role_decision: bool | None = None
         self.role_decision_reason = ""
-        self.held: list[tuple[Family, Any, list[dict]]] = []  # reads that wait for the role decision
+        self.held: list[tuple] = []  # (family, key, items) of reads waiting for the role decision
         self.custom_roles_seen = False
 
     def read(self) -> Snapshot:
-        """Read everything; raise DiscoveryError (or Stopped) as soon as a complete snapshot is impossible."""
+        """Raise DiscoveryError (or Stopped) once a complete snapshot is impossible."""
         self.scheduler.start(self)
-        days = self.config.activity_days
+        s, days = self.snapshot, self.config.activity_days
         try:
             for family in STARTING_FAMILIES:
                 if not family.activity_window:
                     self.queue(family, None, self.list_done)
                 elif days:
-                    self.snapshot.activity_since = since = int(time.time()) - days * 86_400
-                    self.queue(family, None, self.list_done, {"effective_at[gte]": str(since)})
+                    s.activity_since, s.activity_window_days = int(time.time()) - days * 86_400, days
+                    self.queue(family, None, self.list_done, {"effective_at[gte]": str(s.activity_since)})
             self.scheduler.run_until_read()
-            self.ask_whether_gone()
             self.settle_not_found()
-            return self.snapshot
+            return s
         finally:
             self.scheduler.close()
 
     def queue(self, family: Family, key: Any, on_done: Callable[[ListRead, Any], None],
               params: dict[str, Any] | None = None) -> None:
-        """Queue every page of one list (or one object); `params` are added to the family's own."""
-        if family.name in self.snapshot.unavailable:
+        """Queue every page of one list (or one object); `params` add to the family's own."""
+        if self.is_left_out(family):
             return
         path = family.path_for(key, self.config.org_id)
         if path is None:
-            shown = " in ".join(repr(part) for part in ([key] if isinstance(key, str) else reversed(key)))
-            log.warning("%s %s: reading its %s skipped, as an id of '.' or '..' would read another endpoint; it is "
-                        "kept without them", family.per.label, shown, family.label)
+            shown = " in ".join(map(repr, [key] if isinstance(key, str) else reversed(key)))
+            log.warning("%s %s kept, its %s skipped: an id '.' or '..' would read another endpoint", family.per.label,
+                        shown, family.label)
             return
         query: dict[str, Any] = {**dict(family.params), **(params or {})}
         if family.cursor:
             query["limit"] = family.page_size
         self.scheduler.add(ListRead(family, key, path, on_done), query)
 
-    # --- a list is in: file it, read what hangs on it
     def list_done(self, read: ListRead, result: Any) -> None:
+        """File a result, then read what hangs on it."""
         family, key, s = read.family, read.key, self.snapshot
         if family.per is None:
             setattr(s, family.name, result)
@@ -1528,8 +1527,6 @@ class ReadPlan:
             getattr(s, family.name)[key] = result
         if result is not None:
             if family.activity_window:
-                if s.activity_window_days is None:
-                    s.activity_window_days = self.config.activity_days
                 log.info("read %d audit log events (logins and API key changes of the last %d days) in %d call%s",
                          len(result), s.activity_window_days, read.pages, "" if read.pages == 1 else "s")
             self.read_children(family, key, result)
@@ -1540,7 +1537,6 @@ class ReadPlan:
             self.decide_role_reads()
 
     def read_children(self, family: Family, key: Any, items: list[dict]) -> None:
-        """Each family read for this one's items, once per item (held back while the role decision is open)."""
         if any(child.empty_when_archived for child in CHILDREN[family.name]):
             self.archived |= {record["id"] for record in unique_by_id(items) if project_is_archived(record)}
         for child in CHILDREN[family.name]:
@@ -1550,9 +1546,15 @@ class ReadPlan:
                 self.read_each(child, key, items)
 
     def read_each(self, child: Family, parent_key: Any, items: list[dict]) -> None:
-        ids = ids_of(items, FAMILIES[child.parent].id_field)
-        if child.after_role_decision and not FAMILIES[child.parent].parent:  # the users, read once
-            self.log_role_read_estimate(len(ids))
+        parent = FAMILIES[child.parent]
+        ids = ids_of(items, parent.id_field)
+        if child.after_role_decision and not parent.parent:  # the users, once
+            members = sum(len(ids_of(items, FAMILIES[family.parent].id_field)) for family in AFTER_ROLE_DECISION
+                          if family is not child for items in (getattr(self.snapshot, family.parent) or {}).values())
+            rate = self.scheduler.slowest_rate_for([family.name for family in AFTER_ROLE_DECISION])
+            log.info("role assignment reads: %d users and %d project members so far, one call each%s", len(ids),
+                     members, f"; at least {format_duration((len(ids) + members) / rate)} at the rate seen so far"
+                     if rate else "")
         for item_id in ids:
             self.queue(child, item_id if parent_key is None else (parent_key, item_id), self.list_done)
 
@@ -1561,7 +1563,6 @@ class ReadPlan:
         s, days = self.snapshot, self.config.activity_days
         oldest = next((at for at in (epoch_seconds(event.get("effective_at")) for event in reversed(read.items))
                        if at is not None), None)
-        # activity_since is set whenever the audit log is read: the window ended at activity_since + days
         s.activity_window_days = 0 if oldest is None else \
             max(0, min(days, int((s.activity_since + days * 86_400 - oldest) // 86_400)))
         log.warning("audit log: stopped after %d pages (%d events); logins and API key scope changes older than %s "
@@ -1570,46 +1571,31 @@ class ReadPlan:
                     days)
         self.scheduler.finish(read, read.items)
 
-    # --- the role assignment reads: decided once the role lists say so
     def decide_role_reads(self) -> None:
-        """`auto` reads role assignments once a role list shows a custom role, and skips them once every role list
-        is read and none does; whether the Roles API is refused is known first, whatever a project's list says."""
+        """Decided once the Roles API answers; for `auto`, once a role list shows a custom role or all are read."""
         mode, open_reads = self.config.role_assignments, self.scheduler.open_reads
         if self.role_decision is not None or any(open_reads[family.name] for family in TOP_ROLE_LISTS):
             return
-        if any(family.name in self.snapshot.unavailable for family in TOP_ROLE_LISTS):
-            decision, reason = False, "skipped: the Roles API is not available to this key"
-        elif mode != "auto":  # "all" or "none"
-            decision = mode == "all"
-            reason = f"{'reading them' if decision else 'skipped'}: --role-assignments {mode}"
+        if any(self.is_left_out(family) for family in TOP_ROLE_LISTS):
+            decision, why = False, "the Roles API is not available to this key"
+        elif mode != "auto":
+            decision, why = mode == "all", f"--role-assignments {mode}"
         elif self.custom_roles_seen:
-            decision, reason = True, "reading them: the Roles API lists custom roles (--role-assignments auto)"
+            decision, why = True, "the Roles API lists custom roles (--role-assignments auto)"
         elif any(open_reads[name] for name in ROLE_DECISION_WAITS_FOR):
             return
         else:
-            decision, reason = False, ("skipped: every role the Roles API lists is predefined (--role-assignments "
-                                       "auto); use 'all' to read them anyway")
-        self.role_decision, self.role_decision_reason = decision, reason
-        log.info("per-user role assignments %s", reason)
+            decision, why = False, ("every role the Roles API lists is predefined (--role-assignments auto); use "
+                                    "'all' to read them anyway")
+        self.role_decision = decision
+        self.role_decision_reason = f"{'reading them' if decision else 'skipped'}: {why}"
+        log.info("per-user role assignments %s", self.role_decision_reason)
         held, self.held = self.held, []
-        if not decision:
-            return
-        for family in FAMILY_LIST:
-            if family.after_role_decision:
+        if decision:
+            for family in AFTER_ROLE_DECISION:
                 setattr(self.snapshot, family.name, {})
-        for child, key, items in held:
-            self.read_each(child, key, items)
-
-    def log_role_read_estimate(self, top_level: int) -> None:
-        """Once the user list is in: the count, and a time only when there is an observed rate."""
-        s, later = self.snapshot, [family for family in FAMILY_LIST if family.after_role_decision]
-        nested = sum(len(ids_of(items, FAMILIES[other.parent].id_field)) for other in later
-                     if FAMILIES[other.parent].parent for items in (getattr(s, other.parent) or {}).values())
-        rate = self.scheduler.slowest_rate_for([other.name for other in later])
-        estimate = f"; at the rate seen so far that is at least {format_duration((top_level + nested) / rate)}" \
-            if rate else ""
-        log.info("role assignment reads: %d users and %d project members so far, one call each%s", top_level,
-                 nested, estimate)
+            for child, key, items in held:
+                self.read_each(child, key, items)
 
     # --- refusals and failures
     def is_left_out(self, family: Family) -> bool:
@@ -1617,94 +1603,72 @@ class ReadPlan:
 
     def refused(self, read: ListRead, answer: Answer) -> None:
         """400/401/403/404: the key may not read this, the organization lacks it, or the entity is gone."""
-        family, finish, status, endpoint = read.family, self.scheduler.finish, answer.status, read.path
+        family, status, endpoint, result = read.family, answer.status, read.path, None
         if status == 400:
-            if family.empty_when_archived and (read.key in self.archived or "archived" in answer.detail.lower()):
-                # OpenAI documents this 400 "when project is archived": an archived project has no members.
-                log.info("%s: HTTP 400 for archived %s %s; read as an empty list", read.path, family.per.label,
-                         read.key)
-                finish(read, [])
-            else:
-                self.failed(read, f"{endpoint}: HTTP 400: {answer.detail}")
+            if not (family.empty_when_archived and (read.key in self.archived or "archived" in answer.detail.lower())):
+                return self.failed(read, f"{endpoint}: HTTP 400: {answer.detail}")
+            log.info("%s: HTTP 400 for archived %s %s; read as an empty list", endpoint, family.per.label, read.key)
+            result = []
         elif family.not_found is On404.EXISTENCE and status != 401:
-            finish(read, NOT_FOUND if status == 404 else f"HTTP {status} on {endpoint}")  # only a 404 says it is gone
-        elif family.optional:  # asked of dashboard-style keys only; never fails the run
+            result = NOT_FOUND if status == 404 else f"HTTP {status} on {endpoint}"  # only a 404 says it is gone
+        elif family.optional:
             log.debug("%s not available: %s: HTTP %d: %s", family.label, endpoint, status, answer.detail)
-            finish(read, None)
-        elif status == 404 and family.not_found is not On404.LEAVE_OUT:  # ENTITY or NO_SETTINGS
-            if family.not_found is On404.ENTITY:  # maybe deleted during the run: settled once all is read
+        elif status == 404 and family.not_found is not On404.LEAVE_OUT:
+            if family.not_found is On404.ENTITY:  # settled once all is read
                 self.not_found.setdefault(family.name, []).append((read.key, endpoint))
-            finish(read, None)
-        elif status == 401 or (status == 403 and family.required):
+        elif status == 401 or family.required:
             raise DiscoveryError(
-                f"OpenAI refused the key (HTTP {status} on {endpoint}): the key from "
+                f"OpenAI answered HTTP 404 on {endpoint}: check OPENAI_ORG_ID and --openai-base-url" if status == 404
+                else f"OpenAI refused the key (HTTP {status} on {endpoint}): the key from "
                 f"{self.config.openai_key_source} must be an Admin API key (sk-admin-...) of organization "
                 f"{self.config.org_id}")
-        elif family.required:  # 404: this organization, or this API, is not what the settings name
-            raise DiscoveryError(f"OpenAI answered HTTP 404 on {endpoint}: check OPENAI_ORG_ID and "
-                                 "--openai-base-url")
         else:
             self.leave_out(family, f"HTTP {status} on {endpoint}")
-            finish(read, None)
+        self.scheduler.finish(read, result)
 
     def failed(self, read: ListRead, message: str) -> None:
-        """A read that cannot complete: the run fails, except for an optional family (left unset, warned)."""
+        """Fail the run, unless the family is optional (then it is left unset, warned)."""
         if not read.family.optional:
             raise DiscoveryError(message)
         log.warning("%s left unset: the %s could not be read (%s)", read.family.optional, read.family.label, message)
         self.scheduler.finish(read, None)
 
     def leave_out(self, family: Family, reason: str) -> None:
-        if family.name not in self.snapshot.unavailable:
+        if not self.is_left_out(family):
             self.snapshot.unavailable[family.name] = reason
             setattr(self.snapshot, family.name, None)
             self.scheduler.drop_waiting(family)
 
-    # --- entities that may have been deleted during the run
-    def misses(self) -> list[tuple[Family, Kind, list[tuple[Any, str]]]]:
-        """The 404s of each family not left out, in catalogue order and by key: the same log every run."""
+    def misses(self) -> list[tuple[Family, Kind, list]]:
+        """The 404s of each family not left out, sorted: the same log every run."""
         return [(family, family.per, sorted(self.not_found[family.name], key=lambda miss: str(miss[0])))
                 for family in FAMILY_LIST if family.name in self.not_found and not self.is_left_out(family)]
 
-    def ask_whether_gone(self) -> None:
-        """Ask each entity whose list answered 404 for its own object (a 404: deleted; a 200: the list is missing),
-        one per family first, which settles a missing family in one call."""
-        for first_round in (True, False):
-            wanted: dict[tuple[Kind, Any], None] = {}
+    def settle_not_found(self) -> None:
+        """A list's 404: its entity's own object is asked, one per family first; a 404 there: deleted, anything else
+        leaves the family out. A link has no object: deleted, unless every one of several 404s (its family is out)."""
+        for at_most in (1, None):
+            wanted: dict = {}  # (kind, key), in order
             for _, kind, misses in self.misses():
                 unasked = [(kind, key) for key, _ in misses if kind.object_family and (kind, key) not in self.asked]
-                wanted.update(dict.fromkeys(unasked[:1] if first_round else unasked))
+                wanted.update(dict.fromkeys(unasked[:at_most]))
             for kind, key in wanted:
-                self.asked[(kind, key)] = None
                 self.queue(FAMILIES[kind.object_family], key,
                            lambda _, result, asked=(kind, key): self.asked.update({asked: result}))
             self.scheduler.run_until_read()
             for family, kind, misses in self.misses():
-                there = next((key for key, _ in misses if isinstance(self.asked.get((kind, key)), dict)), None)
-                if there is not None:
-                    self.leave_out(family, f"HTTP 404 on {misses[0][1]}, while {kind.label} {there} exists")
-
-    def settle_not_found(self) -> None:
-        """An entity its own object says is gone (404) is deleted; one whose object could not say may exist, so its
-        family is left out. A link has no object: a 404 on every one of several links is the family missing."""
+                if there := [key for key, _ in misses if isinstance(self.asked.get((kind, key)), dict)]:
+                    self.leave_out(family, f"HTTP 404 on {misses[0][1]}, while {kind.label} {there[0]} exists")
         for family, kind, misses in self.misses():
-            if kind.object_family is None:
-                if len(misses) > 1 and self.scheduler.finished_reads[family.name] == len(misses):
-                    self.leave_out(family, f"HTTP 404 on every {kind.label} ({misses[0][1]}, ...)")
-                else:
-                    self.snapshot.deleted.extend((kind, key, endpoint) for key, endpoint in misses)
+            if kind.object_family is None and 1 < len(misses) == self.scheduler.finished_reads[family.name]:
+                self.leave_out(family, f"HTTP 404 on every {kind.label} ({misses[0][1]}, ...)")
                 continue
-            unsure = []
             for key, endpoint in misses:
-                if self.asked.get((kind, key)) is NOT_FOUND:
+                if (answer := self.asked.get((kind, key), NOT_FOUND)) is NOT_FOUND:
                     self.snapshot.deleted.append((kind, key, endpoint))
-                else:
-                    unsure.append((key, endpoint))
-            if unsure:  # it may exist: the family rule, never a silent drop
-                key, endpoint = unsure[0]
-                asked = self.asked.get((kind, key)) or "its object was not read"  # a record would have left it out
-                self.leave_out(family, f"HTTP 404 on {endpoint}, and whether {kind.label} {key} still exists "
-                                       f"is unknown ({asked})")
+                else:  # the first such entity names why
+                    self.leave_out(family, f"HTTP 404 on {endpoint}, and whether {kind.label} {key} still exists "
+                                           f"is unknown ({answer})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1712,13 +1676,12 @@ class ReadPlan:
 # ---------------------------------------------------------------------------------------------
 
 class Snapshot:
-    """Everything read from OpenAI, one attribute per catalogue family: its records, or {entity key: records} for a
-    per-entity family; None when left out (or, for role assignments, not read)."""
+    """Per family: its records, {entity key: records}, or None (left out; role assignments: not read)."""
 
     def __init__(self, org_id: str, *, activity_since: int | None = None, activity_window_days: int | None = None,
                  **results: Any) -> None:
-        if set(results) - set(FAMILIES):
-            raise TypeError(f"Snapshot has no family {', '.join(sorted(set(results) - set(FAMILIES)))}")
+        if unknown := results.keys() - FAMILIES.keys():
+            raise TypeError(f"Snapshot has no family {', '.join(sorted(unknown))}")
         self.org_id = org_id
         self.activity_since = activity_since  # Unix seconds the audit log was read from
         self.activity_window_days = activity_window_days  # the days it covers (fewer when cut at its cap)
