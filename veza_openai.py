@@ -1834,22 +1834,19 @@ def canonical_permissions(permission: str) -> list[OAAPermission]:
     return [OAAPermission[kind + VERBS[verb]] for kind in kinds]
 
 
-S, N, B, T, L = (OAAPropertyType.STRING, OAAPropertyType.NUMBER, OAAPropertyType.BOOLEAN, OAAPropertyType.TIMESTAMP,
-                 OAAPropertyType.STRING_LIST)
+S, N, B, T, L = (OAAPropertyType[name] for name in ("STRING", "NUMBER", "BOOLEAN", "TIMESTAMP", "STRING_LIST"))
 STEPS: list[Callable[[ApplicationBuilder], None]] = []
 
 
 def copy_fields(entity: Any, record: dict, **kinds: OAAPropertyType) -> None:
     """Fields as same-named properties: text trimmed (S), times RFC3339 (T), booleans (B); others unset."""
+    as_kind = {S: text_of, T: rfc3339, B: lambda value: value if isinstance(value, bool) else None}
     for name, kind in kinds.items():
-        value = record.get(name)
-        value = text_of(value) if kind is S else rfc3339(value) if kind is T else value if isinstance(value, bool) \
-            else None
-        entity.set_property(name, value, ignore_none=True)
+        entity.set_property(name, as_kind[kind](record.get(name)), ignore_none=True)
 
 
 def step(**properties: dict[str, OAAPropertyType]) -> Callable:
-    """Register a mapping step, run in payload order, with the properties it sets by entity or resource type."""
+    """Register a mapping step (run in payload order) and the properties it defines, by entity or resource type."""
     def register(function: Callable) -> Callable:
         function.properties = properties
         STEPS.append(function)
@@ -1883,11 +1880,11 @@ class ApplicationBuilder:
             self.warn(f"{kind.label} {key if isinstance(key, str) else ' in '.join(reversed(key))} was deleted "
                       f"during the run (HTTP 404 on {endpoint}): {kind.when_deleted}", f"deleted:{kind.label}:{key}")
         self.role_values = {False: dict(ORG_ROLE_VALUES), True: dict(PROJECT_ROLE_VALUES)}  # unknown ones added
-        self.api_roles: dict[str, str] = {}  # Roles API role id -> the role id pushed for it
+        self.api_roles: dict[str, str] = {}  # Roles API role id -> pushed role id
         self.custom_roles: set[str] = set()  # pushed ids
         self.predefined_permissions: dict[str, set[str]] = {}  # fixed role id -> its predefined roles' strings
         self.key_holders: list[tuple[AccessCred, LocalUser, CustomResource, str]] = []
-        self.groups_not_in_payload: dict[str, int] = {}  # group id -> role assignments given directly instead
+        self.groups_not_in_payload: dict[str, int] = {}  # group id -> assignments given directly
         self.user_records = self.records("organization user", s.users, Kind.USER)
         self.group_records = self.records("group", s.groups or [], Kind.GROUP)
         self.project_records = self.records("project", s.projects or [], Kind.PROJECT)
