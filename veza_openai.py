@@ -1708,11 +1708,9 @@ FIXED_ROLES = {  # unique id: (name, permissions)
     "owner": ("Owner", [*ORG_PERMISSIONS]),
     "reader": ("Reader", ["Standard API Requests", "Read Organization"]),
     "project_owner": ("Project Owner", PROJECT_OWNER_PERMISSIONS),
-    # Organization owners own every project, listed or not: its own role, so a listed owner is still told apart.
     "project_owner_via_organization": ("Project Owner (organization owner)", PROJECT_OWNER_PERMISSIONS),
     "project_member": ("Project Member", ["Standard API Requests", "Read Project"]),
-    "project_viewer": ("Project Viewer", ["Read Project"]),  # OpenAI's RBAC guide gives viewers read access
-    # An admin key manages members, service accounts and keys in every project.
+    "project_viewer": ("Project Viewer", ["Read Project"]),  # read access, per OpenAI's RBAC guide
     "admin_api_key": ("Admin API Key", ["Read Organization", "Modify Billing", "Manage Members", *PROJECT_PERMISSIONS]),
 }
 ORG_ROLE_VALUES = {"owner": "owner", "reader": "reader", "member": "reader"}  # invite docs say "owner or member"
@@ -1720,15 +1718,12 @@ PROJECT_ROLE_VALUES = {"owner": "project_owner", "member": "project_member", "vi
 KEY_OWNER_TYPES = ("user", "service_account")
 HOSTED_TOOLS = ("code_interpreter", "file_search", "image_generation", "mcp", "web_search")
 # A permission string `api.<area>[.<sub>].<verb>` maps by area and verb (OpenAI's RBAC guide; docs/mapping.md).
-CONTENT_AREAS = {"model", "models", "files", "assistants", "threads", "vector_stores", "batches", "fine_tuning",
-                 "evals", "responses", "chat", "completions", "audio", "images", "videos", "realtime", "embeddings",
-                 "uploads", "containers"}
-MANAGEMENT_AREAS = {"organization", "projects", "project", "users", "groups", "roles", "api_keys", "keys",
-                    "service_accounts", "invites", "usage", "audit_logs", "billing", "rate_limits", "ip_allowlist",
-                    "mtls", "oidc", "management"}
-VERBS = {**dict.fromkeys(("read", "list", "view", "get"), "Read"), "create": "Create",
-         **dict.fromkeys(("delete", "remove"), "Delete"),
-         **dict.fromkeys(("write", "update", "manage", "admin"), "Write")}
+CONTENT_AREAS = set("model models files assistants threads vector_stores batches fine_tuning evals responses chat "
+                    "completions audio images videos realtime embeddings uploads containers".split())
+MANAGEMENT_AREAS = set("organization projects project users groups roles api_keys keys service_accounts invites "
+                       "usage audit_logs billing rate_limits ip_allowlist mtls oidc management".split())
+VERBS = {"read": "Read", "list": "Read", "view": "Read", "get": "Read", "create": "Create", "delete": "Delete",
+         "remove": "Delete", "write": "Write", "update": "Write", "manage": "Write", "admin": "Write"}
 
 
 def canonical_permissions(permission: str) -> list[OAAPermission]:
@@ -1743,25 +1738,20 @@ def canonical_permissions(permission: str) -> list[OAAPermission]:
     return [OAAPermission[kind + VERBS[verb]] for kind in kinds]
 
 
-S, N, B, T, L = (OAAPropertyType.STRING, OAAPropertyType.NUMBER, OAAPropertyType.BOOLEAN, OAAPropertyType.TIMESTAMP,
-                 OAAPropertyType.STRING_LIST)
+S, N, B, T, L = (OAAPropertyType[name] for name in ("STRING", "NUMBER", "BOOLEAN", "TIMESTAMP", "STRING_LIST"))
 STEPS: list[Callable[[ApplicationBuilder], None]] = []
 
 
 def copy_fields(entity: Any, record: dict, **kinds: OAAPropertyType) -> None:
-    """Record fields as same-named custom properties, in order: text trimmed (S), times RFC3339 (T), booleans (B);
-    anything absent or unusable is left unset."""
+    """Fields as same-named properties: text trimmed (S), times RFC3339 (T), booleans (B); others unset."""
+    as_kind = {S: text_of, T: rfc3339, B: lambda value: value if isinstance(value, bool) else None}
     for name, kind in kinds.items():
-        value = record.get(name)
-        value = text_of(value) if kind is S else rfc3339(value) if kind is T else value if isinstance(value, bool) \
-            else None
-        entity.set_property(name, value, ignore_none=True)
+        entity.set_property(name, as_kind[kind](record.get(name)), ignore_none=True)
 
 
 def step(**properties: dict[str, OAAPropertyType]) -> Callable:
-    """A mapping step, run in declaration order once the custom properties it declares are defined, by entity
-    (application, local_user, local_group, local_role, access_cred) or by resource type (project, certificate)."""
-    def register(function: Callable[[ApplicationBuilder], None]) -> Callable[[ApplicationBuilder], None]:
+    """Register a mapping step (run in payload order) and the properties it defines, by entity or resource type."""
+    def register(function: Callable) -> Callable:
         function.properties = properties
         STEPS.append(function)
         return function
@@ -1773,19 +1763,18 @@ class MappingResult:
     application: CustomApplication
     warnings: list[str]
     counts: dict[str, int]
-    notes: list[tuple[int, str]] = field(default_factory=list)  # (log level, message) lines that are no warning
-    people: dict[str, int] = field(default_factory=dict)  # for the summary a person reads (main)
+    notes: list[tuple[int, str]] = field(default_factory=list)  # (log level, message)
+    people: dict[str, int] = field(default_factory=dict)  # for main's summary
 
 
 class ApplicationBuilder:
-    """What every mapping step shares: the application, its warnings and counts, each list read once (deduplicated,
-    deleted entities dropped), identities and roles."""
+    """The state and helpers every mapping step shares."""
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = s = snapshot
         self.app = CustomApplication(name=snapshot.org_id, application_type=APPLICATION_TYPE)
         self.warnings: list[str] = []
-        self.invitees: set[int] = set()  # id() of the local users that are pending invites
+        self.invitees: set[int] = set()  # id() of the pending invites' local users
         self.warned: set[str] = set()
         self.counts: dict[str, int] = {}
         self.notes: list[tuple[int, str]] = []
@@ -1795,43 +1784,40 @@ class ApplicationBuilder:
             self.warn(f"{kind.label} {key if isinstance(key, str) else ' in '.join(reversed(key))} was deleted "
                       f"during the run (HTTP 404 on {endpoint}): {kind.when_deleted}", f"deleted:{kind.label}:{key}")
         self.role_values = {False: dict(ORG_ROLE_VALUES), True: dict(PROJECT_ROLE_VALUES)}  # unknown ones added
-        self.api_roles: dict[str, str] = {}          # Roles API role id -> the role id pushed for it
-        self.custom_roles: set[str] = set()          # pushed ids of the Roles API's custom roles
+        self.api_roles: dict[str, str] = {}  # Roles API role id -> pushed role id
+        self.custom_roles: set[str] = set()  # pushed ids
         self.predefined_permissions: dict[str, set[str]] = {}  # fixed role id -> its predefined roles' strings
-        self.key_holders: list[tuple[AccessCred, LocalUser, CustomResource, str]] = []  # filled by project keys
-        self.groups_not_in_payload: dict[str, int] = {}  # group id -> role assignments given directly instead
+        self.key_holders: list[tuple[AccessCred, LocalUser, CustomResource, str]] = []
+        self.groups_not_in_payload: dict[str, int] = {}  # group id -> assignments given directly
         self.user_records = self.records("organization user", s.users, Kind.USER)
         self.group_records = self.records("group", s.groups or [], Kind.GROUP)
         self.project_records = self.records("project", s.projects or [], Kind.PROJECT)
-        self.projects: dict[str, CustomResource] = {}  # filled by map_projects
-        self.project_keys: set[str] = set()           # filled by map_project_api_keys
-        lists = [s.roles, *(s.project_roles or {}).values(), *(s.group_roles or {}).values(),
-                 *(s.user_roles or {}).values(), *(s.project_group_roles or {}).values(),
-                 *(s.project_user_roles or {}).values()]
+        self.projects: dict[str, CustomResource] = {}
+        self.project_keys: set[str] = set()
+        per_entity = ("project_roles", "group_roles", "user_roles", "project_group_roles", "project_user_roles")
+        lists = [s.roles, *(records for name in per_entity for records in (getattr(s, name) or {}).values())]
         self.api_role_ids = {record["id"].lower() for records in lists for record in records or []
                              if isinstance(record, dict) and isinstance(record.get("id"), str)}
 
     def build(self) -> MappingResult:
         definitions = self.app.property_definitions
-        for mapping_step in STEPS:
-            for entity, properties in mapping_step.properties.items():
-                for name, kind in properties.items():
-                    if entity in ("project", "certificate"):
-                        definitions.define_resource_property(entity, name, kind)
-                    else:
-                        getattr(definitions, f"define_{entity}_property")(name, kind)
+        for entity, properties in (item for mapping_step in STEPS for item in mapping_step.properties.items()):
+            for name, kind in properties.items():
+                if entity in ("project", "certificate"):
+                    definitions.define_resource_property(entity, name, kind)
+                else:
+                    getattr(definitions, f"define_{entity}_property")(name, kind)
         for mapping_step in STEPS:
             mapping_step(self)
         return MappingResult(self.app, self.warnings, self.counts, self.notes)
 
-    # --- warnings and records -------------------------------------------------------------------
+    # --- warnings and records
     def warn(self, message: str, once_key: str | None = None) -> None:
         if once_key is None or once_key not in self.warned:
             self.warned.add(once_key)
             self.warnings.append(message)
 
     def warn_value(self, field_name: str, value: Any, what_then: str) -> None:
-        """Warn once per field and value about a value the mapping does not know."""
         try:
             shown = None if value is None else str(value)[:60]
         except RecursionError:  # a value nested too deep to print
@@ -1840,7 +1826,7 @@ class ApplicationBuilder:
                   f"unknown {field_name} {shown!r}: {what_then}", f"value:{field_name}:{shown}")
 
     def flag(self, record: dict, name: str, subject: str) -> bool | None:
-        """A boolean field; None when absent, or when not a boolean (then warned once, as unknown)."""
+        """A boolean field; None when absent or (warned once) not a boolean."""
         value = record.get(name)
         if value is None or isinstance(value, bool):
             return value
@@ -1849,18 +1835,17 @@ class ApplicationBuilder:
         return None
 
     def records(self, what: str, items: Iterable[Any], kind: Kind | None = None, key: str = "id") -> list[dict]:
-        """Usable records (unique_by_id, its problems warned once), entities deleted during the run dropped."""
+        """Usable records (unique_by_id; problems warned once) minus entities deleted during the run."""
         def warn(problem: str) -> None:
             message = f"a {what} record {problem}" if problem.startswith("has no") else f"{what} {problem}"
             self.warn(message, message)
         return [item for item in unique_by_id(items, key, warn) if item[key] not in self.deleted[kind]]
 
     def project_list(self, family: str, pid: str, kind: Kind | None = Kind.USER) -> list[dict]:
-        """One project's records of a per-project family, as records() makes them (warned once however often)."""
         return self.records(f"project {pid} {FAMILIES[family].label}",
                             (getattr(self.snapshot, family) or {}).get(pid, []), kind)
 
-    # --- identities -------------------------------------------------------------------------------
+    # --- identities
     def new_local_user(self, unique_id: str, name: str, identity: str | None = None, *, email: str | None = None,
                        is_active: bool = True, user_type: str | None = None) -> LocalUser:
         user = self.app.add_local_user(name, [identity] if identity else None, unique_id=unique_id)
@@ -1868,7 +1853,7 @@ class ApplicationBuilder:
         return user
 
     def principal(self, principal_id: str, record: dict, where: str, *, service_account: bool = False) -> LocalUser:
-        """The local user for an id, made (warned) from what `record` says when the organization list lacks it."""
+        """The local user for an id, built (warned) from `record` when the organization list lacks it."""
         if principal_id in self.app.local_users:
             return self.app.local_users[principal_id]
         email = text_of(record.get("email"))
@@ -1879,7 +1864,7 @@ class ApplicationBuilder:
         return user
 
     def key_credential(self, record: dict, *, active: bool = True, unique_id: str | None = None) -> AccessCred:
-        """A credential from a project or admin API key record, inactive once expired when the read started."""
+        """A key record's credential, inactive once expired when the read started."""
         cred = self.app.add_access_cred(unique_id or record["id"], text_of(record.get("name")) or
                                         text_of(record.get("redacted_value")) or record["id"])
         expires = epoch_seconds(record.get("expires_at"))
@@ -1889,45 +1874,40 @@ class ApplicationBuilder:
         copy_fields(cred, record, redacted_value=S)
         return cred
 
-    # --- roles ------------------------------------------------------------------------------------
+    # --- roles
     def role_for_value(self, value: Any, subject: str, *, project: bool) -> str:
-        """The role id for an org or project role value ("" for none); an unknown value gets a role of its own."""
+        """The role id for a role value ("" for none); an unknown value gets a role of its own."""
         scope = "project" if project else "organization"
-        role = text_of(value)
-        if role is None:
+        if (role := text_of(value)) is None:
             self.warn(f"{subject} has no {scope} role; kept without one")
             return ""
         role, values = role.lower(), self.role_values[project]
-        if role not in values:  # never less than every holder of a role there has: reading it
+        if role not in values:  # read access, as every role there has
             wanted = f"project_{role}" if project else role
-            values[role] = self.free_role_id(wanted, f"project_role_{role}" if project else f"organization_{role}")
+            role_id = values[role] = self.free_role_id(wanted, f"project_role_{role}" if project else f"{scope}_{role}")
             self.app.add_local_role(f"Project {role.capitalize()}" if project else role.capitalize(),
-                                    list(FIXED_ROLES["project_viewer" if project else "reader"][1]),
-                                    unique_id=values[role])
-            taken = "" if values[role] == wanted else f" ({wanted!r} is the id of another role)"
+                                    list(FIXED_ROLES["project_viewer" if project else "reader"][1]), unique_id=role_id)
+            taken = "" if role_id == wanted else f" ({wanted!r} is the id of another role)"
             floor = "Read Project" if project else "Reader's permissions"
-            self.warn(f"unknown {scope} role {role!r}: mapped to {values[role]!r}{taken} with {floor}")
+            self.warn(f"unknown {scope} role {role!r}: mapped to {role_id!r}{taken} with {floor}")
         return values[role]
 
     def free_role_id(self, wanted: str, fallback: str) -> str:
-        """`wanted`, or else `fallback` (numbered if need be): never the id of a fixed, Roles API or other role."""
+        """`wanted`, else `fallback` (numbered if need be): never the id of a pushed or Roles API role."""
         taken = {role_id.lower() for role_id in self.app.local_roles} | self.api_role_ids
-        candidate, number = wanted, 1
-        while candidate.lower() in taken:
-            number += 1
-            candidate = fallback if number == 2 else f"{fallback}_{number - 1}"
-        return candidate
+        candidates = itertools.chain((wanted, fallback), (f"{fallback}_{number}" for number in itertools.count(2)))
+        return next(candidate for candidate in candidates if candidate.lower() not in taken)
 
     def role_record(self, record: dict, project: bool) -> str | None:
-        """The role id pushed for a Roles API role or assignment record: a predefined role is its fixed role."""
+        """The role id pushed for a Roles API role or assignment record (a predefined role: its fixed role)."""
         role_id = record["id"].strip()
         if not is_predefined_role(record):
             if role_id not in self.api_roles:
                 self.api_roles[role_id] = self.custom_role(record, role_id)
             return self.api_roles[role_id]
-        pattern = PREDEFINED_ROLE_ID.fullmatch(role_id)
-        scope, word = pattern.groups() if pattern else (text_of(record.get("resource_type")) or "",
-                                                        text_of(record.get("name")) or role_id)
+        match = PREDEFINED_ROLE_ID.fullmatch(role_id)
+        scope, word = match.groups() if match else (text_of(record.get("resource_type")) or "",
+                                                    text_of(record.get("name")) or role_id)
         fixed = self.role_for_value(word, f"predefined role {role_id}",
                                     project=scope.endswith("project") if scope else project)
         if fixed and isinstance(record.get("permissions"), list):
@@ -1943,14 +1923,14 @@ class ApplicationBuilder:
             self.warn(f"Roles API role {role_id!r} has the id of a fixed role; it is kept, with its assignments, "
                       f"as {pushed!r}")
         raw = record.get("permissions")
-        if raw is not None and not isinstance(raw, list):
-            self.warn(f"role {role_id} lists its permissions as one string, not a list; read as one permission"
-                      if isinstance(raw, str) else
-                      f"role {role_id} has permissions of type {type(raw).__name__}; read as none",
-                      f"permissions:{role_id}")
-            raw = [raw] if isinstance(raw, str) else []
+        if isinstance(raw, str):
+            self.warn(f"role {role_id} lists its permissions as one string, not a list; read as one permission")
+            raw = [raw]
+        elif raw is not None and not isinstance(raw, list):
+            self.warn(f"role {role_id} has permissions of type {type(raw).__name__}; read as none")
+            raw = []
         permissions = list(dict.fromkeys(p for p in raw or [] if isinstance(p, str) and p))
-        for permission in permissions:  # held on the application, a custom role's permissions reach every project
+        for permission in permissions:  # on the application, so that they reach every project
             if permission not in self.app.custom_permissions:
                 self.app.add_custom_permission(permission, canonical_permissions(permission),
                                                apply_to_sub_resources=True, resource_types=["project"])
@@ -1961,7 +1941,7 @@ class ApplicationBuilder:
 
     def assign(self, identity: Any, assignments: list[dict], project: CustomResource | None,
                member: LocalUser | None = None) -> int:
-        """Give `identity` each role of its assignment records, except a member's role its groups give it."""
+        """Give `identity` its assignment records' roles, except a member's role its groups give it."""
         count = 0
         for record in self.records("role assignment", assignments):
             role_id = self.role_record(record, project is not None)
@@ -1971,7 +1951,7 @@ class ApplicationBuilder:
                 identity.add_role(role_id, resources=[project])
             else:
                 identity.add_role(role_id, apply_to_application=True)
-                if role_id == "owner":  # whoever holds the owner role, by any path, owns every project
+                if role_id == "owner":  # an owner, by any path, owns every project
                     identity.add_role("project_owner_via_organization", resources=list(self.projects.values()))
             count += 1
         return count
@@ -1984,15 +1964,14 @@ class ApplicationBuilder:
                                   or held["apply_to_application"] and role in self.custom_roles))
 
     def through_groups(self, record: dict, role_id: str, member: LocalUser, project: CustomResource | None) -> bool:
-        """Whether every assignment source is a group in the payload holding this role that lists this member;
-        anything else is a direct assignment, so access is never understated."""
+        """Whether every source is a payload group holding this role and listing this member (else: direct)."""
         sources = record.get("assignment_sources")
         through = isinstance(sources, list) and bool(sources)
         for source in map(dict_of, sources if through else ()):
-            kind = (text_of(source.get("principal_type")) or "").lower()
+            principal_type = text_of(source.get("principal_type"))
+            kind = (principal_type or "").lower()
             if kind not in ("user", "group", ""):
-                self.warn_value("assignment source principal_type", text_of(source["principal_type"]),
-                                "read as a direct assignment")
+                self.warn_value("assignment source principal_type", principal_type, "read as a direct assignment")
             group_id = text_of(source.get("principal_id")) or ""
             group = self.app.local_groups.get(group_id) if kind == "group" else None
             if kind == "group" and group is None:
