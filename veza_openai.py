@@ -2150,8 +2150,7 @@ def map_groups(m: ApplicationBuilder) -> None:
         for member in m.records(f"group {gid} member", (m.snapshot.group_users or {}).get(gid, []), Kind.USER):
             m.principal(member["id"], member, f"group {gid}").add_group(gid)
             memberships += 1
-    m.counts["groups"] = len(m.app.local_groups)
-    m.counts["group_memberships"] = memberships
+    m.counts.update(groups=len(m.app.local_groups), group_memberships=memberships)
 
 
 @step(project={"status": S, "created_at": T, "archived_at": T, "model_permission_mode": S, "model_ids": L,
@@ -2274,8 +2273,7 @@ def map_project_api_keys(m: ApplicationBuilder) -> None:
             in_record = text_of(owner.get("role")) and m.role_for_value(owner["role"], f"owner of {key}", project=True)
             m.key_holders.append((cred, holder, m.projects[pid], in_record or ""))
     active = sum(m.app.access_creds[key_id].is_active for key_id in m.project_keys)
-    m.counts["project_api_keys_active"] = active
-    m.counts["project_api_keys_inactive"] = len(m.project_keys) - active
+    m.counts.update(project_api_keys_active=active, project_api_keys_inactive=len(m.project_keys) - active)
 
 
 def admin_key_id(m: ApplicationBuilder, record: dict, redacted: str) -> str | None:
@@ -2523,8 +2521,7 @@ def map_activity(m: ApplicationBuilder) -> None:
     for key_id in keys:  # an empty list means all permissions (OpenAI's key docs): unrestricted, no scopes shown
         m.app.access_creds[key_id].set_property("scopes_restricted", bool(scopes[key_id]))
         m.app.access_creds[key_id].set_property("scopes", scopes[key_id] or None, ignore_none=True)
-    m.counts["logins"] = len(users & set(logins))
-    m.counts["key_scopes"] = len(keys)
+    m.counts.update(logins=len(users & set(logins)), key_scopes=len(keys))
 
 
 def audit_activity(events: list[dict], since: Any) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -2583,7 +2580,7 @@ def add_certificate(add: Callable[..., CustomResource], record: dict) -> None:
     copy_fields(certificate, dict_of(record.get("certificate_details")), valid_at=T, expires_at=T)
 
 
-# The summary's counts, in the order the summary line has always listed them (new ones are appended).
+# The summary line's counts, in a fixed order (new ones are only appended).
 COUNTS = ("users", "groups", "group_memberships", "projects", "project_memberships", "service_accounts",
           "project_api_keys_active", "project_api_keys_inactive", "admin_api_keys", "invites_pending", "roles",
           "role_assignments", "logins", "key_scopes", "federation_rules", "certificates")
