@@ -2282,8 +2282,8 @@ def admin_key_id(m: ApplicationBuilder, record: dict, redacted: str) -> str | No
     project_key = key_id in m.app.access_creds
     if redacted and not redacted.startswith("sk-admin"):
         if not project_key:  # of a project not read (refused, deleted): as an admin key it would overstate access
-            m.warn(f"admin API key list returned {key_id} ({redacted}), which does not look like an admin key nor is "
-                   "a project key read; left out")
+            m.warn(f"admin API key list returned {key_id} ({redacted}), which does not look like an admin key and "
+                   "is not a project key that was read; left out")
         return None
     if not project_key:
         return key_id
