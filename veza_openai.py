@@ -1988,7 +1988,7 @@ class ApplicationBuilder:
 def map_permissions_and_fixed_roles(m: ApplicationBuilder) -> None:
     for name, canonical in ORG_PERMISSIONS.items():
         m.app.add_custom_permission(name, [canonical])
-    for name, canonical in PROJECT_PERMISSIONS.items():  # held on the application (an admin key's), every project
+    for name, canonical in PROJECT_PERMISSIONS.items():  # held on the application (an admin key's): every project
         m.app.add_custom_permission(name, [canonical], apply_to_sub_resources=True, resource_types=["project"])
     for role_id, (name, permissions) in FIXED_ROLES.items():
         m.app.add_local_role(name, list(permissions), unique_id=role_id)
@@ -1998,54 +1998,47 @@ def map_permissions_and_fixed_roles(m: ApplicationBuilder) -> None:
 def map_organization(m: ApplicationBuilder) -> None:
     m.app.set_property("organization_id", m.snapshot.org_id)
     personal = dict_of(m.snapshot.organization).get("personal")
-    if isinstance(personal, bool):
-        m.app.set_property("is_personal", personal)
+    m.app.set_property("is_personal", personal if isinstance(personal, bool) else None, ignore_none=True)
 
 
 @step(local_user={"added_at": T, "api_key_last_used_at": T, "is_scim_managed": B})
 def map_users(m: ApplicationBuilder) -> None:
-    """Organization users with their org role; the owners own every project (map_projects)."""
     for record in m.user_records:
         nested, subject = dict_of(record.get("user")), f"user {record['id']}"
         email = text_of(record.get("email")) or text_of(nested.get("email"))
         name = text_of(record.get("name")) or text_of(nested.get("name")) or email or record["id"]
-        # Unknown (a string "false", 1) is not false: active, so access is never understated, and warned.
-        banned = m.flag(nested, "banned", subject)
+        banned = m.flag(nested, "banned", subject)  # unknown (warned) counts as active: access is never understated
         user = m.new_local_user(record["id"], name, email, email=email,
                                 is_active=not (banned is True or m.flag(nested, "enabled", subject) is False),
                                 user_type="service_account" if record.get("is_service_account") is True else "human")
         user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
-        # banned and banned_at are independent: an unbanned user with an old banned_at is not deactivated
+        # banned_at alone deactivates no one: an unbanned user may keep an old one
         user.deactivated_at = rfc3339(nested.get("banned_at")) if banned is True else None
         copy_fields(user, record, added_at=T, api_key_last_used_at=T, is_scim_managed=B)
-        role = m.role_for_value(record.get("role"), subject, project=False)
-        if role:
+        if role := m.role_for_value(record.get("role"), subject, project=False):
             user.add_role(role, apply_to_application=True)
     m.counts["users"] = len(m.app.local_users)
 
 
 @step(local_group={"group_type": S, "is_scim_managed": B})
 def map_groups(m: ApplicationBuilder) -> None:
-    s = m.snapshot
-    if s.groups is None:
+    if m.snapshot.groups is None:
         return
+    memberships = 0
     for record in m.group_records:
-        group = m.app.add_local_group(text_of(record.get("name")) or record["id"], unique_id=record["id"])
+        gid = record["id"]
+        group = m.app.add_local_group(text_of(record.get("name")) or gid, unique_id=gid)
         group.created_at = rfc3339(record.get("created_at"))
         copy_fields(group, record, group_type=S, is_scim_managed=B)
-    memberships = 0
-    for gid in [record["id"] for record in m.group_records] if s.group_users is not None else ():
-        for member in m.records(f"group {gid} member", s.group_users.get(gid, []), Kind.USER):
+        for member in m.records(f"group {gid} member", (m.snapshot.group_users or {}).get(gid, []), Kind.USER):
             m.principal(member["id"], member, f"group {gid}").add_group(gid)
             memberships += 1
-    m.counts["groups"] = len(m.app.local_groups)
-    m.counts["group_memberships"] = memberships
+    m.counts.update(groups=len(m.app.local_groups), group_memberships=memberships)
 
 
 @step(project={"status": S, "created_at": T, "archived_at": T, "model_permission_mode": S, "model_ids": L,
                **{f"{tool}_enabled": B for tool in HOSTED_TOOLS}})
 def map_projects(m: ApplicationBuilder) -> None:
-    """Project resources by id; organization owners get the implicit ownership of every one."""
     s = m.snapshot
     if s.projects is None:
         return
@@ -2071,7 +2064,7 @@ def map_model_permissions(m: ApplicationBuilder, project: CustomResource, policy
         try:
             if isinstance(policy.get("model_ids"), list):
                 project.set_property("model_ids", [str(i) for i in policy["model_ids"]])
-        except RecursionError:  # a value nested too deep to print: unknown
+        except RecursionError:
             m.warn(f"project {project.unique_id} model_ids are nested too deep to read; left unset")
     elif policy is not None:
         m.warn(f"project {project.unique_id} model permissions are {shape(policy)}, not an object; "
@@ -2080,21 +2073,18 @@ def map_model_permissions(m: ApplicationBuilder, project: CustomResource, policy
 
 def map_hosted_tools(m: ApplicationBuilder, project: CustomResource, tools: Any) -> None:
     """`<tool>_enabled` from {"<tool>": {"enabled": bool}}; any other shape is warned and left unset."""
-    pid = project.unique_id
-    if tools is not None and not isinstance(tools, dict):
-        m.warn(f"project {pid} hosted tool permissions are {shape(tools)}, not an object; every *_enabled property "
-               "left unset")
-    elif tools is not None and not any(tool in tools for tool in HOSTED_TOOLS):
-        m.warn(f"project {pid} hosted tool permissions {shape(tools)} name none of the tools "
-               f"{', '.join(HOSTED_TOOLS)}; every *_enabled property left unset")
+    where = f"project {project.unique_id} hosted tool"
+    if tools is not None and not (isinstance(tools, dict) and any(tool in tools for tool in HOSTED_TOOLS)):
+        problem = f"{shape(tools)} name none of the tools {', '.join(HOSTED_TOOLS)}" if isinstance(tools, dict) \
+            else f"are {shape(tools)}, not an object"
+        m.warn(f"{where} permissions {problem}; every *_enabled property left unset")
     for tool in HOSTED_TOOLS if isinstance(tools, dict) else ():
         setting = tools.get(tool)
-        enabled = setting.get("enabled") if isinstance(setting, dict) else None
+        enabled = dict_of(setting).get("enabled")
         if isinstance(enabled, bool):
             project.set_property(f"{tool}_enabled", enabled)
         elif setting is not None:
-            m.warn(f"project {pid} hosted tool {tool} is {shape(setting)}, not {{\"enabled\": true or false}}; "
-                   f"{tool}_enabled left unset")
+            m.warn(f"{where} {tool} is {shape(setting)}, not {{\"enabled\": true or false}}; {tool}_enabled left unset")
 
 
 @step()
@@ -2103,8 +2093,7 @@ def map_project_members(m: ApplicationBuilder) -> None:
     for pid, project in m.projects.items():
         for member in m.project_list("project_users", pid):
             user = m.principal(member["id"], member, f"project {pid}")
-            role = m.role_for_value(member.get("role"), f"project {pid} member {member['id']}", project=True)
-            if role:
+            if role := m.role_for_value(member.get("role"), f"project {pid} member {member['id']}", project=True):
                 user.add_role(role, resources=[project])
             memberships += 1
     m.counts["project_memberships"] = memberships
@@ -2120,8 +2109,7 @@ def map_service_accounts(m: ApplicationBuilder) -> None:
             account.user_type = "service_account"
             account.created_at = account.created_at or rfc3339(record.get("created_at"))
             account.set_property("project_id", pid)
-            role = m.role_for_value(record.get("role"), f"service account {record['id']}", project=True)
-            if role:
+            if role := m.role_for_value(record.get("role"), f"service account {record['id']}", project=True):
                 account.add_role(role, resources=[project])
             count += 1
     m.counts["service_accounts"] = count
@@ -2143,13 +2131,12 @@ def key_owner(m: ApplicationBuilder, record: dict) -> tuple[str | None, dict, bo
 
 @step(access_cred={"redacted_value": S, "project_id": S, "owner_type": S})
 def map_project_api_keys(m: ApplicationBuilder) -> None:
-    """Project keys as their owners' credentials; inactive when the owner lost access, expired or archived."""
     for project_record in m.project_records:
         pid = project_record["id"]
         for record in m.project_list("project_api_keys", pid, kind=None):
+            key = f"project API key {record['id']}"
             if record["id"] in m.app.access_creds:
-                m.warn(f"project API key {record['id']} is listed in project {pid} and in another project; "
-                       "kept once, under the first", f"key twice:{record['id']}")
+                m.warn(f"{key} is also listed in project {pid}; kept once, under the first", f"key twice:{key}")
                 continue
             owner_id, owner, service_account = key_owner(m, record)
             if owner_id in m.deleted[Kind.USER]:
@@ -2162,25 +2149,22 @@ def map_project_api_keys(m: ApplicationBuilder) -> None:
             cred.set_property("project_id", pid)
             cred.set_property("owner_type", text_of(dict_of(record.get("owner")).get("type")), ignore_none=True)
             if owner_id is None:
-                m.warn(f"project API key {record['id']} has no owner in its record")
+                m.warn(f"{key} has no owner in its record")
                 continue
-            holder = m.principal(owner_id, owner, f"project API key {record['id']}", service_account=service_account)
+            holder = m.principal(owner_id, owner, key, service_account=service_account)
             holder.add_access_cred(record["id"])
-            in_record = m.role_for_value(owner["role"], f"owner of project API key {record['id']}", project=True) \
-                if text_of(owner.get("role")) else ""
-            m.key_holders.append((cred, holder, m.projects[pid], in_record))
+            in_record = text_of(owner.get("role")) and m.role_for_value(owner["role"], f"owner of {key}", project=True)
+            m.key_holders.append((cred, holder, m.projects[pid], in_record or ""))
     active = sum(m.app.access_creds[key_id].is_active for key_id in m.project_keys)
-    m.counts["project_api_keys_active"] = active
-    m.counts["project_api_keys_inactive"] = len(m.project_keys) - active
+    m.counts.update(project_api_keys_active=active, project_api_keys_inactive=len(m.project_keys) - active)
 
 
 def admin_key_id(m: ApplicationBuilder, record: dict, redacted: str) -> str | None:
-    """The id an admin-list entry is pushed under; None for a project key (the list has returned them) or a key
-    that is no admin key. An `sk-admin` value with a project key's id is kept too (OpenAI's examples do that)."""
+    """The id an admin-list entry is pushed under; None for a project key or an entry that is no admin key."""
     key_id = record["id"]
     project_key = key_id in m.app.access_creds
     if redacted and not redacted.startswith("sk-admin"):
-        if not project_key:  # a key of a project not read (refused, or deleted mid-run): admin would overstate it
+        if not project_key:  # of a project not read (refused, deleted): as an admin key it would overstate access
             m.warn(f"admin API key list returned {key_id} ({redacted}), which does not look like an admin key and "
                    "is not a project key that was read; left out")
         return None
@@ -2201,11 +2185,9 @@ def map_admin_api_keys(m: ApplicationBuilder) -> None:
     count = 0
     listed: list[str] = []  # project keys the admin list returned too
     for record in m.records("admin API key", m.snapshot.admin_api_keys or []):
-        already_read = record["id"] in m.app.access_creds
         unique_id = admin_key_id(m, record, text_of(record.get("redacted_value")) or "")
         if unique_id is None:
-            if already_read:
-                listed.append(record["id"])
+            listed += [record["id"]] if record["id"] in m.app.access_creds else []
             continue
         owner_id, owner, service_account = key_owner(m, record)
         if owner_id in m.deleted[Kind.USER]:
@@ -2238,11 +2220,10 @@ def map_invites(m: ApplicationBuilder) -> None:
             continue
         email = text_of(record.get("email"))
         invitee = m.new_local_user(record["id"], email or record["id"], email, is_active=False)
-        m.invitees.add(id(invitee))  # for the people count, also when its status is unknown
+        m.invitees.add(id(invitee))  # not a person yet, whatever its status
         invitee.set_property("invite_status", status, ignore_none=True)
         invitee.set_property("invite_expires_at", rfc3339(record.get("expires_at")), ignore_none=True)
-        role = m.role_for_value(record.get("role"), invite, project=False)
-        if role:
+        if role := m.role_for_value(record.get("role"), invite, project=False):
             invitee.add_role(role, apply_to_application=True)
         grants = record.get("projects")
         for grant in [g for g in grants if isinstance(g, dict)] if isinstance(grants, list) else []:
@@ -2258,7 +2239,6 @@ def map_invites(m: ApplicationBuilder) -> None:
 
 @step(local_role={"predefined_role": B, "resource_type": S, "description": S, "openai_permissions": L})
 def map_custom_roles(m: ApplicationBuilder) -> None:
-    """The Roles API's roles: custom ones as roles of their own, predefined ones as the fixed roles."""
     if m.snapshot.roles is None:
         return
     before = len(m.app.local_roles)
@@ -2272,19 +2252,16 @@ def map_custom_roles(m: ApplicationBuilder) -> None:
 
 @step()
 def map_role_assignments(m: ApplicationBuilder) -> None:
-    """Roles API assignments: groups' and users' on the application, then each project's groups and members."""
     s = m.snapshot
     if s.roles is None:
         return
-    count = 0
-    for record in m.group_records:
-        count += m.assign(m.app.local_groups[record["id"]], (s.group_roles or {}).get(record["id"], []), None)
+    group_roles = s.group_roles or {}
+    count = sum(m.assign(m.app.local_groups[r["id"]], group_roles.get(r["id"], []), None) for r in m.group_records)
     user_roles = s.user_roles or {}
-    for record in (record for record in m.user_records if record["id"] in user_roles):  # most have none read
-        user = m.app.local_users[record["id"]]
-        count += m.assign(user, user_roles[record["id"]], None, member=user)
+    for user in (m.app.local_users[r["id"]] for r in m.user_records if r["id"] in user_roles):  # most have none read
+        count += m.assign(user, user_roles[user.unique_id], None, member=user)
     for pid, project in m.projects.items():
-        if s.groups is not None and s.project_groups is not None and s.project_group_roles is not None:
+        if None not in (s.groups, s.project_groups, s.project_group_roles):
             count += assign_project_groups(m, pid, project)
         for member in m.project_list("project_users", pid) if s.project_user_roles is not None else ():
             if (pid, member["id"]) not in m.deleted[Kind.PROJECT_MEMBER]:
@@ -2295,12 +2272,12 @@ def map_role_assignments(m: ApplicationBuilder) -> None:
         why = "groups were left out" if s.groups is None else "not in the group list, or deleted"
         m.warn(f"{sum(m.groups_not_in_payload.values())} role assignments name groups that are not in the payload "
                f"({why}: {', '.join(g or '(no id)' for g in missing[:5])}{', ...' if len(missing) > 5 else ''}); "
-               "those roles are given to the users directly")
+               "their roles are given to the users directly")
     m.counts["role_assignments"] = count
 
 
 def assign_project_groups(m: ApplicationBuilder, pid: str, project: CustomResource) -> int:
-    """Each group the project lists gets its roles there (a group missing from the group list is kept)."""
+    """The roles of each group the project lists there (one missing from the group list is kept)."""
     count = 0
     for link in m.records(f"project {pid} group", m.snapshot.project_groups.get(pid, []), Kind.GROUP, key="group_id"):
         gid = link["group_id"]
@@ -2319,7 +2296,7 @@ def assign_project_groups(m: ApplicationBuilder, pid: str, project: CustomResour
 def map_key_access(m: ApplicationBuilder) -> None:
     """A project key acts with every role its owner holds in its project, from every source read."""
     for cred, holder, project, in_record in m.key_holders:
-        roles = [*m.roles_on(holder, project), *([in_record] if in_record else [])]
+        roles = list(filter(None, [*m.roles_on(holder, project), in_record]))
         if not roles:
             m.warn(f"owner {holder.unique_id} of project API key {cred.unique_id} has no project role in "
                    f"{project.unique_id}; kept without one")
@@ -2330,32 +2307,32 @@ def map_key_access(m: ApplicationBuilder) -> None:
 @step(access_cred={"issuer": S, "audience": S, "workload_identity_provider_id": S, "permission_type": S, "scopes": L,
                    "attribute_matchers": L})
 def map_federation_rules(m: ApplicationBuilder) -> None:
-    """Workload identity federation rules as credentials of their service accounts, with its project role."""
     s = m.snapshot
     if s.workload_identity_providers is None or s.federation_rules is None:
         return
     accounts_read = s.projects is not None and s.project_service_accounts is not None
     if not accounts_read:
-        m.warn("federation rules are kept without holders or project roles: project service accounts were not read")
+        m.warn("federation rules kept without holders or project roles: project service accounts were not read")
     count = 0
     for provider in m.records("workload identity provider", s.workload_identity_providers, Kind.PROVIDER):
         for rule in m.records(f"workload identity provider {provider['id']} federation rule",
                               s.federation_rules.get(provider["id"], [])):
+            where = f"federation rule {rule['id']}"
             if rule["id"] in m.app.access_creds:
-                m.warn(f"federation rule {rule['id']} has the id of another credential; left out")
+                m.warn(f"{where} has the id of another credential; left out")
                 continue
-            cred = federation_rule_credential(m, provider, rule)
+            cred = federation_rule_credential(m, provider, rule, where)
             if accounts_read:
-                hold_federation_rule(m, rule, cred)
+                hold_federation_rule(m, rule, cred, where)
             count += 1
     m.counts["federation_rules"] = count
 
 
-def federation_rule_credential(m: ApplicationBuilder, provider: dict, rule: dict) -> AccessCred:
+def federation_rule_credential(m: ApplicationBuilder, provider: dict, rule: dict, where: str) -> AccessCred:
     cred = m.app.add_access_cred(rule["id"], text_of(rule.get("name")) or rule["id"])
     cred.created_at = rfc3339(rule.get("created_at")) or ""
-    # Unknown (not a boolean) is warned and counts as enabled: access is never understated.
-    cred.is_active = (m.flag(rule, "enabled", f"federation rule {rule['id']}") is not False and
+    # Unknown (warned) counts as enabled: access is never understated.
+    cred.is_active = (m.flag(rule, "enabled", where) is not False and
                       m.flag(provider, "enabled", f"workload identity provider {provider['id']}") is not False)
     copy_fields(cred, provider, issuer=S, audience=S)
     cred.set_property("workload_identity_provider_id", provider["id"])
@@ -2365,13 +2342,11 @@ def federation_rule_credential(m: ApplicationBuilder, provider: dict, rule: dict
         shown = {key: matcher_value(value) for key, value in matchers.items()}
         deep = [key for key, value in shown.items() if value is None]
         if deep:
-            m.warn(f"federation rule {rule['id']} has attribute matcher {deep[0]!r} nested too deep to read; "
-                   "attribute_matchers left unset")
+            m.warn(f"{where} has attribute matcher {deep[0]!r} nested too deep to read; attribute_matchers left unset")
         else:
             cred.set_property("attribute_matchers", sorted(f"{key}={value}" for key, value in shown.items()))
     elif matchers is not None:
-        m.warn(f"federation rule {rule['id']} has attribute_matchers of type {type(matchers).__name__}, not an "
-               "object; left unset")
+        m.warn(f"{where} has attribute_matchers of type {type(matchers).__name__}, not an object; left unset")
     permissions = dict_of(rule.get("permissions"))
     permission_type = text_of(permissions.get("type"))
     cred.set_property("permission_type", permission_type, ignore_none=True)
@@ -2381,7 +2356,7 @@ def federation_rule_credential(m: ApplicationBuilder, provider: dict, rule: dict
 
 
 def matcher_value(value: Any) -> str | None:
-    """Text as it is, anything else as JSON (true, 1, null); None for a value nested too deep to write."""
+    """Text as it is, anything else as JSON (true, 1, null); None when nested too deep to write."""
     if isinstance(value, str):
         return value
     try:
@@ -2390,34 +2365,30 @@ def matcher_value(value: Any) -> str | None:
         return None
 
 
-def hold_federation_rule(m: ApplicationBuilder, rule: dict, cred: AccessCred) -> None:
-    """The rule's service account holds it, and it acts with every role that account has on the rule's project."""
-    account_id, project_id = text_of(rule.get("service_account_id")), text_of(rule.get("project_id"))
+def hold_federation_rule(m: ApplicationBuilder, rule: dict, cred: AccessCred, where: str) -> None:
+    """The rule's service account holds it; it acts with that account's roles on the rule's project."""
+    account_id = text_of(rule.get("service_account_id"))
     holder = m.app.local_users.get(account_id)
     if holder is None or holder.user_type != "service_account":
-        m.warn(f"federation rule {rule['id']} names service account {account_id} which is not listed; kept without "
-               "a holder or project role" if holder is None else
-               f"federation rule {rule['id']} names {account_id} as its service account, but that id is a human "
-               "user's; kept without a holder or project role")
+        problem = f"service account {account_id} which is not listed" if holder is None else \
+            f"{account_id} as its service account, but that id is a human user's"
+        m.warn(f"{where} names {problem}; kept without a holder or project role")
         return
     holder.add_access_cred(rule["id"])
-    project = m.projects.get(project_id)
-    if project is None:
-        m.warn(f"federation rule {rule['id']} names project {project_id} which is not listed; kept without a "
-               "project role")
+    project_id = text_of(rule.get("project_id"))
+    if (project := m.projects.get(project_id)) is None:
+        m.warn(f"{where} names project {project_id} which is not listed; kept without a project role")
         return
     roles = m.roles_on(holder, project)
     if not roles and all(record["id"] != account_id
                          for record in m.project_list("project_service_accounts", project_id, kind=None)):
-        m.warn(f"federation rule {rule['id']}: service account {account_id} is not listed in project "
-               f"{project_id}; kept without a project role")
+        m.warn(f"{where}: service account {account_id} is not in project {project_id}; kept without a project role")
     for role in roles:
         cred.add_role(role, resources=[project])
 
 
 @step(application={"activity_window_days": N}, access_cred={"scopes_restricted": B})
 def map_activity(m: ApplicationBuilder) -> None:
-    """Last logins and project key scopes from the audit log window."""
     s = m.snapshot
     if s.audit_logs is None:
         return
@@ -2428,42 +2399,37 @@ def map_activity(m: ApplicationBuilder) -> None:
         if user_id in users:
             m.app.local_users[user_id].last_login_at = logins[user_id]
         else:
-            m.notes.append((logging.DEBUG, f"audit log: login by {user_id}, who is not in the organization user "
-                                           "list; ignored"))
+            m.notes.append((logging.DEBUG, f"audit log: login by {user_id}, not an organization user; ignored"))
     keys = sorted(key_id for key_id in scopes if key_id in m.project_keys)
     for key_id in keys:  # an empty list means all permissions (OpenAI's key docs): unrestricted, no scopes shown
-        cred = m.app.access_creds[key_id]
-        cred.set_property("scopes_restricted", bool(scopes[key_id]))
-        if scopes[key_id]:
-            cred.set_property("scopes", scopes[key_id])
-    m.counts["logins"] = len(users & set(logins))
-    m.counts["key_scopes"] = len(keys)
+        m.app.access_creds[key_id].set_property("scopes_restricted", bool(scopes[key_id]))
+        m.app.access_creds[key_id].set_property("scopes", scopes[key_id] or None, ignore_none=True)
+    m.counts.update(logins=len(users & set(logins)), key_scopes=len(keys))
 
 
 def audit_activity(events: list[dict], since: Any) -> tuple[dict[str, str], dict[str, list[str]]]:
     """(user id -> latest login, project key id -> scopes of its newest scope-setting event) in the window."""
-    since = epoch_seconds(since)
-    since = -math.inf if since is None else since
+    since = -math.inf if (start := epoch_seconds(since)) is None else start
     logins: dict[str, float] = {}
     newest: dict[str, tuple[tuple[float, str], list[str]]] = {}
     for event in events:
-        kind = event.get("type") if isinstance(event, dict) else None
+        kind = dict_of(event).get("type")
         at = epoch_seconds(event.get("effective_at")) if kind else None
-        if at is None or at < since:  # the server filters by type and time; a server that did not is checked
+        if at is None or at < since:  # a server that does not filter by type and time is checked
             continue
         if kind == "login.succeeded":
             user_id = text_of(dict_of(dict_of(dict_of(event.get("actor")).get("session")).get("user")).get("id"))
             if user_id and at > logins.get(user_id, -math.inf):
                 logins[user_id] = at
         elif kind in ("api_key.created", "api_key.updated"):
-            details = dict_of(event.get(kind))  # the details sit under a key named like the type
-            key_id = text_of(details.get("id"))
-            # The schema puts an update's scopes in changes_requested, OpenAI's own example in data: both.
+            details = dict_of(event.get(kind))  # under a key named like the type
+            # An update's scopes: in changes_requested by the schema, in data by OpenAI's own example.
             holders = ("data",) if kind == "api_key.created" else ("changes_requested", "data")
-            scopes = next((dict_of(details.get(holder)).get("scopes") for holder in holders
-                           if isinstance(dict_of(details.get(holder)).get("scopes"), list)), None)
+            found = (dict_of(details.get(holder)).get("scopes") for holder in holders)
+            scopes = next((scopes for scopes in found if isinstance(scopes, list)), None)
+            key_id = text_of(details.get("id"))
             if key_id is None or scopes is None:
-                continue  # e.g. an update that renamed the key: it says nothing about scopes
+                continue  # e.g. a rename: it says nothing about scopes
             rank = (at, str(event.get("id") or ""))
             if key_id not in newest or rank > newest[key_id][0]:
                 newest[key_id] = (rank, [scope for scope in scopes if isinstance(scope, str)])
@@ -2497,14 +2463,14 @@ def add_certificate(add: Callable[..., CustomResource], record: dict) -> None:
     copy_fields(certificate, dict_of(record.get("certificate_details")), valid_at=T, expires_at=T)
 
 
-# The summary's counts, in the order the summary line has always listed them (new ones are only appended).
+# The summary line's counts, in a fixed order (new ones are only appended).
 COUNTS = ("users", "groups", "group_memberships", "projects", "project_memberships", "service_accounts",
           "project_api_keys_active", "project_api_keys_inactive", "admin_api_keys", "invites_pending", "roles",
           "role_assignments", "logins", "key_scopes", "federation_rules", "certificates")
 
 
 def build_application(snapshot: Snapshot) -> MappingResult:
-    """Map a Snapshot to a CustomApplication (pure: no I/O, no logging; the caller logs warnings and notes)."""
+    """Map a Snapshot to a CustomApplication (pure: no I/O or logging; the caller logs warnings and notes)."""
     builder = ApplicationBuilder(snapshot)
     result = builder.build()
     result.counts = {name: result.counts[name] for name in COUNTS if name in result.counts}
@@ -2512,8 +2478,8 @@ def build_application(snapshot: Snapshot) -> MappingResult:
     owner_groups = {group.unique_id for group in app.local_groups.values() if "owner" in group.role_assignments}
     users = [user for user in app.local_users.values() if id(user) not in builder.invitees]
     result.people = {"people": sum(user.user_type != "service_account" for user in users),
-                     "owners": sum("owner" in user.role_assignments or bool(
-                         owner_groups and not owner_groups.isdisjoint(user.groups or ())) for user in users)}
+                     "owners": sum("owner" in user.role_assignments or not owner_groups.isdisjoint(user.groups or ())
+                                   for user in users)}
     return result
 
 
