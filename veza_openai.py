@@ -2639,46 +2639,41 @@ def build_application(snapshot: Snapshot) -> MappingResult:
 # ---------------------------------------------------------------------------------------------
 
 # get_payload()'s lists of one entry per entity: {key in the payload's application: attribute of the application}.
-ENTITY_LISTS = {"local_users": "local_users", "local_groups": "local_groups", "local_roles": "local_roles",
-                "local_access_creds": "access_creds", "local_agents": "local_agents", "local_models": "local_models",
-                "resources": "resources"}
-IDENTITIES = ("local_users", "local_groups", "idp_identities", "access_creds", "local_agents")  # in its order
+ENTITY_LISTS = {"local_access_creds": "access_creds", **{key: key for key in (
+    "local_users", "local_groups", "local_roles", "local_agents", "local_models", "resources")}}
+# The entities identity_to_permissions lists, in its order (less idp_identities: the mapping adds none).
+IDENTITIES = ("local_users", "local_groups", "access_creds", "local_agents")
 encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def serialize_application(app: CustomApplication) -> bytes:
-    """json.dumps(app.get_payload(), separators=(",", ":")) byte for byte, from each entity's own to_dict():
-    users and credentials are freed as they are written, so the whole payload dict (some 200 MB at 100,000
-    users) never exists. The application is spent afterwards."""
-    chunks, permissions = [], {}  # permissions: the identity_to_permissions entries of entities already freed
-    # literal JSON, attribute ("" for identity_to_permissions), literal JSON, ...
+    """json.dumps(app.get_payload(), separators=(",", ":")) byte for byte, each entity freed once written: the
+    payload's dict (some 200 MB at 100,000 users) never exists. The application is spent afterwards."""
+    chunks, permissions = [], {}  # {attribute: the identity_to_permissions entries of its entities, encoded}
     for index, attribute in enumerate(payload_skeleton(app)):
-        if index % 2 == 0:
+        if index % 2 == 0:  # literal JSON
             chunks.append(attribute.encode())
             continue
         entries: list[bytes] = []
-        for identities in IDENTITIES if not attribute else ():
-            entries += permissions.pop(identities, None) or permission_entries(app, getattr(app, identities).values())
-        if attribute in ("local_users", "access_creds"):  # the many: each freed once written
-            entities, permissions[attribute] = getattr(app, attribute), []
-            for key in list(entities):
-                entity = entities.pop(key)
-                entries.append(encode(entity.to_dict()).encode())
-                entry = entity.get_identity_to_permissions(application_name=app.name)
-                if listed(entry):
-                    permissions[attribute].append(encode(entry).encode())
-        elif attribute:
-            entries += [encode(entity.to_dict()).encode() for entity in getattr(app, attribute).values()]
+        entities = getattr(app, attribute) if attribute else {}
+        for key in list(entities):
+            entity = entities.pop(key)
+            entries.append(encode(entity.to_dict()).encode())
+            grants = entity.get_identity_to_permissions(application_name=app.name) if attribute in IDENTITIES else {}
+            if "application_permissions" in grants or "role_assignments" in grants:  # as get_payload() lists them
+                permissions.setdefault(attribute, []).append(encode(grants).encode())
+        if not attribute:  # identity_to_permissions, after every entity list
+            entries = [entry for identities in IDENTITIES for entry in permissions.get(identities, [])]
         chunks.append(b"[" + b",".join(entries) + b"]")
     return b"".join(chunks)
 
 
 def payload_skeleton(app: CustomApplication) -> list[str]:
-    """get_payload() of the application without its entities, split where each entity list goes: literal JSON,
-    the attribute listed there ("" for identity_to_permissions), literal JSON, ..."""
+    """get_payload() without entities, split where each list of them goes: literal JSON, the attribute listed there
+    ("" for identity_to_permissions), literal JSON, ..."""
     marker = f"entities-{os.urandom(16).hex()}-"  # cannot occur in the skeleton's own strings
     skeleton = copy.copy(app)  # shallow: the entities are neither copied nor changed
-    for attribute in {*ENTITY_LISTS.values(), *IDENTITIES}:
+    for attribute in ENTITY_LISTS.values():
         setattr(skeleton, attribute, {})
     payload = skeleton.get_payload()
     for holder, key, attribute in [*((payload["applications"][0], key, attribute) for key, attribute in
@@ -2687,17 +2682,6 @@ def payload_skeleton(app: CustomApplication) -> list[str]:
             raise RuntimeError(f"oaaclient's payload has no empty {key!r} list to fill")
         holder[key] = marker + attribute
     return re.split(f'"{re.escape(marker)}(\\w*)"', encode(payload))
-
-
-def permission_entries(app: CustomApplication, identities: Iterable[Any]) -> list[bytes]:
-    """The identity_to_permissions entries get_payload() lists for these identities, encoded."""
-    entries = (identity.get_identity_to_permissions(application_name=app.name) for identity in identities)
-    return [encode(entry).encode() for entry in entries if listed(entry)]
-
-
-def listed(entry: dict) -> bool:
-    """Whether get_payload() lists an identity's identity_to_permissions entry: only when it grants something."""
-    return "application_permissions" in entry or "role_assignments" in entry
 
 
 def save_payload(payload: bytes, path: str) -> None:
@@ -2717,10 +2701,10 @@ def save_payload(payload: bytes, path: str) -> None:
 # Veza: its documented OAA REST calls, made with requests
 # ---------------------------------------------------------------------------------------------
 
-VEZA_CHECK_TIMEOUT = 10.0      # the first call fails fast: an unreachable Veza is said in seconds
-MAX_VEZA_PAGES = 100           # 25,000 providers, data sources, queries or reports at 250 a page; more is a loop
+VEZA_CHECK_TIMEOUT = 10.0  # the first call fails fast: an unreachable Veza is said in seconds
+MAX_VEZA_PAGES = 100  # of 250 providers, data sources, queries or reports; more is a loop
 PUSH_IN_PARTS_OVER = 50_000_000  # bytes of JSON past which the push goes in parts of this size (as oaaclient)
-MAX_PUSH_BYTES = 100_000_000   # the largest request body Veza takes
+MAX_PUSH_BYTES = 100_000_000  # the largest request body Veza takes
 PROVIDERS = "/api/v1/providers/custom"
 # A plain glyph (not OpenAI's trademark), so the provider is recognisable in Veza's UI.
 PROVIDER_ICON_SVG = base64.b64encode(
@@ -2731,7 +2715,7 @@ KEY_REFUSED = "Veza refused the API key (HTTP {}): check VEZA_API_KEY and that i
 
 
 class VezaError(Exception):
-    """A Veza call that did not succeed: Veza's refusal (`status`, its `details`) or no usable answer."""
+    """A Veza call that failed: Veza's refusal (`status`, its `details`) or no usable answer."""
 
     def __init__(self, message: str, status: int = 0, details: Any = None, late: bool = False) -> None:
         super().__init__(message)
@@ -2752,26 +2736,24 @@ class Veza:
         log.info("connecting to Veza at %s", self.config.veza_url)
         path = f"{PROVIDERS}/templates"
         answer = self.http.call("GET", path, timeout=VEZA_CHECK_TIMEOUT)
-        where = f"cannot use Veza at {self.config.veza_url}"
-        if answer.ssl:
-            # TLS-inspecting proxies and private CAs are common where this runs: say so, not "unreachable".
-            raise PushError(f"{where}: {answer.problem.split('(', 1)[-1].rstrip(')')}. If a TLS-inspecting proxy or "
-                            "a private CA signs it, set REQUESTS_CA_BUNDLE to that CA's certificate file (PEM)")
-        if answer.status == 0 and not answer.fatal:
-            raise PushError(f"{where}: {answer.problem} (not reachable within {VEZA_CHECK_TIMEOUT:g}s; check VEZA_URL, "
-                            "DNS, proxy and TLS)")
-        if answer.status in (401, 403):
-            raise PushError(f"{where}: {KEY_REFUSED.format(answer.status)}")
-        body = answer.body if answer.status == 200 else None
-        if not (isinstance(body, dict) and isinstance(body.get("values"), list)):
-            what = answer.problem if answer.status != 200 or answer.fatal else \
-                "an answer without Veza's list of templates ('values')"
-            raise PushError(f"{where}: {what} from {path}; is VEZA_URL the address of your Veza instance?")
+        if answer.ssl:  # TLS-inspecting proxies and private CAs are common where this runs: not "unreachable"
+            problem = (f"{answer.problem.split('(', 1)[-1].rstrip(')')}. If a TLS-inspecting proxy or a private CA "
+                       "signs it, set REQUESTS_CA_BUNDLE to that CA's certificate file (PEM)")
+        elif answer.status == 0 and not answer.fatal:
+            problem = f"{answer.problem} (not reachable in {VEZA_CHECK_TIMEOUT:g}s; check VEZA_URL, DNS, proxy, TLS)"
+        elif answer.status in (401, 403):
+            problem = KEY_REFUSED.format(answer.status)
+        elif answer.status != 200 or answer.fatal or not isinstance(dict_of(answer.body).get("values"), list):
+            problem = (f"{answer.problem} from {path}, not Veza's list of templates ('values'); is VEZA_URL the "
+                       "address of your Veza instance?")
+        else:
+            return
+        raise PushError(f"cannot use Veza at {self.config.veza_url}: {problem}")
 
     def call(self, method: str, path: str, body: Any = None, params: Any = None,
              retry_when: Callable[[Answer], bool] | None = None) -> Any:
-        """One call, retried (OAA_API_RETRIES) when `retry_when` allows: by default a transient fault, but a POST
-        only after a 429 (any other answer may have created what it asked for). Its JSON unwrapped as oaaclient does."""
+        """One call, its JSON unwrapped as oaaclient does; retried (OAA_API_RETRIES) when `retry_when` allows: by
+        default a transient fault, but a POST only after a 429 (else it may have created its object)."""
         retry_when = retry_when or ((lambda answer: answer.status == 429) if method == "POST" else Answer.transient)
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         retries = self.config.veza_retries
@@ -2826,10 +2808,9 @@ class Veza:
         except VezaError as exc:
             if exc.status != 403:
                 raise
-            raise PushError(f"Veza refused to create the {what} (HTTP 403): this API key may not create "
-                            "providers or data sources. Create them once with a key that may (e.g. an administrator's: "
-                            "run the connector once with it), or grant this key's user that right; later runs need "
-                            "only push rights") from None
+            raise PushError(f"Veza refused to create the {what} (HTTP 403): this API key may not create providers or "
+                            "data sources. Run once with a key that may (an administrator's), or grant this key's "
+                            "user that right; later runs need only push rights") from None
         if not isinstance(created.get("id"), str):
             raise VezaError(f"{path}: Veza's answer to creating the {what} has no id")
         return created["id"], True
