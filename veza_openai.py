@@ -2649,28 +2649,7 @@ encode = json.JSONEncoder(separators=(",", ":")).encode
 def serialize_application(app: CustomApplication) -> bytes:
     """json.dumps(app.get_payload(), separators=(",", ":")) byte for byte, but each entity is freed once written, so
     that dict (200 MB at 100,000 users) never exists. The application is spent afterwards."""
-    chunks, permissions = [], {}  # {attribute: its entities' identity_to_permissions entries}
-    for index, attribute in enumerate(payload_skeleton(app)):
-        if index % 2 == 0:  # literal JSON
-            chunks.append(attribute.encode())
-            continue
-        entries: list[bytes] = []
-        entities = getattr(app, attribute) if attribute else {}
-        for key in list(entities):
-            entity = entities.pop(key)
-            entries.append(encode(entity.to_dict()).encode())
-            grants = entity.get_identity_to_permissions(application_name=app.name) if attribute in IDENTITIES else {}
-            if "application_permissions" in grants or "role_assignments" in grants:  # as get_payload() lists them
-                permissions.setdefault(attribute, []).append(encode(grants).encode())
-        if not attribute:  # identity_to_permissions, after every entity list
-            entries = [entry for identities in IDENTITIES for entry in permissions.get(identities, [])]
-        chunks.append(b"[" + b",".join(entries) + b"]")
-    return b"".join(chunks)
-
-
-def payload_skeleton(app: CustomApplication) -> list[str]:
-    """get_payload() without entities, split where they go: JSON, attribute ("" for identity_to_permissions), ..."""
-    marker = f"entities-{os.urandom(16).hex()}-"  # in no string of the skeleton
+    marker = f"entities-{os.urandom(16).hex()}-"  # in no string of the payload
     skeleton = copy.copy(app)  # shallow: the entities are neither copied nor changed
     for attribute in ENTITY_LISTS.values():
         setattr(skeleton, attribute, {})
@@ -2680,7 +2659,22 @@ def payload_skeleton(app: CustomApplication) -> list[str]:
         if holder.get(key) != []:  # not the shape this was written for: never push a payload missing entities
             raise RuntimeError(f"oaaclient's payload has no empty {key!r} list to fill")
         holder[key] = marker + attribute
-    return re.split(f'"{re.escape(marker)}(\\w*)"', encode(payload))
+    chunks, permissions = [], {}  # {attribute: its entities' identity_to_permissions entries}
+    # literal JSON, the attribute whose entities go there ("" for identity_to_permissions), literal JSON, ...
+    for index, attribute in enumerate(re.split(f'"{re.escape(marker)}(\\w*)"', encode(payload))):
+        if index % 2 == 0:
+            chunks.append(attribute.encode())
+            continue
+        entities = getattr(app, attribute) if attribute else {}
+        entries = [] if attribute else [entry for identities in IDENTITIES for entry in permissions.get(identities, [])]
+        for key in list(entities):
+            entity = entities.pop(key)
+            entries.append(encode(entity.to_dict()).encode())
+            grants = entity.get_identity_to_permissions(application_name=app.name) if attribute in IDENTITIES else {}
+            if "application_permissions" in grants or "role_assignments" in grants:  # as get_payload() lists them
+                permissions.setdefault(attribute, []).append(encode(grants).encode())
+        chunks.append(b"[" + b",".join(entries) + b"]")
+    return b"".join(chunks)
 
 
 def save_payload(payload: bytes, path: str) -> None:
@@ -2877,8 +2871,8 @@ def push_warnings(result: Any) -> list:
 REPORT_NAME = "OpenAI access review"
 REPORT_DESCRIPTION = ("Who administers the OpenAI organization, its admin keys, inactive users who still hold "
                       "roles, pending invites, projects whose tools reach outside, and federated workloads.")
-USER_NODE, CRED_NODE, ROLE_NODE, PROJECT_NODE = (f"OAA.{APPLICATION_TYPE}.{kind}" for kind in
-                                                 ("User", "AccessCred", "Role", "project.Resource"))
+USER_NODE, CRED_NODE, ROLE_NODE, PROJECT_NODE = (
+    f"OAA.{APPLICATION_TYPE}.{kind}" for kind in ("User", "AccessCred", "Role", "project.Resource"))
 
 
 def nodes(node_type: str, **equals: Any) -> dict:
@@ -3008,15 +3002,14 @@ def log_memory(stage: str) -> None:
         return
     try:
         with open("/proc/self/status", encoding="ascii") as status:
-            mib = {key: int(value.split()[0]) / 1024 for key, value in (line.split(":", 1) for line in status)
-                   if key in ("VmRSS", "VmHWM")}
+            mib = {line[:5]: int(line.split()[1]) / 1024 for line in status if line.startswith(("VmRSS:", "VmHWM:"))}
         now, peak = mib["VmRSS"], mib["VmHWM"]
     except (OSError, KeyError, ValueError):
         import resource  # Unix; ru_maxrss is KB on Linux
         now, peak = None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    log_with_fields(logging.DEBUG, {"stage": "memory", "after": stage, "resident_mib": now and round(now),
-                                    "peak_mib": round(peak)}, "memory after %s: %s MiB resident, peak %d MiB",
-                    stage, "?" if now is None else f"{now:.0f}", peak)
+    fields = {"stage": "memory", "after": stage, "resident_mib": now and round(now), "peak_mib": round(peak)}
+    log_with_fields(logging.DEBUG, fields, "memory after %s: %s MiB resident, peak %d MiB", stage,
+                    "?" if now is None else f"{now:.0f}", peak)
 
 
 @contextlib.contextmanager
@@ -3049,13 +3042,12 @@ def read_organization(config: Config, clock: Clock, summary: RunSummary) -> Snap
                     FAMILIES[name].label, reason, FAMILIES[name].grant)
     if snapshot.organization is None:
         log.info("is_personal left unset: the organization object is not readable with this key")
-    sizes = {name: None if records is None else len(records) for name, records in
-             (("users", snapshot.users), ("projects", snapshot.projects), ("groups", snapshot.groups))}
-    log_with_fields(logging.INFO, {"stage": "read", **sizes, "calls": reader.calls, "retries": reader.retries,
-                                   "throttled": reader.throttled},
+    counts = {name: None if records is None else len(records) for name, records in
+              (("users", snapshot.users), ("projects", snapshot.projects), ("groups", snapshot.groups))}
+    counts.update(calls=reader.calls, retries=reader.retries, throttled=reader.throttled)
+    log_with_fields(logging.INFO, {"stage": "read", **counts},
                     "read %s users, %s projects, %s groups in %d calls (%d retries, %d answered 429)",
-                    *("-" if size is None else size for size in sizes.values()), reader.calls, reader.retries,
-                    reader.throttled)
+                    *("-" if count is None else count for count in counts.values()))
     return snapshot
 
 
@@ -3131,8 +3123,8 @@ class SignalState:
 def stop_on_signals() -> Iterator[SignalState]:
     """SIGTERM and SIGINT raise Stopped, once (as PID 1 in a container, a signal with no handler is ignored)."""
     state = SignalState()
-    names = {signal.SIGTERM: ("SIGTERM", ExitStatus.TERMINATED), signal.SIGINT: ("Ctrl-C (SIGINT)",
-                                                                                 ExitStatus.INTERRUPTED)}
+    names = {signal.SIGTERM: ("SIGTERM", ExitStatus.TERMINATED),
+             signal.SIGINT: ("Ctrl-C (SIGINT)", ExitStatus.INTERRUPTED)}
 
     def stop(signum: int, frame: Any) -> None:
         if not state.done:
