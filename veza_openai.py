@@ -2487,47 +2487,20 @@ def build_application(snapshot: Snapshot) -> MappingResult:
 # The payload: oaaclient's get_payload() as compact JSON, built one entity at a time
 # ---------------------------------------------------------------------------------------------
 
-# get_payload()'s lists of one entry per entity: {key in the payload's application: attribute of the application}.
-ENTITY_LISTS = {"local_users": "local_users", "local_groups": "local_groups", "local_roles": "local_roles",
-                "local_access_creds": "access_creds", "local_agents": "local_agents", "local_models": "local_models",
-                "resources": "resources"}
-IDENTITIES = ("local_users", "local_groups", "idp_identities", "access_creds", "local_agents")  # in its order
+# {key of a list of entities in get_payload()'s application: the application's attribute holding them}
+ENTITY_LISTS = {"local_access_creds": "access_creds", **{key: key for key in (
+    "local_users", "local_groups", "local_roles", "local_agents", "local_models", "resources")}}
+# The identities of identity_to_permissions, in its order (less idp_identities: the mapping adds none).
+IDENTITIES = ("local_users", "local_groups", "access_creds", "local_agents")
 encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def serialize_application(app: CustomApplication) -> bytes:
-    """json.dumps(app.get_payload(), separators=(",", ":")) byte for byte, from each entity's own to_dict():
-    users and credentials are freed as they are written, so the whole payload dict (some 200 MB at 100,000
-    users) never exists. The application is spent afterwards."""
-    chunks, permissions = [], {}  # permissions: the identity_to_permissions entries of entities already freed
-    # literal JSON, attribute ("" for identity_to_permissions), literal JSON, ...
-    for index, attribute in enumerate(payload_skeleton(app)):
-        if index % 2 == 0:
-            chunks.append(attribute.encode())
-            continue
-        entries: list[bytes] = []
-        for identities in IDENTITIES if not attribute else ():
-            entries += permissions.pop(identities, None) or permission_entries(app, getattr(app, identities).values())
-        if attribute in ("local_users", "access_creds"):  # the many: each freed once written
-            entities, permissions[attribute] = getattr(app, attribute), []
-            for key in list(entities):
-                entity = entities.pop(key)
-                entries.append(encode(entity.to_dict()).encode())
-                entry = entity.get_identity_to_permissions(application_name=app.name)
-                if listed(entry):
-                    permissions[attribute].append(encode(entry).encode())
-        elif attribute:
-            entries += [encode(entity.to_dict()).encode() for entity in getattr(app, attribute).values()]
-        chunks.append(b"[" + b",".join(entries) + b"]")
-    return b"".join(chunks)
-
-
-def payload_skeleton(app: CustomApplication) -> list[str]:
-    """get_payload() of the application without its entities, split where each entity list goes: literal JSON,
-    the attribute listed there ("" for identity_to_permissions), literal JSON, ..."""
-    marker = f"entities-{os.urandom(16).hex()}-"  # cannot occur in the skeleton's own strings
+    """json.dumps(app.get_payload(), separators=(",", ":")) byte for byte, but each entity is freed once written, so
+    that dict (200 MB at 100,000 users) never exists. The application is spent afterwards."""
+    marker = f"entities-{os.urandom(16).hex()}-"  # in no string of the payload
     skeleton = copy.copy(app)  # shallow: the entities are neither copied nor changed
-    for attribute in {*ENTITY_LISTS.values(), *IDENTITIES}:
+    for attribute in ENTITY_LISTS.values():
         setattr(skeleton, attribute, {})
     payload = skeleton.get_payload()
     for holder, key, attribute in [*((payload["applications"][0], key, attribute) for key, attribute in
@@ -2535,18 +2508,22 @@ def payload_skeleton(app: CustomApplication) -> list[str]:
         if holder.get(key) != []:  # not the shape this was written for: never push a payload missing entities
             raise RuntimeError(f"oaaclient's payload has no empty {key!r} list to fill")
         holder[key] = marker + attribute
-    return re.split(f'"{re.escape(marker)}(\\w*)"', encode(payload))
-
-
-def permission_entries(app: CustomApplication, identities: Iterable[Any]) -> list[bytes]:
-    """The identity_to_permissions entries get_payload() lists for these identities, encoded."""
-    entries = (identity.get_identity_to_permissions(application_name=app.name) for identity in identities)
-    return [encode(entry).encode() for entry in entries if listed(entry)]
-
-
-def listed(entry: dict) -> bool:
-    """Whether get_payload() lists an identity's identity_to_permissions entry: only when it grants something."""
-    return "application_permissions" in entry or "role_assignments" in entry
+    chunks, permissions = [], {}  # {attribute: its entities' identity_to_permissions entries}
+    # literal JSON, the attribute whose entities go there ("" for identity_to_permissions), literal JSON, ...
+    for index, attribute in enumerate(re.split(f'"{re.escape(marker)}(\\w*)"', encode(payload))):
+        if index % 2 == 0:
+            chunks.append(attribute.encode())
+            continue
+        entities = getattr(app, attribute) if attribute else {}
+        entries = [] if attribute else [entry for identities in IDENTITIES for entry in permissions.get(identities, [])]
+        for key in list(entities):
+            entity = entities.pop(key)
+            entries.append(encode(entity.to_dict()).encode())
+            grants = entity.get_identity_to_permissions(application_name=app.name) if attribute in IDENTITIES else {}
+            if "application_permissions" in grants or "role_assignments" in grants:  # as get_payload() lists them
+                permissions.setdefault(attribute, []).append(encode(grants).encode())
+        chunks.append(b"[" + b",".join(entries) + b"]")
+    return b"".join(chunks)
 
 
 def save_payload(payload: bytes, path: str) -> None:
@@ -2566,12 +2543,12 @@ def save_payload(payload: bytes, path: str) -> None:
 # Veza: its documented OAA REST calls, made with requests
 # ---------------------------------------------------------------------------------------------
 
-VEZA_CHECK_TIMEOUT = 10.0      # the first call fails fast: an unreachable Veza is said in seconds
-MAX_VEZA_PAGES = 100           # 25,000 providers, data sources, queries or reports at 250 a page; more is a loop
-PUSH_IN_PARTS_OVER = 50_000_000  # bytes of JSON past which the push goes in parts of this size (as oaaclient)
-MAX_PUSH_BYTES = 100_000_000   # the largest request body Veza takes
+VEZA_CHECK_TIMEOUT = 10.0  # the first call: an unreachable Veza is said in seconds
+MAX_VEZA_PAGES = 100  # of 250 entries; more is a loop
+PUSH_IN_PARTS_OVER = 50_000_000  # bytes of JSON; a larger payload is pushed in parts of this size, as oaaclient does
+MAX_PUSH_BYTES = 100_000_000  # Veza's largest request body
 PROVIDERS = "/api/v1/providers/custom"
-# A plain glyph (not OpenAI's trademark), so the provider is recognisable in Veza's UI.
+# A plain glyph (not OpenAI's trademark) marking the provider in Veza's UI.
 PROVIDER_ICON_SVG = base64.b64encode(
     b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><circle cx="16" cy="16" r="14" fill="#101010"/>'
     b'<text x="16" y="21" font-size="14" font-family="sans-serif" fill="#fff" text-anchor="middle">AI</text></svg>'
@@ -2580,11 +2557,11 @@ KEY_REFUSED = "Veza refused the API key (HTTP {}): check VEZA_API_KEY and that i
 
 
 class VezaError(Exception):
-    """A Veza call that did not succeed: Veza's refusal (`status`, its `details`) or no usable answer."""
+    """A failed Veza call: Veza's refusal (`status`, `details`) or no usable answer; `late`: --max-run-time ended it."""
 
     def __init__(self, message: str, status: int = 0, details: Any = None, late: bool = False) -> None:
         super().__init__(message)
-        self.status, self.late = status, late  # late: --max-run-time ended it
+        self.status, self.late = status, late
         self.details = details if isinstance(details, list) else []
 
 
@@ -2597,30 +2574,27 @@ class Veza:
                          max_bytes=VEZA_ANSWER_BYTES, verify=not config.veza_unverified)
 
     def check(self) -> None:
-        """One quick call before any OpenAI request: is this Veza, and does it take the key?"""
+        """Before any OpenAI request: is this Veza, and does it take the key?"""
         log.info("connecting to Veza at %s", self.config.veza_url)
         path = f"{PROVIDERS}/templates"
         answer = self.http.call("GET", path, timeout=VEZA_CHECK_TIMEOUT)
-        where = f"cannot use Veza at {self.config.veza_url}"
-        if answer.ssl:
-            # TLS-inspecting proxies and private CAs are common where this runs: say so, not "unreachable".
-            raise PushError(f"{where}: {answer.problem.split('(', 1)[-1].rstrip(')')}. If a TLS-inspecting proxy or "
-                            "a private CA signs it, set REQUESTS_CA_BUNDLE to that CA's certificate file (PEM)")
-        if answer.status == 0 and not answer.fatal:
-            raise PushError(f"{where}: {answer.problem} (not reachable within {VEZA_CHECK_TIMEOUT:g}s; check VEZA_URL, "
-                            "DNS, proxy and TLS)")
-        if answer.status in (401, 403):
-            raise PushError(f"{where}: {KEY_REFUSED.format(answer.status)}")
-        body = answer.body if answer.status == 200 else None
-        if not (isinstance(body, dict) and isinstance(body.get("values"), list)):
-            what = answer.problem if answer.status != 200 or answer.fatal else \
-                "an answer without Veza's list of templates ('values')"
-            raise PushError(f"{where}: {what} from {path}; is VEZA_URL the address of your Veza instance?")
+        if answer.ssl:  # TLS-inspecting proxies and private CAs are common: say so, not "unreachable"
+            problem = (f"{answer.problem.split('(', 1)[-1].rstrip(')')}. If a TLS-inspecting proxy or a private CA "
+                       "signs it, set REQUESTS_CA_BUNDLE to that CA's certificate file (PEM)")
+        elif answer.status == 0 and not answer.fatal:
+            problem = f"{answer.problem} (not reachable in {VEZA_CHECK_TIMEOUT:g}s; check VEZA_URL, DNS, proxy, TLS)"
+        elif answer.status in (401, 403):
+            problem = KEY_REFUSED.format(answer.status)
+        elif answer.status != 200 or answer.fatal or not isinstance(dict_of(answer.body).get("values"), list):
+            problem = f"{answer.problem} from {path}, not a list of templates ('values'): is VEZA_URL your Veza?"
+        else:
+            return
+        raise PushError(f"cannot use Veza at {self.config.veza_url}: {problem}")
 
     def call(self, method: str, path: str, body: Any = None, params: Any = None,
              retry_when: Callable[[Answer], bool] | None = None) -> Any:
-        """One call, retried (OAA_API_RETRIES) when `retry_when` allows: by default a transient fault, but a POST
-        only after a 429 (any other answer may have created what it asked for). Its JSON unwrapped as oaaclient does."""
+        """One call, its JSON unwrapped as oaaclient does, retried (OAA_API_RETRIES) when `retry_when` allows: by
+        default on a transient fault, but a POST only on a 429 (else it may have created its object)."""
         retry_when = retry_when or ((lambda answer: answer.status == 429) if method == "POST" else Answer.transient)
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         retries = self.config.veza_retries
@@ -2675,10 +2649,9 @@ class Veza:
         except VezaError as exc:
             if exc.status != 403:
                 raise
-            raise PushError(f"Veza refused to create the {what} (HTTP 403): this API key may not create "
-                            "providers or data sources. Create them once with a key that may (e.g. an administrator's: "
-                            "run the connector once with it), or grant this key's user that right; later runs need "
-                            "only push rights") from None
+            raise PushError(f"Veza refused to create the {what} (HTTP 403): this API key may not create providers or "
+                            "data sources. Run once with a key that may (an administrator's), or grant this key's "
+                            "user that right; later runs need only push rights") from None
         if not isinstance(created.get("id"), str):
             raise VezaError(f"{path}: Veza's answer to creating the {what} has no id")
         return created["id"], True
@@ -2717,23 +2690,22 @@ class Veza:
                                          "sequence_count": len(parts)}))
 
 
-BASE64 = f"base64-{os.urandom(16).hex()}"  # where json_with_base64 puts the base64 text
+BASE64 = f"base64-{os.urandom(16).hex()}"  # json_with_base64's placeholder
 
 
 def json_with_base64(fields: dict, data: bytes) -> bytes:
-    """The JSON of `fields`, its BASE64 value the base64 of `data`, which is never decoded to text."""
-    head, tail = json.dumps(fields).encode().split(f'"{BASE64}"'.encode())
-    return b"".join((head, b'"', base64.b64encode(data), b'"', tail))
+    """The JSON of `fields`, its BASE64 value the base64 of `data`, never decoded to text."""
+    return json.dumps(fields).encode().replace(BASE64.encode(), base64.b64encode(data))
 
 
 def push_retryable(answer: Answer) -> bool:
-    """A push (it replaces the data source whole) may go again after a 429, or a gateway's 502/503/504."""
+    """A push (it replaces the snapshot whole) may go again after a 429, or a gateway's 502/503/504 without a result."""
     result = isinstance(answer.body, dict) and ("warnings" in answer.body or "id" in answer.body)
     return answer.status == 429 or (answer.status in (502, 503, 504) and not result)
 
 
 def push_warnings(result: Any) -> list:
-    """Veza's warnings from a push's answer; any answer but an object without an error code is no push result."""
+    """Veza's warnings from a push's answer: an object without an error code; any other answer is no push result."""
     if isinstance(result, dict) and "code" not in result and isinstance(result.get("warnings", []), list):
         return result.get("warnings", [])
     raise PushError(f"Veza answered the push with {shape(result)}, which is not a push result: whether it stored "
@@ -2744,21 +2716,17 @@ def push_warnings(result: Any) -> list:
 # The Veza report (--create-report)
 # ---------------------------------------------------------------------------------------------
 
-# Veza names the entities of an OAA custom application OAA.<application_type>.<kind>, resources
-# OAA.<application_type>.<resource_type>.Resource, and queries custom properties as customprop_<name>.
+# Veza's names: OAA.<application_type>.<kind>, OAA.<application_type>.<resource_type>.Resource, customprop_<name>.
 REPORT_NAME = "OpenAI access review"
 REPORT_DESCRIPTION = ("Who administers the OpenAI organization, its admin keys, inactive users who still hold "
                       "roles, pending invites, projects whose tools reach outside, and federated workloads.")
-USER_NODE, CRED_NODE, ROLE_NODE = (f"OAA.{APPLICATION_TYPE}.{kind}" for kind in ("User", "AccessCred", "Role"))
-PROJECT_NODE = f"OAA.{APPLICATION_TYPE}.project.Resource"
+USER_NODE, CRED_NODE, ROLE_NODE, PROJECT_NODE = (
+    f"OAA.{APPLICATION_TYPE}.{kind}" for kind in ("User", "AccessCred", "Role", "project.Resource"))
 
 
 def nodes(node_type: str, **equals: Any) -> dict:
-    node: dict[str, Any] = {"node_type": node_type}
-    if equals:
-        node["condition_expression"] = {"specs": [{"fn": "EQ", "property": name, "value": value}
-                                                  for name, value in equals.items()]}
-    return {"nodes": [node]}
+    specs = [{"fn": "EQ", "property": name, "value": value} for name, value in equals.items()]
+    return {"nodes": [{"node_type": node_type, **({"condition_expression": {"specs": specs}} if specs else {})}]}
 
 
 def report_query(name: str, description: str, source: dict, role: dict | None = None) -> dict:
@@ -2767,31 +2735,30 @@ def report_query(name: str, description: str, source: dict, role: dict | None = 
             "source_node_types": source, **related}
 
 
-# Only conditions Veza's query model is known to take (equality, relations); docs/mapping.md says how to add
-# "never used" and "no login for N days" in the Query Builder.
-REPORT_QUERIES = [
-    report_query("organization owners", "Users holding the organization's Owner role (members and billing)",
-                 nodes(USER_NODE), nodes(ROLE_NODE, name="Owner")),
-    report_query("admin API keys", "Credentials holding the organization-wide Admin API Key role", nodes(CRED_NODE),
-                 nodes(ROLE_NODE, name="Admin API Key")),
-    report_query("inactive users holding roles", "Deactivated or banned users, and pending invites, with any role",
-                 nodes(USER_NODE, is_active=False), nodes(ROLE_NODE)),
-    report_query("pending invites", "Invitations not yet accepted, with the roles they grant",
-                 nodes(USER_NODE, customprop_invite_status="pending")),
-    report_query("projects with MCP enabled", "Projects whose settings let models call MCP servers",
-                 nodes(PROJECT_NODE, customprop_mcp_enabled=True)),
-    report_query("projects with web search enabled", "Projects whose settings let models search the web",
-                 nodes(PROJECT_NODE, customprop_web_search_enabled=True)),
-    report_query("federated workloads with restricted scopes", "Workload identity federation rules (restricted)",
-                 nodes(CRED_NODE, customprop_permission_type="restricted")),
-    report_query("federated workloads with service account permissions",
-                 "Workload identity federation rules acting with their service account's full permissions",
-                 nodes(CRED_NODE, customprop_permission_type="service_account_default")),
-]
+# Only conditions Veza's query model is known to take (equality, relations); docs/mapping.md says how to add others.
+REPORT_QUERIES = [report_query(*query) for query in (
+    ("organization owners", "Users holding the organization's Owner role (members and billing)",
+     nodes(USER_NODE), nodes(ROLE_NODE, name="Owner")),
+    ("admin API keys", "Credentials holding the organization-wide Admin API Key role", nodes(CRED_NODE),
+     nodes(ROLE_NODE, name="Admin API Key")),
+    ("inactive users holding roles", "Deactivated or banned users, and pending invites, with any role",
+     nodes(USER_NODE, is_active=False), nodes(ROLE_NODE)),
+    ("pending invites", "Invitations not yet accepted, with the roles they grant",
+     nodes(USER_NODE, customprop_invite_status="pending")),
+    ("projects with MCP enabled", "Projects whose settings let models call MCP servers",
+     nodes(PROJECT_NODE, customprop_mcp_enabled=True)),
+    ("projects with web search enabled", "Projects whose settings let models search the web",
+     nodes(PROJECT_NODE, customprop_web_search_enabled=True)),
+    ("federated workloads with restricted scopes", "Workload identity federation rules (restricted)",
+     nodes(CRED_NODE, customprop_permission_type="restricted")),
+    ("federated workloads with service account permissions",
+     "Workload identity federation rules acting with their service account's full permissions",
+     nodes(CRED_NODE, customprop_permission_type="service_account_default")),
+)]
 
 
 def same_as_sent(stored: Any, sent: Any) -> bool:
-    """Whether Veza's stored value says what we sent (proto3 JSON omits defaults and may give enums as numbers)."""
+    """Whether Veza's stored value says what we sent (proto3 JSON omits defaults, may give enums as numbers)."""
     if isinstance(sent, dict):
         return isinstance(stored, dict) and all(
             same_as_sent(stored[key], value) if key in stored else not value for key, value in sent.items())
@@ -2839,15 +2806,15 @@ def create_or_update_report(veza: Veza) -> str:
 class RunSummary:
     outcome: str = "failed"
     counts: dict[str, int] = field(default_factory=dict)
-    warnings: int = 0       # every warning line the run logged (LogHandler)
+    warnings: int = 0  # warning lines logged (LogHandler)
     veza_warnings: int = 0
     throttled: int = 0
     calls: int = 0
     retries: int = 0
     seconds: float = 0.0
-    report: str = ""        # with --create-report: created, updated, unchanged, failed or interrupted
-    people: dict[str, int] = field(default_factory=dict)  # people and owners, for the lines a person reads
-    reasons: dict[str, str] = field(default_factory=dict)  # family left out (refused, or missing) -> why
+    report: str = ""  # with --create-report: created, updated, unchanged, failed or interrupted
+    people: dict[str, int] = field(default_factory=dict)  # people and owners, for log_for_people
+    reasons: dict[str, str] = field(default_factory=dict)  # family left out -> why
     upload_started: bool = False  # from then on Veza may have the payload, whatever it answers
 
     def log(self, level: int) -> None:
@@ -2861,14 +2828,13 @@ class RunSummary:
 
     def log_for_people(self, config: Config) -> None:
         """A few lines a person reads above the summary line (text logs only)."""
-        c = self.counts
+        c = dict.fromkeys(COUNTS, 0) | self.counts
         if self.outcome in ("pushed", "dry-run") and self.people:
-            keys = c.get("project_api_keys_active", 0), c.get("project_api_keys_inactive", 0)
             log.info("In Veza: %d people, %d service accounts, %d owners (by any path), %d admin key%s, %d active "
                      "project keys of %d, %d projects, %d pending invites.", self.people["people"],
-                     c.get("service_accounts", 0), self.people["owners"], c.get("admin_api_keys", 0),
-                     "" if c.get("admin_api_keys") == 1 else "s", keys[0], sum(keys), c.get("projects", 0),
-                     c.get("invites_pending", 0))
+                     c["service_accounts"], self.people["owners"], c["admin_api_keys"],
+                     "" if c["admin_api_keys"] == 1 else "s", c["project_api_keys_active"],
+                     c["project_api_keys_active"] + c["project_api_keys_inactive"], c["projects"], c["invites_pending"])
         grants = [f"{FAMILIES[name].label} ({why}): grant the admin key '{FAMILIES[name].grant}'"
                   for name, why in self.reasons.items()]
         log.info("Left out: %s.", "; ".join(grants) or "none")
@@ -2885,14 +2851,14 @@ def log_memory(stage: str) -> None:
         return
     try:
         with open("/proc/self/status", encoding="ascii") as status:
-            fields = dict(line.split(":", 1) for line in status if line.startswith(("VmRSS:", "VmHWM:")))
-        now, peak = int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+            mib = {line[:5]: int(line.split()[1]) / 1024 for line in status if line.startswith(("VmRSS:", "VmHWM:"))}
+        now, peak = mib["VmRSS"], mib["VmHWM"]
     except (OSError, KeyError, ValueError):
         import resource  # Unix; ru_maxrss is KB on Linux
         now, peak = None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    log_with_fields(logging.DEBUG, {"stage": "memory", "after": stage, "resident_mib": now and round(now),
-                                    "peak_mib": round(peak)}, "memory after %s: %s MiB resident, peak %d MiB",
-                    stage, "?" if now is None else f"{now:.0f}", peak)
+    fields = {"stage": "memory", "after": stage, "resident_mib": now and round(now), "peak_mib": round(peak)}
+    log_with_fields(logging.DEBUG, fields, "memory after %s: %s MiB resident, peak %d MiB", stage,
+                    "?" if now is None else f"{now:.0f}", peak)
 
 
 @contextlib.contextmanager
@@ -2925,13 +2891,12 @@ def read_organization(config: Config, clock: Clock, summary: RunSummary) -> Snap
                     FAMILIES[name].label, reason, FAMILIES[name].grant)
     if snapshot.organization is None:
         log.info("is_personal left unset: the organization object is not readable with this key")
-    users, projects, groups = (None if v is None else len(v) for v in (snapshot.users, snapshot.projects,
-                                                                       snapshot.groups))
-    log_with_fields(logging.INFO, {"stage": "read", "users": users, "projects": projects, "groups": groups,
-                                   "calls": reader.calls, "retries": reader.retries, "throttled": reader.throttled},
-                    "read %d users, %s projects, %s groups in %d calls (%d retries, %d answered 429)", users,
-                    "-" if projects is None else projects, "-" if groups is None else groups, reader.calls,
-                    reader.retries, reader.throttled)
+    counts = {name: None if records is None else len(records) for name, records in
+              (("users", snapshot.users), ("projects", snapshot.projects), ("groups", snapshot.groups))}
+    counts.update(calls=reader.calls, retries=reader.retries, throttled=reader.throttled)
+    log_with_fields(logging.INFO, {"stage": "read", **counts},
+                    "read %s users, %s projects, %s groups in %d calls (%d retries, %d answered 429)",
+                    *("-" if count is None else count for count in counts.values()))
     return snapshot
 
 
@@ -2960,7 +2925,7 @@ def discover(config: Config, clock: Clock, summary: RunSummary) -> bytes:
 def run(config: Config, clock: Clock, summary: RunSummary) -> None:
     """Read, map, save, push and report; raises DiscoveryError or PushError."""
     veza = None if config.dry_run else Veza(config, clock)
-    if veza is not None:  # fail fast, before spending OpenAI quota, when Veza cannot take the result
+    if veza is not None:  # before spending OpenAI quota: can Veza take the result?
         veza.check()
     payload = discover(config, clock, summary)
     if config.save_json_path:
@@ -2968,7 +2933,7 @@ def run(config: Config, clock: Clock, summary: RunSummary) -> None:
             save_payload(payload, config.save_json_path)
         except OSError as exc:
             raise PushError(f"could not write the payload to {config.save_json_path}: {exc.strerror or exc} "
-                            "(full disk?); not pushing a snapshot that --save-json could not keep") from None
+                            "(full disk?); not pushing what --save-json could not keep") from None
         log.info("payload saved to %s (%d bytes)", config.save_json_path, len(payload))
     if veza is None:
         summary.outcome = "dry-run"
@@ -2984,7 +2949,7 @@ def run(config: Config, clock: Clock, summary: RunSummary) -> None:
                         if clock.passed() or exc.late else f"push to Veza failed: {exc}",
                         reached_veza=summary.upload_started and not refused) from None
     log_memory("pushing")
-    summary.outcome = "pushed"  # settled when Veza answered: a later signal or failure changes only report=
+    summary.outcome = "pushed"  # settled: a later signal or failure changes only report=
     summary.veza_warnings = len(veza_warnings)
     for warning in veza_warnings:
         log.warning("Veza: %s", warning)
@@ -3007,13 +2972,13 @@ class SignalState:
 def stop_on_signals() -> Iterator[SignalState]:
     """SIGTERM and SIGINT raise Stopped, once (as PID 1 in a container, a signal with no handler is ignored)."""
     state = SignalState()
-    names = {signal.SIGTERM: ("SIGTERM", ExitStatus.TERMINATED), signal.SIGINT: ("Ctrl-C (SIGINT)",
-                                                                                 ExitStatus.INTERRUPTED)}
+    names = {signal.SIGTERM: ("SIGTERM", ExitStatus.TERMINATED),
+             signal.SIGINT: ("Ctrl-C (SIGINT)", ExitStatus.INTERRUPTED)}
 
     def stop(signum: int, frame: Any) -> None:
         if not state.done:
             state.done = True
-            raise Stopped(*names[signal.Signals(signum)])
+            raise Stopped(*names[signum])
 
     in_main_thread = threading.current_thread() is threading.main_thread()  # only there may handlers be set
     previous = {signum: signal.signal(signum, stop) for signum in names} if in_main_thread else {}
@@ -3028,8 +2993,8 @@ def settle_failure(config: Config, summary: RunSummary, maybe_stored: bool) -> N
     """Say what Veza holds after a failure; a payload Veza may have makes the outcome unknown."""
     if maybe_stored:
         summary.outcome = "unknown"
-        log.error("outcome unknown: Veza may have received the payload; check data source %r in Veza before the next "
-                  "run", config.data_source_name)
+        log.error("outcome unknown: Veza may have received the payload; check data source %r before the next run",
+                  config.data_source_name)
     elif not config.dry_run:
         log.error("nothing was pushed; Veza keeps the previous snapshot")
 
@@ -3058,9 +3023,9 @@ def main(argv: list[str] | None = None) -> int:
             signals.done = True  # pushed: a late signal must not turn that into "interrupted"
             status = ExitStatus.OK
         except (KeyboardInterrupt, Stopped) as exc:
-            name, status = ((exc.signal_name, exc.status) if isinstance(exc, Stopped)
-                            else ("Ctrl-C (SIGINT)", ExitStatus.INTERRUPTED))
-            if summary.outcome == "pushed":  # Veza had answered the push: only the report was cut short
+            name = getattr(exc, "signal_name", "Ctrl-C (SIGINT)")
+            status = getattr(exc, "status", ExitStatus.INTERRUPTED)
+            if summary.outcome == "pushed":  # only the report was cut short
                 summary.report = "interrupted"
                 log.error("stopped by %s while creating the Veza report; the push had completed", name)
             else:
