@@ -33,7 +33,6 @@ import time
 import urllib.parse
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -75,7 +74,7 @@ class ExitStatus(enum.IntEnum):
 class ConfigError(Exception):
     """Every configuration problem found, one line each."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems):
         super().__init__("\n".join(problems))
         self.problems = problems
 
@@ -87,7 +86,7 @@ class DiscoveryError(Exception):
 class PushError(Exception):
     """Veza refused or could not take the payload; `reached_veza`: it may have arrived anyway."""
 
-    def __init__(self, message: str, *, reached_veza: bool = False) -> None:
+    def __init__(self, message, *, reached_veza=False):
         super().__init__(message)
         self.reached_veza = reached_veza
 
@@ -95,14 +94,14 @@ class PushError(Exception):
 class Stopped(BaseException):
     """SIGTERM or Ctrl-C stops the run; a BaseException, like KeyboardInterrupt."""
 
-    def __init__(self, signal_name: str, status: ExitStatus) -> None:
+    def __init__(self, signal_name, status):
         super().__init__(signal_name)
         self.signal_name, self.status = signal_name, status
 
 
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 # Options: one table makes the parser, the environment lookup, the bounds, --help and Config
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 
 @dataclass(frozen=True)
 class Option:
@@ -122,7 +121,7 @@ class Option:
     unset_means: str = ""  # for --help
 
     @property
-    def label(self) -> str:  # every option checked has a variable
+    def label(self):  # every option checked has a variable
         return f"{self.flags[0]} (env {self.env})" if self.flags else self.env
 
 
@@ -180,28 +179,28 @@ class Config:
     DERIVED = {"openai_api_key": None, "veza_api_key": None, "save_json_path": None,
                "openai_key_source": "OPENAI_API_KEY", "veza_unverified": False, "notes": ()}
 
-    def __init__(self, **values: Any) -> None:
+    def __init__(self, **values):
         unknown = set(values) - set(OPTION) - set(self.DERIVED)
         if unknown:
             raise TypeError(f"Config has no setting {', '.join(sorted(unknown))}")
         self.__dict__.update({**{option.dest: option.default for option in OPTIONS}, **self.DERIVED, **values})
 
     @property
-    def data_source_name(self) -> str:
+    def data_source_name(self):
         return f"{PROVIDER_NAME} - {self.org_id}"
 
-    def secrets(self) -> list[str]:
+    def secrets(self):
         return [s for s in (self.openai_api_key, self.veza_api_key) if s]
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """A flag argparse rejects is a configuration error like any other (one line, exit 2)."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message):
         raise ConfigError([f"{message} (see --help)"])
 
 
-def build_arg_parser(options: Iterable[Option] = OPTIONS, add_help: bool = True) -> ArgumentParser:
+def build_arg_parser(options=OPTIONS, add_help=True):
     """The parser of `options`; values stay text, checked later."""
     parser = ArgumentParser(prog="veza_openai.py", add_help=add_help, description="Push an OpenAI organization's "
                             "access to Veza (OAA). Secrets come from the environment only: VEZA_API_KEY, and "
@@ -223,29 +222,29 @@ def build_arg_parser(options: Iterable[Option] = OPTIONS, add_help: bool = True)
     return parser
 
 
-def is_loopback(host: str | None) -> bool:
+def is_loopback(host):
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
 
-def has_control_characters(text: str) -> bool:
+def has_control_characters(text):
     return any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text)
 
 
-def shown_path(path: str) -> str:
+def shown_path(path):
     """Only an absolute path is shown: it cannot be a key pasted by mistake."""
     return repr(path) if path.startswith("/") and not has_control_characters(path) else "the file it names"
 
 
-def mask_key(key: str) -> str:
+def mask_key(key):
     """Its kind and last four characters, these only when 16 or more follow the kind."""
     kind = next((prefix for prefix in ("sk-admin-", "sk-proj-", "sk-svcacct-", "sk-") if key.startswith(prefix)), "")
     return f"{kind}...{key[-4:]}" if len(key) - len(kind) >= 16 else f"{kind}..."
 
 
-def unknown_arguments_problem(extras: list[str]) -> str:
+def unknown_arguments_problem(extras):
     """Names unknown flags, never the values beside them: a key pasted on the command line is not echoed."""
     flags = [arg.partition("=")[0][:60] for arg in extras if arg.startswith("-")]
     values = len(extras) - len(flags)
@@ -266,13 +265,13 @@ def unknown_arguments_problem(extras: list[str]) -> str:
 class ConfigReader:
     """Flags and environment into a Config, collecting every problem (then ConfigError) and note."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env):
         self.env, self.problems, self.notes = env, [], []  # notes: warnings the run logs once it starts
 
-    def problem(self, message: str) -> None:
+    def problem(self, message):
         self.problems.append(message)
 
-    def read(self, argv: list[str] | None) -> Config:
+    def read(self, argv):
         args, extras = build_arg_parser().parse_known_args(argv)
         if extras:
             self.problem(unknown_arguments_problem(extras))
@@ -301,7 +300,7 @@ class ConfigReader:
                         create_report=bool(settings["create_report"]) and not dry_run)
         return Config(**settings)
 
-    def unquoted(self, value: str, name: str) -> str:
+    def unquoted(self, value, name):
         """Without one pair of surrounding quotes, noted."""
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             self.notes.append(f"{name} is wrapped in quotes (docker --env-file keeps them); they were removed: "
@@ -309,7 +308,7 @@ class ConfigReader:
             return value[1:-1]
         return value
 
-    def checked_value(self, option: Option, raw: str | bool | None) -> Any:
+    def checked_value(self, option, raw):
         """The value if right, else the default (and a problem when one was given)."""
         if raw is None:
             return option.default
@@ -334,7 +333,7 @@ class ConfigReader:
             self.problem(f"{option.label} must be {', '.join(option.choices[:-1])} or {option.choices[-1]}")
         return option.default
 
-    def checked_url(self, value: str, name: str, *, openai: bool) -> str | None:
+    def checked_url(self, value, name, *, openai):
         """Normalised; OpenAI's may have a path and be http to loopback, Veza's is an instance's address."""
         if has_control_characters(value):
             return self.problem(f"{name} contains whitespace or control characters")
@@ -358,7 +357,7 @@ class ConfigReader:
             return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", "")).rstrip("/")
         return self.problem(f"{name} {problem}")
 
-    def read_secret_file(self, path: str, variable: str) -> str | None:
+    def read_secret_file(self, path, variable):
         """Only a regular file (a FIFO would block before signals are handled); trailing newlines dropped."""
         if path.startswith("sk-"):
             return self.problem(f"{variable} holds what looks like an API key, not a file path: put the key in "
@@ -385,7 +384,7 @@ class ConfigReader:
             self.problem(f"{where} is empty")
         return value or None
 
-    def secret(self, name: str) -> tuple[str | None, str | None]:
+    def secret(self, name):
         """(checked value, the variable it came from): `name`, or the file `name`_FILE names."""
         file_name = f"{name}_FILE"
         direct, path = self.env.get(name), self.env.get(file_name)
@@ -412,7 +411,7 @@ class ConfigReader:
             return value, source
         return None, source
 
-    def save_path(self, value: str, org_id: str | None) -> str | None:
+    def save_path(self, value, org_id):
         """A directory gets openai-<org>-<UTC time>.json; checked writable now."""
         if os.path.isdir(value) or not value.lower().endswith(".json"):
             stamp = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
@@ -434,7 +433,7 @@ class ConfigReader:
             return self.problem(f"--save-json directory {directory!r} is not writable by {who} (uid {os.getuid()})")
         return path
 
-    def not_set(self, variable: str, alternatives: str = "") -> None:
+    def not_set(self, variable, alternatives=""):
         """Names unknown variables of its family (VEZA_..., OPENAI_...) too: likely misspellings."""
         prefix = variable.split("_", 1)[0] + "_"
         unknown = sorted(name for name in self.env if name.startswith(prefix) and name not in KNOWN_VARIABLES)
@@ -442,7 +441,7 @@ class ConfigReader:
             f" ({', '.join(unknown[:3])} {'is' if len(unknown) == 1 else 'are'} set: did you mean {variable}?)"
             if unknown else ""))
 
-    def openai_key(self) -> tuple[str | None, str | None]:
+    def openai_key(self):
         """(key, its variable): the admin key wins, as OPENAI_API_KEY may hold a project key for other tools."""
         for name in ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY"):
             key, source = self.secret(name)
@@ -454,7 +453,7 @@ class ConfigReader:
                 return key, source
         return self.not_set("OPENAI_API_KEY", " (or OPENAI_ADMIN_KEY, or either's _FILE variant)"), None
 
-    def veza_settings(self, settings: dict[str, Any]) -> None:
+    def veza_settings(self, settings):
         url = settings["veza_url"]
         settings["veza_url"] = self.checked_url(url, "VEZA_URL (or --veza-url)", openai=False) if url else \
             self.not_set("VEZA_URL", " (or --veza-url)")
@@ -466,11 +465,11 @@ class ConfigReader:
             self.notes.append("VEZA_UNSAFE_HTTPS=true: Veza's TLS certificate is not verified (test instances only)")
 
 
-def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(argv=None, environ=None):
     return ConfigReader(os.environ if environ is None else environ).read(argv)
 
 
-def log_format_asked(argv: list[str] | None, env: Mapping[str, str]) -> str:
+def log_format_asked(argv, env):
     """The log format asked for, even when the configuration is wrong (its errors ship as JSON too)."""
     try:
         value = build_arg_parser([OPTION["log_format"]], add_help=False).parse_known_args(argv)[0].log_format
@@ -480,9 +479,9 @@ def log_format_asked(argv: list[str] | None, env: Mapping[str, str]) -> str:
     return "json" if value == "json" else "text"
 
 
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 # Logging: one line per record, server text escaped, secrets masked, every warning counted
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 
 # Control, line-breaking and reordering characters could forge log lines: shown escaped.
 UNSAFE_IN_LOGS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -490,7 +489,7 @@ KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_-]{12,}")  # masked in every line, a known
 MIN_SECRET_LENGTH_TO_MASK = 8  # masking a tiny value would shred every line; such keys fail anyway
 
 
-def escape_for_log(text: str) -> str:
+def escape_for_log(text):
     """Control characters as Python escapes (\\n, \\x1b, \\u202e), so `text` stays one log line."""
     return UNSAFE_IN_LOGS.sub(lambda match: repr(match.group())[1:-1], text)
 
@@ -498,34 +497,34 @@ def escape_for_log(text: str) -> str:
 class RedactingFormatter(logging.Formatter):
     """Control characters escaped, known secrets masked (tracebacks too)."""
 
-    def __init__(self, fmt: str, secrets: Iterable[str]) -> None:
+    def __init__(self, fmt, secrets):
         super().__init__(fmt)
         self.secrets = [s for s in secrets if s and len(s.strip()) >= MIN_SECRET_LENGTH_TO_MASK]
 
-    def formatMessage(self, record: logging.LogRecord) -> str:
+    def formatMessage(self, record):
         record.message = escape_for_log(record.message)
         return super().formatMessage(record)
 
-    def formatException(self, ei: Any) -> str:
+    def formatException(self, ei):
         # Indented: no exception text can start a line that looks like a record.
         return "\n".join(f"  | {escape_for_log(line)}" for line in super().formatException(ei).splitlines())
 
-    def redact(self, text: str) -> str:
+    def redact(self, text):
         for secret in self.secrets:
             text = text.replace(secret, "[REDACTED]")
         return KEY_LIKE.sub(lambda match: f"[REDACTED {mask_key(match.group())}]", text)
 
-    def format(self, record: logging.LogRecord) -> str:
+    def format(self, record):
         return self.redact(super().format(record))
 
 
 class JsonFormatter(RedactingFormatter):
     """One JSON object per line, the record's `fields` included."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+    def __init__(self, secrets):
         super().__init__("%(message)s", secrets)
 
-    def format(self, record: logging.LogRecord) -> str:
+    def format(self, record):
         entry = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
                  .replace("+00:00", "Z"), "level": record.levelname, "message": record.getMessage(),
                  **getattr(record, "fields", {})}
@@ -541,18 +540,18 @@ class LogHandler(logging.StreamHandler):
 
     warnings = 0
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def emit(self, record):
         if record.levelno == logging.WARNING:
             self.warnings += 1
         super().emit(record)
 
 
-def log_with_fields(level: int, fields: dict[str, Any], message: str, *args: Any) -> None:
+def log_with_fields(level, fields, message, *args):
     """A log line whose numbers are also fields in JSON logs."""
     log.log(level, message, *args, extra={"fields": fields})
 
 
-def configure_logging(debug: bool, secrets: Iterable[str] = (), log_format: str = "text") -> LogHandler:
+def configure_logging(debug, secrets=(), log_format="text"):
     handler = LogHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(secrets) if log_format == "json" else
                          RedactingFormatter("%(asctime)s %(levelname)s %(message)s", secrets))
@@ -566,9 +565,9 @@ def configure_logging(debug: bool, secrets: Iterable[str] = (), log_format: str 
     return handler
 
 
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 # HTTP: one request to either API, its whole answer within a deadline; one retry policy for both
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 
 CONNECT_TIMEOUT_CAP = 10.0  # a slower TCP connect is a dead host, whatever --timeout says
 ANSWER_BYTES_IN_FLIGHT = 256 * 2 ** 20  # all answers at once, decompressed: each gets this / --max-workers
@@ -579,18 +578,18 @@ MAX_WAIT = 60.0  # the longest retry wait after a 5xx or from Veza
 class Clock:
     """The run's deadline (--max-run-time, over reading, push and report) and the tests' time scale."""
 
-    def __init__(self, scale: float = 1.0, max_run_time: float | None = None) -> None:
+    def __init__(self, scale=1.0, max_run_time=None):
         self.scale, self.max_run_time, self.started = scale, max_run_time, time.monotonic()
         self.deadline = self.started + max_run_time if max_run_time else math.inf
 
-    def left(self) -> float:
+    def left(self):
         return self.deadline - time.monotonic()
 
-    def passed(self) -> bool:
+    def passed(self):
         return self.left() <= 0
 
 
-def retry_hint(headers: Mapping[str, str]) -> tuple[float, bool] | None:
+def retry_hint(headers):
     """(seconds, whether whole) from retry-after-ms or retry-after (seconds or HTTP date), as the SDK reads them."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         raw = (headers.get(name) or "").strip()
@@ -605,7 +604,7 @@ def retry_hint(headers: Mapping[str, str]) -> tuple[float, bool] | None:
     return None
 
 
-def backoff(attempt: int, hint: float | None) -> float:
+def backoff(attempt, hint):
     """The server's hint, else 0.5 s doubling with jitter; at most MAX_WAIT."""
     if hint is not None:
         return min(hint, MAX_WAIT)
@@ -627,7 +626,7 @@ class Answer:
     size: int = 0  # the body's bytes, decompressed
     ssl: bool = False  # the connection failed in TLS
 
-    def transient(self) -> bool:
+    def transient(self):
         """Worth retrying: no answer, 5xx, 408, 409, 429; x-should-retry overrides, as in the SDK."""
         if self.should_retry is not None and not self.fatal:
             return self.should_retry
@@ -637,10 +636,10 @@ class Answer:
 class SharedStrings:
     """A json.loads hook: equal strings of all pages become one object (ids and emails repeat)."""
 
-    def __init__(self) -> None:
+    def __init__(self):
         self.strings: dict[str, str] = {}
 
-    def __call__(self, pairs: list[tuple[str, Any]]) -> dict:
+    def __call__(self, pairs):
         shared = self.strings.setdefault
         record = {}
         for key, value in pairs:
@@ -655,11 +654,10 @@ class SharedStrings:
 class Http:
     """One API: key as auth, no redirects, loopback never proxied, each answer whole within time and size."""
 
-    def __init__(self, base_url: str, key: str, *, timeout: float, max_bytes: int, pool: int = 10,
-                 verify: bool = True, headers: Mapping[str, str] | None = None, shared_strings: bool = False) -> None:
+    def __init__(self, base_url, key, *, timeout, max_bytes, pool=10, verify=True, headers=None, shared_strings=False):
         self.base_url, self.timeout, self.max_bytes, self.verify = base_url, timeout, max_bytes, verify
         self.session = requests.Session()
-        def bearer(request: requests.PreparedRequest) -> requests.PreparedRequest:
+        def bearer(request):
             request.headers["Authorization"] = f"Bearer {key}"
             return request
         self.session.auth = bearer  # as requests' auth, no ~/.netrc entry replaces the key
@@ -673,11 +671,10 @@ class Http:
         self.proxies = {"http": None, "https": None, "all": None} if is_loopback(parts.hostname) else None
         self.hook = SharedStrings() if shared_strings else None
 
-    def close(self) -> None:
+    def close(self):
         self.session.close()
 
-    def call(self, method: str, path: str, params: Any = None, body: bytes | None = None,
-             timeout: float | None = None) -> Answer:
+    def call(self, method, path, params=None, body=None, timeout=None):
         """One request; what the network or server did is in the Answer, never raised."""
         limit = timeout or self.timeout
         whole_by = time.monotonic() + limit
@@ -698,7 +695,7 @@ class Http:
                                      "reading", fatal=True)
         return self.answer(response, raw)
 
-    def answer(self, response: requests.Response, raw: bytearray) -> Answer:
+    def answer(self, response, raw):
         status = response.status_code
         if 300 <= status < 400:
             target = urllib.parse.urlsplit(urllib.parse.urljoin(response.url, response.headers.get("location", "")))
@@ -722,7 +719,7 @@ class Http:
                       should_retry={"true": True, "false": False}.get(retry))
 
 
-def read_whole(response: requests.Response, whole_by: float, limit: int) -> bytearray | None:
+def read_whole(response, whole_by, limit):
     """The decompressed body, None past `limit` bytes; no read waits past `whole_by`, so a dripped body times out."""
     body = bytearray()
     while len(body) <= limit:
@@ -741,9 +738,9 @@ def read_whole(response: requests.Response, whole_by: float, limit: int) -> byte
     return None
 
 
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 # The catalogue: every family the connector reads, declared once
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 
 MAX_PAGES_PER_LIST = 10_000  # 1,000,000 users at 100 a page; more is a server that never stops
 MAX_AUDIT_LOG_PAGES = 500  # 50,000 events: logins are optional, not worth hours of one sequential chain
@@ -760,7 +757,7 @@ class Kind(enum.Enum):
     PROJECT_GROUP = ("project group", "project_groups", None, "its role grants on the project are left out")
     PROJECT_MEMBER = ("project member", "project_users", None, "its role assignments on the project are left out")
 
-    def __init__(self, label: str, listed_by: str, object_family: str | None, when_deleted: str) -> None:
+    def __init__(self, label, listed_by, object_family, when_deleted):
         self.label, self.listed_by, self.object_family = label, listed_by, object_family
         self.when_deleted = when_deleted
 
@@ -798,17 +795,17 @@ class Family:
     activity_window: bool = False  # newest first back to the window's start; at the cap, what was read is kept
     per: Kind | None = field(init=False)  # the entity its parent lists
 
-    def __post_init__(self) -> None:
+    def __post_init__(self):
         object.__setattr__(self, "label", self.label or self.name.replace("_", " "))
         object.__setattr__(self, "per", next((kind for kind in Kind if kind.listed_by == self.parent), None))
 
     @property
-    def not_found(self) -> On404:
+    def not_found(self):
         if any(kind.object_family == self.name for kind in Kind):
             return On404.EXISTENCE
         return On404.NO_SETTINGS if self.settings else On404.ENTITY if self.per else On404.LEAVE_OUT
 
-    def path_for(self, key: Any, org_id: str) -> str | None:
+    def path_for(self, key, org_id):
         """One read's path, ids quoted; None for an id "." or "..", which quoting leaves a path step."""
         names = re.findall(r"{(\w+)}", self.path)
         values = [org_id] if names == ["org_id"] else [key] if isinstance(key, str) else list(key or ())
@@ -886,14 +883,14 @@ CHILDREN = {name: [family for family in FAMILY_LIST if family.parent == name] fo
 STARTING_FAMILIES = [family for family in FAMILY_LIST if family.parent is None and family.not_found != On404.EXISTENCE]
 
 
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 # Records: what the fields of a record from OpenAI mean (ids, times, text)
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 
 GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)  # Go's "never set"; as a date, a key would look expired
 
 
-def moment(value: Any) -> datetime | None:
+def moment(value):
     """Unix seconds (number or digits) or ISO text as a UTC datetime; None when absent or unusable."""
     text = value.strip() if isinstance(value, str) else ""
     try:
@@ -911,25 +908,25 @@ def moment(value: Any) -> datetime | None:
     return None if result == GO_ZERO_TIME else result
 
 
-def rfc3339(value: Any) -> str | None:
+def rfc3339(value):
     """RFC3339 UTC with a Z and a four-digit year (strftime does not pad years before 1000)."""
     return None if (when := moment(value)) is None else f"{when.year:04d}-{when:%m-%dT%H:%M:%S}Z"
 
 
-def epoch_seconds(value: Any) -> float | None:
+def epoch_seconds(value):
     """Unix seconds, to compare times as numbers (as text, "892-..." sorts after "2026-...")."""
     return None if (when := moment(value)) is None else when.timestamp()
 
 
-def text_of(value: Any) -> str | None:
+def text_of(value):
     return (value.strip() or None) if isinstance(value, str) else None
 
 
-def dict_of(value: Any) -> dict:
+def dict_of(value):
     return value if isinstance(value, dict) else {}
 
 
-def shape(value: Any) -> str:
+def shape(value):
     """A server's value as short JSON for a warning (even one nested too deep)."""
     try:
         text = json.dumps(value, sort_keys=True, default=str)
@@ -938,13 +935,13 @@ def shape(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def usable_id(value: Any) -> bool:
+def usable_id(value):
     """A non-blank string of valid Unicode: a lone surrogate ("\\ud800" in JSON) fits no URL or payload."""
     return (isinstance(value, str) and bool(value.strip())
             and (value.isascii() or not re.search("[\ud800-\udfff]", value)))
 
 
-def unique_by_id(items: Iterable[Any], key: str = "id", problem: Callable[[str], None] | None = None) -> list[dict]:
+def unique_by_id(items, key="id", problem=None):
     """The first item of each usable id (lower-cased, as oaaclient compares); repeats are silent (pages overlap),
     a missing id or one differing only in case goes to `problem`."""
     seen: dict[str, str] = {}
@@ -966,7 +963,7 @@ def unique_by_id(items: Iterable[Any], key: str = "id", problem: Callable[[str],
     return result
 
 
-def ids_of(items: Iterable[dict], key: str = "id") -> list[str]:
+def ids_of(items, key="id"):
     return [item[key] for item in unique_by_id(items, key)]
 
 
@@ -974,18 +971,18 @@ def ids_of(items: Iterable[dict], key: str = "id") -> list[str]:
 PREDEFINED_ROLE_ID = re.compile(r"role-api-(organization|project)-([a-z_]+?)(?:__api-(?:organization|project)__.+)?")
 
 
-def is_predefined_role(record: dict) -> bool:
+def is_predefined_role(record):
     """Flagged predefined or with a predefined id; anything else is custom (its reads are never skipped)."""
     return record.get("predefined_role") is True or bool(PREDEFINED_ROLE_ID.fullmatch(str(record.get("id"))))
 
 
-def project_is_archived(record: dict) -> bool:
+def project_is_archived(record):
     return (text_of(record.get("status")) or "").lower() == "archived" or moment(record.get("archived_at")) is not None
 
 
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 # Pacing: when each endpoint's next request may go, learned from its answers (docs/rate-limits.md)
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 
 FLOOR = 0.05        # seconds: the least wait after a 429 (a "1 ms" hint is no pace to keep)
 MARGIN = 7 / 8      # after a 429, pace under what got through, so the limit refills meanwhile
@@ -997,16 +994,16 @@ PROBES = 8          # retries per measured cycle at most: a refilled window is f
 class Lanes:
     """All endpoints' lanes and what they share: one retry out at a time, the longest cycle, wake-ups."""
 
-    def __init__(self, names: Iterable[str], scale: float, per_minute: int | None) -> None:
+    def __init__(self, names, scale, per_minute):
         self.lanes = {name: Lane(self, scale, per_minute, index) for index, name in enumerate(names)}
         self.scale = scale
         self.retry_out: Lane | None = None
         self.cycle = 0.0  # the longest one measured: a guess for endpoints yet to measure theirs
 
-    def __getitem__(self, name: str) -> Lane:
+    def __getitem__(self, name):
         return self.lanes[name]
 
-    def wake(self, now: float) -> dict[str, float]:
+    def wake(self, now):
         """One got through after 429s: bring forward those refused without hint or cycle (they may share its limit)."""
         at = now + max(self.cycle / PROBES, FLOOR * self.scale)
         woken = {name: at for name, lane in self.lanes.items() if lane.refused_since is not None
@@ -1015,7 +1012,7 @@ class Lanes:
             self.lanes[name].next_at, self.lanes[name].woken = at, True
         return woken
 
-    def finished(self, name: str, still_open: Iterable[str]) -> None:
+    def finished(self, name, still_open):
         lane = self.lanes[name]
         paced = [self.lanes[other] for other in still_open if self.lanes[other].rate]
         total = sum(other.rate for other in paced)
@@ -1027,7 +1024,7 @@ class Lanes:
 class Lane:
     """One endpoint's pace, on `now` in seconds (`scale` shrinks waits for tests); rules: docs/rate-limits.md."""
 
-    def __init__(self, lanes: Lanes, scale: float = 1.0, per_minute: int | None = None, index: int = 0) -> None:
+    def __init__(self, lanes, scale=1.0, per_minute=None, index=0):
         self.lanes, self.scale, self.per_minute = lanes, scale, per_minute
         # Golden-ratio steps spread consecutive endpoints evenly on the doubling grid: together they probe often.
         self.phase = index * 0.618 % 1
@@ -1042,7 +1039,7 @@ class Lane:
         self.retry_wait = 0.0
         self.sends: deque[float] = deque()  # for --max-requests-per-minute-per-endpoint
 
-    def ready_at(self, now: float) -> float:
+    def ready_at(self, now):
         if self.in_flight > self.streak:
             return math.inf
         if self.refused_since is not None and self.lanes.retry_out not in (None, self):
@@ -1056,7 +1053,7 @@ class Lane:
                 at = max(at, self.sends[-self.per_minute] + window)
         return at
 
-    def on_send(self, now: float) -> None:
+    def on_send(self, now):
         self.cycle_start = now if self.cycle_start is None else self.cycle_start
         self.in_flight += 1
         if self.refused_since is not None:
@@ -1066,12 +1063,12 @@ class Lane:
         if self.rate:  # a late send leaves credit for one more, never more
             self.next_at = max(self.next_at, now - 1 / self.rate) + 1 / self.rate
 
-    def answered(self) -> None:
+    def answered(self):
         self.in_flight -= 1
         if self.lanes.retry_out is self:
             self.lanes.retry_out = None
 
-    def on_success(self, now: float, sent_at: float) -> bool:
+    def on_success(self, now, sent_at):
         """Any answer but a 429 or a fault: the limit let it through. True: the first after 429s without a hint."""
         self.answered()
         if self.refused_since is not None and sent_at < self.refused_since:
@@ -1091,7 +1088,7 @@ class Lane:
         self.delivered += 1
         return recovered
 
-    def on_throttled(self, now: float, sent_at: float, hint: float | None, whole_seconds: bool) -> float:
+    def on_throttled(self, now, sent_at, hint, whole_seconds):
         """A 429: when the refused request may go again (never before its hint, nor before FLOOR)."""
         self.answered()
         self.streak = 0
@@ -1113,7 +1110,7 @@ class Lane:
         self.next_at = max(self.next_at, now + max(hold, self.retry_wait))
         return max(self.next_at, now + (hint or 0.0))
 
-    def on_grid(self, at: float) -> float:
+    def on_grid(self, at):
         """The first time from `at` on of the form cycle_start + FLOOR x 2 ** (n + phase)."""
         unit = FLOOR * self.scale
         n = math.floor(math.log2(max(at - self.cycle_start, unit) / unit) - self.phase)
@@ -1121,16 +1118,16 @@ class Lane:
             n += 1
         return self.cycle_start + unit * 2 ** (n + self.phase)
 
-    def requests_per_second(self) -> float | None:
+    def requests_per_second(self):
         """The rate its last cycle measured, or its cap; None while neither is known."""
         rates = (self.measured and min(self.measured, self.rate or self.measured),
                  self.per_minute and self.per_minute / (60 * self.scale))
         return min((rate for rate in rates if rate), default=None)
 
 
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 # The scheduler: every GET when its endpoint allows it (knows no OpenAI family by name)
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 
 UNREACHABLE_AFTER = 10.0  # seconds of connection failures, before any answer, that end the run
 PROGRESS_INTERVAL = 30.0  # seconds between progress lines (at least 1 when tests shrink time)
@@ -1157,7 +1154,7 @@ class ListRead:
 Verdict = enum.Enum("Verdict", "PAGE THROTTLED REFUSED RETRY FAILED")
 
 
-def classify(answer: Answer) -> Verdict:
+def classify(answer):
     """What an answer means for its read (REFUSED: 400-404, which the read plan judges)."""
     if answer.status == 200 and not answer.fatal:
         return Verdict.PAGE
@@ -1168,7 +1165,7 @@ def classify(answer: Answer) -> Verdict:
     return Verdict.RETRY if answer.transient() else Verdict.FAILED
 
 
-def check_page(family: Family, body: dict, path: str, limit: Any) -> list[dict]:
+def check_page(family, body, path, limit):
     """The items of a list page; DiscoveryError when it is not what the endpoint documents."""
     data = body.get("data")
     if body.get("object", "list") != "list":
@@ -1184,7 +1181,7 @@ def check_page(family: Family, body: dict, path: str, limit: Any) -> list[dict]:
     return data
 
 
-def next_cursor(family: Family, body: dict, data: list[dict], path: str) -> str:
+def next_cursor(family, body, data, path):
     """The `after` of the next page, by the family's cursor style; DiscoveryError if there is none."""
     if family.cursor == "item_id":
         cursor = data[-1].get("id") if data else None
@@ -1198,7 +1195,7 @@ def next_cursor(family: Family, body: dict, data: list[dict], path: str) -> str:
     return cursor
 
 
-def format_duration(seconds: float) -> str:
+def format_duration(seconds):
     s = max(0, int(round(seconds)))
     return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
@@ -1206,7 +1203,7 @@ def format_duration(seconds: float) -> str:
 class Scheduler:
     """Sends each GET when its endpoint's lane allows and follows the pages; a waiting read holds no worker."""
 
-    def __init__(self, http: Http, config: Config, clock: Clock, families: Iterable[Family]) -> None:
+    def __init__(self, http, config, clock, families):
         self.http, self.config, self.clock = http, config, clock
         self.families = {family.name: family for family in families}
         self.lanes = Lanes(self.families, clock.scale, config.max_requests_per_minute_per_endpoint)
@@ -1225,12 +1222,12 @@ class Scheduler:
         self.throttled_families: set[str] = set()
         self.plan: Any = None
 
-    def add(self, read: ListRead, params: dict[str, Any]) -> None:
+    def add(self, read, params):
         read.params = params
         self.open_reads[read.family.name] += 1
         self.queues[read.family.name].append(read)
 
-    def finish(self, read: ListRead, result: Any) -> None:
+    def finish(self, read, result):
         name = read.family.name
         self.open_reads[name] -= 1
         self.finished_reads[name] += 1
@@ -1238,19 +1235,19 @@ class Scheduler:
             self.lanes.finished(name, [other for other, count in self.open_reads.items() if count])
         read.on_done(read, result)
 
-    def drop_waiting(self, family: Family) -> None:
+    def drop_waiting(self, family):
         waiting = self.queues[family.name]
         while waiting:
             self.finish(waiting.pop(), None)
 
-    def start(self, plan: Any) -> None:
+    def start(self, plan):
         """Daemon workers, one GET at a time each: never waited for at exit or on a signal."""
         self.plan = plan
         for number in range(self.config.max_workers):
             threading.Thread(target=self.work_loop, name=f"openai-read-{number + 1}", daemon=True).start()
         self.next_progress = time.monotonic() + self.progress_every
 
-    def work_loop(self) -> None:
+    def work_loop(self):
         while (read := self.work.get()) is not None:
             try:
                 answer = self.http.call("GET", read.path, read.params)
@@ -1258,11 +1255,11 @@ class Scheduler:
                 answer = Answer(0, problem=f"{type(exc).__name__}: {exc}", fatal=True)
             self.done.put((read, answer))
 
-    def close(self) -> None:
+    def close(self):
         for _ in range(self.config.max_workers):
             self.work.put(None)
 
-    def run_until_read(self) -> None:
+    def run_until_read(self):
         while any(self.open_reads.values()):
             if self.clock.passed():
                 raise DiscoveryError(f"reading took longer than --max-run-time {self.clock.max_run_time:g}s with "
@@ -1278,7 +1275,7 @@ class Scheduler:
             if time.monotonic() >= self.next_progress:
                 self.log_progress()
 
-    def dispatch(self, now: float) -> None:
+    def dispatch(self, now):
         while self.delayed and self.delayed[0][0] <= now:
             read = heapq.heappop(self.delayed)[2]
             if self.plan.is_left_out(read.family):
@@ -1292,7 +1289,7 @@ class Scheduler:
                 return
             self.send(self.queues[name].popleft(), now)
 
-    def send(self, read: ListRead, now: float) -> None:
+    def send(self, read, now):
         if self.config.max_requests_per_second:
             self.next_global_send = max(now, self.next_global_send) + \
                 self.clock.scale / self.config.max_requests_per_second
@@ -1302,7 +1299,7 @@ class Scheduler:
         self.calls += 1
         self.work.put(read)
 
-    def seconds_to_next_event(self, now: float) -> float:
+    def seconds_to_next_event(self, now):
         wake = [self.next_progress]
         if self.delayed:
             wake.append(self.delayed[0][0])
@@ -1312,7 +1309,7 @@ class Scheduler:
             wake.append(max(ready, self.next_global_send))
         return min(1.0, max(0.0, min(wake) - now))  # at most a second: a signal or --max-run-time is noticed
 
-    def take_answer(self, read: ListRead, answer: Answer, now: float) -> None:
+    def take_answer(self, read, answer, now):
         lane = self.lanes[read.family.name]
         self.answered = self.answered or answer.status != 0
         if self.plan.is_left_out(read.family):  # left out meanwhile: whatever came back is moot
@@ -1337,7 +1334,7 @@ class Scheduler:
             else:
                 self.plan.failed(read, f"{read.path}: {answer.problem}{': ' if answer.detail else ''}{answer.detail}")
 
-    def wake(self, now: float) -> None:
+    def wake(self, now):
         """Bring forward the 429-refused reads of the endpoints woken (a 5xx backoff is no limit's wait)."""
         woken = self.lanes.wake(now)
         if woken:
@@ -1345,7 +1342,7 @@ class Scheduler:
                              else due, order, waiting) for due, order, waiting in self.delayed]
             heapq.heapify(self.delayed)
 
-    def take_throttle(self, read: ListRead, answer: Answer, now: float) -> None:
+    def take_throttle(self, read, answer, now):
         """A 429: the same request once its lane allows, until --max-throttle-wait; a hint past that fails it now."""
         self.throttled += 1
         read.throttled_since = read.throttled_since or now
@@ -1364,7 +1361,7 @@ class Scheduler:
                 (min(due, until) - now) / self.clock.scale, hint or " (no retry-after: probing)")
         heapq.heappush(self.delayed, (min(due, until), next(self.order), read))
 
-    def retry(self, read: ListRead, answer: Answer, now: float) -> None:
+    def retry(self, read, answer, now):
         """A transient fault: the same request after a backoff (before any answer, for UNREACHABLE_AFTER at most)."""
         if answer.status == 0 and not self.answered:
             self.unreachable_since = self.unreachable_since or now
@@ -1387,7 +1384,7 @@ class Scheduler:
                 answer.problem, read.attempt, self.config.max_retries, wait)
         heapq.heappush(self.delayed, (now + wait * self.clock.scale, next(self.order), read))
 
-    def take_page(self, read: ListRead, answer: Answer) -> None:
+    def take_page(self, read, answer):
         """Keep a page's items and queue the next page first on its endpoint."""
         family, path, body = read.family, read.path, answer.body
         if family.cursor is None or not isinstance(body, dict):
@@ -1420,7 +1417,7 @@ class Scheduler:
         read.params, read.attempt = {**read.params, "after": cursor}, 0
         self.queues[family.name].appendleft(read)
 
-    def slowest_endpoint(self) -> str:
+    def slowest_endpoint(self):
         paced = [(rate, self.families[name].path) for name, lane in self.lanes.lanes.items()
                  if (rate := lane.requests_per_second()) and (self.open_reads[name] or lane.rate)]
         if not paced:
@@ -1428,7 +1425,7 @@ class Scheduler:
         rate, path = min(paced)
         return f"; slowest endpoint {path} at about {rate * 60 * self.clock.scale:.1f} requests a minute"
 
-    def slowest_rate_for(self, names: list[str]) -> float | None:
+    def slowest_rate_for(self, names):
         """The slowest rate of these endpoints and of all calls so far; None before there is one."""
         rates = [rate for rate in (self.lanes[name].requests_per_second() for name in names) if rate]
         elapsed = time.monotonic() - self.clock.started
@@ -1436,7 +1433,7 @@ class Scheduler:
             rates.append(self.succeeded / elapsed)
         return min(rates, default=None)
 
-    def estimate_seconds_left(self) -> float | None:
+    def estimate_seconds_left(self):
         """Open reads at the rate seen and each paced endpoint's at its pace; None before 20 successes."""
         overall = self.slowest_rate_for([])
         if overall is None:
@@ -1444,7 +1441,7 @@ class Scheduler:
         return max([sum(self.open_reads.values()) / overall] + [self.open_reads[name] / rate for name, lane
                     in self.lanes.lanes.items() if (rate := lane.requests_per_second())])
 
-    def log_progress(self) -> None:
+    def log_progress(self):
         self.next_progress = time.monotonic() + self.progress_every
         pending = ", ".join(f"{self.families[n].label} {self.finished_reads[n]}/{self.finished_reads[n] + c}"
                             for n, c in self.open_reads.items() if c)
@@ -1459,9 +1456,9 @@ class Scheduler:
                         f"about {format_duration(left)} left for the reads known so far")
 
 
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 # The read plan: what to read, in what order, and what each answer means (from the catalogue)
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 
 NOT_FOUND = object()  # an entity's own object answered 404
 ROLE_LISTS = [family for family in FAMILY_LIST if family.role_list]
@@ -1474,7 +1471,7 @@ AFTER_ROLE_DECISION = [family for family in FAMILY_LIST if family.after_role_dec
 class ReadPlan:
     """Reads the catalogue into a Snapshot, each result filed under its key, whatever the order of answers."""
 
-    def __init__(self, config: Config, scheduler: Any) -> None:
+    def __init__(self, config, scheduler):
         self.config, self.scheduler = config, scheduler
         self.snapshot = Snapshot(org_id=config.org_id)
         self.not_found: dict[str, list] = {}  # family name -> [(entity key, endpoint)] of its 404s
@@ -1485,7 +1482,7 @@ class ReadPlan:
         self.held: list[tuple] = []  # (family, key, items) of reads waiting for the role decision
         self.custom_roles_seen = False
 
-    def read(self) -> Snapshot:
+    def read(self):
         """Raise DiscoveryError (or Stopped) once a complete snapshot is impossible."""
         self.scheduler.start(self)
         s, days = self.snapshot, self.config.activity_days
@@ -1502,8 +1499,7 @@ class ReadPlan:
         finally:
             self.scheduler.close()
 
-    def queue(self, family: Family, key: Any, on_done: Callable[[ListRead, Any], None],
-              params: dict[str, Any] | None = None) -> None:
+    def queue(self, family, key, on_done, params=None):
         """Queue every page of one list (or one object); `params` add to the family's own."""
         if self.is_left_out(family):
             return
@@ -1518,7 +1514,7 @@ class ReadPlan:
             query["limit"] = family.page_size
         self.scheduler.add(ListRead(family, key, path, on_done), query)
 
-    def list_done(self, read: ListRead, result: Any) -> None:
+    def list_done(self, read, result):
         """File a result, then read what hangs on it."""
         family, key, s = read.family, read.key, self.snapshot
         if family.per is None:
@@ -1536,7 +1532,7 @@ class ReadPlan:
         if family.name in ROLE_DECISION_WAITS_FOR:
             self.decide_role_reads()
 
-    def read_children(self, family: Family, key: Any, items: list[dict]) -> None:
+    def read_children(self, family, key, items):
         if any(child.empty_when_archived for child in CHILDREN[family.name]):
             self.archived |= {record["id"] for record in unique_by_id(items) if project_is_archived(record)}
         for child in CHILDREN[family.name]:
@@ -1545,7 +1541,7 @@ class ReadPlan:
             elif not child.after_role_decision or self.role_decision:
                 self.read_each(child, key, items)
 
-    def read_each(self, child: Family, parent_key: Any, items: list[dict]) -> None:
+    def read_each(self, child, parent_key, items):
         parent = FAMILIES[child.parent]
         ids = ids_of(items, parent.id_field)
         if child.after_role_decision and not parent.parent:  # the users, once
@@ -1558,7 +1554,7 @@ class ReadPlan:
         for item_id in ids:
             self.queue(child, item_id if parent_key is None else (parent_key, item_id), self.list_done)
 
-    def cut(self, read: ListRead) -> None:
+    def cut(self, read):
         """Stop the audit log at its cap; the activity window shrinks to the oldest event read."""
         s, days = self.snapshot, self.config.activity_days
         oldest = next((at for at in (epoch_seconds(event.get("effective_at")) for event in reversed(read.items))
@@ -1571,7 +1567,7 @@ class ReadPlan:
                     days)
         self.scheduler.finish(read, read.items)
 
-    def decide_role_reads(self) -> None:
+    def decide_role_reads(self):
         """Decided once the Roles API answers; for `auto`, once a role list shows a custom role or all are read."""
         mode, open_reads = self.config.role_assignments, self.scheduler.open_reads
         if self.role_decision is not None or any(open_reads[family.name] for family in TOP_ROLE_LISTS):
@@ -1598,10 +1594,10 @@ class ReadPlan:
                 self.read_each(child, key, items)
 
     # --- refusals and failures
-    def is_left_out(self, family: Family) -> bool:
+    def is_left_out(self, family):
         return family.name in self.snapshot.unavailable
 
-    def refused(self, read: ListRead, answer: Answer) -> None:
+    def refused(self, read, answer):
         """400/401/403/404: the key may not read this, the organization lacks it, or the entity is gone."""
         family, status, endpoint, result = read.family, answer.status, read.path, None
         if status == 400:
@@ -1626,25 +1622,25 @@ class ReadPlan:
             self.leave_out(family, f"HTTP {status} on {endpoint}")
         self.scheduler.finish(read, result)
 
-    def failed(self, read: ListRead, message: str) -> None:
+    def failed(self, read, message):
         """Fail the run, unless the family is optional (then it is left unset, warned)."""
         if not read.family.optional:
             raise DiscoveryError(message)
         log.warning("%s left unset: the %s could not be read (%s)", read.family.optional, read.family.label, message)
         self.scheduler.finish(read, None)
 
-    def leave_out(self, family: Family, reason: str) -> None:
+    def leave_out(self, family, reason):
         if not self.is_left_out(family):
             self.snapshot.unavailable[family.name] = reason
             setattr(self.snapshot, family.name, None)
             self.scheduler.drop_waiting(family)
 
-    def misses(self) -> list[tuple[Family, Kind, list]]:
+    def misses(self):
         """The 404s of each family not left out, sorted: the same log every run."""
         return [(family, family.per, sorted(self.not_found[family.name], key=lambda miss: str(miss[0])))
                 for family in FAMILY_LIST if family.name in self.not_found and not self.is_left_out(family)]
 
-    def settle_not_found(self) -> None:
+    def settle_not_found(self):
         """A list's 404: its entity's own object is asked, one per family first; a 404 there: deleted, anything else
         leaves the family out. A link has no object: deleted, unless every one of several 404s (its family is out)."""
         for at_most in (1, None):
@@ -1671,15 +1667,14 @@ class ReadPlan:
                                            f"is unknown ({answer})")
 
 
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 # The snapshot: everything read, the boundary between reading and mapping
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 
 class Snapshot:
     """Per family: its records, {entity key: records}, or None (left out; role assignments: not read)."""
 
-    def __init__(self, org_id: str, *, activity_since: int | None = None, activity_window_days: int | None = None,
-                 **results: Any) -> None:
+    def __init__(self, org_id, *, activity_since=None, activity_window_days=None, **results):
         if unknown := results.keys() - FAMILIES.keys():
             raise TypeError(f"Snapshot has no family {', '.join(sorted(unknown))}")
         self.org_id = org_id
@@ -1694,9 +1689,9 @@ class Snapshot:
                 setattr(self, family.name, results.get(family.name, empty))
 
 
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 # Mapping (pure: a snapshot in, OAA objects out): one context class, then its steps in payload order
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 
 ORG_PERMISSIONS = {"Standard API Requests": OAAPermission.DataRead, "Read Organization": OAAPermission.MetadataRead,
                    "Modify Billing": OAAPermission.MetadataWrite, "Manage Members": OAAPermission.MetadataWrite}
@@ -1726,7 +1721,7 @@ VERBS = {"read": "Read", "list": "Read", "view": "Read", "get": "Read", "create"
          "remove": "Delete", "write": "Write", "update": "Write", "manage": "Write", "admin": "Write"}
 
 
-def canonical_permissions(permission: str) -> list[OAAPermission]:
+def canonical_permissions(permission):
     """Data for content areas, Metadata for management ones, both for others (never understated)."""
     parts = permission.strip().lower().split(".")
     verb, area = parts[-1], parts[1] if len(parts) > 2 and parts[0] == "api" else ""
@@ -1742,16 +1737,16 @@ S, N, B, T, L = (OAAPropertyType[name] for name in ("STRING", "NUMBER", "BOOLEAN
 STEPS: list[Callable[[ApplicationBuilder], None]] = []
 
 
-def copy_fields(entity: Any, record: dict, **kinds: OAAPropertyType) -> None:
+def copy_fields(entity, record, **kinds):
     """Fields as same-named properties: text trimmed (S), times RFC3339 (T), booleans (B); others unset."""
     as_kind = {S: text_of, T: rfc3339, B: lambda value: value if isinstance(value, bool) else None}
     for name, kind in kinds.items():
         entity.set_property(name, as_kind[kind](record.get(name)), ignore_none=True)
 
 
-def step(**properties: dict[str, OAAPropertyType]) -> Callable:
+def step(**properties):
     """Register a mapping step (run in payload order) and the properties it defines, by entity or resource type."""
-    def register(function: Callable) -> Callable:
+    def register(function):
         function.properties = properties
         STEPS.append(function)
         return function
@@ -1770,7 +1765,7 @@ class MappingResult:
 class ApplicationBuilder:
     """The state and helpers every mapping step shares."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot):
         self.snapshot = s = snapshot
         self.app = CustomApplication(name=snapshot.org_id, application_type=APPLICATION_TYPE)
         self.warnings: list[str] = []
@@ -1799,7 +1794,7 @@ class ApplicationBuilder:
         self.api_role_ids = {record["id"].lower() for records in lists for record in records or []
                              if isinstance(record, dict) and isinstance(record.get("id"), str)}
 
-    def build(self) -> MappingResult:
+    def build(self):
         definitions = self.app.property_definitions
         for entity, properties in (item for mapping_step in STEPS for item in mapping_step.properties.items()):
             for name, kind in properties.items():
@@ -1812,12 +1807,12 @@ class ApplicationBuilder:
         return MappingResult(self.app, self.warnings, self.counts, self.notes)
 
     # --- warnings and records
-    def warn(self, message: str, once_key: str | None = None) -> None:
+    def warn(self, message, once_key=None):
         if once_key is None or once_key not in self.warned:
             self.warned.add(once_key)
             self.warnings.append(message)
 
-    def warn_value(self, field_name: str, value: Any, what_then: str) -> None:
+    def warn_value(self, field_name, value, what_then):
         try:
             shown = None if value is None else str(value)[:60]
         except RecursionError:  # a value nested too deep to print
@@ -1825,7 +1820,7 @@ class ApplicationBuilder:
         self.warn(f"missing {field_name}: {what_then}" if shown is None else
                   f"unknown {field_name} {shown!r}: {what_then}", f"value:{field_name}:{shown}")
 
-    def flag(self, record: dict, name: str, subject: str) -> bool | None:
+    def flag(self, record, name, subject):
         """A boolean field; None when absent or (warned once) not a boolean."""
         value = record.get(name)
         if value is None or isinstance(value, bool):
@@ -1834,25 +1829,24 @@ class ApplicationBuilder:
                   f"flag:{subject}:{name}")
         return None
 
-    def records(self, what: str, items: Iterable[Any], kind: Kind | None = None, key: str = "id") -> list[dict]:
+    def records(self, what, items, kind=None, key="id"):
         """Usable records (unique_by_id; problems warned once) minus entities deleted during the run."""
-        def warn(problem: str) -> None:
+        def warn(problem):
             message = f"a {what} record {problem}" if problem.startswith("has no") else f"{what} {problem}"
             self.warn(message, message)
         return [item for item in unique_by_id(items, key, warn) if item[key] not in self.deleted[kind]]
 
-    def project_list(self, family: str, pid: str, kind: Kind | None = Kind.USER) -> list[dict]:
+    def project_list(self, family, pid, kind=Kind.USER):
         return self.records(f"project {pid} {FAMILIES[family].label}",
                             (getattr(self.snapshot, family) or {}).get(pid, []), kind)
 
     # --- identities
-    def new_local_user(self, unique_id: str, name: str, identity: str | None = None, *, email: str | None = None,
-                       is_active: bool = True, user_type: str | None = None) -> LocalUser:
+    def new_local_user(self, unique_id, name, identity=None, *, email=None, is_active=True, user_type=None):
         user = self.app.add_local_user(name, [identity] if identity else None, unique_id=unique_id)
         user.email, user.is_active, user.user_type = email, is_active, user_type
         return user
 
-    def principal(self, principal_id: str, record: dict, where: str, *, service_account: bool = False) -> LocalUser:
+    def principal(self, principal_id, record, where, *, service_account=False):
         """The local user for an id, built (warned) from `record` when the organization list lacks it."""
         if principal_id in self.app.local_users:
             return self.app.local_users[principal_id]
@@ -1863,7 +1857,7 @@ class ApplicationBuilder:
                   "the organization user list; kept, built from that record")
         return user
 
-    def key_credential(self, record: dict, *, active: bool = True, unique_id: str | None = None) -> AccessCred:
+    def key_credential(self, record, *, active=True, unique_id=None):
         """A key record's credential, inactive once expired when the read started."""
         cred = self.app.add_access_cred(unique_id or record["id"], text_of(record.get("name")) or
                                         text_of(record.get("redacted_value")) or record["id"])
@@ -1875,7 +1869,7 @@ class ApplicationBuilder:
         return cred
 
     # --- roles
-    def role_for_value(self, value: Any, subject: str, *, project: bool) -> str:
+    def role_for_value(self, value, subject, *, project):
         """The role id for a role value ("" for none); an unknown value gets a role of its own."""
         scope = "project" if project else "organization"
         if (role := text_of(value)) is None:
@@ -1892,13 +1886,13 @@ class ApplicationBuilder:
             self.warn(f"unknown {scope} role {role!r}: mapped to {role_id!r}{taken} with {floor}")
         return values[role]
 
-    def free_role_id(self, wanted: str, fallback: str) -> str:
+    def free_role_id(self, wanted, fallback):
         """`wanted`, else `fallback` (numbered if need be): never the id of a pushed or Roles API role."""
         taken = {role_id.lower() for role_id in self.app.local_roles} | self.api_role_ids
         candidates = itertools.chain((wanted, fallback), (f"{fallback}_{number}" for number in itertools.count(2)))
         return next(candidate for candidate in candidates if candidate.lower() not in taken)
 
-    def role_record(self, record: dict, project: bool) -> str | None:
+    def role_record(self, record, project):
         """The role id pushed for a Roles API role or assignment record (a predefined role: its fixed role)."""
         role_id = record["id"].strip()
         if not is_predefined_role(record):
@@ -1916,7 +1910,7 @@ class ApplicationBuilder:
             self.app.local_roles[fixed].set_property("openai_permissions", sorted(shown))
         return fixed or None
 
-    def custom_role(self, record: dict, role_id: str) -> str:
+    def custom_role(self, record, role_id):
         pushed = role_id
         if role_id in self.app.local_roles:  # case-insensitive, as Veza compares ids
             pushed = self.free_role_id(f"roles_api_{role_id}", f"roles_api_{role_id}")
@@ -1939,8 +1933,7 @@ class ApplicationBuilder:
         self.custom_roles.add(pushed)
         return pushed
 
-    def assign(self, identity: Any, assignments: list[dict], project: CustomResource | None,
-               member: LocalUser | None = None) -> int:
+    def assign(self, identity, assignments, project, member=None):
         """Give `identity` its assignment records' roles, except a member's role its groups give it."""
         count = 0
         for record in self.records("role assignment", assignments):
@@ -1956,14 +1949,14 @@ class ApplicationBuilder:
             count += 1
         return count
 
-    def roles_on(self, holder: LocalUser, project: CustomResource) -> list[str]:
+    def roles_on(self, holder, project):
         """Every role `holder` and its groups have on `project` (custom roles on the application reach it)."""
         holders = [holder, *(self.app.local_groups[g] for g in holder.groups or () if g in self.app.local_groups)]
         return list(dict.fromkeys(role for who in holders for role, held in who.role_assignments.items()
                                   if project.resource_key in held["resources"]
                                   or held["apply_to_application"] and role in self.custom_roles))
 
-    def through_groups(self, record: dict, role_id: str, member: LocalUser, project: CustomResource | None) -> bool:
+    def through_groups(self, record, role_id, member, project):
         """Whether every source is a payload group holding this role and listing this member (else: direct)."""
         sources = record.get("assignment_sources")
         through = isinstance(sources, list) and bool(sources)
@@ -1982,10 +1975,10 @@ class ApplicationBuilder:
         return through
 
 
-# --- the steps, in payload order ------------------------------------------------------------------
+# --- the steps, in payload order
 
 @step()
-def map_permissions_and_fixed_roles(m: ApplicationBuilder) -> None:
+def map_permissions_and_fixed_roles(m):
     for name, canonical in ORG_PERMISSIONS.items():
         m.app.add_custom_permission(name, [canonical])
     for name, canonical in PROJECT_PERMISSIONS.items():  # held on the application (an admin key's): every project
@@ -1995,14 +1988,14 @@ def map_permissions_and_fixed_roles(m: ApplicationBuilder) -> None:
 
 
 @step(application={"organization_id": S, "is_personal": B})
-def map_organization(m: ApplicationBuilder) -> None:
+def map_organization(m):
     m.app.set_property("organization_id", m.snapshot.org_id)
     personal = dict_of(m.snapshot.organization).get("personal")
     m.app.set_property("is_personal", personal if isinstance(personal, bool) else None, ignore_none=True)
 
 
 @step(local_user={"added_at": T, "api_key_last_used_at": T, "is_scim_managed": B})
-def map_users(m: ApplicationBuilder) -> None:
+def map_users(m):
     for record in m.user_records:
         nested, subject = dict_of(record.get("user")), f"user {record['id']}"
         email = text_of(record.get("email")) or text_of(nested.get("email"))
@@ -2021,7 +2014,7 @@ def map_users(m: ApplicationBuilder) -> None:
 
 
 @step(local_group={"group_type": S, "is_scim_managed": B})
-def map_groups(m: ApplicationBuilder) -> None:
+def map_groups(m):
     if m.snapshot.groups is None:
         return
     memberships = 0
@@ -2038,7 +2031,7 @@ def map_groups(m: ApplicationBuilder) -> None:
 
 @step(project={"status": S, "created_at": T, "archived_at": T, "model_permission_mode": S, "model_ids": L,
                **{f"{tool}_enabled": B for tool in HOSTED_TOOLS}})
-def map_projects(m: ApplicationBuilder) -> None:
+def map_projects(m):
     s = m.snapshot
     if s.projects is None:
         return
@@ -2058,7 +2051,7 @@ def map_projects(m: ApplicationBuilder) -> None:
     m.counts["projects"] = len(m.projects)
 
 
-def map_model_permissions(m: ApplicationBuilder, project: CustomResource, policy: Any) -> None:
+def map_model_permissions(m, project, policy):
     if isinstance(policy, dict):
         project.set_property("model_permission_mode", text_of(policy.get("mode")), ignore_none=True)
         try:
@@ -2071,7 +2064,7 @@ def map_model_permissions(m: ApplicationBuilder, project: CustomResource, policy
                "model_permission_mode and model_ids left unset")
 
 
-def map_hosted_tools(m: ApplicationBuilder, project: CustomResource, tools: Any) -> None:
+def map_hosted_tools(m, project, tools):
     """`<tool>_enabled` from {"<tool>": {"enabled": bool}}; any other shape is warned and left unset."""
     where = f"project {project.unique_id} hosted tool"
     if tools is not None and not (isinstance(tools, dict) and any(tool in tools for tool in HOSTED_TOOLS)):
@@ -2088,7 +2081,7 @@ def map_hosted_tools(m: ApplicationBuilder, project: CustomResource, tools: Any)
 
 
 @step()
-def map_project_members(m: ApplicationBuilder) -> None:
+def map_project_members(m):
     memberships = 0
     for pid, project in m.projects.items():
         for member in m.project_list("project_users", pid):
@@ -2100,7 +2093,7 @@ def map_project_members(m: ApplicationBuilder) -> None:
 
 
 @step(local_user={"project_id": S})
-def map_service_accounts(m: ApplicationBuilder) -> None:
+def map_service_accounts(m):
     count = 0
     for pid, project in m.projects.items():
         for record in m.project_list("project_service_accounts", pid, kind=None):
@@ -2115,7 +2108,7 @@ def map_service_accounts(m: ApplicationBuilder) -> None:
     m.counts["service_accounts"] = count
 
 
-def key_owner(m: ApplicationBuilder, record: dict) -> tuple[str | None, dict, bool]:
+def key_owner(m, record):
     """(owner id, owner record, whether a service account): nested or flat, on either kind of key."""
     owner = dict_of(record.get("owner"))
     owner_type = text_of(owner.get("type"))
@@ -2130,7 +2123,7 @@ def key_owner(m: ApplicationBuilder, record: dict) -> tuple[str | None, dict, bo
 
 
 @step(access_cred={"redacted_value": S, "project_id": S, "owner_type": S})
-def map_project_api_keys(m: ApplicationBuilder) -> None:
+def map_project_api_keys(m):
     for project_record in m.project_records:
         pid = project_record["id"]
         for record in m.project_list("project_api_keys", pid, kind=None):
@@ -2159,7 +2152,7 @@ def map_project_api_keys(m: ApplicationBuilder) -> None:
     m.counts.update(project_api_keys_active=active, project_api_keys_inactive=len(m.project_keys) - active)
 
 
-def admin_key_id(m: ApplicationBuilder, record: dict, redacted: str) -> str | None:
+def admin_key_id(m, record, redacted):
     """The id an admin-list entry is pushed under; None for a project key or an entry that is no admin key."""
     key_id = record["id"]
     project_key = key_id in m.app.access_creds
@@ -2181,7 +2174,7 @@ def admin_key_id(m: ApplicationBuilder, record: dict, redacted: str) -> str | No
 
 
 @step()
-def map_admin_api_keys(m: ApplicationBuilder) -> None:
+def map_admin_api_keys(m):
     count = 0
     listed: list[str] = []  # project keys the admin list returned too
     for record in m.records("admin API key", m.snapshot.admin_api_keys or []):
@@ -2207,7 +2200,7 @@ def map_admin_api_keys(m: ApplicationBuilder) -> None:
 
 
 @step(local_user={"invite_status": S, "invite_expires_at": T})
-def map_invites(m: ApplicationBuilder) -> None:
+def map_invites(m):
     pending = 0
     for record in m.records("invite", m.snapshot.invites or []):
         status, invite = text_of(record.get("status")), f"invite {record['id']}"
@@ -2238,7 +2231,7 @@ def map_invites(m: ApplicationBuilder) -> None:
 
 
 @step(local_role={"predefined_role": B, "resource_type": S, "description": S, "openai_permissions": L})
-def map_custom_roles(m: ApplicationBuilder) -> None:
+def map_custom_roles(m):
     if m.snapshot.roles is None:
         return
     before = len(m.app.local_roles)
@@ -2251,7 +2244,7 @@ def map_custom_roles(m: ApplicationBuilder) -> None:
 
 
 @step()
-def map_role_assignments(m: ApplicationBuilder) -> None:
+def map_role_assignments(m):
     s = m.snapshot
     if s.roles is None:
         return
@@ -2276,7 +2269,7 @@ def map_role_assignments(m: ApplicationBuilder) -> None:
     m.counts["role_assignments"] = count
 
 
-def assign_project_groups(m: ApplicationBuilder, pid: str, project: CustomResource) -> int:
+def assign_project_groups(m, pid, project):
     """The roles of each group the project lists there (one missing from the group list is kept)."""
     count = 0
     for link in m.records(f"project {pid} group", m.snapshot.project_groups.get(pid, []), Kind.GROUP, key="group_id"):
@@ -2293,7 +2286,7 @@ def assign_project_groups(m: ApplicationBuilder, pid: str, project: CustomResour
 
 
 @step()
-def map_key_access(m: ApplicationBuilder) -> None:
+def map_key_access(m):
     """A project key acts with every role its owner holds in its project, from every source read."""
     for cred, holder, project, in_record in m.key_holders:
         roles = list(filter(None, [*m.roles_on(holder, project), in_record]))
@@ -2306,7 +2299,7 @@ def map_key_access(m: ApplicationBuilder) -> None:
 
 @step(access_cred={"issuer": S, "audience": S, "workload_identity_provider_id": S, "permission_type": S, "scopes": L,
                    "attribute_matchers": L})
-def map_federation_rules(m: ApplicationBuilder) -> None:
+def map_federation_rules(m):
     s = m.snapshot
     if s.workload_identity_providers is None or s.federation_rules is None:
         return
@@ -2328,7 +2321,7 @@ def map_federation_rules(m: ApplicationBuilder) -> None:
     m.counts["federation_rules"] = count
 
 
-def federation_rule_credential(m: ApplicationBuilder, provider: dict, rule: dict, where: str) -> AccessCred:
+def federation_rule_credential(m, provider, rule, where):
     cred = m.app.add_access_cred(rule["id"], text_of(rule.get("name")) or rule["id"])
     cred.created_at = rfc3339(rule.get("created_at")) or ""
     # Unknown (warned) counts as enabled: access is never understated.
@@ -2355,7 +2348,7 @@ def federation_rule_credential(m: ApplicationBuilder, provider: dict, rule: dict
     return cred
 
 
-def matcher_value(value: Any) -> str | None:
+def matcher_value(value):
     """Text as it is, anything else as JSON (true, 1, null); None when nested too deep to write."""
     if isinstance(value, str):
         return value
@@ -2365,7 +2358,7 @@ def matcher_value(value: Any) -> str | None:
         return None
 
 
-def hold_federation_rule(m: ApplicationBuilder, rule: dict, cred: AccessCred, where: str) -> None:
+def hold_federation_rule(m, rule, cred, where):
     """The rule's service account holds it; it acts with that account's roles on the rule's project."""
     account_id = text_of(rule.get("service_account_id"))
     holder = m.app.local_users.get(account_id)
@@ -2388,7 +2381,7 @@ def hold_federation_rule(m: ApplicationBuilder, rule: dict, cred: AccessCred, wh
 
 
 @step(application={"activity_window_days": N}, access_cred={"scopes_restricted": B})
-def map_activity(m: ApplicationBuilder) -> None:
+def map_activity(m):
     s = m.snapshot
     if s.audit_logs is None:
         return
@@ -2407,7 +2400,7 @@ def map_activity(m: ApplicationBuilder) -> None:
     m.counts.update(logins=len(users & set(logins)), key_scopes=len(keys))
 
 
-def audit_activity(events: list[dict], since: Any) -> tuple[dict[str, str], dict[str, list[str]]]:
+def audit_activity(events, since):
     """(user id -> latest login, project key id -> scopes of its newest scope-setting event) in the window."""
     since = -math.inf if (start := epoch_seconds(since)) is None else start
     logins: dict[str, float] = {}
@@ -2438,7 +2431,7 @@ def audit_activity(events: list[dict], since: Any) -> tuple[dict[str, str], dict
 
 
 @step(certificate={"active": B, "valid_at": T, "expires_at": T})
-def map_certificates(m: ApplicationBuilder) -> None:
+def map_certificates(m):
     """Organization certificates on the application, project ones as sub-resources; never the PEM."""
     s = m.snapshot
     if s.certificates is None and (s.projects is None or s.project_certificates is None):
@@ -2457,7 +2450,7 @@ def map_certificates(m: ApplicationBuilder) -> None:
     m.counts["certificates"] = count
 
 
-def add_certificate(add: Callable[..., CustomResource], record: dict) -> None:
+def add_certificate(add, record):
     certificate = add(text_of(record.get("name")) or record["id"], resource_type="certificate", unique_id=record["id"])
     copy_fields(certificate, record, active=B)
     copy_fields(certificate, dict_of(record.get("certificate_details")), valid_at=T, expires_at=T)
@@ -2469,7 +2462,7 @@ COUNTS = ("users", "groups", "group_memberships", "projects", "project_membershi
           "role_assignments", "logins", "key_scopes", "federation_rules", "certificates")
 
 
-def build_application(snapshot: Snapshot) -> MappingResult:
+def build_application(snapshot):
     """Map a Snapshot to a CustomApplication (pure: no I/O or logging; the caller logs warnings and notes)."""
     builder = ApplicationBuilder(snapshot)
     result = builder.build()
@@ -2483,9 +2476,9 @@ def build_application(snapshot: Snapshot) -> MappingResult:
     return result
 
 
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 # The payload: oaaclient's get_payload() as compact JSON, built one entity at a time
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 
 # {key of a list of entities in get_payload()'s application: the application's attribute holding them}
 ENTITY_LISTS = {"local_access_creds": "access_creds", **{key: key for key in (
@@ -2495,7 +2488,7 @@ IDENTITIES = ("local_users", "local_groups", "access_creds", "local_agents")
 encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def serialize_application(app: CustomApplication) -> bytes:
+def serialize_application(app):
     """json.dumps(app.get_payload(), separators=(",", ":")) byte for byte, but each entity is freed once written, so
     that dict (200 MB at 100,000 users) never exists. The application is spent afterwards."""
     marker = f"entities-{os.urandom(16).hex()}-"  # in no string of the payload
@@ -2526,7 +2519,7 @@ def serialize_application(app: CustomApplication) -> bytes:
     return b"".join(chunks)
 
 
-def save_payload(payload: bytes, path: str) -> None:
+def save_payload(payload, path):
     """Atomically, so a half-written file never looks like a snapshot."""
     fd, tmp = tempfile.mkstemp(prefix=".veza_openai-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
     try:
@@ -2539,9 +2532,9 @@ def save_payload(payload: bytes, path: str) -> None:
         raise
 
 
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 # Veza: its documented OAA REST calls, made with requests
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 
 VEZA_CHECK_TIMEOUT = 10.0  # the first call: an unreachable Veza is said in seconds
 MAX_VEZA_PAGES = 100  # of 250 entries; more is a loop
@@ -2559,7 +2552,7 @@ KEY_REFUSED = "Veza refused the API key (HTTP {}): check VEZA_API_KEY and that i
 class VezaError(Exception):
     """A failed Veza call: Veza's refusal (`status`, `details`) or no usable answer; `late`: --max-run-time ended it."""
 
-    def __init__(self, message: str, status: int = 0, details: Any = None, late: bool = False) -> None:
+    def __init__(self, message, status=0, details=None, late=False):
         super().__init__(message)
         self.status, self.late = status, late
         self.details = details if isinstance(details, list) else []
@@ -2568,12 +2561,12 @@ class VezaError(Exception):
 class Veza:
     """Veza's OAA API: each answer within OAA_API_TIMEOUT, lists bounded, retries never past --max-run-time."""
 
-    def __init__(self, config: Config, clock: Clock) -> None:
+    def __init__(self, config, clock):
         self.config, self.clock = config, clock
         self.http = Http(config.veza_url, config.veza_api_key, timeout=config.veza_timeout,
                          max_bytes=VEZA_ANSWER_BYTES, verify=not config.veza_unverified)
 
-    def check(self) -> None:
+    def check(self):
         """Before any OpenAI request: is this Veza, and does it take the key?"""
         log.info("connecting to Veza at %s", self.config.veza_url)
         path = f"{PROVIDERS}/templates"
@@ -2591,8 +2584,7 @@ class Veza:
             return
         raise PushError(f"cannot use Veza at {self.config.veza_url}: {problem}")
 
-    def call(self, method: str, path: str, body: Any = None, params: Any = None,
-             retry_when: Callable[[Answer], bool] | None = None) -> Any:
+    def call(self, method, path, body=None, params=None, retry_when=None):
         """One call, its JSON unwrapped as oaaclient does, retried (OAA_API_RETRIES) when `retry_when` allows: by
         default on a transient fault, but a POST only on a 429 (else it may have created its object)."""
         retry_when = retry_when or ((lambda answer: answer.status == 429) if method == "POST" else Answer.transient)
@@ -2621,7 +2613,7 @@ class Veza:
             f"{answer.problem}: {code}{answer.detail}" if answer.status and not answer.fatal else answer.problem
         raise VezaError(message, answer.status, body.get("details"))
 
-    def list(self, path: str, **params: Any) -> list[dict]:
+    def list(self, path, **params):
         """Every entry of a paged Veza list, at most MAX_VEZA_PAGES pages."""
         params["page_size"] = 250
         values: list[dict] = []
@@ -2638,7 +2630,7 @@ class Veza:
             params["page_token"] = token
         raise VezaError(f"{path}: still has_more after {MAX_VEZA_PAGES} pages; stopped instead of looping")
 
-    def find_or_create(self, what: str, path: str, body: dict) -> tuple[str, bool]:
+    def find_or_create(self, what, path, body):
         """(the id of the provider or data source named body["name"], whether it was created now)."""
         found = self.list(path, filter=f'name eq "{body["name"]}"')
         if found:
@@ -2656,7 +2648,7 @@ class Veza:
             raise VezaError(f"{path}: Veza's answer to creating the {what} has no id")
         return created["id"], True
 
-    def push(self, payload: bytes, summary: RunSummary) -> list:
+    def push(self, payload, summary):
         """Replace the data source's snapshot as oaaclient's push_application does; returns Veza's warnings."""
         provider, created = self.find_or_create(f"provider {PROVIDER_NAME!r} (template application)", PROVIDERS,
                                                 {"name": PROVIDER_NAME, "custom_template": "application"})
@@ -2668,7 +2660,7 @@ class Veza:
         path = f"{PROVIDERS}/{provider}/datasources/{source}"
         summary.upload_started = True
 
-        def post(path: str, body: Any) -> Any:
+        def post(path, body):
             return self.call("POST", path, body, retry_when=push_retryable)
 
         if len(payload) <= PUSH_IN_PARTS_OVER:
@@ -2693,18 +2685,18 @@ class Veza:
 BASE64 = f"base64-{os.urandom(16).hex()}"  # json_with_base64's placeholder
 
 
-def json_with_base64(fields: dict, data: bytes) -> bytes:
+def json_with_base64(fields, data):
     """The JSON of `fields`, its BASE64 value the base64 of `data`, never decoded to text."""
     return json.dumps(fields).encode().replace(BASE64.encode(), base64.b64encode(data))
 
 
-def push_retryable(answer: Answer) -> bool:
+def push_retryable(answer):
     """A push (it replaces the snapshot whole) may go again after a 429, or a gateway's 502/503/504 without a result."""
     result = isinstance(answer.body, dict) and ("warnings" in answer.body or "id" in answer.body)
     return answer.status == 429 or (answer.status in (502, 503, 504) and not result)
 
 
-def push_warnings(result: Any) -> list:
+def push_warnings(result):
     """Veza's warnings from a push's answer: an object without an error code; any other answer is no push result."""
     if isinstance(result, dict) and "code" not in result and isinstance(result.get("warnings", []), list):
         return result.get("warnings", [])
@@ -2712,9 +2704,9 @@ def push_warnings(result: Any) -> list:
                     "the payload is unknown", reached_veza=True)
 
 
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 # The Veza report (--create-report)
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 
 # Veza's names: OAA.<application_type>.<kind>, OAA.<application_type>.<resource_type>.Resource, customprop_<name>.
 REPORT_NAME = "OpenAI access review"
@@ -2724,12 +2716,12 @@ USER_NODE, CRED_NODE, ROLE_NODE, PROJECT_NODE = (
     f"OAA.{APPLICATION_TYPE}.{kind}" for kind in ("User", "AccessCred", "Role", "project.Resource"))
 
 
-def nodes(node_type: str, **equals: Any) -> dict:
+def nodes(node_type, **equals):
     specs = [{"fn": "EQ", "property": name, "value": value} for name, value in equals.items()]
     return {"nodes": [{"node_type": node_type, **({"condition_expression": {"specs": specs}} if specs else {})}]}
 
 
-def report_query(name: str, description: str, source: dict, role: dict | None = None) -> dict:
+def report_query(name, description, source, role=None):
     related = {"relates_to_exp": {"specs": [{"node_types": role}]}} if role else {}
     return {"name": f"OpenAI {name}", "description": description, "query_type": "SOURCE_TO_DESTINATION",
             "source_node_types": source, **related}
@@ -2757,7 +2749,7 @@ REPORT_QUERIES = [report_query(*query) for query in (
 )]
 
 
-def same_as_sent(stored: Any, sent: Any) -> bool:
+def same_as_sent(stored, sent):
     """Whether Veza's stored value says what we sent (proto3 JSON omits defaults, may give enums as numbers)."""
     if isinstance(sent, dict):
         return isinstance(stored, dict) and all(
@@ -2769,7 +2761,7 @@ def same_as_sent(stored: Any, sent: Any) -> bool:
     return type(stored) is type(sent) and stored == sent
 
 
-def create_or_update_report(veza: Veza) -> str:
+def create_or_update_report(veza):
     """Make the report and its queries (found by name) match REPORT_QUERIES: created, updated or unchanged."""
     queries, reports = "/api/v1/assessments/queries", "/api/preview/assessments/reports"
     existing = {q.get("name"): q for q in veza.list(queries, include_inactive_queries=True)
@@ -2798,9 +2790,9 @@ def create_or_update_report(veza: Veza) -> str:
     return "updated" if changed or missing else "unchanged"
 
 
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 # main: read, map, save, push, report; every outcome stated in one summary line
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------
 
 @dataclass
 class RunSummary:
@@ -2817,7 +2809,7 @@ class RunSummary:
     reasons: dict[str, str] = field(default_factory=dict)  # family left out -> why
     upload_started: bool = False  # from then on Veza may have the payload, whatever it answers
 
-    def log(self, level: int) -> None:
+    def log(self, level):
         fields = {"outcome": self.outcome, **self.counts, "warnings": self.warnings,
                   "left_out": ",".join(sorted(self.reasons)), "veza_warnings": self.veza_warnings,
                   "throttled": self.throttled, "calls": self.calls, "retries": self.retries,
@@ -2826,7 +2818,7 @@ class RunSummary:
         line = " ".join(f"{k}={f'{v:.1f}' if k == 'seconds' else v}" for k, v in fields.items())
         log_with_fields(level, {"summary": True, **fields}, "summary: %s", line)
 
-    def log_for_people(self, config: Config) -> None:
+    def log_for_people(self, config):
         """A few lines a person reads above the summary line (text logs only)."""
         c = dict.fromkeys(COUNTS, 0) | self.counts
         if self.outcome in ("pushed", "dry-run") and self.people:
@@ -2845,7 +2837,7 @@ class RunSummary:
             self.outcome, "not pushed; Veza keeps the previous snapshot"), saved)
 
 
-def log_memory(stage: str) -> None:
+def log_memory(stage):
     """With --debug: memory (MiB) after each stage, so a pod's limit can be sized."""
     if not log.isEnabledFor(logging.DEBUG):
         return
@@ -2862,7 +2854,7 @@ def log_memory(stage: str) -> None:
 
 
 @contextlib.contextmanager
-def cyclic_gc_paused() -> Iterator[None]:
+def cyclic_gc_paused():
     """Mapping allocates millions of acyclic objects that full collections would rescan again and again."""
     was_enabled = gc.isenabled()
     gc.disable()
@@ -2873,7 +2865,7 @@ def cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def read_organization(config: Config, clock: Clock, summary: RunSummary) -> Snapshot:
+def read_organization(config, clock, summary):
     http = Http(config.openai_base_url, config.openai_api_key, timeout=config.timeout, pool=config.max_workers,
                 max_bytes=ANSWER_BYTES_IN_FLIGHT // config.max_workers, shared_strings=True,
                 headers={"OpenAI-Organization": config.org_id})
@@ -2900,7 +2892,7 @@ def read_organization(config: Config, clock: Clock, summary: RunSummary) -> Snap
     return snapshot
 
 
-def discover(config: Config, clock: Clock, summary: RunSummary) -> bytes:
+def discover(config, clock, summary):
     """Read, map and serialise, each stage's input freed once the next has it."""
     snapshot = read_organization(config, clock, summary)
     gc.collect()  # the finished reader is in reference cycles and holds every record
@@ -2922,7 +2914,7 @@ def discover(config: Config, clock: Clock, summary: RunSummary) -> bytes:
     return payload
 
 
-def run(config: Config, clock: Clock, summary: RunSummary) -> None:
+def run(config, clock, summary):
     """Read, map, save, push and report; raises DiscoveryError or PushError."""
     veza = None if config.dry_run else Veza(config, clock)
     if veza is not None:  # before spending OpenAI quota: can Veza take the result?
@@ -2969,13 +2961,13 @@ class SignalState:
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[SignalState]:
+def stop_on_signals():
     """SIGTERM and SIGINT raise Stopped, once (as PID 1 in a container, a signal with no handler is ignored)."""
     state = SignalState()
     names = {signal.SIGTERM: ("SIGTERM", ExitStatus.TERMINATED),
              signal.SIGINT: ("Ctrl-C (SIGINT)", ExitStatus.INTERRUPTED)}
 
-    def stop(signum: int, frame: Any) -> None:
+    def stop(signum, frame):
         if not state.done:
             state.done = True
             raise Stopped(*names[signum])
@@ -2989,7 +2981,7 @@ def stop_on_signals() -> Iterator[SignalState]:
             signal.signal(signum, handler)
 
 
-def settle_failure(config: Config, summary: RunSummary, maybe_stored: bool) -> None:
+def settle_failure(config, summary, maybe_stored):
     """Say what Veza holds after a failure; a payload Veza may have makes the outcome unknown."""
     if maybe_stored:
         summary.outcome = "unknown"
@@ -2999,7 +2991,7 @@ def settle_failure(config: Config, summary: RunSummary, maybe_stored: bool) -> N
         log.error("nothing was pushed; Veza keeps the previous snapshot")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv=None):
     clock = Clock()
     try:
         config = load_config(argv)
