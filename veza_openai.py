@@ -1,7 +1,5 @@
 #!/usr/bin/env python3
-"""Veza OAA connector for OpenAI: reads an organization through the OpenAI Admin API, maps who can do what to an
-OAA custom application and pushes it to Veza. README.md is the operator's guide, docs/ the reference.
-"""
+"""Veza OAA connector for OpenAI: reads an organization through the Admin API, pushes who can do what to Veza."""
 
 from __future__ import annotations
 
@@ -48,9 +46,9 @@ try:
         OAAPropertyType,
     )
     from requests.packages import urllib3
-except ImportError as missing:  # outside its virtual environment: say how to fix it, not a traceback
-    sys.stderr.write(f"veza_openai.py: the Python package {missing.name!r} is missing; install it: python3 -m venv "
-                     ".venv && .venv/bin/pip install -r requirements.txt, then run .venv/bin/python veza_openai.py\n")
+except ImportError as missing:
+    sys.stderr.write(f"veza_openai.py: Python package {missing.name!r} missing: python3 -m venv .venv && "
+                     ".venv/bin/pip install -r requirements.txt, then run .venv/bin/python veza_openai.py\n")
     sys.exit(2)
 
 __version__ = "1.3.0"
@@ -65,9 +63,9 @@ class ExitStatus(enum.IntEnum):
     """What the process tells cron, Docker or Kubernetes (README: Exit status)."""
 
     OK = 0  # pushed; with --dry-run: read, mapped and written
-    FAILED = 1  # nothing pushed, or the push's outcome is unknown (the log says which)
+    FAILED = 1  # nothing pushed, or the push's outcome unknown (the log says which)
     CONFIG = 2  # configuration error, no request sent (argparse's status too)
-    INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2, as shells report it
+    INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2
     TERMINATED = 143  # SIGTERM (docker stop, Kubernetes, systemd): 128 + 15
 
 
@@ -111,14 +109,12 @@ class Option:
     flags: tuple[str, ...]  # () for a variable only
     env: str | None  # None: command line only
     help: str
-    kind: type | None = None  # int or float: a number within low..high; None: text
+    kind: type | None = None  # int or float: a number within low..high; bool: a flag without a value; None: text
     default: Any = None
     low: float = 0
     high: float = 0
     choices: tuple[str, ...] = ()  # in any case
-    switch: bool = False  # a flag without a value; its variable says true or false
     bare_value: str | None = None  # the value of the flag given alone
-    unset_means: str = ""  # for --help
 
     @property
     def label(self):  # every option checked has a variable
@@ -128,34 +124,32 @@ class Option:
 OPTIONS = (
     Option("veza_url", ("--veza-url", "--veza_url"), "VEZA_URL", "URL of your Veza instance"),
     Option("org_id", ("--openai-org", "--openai_org"), "OPENAI_ORG_ID", "OpenAI organization ID, org-..."),
-    Option("openai_base_url", ("--openai-base-url",), "OPENAI_BASE_URL", "OpenAI API base URL",
-           default="https://api.openai.com/v1"),
+    Option("openai_base_url", ("--openai-base-url",), "OPENAI_BASE_URL", "OpenAI API base URL", None,
+           "https://api.openai.com/v1"),
     Option("save_json", ("--save-json", "--save_json"), None, "also write the payload JSON to PATH: a directory "
-           "(default: the current one) or a .json file", bare_value="."),
-    Option("dry_run", ("--dry-run",), None, "read and map, write the payload JSON, push nothing; needs no Veza "
-           "settings", switch=True),
-    Option("create_report", ("--create-report",), "VEZA_CREATE_REPORT", "after the push, create or update the "
-           "Veza report 'OpenAI access review'", switch=True),
-    Option("debug", ("--debug",), None, "verbose debug logging", switch=True),
-    Option("log_format", ("--log-format",), "LOG_FORMAT", "text or json: one JSON object per line, for log "
-           "shippers", choices=("text", "json"), default="text"),
-    Option("max_run_time", ("--max-run-time",), "OPENAI_MAX_RUN_TIME", "seconds the whole run (reading, push and "
-           "report) may take", float, None, 1, 7 * 86_400, unset_means="no limit"),
+           "(default .) or a .json file", bare_value="."),
+    Option("dry_run", ("--dry-run",), None, "save the payload JSON, push nothing; needs no Veza settings", bool),
+    Option("create_report", ("--create-report",), "VEZA_CREATE_REPORT", "then create or update the Veza report "
+           "'OpenAI access review'", bool),
+    Option("debug", ("--debug",), None, "debug logging", bool),
+    Option("log_format", ("--log-format",), "LOG_FORMAT", "text or JSON lines", None, "text", choices=("text", "json")),
+    Option("max_run_time", ("--max-run-time",), "OPENAI_MAX_RUN_TIME", "seconds the whole run may take; no limit by "
+           "default", float, None, 1, 7 * 86_400),
     Option("role_assignments", ("--role-assignments",), "OPENAI_ROLE_ASSIGNMENTS", "per-user role assignment "
-           "reads: auto, all or none", choices=("auto", "all", "none"), default="auto"),
+           "reads: auto, all or none", None, "auto", choices=("auto", "all", "none")),
     Option("activity_days", ("--activity-days",), "OPENAI_ACTIVITY_DAYS", "days of audit log read for last "
-           "logins and key scopes; 0 reads none", int, 90, 0, 3650),
+           "logins and key scopes; 0: none", int, 90, 0, 3650),
     Option("max_workers", ("--max-workers",), "OPENAI_MAX_WORKERS", "concurrent OpenAI requests", int, 8, 1, 64),
     Option("max_requests_per_second", ("--max-requests-per-second",), "OPENAI_MAX_REQUESTS_PER_SECOND",
-           "hard cap on all OpenAI requests per second", float, None, 0.01, 10_000, unset_means="no cap"),
+           "cap on all OpenAI requests per second; none by default", float, None, 0.01, 10_000),
     Option("max_requests_per_minute_per_endpoint", ("--max-requests-per-minute-per-endpoint",),
-           "OPENAI_MAX_RPM_PER_ENDPOINT", "cap on each endpoint's requests per minute, for an organization whose "
-           "limits are known", int, None, 1, 100_000, unset_means="none, learned from the answers"),
+           "OPENAI_MAX_RPM_PER_ENDPOINT", "cap on each endpoint's requests per minute; learned by default", int, None,
+           1, 100_000),
     Option("timeout", ("--timeout",), "OPENAI_TIMEOUT", "seconds for one whole OpenAI answer", float, 30.0, 0.05, 600),
-    Option("max_retries", ("--max-retries",), "OPENAI_MAX_RETRIES", "retries of one OpenAI request on 5xx and "
+    Option("max_retries", ("--max-retries",), "OPENAI_MAX_RETRIES", "retries of an OpenAI request on 5xx or "
            "connection errors", int, 6, 0, 20),
-    Option("max_throttle_wait", ("--max-throttle-wait",), "OPENAI_MAX_THROTTLE_WAIT", "seconds one request may "
-           "keep being answered 429 before the run fails", float, 900.0, 0.1, 86_400),
+    Option("max_throttle_wait", ("--max-throttle-wait",), "OPENAI_MAX_THROTTLE_WAIT", "seconds a request may "
+           "keep getting 429 before the run fails", float, 900.0, 0.1, 86_400),
     # Veza's side keeps oaaclient's variables and defaults.
     Option("veza_retries", (), "OAA_API_RETRIES", "retries of a Veza call", int, 10, 0, 100),
     Option("veza_timeout", (), "OAA_API_TIMEOUT", "seconds for one whole Veza answer", float, 300.0, 1, 3600),
@@ -168,9 +162,10 @@ SECRET_VARIABLES = ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY", "VEZA_API_KEY")
 # Every variable read: never taken for a misspelling.
 KNOWN_VARIABLES = {*(option.env for option in OPTIONS if option.env), "VEZA_UNSAFE_HTTPS", *SECRET_VARIABLES,
                    *(f"{name}_FILE" for name in SECRET_VARIABLES)}
+SECRETS_FROM = ("secrets are read from the environment only: OPENAI_ADMIN_KEY (wins) or OPENAI_API_KEY, VEZA_API_KEY, "
+                "or files their _FILE variants name")
 NON_ADMIN_KEY_PREFIXES = {"sk-proj-": "a project key", "sk-svcacct-": "a service account key"}
-MAX_SECRET_LENGTH = 4096  # real keys are ~200 characters; a 100 KB "key" is a pasted file
-CONTAINER_UID = 10001  # the Dockerfile's USER
+MAX_SECRET_LENGTH = 4096  # keys are ~200 characters; a 100 KB "key" is a pasted file
 
 
 class Config:
@@ -202,23 +197,20 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def build_arg_parser(options=OPTIONS, add_help=True):
     """The parser of `options`; values stay text, checked later."""
-    parser = ArgumentParser(prog="veza_openai.py", add_help=add_help, description="Push an OpenAI organization's "
-                            "access to Veza (OAA). Secrets come from the environment only: VEZA_API_KEY, and "
-                            "OPENAI_ADMIN_KEY (wins) or OPENAI_API_KEY, or files their _FILE variants name.")
+    parser = ArgumentParser(prog="veza_openai.py", add_help=add_help,
+                            description=f"Push an OpenAI organization's access to Veza (OAA); {SECRETS_FROM}.")
     if add_help:
         parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for option in [option for option in options if option.flags]:
-        if option.switch:
+        if option.kind is bool:
             how = {"action": "store_true", "default": None}
         elif option.bare_value is not None:
             how = {"nargs": "?", "const": option.bare_value, "metavar": "PATH"}
         else:
             how = {"metavar": option.flags[0].lstrip("-").upper().replace("-", "_")}
         shown = f"{option.default:g}" if isinstance(option.default, float) else option.default
-        default = f", default: {option.unset_means}" if option.unset_means else \
-            "" if shown is None else f", default {shown}"
-        parser.add_argument(*option.flags, dest=option.dest, help=f"{option.help} (env: {option.env or 'none'}"
-                            f"{default})", **how)
+        env = f"env: {option.env or 'none'}" + ("" if shown is None else f", default: {shown}")
+        parser.add_argument(*option.flags, dest=option.dest, help=f"{option.help} ({env})", **how)
     return parser
 
 
@@ -255,10 +247,9 @@ def unknown_arguments_problem(extras):
             f" and {values} value(s), not shown" if values else "") + (
             f" (did you mean {', '.join(guesses)}?)" if guesses else "")
     else:
-        message = f"unexpected argument(s) on the command line ({values}, not shown); every setting is a flag"
+        message = f"{values} unexpected argument(s), not shown; every setting is a flag"
     if any(arg.startswith("sk-") or re.search("key|token", arg, re.IGNORECASE) for arg in extras):
-        message += ("; secrets are read from the environment only (OPENAI_ADMIN_KEY or OPENAI_API_KEY, "
-                    "VEZA_API_KEY, or their _FILE variants)")
+        message += f"; {SECRETS_FROM}"
     return message + " (see --help)"
 
 
@@ -275,8 +266,8 @@ class ConfigReader:
         args, extras = build_arg_parser().parse_known_args(argv)
         if extras:
             self.problem(unknown_arguments_problem(extras))
-        settings: dict[str, Any] = {}
-        for option in OPTIONS:  # the flag when given, else its variable (unquoted)
+        settings = {}
+        for option in OPTIONS:  # the flag wins over its variable
             value = getattr(args, option.dest, None)
             if value is None and option.env and self.env.get(option.env):
                 value = self.unquoted(self.env[option.env], option.env)
@@ -285,8 +276,8 @@ class ConfigReader:
         if settings["org_id"] is None:
             self.not_set("OPENAI_ORG_ID", " (or --openai-org)")
         elif not re.fullmatch(r"org-[A-Za-z0-9_-]{1,128}", settings["org_id"]):
-            settings["org_id"] = self.problem("OPENAI_ORG_ID (or --openai-org) must look like org-XXXX: letters, "
-                                              "digits, '-' or '_' after 'org-', no trailing newline")
+            settings["org_id"] = self.problem("OPENAI_ORG_ID (or --openai-org) must look like org-XXXX (letters, "
+                                              "digits, - or _)")
         settings["openai_api_key"], settings["openai_key_source"] = self.openai_key()
         settings["openai_base_url"] = self.checked_url(
             settings["openai_base_url"], "OPENAI_BASE_URL (or --openai-base-url)", openai=True)
@@ -301,10 +292,8 @@ class ConfigReader:
         return Config(**settings)
 
     def unquoted(self, value, name):
-        """Without one pair of surrounding quotes, noted."""
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            self.notes.append(f"{name} is wrapped in quotes (docker --env-file keeps them); they were removed: "
-                              "write the value unquoted")
+            self.notes.append(f"{name} is wrapped in quotes (docker --env-file keeps them), removed: write it unquoted")
             return value[1:-1]
         return value
 
@@ -313,7 +302,7 @@ class ConfigReader:
         if raw is None:
             return option.default
         word = raw if isinstance(raw, bool) else raw.strip().lower()
-        if option.switch:
+        if option.kind is bool:
             if word in (True, "true", "false", "1", "0", "yes", "no"):
                 return word in (True, "true", "1", "yes")
             self.problem(f"{option.env} must be true or false")
@@ -335,22 +324,22 @@ class ConfigReader:
 
     def checked_url(self, value, name, *, openai):
         """Normalised; OpenAI's may have a path and be http to loopback, Veza's is an instance's address."""
-        if has_control_characters(value):
-            return self.problem(f"{name} contains whitespace or control characters")
         try:
             parts = urllib.parse.urlsplit(value if "://" in value else f"https://{value}")
             parts.port  # noqa: B018 (raises ValueError on a bad port)
         except ValueError:
             return self.problem(f"{name} is not a valid URL")
         scheme = parts.scheme.lower()
-        if not parts.hostname:
-            problem = "is not a valid URL (no host)"
+        if has_control_characters(value):
+            problem = "contains whitespace or control characters"
+        elif not parts.hostname:
+            problem = "is not a valid URL"
         elif parts.username or parts.password:
             problem = "must not contain credentials (user:password@)"
         elif parts.query or parts.fragment:
             problem = "must not contain a query string or fragment"
         elif not openai and parts.path.strip("/"):
-            problem = f"must be the instance's address only (https://host), not a page such as {parts.path[:40]!r}"
+            problem = f"must be the instance's address only (https://host), not {parts.path[:40]!r}"
         elif scheme != "https" and not (openai and scheme == "http" and is_loopback(parts.hostname)):
             problem = "must use https" + (" (http only to loopback)" if openai else "")
         else:
@@ -361,17 +350,16 @@ class ConfigReader:
         """Only a regular file (a FIFO would block before signals are handled); trailing newlines dropped."""
         if path.startswith("sk-"):
             return self.problem(f"{variable} holds what looks like an API key, not a file path: put the key in "
-                                f"{variable.removesuffix('_FILE')}, or in a file that {variable} names")
+                                f"{variable.removesuffix('_FILE')}")
         where = f"{variable}: {shown_path(path)}"
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         except (OSError, ValueError) as exc:
-            return self.problem(f"{variable}: cannot read {shown_path(path)} "
-                                f"({getattr(exc, 'strerror', None) or type(exc).__name__})")
+            return self.problem(f"{where} cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})")
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
             os.close(descriptor)
-            return self.problem(f"{where} is not a regular file; name the file holding the key")
+            return self.problem(f"{where} is not a regular file")
         if mode & stat.S_IROTH and not os.fstatvfs(descriptor).f_flag & os.ST_RDONLY:
             self.notes.append(f"{where} is readable by other users (mode {stat.S_IMODE(mode):04o}): chmod 600 it")
         with open(descriptor, "rb") as handle:
@@ -388,28 +376,25 @@ class ConfigReader:
         """(checked value, the variable it came from): `name`, or the file `name`_FILE names."""
         file_name = f"{name}_FILE"
         direct, path = self.env.get(name), self.env.get(file_name)
-        if not direct and not path:
-            return None, None
         if direct and path:
             return self.problem(f"{name} and {file_name} are both set; set only one"), name
-        source = name if direct else file_name
-        value = direct or self.read_secret_file(path, file_name)
-        if value is None:  # the file could not be read, as a problem says
+        source = name if direct else file_name if path else None
+        value = direct or path and self.read_secret_file(path, file_name)
+        if not value:  # unset, or the file could not be read (a problem says so)
             return None, source
         value = self.unquoted(value, source)
         if not value:  # '""' unquoted
-            self.problem(f"{source} is not set")
+            problem = "is not set"
         elif len(value) > MAX_SECRET_LENGTH:
-            self.problem(f"{source} is {len(value):,} characters long; an API key is a few hundred")
+            problem = f"is {len(value):,} characters long; a key is a few hundred"
         elif has_control_characters(value):
             where = "a trailing newline" if value[-1] in "\r\n" else "whitespace, a newline or control characters"
-            self.problem(f"{source} contains {where}: set it without (printf '%s', not echo), or put the key in a "
-                         f"file named by {file_name} (trailing newlines are dropped)")
+            problem = f"contains {where}: remove it, or use {file_name} (a file's trailing newlines are dropped)"
         elif not value.isascii():
-            self.problem(f"{source} contains non-ASCII characters, which no API key has")
+            problem = "contains non-ASCII characters"
         else:
             return value, source
-        return None, source
+        return self.problem(f"{source} {problem}"), source
 
     def save_path(self, value, org_id):
         """A directory gets openai-<org>-<UTC time>.json; checked writable now."""
@@ -426,11 +411,9 @@ class ConfigReader:
         if len(os.path.basename(path).encode()) > name_max:
             return self.problem(f"--save-json file name is longer than the file system's {name_max} bytes")
         try:  # os.access says yes to root even on a read-only mount
-            with tempfile.TemporaryFile(dir=directory):
-                pass
+            tempfile.TemporaryFile(dir=directory).close()
         except OSError:
-            who = "the container's user" if os.getuid() == CONTAINER_UID else "this user"
-            return self.problem(f"--save-json directory {directory!r} is not writable by {who} (uid {os.getuid()})")
+            return self.problem(f"--save-json directory {directory!r} is not writable by this user (uid {os.getuid()})")
         return path
 
     def not_set(self, variable, alternatives=""):
@@ -448,7 +431,7 @@ class ConfigReader:
             kind = next((kind for prefix, kind in NON_ADMIN_KEY_PREFIXES.items() if key and key.startswith(prefix)), "")
             if kind:
                 return self.problem(f"{source} holds {kind} ({mask_key(key)}), which the Admin API refuses: use an "
-                                    "Admin API key (sk-admin-...) from Settings > Organization > Admin keys"), source
+                                    "admin key (sk-admin-...) from Settings > Organization > Admin keys"), source
             if source:
                 return key, source
         return self.not_set("OPENAI_API_KEY", " (or OPENAI_ADMIN_KEY, or either's _FILE variant)"), None

@@ -53,7 +53,7 @@ def test_a_key_put_in_a_file_variable_is_never_printed(run_connector, openai_fak
 def test_a_relative_secret_path_that_cannot_be_read_is_not_echoed(run_connector):
     result = run_connector(env={"VEZA_API_KEY_FILE": "eyJhbGciOiJIUzI1NiJ9.veza-token-value"}, drop=("VEZA_API_KEY",))
     assert result.returncode == 2, result.output
-    assert "VEZA_API_KEY_FILE: cannot read the file it names (No such file or directory)" in result.stderr
+    assert "VEZA_API_KEY_FILE: the file it names cannot be read (No such file or directory)" in result.stderr
     assert "veza-token-value" not in result.output
 
 
@@ -202,7 +202,7 @@ def test_keys_are_read_from_mounted_files_with_their_trailing_newline_dropped(ru
 
 @pytest.mark.parametrize(("env", "message"), [
     ({"VEZA_API_KEY_FILE": "{tmp}/veza"}, "VEZA_API_KEY and VEZA_API_KEY_FILE are both set; set only one"),
-    ({"OPENAI_API_KEY_FILE": "{tmp}/missing"}, "OPENAI_API_KEY_FILE: cannot read '{tmp}/missing' "
+    ({"OPENAI_API_KEY_FILE": "{tmp}/missing"}, "OPENAI_API_KEY_FILE: '{tmp}/missing' cannot be read "
                                                "(No such file or directory)"),
     ({"OPENAI_ADMIN_KEY_FILE": "{tmp}/empty"}, "OPENAI_ADMIN_KEY_FILE: '{tmp}/empty' is empty"),
     ({"OPENAI_ADMIN_KEY_FILE": "{tmp}/two-lines"}, "OPENAI_ADMIN_KEY_FILE contains whitespace, a newline"),
