@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Veza OAA connector for OpenAI: reads an organization through the Admin API, pushes who can do what to Veza."""
+"""Veza OAA connector: pushes who can do what in an OpenAI organization (its Admin API) to Veza."""
 
 from __future__ import annotations
 
@@ -62,11 +62,11 @@ log = logging.getLogger("veza_openai")
 class ExitStatus(enum.IntEnum):
     """What the process tells cron, Docker or Kubernetes (README: Exit status)."""
 
-    OK = 0  # pushed; with --dry-run: read, mapped and written
+    OK = 0  # pushed; with --dry-run: payload written
     FAILED = 1  # nothing pushed, or the push's outcome unknown (the log says which)
     CONFIG = 2  # configuration error, no request sent (argparse's status too)
-    INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2
-    TERMINATED = 143  # SIGTERM (docker stop, Kubernetes, systemd): 128 + 15
+    INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
+    TERMINATED = 143  # 128 + SIGTERM (docker stop, Kubernetes)
 
 
 class ConfigError(Exception):
@@ -103,18 +103,16 @@ class Stopped(BaseException):
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: flags (messages name the first), variable, kind, bounds and help."""
+    """One setting; messages name its first flag."""
 
     dest: str
     flags: tuple[str, ...]  # () for a variable only
     env: str | None  # None: command line only
     help: str
-    kind: type | None = None  # int or float: a number within low..high; bool: a flag without a value; None: text
+    kind: Any = None  # int, float: a number in low..high; bool: a switch; a tuple: one of its words; None: text
     default: Any = None
     low: float = 0
     high: float = 0
-    choices: tuple[str, ...] = ()  # in any case
-    bare_value: str | None = None  # the value of the flag given alone
 
     @property
     def label(self):  # every option checked has a variable
@@ -127,16 +125,16 @@ OPTIONS = (
     Option("openai_base_url", ("--openai-base-url",), "OPENAI_BASE_URL", "OpenAI API base URL", None,
            "https://api.openai.com/v1"),
     Option("save_json", ("--save-json", "--save_json"), None, "also write the payload JSON to PATH: a directory "
-           "(default .) or a .json file", bare_value="."),
+           "(default .) or a .json file"),
     Option("dry_run", ("--dry-run",), None, "save the payload JSON, push nothing; needs no Veza settings", bool),
     Option("create_report", ("--create-report",), "VEZA_CREATE_REPORT", "then create or update the Veza report "
            "'OpenAI access review'", bool),
     Option("debug", ("--debug",), None, "debug logging", bool),
-    Option("log_format", ("--log-format",), "LOG_FORMAT", "text or JSON lines", None, "text", choices=("text", "json")),
+    Option("log_format", ("--log-format",), "LOG_FORMAT", "text or JSON lines", ("text", "json"), "text"),
     Option("max_run_time", ("--max-run-time",), "OPENAI_MAX_RUN_TIME", "seconds the whole run may take; no limit by "
            "default", float, None, 1, 7 * 86_400),
     Option("role_assignments", ("--role-assignments",), "OPENAI_ROLE_ASSIGNMENTS", "per-user role assignment "
-           "reads: auto, all or none", None, "auto", choices=("auto", "all", "none")),
+           "reads: auto, all or none", ("auto", "all", "none"), "auto"),
     Option("activity_days", ("--activity-days",), "OPENAI_ACTIVITY_DAYS", "days of audit log read for last "
            "logins and key scopes; 0: none", int, 90, 0, 3650),
     Option("max_workers", ("--max-workers",), "OPENAI_MAX_WORKERS", "concurrent OpenAI requests", int, 8, 1, 64),
@@ -164,13 +162,11 @@ KNOWN_VARIABLES = {*(option.env for option in OPTIONS if option.env), "VEZA_UNSA
                    *(f"{name}_FILE" for name in SECRET_VARIABLES)}
 SECRETS_FROM = ("secrets are read from the environment only: OPENAI_ADMIN_KEY (wins) or OPENAI_API_KEY, VEZA_API_KEY, "
                 "or files their _FILE variants name")
-NON_ADMIN_KEY_PREFIXES = {"sk-proj-": "a project key", "sk-svcacct-": "a service account key"}
-MAX_SECRET_LENGTH = 4096  # keys are ~200 characters; a 100 KB "key" is a pasted file
+SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+MAX_SECRET_LENGTH = 4096  # keys are ~200 characters; more is a pasted file
 
 
 class Config:
-    """The run's settings: every option's, then the DERIVED ones."""
-
     DERIVED = {"openai_api_key": None, "veza_api_key": None, "save_json_path": None,
                "openai_key_source": "OPENAI_API_KEY", "veza_unverified": False, "notes": ()}
 
@@ -202,12 +198,11 @@ def build_arg_parser(options=OPTIONS, add_help=True):
     if add_help:
         parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for option in [option for option in options if option.flags]:
+        how = {}
         if option.kind is bool:
             how = {"action": "store_true", "default": None}
-        elif option.bare_value is not None:
-            how = {"nargs": "?", "const": option.bare_value, "metavar": "PATH"}
-        else:
-            how = {"metavar": option.flags[0].lstrip("-").upper().replace("-", "_")}
+        elif option.dest == "save_json":  # given alone: the current directory
+            how = {"nargs": "?", "const": ".", "metavar": "PATH"}
         shown = f"{option.default:g}" if isinstance(option.default, float) else option.default
         env = f"env: {option.env or 'none'}" + ("" if shown is None else f", default: {shown}")
         parser.add_argument(*option.flags, dest=option.dest, help=f"{option.help} ({env})", **how)
@@ -221,13 +216,9 @@ def is_loopback(host):
         return False
 
 
-def has_control_characters(text):
-    return any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text)
-
-
 def shown_path(path):
     """Only an absolute path is shown: it cannot be a key pasted by mistake."""
-    return repr(path) if path.startswith("/") and not has_control_characters(path) else "the file it names"
+    return repr(path) if path.startswith("/") and not SPACE_OR_CONTROL.search(path) else "the file it names"
 
 
 def mask_key(key):
@@ -237,7 +228,7 @@ def mask_key(key):
 
 
 def unknown_arguments_problem(extras):
-    """Names unknown flags, never the values beside them: a key pasted on the command line is not echoed."""
+    """Names unknown flags, never the values beside them (a pasted key)."""
     flags = [arg.partition("=")[0][:60] for arg in extras if arg.startswith("-")]
     values = len(extras) - len(flags)
     if flags:
@@ -248,13 +239,13 @@ def unknown_arguments_problem(extras):
             f" (did you mean {', '.join(guesses)}?)" if guesses else "")
     else:
         message = f"{values} unexpected argument(s), not shown; every setting is a flag"
-    if any(arg.startswith("sk-") or re.search("key|token", arg, re.IGNORECASE) for arg in extras):
+    if any(arg.startswith("sk-") or re.search("key|token", arg.lower()) for arg in extras):
         message += f"; {SECRETS_FROM}"
     return message + " (see --help)"
 
 
 class ConfigReader:
-    """Flags and environment into a Config, collecting every problem (then ConfigError) and note."""
+    """Flags and environment into a Config, or one ConfigError of every problem found."""
 
     def __init__(self, env):
         self.env, self.problems, self.notes = env, [], []  # notes: warnings the run logs once it starts
@@ -266,15 +257,10 @@ class ConfigReader:
         args, extras = build_arg_parser().parse_known_args(argv)
         if extras:
             self.problem(unknown_arguments_problem(extras))
-        settings = {}
-        for option in OPTIONS:  # the flag wins over its variable
-            value = getattr(args, option.dest, None)
-            if value is None and option.env and self.env.get(option.env):
-                value = self.unquoted(self.env[option.env], option.env)
-            settings[option.dest] = self.checked_value(option, None if value == "" else value)
+        settings = {option.dest: self.checked_value(option, getattr(args, option.dest, None)) for option in OPTIONS}
         dry_run = bool(settings["dry_run"])
         if settings["org_id"] is None:
-            self.not_set("OPENAI_ORG_ID", " (or --openai-org)")
+            self.not_set("OPENAI_ORG_ID (or --openai-org)")
         elif not re.fullmatch(r"org-[A-Za-z0-9_-]{1,128}", settings["org_id"]):
             settings["org_id"] = self.problem("OPENAI_ORG_ID (or --openai-org) must look like org-XXXX (letters, "
                                               "digits, - or _)")
@@ -298,28 +284,30 @@ class ConfigReader:
         return value
 
     def checked_value(self, option, raw):
-        """The value if right, else the default (and a problem when one was given)."""
-        if raw is None:
+        """The flag's, else the variable's value; the default if unset or wrong (a problem then)."""
+        if raw is None and option.env and self.env.get(option.env):
+            raw = self.unquoted(self.env[option.env], option.env)
+        if not raw:
             return option.default
-        word = raw if isinstance(raw, bool) else raw.strip().lower()
+        word = str(raw).strip().lower()  # a switch given on the command line is True
         if option.kind is bool:
-            if word in (True, "true", "false", "1", "0", "yes", "no"):
-                return word in (True, "true", "1", "yes")
+            if word in ("true", "false", "1", "0", "yes", "no"):
+                return word in ("true", "1", "yes")
             self.problem(f"{option.env} must be true or false")
-        elif option.kind is not None:
+        elif option.kind in (int, float):
             try:
-                value = option.kind(raw.strip())
+                value = option.kind(raw)
                 if option.low <= value <= option.high:
                     return value
                 self.problem(f"{option.label} must be between {option.low:g} and {option.high:g}")
             except ValueError:
                 self.problem(f"{option.label} must be a number, got {raw[:20]!r}")
-        elif not option.choices:
+        elif option.kind is None:
             return raw
-        elif word in option.choices:
+        elif word in option.kind:
             return word
         else:
-            self.problem(f"{option.label} must be {', '.join(option.choices[:-1])} or {option.choices[-1]}")
+            self.problem(f"{option.label} must be {', '.join(option.kind[:-1])} or {option.kind[-1]}")
         return option.default
 
     def checked_url(self, value, name, *, openai):
@@ -330,7 +318,7 @@ class ConfigReader:
         except ValueError:
             return self.problem(f"{name} is not a valid URL")
         scheme = parts.scheme.lower()
-        if has_control_characters(value):
+        if SPACE_OR_CONTROL.search(value):
             problem = "contains whitespace or control characters"
         elif not parts.hostname:
             problem = "is not a valid URL"
@@ -339,7 +327,7 @@ class ConfigReader:
         elif parts.query or parts.fragment:
             problem = "must not contain a query string or fragment"
         elif not openai and parts.path.strip("/"):
-            problem = f"must be the instance's address only (https://host), not {parts.path[:40]!r}"
+            problem = f"must be the instance's address only, not {parts.path[:40]!r}"
         elif scheme != "https" and not (openai and scheme == "http" and is_loopback(parts.hostname)):
             problem = "must use https" + (" (http only to loopback)" if openai else "")
         else:
@@ -347,7 +335,7 @@ class ConfigReader:
         return self.problem(f"{name} {problem}")
 
     def read_secret_file(self, path, variable):
-        """Only a regular file (a FIFO would block before signals are handled); trailing newlines dropped."""
+        """A regular file only (a FIFO would block the run); trailing newlines dropped."""
         if path.startswith("sk-"):
             return self.problem(f"{variable} holds what looks like an API key, not a file path: put the key in "
                                 f"{variable.removesuffix('_FILE')}")
@@ -362,12 +350,8 @@ class ConfigReader:
             return self.problem(f"{where} is not a regular file")
         if mode & stat.S_IROTH and not os.fstatvfs(descriptor).f_flag & os.ST_RDONLY:
             self.notes.append(f"{where} is readable by other users (mode {stat.S_IMODE(mode):04o}): chmod 600 it")
-        with open(descriptor, "rb") as handle:
-            raw = handle.read(MAX_SECRET_LENGTH + 2)
-        try:
-            value = raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError:
-            return self.problem(f"{where} is not UTF-8 text")
+        with open(descriptor, "rb") as handle:  # not UTF-8: non-ASCII, which secret() refuses
+            value = handle.read(MAX_SECRET_LENGTH + 2).decode("utf-8", "replace").rstrip("\r\n")
         if not value:
             self.problem(f"{where} is empty")
         return value or None
@@ -380,14 +364,14 @@ class ConfigReader:
             return self.problem(f"{name} and {file_name} are both set; set only one"), name
         source = name if direct else file_name if path else None
         value = direct or path and self.read_secret_file(path, file_name)
-        if not value:  # unset, or the file could not be read (a problem says so)
+        if not value:  # unset, or unreadable (a problem says so)
             return None, source
         value = self.unquoted(value, source)
         if not value:  # '""' unquoted
             problem = "is not set"
         elif len(value) > MAX_SECRET_LENGTH:
             problem = f"is {len(value):,} characters long; a key is a few hundred"
-        elif has_control_characters(value):
+        elif SPACE_OR_CONTROL.search(value):
             where = "a trailing newline" if value[-1] in "\r\n" else "whitespace, a newline or control characters"
             problem = f"contains {where}: remove it, or use {file_name} (a file's trailing newlines are dropped)"
         elif not value.isascii():
@@ -413,33 +397,32 @@ class ConfigReader:
         try:  # os.access says yes to root even on a read-only mount
             tempfile.TemporaryFile(dir=directory).close()
         except OSError:
-            return self.problem(f"--save-json directory {directory!r} is not writable by this user (uid {os.getuid()})")
+            return self.problem(f"--save-json directory {directory!r} is not writable by uid {os.getuid()}")
         return path
 
-    def not_set(self, variable, alternatives=""):
-        """Names unknown variables of its family (VEZA_..., OPENAI_...) too: likely misspellings."""
+    def not_set(self, named):
+        """`named` ("VARIABLE (or ...)") is not set; unknown variables of its family (VEZA_...) may be misspellings."""
+        variable = named.split()[0]
         prefix = variable.split("_", 1)[0] + "_"
         unknown = sorted(name for name in self.env if name.startswith(prefix) and name not in KNOWN_VARIABLES)
-        self.problem(f"{variable}{alternatives} is not set" + (
-            f" ({', '.join(unknown[:3])} {'is' if len(unknown) == 1 else 'are'} set: did you mean {variable}?)"
-            if unknown else ""))
+        hint = f" ({', '.join(unknown[:3])} set: did you mean {variable}?)" if unknown else ""
+        self.problem(f"{named} is not set{hint}")
 
     def openai_key(self):
-        """(key, its variable): the admin key wins, as OPENAI_API_KEY may hold a project key for other tools."""
+        """(key, its variable); OPENAI_ADMIN_KEY wins: OPENAI_API_KEY may hold a project key for other tools."""
         for name in ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY"):
             key, source = self.secret(name)
-            kind = next((kind for prefix, kind in NON_ADMIN_KEY_PREFIXES.items() if key and key.startswith(prefix)), "")
-            if kind:
+            if key and key.startswith(("sk-proj-", "sk-svcacct-")):
+                kind = "a project key" if key.startswith("sk-proj-") else "a service account key"
                 return self.problem(f"{source} holds {kind} ({mask_key(key)}), which the Admin API refuses: use an "
-                                    "admin key (sk-admin-...) from Settings > Organization > Admin keys"), source
+                                    "admin key (sk-admin-...)"), source
             if source:
                 return key, source
-        return self.not_set("OPENAI_API_KEY", " (or OPENAI_ADMIN_KEY, or either's _FILE variant)"), None
+        return self.not_set("OPENAI_API_KEY (or OPENAI_ADMIN_KEY, or either's _FILE variant)"), None
 
     def veza_settings(self, settings):
-        url = settings["veza_url"]
-        settings["veza_url"] = self.checked_url(url, "VEZA_URL (or --veza-url)", openai=False) if url else \
-            self.not_set("VEZA_URL", " (or --veza-url)")
+        url, named = settings["veza_url"], "VEZA_URL (or --veza-url)"
+        settings["veza_url"] = self.checked_url(url, named, openai=False) if url else self.not_set(named)
         settings["veza_api_key"], source = self.secret("VEZA_API_KEY")
         if not source:
             self.not_set("VEZA_API_KEY")
@@ -453,11 +436,10 @@ def load_config(argv=None, environ=None):
 
 
 def log_format_asked(argv, env):
-    """The log format asked for, even when the configuration is wrong (its errors ship as JSON too)."""
-    try:
+    """The log format asked for, even in a wrong configuration (its errors ship as JSON too)."""
+    value = None
+    with contextlib.suppress(ConfigError):  # a flag's value missing
         value = build_arg_parser([OPTION["log_format"]], add_help=False).parse_known_args(argv)[0].log_format
-    except ConfigError:  # a flag's value missing
-        value = None
     value = (value or env.get("LOG_FORMAT") or "").strip().strip("\"'").lower()
     return "json" if value == "json" else "text"
 
