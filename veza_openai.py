@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Veza OAA connector: pushes who can do what in an OpenAI organization (its Admin API) to Veza."""
+"""Veza OAA connector for OpenAI: pushes who can do what in an organization to Veza."""
 
 from __future__ import annotations
 
@@ -60,13 +60,13 @@ log = logging.getLogger("veza_openai")
 
 
 class ExitStatus(enum.IntEnum):
-    """What the process tells cron, Docker or Kubernetes (README: Exit status)."""
+    """README: Exit status."""
 
-    OK = 0  # pushed; with --dry-run: payload written
-    FAILED = 1  # nothing pushed, or the push's outcome unknown (the log says which)
+    OK = 0  # pushed; with --dry-run: saved
+    FAILED = 1  # nothing pushed, or the push's outcome unknown
     CONFIG = 2  # configuration error, no request sent (argparse's status too)
     INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
-    TERMINATED = 143  # 128 + SIGTERM (docker stop, Kubernetes)
+    TERMINATED = 143  # 128 + SIGTERM (docker stop)
 
 
 class ConfigError(Exception):
@@ -90,7 +90,7 @@ class PushError(Exception):
 
 
 class Stopped(BaseException):
-    """SIGTERM or Ctrl-C stops the run; a BaseException, like KeyboardInterrupt."""
+    """SIGTERM or Ctrl-C; a BaseException, like KeyboardInterrupt."""
 
     def __init__(self, signal_name, status):
         super().__init__(signal_name)
@@ -122,10 +122,9 @@ class Option:
 OPTIONS = (
     Option("veza_url", ("--veza-url", "--veza_url"), "VEZA_URL", "URL of your Veza instance"),
     Option("org_id", ("--openai-org", "--openai_org"), "OPENAI_ORG_ID", "OpenAI organization ID, org-..."),
-    Option("openai_base_url", ("--openai-base-url",), "OPENAI_BASE_URL", "OpenAI API base URL", None,
-           "https://api.openai.com/v1"),
-    Option("save_json", ("--save-json", "--save_json"), None, "also write the payload JSON to PATH: a directory "
-           "(default .) or a .json file"),
+    Option("openai_base_url", ("--openai-base-url",), "OPENAI_BASE_URL", "base URL", None, "https://api.openai.com/v1"),
+    Option("save_json", ("--save-json", "--save_json"), None, "also save the payload JSON in PATH: a directory "
+           "(default .) or .json file"),
     Option("dry_run", ("--dry-run",), None, "save the payload JSON, push nothing; needs no Veza settings", bool),
     Option("create_report", ("--create-report",), "VEZA_CREATE_REPORT", "then create or update the Veza report "
            "'OpenAI access review'", bool),
@@ -141,13 +140,11 @@ OPTIONS = (
     Option("max_requests_per_second", ("--max-requests-per-second",), "OPENAI_MAX_REQUESTS_PER_SECOND",
            "cap on all OpenAI requests per second; none by default", float, None, 0.01, 10_000),
     Option("max_requests_per_minute_per_endpoint", ("--max-requests-per-minute-per-endpoint",),
-           "OPENAI_MAX_RPM_PER_ENDPOINT", "cap on each endpoint's requests per minute; learned by default", int, None,
-           1, 100_000),
+           "OPENAI_MAX_RPM_PER_ENDPOINT", "cap on each endpoint's requests per minute", int, None, 1, 100_000),
     Option("timeout", ("--timeout",), "OPENAI_TIMEOUT", "seconds for one whole OpenAI answer", float, 30.0, 0.05, 600),
-    Option("max_retries", ("--max-retries",), "OPENAI_MAX_RETRIES", "retries of an OpenAI request on 5xx or "
-           "connection errors", int, 6, 0, 20),
-    Option("max_throttle_wait", ("--max-throttle-wait",), "OPENAI_MAX_THROTTLE_WAIT", "seconds a request may "
-           "keep getting 429 before the run fails", float, 900.0, 0.1, 86_400),
+    Option("max_retries", ("--max-retries",), "OPENAI_MAX_RETRIES", "retries on 5xx and network errors", int, 6, 0, 20),
+    Option("max_throttle_wait", ("--max-throttle-wait",), "OPENAI_MAX_THROTTLE_WAIT", "seconds one request may "
+           "get 429s before the run fails", float, 900.0, 0.1, 86_400),
     # Veza's side keeps oaaclient's variables and defaults.
     Option("veza_retries", (), "OAA_API_RETRIES", "retries of a Veza call", int, 10, 0, 100),
     Option("veza_timeout", (), "OAA_API_TIMEOUT", "seconds for one whole Veza answer", float, 300.0, 1, 3600),
@@ -155,13 +152,12 @@ OPTIONS = (
     Option("time_scale", (), "VEZA_OPENAI_TIME_SCALE", "time scale", float, 1.0, 0.001, 1.0),
 )
 OPTION = {option.dest: option for option in OPTIONS}
-# Each may name a file instead, with its _FILE variant.
 SECRET_VARIABLES = ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY", "VEZA_API_KEY")
+SECRETS_FROM = ("secrets are read from the environment only: OPENAI_ADMIN_KEY (wins) or OPENAI_API_KEY, VEZA_API_KEY, "
+                "or their _FILE variants")
 # Every variable read: never taken for a misspelling.
 KNOWN_VARIABLES = {*(option.env for option in OPTIONS if option.env), "VEZA_UNSAFE_HTTPS", *SECRET_VARIABLES,
                    *(f"{name}_FILE" for name in SECRET_VARIABLES)}
-SECRETS_FROM = ("secrets are read from the environment only: OPENAI_ADMIN_KEY (wins) or OPENAI_API_KEY, VEZA_API_KEY, "
-                "or files their _FILE variants name")
 SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 MAX_SECRET_LENGTH = 4096  # keys are ~200 characters; more is a pasted file
 
@@ -171,9 +167,7 @@ class Config:
                "openai_key_source": "OPENAI_API_KEY", "veza_unverified": False, "notes": ()}
 
     def __init__(self, **values):
-        unknown = set(values) - set(OPTION) - set(self.DERIVED)
-        if unknown:
-            raise TypeError(f"Config has no setting {', '.join(sorted(unknown))}")
+        assert values.keys() <= OPTION.keys() | self.DERIVED.keys(), values
         self.__dict__.update({**{option.dest: option.default for option in OPTIONS}, **self.DERIVED, **values})
 
     @property
@@ -201,7 +195,7 @@ def build_arg_parser(options=OPTIONS, add_help=True):
         how = {}
         if option.kind is bool:
             how = {"action": "store_true", "default": None}
-        elif option.dest == "save_json":  # given alone: the current directory
+        elif option.dest == "save_json":
             how = {"nargs": "?", "const": ".", "metavar": "PATH"}
         shown = f"{option.default:g}" if isinstance(option.default, float) else option.default
         env = f"env: {option.env or 'none'}" + ("" if shown is None else f", default: {shown}")
@@ -222,7 +216,7 @@ def shown_path(path):
 
 
 def mask_key(key):
-    """Its kind and last four characters, these only when 16 or more follow the kind."""
+    """Its kind and last four characters, these only if 16 or more follow the kind."""
     kind = next((prefix for prefix in ("sk-admin-", "sk-proj-", "sk-svcacct-", "sk-") if key.startswith(prefix)), "")
     return f"{kind}...{key[-4:]}" if len(key) - len(kind) >= 16 else f"{kind}..."
 
@@ -245,10 +239,10 @@ def unknown_arguments_problem(extras):
 
 
 class ConfigReader:
-    """Flags and environment into a Config, or one ConfigError of every problem found."""
+    """Flags and environment into a Config, or a ConfigError naming every problem."""
 
     def __init__(self, env):
-        self.env, self.problems, self.notes = env, [], []  # notes: warnings the run logs once it starts
+        self.env, self.problems, self.notes = env, [], []  # notes: warnings logged as the run starts
 
     def problem(self, message):
         self.problems.append(message)
@@ -259,11 +253,11 @@ class ConfigReader:
             self.problem(unknown_arguments_problem(extras))
         settings = {option.dest: self.checked_value(option, getattr(args, option.dest, None)) for option in OPTIONS}
         dry_run = bool(settings["dry_run"])
+        named = "OPENAI_ORG_ID (or --openai-org)"
         if settings["org_id"] is None:
-            self.not_set("OPENAI_ORG_ID (or --openai-org)")
+            self.not_set(named)
         elif not re.fullmatch(r"org-[A-Za-z0-9_-]{1,128}", settings["org_id"]):
-            settings["org_id"] = self.problem("OPENAI_ORG_ID (or --openai-org) must look like org-XXXX (letters, "
-                                              "digits, - or _)")
+            settings["org_id"] = self.problem(f"{named} must look like org-XXXX (letters, digits, - or _)")
         settings["openai_api_key"], settings["openai_key_source"] = self.openai_key()
         settings["openai_base_url"] = self.checked_url(
             settings["openai_base_url"], "OPENAI_BASE_URL (or --openai-base-url)", openai=True)
@@ -382,11 +376,10 @@ class ConfigReader:
 
     def save_path(self, value, org_id):
         """A directory gets openai-<org>-<UTC time>.json; checked writable now."""
+        path = value
         if os.path.isdir(value) or not value.lower().endswith(".json"):
-            stamp = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-            directory, path = value, os.path.join(value, f"openai-{org_id or 'org'}-{stamp}.json")
-        else:
-            directory, path = os.path.dirname(value) or ".", value
+            path = os.path.join(value, f"openai-{org_id or 'org'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.json")
+        directory = os.path.dirname(path) or "."
         if not os.path.isdir(directory):
             return self.problem(f"--save-json directory {directory!r} does not exist")
         name_max = 255
@@ -401,15 +394,15 @@ class ConfigReader:
         return path
 
     def not_set(self, named):
-        """`named` ("VARIABLE (or ...)") is not set; unknown variables of its family (VEZA_...) may be misspellings."""
+        """`named` ("VARIABLE (or ...)") is not set; unknown variables of its prefix are likely misspellings."""
         variable = named.split()[0]
-        prefix = variable.split("_", 1)[0] + "_"
+        prefix = variable.split("_")[0] + "_"
         unknown = sorted(name for name in self.env if name.startswith(prefix) and name not in KNOWN_VARIABLES)
         hint = f" ({', '.join(unknown[:3])} set: did you mean {variable}?)" if unknown else ""
         self.problem(f"{named} is not set{hint}")
 
     def openai_key(self):
-        """(key, its variable); OPENAI_ADMIN_KEY wins: OPENAI_API_KEY may hold a project key for other tools."""
+        """(key, its variable); OPENAI_ADMIN_KEY wins: OPENAI_API_KEY may serve other tools."""
         for name in ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY"):
             key, source = self.secret(name)
             if key and key.startswith(("sk-proj-", "sk-svcacct-")):
