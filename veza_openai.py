@@ -483,10 +483,8 @@ def log_format_asked(argv, env):
 # Logging: one line per record, server text escaped, secrets masked, every warning counted
 # ----------------------------------------
 
-# Control, line-break and bidi characters could forge log lines.
-UNSAFE_IN_LOGS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_-]{12,}")  # masked even when not a run's key
-MIN_SECRET_LENGTH_TO_MASK = 8  # masking a shorter value would shred every line
+UNSAFE_IN_LOGS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")  # could forge lines
+KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_-]{12,}")
 
 
 def escape_for_log(text):
@@ -496,7 +494,7 @@ def escape_for_log(text):
 class RedactingFormatter(logging.Formatter):
     def __init__(self, fmt, secrets):
         super().__init__(fmt)
-        self.secrets = [s for s in secrets if len(s.strip()) >= MIN_SECRET_LENGTH_TO_MASK]
+        self.secrets = [s for s in secrets if len(s.strip()) >= 8]  # masking a shorter one would shred every line
 
     def formatMessage(self, record):
         record.message = escape_for_log(record.message)
@@ -525,14 +523,12 @@ class JsonFormatter(RedactingFormatter):
                  **getattr(record, "fields", {})}
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
-        # Masked before json.dumps escapes quotes in a secret; its ASCII output escapes control characters.
+        # Masked before json.dumps escapes a secret's quotes; ensure_ascii escapes control characters.
         return json.dumps({name: self.redact(value) if isinstance(value, str) else value
                            for name, value in entry.items()}, default=str)
 
 
 class LogHandler(logging.StreamHandler):
-    """Counts warnings for the summary."""
-
     warnings = 0
 
     def emit(self, record):
@@ -686,9 +682,9 @@ class Http:
     def answer(self, response, raw):
         status = response.status_code
         if 300 <= status < 400:
-            target = urllib.parse.urlsplit(urllib.parse.urljoin(response.url, response.headers.get("location", "")))
-            return Answer(status, fatal=True, problem=f"HTTP {status} redirect to {target.netloc or 'nowhere'} "
-                                                      "(not followed)")
+            target = urllib.parse.urljoin(response.url, response.headers.get("location", ""))
+            host = urllib.parse.urlsplit(target).netloc or "nowhere"
+            return Answer(status, fatal=True, problem=f"HTTP {status} redirect to {host} (not followed)")
         try:
             body = json.loads(raw, object_pairs_hook=self.hook) if raw else None
         except (ValueError, RecursionError):
@@ -761,21 +757,19 @@ class On404(enum.Enum):
 
 @dataclass(frozen=True)
 class Family:
-    """One kind of record read: all that varies between families."""
-
     name: str  # also its Snapshot attribute
     path: str  # placeholders: the key's ids in order, or the organization id
     grant: str  # the admin key's permission, named when refused
     label: str = ""
     cursor: str | None = None  # "last_id", "next": that answer field; "item_id": the last item's id
     page_size: int = 100  # the largest the endpoint serves
-    item_object: str | None = None  # the `object` each item must carry
+    item_object: str | None = None
     params: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # a tuple value is sent as repeated keys
     parent: str | None = None  # read once per item of this family
     id_field: str = "id"
     next_falls_back_to_item_id: bool = False  # the SDK documents `after` as an item id here
-    required: bool = False  # unreadable, the run fails
-    optional: str | None = None  # unreadable, this is left unset
+    required: bool = False
+    optional: str | None = None  # what is left unset when it is unreadable
     settings: bool = False  # a 404 is none
     empty_when_archived: bool = False  # a documented 400 "when project is archived" is an empty list
     role_list: bool = False  # `--role-assignments auto` decides on these
@@ -802,12 +796,11 @@ class Family:
         return self.path.format(**{name: urllib.parse.quote(value, safe="") for name, value in zip(names, values)})
 
 
-# One audit log read brings all three: logins for last_login_at, key creations and updates for scopes.
+# Read at once: logins for last_login_at, key creations and updates for scopes.
 AUDIT_EVENT_TYPES = ("login.succeeded", "api_key.created", "api_key.updated")
 NEXT = {"cursor": "next", "page_size": 1000}  # the roles and groups endpoints
 
-# Dispatch order: of endpoints free to send, the first listed goes first. Undocumented largest pages
-# (workload identity, project groups) are 100, as every sibling allows.
+# In dispatch order. Undocumented page maxima (workload identity, project groups) are 100, as for siblings.
 FAMILY_LIST = [
     Family("organization", "/organizations/{org_id}", "(dashboard-style keys only)", "organization object",
            optional="is_personal"),
@@ -877,7 +870,7 @@ GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)  # Go's "never set"; as a 
 
 
 def moment(value):
-    """Unix seconds (number or digits) or ISO text as a UTC datetime; None when absent or unusable."""
+    """Unix seconds or ISO text as a UTC datetime; None when absent or unusable."""
     text = value.strip() if isinstance(value, str) else ""
     try:
         if isinstance(value, (int, float)) and not isinstance(value, bool) or re.fullmatch(r"\d+(\.\d+)?", text):
@@ -911,7 +904,7 @@ def dict_of(value):
 
 
 def shape(value):
-    """A server's value as short JSON for a warning (even one nested too deep)."""
+    """Short JSON of a server's value, for a warning (even one nested too deep)."""
     try:
         text = json.dumps(value, sort_keys=True, default=str)
     except (TypeError, ValueError, RecursionError):
@@ -920,7 +913,7 @@ def shape(value):
 
 
 def usable_id(value):
-    """A non-blank string of valid Unicode: a lone surrogate ("\\ud800" in JSON) fits no URL or payload."""
+    """Non-blank, without lone surrogates ("\\ud800" in JSON), which fit no URL or payload."""
     return (isinstance(value, str) and bool(value.strip())
             and (value.isascii() or not re.search("[\ud800-\udfff]", value)))
 
