@@ -441,30 +441,25 @@ def log_format_asked(argv, env):
 # Logging: one line per record, server text escaped, secrets masked, every warning counted
 # ----------------------------------------
 
-# Control, line-breaking and reordering characters could forge log lines: shown escaped.
-UNSAFE_IN_LOGS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_-]{12,}")  # masked in every line, a known key or not
-MIN_SECRET_LENGTH_TO_MASK = 8  # masking a tiny value would shred every line; such keys fail anyway
+UNSAFE_IN_LOGS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")  # could forge lines
+KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_-]{12,}")
 
 
 def escape_for_log(text):
-    """Control characters as Python escapes (\\n, \\x1b, \\u202e), so `text` stays one log line."""
     return UNSAFE_IN_LOGS.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 class RedactingFormatter(logging.Formatter):
-    """Control characters escaped, known secrets masked (tracebacks too)."""
-
     def __init__(self, fmt, secrets):
         super().__init__(fmt)
-        self.secrets = [s for s in secrets if s and len(s.strip()) >= MIN_SECRET_LENGTH_TO_MASK]
+        self.secrets = [s for s in secrets if len(s.strip()) >= 8]  # masking a shorter one would shred every line
 
     def formatMessage(self, record):
         record.message = escape_for_log(record.message)
         return super().formatMessage(record)
 
     def formatException(self, ei):
-        # Indented: no exception text can start a line that looks like a record.
+        # Indented, so no traceback line passes for a record.
         return "\n".join(f"  | {escape_for_log(line)}" for line in super().formatException(ei).splitlines())
 
     def redact(self, text):
@@ -477,8 +472,6 @@ class RedactingFormatter(logging.Formatter):
 
 
 class JsonFormatter(RedactingFormatter):
-    """One JSON object per line, the record's `fields` included."""
-
     def __init__(self, secrets):
         super().__init__("%(message)s", secrets)
 
@@ -488,14 +481,12 @@ class JsonFormatter(RedactingFormatter):
                  **getattr(record, "fields", {})}
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
-        # Masked before JSON escapes a quote or backslash in a secret; ASCII-only JSON escapes control characters.
+        # Masked before json.dumps escapes a secret's quotes; ensure_ascii escapes control characters.
         return json.dumps({name: self.redact(value) if isinstance(value, str) else value
                            for name, value in entry.items()}, default=str)
 
 
 class LogHandler(logging.StreamHandler):
-    """The one handler (stderr) of every logger; counts warnings for `warnings=`."""
-
     warnings = 0
 
     def emit(self, record):
@@ -505,7 +496,6 @@ class LogHandler(logging.StreamHandler):
 
 
 def log_with_fields(level, fields, message, *args):
-    """A log line whose numbers are also fields in JSON logs."""
     log.log(level, message, *args, extra={"fields": fields})
 
 
@@ -517,8 +507,8 @@ def configure_logging(debug, secrets=(), log_format="text"):
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     log.setLevel(logging.DEBUG if debug else logging.INFO)
-    # Python warnings are logged too; VEZA_UNSAFE_HTTPS is warned of once, not per request.
     logging.captureWarnings(True)
+    # VEZA_UNSAFE_HTTPS is warned of once, not per request.
     warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
     return handler
 
@@ -527,14 +517,14 @@ def configure_logging(debug, secrets=(), log_format="text"):
 # HTTP: one request to either API, its whole answer within a deadline; one retry policy for both
 # ----------------------------------------
 
-CONNECT_TIMEOUT_CAP = 10.0  # a slower TCP connect is a dead host, whatever --timeout says
-ANSWER_BYTES_IN_FLIGHT = 256 * 2 ** 20  # all answers at once, decompressed: each gets this / --max-workers
-VEZA_ANSWER_BYTES = 32 * 2 ** 20  # one Veza answer, decompressed (they come one at a time)
+CONNECT_TIMEOUT_CAP = 10.0  # a slower connect is a dead host, whatever --timeout says
+ANSWER_BYTES_IN_FLIGHT = 256 * 2 ** 20  # decompressed, all answers at once: each gets this / --max-workers
+VEZA_ANSWER_BYTES = 32 * 2 ** 20  # one Veza answer, decompressed
 MAX_WAIT = 60.0  # the longest retry wait after a 5xx or from Veza
 
 
 class Clock:
-    """The run's deadline (--max-run-time, over reading, push and report) and the tests' time scale."""
+    """The --max-run-time deadline (reading, push and report) and the tests' time scale."""
 
     def __init__(self, scale=1.0, max_run_time=None):
         self.scale, self.max_run_time, self.started = scale, max_run_time, time.monotonic()
@@ -548,13 +538,13 @@ class Clock:
 
 
 def retry_hint(headers):
-    """(seconds, whether whole) from retry-after-ms or retry-after (seconds or HTTP date), as the SDK reads them."""
+    """(seconds, whether whole) from retry-after-ms or retry-after (seconds or a date), as the SDK reads them."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         raw = (headers.get(name) or "").strip()
         seconds = math.nan
         with contextlib.suppress(ValueError):
             seconds = float(raw) * scale
-        if name == "retry-after" and math.isnan(seconds):  # an HTTP date
+        if name == "retry-after" and math.isnan(seconds):
             with contextlib.suppress(TypeError, ValueError, OverflowError):
                 seconds = (email.utils.parsedate_to_datetime(raw) - datetime.now(timezone.utc)).total_seconds()
         if 0 < seconds < math.inf:
@@ -563,7 +553,6 @@ def retry_hint(headers):
 
 
 def backoff(attempt, hint):
-    """The server's hint, else 0.5 s doubling with jitter; at most MAX_WAIT."""
     if hint is not None:
         return min(hint, MAX_WAIT)
     return min(MAX_WAIT, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
@@ -571,46 +560,41 @@ def backoff(attempt, hint):
 
 @dataclass
 class Answer:
-    """What one HTTP request got: a status and a JSON body, or why there is none."""
-
-    status: int  # 0: no HTTP answer (refused, reset, timed out, too large)
+    status: int  # 0: no HTTP answer
     body: Any = None
-    problem: str = ""  # for the log: "HTTP 503", "Timeout (...)"
-    detail: str = ""  # the server's error message
+    problem: str = ""  # "HTTP 503", "Timeout (...)"
+    detail: str = ""  # the server's message
     hint: float | None = None  # retry-after(-ms), unscaled seconds
-    whole_seconds: bool = False  # the hint was in whole seconds (it may round up by one)
-    should_retry: bool | None = None  # x-should-retry, when sent
-    fatal: bool = False  # retrying cannot help (too large, not JSON, a redirect)
-    size: int = 0  # the body's bytes, decompressed
-    ssl: bool = False  # the connection failed in TLS
+    whole_seconds: bool = False
+    should_retry: bool | None = None  # x-should-retry
+    fatal: bool = False  # retrying cannot help
+    size: int = 0
+    ssl: bool = False  # TLS failed
 
     def transient(self):
-        """Worth retrying: no answer, 5xx, 408, 409, 429; x-should-retry overrides, as in the SDK."""
-        if self.should_retry is not None and not self.fatal:
-            return self.should_retry
-        return not self.fatal and (self.status == 0 or self.status >= 500 or self.status in (408, 409, 429))
+        """Worth retrying, as the SDK decides."""
+        if self.fatal or self.should_retry is not None:
+            return not self.fatal and self.should_retry
+        return self.status in (0, 408, 409, 429) or self.status >= 500
 
 
 class SharedStrings:
     """A json.loads hook: equal strings of all pages become one object (ids and emails repeat)."""
 
     def __init__(self):
-        self.strings: dict[str, str] = {}
+        self.strings = {}
 
     def __call__(self, pairs):
-        shared = self.strings.setdefault
-        record = {}
-        for key, value in pairs:
-            if isinstance(value, str):
-                value = shared(value, value)
-            elif isinstance(value, list):
-                value = [shared(item, item) if isinstance(item, str) else item for item in value]
-            record[shared(key, key)] = value
-        return record
+        share = self.share
+        return {share(key): [share(item) for item in value] if isinstance(value, list) else share(value)
+                for key, value in pairs}
+
+    def share(self, value):
+        return self.strings.setdefault(value, value) if isinstance(value, str) else value
 
 
 class Http:
-    """One API: key as auth, no redirects, loopback never proxied, each answer whole within time and size."""
+    """One API: no redirects, loopback never proxied, each answer whole within time and size."""
 
     def __init__(self, base_url, key, *, timeout, max_bytes, pool=10, verify=True, headers=None, shared_strings=False):
         self.base_url, self.timeout, self.max_bytes, self.verify = base_url, timeout, max_bytes, verify
@@ -621,11 +605,11 @@ class Http:
         self.session.auth = bearer  # as requests' auth, no ~/.netrc entry replaces the key
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})})
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, pool), max_retries=0)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
+        for scheme in ("https://", "http://"):
+            self.session.mount(scheme, adapter)
         parts = urllib.parse.urlsplit(base_url)
         self.host = parts.netloc
-        # An HTTP_PROXY would see the key sent in clear text to a loopback (test) server.
+        # A proxy would get the key in clear text for a loopback (test) server.
         self.proxies = {"http": None, "https": None, "all": None} if is_loopback(parts.hostname) else None
         self.hook = SharedStrings() if shared_strings else None
 
@@ -633,7 +617,7 @@ class Http:
         self.session.close()
 
     def call(self, method, path, params=None, body=None, timeout=None):
-        """One request; what the network or server did is in the Answer, never raised."""
+        """One request; network and server faults are in the Answer, never raised."""
         limit = timeout or self.timeout
         whole_by = time.monotonic() + limit
         headers = {"Content-Type": "application/json"} if body is not None else None
@@ -656,9 +640,9 @@ class Http:
     def answer(self, response, raw):
         status = response.status_code
         if 300 <= status < 400:
-            target = urllib.parse.urlsplit(urllib.parse.urljoin(response.url, response.headers.get("location", "")))
-            return Answer(status, fatal=True, problem=f"HTTP {status} redirect to {target.netloc or 'nowhere'} "
-                                                      "(redirects are not followed)")
+            target = urllib.parse.urljoin(response.url, response.headers.get("location", ""))
+            host = urllib.parse.urlsplit(target).netloc or "nowhere"
+            return Answer(status, fatal=True, problem=f"HTTP {status} redirect to {host} (not followed)")
         try:
             body = json.loads(raw, object_pairs_hook=self.hook) if raw else None
         except (ValueError, RecursionError):
@@ -678,7 +662,7 @@ class Http:
 
 
 def read_whole(response, whole_by, limit):
-    """The decompressed body, None past `limit` bytes; no read waits past `whole_by`, so a dripped body times out."""
+    """The decompressed body, None past `limit` bytes; a body dripped past `whole_by` times out."""
     body = bytearray()
     while len(body) <= limit:
         left = whole_by - time.monotonic()
@@ -700,13 +684,13 @@ def read_whole(response, whole_by, limit):
 # The catalogue: every family the connector reads, declared once
 # ----------------------------------------
 
-MAX_PAGES_PER_LIST = 10_000  # 1,000,000 users at 100 a page; more is a server that never stops
-MAX_AUDIT_LOG_PAGES = 500  # 50,000 events: logins are optional, not worth hours of one sequential chain
-MAX_LIST_BYTES = 64 * 2 ** 20  # one list's answers: ~170,000 users in full; a list that never ends stops here
+MAX_PAGES_PER_LIST = 10_000  # 1,000,000 users; more is a server that never stops
+MAX_AUDIT_LOG_PAGES = 500  # 50,000 events: logins are not worth hours of one sequential chain
+MAX_LIST_BYTES = 64 * 2 ** 20  # one list's answers (~170,000 users in full)
 
 
 class Kind(enum.Enum):
-    """An entity families are read for: (label, family listing it, family reading it by id, what its deletion drops)."""
+    """An entity that families are read per; `when_deleted` ends the warning of its deletion."""
 
     PROJECT = ("project", "projects", "project_object", "left out with its members, service accounts, keys and roles")
     GROUP = ("group", "groups", "group_object", "left out with its memberships and role grants")
@@ -723,34 +707,32 @@ class Kind(enum.Enum):
 class On404(enum.Enum):
     """What a 404 on a family's read means (for a required family, the run fails)."""
 
-    LEAVE_OUT = "the organization lacks the family: left out, warned"
-    ENTITY = "its entity may be deleted: ask the entity"
-    NO_SETTINGS = "the project has none: left unset"
-    EXISTENCE = "the entity itself: deleted"
+    LEAVE_OUT = "the organization lacks it: left out, warned"
+    ENTITY = "its entity may be deleted: ask"
+    NO_SETTINGS = "none: left unset"
+    EXISTENCE = "deleted"
 
 
 @dataclass(frozen=True)
 class Family:
-    """One kind of record the connector reads: all that varies between families."""
-
     name: str  # also its Snapshot attribute
     path: str  # placeholders: the key's ids in order, or the organization id
     grant: str  # the admin key's permission, named when refused
     label: str = ""
     cursor: str | None = None  # "last_id", "next": that answer field; "item_id": the last item's id
     page_size: int = 100  # the largest the endpoint serves
-    item_object: str | None = None  # the `object` each item must carry, if the API names one
+    item_object: str | None = None
     params: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # a tuple value is sent as repeated keys
-    parent: str | None = None  # read once per item of this family (None: at the start)
+    parent: str | None = None  # read once per item of this family
     id_field: str = "id"
     next_falls_back_to_item_id: bool = False  # the SDK documents `after` as an item id here
-    required: bool = False  # refused or missing, the run fails
-    optional: str | None = None  # left unset when unreadable; the run goes on
-    settings: bool = False  # a 404 is none; the mapping warns of another shape
+    required: bool = False
+    optional: str | None = None  # what is left unset when it is unreadable
+    settings: bool = False  # a 404 is none
     empty_when_archived: bool = False  # a documented 400 "when project is archived" is an empty list
     role_list: bool = False  # `--role-assignments auto` decides on these
-    after_role_decision: bool = False  # read once role assignment reads are decided on
-    activity_window: bool = False  # newest first back to the window's start; at the cap, what was read is kept
+    after_role_decision: bool = False
+    activity_window: bool = False  # newest first, back to the window's start; cut at the cap, not failed
     per: Kind | None = field(init=False)  # the entity its parent lists
 
     def __post_init__(self):
@@ -772,26 +754,24 @@ class Family:
         return self.path.format(**{name: urllib.parse.quote(value, safe="") for name, value in zip(names, values)})
 
 
-# One audit log read brings all three: logins for last_login_at, key creations and updates for scopes.
+# Read at once: logins for last_login_at, key creations and updates for scopes.
 AUDIT_EVENT_TYPES = ("login.succeeded", "api_key.created", "api_key.updated")
+NEXT = {"cursor": "next", "page_size": 1000}  # the roles and groups endpoints
 
-# In dispatch order: of endpoints that may send, the first listed goes first. Undocumented largest pages
-# (workload identity, project groups) are 100, as every sibling allows.
+# In dispatch order. Undocumented page maxima (workload identity, project groups) are 100, as for siblings.
 FAMILY_LIST = [
     Family("organization", "/organizations/{org_id}", "(dashboard-style keys only)", "organization object",
            optional="is_personal"),
     Family("users", "/organization/users", "Users: Read", cursor="last_id", item_object="organization.user",
            required=True),
-    # One sequential chain, newest first: listed early so its next page goes first.
+    # One sequential chain: listed early so its next page goes first.
     Family("audit_logs", "/organization/audit_logs", "Audit logs: Read", cursor="last_id",
            params=(("event_types[]", AUDIT_EVENT_TYPES),), activity_window=True),
     Family("invites", "/organization/invites", "Invites: Read", cursor="last_id", item_object="organization.invite"),
     Family("admin_api_keys", "/organization/admin_api_keys", "Admin keys: Read", "admin API keys", cursor="item_id",
            item_object="organization.admin_api_key"),
-    Family("groups", "/organization/groups", "Groups: Read", cursor="next", page_size=1000,
-           next_falls_back_to_item_id=True),
-    Family("roles", "/organization/roles", "Roles: Read", cursor="next", page_size=1000, item_object="role",
-           role_list=True),
+    Family("groups", "/organization/groups", "Groups: Read", **NEXT, next_falls_back_to_item_id=True),
+    Family("roles", "/organization/roles", "Roles: Read", **NEXT, item_object="role", role_list=True),
     Family("projects", "/organization/projects", "Projects: Read", cursor="last_id",
            item_object="organization.project", params=(("include_archived", "true"),)),
     Family("workload_identity_providers", "/organization/workload_identity_providers", "Workload identity: Read",
@@ -806,8 +786,8 @@ FAMILY_LIST = [
     Family("project_api_keys", "/organization/projects/{project_id}/api_keys", "API keys: Read", "project API keys",
            cursor="last_id", item_object="organization.project.api_key", params=(("owner_project_access", "any"),),
            parent="projects"),
-    Family("project_roles", "/projects/{project_id}/roles", "Roles: Read", cursor="next", page_size=1000,
-           item_object="role", parent="projects", role_list=True),
+    Family("project_roles", "/projects/{project_id}/roles", "Roles: Read", **NEXT, item_object="role",
+           parent="projects", role_list=True),
     Family("project_groups", "/organization/projects/{project_id}/groups", "Groups: Read", cursor="next",
            item_object="project.group", parent="projects", id_field="group_id", next_falls_back_to_item_id=True),
     Family("model_permissions", "/organization/projects/{project_id}/model_permissions", "Projects: Read",
@@ -816,20 +796,19 @@ FAMILY_LIST = [
            cursor="last_id", item_object="organization.project.certificate", parent="projects"),
     Family("hosted_tool_permissions", "/organization/projects/{project_id}/hosted_tool_permissions", "Projects: Read",
            parent="projects", settings=True),
-    Family("group_users", "/organization/groups/{group_id}/users", "Groups: Read", cursor="next", page_size=1000,
-           parent="groups", next_falls_back_to_item_id=True),
-    Family("group_roles", "/organization/groups/{group_id}/roles", "Roles: Read", cursor="next", page_size=1000,
-           parent="groups"),
-    Family("project_group_roles", "/projects/{project_id}/groups/{group_id}/roles", "Roles: Read", cursor="next",
-           page_size=1000, parent="project_groups"),
+    Family("group_users", "/organization/groups/{group_id}/users", "Groups: Read", **NEXT, parent="groups",
+           next_falls_back_to_item_id=True),
+    Family("group_roles", "/organization/groups/{group_id}/roles", "Roles: Read", **NEXT, parent="groups"),
+    Family("project_group_roles", "/projects/{project_id}/groups/{group_id}/roles", "Roles: Read", **NEXT,
+           parent="project_groups"),
     Family("federation_rules", "/organization/workload_identity_providers/{provider_id}/federation_rules",
            "Workload identity: Read", cursor="item_id", item_object="organization.workload_identity_federation_rule",
            parent="workload_identity_providers"),
-    Family("user_roles", "/organization/users/{user_id}/roles", "Roles: Read", cursor="next", page_size=1000,
-           parent="users", after_role_decision=True),
-    Family("project_user_roles", "/projects/{project_id}/users/{user_id}/roles", "Roles: Read", cursor="next",
-           page_size=1000, parent="project_users", after_role_decision=True),
-    # One object by id, asked only to tell a deleted entity from a list the organization lacks (Kind).
+    Family("user_roles", "/organization/users/{user_id}/roles", "Roles: Read", **NEXT, parent="users",
+           after_role_decision=True),
+    Family("project_user_roles", "/projects/{project_id}/users/{user_id}/roles", "Roles: Read", **NEXT,
+           parent="project_users", after_role_decision=True),
+    # Read by id only to tell a deleted entity from a list the organization lacks.
     Family("project_object", "/organization/projects/{project_id}", "Projects: Read", "project"),
     Family("group_object", "/organization/groups/{group_id}", "Groups: Read", "group"),
     Family("user_object", "/organization/users/{user_id}", "Users: Read", "user"),
@@ -849,15 +828,13 @@ GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)  # Go's "never set"; as a 
 
 
 def moment(value):
-    """Unix seconds (number or digits) or ISO text as a UTC datetime; None when absent or unusable."""
+    """Unix seconds or ISO text as a UTC datetime; None when absent or unusable."""
     text = value.strip() if isinstance(value, str) else ""
     try:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            result = datetime.fromtimestamp(value, tz=timezone.utc)
-        elif not text:  # absent, blank or another type: most time fields
+        if isinstance(value, (int, float)) and not isinstance(value, bool) or re.fullmatch(r"\d+(\.\d+)?", text):
+            result = datetime.fromtimestamp(float(value), tz=timezone.utc)
+        elif not text:
             return None
-        elif re.fullmatch(r"\d+(\.\d+)?", text):
-            result = datetime.fromtimestamp(float(text), tz=timezone.utc)
         else:
             result = datetime.fromisoformat(text.replace("Z", "+00:00"))
             result = result.astimezone(timezone.utc) if result.tzinfo else result.replace(tzinfo=timezone.utc)
@@ -867,12 +844,12 @@ def moment(value):
 
 
 def rfc3339(value):
-    """RFC3339 UTC with a Z and a four-digit year (strftime does not pad years before 1000)."""
+    """RFC3339 UTC with a Z; the year padded to four digits, as strftime does not."""
     return None if (when := moment(value)) is None else f"{when.year:04d}-{when:%m-%dT%H:%M:%S}Z"
 
 
 def epoch_seconds(value):
-    """Unix seconds, to compare times as numbers (as text, "892-..." sorts after "2026-...")."""
+    """Unix seconds: as text, "892-..." would sort after "2026-..."."""
     return None if (when := moment(value)) is None else when.timestamp()
 
 
@@ -885,7 +862,7 @@ def dict_of(value):
 
 
 def shape(value):
-    """A server's value as short JSON for a warning (even one nested too deep)."""
+    """Short JSON of a server's value, for a warning (even one nested too deep)."""
     try:
         text = json.dumps(value, sort_keys=True, default=str)
     except (TypeError, ValueError, RecursionError):
@@ -894,15 +871,14 @@ def shape(value):
 
 
 def usable_id(value):
-    """A non-blank string of valid Unicode: a lone surrogate ("\\ud800" in JSON) fits no URL or payload."""
+    """Non-blank, without lone surrogates ("\\ud800" in JSON), which fit no URL or payload."""
     return (isinstance(value, str) and bool(value.strip())
             and (value.isascii() or not re.search("[\ud800-\udfff]", value)))
 
 
 def unique_by_id(items, key="id", problem=None):
-    """The first item of each usable id (lower-cased, as oaaclient compares); repeats are silent (pages overlap),
-    a missing id or one differing only in case goes to `problem`."""
-    seen: dict[str, str] = {}
+    """The first item of each usable id, lower-cased as oaaclient compares; `problem` hears of the others."""
+    seen = {}
     result = []
     for item in items:
         item_id = item.get(key) if isinstance(item, dict) else None
@@ -915,9 +891,8 @@ def unique_by_id(items, key="id", problem=None):
         if first is None:
             seen[item_id.lower()] = item_id
             result.append(item)
-        elif first != item_id and problem:
-            problem(f"ids {first!r} and {item_id!r} differ only in case; Veza treats ids case-insensitively, so "
-                    "only the first is kept")
+        elif first != item_id and problem:  # an exact repeat is silent: pages overlap
+            problem(f"ids {first!r} and {item_id!r} differ only in case, as Veza compares ids; only the first is kept")
     return result
 
 
@@ -930,7 +905,7 @@ PREDEFINED_ROLE_ID = re.compile(r"role-api-(organization|project)-([a-z_]+?)(?:_
 
 
 def is_predefined_role(record):
-    """Flagged predefined or with a predefined id; anything else is custom (its reads are never skipped)."""
+    """Flagged predefined or with a predefined id; any other is custom (its reads are never skipped)."""
     return record.get("predefined_role") is True or bool(PREDEFINED_ROLE_ID.fullmatch(str(record.get("id"))))
 
 
