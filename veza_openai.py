@@ -917,27 +917,27 @@ def project_is_archived(record):
 # Pacing: when each endpoint's next request may go, learned from its answers (docs/rate-limits.md)
 # ----------------------------------------
 
-FLOOR = 0.05        # seconds: the least wait after a 429 (a "1 ms" hint is no pace to keep)
-MARGIN = 7 / 8      # after a 429, pace under what got through, so the limit refills meanwhile
+FLOOR = 0.05        # seconds: the least wait after a 429, whatever the hint
+MARGIN = 7 / 8      # after a 429, pace under what got through, so the limit refills
 GROW_BELOW = 1 / 2  # growth per success below MARGIN of the last measure: a lost share comes back
-GROW_NEAR = 1 / 64  # growth per success otherwise: a limit that grew is found, at a 429 now and then
+GROW_NEAR = 1 / 64  # growth per success otherwise: a raised limit is found, at a 429 now and then
 PROBES = 8          # retries per measured cycle at most: a refilled window is found within an eighth
 
 
 class Lanes:
-    """All endpoints' lanes and what they share: one retry out at a time, the longest cycle, wake-ups."""
+    """What all lanes share: one retry out at a time, the longest cycle, wake-ups."""
 
     def __init__(self, names, scale, per_minute):
         self.lanes = {name: Lane(self, scale, per_minute, index) for index, name in enumerate(names)}
         self.scale = scale
         self.retry_out: Lane | None = None
-        self.cycle = 0.0  # the longest one measured: a guess for endpoints yet to measure theirs
+        self.cycle = 0.0  # the longest measured: a guess for lanes yet without one
 
     def __getitem__(self, name):
         return self.lanes[name]
 
     def wake(self, now):
-        """One got through after 429s: bring forward those refused without hint or cycle (they may share its limit)."""
+        """After 429s one got through: wake lanes refused with no hint nor cycle (may share its limit)."""
         at = now + max(self.cycle / PROBES, FLOOR * self.scale)
         woken = {name: at for name, lane in self.lanes.items() if lane.refused_since is not None
                  and not lane.hinted and not lane.cycle and lane.next_at > at}
@@ -955,11 +955,11 @@ class Lanes:
 
 
 class Lane:
-    """One endpoint's pace, on `now` in seconds (`scale` shrinks waits for tests); rules: docs/rate-limits.md."""
+    """One endpoint's pace (rules: docs/rate-limits.md); `scale` shrinks waits for tests."""
 
     def __init__(self, lanes, scale=1.0, per_minute=None, index=0):
         self.lanes, self.scale, self.per_minute = lanes, scale, per_minute
-        # Golden-ratio steps spread consecutive endpoints evenly on the doubling grid: together they probe often.
+        # Golden-ratio phases spread the lanes on the doubling grid: together they probe often.
         self.phase = index * 0.618 % 1
         self.hinted = self.woken = False  # the last 429 had a hint; a wake-up sent this retry early
         self.rate: float | None = None      # requests a second; None: not paced
@@ -1002,7 +1002,7 @@ class Lane:
             self.lanes.retry_out = None
 
     def on_success(self, now, sent_at):
-        """Any answer but a 429 or a fault: the limit let it through. True: the first after 429s without a hint."""
+        """Any answer but a 429 or a fault passed the limit. True: the first after unhinted 429s."""
         self.answered()
         if self.refused_since is not None and sent_at < self.refused_since:
             self.delivered += 1  # sent before the 429: counted in the cycle, but no news of now
@@ -1022,13 +1022,13 @@ class Lane:
         return recovered
 
     def on_throttled(self, now, sent_at, hint, whole_seconds):
-        """A 429: when the refused request may go again (never before its hint, nor before FLOOR)."""
+        """A 429: when the refused request may go again (not before its hint nor FLOOR)."""
         self.answered()
         self.streak = 0
         floor = FLOOR * self.scale
         cycle = self.cycle or self.lanes.cycle
         most = max(cycle / PROBES, floor) if cycle else math.inf
-        if hint is None and not cycle:  # nothing known: its own doubling grid, out of step with the others
+        if hint is None and not cycle:  # nothing known: its own doubling grid, out of step with others
             self.retry_wait = self.on_grid(now + floor) - now
         elif self.refused_since is None:
             self.retry_wait = min(max(floor, 1 / self.rate if self.rate else 0.0, most / 2 if cycle else 0.0), most)
@@ -1038,7 +1038,7 @@ class Lane:
             self.refused_since = now
         self.hinted, self.woken = hint is not None, False
         hint = None if hint is None else hint * self.scale
-        # A whole-second hint may be rounded up: the endpoint is held only for the certain part.
+        # A whole-second hint may be rounded up: hold only for the certain part.
         hold = 0.0 if hint is None else max(0.0, hint - self.scale) if whole_seconds else hint
         self.next_at = max(self.next_at, now + max(hold, self.retry_wait))
         return max(self.next_at, now + (hint or 0.0))
@@ -1052,7 +1052,7 @@ class Lane:
         return self.cycle_start + unit * 2 ** (n + self.phase)
 
     def requests_per_second(self):
-        """The rate its last cycle measured, or its cap; None while neither is known."""
+        """Its last cycle's measured rate, or its cap; None if neither is known."""
         rates = (self.measured and min(self.measured, self.rate or self.measured),
                  self.per_minute and self.per_minute / (60 * self.scale))
         return min((rate for rate in rates if rate), default=None)
@@ -1062,25 +1062,23 @@ class Lane:
 # The scheduler: every GET when its endpoint allows it (knows no OpenAI family by name)
 # ----------------------------------------
 
-UNREACHABLE_AFTER = 10.0  # seconds of connection failures, before any answer, that end the run
-PROGRESS_INTERVAL = 30.0  # seconds between progress lines (at least 1 when tests shrink time)
+UNREACHABLE_AFTER = 10.0  # seconds of connection faults before any answer that end the run
+PROGRESS_INTERVAL = 30.0  # seconds
 
 
 @dataclass
 class ListRead:
-    """Every page of one list (or one object) of one family for one entity: one GET at a time."""
-
     family: Family
     key: Any  # where the result is filed: None, an id, or an (id, id) pair
     path: str
     on_done: Callable[[ListRead, Any], None]
-    params: dict[str, Any] = field(default_factory=dict)  # of its next GET
+    params: dict[str, Any] = field(default_factory=dict)
     items: list[dict] = field(default_factory=list)
     pages: int = 0
-    size: int = 0  # bytes so far, decompressed
+    size: int = 0  # decompressed bytes
     cursors: set[str] = field(default_factory=set)
     attempt: int = 0  # retries of this page
-    throttled_since: float | None = None  # the first of its current run of 429s
+    throttled_since: float | None = None
     sent_at: float = 0.0
 
 
@@ -1088,7 +1086,6 @@ Verdict = enum.Enum("Verdict", "PAGE THROTTLED REFUSED RETRY FAILED")
 
 
 def classify(answer):
-    """What an answer means for its read (REFUSED: 400-404, which the read plan judges)."""
     if answer.status == 200 and not answer.fatal:
         return Verdict.PAGE
     if answer.status == 429 and answer.should_retry is not False:
@@ -1099,7 +1096,6 @@ def classify(answer):
 
 
 def check_page(family, body, path, limit):
-    """The items of a list page; DiscoveryError when it is not what the endpoint documents."""
     data = body.get("data")
     if body.get("object", "list") != "list":
         raise DiscoveryError(f"{path}: expected a list, got object {str(body.get('object'))[:40]!r}")
@@ -1109,51 +1105,45 @@ def check_page(family, body, path, limit):
     if family.item_object and odd:
         raise DiscoveryError(f"{path}: expected {family.item_object} items, got {str(odd[0])[:40]!r}")
     if isinstance(limit, int) and len(data) > limit:
-        raise DiscoveryError(f"{path}: a page of {len(data):,} items answered a request for at most {limit}; "
-                             "a server that ignores the page size cannot be read safely")
+        raise DiscoveryError(f"{path}: a page of {len(data):,} items for limit={limit}: the server ignores the limit")
     return data
 
 
 def next_cursor(family, body, data, path):
-    """The `after` of the next page, by the family's cursor style; DiscoveryError if there is none."""
-    if family.cursor == "item_id":
-        cursor = data[-1].get("id") if data else None
-    else:
-        cursor = body.get(family.cursor)
-        if not cursor and family.next_falls_back_to_item_id and data:
-            cursor = data[-1].get(family.id_field)
-            log.debug("%s: has_more without next; continuing after the last item's id", path)
-    if not cursor or not isinstance(cursor, str):
+    cursor = (data[-1].get("id") if data else None) if family.cursor == "item_id" else body.get(family.cursor)
+    if not cursor and family.next_falls_back_to_item_id and data:
+        cursor = data[-1].get(family.id_field)
+        log.debug("%s: has_more without next; continuing after the last item's id", path)
+    if not (cursor and isinstance(cursor, str)):
         raise DiscoveryError(f"{path}: has_more is true but the page has no cursor")
     return cursor
 
 
 def format_duration(seconds):
-    s = max(0, int(round(seconds)))
+    s = max(0, round(seconds))
     return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class Scheduler:
-    """Sends each GET when its endpoint's lane allows and follows the pages; a waiting read holds no worker."""
+    """Sends each GET when its lane allows; a waiting read holds no worker."""
 
     def __init__(self, http, config, clock, families):
         self.http, self.config, self.clock = http, config, clock
         self.families = {family.name: family for family in families}
         self.lanes = Lanes(self.families, clock.scale, config.max_requests_per_minute_per_endpoint)
-        self.queues: dict[str, deque[ListRead]] = {name: deque() for name in self.families}
-        self.delayed: list[tuple[float, int, ListRead]] = []  # (due, order, read)
+        self.queues = {name: deque() for name in self.families}
+        self.delayed = []  # heap of (due, order, read)
         self.order = itertools.count(1)
-        self.work: queue.SimpleQueue = queue.SimpleQueue()  # reads to the workers; None stops one
-        self.done: queue.SimpleQueue = queue.SimpleQueue()  # (read, answer) back
+        self.work = queue.SimpleQueue()  # reads to send; None stops a worker
+        self.done = queue.SimpleQueue()  # (read, answer) back
         self.open_reads = dict.fromkeys(self.families, 0)
         self.finished_reads = dict.fromkeys(self.families, 0)
         self.in_flight = self.calls = self.retries = self.throttled = self.succeeded = 0
         self.next_global_send = self.next_progress = 0.0
         self.progress_every = max(1.0, PROGRESS_INTERVAL * clock.scale)
-        self.unreachable_since: float | None = None
+        self.unreachable_since = self.plan = None
         self.answered = False
-        self.throttled_families: set[str] = set()
-        self.plan: Any = None
+        self.throttled_families = set()
 
     def add(self, read, params):
         read.params = params
@@ -1169,12 +1159,11 @@ class Scheduler:
         read.on_done(read, result)
 
     def drop_waiting(self, family):
-        waiting = self.queues[family.name]
-        while waiting:
-            self.finish(waiting.pop(), None)
+        while self.queues[family.name]:
+            self.finish(self.queues[family.name].pop(), None)
 
     def start(self, plan):
-        """Daemon workers, one GET at a time each: never waited for at exit or on a signal."""
+        """Daemon workers: never joined, at exit or on a signal."""
         self.plan = plan
         for number in range(self.config.max_workers):
             threading.Thread(target=self.work_loop, name=f"openai-read-{number + 1}", daemon=True).start()
@@ -1184,7 +1173,7 @@ class Scheduler:
         while (read := self.work.get()) is not None:
             try:
                 answer = self.http.call("GET", read.path, read.params)
-            except Exception as exc:  # a bug must not leave the reader waiting for an answer
+            except Exception as exc:  # a bug must not leave the reader waiting
                 answer = Answer(0, problem=f"{type(exc).__name__}: {exc}", fatal=True)
             self.done.put((read, answer))
 
@@ -1196,13 +1185,10 @@ class Scheduler:
         while any(self.open_reads.values()):
             if self.clock.passed():
                 raise DiscoveryError(f"reading took longer than --max-run-time {self.clock.max_run_time:g}s with "
-                                     f"{sum(self.open_reads.values())} reads still open{self.slowest_endpoint()}")
+                                     f"{sum(self.open_reads.values())} reads open{self.slowest_endpoint()}")
             self.dispatch(time.monotonic())
-            try:
+            with contextlib.suppress(queue.Empty):
                 read, answer = self.done.get(timeout=self.seconds_to_next_event(time.monotonic()))
-            except queue.Empty:
-                pass
-            else:
                 self.in_flight -= 1
                 self.take_answer(read, answer, time.monotonic())
             if time.monotonic() >= self.next_progress:
@@ -1216,7 +1202,7 @@ class Scheduler:
             else:
                 self.queues[read.family.name].appendleft(read)
         while self.in_flight < self.config.max_workers and self.next_global_send <= now:
-            name = next((name for name, waiting in self.queues.items()  # catalogue order: the same run each time
+            name = next((name for name, waiting in self.queues.items()  # catalogue order: reproducible
                          if waiting and self.lanes[name].ready_at(now) <= now), None)
             if name is None:
                 return
@@ -1233,19 +1219,17 @@ class Scheduler:
         self.work.put(read)
 
     def seconds_to_next_event(self, now):
-        wake = [self.next_progress]
-        if self.delayed:
-            wake.append(self.delayed[0][0])
+        wake = [self.next_progress] + [due for due, _, _ in self.delayed[:1]]
         if self.in_flight < self.config.max_workers:  # else only an answer can free a worker
             ready = min((self.lanes[name].ready_at(now) for name, waiting in self.queues.items() if waiting),
                         default=math.inf)
             wake.append(max(ready, self.next_global_send))
-        return min(1.0, max(0.0, min(wake) - now))  # at most a second: a signal or --max-run-time is noticed
+        return min(1.0, max(0.0, min(wake) - now))  # a signal or --max-run-time is seen within 1 s
 
     def take_answer(self, read, answer, now):
         lane = self.lanes[read.family.name]
         self.answered = self.answered or answer.status != 0
-        if self.plan.is_left_out(read.family):  # left out meanwhile: whatever came back is moot
+        if self.plan.is_left_out(read.family):
             lane.answered()
             self.finish(read, None)
             return
@@ -1258,7 +1242,7 @@ class Scheduler:
             self.take_page(read, answer)
         elif verdict is Verdict.THROTTLED:
             self.take_throttle(read, answer, now)
-        elif verdict is Verdict.REFUSED:  # its limit let it through: a success for the pace
+        elif verdict is Verdict.REFUSED:
             self.plan.refused(read, answer)
         else:
             lane.answered()
@@ -1268,45 +1252,37 @@ class Scheduler:
                 self.plan.failed(read, f"{read.path}: {answer.problem}{': ' if answer.detail else ''}{answer.detail}")
 
     def wake(self, now):
-        """Bring forward the 429-refused reads of the endpoints woken (a 5xx backoff is no limit's wait)."""
-        woken = self.lanes.wake(now)
-        if woken:
+        """Bring forward the woken lanes' 429-refused reads (not 5xx backoffs)."""
+        if woken := self.lanes.wake(now):
             self.delayed = [(min(due, woken.get(waiting.family.name, due)) if waiting.throttled_since is not None
                              else due, order, waiting) for due, order, waiting in self.delayed]
             heapq.heapify(self.delayed)
 
     def take_throttle(self, read, answer, now):
-        """A 429: the same request once its lane allows, until --max-throttle-wait; a hint past that fails it now."""
+        """A 429: resend when the lane allows, until --max-throttle-wait (a hint past it fails now)."""
         self.throttled += 1
         read.throttled_since = read.throttled_since or now
         until = read.throttled_since + self.config.max_throttle_wait
         due = self.lanes[read.family.name].on_throttled(now, read.sent_at, answer.hint, answer.whole_seconds)
         hint = f" with retry-after {answer.hint:g}s" if answer.hint is not None else ""
         if due > until and (hint or now >= until):
-            limit, waited = f"--max-throttle-wait {self.config.max_throttle_wait:g}s", now - read.throttled_since
-            self.plan.failed(read, f"{read.path}: HTTP 429 (rate limited){hint}, which ends past {limit} (after "
-                             f"{waited:.1f}s of 429s)" if hint else f"{read.path}: still HTTP 429 (rate limited) "
-                             f"after waiting {waited:.1f}s ({limit}){self.slowest_endpoint()}")
+            why = f"HTTP 429{hint}, which ends" if hint else "still HTTP 429"
+            self.plan.failed(read, f"{read.path}: {why} past --max-throttle-wait {self.config.max_throttle_wait:g}s"
+                             f"{'' if hint else self.slowest_endpoint()}")
             return
-        first = read.family.name not in self.throttled_families  # news; the rest show in progress lines
+        first = read.family.name not in self.throttled_families
         self.throttled_families.add(read.family.name)
         log.log(logging.INFO if first else logging.DEBUG, "%s: HTTP 429, waiting %.1fs%s", read.path,
                 (min(due, until) - now) / self.clock.scale, hint or " (no retry-after: probing)")
         heapq.heappush(self.delayed, (min(due, until), next(self.order), read))
 
     def retry(self, read, answer, now):
-        """A transient fault: the same request after a backoff (before any answer, for UNREACHABLE_AFTER at most)."""
         if answer.status == 0 and not self.answered:
             self.unreachable_since = self.unreachable_since or now
             if now - self.unreachable_since >= UNREACHABLE_AFTER * self.clock.scale:
-                host = self.http.host
-                tls = ("The TLS handshake failed: behind a TLS-inspecting proxy or a private CA" if answer.ssl
-                       else "Behind a TLS-inspecting proxy")
-                raise DiscoveryError(
-                    f"cannot reach OpenAI at {host}: {answer.problem}, for {UNREACHABLE_AFTER:g}s before any answer. "
-                    f"Check that {host.rsplit(':', 1)[0] if host.count(':') == 1 else host} resolves (DNS) and is "
-                    f"reachable, and the proxy settings (HTTPS_PROXY, NO_PROXY). {tls}, set REQUESTS_CA_BUNDLE to "
-                    "its CA certificate file (PEM).")
+                raise DiscoveryError(f"cannot reach OpenAI at {self.http.host} for {UNREACHABLE_AFTER:g}s: "
+                                     f"{answer.problem}. Check DNS, HTTPS_PROXY, NO_PROXY and, behind a TLS-inspecting "
+                                     "proxy or a private CA, REQUESTS_CA_BUNDLE (its CA file, PEM)")
         elif read.attempt >= self.config.max_retries:
             self.plan.failed(read, f"{read.path}: {answer.problem}, gave up after {read.attempt} retries")
             return
@@ -1318,7 +1294,6 @@ class Scheduler:
         heapq.heappush(self.delayed, (now + wait * self.clock.scale, next(self.order), read))
 
     def take_page(self, read, answer):
-        """Keep a page's items and queue the next page first on its endpoint."""
         family, path, body = read.family, read.path, answer.body
         if family.cursor is None or not isinstance(body, dict):
             if isinstance(body, dict) or family.settings:  # the mapping warns of settings of another shape
@@ -1338,14 +1313,11 @@ class Scheduler:
             if family.activity_window:
                 self.plan.cut(read)
                 return
-            bound = (f"{read.size / 2 ** 20:.3g} MB in {read.pages:,} pages, past the "
-                     f"{MAX_LIST_BYTES / 2 ** 20:.3g} MB bound on one list" if read.size > MAX_LIST_BYTES
-                     else f"{max_pages:,} pages")
-            raise DiscoveryError(f"{path}: still has_more after {bound}; no organization is that large: the server "
-                                 "is looping")
+            raise DiscoveryError(f"{path}: still has_more after {read.pages:,} pages ({read.size / 2 ** 20:.3g} MB): "
+                                 "the server is looping")
         cursor = next_cursor(family, body, data, path)
         if cursor in read.cursors:
-            raise DiscoveryError(f"{path}: the cursor {cursor[:40]!r} repeats; stopping instead of looping")
+            raise DiscoveryError(f"{path}: the cursor {cursor[:40]!r} repeats: the server is looping")
         read.cursors.add(cursor)
         read.params, read.attempt = {**read.params, "after": cursor}, 0
         self.queues[family.name].appendleft(read)
@@ -1353,13 +1325,10 @@ class Scheduler:
     def slowest_endpoint(self):
         paced = [(rate, self.families[name].path) for name, lane in self.lanes.lanes.items()
                  if (rate := lane.requests_per_second()) and (self.open_reads[name] or lane.rate)]
-        if not paced:
-            return ""
-        rate, path = min(paced)
-        return f"; slowest endpoint {path} at about {rate * 60 * self.clock.scale:.1f} requests a minute"
+        rate, path = min(paced, default=(0, ""))
+        return path and f"; slowest endpoint {path} at about {rate * 60 * self.clock.scale:.1f} requests a minute"
 
     def slowest_rate_for(self, names):
-        """The slowest rate of these endpoints and of all calls so far; None before there is one."""
         rates = [rate for rate in (self.lanes[name].requests_per_second() for name in names) if rate]
         elapsed = time.monotonic() - self.clock.started
         if self.succeeded >= 20 and elapsed > 0:
@@ -1367,9 +1336,7 @@ class Scheduler:
         return min(rates, default=None)
 
     def estimate_seconds_left(self):
-        """Open reads at the rate seen and each paced endpoint's at its pace; None before 20 successes."""
-        overall = self.slowest_rate_for([])
-        if overall is None:
+        if (overall := self.slowest_rate_for([])) is None:
             return None
         return max([sum(self.open_reads.values()) / overall] + [self.open_reads[name] / rate for name, lane
                     in self.lanes.lanes.items() if (rate := lane.requests_per_second())])
@@ -1380,12 +1347,11 @@ class Scheduler:
                             for n, c in self.open_reads.items() if c)
         left = self.estimate_seconds_left()
         done, still_open = sum(self.finished_reads.values()), sum(self.open_reads.values())
-        log_with_fields(logging.INFO, {"stage": "progress", "reads_done": done, "reads_open": still_open,
-                                       "calls": self.calls, "throttled": self.throttled,
-                                       "seconds_left_estimate": None if left is None else round(left)},
-                        "progress: %d reads done, %d open (%s); %d calls, %d answered 429%s; %s", done, still_open,
-                        pending, self.calls, self.throttled, self.slowest_endpoint(),
-                        "no rate seen yet to estimate the time left" if left is None else
+        fields = {"stage": "progress", "reads_done": done, "reads_open": still_open, "calls": self.calls,
+                  "throttled": self.throttled, "seconds_left_estimate": None if left is None else round(left)}
+        log_with_fields(logging.INFO, fields, "progress: %d reads done, %d open (%s); %d calls, %d answered 429%s; %s",
+                        done, still_open, pending, self.calls, self.throttled, self.slowest_endpoint(),
+                        "no estimate yet" if left is None else
                         f"about {format_duration(left)} left for the reads known so far")
 
 

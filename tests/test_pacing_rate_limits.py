@@ -104,8 +104,8 @@ def test_an_endpoint_throttled_past_the_deadline_fails_the_run_and_pushes_nothin
     small_org.limiter = AlwaysThrottled({"project roles"})
     result = run_connector("--role-assignments", "none", "--max-throttle-wait", "0.5", env=ENV)
     assert result.returncode == 1, result.output
-    assert re.search(r"/projects/proj_\d+/roles: still HTTP 429 \(rate limited\) after waiting [\d.]+s "
-                     r"\(--max-throttle-wait 0.5s\)", result.stderr), result.stderr
+    assert re.search(r"/projects/proj_\d+/roles: still HTTP 429 past --max-throttle-wait 0.5s", result.stderr), \
+        result.stderr
     assert "nothing was pushed" in result.stderr and veza.pushes == []
 
 
@@ -114,7 +114,7 @@ def test_max_run_time_ends_a_run_that_cannot_finish_in_time(small_org, run_conne
     result = run_connector("--role-assignments", "none", "--max-run-time", "1", env=ENV)
     assert result.returncode == 1
     # the slowest endpoint is named once one has been throttled (a loaded machine may not get that far in 1 s)
-    assert re.search(r"reading took longer than --max-run-time 1s with \d+ reads still open"
+    assert re.search(r"reading took longer than --max-run-time 1s with \d+ reads open"
                      r"(; slowest endpoint /projects/\{project_id\}/roles at about|\n)", result.stderr), result.stderr
     assert veza.pushes == []
 
