@@ -1360,25 +1360,22 @@ class Scheduler:
 # ----------------------------------------
 
 NOT_FOUND = object()  # an entity's own object answered 404
-ROLE_LISTS = [family for family in FAMILY_LIST if family.role_list]
-TOP_ROLE_LISTS = [family for family in ROLE_LISTS if not family.per]
-# The role decision waits for every role list and the lists they are read for.
-ROLE_DECISION_WAITS_FOR = {family.name for family in ROLE_LISTS} | {f.parent for f in ROLE_LISTS if f.parent}
+TOP_ROLE_LISTS = [family for family in FAMILY_LIST if family.role_list and not family.per]
+ROLE_DECISION_WAITS_FOR = {name for f in FAMILY_LIST if f.role_list for name in (f.name, f.parent) if name}
 AFTER_ROLE_DECISION = [family for family in FAMILY_LIST if family.after_role_decision]
 
 
 class ReadPlan:
-    """Reads the catalogue into a Snapshot, each result filed under its key, whatever the order of answers."""
+    """Reads the catalogue into a Snapshot, answers in any order."""
 
     def __init__(self, config, scheduler):
         self.config, self.scheduler = config, scheduler
         self.snapshot = Snapshot(org_id=config.org_id)
-        self.not_found: dict[str, list] = {}  # family name -> [(entity key, endpoint)] of its 404s
-        self.asked: dict[tuple, Any] = {}  # (kind, key) -> its own object, NOT_FOUND, or why it cannot say
-        self.archived: set[str] = set()  # projects listed as archived
-        self.role_decision: bool | None = None
-        self.role_decision_reason = ""
-        self.held: list[tuple] = []  # (family, key, items) of reads waiting for the role decision
+        self.not_found = {}
+        self.asked = {}  # (kind, key) -> its object, NOT_FOUND, or why it is unknown
+        self.archived = set()
+        self.role_decision = None
+        self.held = []
         self.custom_roles_seen = False
 
     def read(self):
@@ -1388,33 +1385,30 @@ class ReadPlan:
         try:
             for family in STARTING_FAMILIES:
                 if not family.activity_window:
-                    self.queue(family, None, self.list_done)
+                    self.queue(family, None)
                 elif days:
                     s.activity_since, s.activity_window_days = int(time.time()) - days * 86_400, days
-                    self.queue(family, None, self.list_done, {"effective_at[gte]": str(s.activity_since)})
+                    self.queue(family, None, {"effective_at[gte]": str(s.activity_since)})
             self.scheduler.run_until_read()
             self.settle_not_found()
             return s
         finally:
             self.scheduler.close()
 
-    def queue(self, family, key, on_done, params=None):
-        """Queue every page of one list (or one object); `params` add to the family's own."""
+    def queue(self, family, key, params=None, on_done=None):
         if self.is_left_out(family):
             return
         path = family.path_for(key, self.config.org_id)
         if path is None:
-            shown = " in ".join(map(repr, [key] if isinstance(key, str) else reversed(key)))
             log.warning("%s %s kept, its %s skipped: an id '.' or '..' would read another endpoint", family.per.label,
-                        shown, family.label)
+                        " in ".join(map(repr, [key] if isinstance(key, str) else reversed(key))), family.label)
             return
-        query: dict[str, Any] = {**dict(family.params), **(params or {})}
+        query = {**dict(family.params), **(params or {})}
         if family.cursor:
             query["limit"] = family.page_size
-        self.scheduler.add(ListRead(family, key, path, on_done), query)
+        self.scheduler.add(ListRead(family, key, path, on_done or self.list_done), query)
 
     def list_done(self, read, result):
-        """File a result, then read what hangs on it."""
         family, key, s = read.family, read.key, self.snapshot
         if family.per is None:
             setattr(s, family.name, result)
@@ -1422,12 +1416,11 @@ class ReadPlan:
             getattr(s, family.name)[key] = result
         if result is not None:
             if family.activity_window:
-                log.info("read %d audit log events (logins and API key changes of the last %d days) in %d call%s",
-                         len(result), s.activity_window_days, read.pages, "" if read.pages == 1 else "s")
+                log.info("read %d audit log events (last %d days) in %d call%s", len(result), s.activity_window_days,
+                         read.pages, "" if read.pages == 1 else "s")
             self.read_children(family, key, result)
-            if family.role_list and not self.custom_roles_seen:
-                self.custom_roles_seen = any(usable_id(role.get("id")) and not is_predefined_role(role)
-                                             for role in result)
+            if family.role_list and any(usable_id(role.get("id")) and not is_predefined_role(role) for role in result):
+                self.custom_roles_seen = True
         if family.name in ROLE_DECISION_WAITS_FOR:
             self.decide_role_reads()
 
@@ -1441,33 +1434,30 @@ class ReadPlan:
                 self.read_each(child, key, items)
 
     def read_each(self, child, parent_key, items):
-        parent = FAMILIES[child.parent]
-        ids = ids_of(items, parent.id_field)
-        if child.after_role_decision and not parent.parent:  # the users, once
-            members = sum(len(ids_of(items, FAMILIES[family.parent].id_field)) for family in AFTER_ROLE_DECISION
-                          if family is not child for items in (getattr(self.snapshot, family.parent) or {}).values())
+        ids = ids_of(items, FAMILIES[child.parent].id_field)
+        if child.name == "user_roles":
+            members = sum(len(ids_of(listed)) for listed in (self.snapshot.project_users or {}).values())
             rate = self.scheduler.slowest_rate_for([family.name for family in AFTER_ROLE_DECISION])
             log.info("role assignment reads: %d users and %d project members so far, one call each%s", len(ids),
-                     members, f"; at least {format_duration((len(ids) + members) / rate)} at the rate seen so far"
+                     members, f"; at least {format_duration((len(ids) + members) / rate)} at the rate so far"
                      if rate else "")
         for item_id in ids:
-            self.queue(child, item_id if parent_key is None else (parent_key, item_id), self.list_done)
+            self.queue(child, item_id if parent_key is None else (parent_key, item_id))
 
     def cut(self, read):
-        """Stop the audit log at its cap; the activity window shrinks to the oldest event read."""
+        """The audit log's cap: keep the events read, shrink the window to the oldest."""
         s, days = self.snapshot, self.config.activity_days
         oldest = next((at for at in (epoch_seconds(event.get("effective_at")) for event in reversed(read.items))
                        if at is not None), None)
         s.activity_window_days = 0 if oldest is None else \
             max(0, min(days, int((s.activity_since + days * 86_400 - oldest) // 86_400)))
-        log.warning("audit log: stopped after %d pages (%d events); logins and API key scope changes older than %s "
-                    "are missing, so activity_window_days is %d instead of %d; use a shorter --activity-days",
-                    read.pages, len(read.items), rfc3339(oldest) or "the last event read", s.activity_window_days,
-                    days)
+        log.warning("audit log: stopped after %d pages (%d events); events older than %s are missing, so "
+                    "activity_window_days is %d, not %d; use a shorter --activity-days", read.pages, len(read.items),
+                    rfc3339(oldest) or "the last event read", s.activity_window_days, days)
         self.scheduler.finish(read, read.items)
 
     def decide_role_reads(self):
-        """Decided once the Roles API answers; for `auto`, once a role list shows a custom role or all are read."""
+        """Once the Roles API answers; for `auto`, once a role list shows a custom role or all are read."""
         mode, open_reads = self.config.role_assignments, self.scheduler.open_reads
         if self.role_decision is not None or any(open_reads[family.name] for family in TOP_ROLE_LISTS):
             return
@@ -1476,23 +1466,19 @@ class ReadPlan:
         elif mode != "auto":
             decision, why = mode == "all", f"--role-assignments {mode}"
         elif self.custom_roles_seen:
-            decision, why = True, "the Roles API lists custom roles (--role-assignments auto)"
+            decision, why = True, "custom roles exist (--role-assignments auto)"
         elif any(open_reads[name] for name in ROLE_DECISION_WAITS_FOR):
             return
         else:
-            decision, why = False, ("every role the Roles API lists is predefined (--role-assignments auto); use "
-                                    "'all' to read them anyway")
+            decision, why = False, "no custom role exists (--role-assignments auto; use 'all' to read them)"
         self.role_decision = decision
-        self.role_decision_reason = f"{'reading them' if decision else 'skipped'}: {why}"
-        log.info("per-user role assignments %s", self.role_decision_reason)
-        held, self.held = self.held, []
+        log.info("per-user role assignments %s: %s", "reading them" if decision else "skipped", why)
         if decision:
             for family in AFTER_ROLE_DECISION:
                 setattr(self.snapshot, family.name, {})
-            for child, key, items in held:
+            for child, key, items in self.held:
                 self.read_each(child, key, items)
 
-    # --- refusals and failures
     def is_left_out(self, family):
         return family.name in self.snapshot.unavailable
 
@@ -1509,20 +1495,18 @@ class ReadPlan:
         elif family.optional:
             log.debug("%s not available: %s: HTTP %d: %s", family.label, endpoint, status, answer.detail)
         elif status == 404 and family.not_found is not On404.LEAVE_OUT:
-            if family.not_found is On404.ENTITY:  # settled once all is read
+            if family.not_found is On404.ENTITY:
                 self.not_found.setdefault(family.name, []).append((read.key, endpoint))
         elif status == 401 or family.required:
             raise DiscoveryError(
                 f"OpenAI answered HTTP 404 on {endpoint}: check OPENAI_ORG_ID and --openai-base-url" if status == 404
-                else f"OpenAI refused the key (HTTP {status} on {endpoint}): the key from "
-                f"{self.config.openai_key_source} must be an Admin API key (sk-admin-...) of organization "
-                f"{self.config.org_id}")
+                else f"OpenAI refused the key from {self.config.openai_key_source} (HTTP {status} on {endpoint}): "
+                f"it must be an Admin API key (sk-admin-...) of organization {self.config.org_id}")
         else:
             self.leave_out(family, f"HTTP {status} on {endpoint}")
         self.scheduler.finish(read, result)
 
     def failed(self, read, message):
-        """Fail the run, unless the family is optional (then it is left unset, warned)."""
         if not read.family.optional:
             raise DiscoveryError(message)
         log.warning("%s left unset: the %s could not be read (%s)", read.family.optional, read.family.label, message)
@@ -1535,35 +1519,34 @@ class ReadPlan:
             self.scheduler.drop_waiting(family)
 
     def misses(self):
-        """The 404s of each family not left out, sorted: the same log every run."""
+        """(family, kind, its 404s sorted: a stable log) of each family not left out."""
         return [(family, family.per, sorted(self.not_found[family.name], key=lambda miss: str(miss[0])))
                 for family in FAMILY_LIST if family.name in self.not_found and not self.is_left_out(family)]
 
     def settle_not_found(self):
-        """A list's 404: its entity's own object is asked, one per family first; a 404 there: deleted, anything else
-        leaves the family out. A link has no object: deleted, unless every one of several 404s (its family is out)."""
+        """A list's 404: ask its entity's object (one per family first); a 404 there: deleted, else family out."""
         for at_most in (1, None):
-            wanted: dict = {}  # (kind, key), in order
+            wanted = {}  # an ordered set: one read per entity
             for _, kind, misses in self.misses():
                 unasked = [(kind, key) for key, _ in misses if kind.object_family and (kind, key) not in self.asked]
                 wanted.update(dict.fromkeys(unasked[:at_most]))
             for kind, key in wanted:
                 self.queue(FAMILIES[kind.object_family], key,
-                           lambda _, result, asked=(kind, key): self.asked.update({asked: result}))
+                           on_done=lambda _, result, asked=(kind, key): self.asked.update({asked: result}))
             self.scheduler.run_until_read()
             for family, kind, misses in self.misses():
                 if there := [key for key, _ in misses if isinstance(self.asked.get((kind, key)), dict)]:
                     self.leave_out(family, f"HTTP 404 on {misses[0][1]}, while {kind.label} {there[0]} exists")
         for family, kind, misses in self.misses():
+            # no object to ask: 404s on all of several reads leave the family out
             if kind.object_family is None and 1 < len(misses) == self.scheduler.finished_reads[family.name]:
                 self.leave_out(family, f"HTTP 404 on every {kind.label} ({misses[0][1]}, ...)")
                 continue
             for key, endpoint in misses:
                 if (answer := self.asked.get((kind, key), NOT_FOUND)) is NOT_FOUND:
                     self.snapshot.deleted.append((kind, key, endpoint))
-                else:  # the first such entity names why
-                    self.leave_out(family, f"HTTP 404 on {endpoint}, and whether {kind.label} {key} still exists "
-                                           f"is unknown ({answer})")
+                else:
+                    self.leave_out(family, f"HTTP 404 on {endpoint}; {kind.label} {key} may still exist ({answer})")
 
 
 # ----------------------------------------
@@ -1578,10 +1561,10 @@ class Snapshot:
             raise TypeError(f"Snapshot has no family {', '.join(sorted(unknown))}")
         self.org_id = org_id
         self.activity_since = activity_since  # Unix seconds the audit log was read from
-        self.activity_window_days = activity_window_days  # the days it covers (fewer when cut at its cap)
-        self.unavailable: dict[str, str] = {}  # family name -> why it was left out
+        self.activity_window_days = activity_window_days
+        self.unavailable = {}  # family name -> why it was left out
         self.read_at = time.time()  # "expired" is judged at this time
-        self.deleted: list[tuple[Kind, Any, str]] = []  # (entity kind, key, endpoint)
+        self.deleted = []  # (entity kind, key, endpoint)
         for family in FAMILY_LIST:
             if family.not_found is not On404.EXISTENCE:
                 empty = [] if family.required else {} if family.per and not family.after_role_decision else None

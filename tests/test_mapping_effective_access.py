@@ -218,7 +218,7 @@ def test_a_role_without_a_true_predefined_flag_or_pattern_is_custom_and_auto_rea
             record["predefined_role"] = flag
     result = run_connector("--role-assignments", "auto")
     assert result.returncode == 0, result.output
-    assert "every role the Roles API lists is predefined" not in result.stderr
+    assert "per-user role assignments skipped: no custom role exists" not in result.stderr
     assert openai_fake.calls(r"^/organization/users/[^/]+/roles$") == len(org.users)
     assert held(veza.payloads[0], "user-auditor")["role-org-auditor"] == "application"
 

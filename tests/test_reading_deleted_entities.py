@@ -60,8 +60,8 @@ def test_a_project_whose_list_404s_but_whose_object_is_refused_is_kept_never_cal
     users = by_id(app["local_users"])
     assert "svc_deploy" in users  # its service accounts and keys stay
     assert "key_svc1" in by_id(app["local_access_creds"])
-    assert re.search(r"WARNING left out project users \(HTTP 404 on /organization/projects/proj_alpha/users, and "
-                     r"whether project proj_alpha still exists is unknown \(HTTP 403 on "
+    assert re.search(r"WARNING left out project users \(HTTP 404 on /organization/projects/proj_alpha/users; project "
+                     r"proj_alpha may still exist \(HTTP 403 on "
                      r"/organization/projects/proj_alpha\)\): grant the admin key 'Projects: Read'", result.stderr), \
         result.stderr
 
@@ -75,8 +75,8 @@ def test_a_group_whose_members_404_but_whose_object_is_refused_is_kept_never_cal
     assert "deleted during the run" not in result.stderr
     app = application(veza.payloads[0])
     assert set(by_id(app["local_groups"])) == {"group_eng", "group_fin"}
-    assert "left out group users (HTTP 404 on /organization/groups/group_eng/users, and whether group group_eng " \
-           "still exists is unknown (HTTP 403 on /organization/groups/group_eng))" in result.stderr
+    assert "left out group users (HTTP 404 on /organization/groups/group_eng/users; group group_eng may still " \
+           "exist (HTTP 403 on /organization/groups/group_eng))" in result.stderr
     assert "outcome=pushed" in summary_line(result.stderr)
 
 

@@ -84,7 +84,7 @@ def test_auto_skips_per_user_roles_when_every_role_is_predefined(run_connector, 
     assert result.returncode == 0
     assert openai_fake.calls(r"^/organization/users/[^/]+/roles$") == 0
     assert openai_fake.calls(r"^/projects/[^/]+/users/[^/]+/roles$") == 0
-    assert "every role the Roles API lists is predefined" in result.stderr
+    assert "per-user role assignments skipped: no custom role exists" in result.stderr
     assert openai_fake.calls(r"^/organization/groups/[^/]+/roles$") == 2  # group role reads always happen
 
 
@@ -154,9 +154,9 @@ def test_the_audit_log_stops_at_its_page_cap_with_a_warning_and_still_pushes(run
                                          _session(user(i), None)) for i in range(250)]
     payload, stderr = pushed(run_connector, veza)
     assert len(audit_requests(openai_fake)) == 2
-    assert re.search(r"WARNING audit log: stopped after 2 pages \(200 events\); logins and API key scope changes "
-                     rf"older than {stamp(SESSION_NOW - 3600 * 200)} are missing, so activity_window_days is 8 "
-                     r"instead of 90; use a shorter --activity-days", stderr)
+    assert re.search(r"WARNING audit log: stopped after 2 pages \(200 events\); events older than "
+                     rf"{stamp(SESSION_NOW - 3600 * 200)} are missing, so activity_window_days is 8, not 90; use a "
+                     r"shorter --activity-days", stderr)
     users = users_of(payload)
     assert users["user-0099"]["last_login_at"] == stamp(SESSION_NOW - 3600 * 100)
     assert "last_login_at" not in users["user-0100"]  # older than the cut: unknown, so unset

@@ -122,15 +122,17 @@ def test_role_assignment_reads_wait_for_the_role_lists_and_follow_the_mode(mode,
 
 @pytest.mark.parametrize("mode", ["all", "auto"])
 @pytest.mark.parametrize("roles_answer_last", [False, True])
-def test_a_refused_roles_api_skips_the_role_assignment_reads_whenever_its_refusal_arrives(mode, roles_answer_last):
+def test_a_refused_roles_api_skips_the_role_assignment_reads_whenever_its_refusal_arrives(mode, roles_answer_last,
+                                                                                           caplog):
     """Even when a project's custom roles arrive before the organization's roles list is refused."""
     answers = {**ORG, "/organization/roles": 403, "/projects/p1/roles": CUSTOM_ROLE}
     last = ("/organization/roles",) if roles_answer_last else ()
-    _, scheduler, plan = read_with(answers, last, role_assignments=mode)
+    caplog.set_level("INFO", logger="veza_openai")
+    _, scheduler, _ = read_with(answers, last, role_assignments=mode)
     assert scheduler.paths.index("/projects/p1/roles") < scheduler.paths.index("/organization/roles") or \
         not roles_answer_last
     assert not any(p.startswith("/organization/users/") or "/users/u" in p for p in scheduler.paths)
-    assert plan.role_decision_reason == "skipped: the Roles API is not available to this key"
+    assert "per-user role assignments skipped: the Roles API is not available to this key" in caplog.text
 
 
 def test_a_404_on_one_projects_list_and_on_the_project_itself_drops_only_that_project():
@@ -154,13 +156,14 @@ def test_a_deleted_entity_is_reported_the_same_whichever_404_came_first(first_40
 def test_a_project_whose_own_object_cannot_say_is_never_dropped_as_deleted(status):
     answers = {**ORG, "/organization/projects/p1/api_keys": 404, "/organization/projects/p1": status}
     if status == 401:
-        with pytest.raises(vo.DiscoveryError, match="the key from OPENAI_API_KEY must be an Admin API key"):
+        with pytest.raises(vo.DiscoveryError,
+                           match=r"the key from OPENAI_API_KEY \(HTTP 401 .*\): it must be an Admin API key"):
             read_with(answers, role_assignments="none")
         return
     snapshot, _, _ = read_with(answers, role_assignments="none")
     assert snapshot.deleted == []
     assert snapshot.project_api_keys is None
-    assert "whether project p1 still exists is unknown (HTTP 403" in snapshot.unavailable["project_api_keys"]
+    assert "project p1 may still exist (HTTP 403" in snapshot.unavailable["project_api_keys"]
 
 
 def test_a_404_on_a_list_while_its_entity_exists_leaves_the_family_out_in_one_object_read():

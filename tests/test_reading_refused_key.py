@@ -20,7 +20,7 @@ def test_a_refused_key_names_the_variable_it_came_from(run_connector, veza, tmp_
     result = run_connector(*NO_ROLE_READS, env=env, drop=("OPENAI_API_KEY",))
     assert result.returncode == 1, result.output
     # whichever read is answered first: reads go out together
-    assert re.search(rf"OpenAI refused the key \(HTTP 401 on /\S+\): the key from {source} must be an Admin API "
+    assert re.search(rf"OpenAI refused the key from {source} \(HTTP 401 on /\S+\): it must be an Admin API "
                      r"key \(sk-admin-\.\.\.\) of organization org-demo0001", result.stderr), result.stderr
     assert "OPENAI_API_KEY must" not in result.stderr
     assert WRONG_KEY not in result.output and veza.pushes == []
