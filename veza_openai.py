@@ -1716,8 +1716,8 @@ CONTENT_AREAS = set("model models files assistants threads vector_stores batches
                     "completions audio images videos realtime embeddings uploads containers".split())
 MANAGEMENT_AREAS = set("organization projects project users groups roles api_keys keys service_accounts invites "
                        "usage audit_logs billing rate_limits ip_allowlist mtls oidc management".split())
-VERBS = {"read": "Read", "list": "Read", "view": "Read", "get": "Read", "create": "Create", "delete": "Delete",
-         "remove": "Delete", "write": "Write", "update": "Write", "manage": "Write", "admin": "Write"}
+VERBS = {**dict.fromkeys(("read", "list", "view", "get"), "Read"), **dict.fromkeys(("delete", "remove"), "Delete"),
+         **dict.fromkeys(("write", "update", "manage", "admin"), "Write"), "create": "Create"}
 
 
 def canonical_permissions(permission):
@@ -1737,14 +1737,12 @@ STEPS = []
 
 
 def copy_fields(entity, record, **kinds):
-    """Fields as same-named properties: text trimmed (S), times RFC3339 (T), booleans (B); others unset."""
     as_kind = {S: text_of, T: rfc3339, B: lambda value: value if isinstance(value, bool) else None}
     for name, kind in kinds.items():
         entity.set_property(name, as_kind[kind](record.get(name)), ignore_none=True)
 
 
 def step(**properties):
-    """Register a mapping step (run in payload order) and the properties it defines."""
     def register(function):
         function.properties = properties
         STEPS.append(function)
@@ -1830,8 +1828,8 @@ class ApplicationBuilder:
         return user
 
     def principal(self, principal_id, record, where, *, service_account=False):
-        if principal_id in self.app.local_users:
-            return self.app.local_users[principal_id]
+        if user := self.app.local_users.get(principal_id):
+            return user
         email = text_of(record.get("email"))
         user = self.new_local_user(principal_id, text_of(record.get("name")) or email or principal_id, email,
                                    email=email, user_type="service_account" if service_account else "human")
@@ -1878,10 +1876,10 @@ class ApplicationBuilder:
         scope, word = text_of(record.get("resource_type")), text_of(record.get("name")) or role_id
         if match := PREDEFINED_ROLE_ID.fullmatch(role_id):
             scope, word = match.groups()
-        fixed = self.role_for_value(word, f"predefined role {role_id}",
-                                    project=scope.endswith("project") if scope else project)
+        project = scope.endswith("project") if scope else project
+        fixed = self.role_for_value(word, f"predefined role {role_id}", project=project)
         if fixed and isinstance(record.get("permissions"), list):
-            role = self.app.local_roles[fixed]  # its predefined roles' strings, from every record read
+            role = self.app.local_roles[fixed]
             shown = {p for p in record["permissions"] if isinstance(p, str)}
             role.set_property("openai_permissions", sorted(shown.union(role.properties.get("openai_permissions", ()))))
         return fixed
@@ -1927,7 +1925,7 @@ class ApplicationBuilder:
 
     def roles_on(self, holder, project):
         """Every role `holder` and its groups have on `project` (custom roles on the application reach it)."""
-        holders = [holder, *(self.app.local_groups[g] for g in holder.groups or () if g in self.app.local_groups)]
+        holders = [holder, *filter(None, map(self.app.local_groups.get, holder.groups or ()))]
         return list(dict.fromkeys(role for who in holders for role, held in who.role_assignments.items()
                                   if project.resource_key in held["resources"]
                                   or held["apply_to_application"] and role in self.custom_roles))
