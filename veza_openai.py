@@ -1581,30 +1581,29 @@ PROJECT_PERMISSIONS = {"Read Project": OAAPermission.MetadataRead,
                        "Manage Project Members": OAAPermission.MetadataWrite,
                        "Manage Project API Keys": OAAPermission.MetadataWrite}
 PROJECT_OWNER_PERMISSIONS = ["Standard API Requests", *PROJECT_PERMISSIONS]
-FIXED_ROLES = {  # unique id: (name, permissions)
+FIXED_ROLES = {
     "owner": ("Owner", [*ORG_PERMISSIONS]),
     "reader": ("Reader", ["Standard API Requests", "Read Organization"]),
     "project_owner": ("Project Owner", PROJECT_OWNER_PERMISSIONS),
     "project_owner_via_organization": ("Project Owner (organization owner)", PROJECT_OWNER_PERMISSIONS),
     "project_member": ("Project Member", ["Standard API Requests", "Read Project"]),
-    "project_viewer": ("Project Viewer", ["Read Project"]),  # read access, per OpenAI's RBAC guide
+    "project_viewer": ("Project Viewer", ["Read Project"]),  # per OpenAI's RBAC guide
     "admin_api_key": ("Admin API Key", ["Read Organization", "Modify Billing", "Manage Members", *PROJECT_PERMISSIONS]),
 }
 ORG_ROLE_VALUES = {"owner": "owner", "reader": "reader", "member": "reader"}  # invite docs say "owner or member"
 PROJECT_ROLE_VALUES = {"owner": "project_owner", "member": "project_member", "viewer": "project_viewer", "none": ""}
 KEY_OWNER_TYPES = ("user", "service_account")
 HOSTED_TOOLS = ("code_interpreter", "file_search", "image_generation", "mcp", "web_search")
-# A permission string `api.<area>[.<sub>].<verb>` maps by area and verb (OpenAI's RBAC guide; docs/mapping.md).
 CONTENT_AREAS = set("model models files assistants threads vector_stores batches fine_tuning evals responses chat "
                     "completions audio images videos realtime embeddings uploads containers".split())
 MANAGEMENT_AREAS = set("organization projects project users groups roles api_keys keys service_accounts invites "
                        "usage audit_logs billing rate_limits ip_allowlist mtls oidc management".split())
-VERBS = {"read": "Read", "list": "Read", "view": "Read", "get": "Read", "create": "Create", "delete": "Delete",
-         "remove": "Delete", "write": "Write", "update": "Write", "manage": "Write", "admin": "Write"}
+VERBS = {**dict.fromkeys(("read", "list", "view", "get"), "Read"), **dict.fromkeys(("delete", "remove"), "Delete"),
+         **dict.fromkeys(("write", "update", "manage", "admin"), "Write"), "create": "Create"}
 
 
 def canonical_permissions(permission):
-    """Data for content areas, Metadata for management ones, both for others (never understated)."""
+    """`api.<area>[.<sub>].<verb>` by verb and area (OpenAI's RBAC guide); an unknown area: Data and Metadata."""
     parts = permission.strip().lower().split(".")
     verb, area = parts[-1], parts[1] if len(parts) > 2 and parts[0] == "api" else ""
     if verb in ("request", "use", "invoke"):
@@ -1616,18 +1615,16 @@ def canonical_permissions(permission):
 
 
 S, N, B, T, L = (OAAPropertyType[name] for name in ("STRING", "NUMBER", "BOOLEAN", "TIMESTAMP", "STRING_LIST"))
-STEPS: list[Callable[[ApplicationBuilder], None]] = []
+STEPS = []
 
 
 def copy_fields(entity, record, **kinds):
-    """Fields as same-named properties: text trimmed (S), times RFC3339 (T), booleans (B); others unset."""
     as_kind = {S: text_of, T: rfc3339, B: lambda value: value if isinstance(value, bool) else None}
     for name, kind in kinds.items():
         entity.set_property(name, as_kind[kind](record.get(name)), ignore_none=True)
 
 
 def step(**properties):
-    """Register a mapping step (run in payload order) and the properties it defines, by entity or resource type."""
     def register(function):
         function.properties = properties
         STEPS.append(function)
@@ -1641,40 +1638,33 @@ class MappingResult:
     warnings: list[str]
     counts: dict[str, int]
     notes: list[tuple[int, str]] = field(default_factory=list)  # (log level, message)
-    people: dict[str, int] = field(default_factory=dict)  # for main's summary
+    people: dict[str, int] = field(default_factory=dict)
 
 
 class ApplicationBuilder:
-    """The state and helpers every mapping step shares."""
-
     def __init__(self, snapshot):
         self.snapshot = s = snapshot
-        self.app = CustomApplication(name=snapshot.org_id, application_type=APPLICATION_TYPE)
-        self.warnings: list[str] = []
-        self.invitees: set[int] = set()  # id() of the pending invites' local users
-        self.warned: set[str] = set()
-        self.counts: dict[str, int] = {}
-        self.notes: list[tuple[int, str]] = []
-        self.deleted: dict[Kind | None, set] = {kind: set() for kind in (*Kind, None)}
-        for kind, key, endpoint in snapshot.deleted:
+        self.app = CustomApplication(name=s.org_id, application_type=APPLICATION_TYPE)
+        self.warnings, self.warned, self.counts, self.notes = [], set(), {}, []
+        self.invitees = set()  # id() of the pending invites' local users
+        self.deleted = {kind: set() for kind in (*Kind, None)}
+        for kind, key, endpoint in s.deleted:
             self.deleted[kind].add(key)
             self.warn(f"{kind.label} {key if isinstance(key, str) else ' in '.join(reversed(key))} was deleted "
                       f"during the run (HTTP 404 on {endpoint}): {kind.when_deleted}", f"deleted:{kind.label}:{key}")
         self.role_values = {False: dict(ORG_ROLE_VALUES), True: dict(PROJECT_ROLE_VALUES)}  # unknown ones added
-        self.api_roles: dict[str, str] = {}  # Roles API role id -> pushed role id
-        self.custom_roles: set[str] = set()  # pushed ids
-        self.predefined_permissions: dict[str, set[str]] = {}  # fixed role id -> its predefined roles' strings
+        self.api_roles = {}  # Roles API role id -> pushed role id
+        self.custom_roles = set()
         self.key_holders: list[tuple[AccessCred, LocalUser, CustomResource, str]] = []
-        self.groups_not_in_payload: dict[str, int] = {}  # group id -> assignments given directly
+        self.groups_not_in_payload = {}  # group id -> assignments given directly
         self.user_records = self.records("organization user", s.users, Kind.USER)
         self.group_records = self.records("group", s.groups or [], Kind.GROUP)
         self.project_records = self.records("project", s.projects or [], Kind.PROJECT)
-        self.projects: dict[str, CustomResource] = {}
-        self.project_keys: set[str] = set()
-        per_entity = ("project_roles", "group_roles", "user_roles", "project_group_roles", "project_user_roles")
-        lists = [s.roles, *(records for name in per_entity for records in (getattr(s, name) or {}).values())]
-        self.api_role_ids = {record["id"].lower() for records in lists for record in records or []
-                             if isinstance(record, dict) and isinstance(record.get("id"), str)}
+        self.projects = {}
+        self.project_keys = set()
+        families = (s.project_roles, s.group_roles, s.user_roles, s.project_group_roles, s.project_user_roles)
+        lists = [s.roles, *(records for family in families for records in (family or {}).values())]
+        self.api_role_ids = {role_id.lower() for records in lists for role_id in ids_of(records or [])}
 
     def build(self):
         definitions = self.app.property_definitions
@@ -1688,61 +1678,50 @@ class ApplicationBuilder:
             mapping_step(self)
         return MappingResult(self.app, self.warnings, self.counts, self.notes)
 
-    # --- warnings and records
     def warn(self, message, once_key=None):
         if once_key is None or once_key not in self.warned:
             self.warned.add(once_key)
             self.warnings.append(message)
 
     def warn_value(self, field_name, value, what_then):
-        try:
-            shown = None if value is None else str(value)[:60]
-        except RecursionError:  # a value nested too deep to print
-            shown = shape(value)
-        self.warn(f"missing {field_name}: {what_then}" if shown is None else
-                  f"unknown {field_name} {shown!r}: {what_then}", f"value:{field_name}:{shown}")
+        shown = value[:60] if isinstance(value, str) else shape(value)
+        problem = f"missing {field_name}" if value is None else f"unknown {field_name} {shown!r}"
+        self.warn(f"{problem}: {what_then}", f"value:{field_name}:{shown}")
 
     def flag(self, record, name, subject):
-        """A boolean field; None when absent or (warned once) not a boolean."""
         value = record.get(name)
         if value is None or isinstance(value, bool):
             return value
-        self.warn(f"{subject} has {name} {shape(value)}, not true or false; treated as unknown",
-                  f"flag:{subject}:{name}")
+        self.warn(f"{subject} has non-boolean {name} {shape(value)}; treated as unknown", f"flag:{subject}:{name}")
         return None
 
     def records(self, what, items, kind=None, key="id"):
-        """Usable records (unique_by_id; problems warned once) minus entities deleted during the run."""
         def warn(problem):
-            message = f"a {what} record {problem}" if problem.startswith("has no") else f"{what} {problem}"
-            self.warn(message, message)
+            self.warn(f"{what} record {problem}", f"{what} record {problem}")
         return [item for item in unique_by_id(items, key, warn) if item[key] not in self.deleted[kind]]
 
     def project_list(self, family, pid, kind=Kind.USER):
         return self.records(f"project {pid} {FAMILIES[family].label}",
                             (getattr(self.snapshot, family) or {}).get(pid, []), kind)
 
-    # --- identities
     def new_local_user(self, unique_id, name, identity=None, *, email=None, is_active=True, user_type=None):
         user = self.app.add_local_user(name, [identity] if identity else None, unique_id=unique_id)
         user.email, user.is_active, user.user_type = email, is_active, user_type
         return user
 
     def principal(self, principal_id, record, where, *, service_account=False):
-        """The local user for an id, built (warned) from `record` when the organization list lacks it."""
-        if principal_id in self.app.local_users:
-            return self.app.local_users[principal_id]
+        if user := self.app.local_users.get(principal_id):
+            return user
         email = text_of(record.get("email"))
         user = self.new_local_user(principal_id, text_of(record.get("name")) or email or principal_id, email,
                                    email=email, user_type="service_account" if service_account else "human")
-        self.warn(f"{where} names {'service account' if service_account else 'user'} {principal_id} who is not in "
-                  "the organization user list; kept, built from that record")
+        self.warn(f"{where} names {'service account' if service_account else 'user'} {principal_id}, not in the "
+                  "organization user list; built from that record")
         return user
 
     def key_credential(self, record, *, active=True, unique_id=None):
-        """A key record's credential, inactive once expired when the read started."""
-        cred = self.app.add_access_cred(unique_id or record["id"], text_of(record.get("name")) or
-                                        text_of(record.get("redacted_value")) or record["id"])
+        name = text_of(record.get("name")) or text_of(record.get("redacted_value")) or record["id"]
+        cred = self.app.add_access_cred(unique_id or record["id"], name)
         expires = epoch_seconds(record.get("expires_at"))
         cred.is_active = active and (expires is None or expires >= self.snapshot.read_at)
         for name in ("created_at", "last_used_at", "expires_at"):
@@ -1750,7 +1729,6 @@ class ApplicationBuilder:
         copy_fields(cred, record, redacted_value=S)
         return cred
 
-    # --- roles
     def role_for_value(self, value, subject, *, project):
         """The role id for a role value ("" for none); an unknown value gets a role of its own."""
         scope = "project" if project else "organization"
@@ -1761,43 +1739,38 @@ class ApplicationBuilder:
         if role not in values:  # read access, as every role there has
             wanted = f"project_{role}" if project else role
             role_id = values[role] = self.free_role_id(wanted, f"project_role_{role}" if project else f"{scope}_{role}")
-            self.app.add_local_role(f"Project {role.capitalize()}" if project else role.capitalize(),
-                                    list(FIXED_ROLES["project_viewer" if project else "reader"][1]), unique_id=role_id)
+            floor, permissions = FIXED_ROLES["project_viewer" if project else "reader"]
+            name = f"Project {role.capitalize()}" if project else role.capitalize()
+            self.app.add_local_role(name, list(permissions), unique_id=role_id)
             taken = "" if role_id == wanted else f" ({wanted!r} is the id of another role)"
-            floor = "Read Project" if project else "Reader's permissions"
-            self.warn(f"unknown {scope} role {role!r}: mapped to {role_id!r}{taken} with {floor}")
+            self.warn(f"unknown {scope} role {role!r}: mapped to {role_id!r}{taken} with {floor}'s permissions")
         return values[role]
 
     def free_role_id(self, wanted, fallback):
-        """`wanted`, else `fallback` (numbered if need be): never the id of a pushed or Roles API role."""
         taken = {role_id.lower() for role_id in self.app.local_roles} | self.api_role_ids
         candidates = itertools.chain((wanted, fallback), (f"{fallback}_{number}" for number in itertools.count(2)))
         return next(candidate for candidate in candidates if candidate.lower() not in taken)
 
     def role_record(self, record, project):
-        """The role id pushed for a Roles API role or assignment record (a predefined role: its fixed role)."""
         role_id = record["id"].strip()
         if not is_predefined_role(record):
-            if role_id not in self.api_roles:
-                self.api_roles[role_id] = self.custom_role(record, role_id)
-            return self.api_roles[role_id]
-        match = PREDEFINED_ROLE_ID.fullmatch(role_id)
-        scope, word = match.groups() if match else (text_of(record.get("resource_type")) or "",
-                                                    text_of(record.get("name")) or role_id)
-        fixed = self.role_for_value(word, f"predefined role {role_id}",
-                                    project=scope.endswith("project") if scope else project)
+            return self.api_roles.get(role_id) or self.custom_role(record, role_id)
+        scope, word = text_of(record.get("resource_type")), text_of(record.get("name")) or role_id
+        if match := PREDEFINED_ROLE_ID.fullmatch(role_id):
+            scope, word = match.groups()
+        project = scope.endswith("project") if scope else project
+        fixed = self.role_for_value(word, f"predefined role {role_id}", project=project)
         if fixed and isinstance(record.get("permissions"), list):
-            shown = self.predefined_permissions.setdefault(fixed, set())
-            shown.update(p for p in record["permissions"] if isinstance(p, str))
-            self.app.local_roles[fixed].set_property("openai_permissions", sorted(shown))
-        return fixed or None
+            role = self.app.local_roles[fixed]
+            shown = {p for p in record["permissions"] if isinstance(p, str)}
+            role.set_property("openai_permissions", sorted(shown.union(role.properties.get("openai_permissions", ()))))
+        return fixed
 
     def custom_role(self, record, role_id):
         pushed = role_id
         if role_id in self.app.local_roles:  # case-insensitive, as Veza compares ids
             pushed = self.free_role_id(f"roles_api_{role_id}", f"roles_api_{role_id}")
-            self.warn(f"Roles API role {role_id!r} has the id of a fixed role; it is kept, with its assignments, "
-                      f"as {pushed!r}")
+            self.warn(f"Roles API role {role_id!r} has a fixed role's id; kept, with its assignments, as {pushed!r}")
         raw = record.get("permissions")
         if isinstance(raw, str):
             self.warn(f"role {role_id} lists its permissions as one string, not a list; read as one permission")
@@ -1813,6 +1786,7 @@ class ApplicationBuilder:
         role = self.app.add_local_role(text_of(record.get("name")) or role_id, permissions, unique_id=pushed)
         copy_fields(role, record, predefined_role=B, resource_type=S, description=S)
         self.custom_roles.add(pushed)
+        self.api_roles[role_id] = pushed
         return pushed
 
     def assign(self, identity, assignments, project, member=None):
@@ -1820,7 +1794,7 @@ class ApplicationBuilder:
         count = 0
         for record in self.records("role assignment", assignments):
             role_id = self.role_record(record, project is not None)
-            if role_id is None or (member is not None and self.through_groups(record, role_id, member, project)):
+            if not role_id or (member is not None and self.through_groups(record, role_id, member, project)):
                 continue
             if project is not None:
                 identity.add_role(role_id, resources=[project])
@@ -1833,7 +1807,7 @@ class ApplicationBuilder:
 
     def roles_on(self, holder, project):
         """Every role `holder` and its groups have on `project` (custom roles on the application reach it)."""
-        holders = [holder, *(self.app.local_groups[g] for g in holder.groups or () if g in self.app.local_groups)]
+        holders = [holder, *filter(None, map(self.app.local_groups.get, holder.groups or ()))]
         return list(dict.fromkeys(role for who in holders for role, held in who.role_assignments.items()
                                   if project.resource_key in held["resources"]
                                   or held["apply_to_application"] and role in self.custom_roles))
@@ -1851,7 +1825,7 @@ class ApplicationBuilder:
             group = self.app.local_groups.get(group_id) if kind == "group" else None
             if kind == "group" and group is None:
                 self.groups_not_in_payload[group_id] = self.groups_not_in_payload.get(group_id, 0) + 1
-            held = group.role_assignments.get(role_id) if group is not None else None
+            held = group and group.role_assignments.get(role_id)
             through = through and bool(held) and group_id in (member.groups or ()) and (
                 held["apply_to_application"] if project is None else project.resource_key in held["resources"])
         return through

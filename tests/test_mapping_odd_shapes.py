@@ -116,17 +116,16 @@ def test_a_user_whose_enabled_is_the_string_false_is_warned_and_kept_active():
                                                                   user("u3", banned="true")]))
     users = by_id(application(payload)["local_users"])
     assert users["u1"]["is_active"] is True and users["u2"]["is_active"] is False and users["u3"]["is_active"]
-    assert 'user u1 has enabled "false", not true or false; treated as unknown' in warnings
-    assert 'user u3 has banned "true", not true or false; treated as unknown' in warnings
+    assert 'user u1 has non-boolean enabled "false"; treated as unknown' in warnings
+    assert 'user u3 has non-boolean banned "true"; treated as unknown' in warnings
     assert not any("u2" in w for w in warnings)
 
 
 @pytest.mark.parametrize(("provider_enabled", "rule_enabled", "active", "warned"), [
-    (True, "false", True, 'federation rule rule_1 has enabled "false", not true or false; treated as unknown'),
-    ("false", True, True, 'workload identity provider wip_1 has enabled "false", not true or false; treated as '
-                          'unknown'),
+    (True, "false", True, 'federation rule rule_1 has non-boolean enabled "false"; treated as unknown'),
+    ("false", True, True, 'workload identity provider wip_1 has non-boolean enabled "false"; treated as unknown'),
     ("false", False, False, None),  # one side certainly disabled: inactive, whatever the other says
-    (1, True, True, "workload identity provider wip_1 has enabled 1, not true or false; treated as unknown"),
+    (1, True, True, "workload identity provider wip_1 has non-boolean enabled 1; treated as unknown"),
 ])
 def test_a_federation_rule_with_a_non_boolean_enabled_is_warned_and_never_understated(
         provider_enabled, rule_enabled, active, warned):

@@ -114,7 +114,7 @@ def test_an_unknown_project_role_reads_the_project_and_is_warned_once():
     assert roles_of(result, "u1")["project_billing"]["resources"] == ["p1", "p2"]
     assert roles_of(result, "u2")["project_billing"]["resources"] == ["p1"]
     assert [w for w in result.warnings if "billing" in w] == [
-        "unknown project role 'billing': mapped to 'project_billing' with Read Project"]
+        "unknown project role 'billing': mapped to 'project_billing' with Project Viewer's permissions"]
 
 
 # --- key is_active --------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def test_a_role_id_that_clashes_with_a_fixed_role_never_replaces_it():
     result = build(snapshot)
     assert result.application.local_roles["owner"].name == "Owner"
     assert result.application.local_roles["roles_api_owner"].name == "Evil"
-    assert any("has the id of a fixed role; it is kept, with its assignments, as 'roles_api_owner'" in w
+    assert any("has a fixed role's id; kept, with its assignments, as 'roles_api_owner'" in w
                for w in result.warnings)
 
 

@@ -48,8 +48,8 @@ def test_a_lone_surrogate_in_an_id_skips_that_record_with_a_warning(run_connecto
     assert {r["id"] for r in app["resources"] if r["resource_type"] == "project"} == {"proj_alpha", "proj_beta"}
     assert len(app["local_users"]) == len(by_id(app["local_users"]))
     assert not any(not u["id"].isascii() for u in app["local_users"])
-    assert r"WARNING a project record has no usable id ('proj_\ud800'); skipped" in result.stderr
-    assert r"WARNING a organization user record has no usable id ('user-\udfff'); skipped" in result.stderr
+    assert r"WARNING project record has no usable id ('proj_\ud800'); skipped" in result.stderr
+    assert r"WARNING organization user record has no usable id ('user-\udfff'); skipped" in result.stderr
 
 
 def test_a_required_familys_bad_page_fails_with_a_clear_message(run_connector, veza, openai_fake):
