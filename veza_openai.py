@@ -2012,6 +2012,10 @@ def map_users(m):
     m.counts["users"] = len(m.app.local_users)
 
 
+def name_of(record):
+    return text_of(record.get("name")) or record["id"]
+
+
 @step(local_group={"group_type": S, "is_scim_managed": B})
 def map_groups(m):
     if m.snapshot.groups is None:
@@ -2019,7 +2023,7 @@ def map_groups(m):
     memberships = 0
     for record in m.group_records:
         gid = record["id"]
-        group = m.app.add_local_group(text_of(record.get("name")) or gid, unique_id=gid)
+        group = m.app.add_local_group(name_of(record), unique_id=gid)
         group.created_at = rfc3339(record.get("created_at"))
         copy_fields(group, record, group_type=S, is_scim_managed=B)
         for member in m.records(f"group {gid} member", (m.snapshot.group_users or {}).get(gid, []), Kind.USER):
@@ -2036,8 +2040,7 @@ def map_projects(m):
         return
     for record in m.project_records:
         pid = record["id"]
-        project = m.projects[pid] = m.app.add_resource(text_of(record.get("name")) or pid, resource_type="project",
-                                                       unique_id=pid)
+        project = m.projects[pid] = m.app.add_resource(name_of(record), resource_type="project", unique_id=pid)
         status = text_of(record.get("status"))
         if status is not None and status.lower() not in ("active", "archived"):
             m.warn_value("project status", status, "read as not archived (its keys stay active)")
@@ -2069,14 +2072,14 @@ def map_hosted_tools(m, project, tools):
     if tools is not None and not (isinstance(tools, dict) and any(tool in tools for tool in HOSTED_TOOLS)):
         problem = f"{shape(tools)} name none of the tools {', '.join(HOSTED_TOOLS)}" if isinstance(tools, dict) \
             else f"are {shape(tools)}, not an object"
-        m.warn(f"{where} permissions {problem}; every *_enabled property left unset")
+        m.warn(f"{where} permissions {problem}; *_enabled left unset")
     for tool in HOSTED_TOOLS if isinstance(tools, dict) else ():
         setting = tools.get(tool)
         enabled = dict_of(setting).get("enabled")
         if isinstance(enabled, bool):
             project.set_property(f"{tool}_enabled", enabled)
         elif setting is not None:
-            m.warn(f"{where} {tool} is {shape(setting)}, not {{\"enabled\": true or false}}; {tool}_enabled left unset")
+            m.warn(f'{where} {tool} is {shape(setting)}, not {{"enabled": true or false}}; {tool}_enabled left unset')
 
 
 @step()
@@ -2096,8 +2099,7 @@ def map_service_accounts(m):
     count = 0
     for pid, project in m.projects.items():
         for record in m.project_list("project_service_accounts", pid, kind=None):
-            account = m.app.local_users.get(record["id"]) or m.new_local_user(
-                record["id"], text_of(record.get("name")) or record["id"])
+            account = m.app.local_users.get(record["id"]) or m.new_local_user(record["id"], name_of(record))
             account.user_type = "service_account"
             account.created_at = account.created_at or rfc3339(record.get("created_at"))
             account.set_property("project_id", pid)
@@ -2152,7 +2154,7 @@ def map_project_api_keys(m):
 
 
 def admin_key_id(m, record, redacted):
-    """The id an admin-list entry is pushed under; None for a project key or an entry that is no admin key."""
+    """The id an admin-list entry is pushed under; None if it is a project key or no admin key."""
     key_id = record["id"]
     project_key = key_id in m.app.access_creds
     if redacted and not redacted.startswith("sk-admin"):
@@ -2212,14 +2214,14 @@ def map_invites(m):
             continue
         email = text_of(record.get("email"))
         invitee = m.new_local_user(record["id"], email or record["id"], email, is_active=False)
-        m.invitees.add(id(invitee))  # not a person yet, whatever its status
+        m.invitees.add(id(invitee))  # not a person yet
         invitee.set_property("invite_status", status, ignore_none=True)
         invitee.set_property("invite_expires_at", rfc3339(record.get("expires_at")), ignore_none=True)
         if role := m.role_for_value(record.get("role"), invite, project=False):
             invitee.add_role(role, apply_to_application=True)
         grants = record.get("projects")
         for grant in [g for g in grants if isinstance(g, dict)] if isinstance(grants, list) else []:
-            project = m.projects.get(grant.get("id")) if isinstance(grant.get("id"), str) else None
+            project = m.projects.get(grant["id"]) if isinstance(grant.get("id"), str) else None
             project_role = m.role_for_value(grant.get("role"), invite, project=True)
             if project is not None and project_role:
                 invitee.add_role(project_role, resources=[project])
@@ -2287,11 +2289,11 @@ def assign_project_groups(m, pid, project):
 def map_key_access(m):
     """A project key acts with every role its owner holds in its project, from every source read."""
     for cred, holder, project, in_record in m.key_holders:
-        roles = list(filter(None, [*m.roles_on(holder, project), in_record]))
+        roles = dict.fromkeys(filter(None, [*m.roles_on(holder, project), in_record]))
         if not roles:
             m.warn(f"owner {holder.unique_id} of project API key {cred.unique_id} has no project role in "
                    f"{project.unique_id}; kept without one")
-        for role in dict.fromkeys(roles):
+        for role in roles:
             cred.add_role(role, resources=[project])
 
 
@@ -2320,7 +2322,7 @@ def map_federation_rules(m):
 
 
 def federation_rule_credential(m, provider, rule, where):
-    cred = m.app.add_access_cred(rule["id"], text_of(rule.get("name")) or rule["id"])
+    cred = m.app.add_access_cred(rule["id"], name_of(rule))
     cred.created_at = rfc3339(rule.get("created_at")) or ""
     # unknown (warned) counts as enabled
     cred.is_active = (m.flag(rule, "enabled", where) is not False and
@@ -2362,7 +2364,7 @@ def hold_federation_rule(m, rule, cred, where):
     holder = m.app.local_users.get(account_id)
     if holder is None or holder.user_type != "service_account":
         problem = f"service account {account_id} which is not listed" if holder is None else \
-            f"{account_id} as its service account, but that id is a human user's"
+            f"{account_id}, a human user, as its service account"
         m.warn(f"{where} names {problem}; kept without a holder or project role")
         return
     holder.add_access_cred(rule["id"])
@@ -2392,7 +2394,7 @@ def map_activity(m):
         else:
             m.notes.append((logging.DEBUG, f"audit log: login by {user_id}, not an organization user; ignored"))
     keys = sorted(key_id for key_id in scopes if key_id in m.project_keys)
-    for key_id in keys:  # [] means all permissions (OpenAI's key docs): unrestricted, no scopes shown
+    for key_id in keys:  # [] means all permissions (OpenAI's key docs)
         m.app.access_creds[key_id].set_property("scopes_restricted", bool(scopes[key_id]))
         m.app.access_creds[key_id].set_property("scopes", scopes[key_id] or None, ignore_none=True)
     m.counts.update(logins=len(users & set(logins)), key_scopes=len(keys))
@@ -2414,7 +2416,7 @@ def audit_activity(events, since):
                 logins[user_id] = max(at, logins.get(user_id, at))
         elif kind in ("api_key.created", "api_key.updated"):
             details = dict_of(event.get(kind))  # under a key named like the type
-            # An update's scopes: in changes_requested by the schema, in data by OpenAI's own example.
+            # an update's scopes: in changes_requested by the schema, in data by OpenAI's example
             holders = ("data",) if kind == "api_key.created" else ("changes_requested", "data")
             found = (dict_of(details.get(holder)).get("scopes") for holder in holders)
             scopes = next((scopes for scopes in found if isinstance(scopes, list)), None)
@@ -2434,7 +2436,7 @@ def map_certificates(m):
     s = m.snapshot
     if s.certificates is None and (s.projects is None or s.project_certificates is None):
         return
-    found = []  # (the add_resource to call, the record)
+    found = []
     for record in m.records("certificate", s.certificates or []):
         if record["id"] in m.app.resources:
             m.warn(f"certificate {record['id']} has the id of a project; left out")
@@ -2443,27 +2445,25 @@ def map_certificates(m):
     found += [(project.add_sub_resource, record) for pid, project in m.projects.items()
               for record in m.project_list("project_certificates", pid, kind=None)]
     for add, record in found:
-        certificate = add(text_of(record.get("name")) or record["id"], resource_type="certificate",
-                          unique_id=record["id"])
+        certificate = add(name_of(record), resource_type="certificate", unique_id=record["id"])
         copy_fields(certificate, record, active=B)
         copy_fields(certificate, dict_of(record.get("certificate_details")), valid_at=T, expires_at=T)
     m.counts["certificates"] = len(found)
 
 
-# The summary line's counts, in a fixed order (new ones are only appended).
+# The summary line's counts, in a fixed order (new ones only appended).
 COUNTS = ("users", "groups", "group_memberships", "projects", "project_memberships", "service_accounts",
           "project_api_keys_active", "project_api_keys_inactive", "admin_api_keys", "invites_pending", "roles",
           "role_assignments", "logins", "key_scopes", "federation_rules", "certificates")
 
 
 def build_application(snapshot):
-    """Map a Snapshot to a CustomApplication (pure: no I/O or logging; the caller logs warnings and notes)."""
+    """Map a Snapshot to a MappingResult (pure: no I/O or logging; the caller logs its warnings and notes)."""
     builder = ApplicationBuilder(snapshot)
     result = builder.build()
     result.counts = {name: result.counts[name] for name in COUNTS if name in result.counts}
-    app = result.application
-    owner_groups = {group.unique_id for group in app.local_groups.values() if "owner" in group.role_assignments}
-    users = [user for user in app.local_users.values() if id(user) not in builder.invitees]
+    owner_groups = {group.unique_id for group in builder.app.local_groups.values() if "owner" in group.role_assignments}
+    users = [user for user in builder.app.local_users.values() if id(user) not in builder.invitees]
     result.people = {"people": sum(user.user_type != "service_account" for user in users),
                      "owners": sum("owner" in user.role_assignments or not owner_groups.isdisjoint(user.groups or ())
                                    for user in users)}
