@@ -1837,7 +1837,7 @@ class ApplicationBuilder:
 def map_permissions_and_fixed_roles(m):
     for name, canonical in ORG_PERMISSIONS.items():
         m.app.add_custom_permission(name, [canonical])
-    for name, canonical in PROJECT_PERMISSIONS.items():  # held on the application (an admin key's): every project
+    for name, canonical in PROJECT_PERMISSIONS.items():  # on the application (an admin key's): every project
         m.app.add_custom_permission(name, [canonical], apply_to_sub_resources=True, resource_types=["project"])
     for role_id, (name, permissions) in FIXED_ROLES.items():
         m.app.add_local_role(name, list(permissions), unique_id=role_id)
@@ -1854,19 +1854,22 @@ def map_organization(m):
 def map_users(m):
     for record in m.user_records:
         nested, subject = dict_of(record.get("user")), f"user {record['id']}"
-        email = text_of(record.get("email")) or text_of(nested.get("email"))
-        name = text_of(record.get("name")) or text_of(nested.get("name")) or email or record["id"]
-        banned = m.flag(nested, "banned", subject)  # unknown (warned) counts as active: access is never understated
-        user = m.new_local_user(record["id"], name, email, email=email,
+        email, name = (text_of(record.get(key)) or text_of(nested.get(key)) for key in ("email", "name"))
+        banned = m.flag(nested, "banned", subject)  # unknown (warned) counts as active
+        user = m.new_local_user(record["id"], name or email or record["id"], email, email=email,
                                 is_active=not (banned is True or m.flag(nested, "enabled", subject) is False),
                                 user_type="service_account" if record.get("is_service_account") is True else "human")
         user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
-        # banned_at alone deactivates no one: an unbanned user may keep an old one
+        # an unbanned user may keep an old banned_at
         user.deactivated_at = rfc3339(nested.get("banned_at")) if banned is True else None
         copy_fields(user, record, added_at=T, api_key_last_used_at=T, is_scim_managed=B)
         if role := m.role_for_value(record.get("role"), subject, project=False):
             user.add_role(role, apply_to_application=True)
     m.counts["users"] = len(m.app.local_users)
+
+
+def name_of(record):
+    return text_of(record.get("name")) or record["id"]
 
 
 @step(local_group={"group_type": S, "is_scim_managed": B})
@@ -1876,7 +1879,7 @@ def map_groups(m):
     memberships = 0
     for record in m.group_records:
         gid = record["id"]
-        group = m.app.add_local_group(text_of(record.get("name")) or gid, unique_id=gid)
+        group = m.app.add_local_group(name_of(record), unique_id=gid)
         group.created_at = rfc3339(record.get("created_at"))
         copy_fields(group, record, group_type=S, is_scim_managed=B)
         for member in m.records(f"group {gid} member", (m.snapshot.group_users or {}).get(gid, []), Kind.USER):
@@ -1893,15 +1896,14 @@ def map_projects(m):
         return
     for record in m.project_records:
         pid = record["id"]
-        project = m.projects[pid] = m.app.add_resource(text_of(record.get("name")) or pid, resource_type="project",
-                                                       unique_id=pid)
+        project = m.projects[pid] = m.app.add_resource(name_of(record), resource_type="project", unique_id=pid)
         status = text_of(record.get("status"))
         if status is not None and status.lower() not in ("active", "archived"):
             m.warn_value("project status", status, "read as not archived (its keys stay active)")
         copy_fields(project, record, status=S, created_at=T, archived_at=T)
         map_model_permissions(m, project, (s.model_permissions or {}).get(pid))
         map_hosted_tools(m, project, (s.hosted_tool_permissions or {}).get(pid))
-    for user in m.app.local_users.values():  # OpenAI's rule: organization owners own every project, listed or not
+    for user in m.app.local_users.values():  # OpenAI's rule: organization owners own every project
         if "owner" in user.role_assignments:
             user.add_role("project_owner_via_organization", resources=list(m.projects.values()))
     m.counts["projects"] = len(m.projects)
@@ -1921,19 +1923,19 @@ def map_model_permissions(m, project, policy):
 
 
 def map_hosted_tools(m, project, tools):
-    """`<tool>_enabled` from {"<tool>": {"enabled": bool}}; any other shape is warned and left unset."""
+    """`<tool>_enabled` from {"<tool>": {"enabled": bool}}; other shapes are warned, left unset."""
     where = f"project {project.unique_id} hosted tool"
     if tools is not None and not (isinstance(tools, dict) and any(tool in tools for tool in HOSTED_TOOLS)):
         problem = f"{shape(tools)} name none of the tools {', '.join(HOSTED_TOOLS)}" if isinstance(tools, dict) \
             else f"are {shape(tools)}, not an object"
-        m.warn(f"{where} permissions {problem}; every *_enabled property left unset")
+        m.warn(f"{where} permissions {problem}; *_enabled left unset")
     for tool in HOSTED_TOOLS if isinstance(tools, dict) else ():
         setting = tools.get(tool)
         enabled = dict_of(setting).get("enabled")
         if isinstance(enabled, bool):
             project.set_property(f"{tool}_enabled", enabled)
         elif setting is not None:
-            m.warn(f"{where} {tool} is {shape(setting)}, not {{\"enabled\": true or false}}; {tool}_enabled left unset")
+            m.warn(f'{where} {tool} is {shape(setting)}, not {{"enabled": true or false}}; {tool}_enabled left unset')
 
 
 @step()
@@ -1953,8 +1955,7 @@ def map_service_accounts(m):
     count = 0
     for pid, project in m.projects.items():
         for record in m.project_list("project_service_accounts", pid, kind=None):
-            account = m.app.local_users.get(record["id"]) or m.new_local_user(
-                record["id"], text_of(record.get("name")) or record["id"])
+            account = m.app.local_users.get(record["id"]) or m.new_local_user(record["id"], name_of(record))
             account.user_type = "service_account"
             account.created_at = account.created_at or rfc3339(record.get("created_at"))
             account.set_property("project_id", pid)
@@ -1974,7 +1975,7 @@ def key_owner(m, record):
         if kind in KEY_OWNER_TYPES and isinstance(owner.get(kind), dict):
             return text_of(owner[kind].get("id")), owner[kind], kind == "service_account"
     if any(kind in owner for kind in KEY_OWNER_TYPES):
-        return None, {}, False  # nested, but not an object: no owner to read
+        return None, {}, False
     return text_of(owner.get("id")), owner, owner_type == "service_account"
 
 
@@ -2009,13 +2010,13 @@ def map_project_api_keys(m):
 
 
 def admin_key_id(m, record, redacted):
-    """The id an admin-list entry is pushed under; None for a project key or an entry that is no admin key."""
+    """The id an admin-list entry is pushed under; None if it is a project key or no admin key."""
     key_id = record["id"]
     project_key = key_id in m.app.access_creds
     if redacted and not redacted.startswith("sk-admin"):
-        if not project_key:  # of a project not read (refused, deleted): as an admin key it would overstate access
-            m.warn(f"admin API key list returned {key_id} ({redacted}), which does not look like an admin key and "
-                   "is not a project key that was read; left out")
+        if not project_key:  # of a project not read: as an admin key it would overstate access
+            m.warn(f"admin API key list entry {key_id} ({redacted}) is neither an admin key nor a key of a read "
+                   "project; left out")
         return None
     if not project_key:
         return key_id
@@ -2032,7 +2033,7 @@ def admin_key_id(m, record, redacted):
 @step()
 def map_admin_api_keys(m):
     count = 0
-    listed: list[str] = []  # project keys the admin list returned too
+    listed = []  # project keys the admin list returned too
     for record in m.records("admin API key", m.snapshot.admin_api_keys or []):
         unique_id = admin_key_id(m, record, text_of(record.get("redacted_value")) or "")
         if unique_id is None:
@@ -2049,9 +2050,9 @@ def map_admin_api_keys(m):
             m.warn(f"admin API key {record['id']} has no owner in its record")
         count += 1
     if listed:
-        entries = "1 entry is a project API key" if len(listed) == 1 else f"{len(listed)} entries are project API keys"
-        m.notes.append((logging.INFO, f"admin API key list: {entries} already read ({', '.join(listed[:5])}"
-                                      f"{', ...' if len(listed) > 5 else ''}); kept once, as project keys"))
+        shown = ", ".join(listed[:5]) + (", ..." if len(listed) > 5 else "")
+        m.notes.append((logging.INFO, f"admin API key list: {len(listed)} project API key(s) already read ({shown}); "
+                                      "kept once, as project keys"))
     m.counts["admin_api_keys"] = count
 
 
@@ -2065,18 +2066,18 @@ def map_invites(m):
         if status != "pending":
             m.warn_value("invite status", status, "kept as a pending invite (it may still be accepted)")
         if record["id"] in m.app.local_users:
-            m.warn(f"{invite} has the id of an existing user; the invite is left out")
+            m.warn(f"{invite} has the id of an existing user; left out")
             continue
         email = text_of(record.get("email"))
         invitee = m.new_local_user(record["id"], email or record["id"], email, is_active=False)
-        m.invitees.add(id(invitee))  # not a person yet, whatever its status
+        m.invitees.add(id(invitee))  # not a person yet
         invitee.set_property("invite_status", status, ignore_none=True)
         invitee.set_property("invite_expires_at", rfc3339(record.get("expires_at")), ignore_none=True)
         if role := m.role_for_value(record.get("role"), invite, project=False):
             invitee.add_role(role, apply_to_application=True)
         grants = record.get("projects")
         for grant in [g for g in grants if isinstance(g, dict)] if isinstance(grants, list) else []:
-            project = m.projects.get(grant.get("id")) if isinstance(grant.get("id"), str) else None
+            project = m.projects.get(grant["id"]) if isinstance(grant.get("id"), str) else None
             project_role = m.role_for_value(grant.get("role"), invite, project=True)
             if project is not None and project_role:
                 invitee.add_role(project_role, resources=[project])
@@ -2119,14 +2120,13 @@ def map_role_assignments(m):
     if m.groups_not_in_payload:
         missing = sorted(m.groups_not_in_payload)
         why = "groups were left out" if s.groups is None else "not in the group list, or deleted"
-        m.warn(f"{sum(m.groups_not_in_payload.values())} role assignments name groups that are not in the payload "
-               f"({why}: {', '.join(g or '(no id)' for g in missing[:5])}{', ...' if len(missing) > 5 else ''}); "
-               "their roles are given to the users directly")
+        m.warn(f"{sum(m.groups_not_in_payload.values())} role assignments name groups not in the payload ({why}: "
+               f"{', '.join(g or '(no id)' for g in missing[:5])}{', ...' if len(missing) > 5 else ''}); their roles "
+               "go to the users directly")
     m.counts["role_assignments"] = count
 
 
 def assign_project_groups(m, pid, project):
-    """The roles of each group the project lists there (one missing from the group list is kept)."""
     count = 0
     for link in m.records(f"project {pid} group", m.snapshot.project_groups.get(pid, []), Kind.GROUP, key="group_id"):
         gid = link["group_id"]
@@ -2145,11 +2145,11 @@ def assign_project_groups(m, pid, project):
 def map_key_access(m):
     """A project key acts with every role its owner holds in its project, from every source read."""
     for cred, holder, project, in_record in m.key_holders:
-        roles = list(filter(None, [*m.roles_on(holder, project), in_record]))
+        roles = dict.fromkeys(filter(None, [*m.roles_on(holder, project), in_record]))
         if not roles:
             m.warn(f"owner {holder.unique_id} of project API key {cred.unique_id} has no project role in "
                    f"{project.unique_id}; kept without one")
-        for role in dict.fromkeys(roles):
+        for role in roles:
             cred.add_role(role, resources=[project])
 
 
@@ -2178,9 +2178,9 @@ def map_federation_rules(m):
 
 
 def federation_rule_credential(m, provider, rule, where):
-    cred = m.app.add_access_cred(rule["id"], text_of(rule.get("name")) or rule["id"])
+    cred = m.app.add_access_cred(rule["id"], name_of(rule))
     cred.created_at = rfc3339(rule.get("created_at")) or ""
-    # Unknown (warned) counts as enabled: access is never understated.
+    # unknown (warned) counts as enabled
     cred.is_active = (m.flag(rule, "enabled", where) is not False and
                       m.flag(provider, "enabled", f"workload identity provider {provider['id']}") is not False)
     copy_fields(cred, provider, issuer=S, audience=S)
@@ -2205,7 +2205,7 @@ def federation_rule_credential(m, provider, rule, where):
 
 
 def matcher_value(value):
-    """Text as it is, anything else as JSON (true, 1, null); None when nested too deep to write."""
+    """Text as is, anything else as JSON (true, 1, null); None when nested too deep."""
     if isinstance(value, str):
         return value
     try:
@@ -2215,12 +2215,12 @@ def matcher_value(value):
 
 
 def hold_federation_rule(m, rule, cred, where):
-    """The rule's service account holds it; it acts with that account's roles on the rule's project."""
+    """The rule's service account holds it, acting with that account's roles on the rule's project."""
     account_id = text_of(rule.get("service_account_id"))
     holder = m.app.local_users.get(account_id)
     if holder is None or holder.user_type != "service_account":
         problem = f"service account {account_id} which is not listed" if holder is None else \
-            f"{account_id} as its service account, but that id is a human user's"
+            f"{account_id}, a human user, as its service account"
         m.warn(f"{where} names {problem}; kept without a holder or project role")
         return
     holder.add_access_cred(rule["id"])
@@ -2250,7 +2250,7 @@ def map_activity(m):
         else:
             m.notes.append((logging.DEBUG, f"audit log: login by {user_id}, not an organization user; ignored"))
     keys = sorted(key_id for key_id in scopes if key_id in m.project_keys)
-    for key_id in keys:  # an empty list means all permissions (OpenAI's key docs): unrestricted, no scopes shown
+    for key_id in keys:  # [] means all permissions (OpenAI's key docs)
         m.app.access_creds[key_id].set_property("scopes_restricted", bool(scopes[key_id]))
         m.app.access_creds[key_id].set_property("scopes", scopes[key_id] or None, ignore_none=True)
     m.counts.update(logins=len(users & set(logins)), key_scopes=len(keys))
@@ -2259,26 +2259,26 @@ def map_activity(m):
 def audit_activity(events, since):
     """(user id -> latest login, project key id -> scopes of its newest scope-setting event) in the window."""
     since = -math.inf if (start := epoch_seconds(since)) is None else start
-    logins: dict[str, float] = {}
-    newest: dict[str, tuple[tuple[float, str], list[str]]] = {}
+    logins = {}
+    newest = {}  # key id: ((time, event id), scopes)
     for event in events:
         kind = dict_of(event).get("type")
         at = epoch_seconds(event.get("effective_at")) if kind else None
-        if at is None or at < since:  # a server that does not filter by type and time is checked
+        if at is None or at < since:  # the server may not filter by type and time
             continue
         if kind == "login.succeeded":
             user_id = text_of(dict_of(dict_of(dict_of(event.get("actor")).get("session")).get("user")).get("id"))
-            if user_id and at > logins.get(user_id, -math.inf):
-                logins[user_id] = at
+            if user_id:
+                logins[user_id] = max(at, logins.get(user_id, at))
         elif kind in ("api_key.created", "api_key.updated"):
             details = dict_of(event.get(kind))  # under a key named like the type
-            # An update's scopes: in changes_requested by the schema, in data by OpenAI's own example.
+            # an update's scopes: in changes_requested by the schema, in data by OpenAI's example
             holders = ("data",) if kind == "api_key.created" else ("changes_requested", "data")
             found = (dict_of(details.get(holder)).get("scopes") for holder in holders)
             scopes = next((scopes for scopes in found if isinstance(scopes, list)), None)
             key_id = text_of(details.get("id"))
             if key_id is None or scopes is None:
-                continue  # e.g. a rename: it says nothing about scopes
+                continue  # e.g. a rename
             rank = (at, str(event.get("id") or ""))
             if key_id not in newest or rank > newest[key_id][0]:
                 newest[key_id] = (rank, [scope for scope in scopes if isinstance(scope, str)])
@@ -2292,40 +2292,34 @@ def map_certificates(m):
     s = m.snapshot
     if s.certificates is None and (s.projects is None or s.project_certificates is None):
         return
-    count = 0
+    found = []
     for record in m.records("certificate", s.certificates or []):
         if record["id"] in m.app.resources:
             m.warn(f"certificate {record['id']} has the id of a project; left out")
-            continue
-        add_certificate(m.app.add_resource, record)
-        count += 1
-    for pid, project in m.projects.items():
-        for record in m.project_list("project_certificates", pid, kind=None):
-            add_certificate(project.add_sub_resource, record)
-            count += 1
-    m.counts["certificates"] = count
+        else:
+            found.append((m.app.add_resource, record))
+    found += [(project.add_sub_resource, record) for pid, project in m.projects.items()
+              for record in m.project_list("project_certificates", pid, kind=None)]
+    for add, record in found:
+        certificate = add(name_of(record), resource_type="certificate", unique_id=record["id"])
+        copy_fields(certificate, record, active=B)
+        copy_fields(certificate, dict_of(record.get("certificate_details")), valid_at=T, expires_at=T)
+    m.counts["certificates"] = len(found)
 
 
-def add_certificate(add, record):
-    certificate = add(text_of(record.get("name")) or record["id"], resource_type="certificate", unique_id=record["id"])
-    copy_fields(certificate, record, active=B)
-    copy_fields(certificate, dict_of(record.get("certificate_details")), valid_at=T, expires_at=T)
-
-
-# The summary line's counts, in a fixed order (new ones are only appended).
+# The summary line's counts, in a fixed order (new ones only appended).
 COUNTS = ("users", "groups", "group_memberships", "projects", "project_memberships", "service_accounts",
           "project_api_keys_active", "project_api_keys_inactive", "admin_api_keys", "invites_pending", "roles",
           "role_assignments", "logins", "key_scopes", "federation_rules", "certificates")
 
 
 def build_application(snapshot):
-    """Map a Snapshot to a CustomApplication (pure: no I/O or logging; the caller logs warnings and notes)."""
+    """Map a Snapshot to a MappingResult (pure: no I/O or logging; the caller logs its warnings and notes)."""
     builder = ApplicationBuilder(snapshot)
     result = builder.build()
     result.counts = {name: result.counts[name] for name in COUNTS if name in result.counts}
-    app = result.application
-    owner_groups = {group.unique_id for group in app.local_groups.values() if "owner" in group.role_assignments}
-    users = [user for user in app.local_users.values() if id(user) not in builder.invitees]
+    owner_groups = {group.unique_id for group in builder.app.local_groups.values() if "owner" in group.role_assignments}
+    users = [user for user in builder.app.local_users.values() if id(user) not in builder.invitees]
     result.people = {"people": sum(user.user_type != "service_account" for user in users),
                      "owners": sum("owner" in user.role_assignments or not owner_groups.isdisjoint(user.groups or ())
                                    for user in users)}

@@ -140,8 +140,8 @@ def test_a_federation_rule_naming_a_human_user_as_its_service_account_has_no_hol
     users = by_id(application(payload)["local_users"])
     assert "rule_1" not in (users["user-human"].get("access_creds") or [])
     assert "rule_1" in by_id(application(payload)["local_access_creds"])  # the rule is kept
-    assert ("federation rule rule_1 names user-human as its service account, but that id is a human user's; kept "
-            "without a holder or project role") in warnings
+    assert ("federation rule rule_1 names user-human, a human user, as its service account; kept without a holder "
+            "or project role") in warnings
     assert not any("service account user-human" in w for w in warnings)
 
 
@@ -160,7 +160,7 @@ def test_hosted_tool_permissions_naming_no_tool_are_warned_and_left_unset():
     payload, warnings = mapped(project_snapshot({"enabled": 1}))
     assert not any(name.endswith("_enabled") for name in project_properties(payload))
     assert ('project proj_1 hosted tool permissions {"enabled": 1} name none of the tools code_interpreter, '
-            'file_search, image_generation, mcp, web_search; every *_enabled property left unset') in warnings
+            'file_search, image_generation, mcp, web_search; *_enabled left unset') in warnings
 
 
 def test_hosted_tools_or_model_permissions_answered_as_a_list_are_warned_and_left_unset():

@@ -162,7 +162,7 @@ def test_an_admin_entry_that_is_a_project_key_stays_one_project_key_and_is_logge
                    admin_api_keys=[admin_key("k1", redacted_value="sk-proj-...k1")])
     assert list(result.application.access_creds) == ["k1"]
     assert "admin_api_key" not in result.application.access_creds["k1"].role_assignments
-    assert any(level == logging.INFO and "admin API key list: 1 entry is a project API key already read (k1)" in message
+    assert any(level == logging.INFO and "admin API key list: 1 project API key(s) already read (k1)" in message
                for level, message in result.notes)
 
 
@@ -173,8 +173,8 @@ def test_a_role_named_as_held_through_a_left_out_group_stays_on_the_user_with_on
                    user_roles={"u1": [assignment("r1", ("group", "g1"))], "u2": [assignment("r1", ("group", "g2"))]})
     assert roles_of(result, "u1")["r1"]["apply_to_application"] is True
     assert roles_of(result, "u2")["r1"]["apply_to_application"] is True
-    [warning] = [w for w in result.warnings if "groups that are not in the payload" in w]
-    assert warning.startswith("2 role assignments name groups that are not in the payload (groups were left out: "
+    [warning] = [w for w in result.warnings if "groups not in the payload" in w]
+    assert warning.startswith("2 role assignments name groups not in the payload (groups were left out: "
                               "g1, g2)")
 
 
@@ -200,7 +200,7 @@ def test_a_project_role_held_through_a_left_out_project_group_stays_on_the_membe
                    project_groups=None, project_group_roles=None, user_roles={},
                    project_user_roles={("p1", "u1"): [assignment("rp", ("group", "g9"), resource_type="api.project")]})
     assert roles_of(result, "u1")["rp"]["resources"] == ["p1"]
-    assert any("groups that are not in the payload" in w for w in result.warnings)
+    assert any("groups not in the payload" in w for w in result.warnings)
 
 
 def test_a_project_role_held_through_a_project_group_that_lists_the_member_is_left_to_the_group():

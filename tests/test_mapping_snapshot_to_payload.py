@@ -84,7 +84,7 @@ def test_missing_families_leave_out_what_hangs_on_them():
     payload = payload_of(result)
     assert payload["applications"][0]["resources"] == []
     assert list(result.application.access_creds) == ["key_adm"]
-    assert any("key_proj" in w and "does not look like an admin key" in w for w in result.warnings)
+    assert any("key_proj" in w and "is neither an admin key" in w for w in result.warnings)
     owner_roles = result.application.local_users["owner1"].role_assignments
     assert list(owner_roles) == ["owner"]
 

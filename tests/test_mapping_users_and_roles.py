@@ -235,7 +235,7 @@ def test_an_invite_with_the_id_of_a_user_is_left_out_with_a_warning(run_connecto
     ids = local_user_ids(veza.payloads[0])
     assert ids.count("user-0042") == 1
     assert by_id(application(veza.payloads[0])["local_users"])["user-0042"]["name"] == "Demo User 42"
-    assert "invite user-0042 has the id of an existing user; the invite is left out" in result.stderr
+    assert "invite user-0042 has the id of an existing user; left out" in result.stderr
 
 
 def test_user_ids_that_differ_only_in_case_become_one_entity_with_a_warning(run_connector, veza, openai_fake):
