@@ -2643,15 +2643,14 @@ class Veza:
         return created["id"], True
 
     def push(self, payload, summary):
-        """Replace the data source's snapshot as oaaclient does; returns Veza's warnings."""
+        """Replace the snapshot as oaaclient does; returns Veza's warnings."""
         provider, created = self.find_or_create(f"provider {PROVIDER_NAME!r} (template application)", PROVIDERS,
                                                 {"name": PROVIDER_NAME, "custom_template": "application"})
         if created:
             self.call("POST", f"{PROVIDERS}/{provider}:icon", {"icon_base64": PROVIDER_ICON_SVG})
-        name = self.config.data_source_name
-        source, _ = self.find_or_create(f"data source {name!r}", f"{PROVIDERS}/{provider}/datasources",
-                                        {"name": name, "id": provider})
-        path = f"{PROVIDERS}/{provider}/datasources/{source}"
+        name, path = self.config.data_source_name, f"{PROVIDERS}/{provider}/datasources"
+        source, _ = self.find_or_create(f"data source {name!r}", path, {"name": name, "id": provider})
+        path += f"/{source}"
         summary.upload_started = True
 
         def post(path, body):
@@ -2678,7 +2677,7 @@ BASE64 = f"base64-{os.urandom(16).hex()}"
 
 
 def json_with_base64(fields, data):
-    """The JSON of `fields`, its BASE64 value the base64 of `data`, never decoded to text."""
+    """JSON of `fields`, its BASE64 value the base64 of `data`, never decoded to text."""
     return json.dumps(fields).encode().replace(BASE64.encode(), base64.b64encode(data))
 
 
@@ -2753,7 +2752,7 @@ def same_as_sent(stored, sent):
 
 
 def create_or_update_report(veza):
-    """Create or update the report and its queries (found by name): created, updated or unchanged."""
+    """Report and queries found by name; returns created, updated or unchanged."""
     queries, reports = "/api/v1/assessments/queries", "/api/preview/assessments/reports"
     existing = {q.get("name"): q for q in veza.list(queries, include_inactive_queries=True)
                 if q.get("query_type") != "SYSTEM_CREATED"}
@@ -2881,7 +2880,7 @@ def read_organization(config, clock, summary):
 
 
 def discover(config, clock, summary):
-    """Read, map and serialise; each stage's input is freed once the next has it."""
+    """Each stage's input is freed once the next has it."""
     snapshot = read_organization(config, clock, summary)
     gc.collect()  # the finished reader is in reference cycles and holds every record
     log_memory("reading")
@@ -3005,7 +3004,7 @@ def main(argv=None):
         except (KeyboardInterrupt, Stopped) as exc:
             name = getattr(exc, "signal_name", "Ctrl-C (SIGINT)")
             status = getattr(exc, "status", ExitStatus.INTERRUPTED)
-            if summary.outcome == "pushed":  # only the report was cut short
+            if summary.outcome == "pushed":
                 summary.report = "interrupted"
                 log.error("stopped by %s while creating the Veza report; the push had completed", name)
             else:
@@ -3015,7 +3014,7 @@ def main(argv=None):
         except Exception as exc:
             if isinstance(exc, (DiscoveryError, PushError)):
                 log.error("%s", exc, exc_info=config.debug)
-            else:  # a bug or an unforeseen answer
+            else:
                 log.error("unexpected error: %s: %s (run with --debug for the traceback)", type(exc).__name__, exc,
                           exc_info=config.debug)
             settle_failure(config, summary, exc)
