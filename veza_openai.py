@@ -2386,12 +2386,11 @@ def save_payload(payload, path):
 # Veza: its documented OAA REST calls, made with requests
 # ----------------------------------------
 
-VEZA_CHECK_TIMEOUT = 10.0  # the first call: an unreachable Veza is said in seconds
+VEZA_CHECK_TIMEOUT = 10.0
 MAX_VEZA_PAGES = 100  # of 250 entries; more is a loop
-PUSH_IN_PARTS_OVER = 50_000_000  # bytes of JSON; a larger payload is pushed in parts of this size, as oaaclient does
-MAX_PUSH_BYTES = 100_000_000  # Veza's largest request body
+PUSH_IN_PARTS_OVER = 50_000_000  # oaaclient's; gzipped in base64, less stays under Veza's 100 MB body limit
 PROVIDERS = "/api/v1/providers/custom"
-# A plain glyph (not OpenAI's trademark) marking the provider in Veza's UI.
+# A plain glyph: OpenAI's logo is a trademark.
 PROVIDER_ICON_SVG = base64.b64encode(
     b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><circle cx="16" cy="16" r="14" fill="#101010"/>'
     b'<text x="16" y="21" font-size="14" font-family="sans-serif" fill="#fff" text-anchor="middle">AI</text></svg>'
@@ -2400,7 +2399,7 @@ KEY_REFUSED = "Veza refused the API key (HTTP {}): check VEZA_API_KEY and that i
 
 
 class VezaError(Exception):
-    """A failed Veza call: Veza's refusal (`status`, `details`) or no usable answer; `late`: --max-run-time ended it."""
+    """A failed Veza call (`status` 0: no answer); `late`: --max-run-time ended it."""
 
     def __init__(self, message, status=0, details=None, late=False):
         super().__init__(message)
@@ -2409,21 +2408,19 @@ class VezaError(Exception):
 
 
 class Veza:
-    """Veza's OAA API: each answer within OAA_API_TIMEOUT, lists bounded, retries never past --max-run-time."""
-
     def __init__(self, config, clock):
         self.config, self.clock = config, clock
         self.http = Http(config.veza_url, config.veza_api_key, timeout=config.veza_timeout,
                          max_bytes=VEZA_ANSWER_BYTES, verify=not config.veza_unverified)
 
     def check(self):
-        """Before any OpenAI request: is this Veza, and does it take the key?"""
+        """Is this Veza, and does it take the key?"""
         log.info("connecting to Veza at %s", self.config.veza_url)
         path = f"{PROVIDERS}/templates"
         answer = self.http.call("GET", path, timeout=VEZA_CHECK_TIMEOUT)
-        if answer.ssl:  # TLS-inspecting proxies and private CAs are common: say so, not "unreachable"
-            problem = (f"{answer.problem.split('(', 1)[-1].rstrip(')')}. If a TLS-inspecting proxy or a private CA "
-                       "signs it, set REQUESTS_CA_BUNDLE to that CA's certificate file (PEM)")
+        if answer.ssl:
+            problem = (f"{answer.problem.split('(', 1)[-1].rstrip(')')}; if a proxy or a private CA signs it, set "
+                       "REQUESTS_CA_BUNDLE to that CA's PEM file")
         elif answer.status == 0 and not answer.fatal:
             problem = f"{answer.problem} (not reachable in {VEZA_CHECK_TIMEOUT:g}s; check VEZA_URL, DNS, proxy, TLS)"
         elif answer.status in (401, 403):
@@ -2435,8 +2432,7 @@ class Veza:
         raise PushError(f"cannot use Veza at {self.config.veza_url}: {problem}")
 
     def call(self, method, path, body=None, params=None, retry_when=None):
-        """One call, its JSON unwrapped as oaaclient does, retried (OAA_API_RETRIES) when `retry_when` allows: by
-        default on a transient fault, but a POST only on a 429 (else it may have created its object)."""
+        """Its JSON unwrapped as oaaclient does; a POST retries only on a 429: it may have created its object."""
         retry_when = retry_when or ((lambda answer: answer.status == 429) if method == "POST" else Answer.transient)
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         retries = self.config.veza_retries
@@ -2464,9 +2460,8 @@ class Veza:
         raise VezaError(message, answer.status, body.get("details"))
 
     def list(self, path, **params):
-        """Every entry of a paged Veza list, at most MAX_VEZA_PAGES pages."""
         params["page_size"] = 250
-        values: list[dict] = []
+        values = []
         for _ in range(MAX_VEZA_PAGES):
             page = dict_of(self.call("GET", path, params=params))
             if not isinstance(page.get("values"), list):
@@ -2481,7 +2476,7 @@ class Veza:
         raise VezaError(f"{path}: still has_more after {MAX_VEZA_PAGES} pages; stopped instead of looping")
 
     def find_or_create(self, what, path, body):
-        """(the id of the provider or data source named body["name"], whether it was created now)."""
+        """(id, created now) of the object named body["name"]."""
         found = self.list(path, filter=f'name eq "{body["name"]}"')
         if found:
             return found[0]["id"], False
@@ -2492,33 +2487,29 @@ class Veza:
             if exc.status != 403:
                 raise
             raise PushError(f"Veza refused to create the {what} (HTTP 403): this API key may not create providers or "
-                            "data sources. Run once with a key that may (an administrator's), or grant this key's "
-                            "user that right; later runs need only push rights") from None
+                            "data sources; run once with an admin's key (later runs need only push rights)") from None
         if not isinstance(created.get("id"), str):
             raise VezaError(f"{path}: Veza's answer to creating the {what} has no id")
         return created["id"], True
 
     def push(self, payload, summary):
-        """Replace the data source's snapshot as oaaclient's push_application does; returns Veza's warnings."""
+        """Replace the snapshot as oaaclient does; returns Veza's warnings."""
         provider, created = self.find_or_create(f"provider {PROVIDER_NAME!r} (template application)", PROVIDERS,
                                                 {"name": PROVIDER_NAME, "custom_template": "application"})
         if created:
             self.call("POST", f"{PROVIDERS}/{provider}:icon", {"icon_base64": PROVIDER_ICON_SVG})
-        name = self.config.data_source_name
-        source, _ = self.find_or_create(f"data source {name!r} under provider {PROVIDER_NAME!r}",
-                                        f"{PROVIDERS}/{provider}/datasources", {"name": name, "id": provider})
-        path = f"{PROVIDERS}/{provider}/datasources/{source}"
+        name, path = self.config.data_source_name, f"{PROVIDERS}/{provider}/datasources"
+        source, _ = self.find_or_create(f"data source {name!r}", path, {"name": name, "id": provider})
+        path += f"/{source}"
         summary.upload_started = True
 
         def post(path, body):
             return self.call("POST", path, body, retry_when=push_retryable)
 
         if len(payload) <= PUSH_IN_PARTS_OVER:
-            body = json_with_base64({"id": provider, "data_source_id": source, "json_data": BASE64,
-                                     "compression_type": "GZIP"}, gzip.compress(payload, 9))
-            if len(body) > MAX_PUSH_BYTES:
-                raise VezaError(f"the compressed payload is {len(body):,} bytes, over Veza's {MAX_PUSH_BYTES:,}")
-            return push_warnings(post(path + ":push", body))
+            return push_warnings(post(path + ":push", json_with_base64(
+                {"id": provider, "data_source_id": source, "json_data": BASE64, "compression_type": "GZIP"},
+                gzip.compress(payload, 9))))
         log.info("payload is %d MB: pushing it in parts", len(payload) // 1_000_000)
         path += ":parts"
         upload_id = dict_of(post(path, {"operation": "start"})).get("upload_id")
@@ -2532,33 +2523,32 @@ class Veza:
                                          "sequence_count": len(parts)}))
 
 
-BASE64 = f"base64-{os.urandom(16).hex()}"  # json_with_base64's placeholder
+BASE64 = f"base64-{os.urandom(16).hex()}"
 
 
 def json_with_base64(fields, data):
-    """The JSON of `fields`, its BASE64 value the base64 of `data`, never decoded to text."""
+    """JSON of `fields`, its BASE64 value the base64 of `data`, never decoded to text."""
     return json.dumps(fields).encode().replace(BASE64.encode(), base64.b64encode(data))
 
 
 def push_retryable(answer):
-    """A push (it replaces the snapshot whole) may go again after a 429, or a gateway's 502/503/504 without a result."""
+    """A push replaces the snapshot whole: it may go again after a 429, or a 502/503/504 without a result."""
     result = isinstance(answer.body, dict) and ("warnings" in answer.body or "id" in answer.body)
     return answer.status == 429 or (answer.status in (502, 503, 504) and not result)
 
 
 def push_warnings(result):
-    """Veza's warnings from a push's answer: an object without an error code; any other answer is no push result."""
     if isinstance(result, dict) and "code" not in result and isinstance(result.get("warnings", []), list):
         return result.get("warnings", [])
-    raise PushError(f"Veza answered the push with {shape(result)}, which is not a push result: whether it stored "
-                    "the payload is unknown", reached_veza=True)
+    raise PushError(f"Veza answered the push with {shape(result)}, not a push result: whether it stored the "
+                    "payload is unknown", reached_veza=True)
 
 
 # ----------------------------------------
 # The Veza report (--create-report)
 # ----------------------------------------
 
-# Veza's names: OAA.<application_type>.<kind>, OAA.<application_type>.<resource_type>.Resource, customprop_<name>.
+# Veza names a custom property customprop_<name>.
 REPORT_NAME = "OpenAI access review"
 REPORT_DESCRIPTION = ("Who administers the OpenAI organization, its admin keys, inactive users who still hold "
                       "roles, pending invites, projects whose tools reach outside, and federated workloads.")
@@ -2577,7 +2567,7 @@ def report_query(name, description, source, role=None):
             "source_node_types": source, **related}
 
 
-# Only conditions Veza's query model is known to take (equality, relations); docs/mapping.md says how to add others.
+# Only conditions Veza is known to take: equality, relations (docs/mapping.md).
 REPORT_QUERIES = [report_query(*query) for query in (
     ("organization owners", "Users holding the organization's Owner role (members and billing)",
      nodes(USER_NODE), nodes(ROLE_NODE, name="Owner")),
@@ -2612,7 +2602,7 @@ def same_as_sent(stored, sent):
 
 
 def create_or_update_report(veza):
-    """Make the report and its queries (found by name) match REPORT_QUERIES: created, updated or unchanged."""
+    """Report and queries found by name; returns created, updated or unchanged."""
     queries, reports = "/api/v1/assessments/queries", "/api/preview/assessments/reports"
     existing = {q.get("name"): q for q in veza.list(queries, include_inactive_queries=True)
                 if q.get("query_type") != "SYSTEM_CREATED"}
@@ -2648,16 +2638,17 @@ def create_or_update_report(veza):
 class RunSummary:
     outcome: str = "failed"
     counts: dict[str, int] = field(default_factory=dict)
-    warnings: int = 0  # warning lines logged (LogHandler)
+    warnings: int = 0  # lines logged at WARNING
     veza_warnings: int = 0
     throttled: int = 0
     calls: int = 0
     retries: int = 0
     seconds: float = 0.0
-    report: str = ""  # with --create-report: created, updated, unchanged, failed or interrupted
-    people: dict[str, int] = field(default_factory=dict)  # people and owners, for log_for_people
-    reasons: dict[str, str] = field(default_factory=dict)  # family left out -> why
+    report: str = ""  # created, updated, unchanged, failed, interrupted
+    people: dict[str, int] = field(default_factory=dict)  # "people", "owners"
+    reasons: dict[str, str] = field(default_factory=dict)  # family left out -> why, what to grant
     upload_started: bool = False  # from then on Veza may have the payload, whatever it answers
+    saved_to: str = ""
 
     def log(self, level):
         fields = {"outcome": self.outcome, **self.counts, "warnings": self.warnings,
@@ -2665,30 +2656,27 @@ class RunSummary:
                   "throttled": self.throttled, "calls": self.calls, "retries": self.retries,
                   "seconds": round(self.seconds, 1), **({"report": self.report} if self.report else {}),
                   "version": __version__}
-        line = " ".join(f"{k}={f'{v:.1f}' if k == 'seconds' else v}" for k, v in fields.items())
+        line = " ".join(f"{key}={value}" for key, value in fields.items())
         log_with_fields(level, {"summary": True, **fields}, "summary: %s", line)
 
     def log_for_people(self, config):
-        """A few lines a person reads above the summary line (text logs only)."""
-        c = dict.fromkeys(COUNTS, 0) | self.counts
-        if self.outcome in ("pushed", "dry-run") and self.people:
+        c = dict.fromkeys(COUNTS, 0) | self.counts | self.people
+        if self.outcome in ("pushed", "dry-run"):  # then mapping set self.people
+            active, admin_keys = c["project_api_keys_active"], c["admin_api_keys"]
             log.info("In Veza: %d people, %d service accounts, %d owners (by any path), %d admin key%s, %d active "
-                     "project keys of %d, %d projects, %d pending invites.", self.people["people"],
-                     c["service_accounts"], self.people["owners"], c["admin_api_keys"],
-                     "" if c["admin_api_keys"] == 1 else "s", c["project_api_keys_active"],
-                     c["project_api_keys_active"] + c["project_api_keys_inactive"], c["projects"], c["invites_pending"])
-        grants = [f"{FAMILIES[name].label} ({why}): grant the admin key '{FAMILIES[name].grant}'"
-                  for name, why in self.reasons.items()]
-        log.info("Left out: %s.", "; ".join(grants) or "none")
-        saved = f"; saved to {config.save_json_path}" if config.save_json_path and self.counts else ""
-        log.info("Payload: %s%s.", "not pushed (dry run)" if config.dry_run else {
+                     "project keys of %d, %d projects, %d pending invites.", c["people"], c["service_accounts"],
+                     c["owners"], admin_keys, "" if admin_keys == 1 else "s", active,
+                     active + c["project_api_keys_inactive"], c["projects"], c["invites_pending"])
+        log.info("Left out: %s.", "; ".join(self.reasons.values()) or "none")
+        outcome = "not pushed (dry run)" if config.dry_run else {
             "pushed": f"pushed to data source {config.data_source_name!r}",
-            "unknown": "the push's outcome is unknown: check the data source in Veza"}.get(
-            self.outcome, "not pushed; Veza keeps the previous snapshot"), saved)
+            "unknown": "outcome unknown: check the data source in Veza"}.get(
+            self.outcome, "not pushed; Veza keeps the previous snapshot")
+        log.info("Payload: %s%s.", outcome, f"; saved to {self.saved_to}" if self.saved_to else "")
 
 
 def log_memory(stage):
-    """With --debug: memory (MiB) after each stage, so a pod's limit can be sized."""
+    """With --debug, to size a pod's memory limit."""
     if not log.isEnabledFor(logging.DEBUG):
         return
     try:
@@ -2700,12 +2688,12 @@ def log_memory(stage):
         now, peak = None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     fields = {"stage": "memory", "after": stage, "resident_mib": now and round(now), "peak_mib": round(peak)}
     log_with_fields(logging.DEBUG, fields, "memory after %s: %s MiB resident, peak %d MiB", stage,
-                    "?" if now is None else f"{now:.0f}", peak)
+                    "?" if now is None else round(now), peak)
 
 
 @contextlib.contextmanager
 def cyclic_gc_paused():
-    """Mapping allocates millions of acyclic objects that full collections would rescan again and again."""
+    """Mapping makes millions of acyclic objects that full collections would rescan again and again."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -2727,14 +2715,13 @@ def read_organization(config, clock, summary):
     finally:
         summary.calls, summary.retries, summary.throttled = reader.calls, reader.retries, reader.throttled
         http.close()
-    summary.reasons = dict(snapshot.unavailable)
     for name, reason in snapshot.unavailable.items():
-        log.warning("left out %s (%s): grant the admin key '%s', or the organization does not have it",
-                    FAMILIES[name].label, reason, FAMILIES[name].grant)
+        summary.reasons[name] = f"{FAMILIES[name].label} ({reason}): grant the admin key '{FAMILIES[name].grant}'"
+        log.warning("left out %s, or the organization does not have it", summary.reasons[name])
     if snapshot.organization is None:
         log.info("is_personal left unset: the organization object is not readable with this key")
-    counts = {name: None if records is None else len(records) for name, records in
-              (("users", snapshot.users), ("projects", snapshot.projects), ("groups", snapshot.groups))}
+    counts = {name: None if (records := getattr(snapshot, name)) is None else len(records)
+              for name in ("users", "projects", "groups")}
     counts.update(calls=reader.calls, retries=reader.retries, throttled=reader.throttled)
     log_with_fields(logging.INFO, {"stage": "read", **counts},
                     "read %s users, %s projects, %s groups in %d calls (%d retries, %d answered 429)",
@@ -2743,7 +2730,7 @@ def read_organization(config, clock, summary):
 
 
 def discover(config, clock, summary):
-    """Read, map and serialise, each stage's input freed once the next has it."""
+    """Each stage's input is freed once the next has it."""
     snapshot = read_organization(config, clock, summary)
     gc.collect()  # the finished reader is in reference cycles and holds every record
     log_memory("reading")
@@ -2765,9 +2752,9 @@ def discover(config, clock, summary):
 
 
 def run(config, clock, summary):
-    """Read, map, save, push and report; raises DiscoveryError or PushError."""
+    """Raises DiscoveryError or PushError."""
     veza = None if config.dry_run else Veza(config, clock)
-    if veza is not None:  # before spending OpenAI quota: can Veza take the result?
+    if veza is not None:  # before spending OpenAI quota
         veza.check()
     payload = discover(config, clock, summary)
     if config.save_json_path:
@@ -2775,8 +2762,9 @@ def run(config, clock, summary):
             save_payload(payload, config.save_json_path)
         except OSError as exc:
             raise PushError(f"could not write the payload to {config.save_json_path}: {exc.strerror or exc} "
-                            "(full disk?); not pushing what --save-json could not keep") from None
+                            "(full disk?); not pushed without its --save-json copy") from None
         log.info("payload saved to %s (%d bytes)", config.save_json_path, len(payload))
+        summary.saved_to = config.save_json_path
     if veza is None:
         summary.outcome = "dry-run"
         return
@@ -2786,7 +2774,7 @@ def run(config, clock, summary):
     except VezaError as exc:
         for detail in exc.details:
             log.error("Veza: %s", detail)
-        refused = 300 <= exc.status < 500  # Veza's own refusal, or a redirect: it did not take the payload
+        refused = 300 <= exc.status < 500  # a refusal or a redirect: Veza did not take it
         raise PushError(f"push to Veza did not finish within --max-run-time {config.max_run_time:g}s ({exc})"
                         if clock.passed() or exc.late else f"push to Veza failed: {exc}",
                         reached_veza=summary.upload_started and not refused) from None
@@ -2807,12 +2795,12 @@ def run(config, clock, summary):
 
 
 class SignalState:
-    done = False  # a signal is being handled, or the outcome is decided: a later signal changes nothing
+    done = False  # a signal is being handled, or the outcome is decided: a later one changes nothing
 
 
 @contextlib.contextmanager
 def stop_on_signals():
-    """SIGTERM and SIGINT raise Stopped, once (as PID 1 in a container, a signal with no handler is ignored)."""
+    """SIGTERM and SIGINT raise Stopped, once (as PID 1 in a container, unhandled signals are ignored)."""
     state = SignalState()
     names = {signal.SIGTERM: ("SIGTERM", ExitStatus.TERMINATED),
              signal.SIGINT: ("Ctrl-C (SIGINT)", ExitStatus.INTERRUPTED)}
@@ -2831,9 +2819,8 @@ def stop_on_signals():
             signal.signal(signum, handler)
 
 
-def settle_failure(config, summary, maybe_stored):
-    """Say what Veza holds after a failure; a payload Veza may have makes the outcome unknown."""
-    if maybe_stored:
+def settle_failure(config, summary, exc):
+    if getattr(exc, "reached_veza", summary.upload_started):
         summary.outcome = "unknown"
         log.error("outcome unknown: Veza may have received the payload; check data source %r before the next run",
                   config.data_source_name)
@@ -2862,25 +2849,25 @@ def main(argv=None):
     with stop_on_signals() as signals:
         try:
             run(config, clock, summary)
-            signals.done = True  # pushed: a late signal must not turn that into "interrupted"
+            signals.done = True  # a late signal must not undo "pushed"
             status = ExitStatus.OK
         except (KeyboardInterrupt, Stopped) as exc:
             name = getattr(exc, "signal_name", "Ctrl-C (SIGINT)")
             status = getattr(exc, "status", ExitStatus.INTERRUPTED)
-            if summary.outcome == "pushed":  # only the report was cut short
+            if summary.outcome == "pushed":
                 summary.report = "interrupted"
                 log.error("stopped by %s while creating the Veza report; the push had completed", name)
             else:
                 summary.outcome = "interrupted"
                 log.error("stopped by %s", name)
-                settle_failure(config, summary, summary.upload_started)
+                settle_failure(config, summary, exc)
         except Exception as exc:
             if isinstance(exc, (DiscoveryError, PushError)):
                 log.error("%s", exc, exc_info=config.debug)
-            else:  # a bug or an unforeseen answer: still one clear line, no partial push
+            else:
                 log.error("unexpected error: %s: %s (run with --debug for the traceback)", type(exc).__name__, exc,
                           exc_info=config.debug)
-            settle_failure(config, summary, exc.reached_veza if isinstance(exc, PushError) else summary.upload_started)
+            settle_failure(config, summary, exc)
         signals.done = True
         if config.log_format == "text":
             summary.log_for_people(config)
@@ -2895,5 +2882,5 @@ if __name__ == "__main__":
         exit_status = main()
     except KeyboardInterrupt:  # Ctrl-C outside the run's own handlers
         exit_status = ExitStatus.INTERRUPTED
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run is over: a late Ctrl-C must not print a traceback at exit
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at exit must print no traceback
     sys.exit(exit_status)

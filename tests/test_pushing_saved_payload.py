@@ -67,6 +67,14 @@ def test_a_full_disk_when_saving_fails_the_run_before_the_push(run_connector, ve
     assert list(target.parent.iterdir()) == []  # no half-written file, no temporary left behind
 
 
+def test_the_human_summary_does_not_say_saved_when_saving_failed(run_connector, veza, tmp_path, monkeypatch):
+    monkeypatch.setattr(veza_openai, "os", FullDiskOs())
+    result = run_connector(*NO_ROLE_READS, "--save_json", str(tmp_path / "payload.json"))
+    assert result.returncode == 1, result.output
+    [payload_line] = [line for line in result.stderr.splitlines() if "Payload:" in line]
+    assert "not pushed" in payload_line and "saved to" not in payload_line, payload_line
+
+
 def test_a_payload_saved_in_the_checkout_is_git_ignored(run_connector, tmp_path):
     """A saved payload holds every user's email: saved in the checkout under its default name
     (openai-<org id>-<UTC time>.json, in the working directory), `git add .` must not pick it up.

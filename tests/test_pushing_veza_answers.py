@@ -173,8 +173,8 @@ def test_a_veza_certificate_that_cannot_be_verified_is_named_with_requests_ca_bu
                                                                                      veza):
     result = run_connector(*NO_ROLE_READS, drop=("REQUESTS_CA_BUNDLE",))  # the fake's CA is not trusted
     assert result.returncode == 1, result.output
-    assert f"cannot use Veza at {veza.url}: its TLS certificate could not be verified. If a TLS-inspecting proxy " \
-           "or a private CA signs it, set REQUESTS_CA_BUNDLE to that CA's certificate file (PEM)" in result.stderr
+    assert f"cannot use Veza at {veza.url}: its TLS certificate could not be verified; if a proxy or a private CA " \
+           "signs it, set REQUESTS_CA_BUNDLE to that CA's PEM file" in result.stderr
     assert "not reachable" not in result.stderr
     assert openai_fake.calls() == 0 and veza.pushes == []
 
