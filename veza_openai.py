@@ -37,14 +37,7 @@ from typing import Any, Callable
 
 try:
     import requests
-    from oaaclient.templates import (
-        AccessCred,
-        CustomApplication,
-        CustomResource,
-        LocalUser,
-        OAAPermission,
-        OAAPropertyType,
-    )
+    from oaaclient.templates import CustomApplication, OAAPermission, OAAPropertyType
     from requests.packages import urllib3
 except ImportError as missing:
     sys.stderr.write(f"veza_openai.py: Python package {missing.name!r} missing: python3 -m venv .venv && "
@@ -97,16 +90,16 @@ class Stopped(BaseException):
         self.signal_name, self.status = signal_name, status
 
 
-# ----------------------------------------
-# Options: one table makes the parser, the environment lookup, the bounds, --help and Config
-# ----------------------------------------
+# ------------------------
+# Options: one table makes the parser, the bounds, --help and Config
+# ------------------------
 
 @dataclass(frozen=True)
 class Option:
     """One setting; messages name its first flag."""
 
     dest: str
-    flags: tuple[str, ...]  # () for a variable only
+    flags: tuple  # () for a variable only
     env: str | None  # None: command line only
     help: str
     kind: Any = None  # int, float: a number in low..high; bool: a switch; a tuple: one of its words; None: text
@@ -145,7 +138,7 @@ OPTIONS = (
     Option("max_retries", ("--max-retries",), "OPENAI_MAX_RETRIES", "retries on 5xx and network errors", int, 6, 0, 20),
     Option("max_throttle_wait", ("--max-throttle-wait",), "OPENAI_MAX_THROTTLE_WAIT", "seconds one request may "
            "get 429s before the run fails", float, 900.0, 0.1, 86_400),
-    # Veza's side keeps oaaclient's variables and defaults.
+    # Veza's side: oaaclient's variables and defaults.
     Option("veza_retries", (), "OAA_API_RETRIES", "retries of a Veza call", int, 10, 0, 100),
     Option("veza_timeout", (), "OAA_API_TIMEOUT", "seconds for one whole Veza answer", float, 300.0, 1, 3600),
     # Tests shrink every wait with it; not in --help.
@@ -437,9 +430,9 @@ def log_format_asked(argv, env):
     return "json" if value == "json" else "text"
 
 
-# ----------------------------------------
-# Logging: one line per record, server text escaped, secrets masked, every warning counted
-# ----------------------------------------
+# ------------------------
+# Logging: one line per record, server text escaped, secrets masked
+# ------------------------
 
 UNSAFE_IN_LOGS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")  # could forge lines
 KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_-]{12,}")
@@ -513,9 +506,9 @@ def configure_logging(debug, secrets=(), log_format="text"):
     return handler
 
 
-# ----------------------------------------
-# HTTP: one request to either API, its whole answer within a deadline; one retry policy for both
-# ----------------------------------------
+# ------------------------
+# HTTP: one request to either API, its whole answer within a deadline
+# ------------------------
 
 CONNECT_TIMEOUT_CAP = 10.0  # a slower connect is a dead host, whatever --timeout says
 ANSWER_BYTES_IN_FLIGHT = 256 * 2 ** 20  # decompressed, all answers at once: each gets this / --max-workers
@@ -680,12 +673,12 @@ def read_whole(response, whole_by, limit):
     return None
 
 
-# ----------------------------------------
+# ------------------------
 # The catalogue: every family the connector reads, declared once
-# ----------------------------------------
+# ------------------------
 
 MAX_PAGES_PER_LIST = 10_000  # 1,000,000 users; more is a server that never stops
-MAX_AUDIT_LOG_PAGES = 500  # 50,000 events: logins are not worth hours of one sequential chain
+MAX_AUDIT_LOG_PAGES = 500  # 50,000 events: not worth hours of one sequential chain
 MAX_LIST_BYTES = 64 * 2 ** 20  # one list's answers (~170,000 users in full)
 
 
@@ -722,7 +715,7 @@ class Family:
     cursor: str | None = None  # "last_id", "next": that answer field; "item_id": the last item's id
     page_size: int = 100  # the largest the endpoint serves
     item_object: str | None = None
-    params: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # a tuple value is sent as repeated keys
+    params: tuple = ()  # (name, value) pairs; a tuple value is sent as repeated keys
     parent: str | None = None  # read once per item of this family
     id_field: str = "id"
     next_falls_back_to_item_id: bool = False  # the SDK documents `after` as an item id here
@@ -754,7 +747,7 @@ class Family:
         return self.path.format(**{name: urllib.parse.quote(value, safe="") for name, value in zip(names, values)})
 
 
-# Read at once: logins for last_login_at, key creations and updates for scopes.
+# logins for last_login_at, key creations and updates for scopes
 AUDIT_EVENT_TYPES = ("login.succeeded", "api_key.created", "api_key.updated")
 NEXT = {"cursor": "next", "page_size": 1000}  # the roles and groups endpoints
 
@@ -764,7 +757,7 @@ FAMILY_LIST = [
            optional="is_personal"),
     Family("users", "/organization/users", "Users: Read", cursor="last_id", item_object="organization.user",
            required=True),
-    # One sequential chain: listed early so its next page goes first.
+    # One sequential chain: listed early, its next page goes first.
     Family("audit_logs", "/organization/audit_logs", "Audit logs: Read", cursor="last_id",
            params=(("event_types[]", AUDIT_EVENT_TYPES),), activity_window=True),
     Family("invites", "/organization/invites", "Invites: Read", cursor="last_id", item_object="organization.invite"),
@@ -820,9 +813,9 @@ CHILDREN = {name: [family for family in FAMILY_LIST if family.parent == name] fo
 STARTING_FAMILIES = [family for family in FAMILY_LIST if family.parent is None and family.not_found != On404.EXISTENCE]
 
 
-# ----------------------------------------
+# ------------------------
 # Records: what the fields of a record from OpenAI mean (ids, times, text)
-# ----------------------------------------
+# ------------------------
 
 GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)  # Go's "never set"; as a date, a key would look expired
 
@@ -900,7 +893,6 @@ def ids_of(items, key="id"):
     return [item[key] for item in unique_by_id(items, key)]
 
 
-# Predefined role ids: role-api-<scope>-<role>[__api-<scope>__<organization or project id>].
 PREDEFINED_ROLE_ID = re.compile(r"role-api-(organization|project)-([a-z_]+?)(?:__api-(?:organization|project)__.+)?")
 
 
@@ -913,9 +905,9 @@ def project_is_archived(record):
     return (text_of(record.get("status")) or "").lower() == "archived" or moment(record.get("archived_at")) is not None
 
 
-# ----------------------------------------
-# Pacing: when each endpoint's next request may go, learned from its answers (docs/rate-limits.md)
-# ----------------------------------------
+# ------------------------
+# Pacing: when each endpoint's next request may go (docs/rate-limits.md)
+# ------------------------
 
 FLOOR = 0.05        # seconds: the least wait after a 429, whatever the hint
 MARGIN = 7 / 8      # after a 429, pace under what got through, so the limit refills
@@ -1058,9 +1050,9 @@ class Lane:
         return min((rate for rate in rates if rate), default=None)
 
 
-# ----------------------------------------
+# ------------------------
 # The scheduler: every GET when its endpoint allows it (knows no OpenAI family by name)
-# ----------------------------------------
+# ------------------------
 
 UNREACHABLE_AFTER = 10.0  # seconds of connection faults before any answer that end the run
 PROGRESS_INTERVAL = 30.0  # seconds
@@ -1069,14 +1061,14 @@ PROGRESS_INTERVAL = 30.0  # seconds
 @dataclass
 class ListRead:
     family: Family
-    key: Any  # where the result is filed: None, an id, or an (id, id) pair
+    key: Any  # None, an id, or (id, id)
     path: str
-    on_done: Callable[[ListRead, Any], None]
-    params: dict[str, Any] = field(default_factory=dict)
-    items: list[dict] = field(default_factory=list)
+    on_done: Callable
+    params: dict = field(default_factory=dict)
+    items: list = field(default_factory=list)
     pages: int = 0
     size: int = 0  # decompressed bytes
-    cursors: set[str] = field(default_factory=set)
+    cursors: set = field(default_factory=set)
     attempt: int = 0  # retries of this page
     throttled_since: float | None = None
     sent_at: float = 0.0
@@ -1355,9 +1347,9 @@ class Scheduler:
                         f"about {format_duration(left)} left for the reads known so far")
 
 
-# ----------------------------------------
-# The read plan: what to read, in what order, and what each answer means (from the catalogue)
-# ----------------------------------------
+# ------------------------
+# The read plan: what to read, in what order, and what each answer means
+# ------------------------
 
 NOT_FOUND = object()  # an entity's own object answered 404
 TOP_ROLE_LISTS = [family for family in FAMILY_LIST if family.role_list and not family.per]
@@ -1549,9 +1541,9 @@ class ReadPlan:
                     self.leave_out(family, f"HTTP 404 on {endpoint}; {kind.label} {key} may still exist ({answer})")
 
 
-# ----------------------------------------
+# ------------------------
 # The snapshot: everything read, the boundary between reading and mapping
-# ----------------------------------------
+# ------------------------
 
 class Snapshot:
     """Per family: its records, {entity key: records}, or None (left out; role assignments: not read)."""
@@ -1571,9 +1563,9 @@ class Snapshot:
                 setattr(self, family.name, results.get(family.name, empty))
 
 
-# ----------------------------------------
-# Mapping (pure: a snapshot in, OAA objects out): one context class, then its steps in payload order
-# ----------------------------------------
+# ------------------------
+# Mapping (pure: a snapshot in, OAA objects out): a context, then steps in payload order
+# ------------------------
 
 ORG_PERMISSIONS = {"Standard API Requests": OAAPermission.DataRead, "Read Organization": OAAPermission.MetadataRead,
                    "Modify Billing": OAAPermission.MetadataWrite, "Manage Members": OAAPermission.MetadataWrite}
@@ -1635,10 +1627,10 @@ def step(**properties):
 @dataclass
 class MappingResult:
     application: CustomApplication
-    warnings: list[str]
-    counts: dict[str, int]
-    notes: list[tuple[int, str]] = field(default_factory=list)  # (log level, message)
-    people: dict[str, int] = field(default_factory=dict)
+    warnings: list
+    counts: dict
+    notes: list = field(default_factory=list)  # (log level, message)
+    people: dict = field(default_factory=dict)
 
 
 class ApplicationBuilder:
@@ -1655,7 +1647,7 @@ class ApplicationBuilder:
         self.role_values = {False: dict(ORG_ROLE_VALUES), True: dict(PROJECT_ROLE_VALUES)}  # unknown ones added
         self.api_roles = {}  # Roles API role id -> pushed role id
         self.custom_roles = set()
-        self.key_holders: list[tuple[AccessCred, LocalUser, CustomResource, str]] = []
+        self.key_holders = []  # (credential, holder, project, the role in the key record)
         self.groups_not_in_payload = {}  # group id -> assignments given directly
         self.user_records = self.records("organization user", s.users, Kind.USER)
         self.group_records = self.records("group", s.groups or [], Kind.GROUP)
@@ -1923,7 +1915,6 @@ def map_model_permissions(m, project, policy):
 
 
 def map_hosted_tools(m, project, tools):
-    """`<tool>_enabled` from {"<tool>": {"enabled": bool}}; other shapes are warned, left unset."""
     where = f"project {project.unique_id} hosted tool"
     if tools is not None and not (isinstance(tools, dict) and any(tool in tools for tool in HOSTED_TOOLS)):
         problem = f"{shape(tools)} name none of the tools {', '.join(HOSTED_TOOLS)}" if isinstance(tools, dict) \
@@ -2257,7 +2248,7 @@ def map_activity(m):
 
 
 def audit_activity(events, since):
-    """(user id -> latest login, project key id -> scopes of its newest scope-setting event) in the window."""
+    """({user id: latest login}, {project key id: scopes of its newest scope-setting event})."""
     since = -math.inf if (start := epoch_seconds(since)) is None else start
     logins = {}
     newest = {}  # key id: ((time, event id), scopes)
@@ -2288,7 +2279,7 @@ def audit_activity(events, since):
 
 @step(certificate={"active": B, "valid_at": T, "expires_at": T})
 def map_certificates(m):
-    """Organization certificates on the application, project ones as sub-resources; never the PEM."""
+    """Organization certificates on the application, project ones under it; never the PEM."""
     s = m.snapshot
     if s.certificates is None and (s.projects is None or s.project_certificates is None):
         return
@@ -2314,7 +2305,7 @@ COUNTS = ("users", "groups", "group_memberships", "projects", "project_membershi
 
 
 def build_application(snapshot):
-    """Map a Snapshot to a MappingResult (pure: no I/O or logging; the caller logs its warnings and notes)."""
+    """Pure: no I/O or logging (the caller logs the warnings and notes)."""
     builder = ApplicationBuilder(snapshot)
     result = builder.build()
     result.counts = {name: result.counts[name] for name in COUNTS if name in result.counts}
@@ -2326,21 +2317,20 @@ def build_application(snapshot):
     return result
 
 
-# ----------------------------------------
-# The payload: oaaclient's get_payload() as compact JSON, built one entity at a time
-# ----------------------------------------
+# ------------------------
+# The payload: oaaclient's get_payload() as compact JSON, one entity at a time
+# ------------------------
 
-# {key of a list of entities in get_payload()'s application: the application's attribute holding them}
+# {get_payload()'s list of entities: the application's attribute holding them}
 ENTITY_LISTS = {"local_access_creds": "access_creds", **{key: key for key in (
     "local_users", "local_groups", "local_roles", "local_agents", "local_models", "resources")}}
-# The identities of identity_to_permissions, in its order (less idp_identities: the mapping adds none).
+# identity_to_permissions's identities, in its order (no idp_identities: the mapping adds none)
 IDENTITIES = ("local_users", "local_groups", "access_creds", "local_agents")
 encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def serialize_application(app):
-    """json.dumps(app.get_payload(), separators=(",", ":")) byte for byte, but each entity is freed once written, so
-    that dict (200 MB at 100,000 users) never exists. The application is spent afterwards."""
+    """json.dumps(app.get_payload(), separators=(",", ":")), freeing each entity once written (spends `app`)."""
     marker = f"entities-{os.urandom(16).hex()}-"  # in no string of the payload
     skeleton = copy.copy(app)  # shallow: the entities are neither copied nor changed
     for attribute in ENTITY_LISTS.values():
@@ -2352,7 +2342,7 @@ def serialize_application(app):
             raise RuntimeError(f"oaaclient's payload has no empty {key!r} list to fill")
         holder[key] = marker + attribute
     chunks, permissions = [], {}  # {attribute: its entities' identity_to_permissions entries}
-    # literal JSON, the attribute whose entities go there ("" for identity_to_permissions), literal JSON, ...
+    # literal JSON, an attribute ("" for identity_to_permissions), literal JSON, ...
     for index, attribute in enumerate(re.split(f'"{re.escape(marker)}(\\w*)"', encode(payload))):
         if index % 2 == 0:
             chunks.append(attribute.encode())
@@ -2382,9 +2372,9 @@ def save_payload(payload, path):
         raise
 
 
-# ----------------------------------------
+# ------------------------
 # Veza: its documented OAA REST calls, made with requests
-# ----------------------------------------
+# ------------------------
 
 VEZA_CHECK_TIMEOUT = 10.0
 MAX_VEZA_PAGES = 100  # of 250 entries; more is a loop
@@ -2544,9 +2534,9 @@ def push_warnings(result):
                     "payload is unknown", reached_veza=True)
 
 
-# ----------------------------------------
+# ------------------------
 # The Veza report (--create-report)
-# ----------------------------------------
+# ------------------------
 
 # Veza names a custom property customprop_<name>.
 REPORT_NAME = "OpenAI access review"
@@ -2590,7 +2580,7 @@ REPORT_QUERIES = [report_query(*query) for query in (
 
 
 def same_as_sent(stored, sent):
-    """Whether Veza's stored value says what we sent (proto3 JSON omits defaults, may give enums as numbers)."""
+    """Veza's stored value says what we sent (proto3 JSON omits defaults, may give enums as numbers)."""
     if isinstance(sent, dict):
         return isinstance(stored, dict) and all(
             same_as_sent(stored[key], value) if key in stored else not value for key, value in sent.items())
@@ -2630,14 +2620,14 @@ def create_or_update_report(veza):
     return "updated" if changed or missing else "unchanged"
 
 
-# ----------------------------------------
-# main: read, map, save, push, report; every outcome stated in one summary line
-# ----------------------------------------
+# ------------------------
+# main: read, map, save, push, report; every outcome in one summary line
+# ------------------------
 
 @dataclass
 class RunSummary:
     outcome: str = "failed"
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
     warnings: int = 0  # lines logged at WARNING
     veza_warnings: int = 0
     throttled: int = 0
@@ -2645,8 +2635,8 @@ class RunSummary:
     retries: int = 0
     seconds: float = 0.0
     report: str = ""  # created, updated, unchanged, failed, interrupted
-    people: dict[str, int] = field(default_factory=dict)  # "people", "owners"
-    reasons: dict[str, str] = field(default_factory=dict)  # family left out -> why, what to grant
+    people: dict = field(default_factory=dict)  # "people", "owners"
+    reasons: dict = field(default_factory=dict)  # family left out -> why, what to grant
     upload_started: bool = False  # from then on Veza may have the payload, whatever it answers
     saved_to: str = ""
 
@@ -2691,18 +2681,6 @@ def log_memory(stage):
                     "?" if now is None else round(now), peak)
 
 
-@contextlib.contextmanager
-def cyclic_gc_paused():
-    """Mapping makes millions of acyclic objects that full collections would rescan again and again."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def read_organization(config, clock, summary):
     http = Http(config.openai_base_url, config.openai_api_key, timeout=config.timeout, pool=config.max_workers,
                 max_bytes=ANSWER_BYTES_IN_FLIGHT // config.max_workers, shared_strings=True,
@@ -2735,7 +2713,8 @@ def discover(config, clock, summary):
     gc.collect()  # the finished reader is in reference cycles and holds every record
     log_memory("reading")
     started = time.monotonic()
-    with cyclic_gc_paused():
+    gc.disable()  # mapping makes millions of acyclic objects that full collections would rescan again and again
+    try:
         result = build_application(snapshot)
         del snapshot
         log_memory("mapping")
@@ -2744,6 +2723,8 @@ def discover(config, clock, summary):
             log.log(level, "%s", message)
         payload = serialize_application(result.application)
         del result
+    finally:
+        gc.enable()
     seconds = time.monotonic() - started
     log_memory("serialising")
     log_with_fields(logging.INFO, {"stage": "mapped", **summary.counts, "seconds": round(seconds, 2)},

@@ -112,9 +112,12 @@ def test_a_role_id_that_clashes_with_a_fixed_role_never_replaces_it():
                for w in result.warnings)
 
 
-def test_cyclic_gc_is_paused_only_while_mapping():
+def test_cyclic_gc_is_paused_only_while_mapping(monkeypatch):
     import gc
     assert gc.isenabled()
-    with vo.cyclic_gc_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
+    seen = []
+    mapping = vo.build_application
+    monkeypatch.setattr(vo, "read_organization", lambda *args: vo.Snapshot("org-x"))
+    monkeypatch.setattr(vo, "build_application", lambda snapshot: seen.append(gc.isenabled()) or mapping(snapshot))
+    vo.discover(vo.Config(org_id="org-x"), vo.Clock(), vo.RunSummary())
+    assert seen == [False] and gc.isenabled()
