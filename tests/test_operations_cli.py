@@ -97,8 +97,8 @@ def untimed_log(stderr: str) -> tuple[list[str], list[str]]:
     """What a run logs that does not depend on timing: the messages logged while reads run (their order follows
     the scheduling, so sorted) and those from the end of reading on (in order); without timestamps, durations,
     timed lines, and creating what an earlier run already created."""
-    messages = [re.sub(r"\d+\.\d\ds\b|seconds=\S+", "", line.split(" ", 2)[2]) for line in stderr.splitlines()
-                if "creating Veza" not in line]  # level and message
+    messages = [re.sub(r"\d+\.\d\ds\b|seconds=\S+|oldest_read=\S*", "", line.split(" ", 2)[2])
+                for line in stderr.splitlines() if "creating Veza" not in line]  # level and message
     messages = [message for message in messages if not message.split(" ", 1)[1].startswith(TIMED_LINES)]
     end_of_reading = next(i for i, message in enumerate(messages) if re.match(r"INFO read \d+ users, ", message))
     return sorted(messages[:end_of_reading]), messages[end_of_reading:]

@@ -36,7 +36,7 @@ SECRET_VARIABLES = {name + suffix for name in ("OPENAI_API_KEY", "OPENAI_ADMIN_K
 OUTSIDE_VARIABLES = {"REQUESTS_CA_BUNDLE", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "OAA_API_RETRIES",
                      "OAA_API_TIMEOUT", "VEZA_UNSAFE_HTTPS"}
 # Programs a command may use without further checks: the shell's and the host's own.
-HOST_TOOLS = {"jq", "mkdir", "chown", "chmod", "echo", "logger", "cat", "rm", "mail", "printf"}
+HOST_TOOLS = {"[", "jq", "mkdir", "chown", "chmod", "echo", "logger", "cat", "rm", "mail", "printf"}
 DOCKER_RUN_OPTIONS_WITH_VALUE = {"-e", "--env", "--env-file", "-v", "--volume", "-u", "--user", "--name", "--mount",
                                  "--network", "-w", "--workdir", "--tmpfs", "--memory", "--cpus"}
 INSTALL_OPTIONS_WITH_VALUE = {"-m", "--mode", "-o", "--owner", "-g", "--group", "-t", "--target-directory", "-S"}
@@ -401,7 +401,7 @@ def test_the_readmes_kubectl_lines_name_deploys_manifest_and_the_secret_it_mount
         checker.command(argv)
     assert checker.problems == []
     applied = [argv[argv.index("-f") + 1] for argv in commands if argv[1:2] == ["apply"]]
-    assert applied == [str(CRONJOB.relative_to(ROOT))]
+    assert applied == [str((CRONJOB.parent / "state-pvc.yaml").relative_to(ROOT)), str(CRONJOB.relative_to(ROOT))]
     created = [argv for argv in commands if argv[1:4] == ["create", "secret", "generic"]]
     assert len(created) == 1
     name, keys = created[0][4], sorted(re.findall(r"--from-file=([\w.-]+)=\S+", " ".join(created[0])))
