@@ -10,8 +10,11 @@ import copy
 import difflib
 import email.utils
 import enum
+import fcntl
 import gc
+import glob
 import gzip
+import hashlib
 import heapq
 import ipaddress
 import itertools
@@ -44,7 +47,7 @@ except ImportError as missing:
                      ".venv/bin/pip install -r requirements.txt, then run .venv/bin/python veza_openai.py\n")
     sys.exit(2)
 
-__version__ = "1.3.0"
+__version__ = "1.4.0"
 USER_AGENT = f"veza-openai-connector/{__version__}"
 PROVIDER_NAME = "OpenAI"
 APPLICATION_TYPE = "OpenAI"
@@ -59,6 +62,7 @@ class ExitStatus(enum.IntEnum):
     FAILED = 1  # nothing pushed, or the push's outcome unknown
     CONFIG = 2  # configuration error, no request sent (argparse's status too)
     INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
+    INCOMPLETE = 3  # --state-dir: lists left to read; nothing pushed, the next run goes on
     TERMINATED = 143  # 128 + SIGTERM (docker stop)
 
 
@@ -72,6 +76,10 @@ class ConfigError(Exception):
 
 class DiscoveryError(Exception):
     """OpenAI could not be read completely; nothing may be pushed."""
+
+
+class Incomplete(Exception):
+    """--state-dir: lists missing, or kept and too old; nothing pushed, the next run goes on."""
 
 
 class PushError(Exception):
@@ -138,6 +146,12 @@ OPTIONS = (
     Option("max_retries", ("--max-retries",), "OPENAI_MAX_RETRIES", "retries on 5xx and network errors", int, 6, 0, 20),
     Option("max_throttle_wait", ("--max-throttle-wait",), "OPENAI_MAX_THROTTLE_WAIT", "seconds one request may "
            "get 429s before the run fails", float, 900.0, 0.1, 86_400),
+    Option("state_dir", ("--state-dir",), "OPENAI_STATE_DIR", "keep the lists read and the last push here, so a cut "
+           "run goes on (it holds emails)"),
+    Option("max_age", ("--max-age",), "OPENAI_MAX_AGE", "seconds a kept list may be old and be pushed", int, 86_400,
+           60, 30 * 86_400),
+    Option("changes_json", ("--changes-json",), None, "write the changes since the last push to this JSON file"),
+    Option("previous", ("--previous",), None, "a payload saved by --save-json to compare with"),
     # Veza's side: oaaclient's variables and defaults.
     Option("veza_retries", (), "OAA_API_RETRIES", "retries of a Veza call", int, 10, 0, 100),
     Option("veza_timeout", (), "OAA_API_TIMEOUT", "seconds for one whole Veza answer", float, 300.0, 1, 3600),
@@ -258,6 +272,9 @@ class ConfigReader:
             self.veza_settings(settings)
         save_json = settings.pop("save_json") or ("." if dry_run else None)
         settings["save_json_path"] = save_json and self.save_path(save_json, settings["org_id"])
+        settings["state_dir"] = settings["state_dir"] and self.state_directory(settings["state_dir"])
+        if settings["previous"] and not os.path.isfile(settings["previous"]):
+            self.problem(f"--previous {settings['previous']!r} is not a file")
         if self.problems:
             raise ConfigError(self.problems)
         settings.update(dry_run=dry_run, debug=bool(settings["debug"]), notes=tuple(self.notes),
@@ -385,6 +402,20 @@ class ConfigReader:
         except OSError:
             return self.problem(f"--save-json directory {directory!r} is not writable by uid {os.getuid()}")
         return path
+
+    def state_directory(self, path):
+        """Made 0700; refused when others may write it: they could plant lists for the next push."""
+        name = f"{OPTION['state_dir'].label} {path!r}"
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            mode = os.stat(path).st_mode
+            if stat.S_ISDIR(mode) and not mode & 0o022:
+                with tempfile.TemporaryFile(dir=path):
+                    return path
+        except OSError as exc:
+            return self.problem(f"{name} cannot be used: {exc.strerror or exc}")
+        return self.problem(f"{name} can be written by others: chmod 700 {path}" if stat.S_ISDIR(mode) else
+                            f"{name} is not a directory")
 
     def not_set(self, named):
         """`named` ("VARIABLE (or ...)") is not set; unknown variables of its prefix are likely misspellings."""
@@ -1072,6 +1103,7 @@ class ListRead:
     attempt: int = 0  # retries of this page
     throttled_since: float | None = None
     sent_at: float = 0.0
+    queued_at: float = field(default_factory=time.time)  # its read time
 
 
 Verdict = enum.Enum("Verdict", "PAGE THROTTLED REFUSED RETRY FAILED")
@@ -1136,6 +1168,7 @@ class Scheduler:
         self.unreachable_since = self.plan = None
         self.answered = False
         self.throttled_families = set()
+        self.stop_sending_at = math.inf  # then the reads not sent go back to the plan
 
     def add(self, read, params):
         read.params = params
@@ -1186,7 +1219,19 @@ class Scheduler:
             if time.monotonic() >= self.next_progress:
                 self.log_progress()
 
+    def hand_back(self):
+        waiting = [read for reads in self.queues.values() for read in reads] + [read for *_, read in self.delayed]
+        self.delayed = []
+        for reads in self.queues.values():
+            reads.clear()
+        for read in waiting:
+            self.plan.unread(read)
+
     def dispatch(self, now):
+        if now >= self.stop_sending_at:
+            if not self.in_flight:
+                self.hand_back()
+            return
         while self.delayed and self.delayed[0][0] <= now:
             read = heapq.heappop(self.delayed)[2]
             if self.plan.is_left_out(read.family):
@@ -1211,7 +1256,9 @@ class Scheduler:
         self.work.put(read)
 
     def seconds_to_next_event(self, now):
-        wake = [self.next_progress] + [due for due, _, _ in self.delayed[:1]]
+        if now >= self.stop_sending_at:  # only answers in flight matter
+            return min(1.0, max(0.0, self.next_progress - now)) if self.in_flight else 0.0
+        wake = [self.next_progress, self.stop_sending_at] + [due for due, _, _ in self.delayed[:1]]
         if self.in_flight < self.config.max_workers:  # else only an answer can free a worker
             ready = min((self.lanes[name].ready_at(now) for name, waiting in self.queues.items() if waiting),
                         default=math.inf)
@@ -1360,9 +1407,13 @@ AFTER_ROLE_DECISION = [family for family in FAMILY_LIST if family.after_role_dec
 class ReadPlan:
     """Reads the catalogue into a Snapshot, answers in any order."""
 
-    def __init__(self, config, scheduler):
-        self.config, self.scheduler = config, scheduler
-        self.snapshot = Snapshot(org_id=config.org_id)
+    def __init__(self, config, scheduler, state=None):
+        self.config, self.scheduler, self.state = config, scheduler, state
+        self.snapshot = Snapshot(org_id=config.org_id, read_times={} if state else None)
+        self.kept = {}  # (family, key) -> read time of each kept list that stood in
+        self.missing = 0  # lists neither read nor kept
+        self.audit_from = None  # the audit log, read in full now, goes back to this time
+        self.changed = {}  # family -> the newest audit event that may have changed it
         self.not_found = {}
         self.asked = {}  # (kind, key) -> its object, NOT_FOUND, or why it is unknown
         self.archived = set()
@@ -1373,16 +1424,22 @@ class ReadPlan:
     def read(self):
         """Raise DiscoveryError (or Stopped) once a complete snapshot is impossible."""
         self.scheduler.start(self)
-        s, days = self.snapshot, self.config.activity_days
+        s, days, state = self.snapshot, self.config.activity_days, self.state
+        if state and self.config.max_run_time:  # stop reading in time to push
+            clock = self.scheduler.clock
+            self.scheduler.stop_sending_at = clock.deadline - state.push_estimate(clock.scale) - self.config.timeout
         try:
             for family in STARTING_FAMILIES:
                 if not family.activity_window:
                     self.queue(family, None)
                 elif days:
                     s.activity_since, s.activity_window_days = int(time.time()) - days * 86_400, days
-                    self.queue(family, None, {"effective_at[gte]": str(s.activity_since)})
+                    self.queue(family, None, {"effective_at[gte]": str(s.activity_since),  # with a state, all events
+                                              **({"event_types[]": None} if state else {})})
             self.scheduler.run_until_read()
             self.settle_not_found()
+            if state:
+                self.check_complete()
             return s
         finally:
             self.scheduler.close()
@@ -1402,6 +1459,8 @@ class ReadPlan:
 
     def list_done(self, read, result):
         family, key, s = read.family, read.key, self.snapshot
+        if family.not_found is not On404.EXISTENCE and (result is not None or family.settings):
+            self.note_read(read, result)
         if family.per is None:
             setattr(s, family.name, result)
         elif result is not None and getattr(s, family.name) is not None:  # None: left out, or no role reads
@@ -1433,8 +1492,9 @@ class ReadPlan:
             log.info("role assignment reads: %d users and %d project members so far, one call each%s", len(ids),
                      members, f"; at least {format_duration((len(ids) + members) / rate)} at the rate so far"
                      if rate else "")
-        for item_id in ids:
-            self.queue(child, item_id if parent_key is None else (parent_key, item_id))
+        keys = [item_id if parent_key is None else (parent_key, item_id) for item_id in ids]
+        for key in sorted(keys, key=lambda key: self.state.rank(child.name, key, self.changed)) if self.state else keys:
+            self.queue(child, key)
 
     def cut(self, read):
         """The audit log's cap: keep the events read, shrink the window to the oldest."""
@@ -1443,10 +1503,48 @@ class ReadPlan:
                        if at is not None), None)
         s.activity_window_days = 0 if oldest is None else \
             max(0, min(days, int((s.activity_since + days * 86_400 - oldest) // 86_400)))
+        self.audit_from = math.inf if oldest is None else oldest
         log.warning("audit log: stopped after %d pages (%d events); events older than %s are missing, so "
                     "activity_window_days is %d, not %d; use a shorter --activity-days", read.pages, len(read.items),
                     rfc3339(oldest) or "the last event read", s.activity_window_days, days)
         self.scheduler.finish(read, read.items)
+
+    def note_read(self, read, result):
+        """A list is in: its read time noted; saved when read now (not kept)."""
+        name, key, s = read.family.name, read.key, self.snapshot
+        kept = (name, key) in self.kept
+        read_at = self.kept[(name, key)] if kept else read.queued_at
+        s.oldest_read, s.lists_read = min(s.oldest_read or read_at, read_at), s.lists_read + (not kept)
+        if s.read_times is not None:
+            s.read_times[(name, key)] = read_at
+        if self.state and not kept:
+            self.state.save(name, key, read_at, result)
+            if read.family.activity_window:  # read now: it says which kept lists may have changed since
+                self.audit_from = s.activity_since if self.audit_from is None else self.audit_from
+                for event in map(dict_of, result):
+                    at = epoch_seconds(event.get("effective_at"))
+                    for changed in families_changed_by(str(event.get("type"))) if at is not None else ():
+                        self.changed[changed] = max(at, self.changed.get(changed, at))
+
+    def unread(self, read):
+        """Left unsent by the deadline: its kept copy stands in, else the run is incomplete."""
+        kept = None if self.is_left_out(read.family) else self.state.kept(read.family.name, read.key)
+        if kept:
+            self.kept[(read.family.name, read.key)] = kept[0]
+        else:
+            self.missing += not self.is_left_out(read.family)
+        self.scheduler.finish(read, kept and kept[1])
+
+    def check_complete(self):
+        """Incomplete when a list is missing, or kept and older than --max-age unless the audit log, read back
+        past its read time, names no change to it."""
+        now, max_age = time.time(), self.config.max_age
+        too_old = [name for (name, _), at in self.kept.items() if now - at > max_age and not (
+            self.audit_from is not None and self.audit_from <= at and self.changed.get(name, -math.inf) < at)]
+        if self.missing or too_old:
+            raise Incomplete(f"incomplete: {self.missing} lists unread and not kept, {len(too_old)} kept lists older "
+                             f"than --max-age {max_age}s; nothing pushed, the next run goes on from here")
+        self.state.prune(self.snapshot.read_times)
 
     def decide_role_reads(self):
         """Once the Roles API answers; for `auto`, once a role list shows a custom role or all are read."""
@@ -1548,7 +1646,7 @@ class ReadPlan:
 class Snapshot:
     """Per family: its records, {entity key: records}, or None (left out; role assignments: not read)."""
 
-    def __init__(self, org_id, *, activity_since=None, activity_window_days=None, **results):
+    def __init__(self, org_id, *, activity_since=None, activity_window_days=None, read_times=None, **results):
         if unknown := results.keys() - FAMILIES.keys():
             raise TypeError(f"Snapshot has no family {', '.join(sorted(unknown))}")
         self.org_id = org_id
@@ -1557,10 +1655,109 @@ class Snapshot:
         self.unavailable = {}  # family name -> why it was left out
         self.read_at = time.time()  # "expired" is judged at this time
         self.deleted = []  # (entity kind, key, endpoint)
+        self.read_times = read_times  # with --state-dir: (family, key) -> when that list was read
+        self.lists_read, self.oldest_read = 0, None  # lists read now (not kept); the oldest read time
         for family in FAMILY_LIST:
             if family.not_found is not On404.EXISTENCE:
                 empty = [] if family.required else {} if family.per and not family.after_role_decision else None
                 setattr(self, family.name, results.get(family.name, empty))
+
+
+# ------------------------
+# The state directory (--state-dir): every list read, with its read time, and the last push
+# ------------------------
+
+STATE_FORMAT = 1
+# Words of audit event types naming families other than by their own names.
+EVENT_WORDS = {"login": (), "logout": (), "invite": ("invite", "user"), "membership": ("invite", "user"),
+               "workload_identity": ("workload_identity", "federation")}
+
+
+def families_changed_by(event_type):
+    """The families an audit event may have changed: those its type's first word names; all if it names none."""
+    word = event_type.removeprefix("tenant.").split(".")[0]
+    words = EVENT_WORDS.get(word, (word,))
+    return {name for name in FAMILIES for word in words if word in name} or (set(FAMILIES) if words else set())
+
+
+class State:
+    """DIR/lists/<family>/<hash>.json per list, DIR/pushed.json, DIR/lock; each file 0600 and written whole. A file
+    of another organization, format or version is never trusted."""
+
+    def __init__(self, directory, org_id):
+        self.directory, self.org_id, self.saving = directory, org_id, True
+        self.lock = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:  # the kernel releases a killed run's lock
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.lock)
+            raise DiscoveryError(f"another run is using the state directory {directory}; stopping before any "
+                                 "request") from None
+        self.index, ignored = {}, 0  # (family, key) -> (read time, file)
+        for path in glob.glob(os.path.join(glob.escape(directory), "lists", "*", "*.json")):
+            if record := self.load(path):
+                key = record["key"]
+                self.index[record["family"], tuple(key) if isinstance(key, list) else key] = record["read_at"], path
+            ignored += record is None
+        pushed = os.path.join(directory, "pushed.json")
+        self.pushed = self.load(pushed, any_version=True) if os.path.exists(pushed) else None
+        if ignored + (os.path.exists(pushed) and self.pushed is None):
+            log.warning("state directory %s: files ignored (unreadable, or of another organization, format or "
+                        "connector version); their lists are read again", directory)
+
+    def close(self):
+        os.close(self.lock)
+
+    def load(self, path, any_version=False):
+        with contextlib.suppress(OSError, ValueError, RecursionError), open(path, "rb") as handle:
+            record = dict_of(json.load(handle))
+            if record.get("format") == STATE_FORMAT and record.get("organization") == self.org_id and (
+                    any_version or record.get("connector") == __version__ and record.get("family") in FAMILIES
+                    and isinstance(record.get("read_at"), (int, float)) and {"key", "result"} <= record.keys()):
+                return record
+        return None
+
+    def kept(self, family, key):
+        """(read time, result) of a list's kept copy, or None."""
+        record = (found := self.index.get((family, key))) and self.load(found[1])
+        return record and (record["read_at"], record["result"])
+
+    def rank(self, family, key, changed):
+        """Reading order: never read, changed since (the audit log says), then the oldest."""
+        at = self.index.get((family, key), (None,))[0]
+        return (0, 0) if at is None else (1 if changed.get(family, -math.inf) >= at else 2, at)
+
+    def write(self, path, record):
+        """A full disk costs the saving, never the run."""
+        try:
+            if self.saving:
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                save_payload(json.dumps({"format": STATE_FORMAT, "organization": self.org_id,
+                                         "connector": __version__, **record}).encode(), path)
+                return True
+        except OSError as exc:
+            self.saving = False
+            log.warning("state directory %s: cannot save (%s); lists read from now on are not kept", self.directory,
+                        exc.strerror or exc)
+        return False
+
+    def save(self, family, key, read_at, result):
+        path = os.path.join(self.directory, "lists", family,
+                            hashlib.sha256(json.dumps([family, key]).encode()).hexdigest()[:32] + ".json")
+        if self.write(path, {"family": family, "key": key, "read_at": read_at, "result": result}):
+            self.index[family, key] = read_at, path
+
+    def prune(self, used):
+        """Once a snapshot is whole, what it did not use is of entities gone."""
+        for entry, (_, path) in [item for item in self.index.items() if item[0] not in used]:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            del self.index[entry]
+
+    def push_estimate(self, scale):
+        """Twice the last push's seconds, or a minute before any."""
+        seconds = dict_of(self.pushed).get("push_seconds")
+        return 2 * seconds if isinstance(seconds, (int, float)) else 60 * scale
 
 
 # ------------------------
@@ -2298,6 +2495,23 @@ def map_certificates(m):
     m.counts["certificates"] = len(found)
 
 
+@step()
+def map_read_times(m):
+    """With --state-dir: when the oldest list pushed was read, for the application and each project."""
+    if not (times := m.snapshot.read_times):
+        return
+    m.app.property_definitions.define_application_property("oldest_read_at", T)
+    m.app.property_definitions.define_resource_property("project", "lists_read_at", T)
+    m.app.set_property("oldest_read_at", rfc3339(min(times.values())))
+    oldest = {}
+    for (name, key), at in times.items():
+        if FAMILIES[name].per in (Kind.PROJECT, Kind.PROJECT_GROUP, Kind.PROJECT_MEMBER):
+            pid = key if isinstance(key, str) else key[0]
+            oldest[pid] = min(at, oldest.get(pid, at))
+    for pid, project in m.projects.items():
+        project.set_property("lists_read_at", rfc3339(oldest.get(pid)), ignore_none=True)
+
+
 # The summary line's counts, in a fixed order (new ones only appended).
 COUNTS = ("users", "groups", "group_memberships", "projects", "project_memberships", "service_accounts",
           "project_api_keys_active", "project_api_keys_inactive", "admin_api_keys", "invites_pending", "roles",
@@ -2621,6 +2835,81 @@ def create_or_update_report(veza):
 
 
 # ------------------------
+# What changed since the last push (DIR/pushed.json, or --previous)
+# ------------------------
+
+CHANGES = {"users": ("users_joined", "users_left"), "owners": ("owners_added", "owners_removed"),
+           "admin_keys": ("admin_keys_created", "admin_keys_removed"),
+           "project_keys": ("project_keys_created", "project_keys_removed"),
+           "active_keys": ("keys_activated", "keys_deactivated"), "grants": ("roles_granted", "roles_revoked")}
+
+
+def payload_facts(payload):
+    """What a change report compares: users, owners by any path, keys, active keys, grants (identity, role, where)."""
+    app, grants = payload["applications"][0], []
+    for entry in payload.get("identity_to_permissions", []):
+        for grant in entry.get("role_assignments", []):
+            for where in ["application"] * bool(grant.get("apply_to_application")) + grant.get("resources", []):
+                grants.append([entry["identity"], grant["role"], where])
+    holders = {role: {who for who, held, where in grants if held == role and where == "application"}
+               for role in ("owner", "admin_api_key")}
+    users = [user for user in app["local_users"] if "invite_status" not in user.get("custom_properties", {})]
+    project_keys = [cred["id"] for cred in app["local_access_creds"] if cred["id"] not in holders["admin_api_key"]
+                    and {"project_id"} == cred.get("custom_properties", {}).keys() & {"project_id", "issuer"}]
+    return {"users": [user["id"] for user in users], "admin_keys": sorted(holders["admin_api_key"]),
+            "owners": [user["id"] for user in users if holders["owner"] & {user["id"], *user.get("groups", [])}],
+            "project_keys": project_keys, "grants": grants,
+            "active_keys": [cred["id"] for cred in app["local_access_creds"] if cred.get("is_active")]}
+
+
+def compare_facts(before, after):
+    """Each change list, sorted; all empty with nothing to compare with."""
+    before, changes = before or after, {}
+    for fact, (added, removed) in CHANGES.items():
+        new, old = ({tuple(x) if isinstance(x, list) else x for x in facts[fact]} for facts in (after, before))
+        if fact == "active_keys":  # only keys in both: a new or removed key is said as such
+            new, old = ({*facts["admin_keys"], *facts["project_keys"]} & items for facts, items in
+                        ((before, new), (after, old)))
+        changes[added], changes[removed] = (sorted(map(list, x) if fact == "grants" else x) for x in (new - old,
+                                                                                                     old - new))
+    return changes
+
+
+def log_changes(changes, compared, from_version):
+    if from_version not in (None, __version__):
+        log.info("changes include the upgrade from %s to %s (its mapping may differ)", from_version, __version__)
+    if not compared or not any(changes.values()):
+        log.info("changes: %s", "none since the last push" if compared else "no earlier push to compare with")
+    for name, items in changes.items():
+        if items:
+            shown = ", ".join(" ".join(item) if isinstance(item, list) else item for item in items[:5])
+            log.info("changes: %d %s (%s%s)", len(items), name.replace("_", " "), shown, ", ..." * (len(items) > 5))
+
+
+def report_changes(config, state, payload, push_seconds):
+    """After a push: the changes since the one compared with, logged and written; a failure costs the report only."""
+    if not (state or config.previous or config.changes_json):
+        return
+    try:
+        facts, before, since, from_version = payload_facts(json.loads(payload)), None, None, None
+        if state and state.pushed:
+            before, since, from_version = state.pushed["facts"], state.pushed["pushed_at"], state.pushed["connector"]
+        elif config.previous:
+            with open(config.previous, "rb") as handle:
+                before, since = payload_facts(json.load(handle)), os.path.getmtime(config.previous)
+        changes = compare_facts(before, facts)
+        log_changes(changes, before is not None, from_version)
+        if config.changes_json:
+            save_payload(json.dumps({"since": rfc3339(since), "from_version": from_version, "to_version": __version__,
+                                     **changes}).encode(), config.changes_json)
+        if state:
+            state.write(os.path.join(state.directory, "pushed.json"),
+                        {"pushed_at": time.time(), "push_seconds": push_seconds, "facts": facts})
+    except (OSError, ValueError, LookupError, TypeError, AttributeError) as exc:
+        log.warning("changes since the last push not reported: %s: %s", type(exc).__name__, exc)
+
+
+# ------------------------
 # main: read, map, save, push, report; every outcome in one summary line
 # ------------------------
 
@@ -2639,13 +2928,17 @@ class RunSummary:
     reasons: dict = field(default_factory=dict)  # family left out -> why, what to grant
     upload_started: bool = False  # from then on Veza may have the payload, whatever it answers
     saved_to: str = ""
+    oldest_read: str = ""  # RFC3339 of the oldest list read; then how many lists were read now and kept
+    lists_read: int = 0
+    lists_kept: int = 0
 
     def log(self, level):
         fields = {"outcome": self.outcome, **self.counts, "warnings": self.warnings,
                   "left_out": ",".join(sorted(self.reasons)), "veza_warnings": self.veza_warnings,
                   "throttled": self.throttled, "calls": self.calls, "retries": self.retries,
                   "seconds": round(self.seconds, 1), **({"report": self.report} if self.report else {}),
-                  "version": __version__}
+                  "version": __version__, "oldest_read": self.oldest_read, "lists_read": self.lists_read,
+                  "lists_kept": self.lists_kept}
         line = " ".join(f"{key}={value}" for key, value in fields.items())
         log_with_fields(level, {"summary": True, **fields}, "summary: %s", line)
 
@@ -2681,17 +2974,20 @@ def log_memory(stage):
                     "?" if now is None else round(now), peak)
 
 
-def read_organization(config, clock, summary):
+def read_organization(config, clock, summary, state):
     http = Http(config.openai_base_url, config.openai_api_key, timeout=config.timeout, pool=config.max_workers,
                 max_bytes=ANSWER_BYTES_IN_FLIGHT // config.max_workers, shared_strings=True,
                 headers={"OpenAI-Organization": config.org_id})
     log.info("reading OpenAI organization %s at %s with %d workers", config.org_id, config.openai_base_url,
              config.max_workers)
     reader = Scheduler(http, config, clock, FAMILY_LIST)
+    plan = ReadPlan(config, reader, state)
     try:
-        snapshot = ReadPlan(config, reader).read()
+        snapshot = plan.read()
     finally:
         summary.calls, summary.retries, summary.throttled = reader.calls, reader.retries, reader.throttled
+        summary.lists_read, summary.lists_kept = plan.snapshot.lists_read, len(plan.kept)
+        summary.oldest_read = rfc3339(plan.snapshot.oldest_read) or ""
         http.close()
     for name, reason in snapshot.unavailable.items():
         summary.reasons[name] = f"{FAMILIES[name].label} ({reason}): grant the admin key '{FAMILIES[name].grant}'"
@@ -2707,9 +3003,9 @@ def read_organization(config, clock, summary):
     return snapshot
 
 
-def discover(config, clock, summary):
+def discover(config, clock, summary, state):
     """Each stage's input is freed once the next has it."""
-    snapshot = read_organization(config, clock, summary)
+    snapshot = read_organization(config, clock, summary, state)
     gc.collect()  # the finished reader is in reference cycles and holds every record
     log_memory("reading")
     started = time.monotonic()
@@ -2733,11 +3029,20 @@ def discover(config, clock, summary):
 
 
 def run(config, clock, summary):
-    """Raises DiscoveryError or PushError."""
+    """Raises DiscoveryError, PushError or Incomplete; holds the state directory throughout."""
+    state = config.state_dir and State(config.state_dir, config.org_id)
+    try:
+        read_and_push(config, clock, summary, state)
+    finally:
+        if state:
+            state.close()
+
+
+def read_and_push(config, clock, summary, state):
     veza = None if config.dry_run else Veza(config, clock)
     if veza is not None:  # before spending OpenAI quota
         veza.check()
-    payload = discover(config, clock, summary)
+    payload = discover(config, clock, summary, state)
     if config.save_json_path:
         try:
             save_payload(payload, config.save_json_path)
@@ -2750,6 +3055,7 @@ def run(config, clock, summary):
         summary.outcome = "dry-run"
         return
     log.info("pushing to Veza data source %r", config.data_source_name)
+    started = time.monotonic()
     try:
         veza_warnings = veza.push(payload, summary)
     except VezaError as exc:
@@ -2764,6 +3070,7 @@ def run(config, clock, summary):
     summary.veza_warnings = len(veza_warnings)
     for warning in veza_warnings:
         log.warning("Veza: %s", warning)
+    report_changes(config, state, payload, time.monotonic() - started)
     if config.create_report:
         try:
             summary.report = create_or_update_report(veza)
@@ -2832,6 +3139,9 @@ def main(argv=None):
             run(config, clock, summary)
             signals.done = True  # a late signal must not undo "pushed"
             status = ExitStatus.OK
+        except Incomplete as exc:
+            summary.outcome, status = "incomplete", ExitStatus.INCOMPLETE
+            log.warning("%s", exc)
         except (KeyboardInterrupt, Stopped) as exc:
             name = getattr(exc, "signal_name", "Ctrl-C (SIGINT)")
             status = getattr(exc, "status", ExitStatus.INTERRUPTED)

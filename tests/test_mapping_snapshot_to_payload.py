@@ -119,5 +119,5 @@ def test_cyclic_gc_is_paused_only_while_mapping(monkeypatch):
     mapping = vo.build_application
     monkeypatch.setattr(vo, "read_organization", lambda *args: vo.Snapshot("org-x"))
     monkeypatch.setattr(vo, "build_application", lambda snapshot: seen.append(gc.isenabled()) or mapping(snapshot))
-    vo.discover(vo.Config(org_id="org-x"), vo.Clock(), vo.RunSummary())
+    vo.discover(vo.Config(org_id="org-x"), vo.Clock(), vo.RunSummary(), None)
     assert seen == [False] and gc.isenabled()
