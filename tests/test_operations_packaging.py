@@ -159,7 +159,7 @@ def test_requirements_pin_what_the_script_imports():
 def test_ci_runs_exactly_the_readmes_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    command = ".venv/bin/python -m pytest -q -n 4 --dist worksteal tests"
+    command = ".venv/bin/python -m pytest -q -n 6 --dist worksteal tests"
     assert command in readme and command in ci
     assert ci.strip().splitlines()[-1] == command
     assert "pip install -r tests/requirements.txt" in readme
