@@ -1510,7 +1510,6 @@ class ReadPlan:
         self.scheduler.finish(read, read.items)
 
     def note_read(self, read, result):
-        """A list is in: its read time noted; saved when read now (not kept)."""
         name, key, s = read.family.name, read.key, self.snapshot
         kept = (name, key) in self.kept
         read_at = self.kept[(name, key)] if kept else read.queued_at
@@ -1519,7 +1518,7 @@ class ReadPlan:
             s.read_times[(name, key)] = read_at
         if self.state and not kept:
             self.state.save(name, key, read_at, result)
-            if read.family.activity_window:  # read now: it says which kept lists may have changed since
+            if read.family.activity_window:  # read now: it names the kept lists that may have changed
                 self.audit_from = s.activity_since if self.audit_from is None else self.audit_from
                 for event in map(dict_of, result):
                     at = epoch_seconds(event.get("effective_at"))
@@ -1527,7 +1526,7 @@ class ReadPlan:
                         self.changed[changed] = max(at, self.changed.get(changed, at))
 
     def unread(self, read):
-        """Left unsent by the deadline: its kept copy stands in, else the run is incomplete."""
+        """Not sent by the deadline: its kept copy stands in, if there is one."""
         kept = None if self.is_left_out(read.family) else self.state.kept(read.family.name, read.key)
         if kept:
             self.kept[(read.family.name, read.key)] = kept[0]
@@ -1668,21 +1667,20 @@ class Snapshot:
 # ------------------------
 
 STATE_FORMAT = 1
-# Words of audit event types naming families other than by their own names.
+# Words of audit event types that name families other than their own
 EVENT_WORDS = {"login": (), "logout": (), "invite": ("invite", "user"), "membership": ("invite", "user"),
                "workload_identity": ("workload_identity", "federation")}
 
 
 def families_changed_by(event_type):
-    """The families an audit event may have changed: those its type's first word names; all if it names none."""
+    """The families named by the event type's first word; all if it names none."""
     word = event_type.removeprefix("tenant.").split(".")[0]
     words = EVENT_WORDS.get(word, (word,))
     return {name for name in FAMILIES for word in words if word in name} or (set(FAMILIES) if words else set())
 
 
 class State:
-    """DIR/lists/<family>/<hash>.json per list, DIR/pushed.json, DIR/lock; each file 0600 and written whole. A file
-    of another organization, format or version is never trusted."""
+    """DIR/lists/<family>/<hash>.json per list, DIR/pushed.json, DIR/lock; files 0600, written whole."""
 
     def __init__(self, directory, org_id):
         self.directory, self.org_id, self.saving = directory, org_id, True
@@ -1723,7 +1721,7 @@ class State:
         return record and (record["read_at"], record["result"])
 
     def rank(self, family, key, changed):
-        """Reading order: never read, changed since (the audit log says), then the oldest."""
+        """Never read first, then changed since (by the audit log), then the oldest."""
         at = self.index.get((family, key), (None,))[0]
         return (0, 0) if at is None else (1 if changed.get(family, -math.inf) >= at else 2, at)
 
@@ -2497,7 +2495,7 @@ def map_certificates(m):
 
 @step()
 def map_read_times(m):
-    """With --state-dir: when the oldest list pushed was read, for the application and each project."""
+    """With --state-dir: the oldest read time of the lists pushed, overall and per project."""
     if not (times := m.snapshot.read_times):
         return
     m.app.property_definitions.define_application_property("oldest_read_at", T)
@@ -2845,7 +2843,7 @@ CHANGES = {"users": ("users_joined", "users_left"), "owners": ("owners_added", "
 
 
 def payload_facts(payload):
-    """What a change report compares: users, owners by any path, keys, active keys, grants (identity, role, where)."""
+    """Users, owners by any path, keys, active keys, grants [identity, role, where] of a payload."""
     app, grants = payload["applications"][0], []
     for entry in payload.get("identity_to_permissions", []):
         for grant in entry.get("role_assignments", []):
@@ -2887,7 +2885,7 @@ def log_changes(changes, compared, from_version):
 
 
 def report_changes(config, state, payload, push_seconds):
-    """After a push: the changes since the one compared with, logged and written; a failure costs the report only."""
+    """After a push: what changed since the last; a failure here costs the report only."""
     if not (state or config.previous or config.changes_json):
         return
     try:

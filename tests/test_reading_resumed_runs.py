@@ -138,6 +138,23 @@ def test_a_deleted_projects_saved_lists_and_a_removed_user_never_come_back_from_
     assert "proj_beta" not in json.dumps(payload) and "user-0013" not in json.dumps(payload)
     assert "project_owner" in assignments(payload, "user-0010")  # proj_alpha's members, from the state
     assert int(read_counts(result.stderr)["kept"]) >= 1
+    keys = [json.dumps(load(path)["key"]) for path in list_files(state)]  # nothing deleted survives in the state
+    assert keys and not [key for key in keys if "proj_beta" in key or "user-0013" in key], keys
+
+
+def test_lists_never_read_go_first_then_those_the_audit_log_says_changed_then_the_oldest(tmp_path):
+    """The order a run reads an endpoint's lists in, from what the state holds and the audit log names."""
+    state = veza_openai.State(str(tmp_path), "org-small0001")
+    try:
+        for key, read_at in (("p1", 300.0), ("p2", 100.0), ("p3", 200.0)):
+            state.save("project_users", key, read_at, [])
+        state.save("project_roles", "p4", 50.0, [])
+        changed = {"project_roles": 60.0}  # an event after p4's list was read
+        order = sorted(["p1", "p2", "p3", "new"], key=lambda key: state.rank("project_users", key, changed))
+        assert order == ["new", "p2", "p3", "p1"]
+        assert state.rank("project_roles", "p4", changed) < state.rank("project_users", "p2", changed)
+    finally:
+        state.close()
 
 
 def not_json(path):
