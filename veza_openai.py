@@ -60,15 +60,13 @@ class ExitStatus(enum.IntEnum):
 
     OK = 0  # pushed; with --dry-run: saved
     FAILED = 1  # nothing pushed, or the push's outcome unknown
-    CONFIG = 2  # configuration error, no request sent (argparse's status too)
+    CONFIG = 2  # configuration error, no request sent (argparse's too)
     INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
     INCOMPLETE = 3  # --state-dir: lists left to read; nothing pushed, the next run goes on
     TERMINATED = 143  # 128 + SIGTERM (docker stop)
 
 
 class ConfigError(Exception):
-    """Every configuration problem found, one line each."""
-
     def __init__(self, problems):
         super().__init__("\n".join(problems))
         self.problems = problems
@@ -91,7 +89,7 @@ class PushError(Exception):
 
 
 class Stopped(BaseException):
-    """SIGTERM or Ctrl-C; a BaseException, like KeyboardInterrupt."""
+    """SIGTERM or Ctrl-C, like KeyboardInterrupt."""
 
     def __init__(self, signal_name, status):
         super().__init__(signal_name)
@@ -121,7 +119,7 @@ class Option:
 
 
 OPTIONS = (
-    Option("veza_url", ("--veza-url", "--veza_url"), "VEZA_URL", "URL of your Veza instance"),
+    Option("veza_url", ("--veza-url", "--veza_url"), "VEZA_URL", "Veza instance URL"),
     Option("org_id", ("--openai-org", "--openai_org"), "OPENAI_ORG_ID", "OpenAI organization ID, org-..."),
     Option("openai_base_url", ("--openai-base-url",), "OPENAI_BASE_URL", "base URL", None, "https://api.openai.com/v1"),
     Option("save_json", ("--save-json", "--save_json"), None, "also save the payload JSON in PATH: a directory "
@@ -152,10 +150,10 @@ OPTIONS = (
            60, 30 * 86_400),
     Option("changes_json", ("--changes-json",), None, "write the changes since the last push to this JSON file"),
     Option("previous", ("--previous",), None, "a payload saved by --save-json to compare with"),
-    # Veza's side: oaaclient's variables and defaults.
+    # oaaclient's variables and defaults.
     Option("veza_retries", (), "OAA_API_RETRIES", "retries of a Veza call", int, 10, 0, 100),
     Option("veza_timeout", (), "OAA_API_TIMEOUT", "seconds for one whole Veza answer", float, 300.0, 1, 3600),
-    # Tests shrink every wait with it; not in --help.
+    # Tests shrink every wait with it.
     Option("time_scale", (), "VEZA_OPENAI_TIME_SCALE", "time scale", float, 1.0, 0.001, 1.0),
 )
 OPTION = {option.dest: option for option in OPTIONS}
@@ -186,23 +184,19 @@ class Config:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """A flag argparse rejects is a configuration error like any other (one line, exit 2)."""
-
     def error(self, message):
         raise ConfigError([f"{message} (see --help)"])
 
 
 def build_arg_parser(options=OPTIONS, add_help=True):
-    """The parser of `options`; values stay text, checked later."""
+    """Values stay text: ConfigReader checks them."""
     parser = ArgumentParser(prog="veza_openai.py", add_help=add_help,
                             description=f"Push an OpenAI organization's access to Veza (OAA); {SECRETS_FROM}.")
     if add_help:
         parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for option in [option for option in options if option.flags]:
-        how = {}
-        if option.kind is bool:
-            how = {"action": "store_true", "default": None}
-        elif option.dest == "save_json":
+        how = {"action": "store_true", "default": None} if option.kind is bool else {}
+        if option.dest == "save_json":
             how = {"nargs": "?", "const": ".", "metavar": "PATH"}
         shown = f"{option.default:g}" if isinstance(option.default, float) else option.default
         env = f"env: {option.env or 'none'}" + ("" if shown is None else f", default: {shown}")
@@ -223,7 +217,6 @@ def shown_path(path):
 
 
 def mask_key(key):
-    """Its kind and last four characters, these only if 16 or more follow the kind."""
     kind = next((prefix for prefix in ("sk-admin-", "sk-proj-", "sk-svcacct-", "sk-") if key.startswith(prefix)), "")
     return f"{kind}...{key[-4:]}" if len(key) - len(kind) >= 16 else f"{kind}..."
 
@@ -288,7 +281,6 @@ class ConfigReader:
         return value
 
     def checked_value(self, option, raw):
-        """The flag's, else the variable's value; the default if unset or wrong (a problem then)."""
         if raw is None and option.env and self.env.get(option.env):
             raw = self.unquoted(self.env[option.env], option.env)
         if not raw:
@@ -315,13 +307,11 @@ class ConfigReader:
         return option.default
 
     def checked_url(self, value, name, *, openai):
-        """Normalised; OpenAI's may have a path and be http to loopback, Veza's is an instance's address."""
         try:
             parts = urllib.parse.urlsplit(value if "://" in value else f"https://{value}")
             parts.port  # noqa: B018 (raises ValueError on a bad port)
         except ValueError:
             return self.problem(f"{name} is not a valid URL")
-        scheme = parts.scheme.lower()
         if SPACE_OR_CONTROL.search(value):
             problem = "contains whitespace or control characters"
         elif not parts.hostname:
@@ -332,14 +322,14 @@ class ConfigReader:
             problem = "must not contain a query string or fragment"
         elif not openai and parts.path.strip("/"):
             problem = f"must be the instance's address only, not {parts.path[:40]!r}"
-        elif scheme != "https" and not (openai and scheme == "http" and is_loopback(parts.hostname)):
+        elif parts.scheme != "https" and not (openai and parts.scheme == "http" and is_loopback(parts.hostname)):
             problem = "must use https" + (" (http only to loopback)" if openai else "")
         else:
-            return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", "")).rstrip("/")
+            return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")).rstrip("/")
         return self.problem(f"{name} {problem}")
 
     def read_secret_file(self, path, variable):
-        """A regular file only (a FIFO would block the run); trailing newlines dropped."""
+        """A regular file only: a FIFO would block the run."""
         if path.startswith("sk-"):
             return self.problem(f"{variable} holds what looks like an API key, not a file path: put the key in "
                                 f"{variable.removesuffix('_FILE')}")
@@ -385,7 +375,6 @@ class ConfigReader:
         return self.problem(f"{source} {problem}"), source
 
     def save_path(self, value, org_id):
-        """A directory gets openai-<org>-<UTC time>.json; checked writable now."""
         path = value
         if os.path.isdir(value) or not value.lower().endswith(".json"):
             path = os.path.join(value, f"openai-{org_id or 'org'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.json")
@@ -418,7 +407,7 @@ class ConfigReader:
                             f"{name} is not a directory")
 
     def not_set(self, named):
-        """`named` ("VARIABLE (or ...)") is not set; unknown variables of its prefix are likely misspellings."""
+        """`named`: "VARIABLE (or ...)"; unknown variables of its prefix are likely misspellings."""
         variable = named.split()[0]
         prefix = variable.split("_")[0] + "_"
         unknown = sorted(name for name in self.env if name.startswith(prefix) and name not in KNOWN_VARIABLES)
@@ -453,7 +442,7 @@ def load_config(argv=None, environ=None):
 
 
 def log_format_asked(argv, env):
-    """The log format asked for, even in a wrong configuration (its errors ship as JSON too)."""
+    """Read even from a wrong configuration: its errors ship as JSON too."""
     value = None
     with contextlib.suppress(ConfigError):  # a flag's value missing
         value = build_arg_parser([OPTION["log_format"]], add_help=False).parse_known_args(argv)[0].log_format
@@ -474,7 +463,7 @@ def escape_for_log(text):
 
 
 class RedactingFormatter(logging.Formatter):
-    def __init__(self, fmt, secrets):
+    def __init__(self, secrets, fmt=None):
         super().__init__(fmt)
         self.secrets = [s for s in secrets if len(s.strip()) >= 8]  # masking a shorter one would shred every line
 
@@ -496,9 +485,6 @@ class RedactingFormatter(logging.Formatter):
 
 
 class JsonFormatter(RedactingFormatter):
-    def __init__(self, secrets):
-        super().__init__("%(message)s", secrets)
-
     def format(self, record):
         entry = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
                  .replace("+00:00", "Z"), "level": record.levelname, "message": record.getMessage(),
@@ -523,10 +509,10 @@ def log_with_fields(level, fields, message, *args):
     log.log(level, message, *args, extra={"fields": fields})
 
 
-def configure_logging(debug, secrets=(), log_format="text"):
+def configure_logging(debug, secrets, log_format):
     handler = LogHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(secrets) if log_format == "json" else
-                         RedactingFormatter("%(asctime)s %(levelname)s %(message)s", secrets))
+                         RedactingFormatter(secrets, "%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
@@ -573,7 +559,6 @@ def retry_hint(headers):
                 seconds = (email.utils.parsedate_to_datetime(raw) - datetime.now(timezone.utc)).total_seconds()
         if 0 < seconds < math.inf:
             return seconds, name == "retry-after"
-    return None
 
 
 def backoff(attempt, hint):
@@ -633,7 +618,7 @@ class Http:
             self.session.mount(scheme, adapter)
         parts = urllib.parse.urlsplit(base_url)
         self.host = parts.netloc
-        # A proxy would get the key in clear text for a loopback (test) server.
+        # A proxy would get the key in clear text for a loopback server.
         self.proxies = {"http": None, "https": None, "all": None} if is_loopback(parts.hostname) else None
         self.hook = SharedStrings() if shared_strings else None
 
@@ -641,7 +626,7 @@ class Http:
         self.session.close()
 
     def call(self, method, path, params=None, body=None, timeout=None):
-        """One request; network and server faults are in the Answer, never raised."""
+        """Network and server faults are in the Answer, never raised."""
         limit = timeout or self.timeout
         whole_by = time.monotonic() + limit
         headers = {"Content-Type": "application/json"} if body is not None else None
@@ -674,7 +659,7 @@ class Http:
             if 200 <= status < 300:
                 return Answer(status, problem=f"answer is not JSON (HTTP {status}, {len(raw)} bytes)", fatal=True)
         # OpenAI's {"error": {"message"}}, Veza's {"message"}, else the reason.
-        fields = body if isinstance(body, dict) else {}
+        fields = dict_of(body)
         error = fields.get("error")
         detail = error.get("message") if isinstance(error, dict) else error
         detail = fields.get("message") if detail is None else detail
@@ -723,9 +708,8 @@ class Kind(enum.Enum):
     PROJECT_GROUP = ("project group", "project_groups", None, "its role grants on the project are left out")
     PROJECT_MEMBER = ("project member", "project_users", None, "its role assignments on the project are left out")
 
-    def __init__(self, label, listed_by, object_family, when_deleted):
-        self.label, self.listed_by, self.object_family = label, listed_by, object_family
-        self.when_deleted = when_deleted
+    def __init__(self, *value):
+        self.label, self.listed_by, self.object_family, self.when_deleted = value
 
 
 class On404(enum.Enum):
@@ -886,7 +870,7 @@ def dict_of(value):
 
 
 def shape(value):
-    """Short JSON of a server's value, for a warning (even one nested too deep)."""
+    """Short JSON of a server's value, for a warning."""
     try:
         text = json.dumps(value, sort_keys=True, default=str)
     except (TypeError, ValueError, RecursionError):
@@ -903,7 +887,6 @@ def usable_id(value):
 def unique_by_id(items, key="id", problem=None):
     """The first item of each usable id, lower-cased as oaaclient compares; `problem` hears of the others."""
     seen = {}
-    result = []
     for item in items:
         item_id = item.get(key) if isinstance(item, dict) else None
         if not usable_id(item_id):
@@ -911,13 +894,10 @@ def unique_by_id(items, key="id", problem=None):
                 shown = ascii(item_id) if isinstance(item_id, str) and item_id.strip() else type(item_id).__name__
                 problem(f"has no usable {key} ({shown}); skipped")
             continue
-        first = seen.get(item_id.lower())
-        if first is None:
-            seen[item_id.lower()] = item_id
-            result.append(item)
-        elif first != item_id and problem:  # an exact repeat is silent: pages overlap
+        first = seen.setdefault(item_id.lower(), item)[key]
+        if first != item_id and problem:  # an exact repeat is silent: pages overlap
             problem(f"ids {first!r} and {item_id!r} differ only in case, as Veza compares ids; only the first is kept")
-    return result
+    return list(seen.values())
 
 
 def ids_of(items, key="id"):
@@ -928,7 +908,7 @@ PREDEFINED_ROLE_ID = re.compile(r"role-api-(organization|project)-([a-z_]+?)(?:_
 
 
 def is_predefined_role(record):
-    """Flagged predefined or with a predefined id; any other is custom (its reads are never skipped)."""
+    """Flagged predefined or with a predefined id; any other is custom."""
     return record.get("predefined_role") is True or bool(PREDEFINED_ROLE_ID.fullmatch(str(record.get("id"))))
 
 

@@ -70,7 +70,7 @@ def test_a_key_given_on_the_command_line_is_never_echoed(run_connector, openai_f
 def test_anything_shaped_like_an_openai_key_is_masked_in_every_log_line():
     record = logging.LogRecord("veza_openai", logging.ERROR, __file__, 1, "server said: bad key %s", (
         ADMIN_KEY_LOOKALIKE,), None)
-    for formatter in (vo.RedactingFormatter("%(message)s", []), vo.JsonFormatter([])):
+    for formatter in (vo.RedactingFormatter([]), vo.JsonFormatter([])):
         line = formatter.format(record)
         assert "PASTED-by-mistake" not in line and "sk-admin-...6789" in line
 
@@ -92,7 +92,7 @@ def test_a_directory_as_a_secret_file_is_refused_with_exit_2(run_connector, tmp_
 
 def test_redacting_formatter_masks_secrets_in_messages_and_tracebacks():
     import logging
-    formatter = vo.RedactingFormatter("%(message)s", ["sk-admin-secret-value", " "])
+    formatter = vo.RedactingFormatter(["sk-admin-secret-value", " "])
     try:
         raise ValueError("bad key sk-admin-secret-value")
     except ValueError:
