@@ -1119,10 +1119,9 @@ def classify(answer):
 
 
 def check_page(family, body, path, limit):
-    data = body.get("data")
     if body.get("object", "list") != "list":
         raise DiscoveryError(f"{path}: expected a list, got object {str(body.get('object'))[:40]!r}")
-    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+    if not isinstance(data := body.get("data"), list) or not all(isinstance(item, dict) for item in data):
         raise DiscoveryError(f"{path}: 'data' is not a list of objects")
     odd = [item.get("object") for item in data if item.get("object", family.item_object) != family.item_object]
     if family.item_object and odd:
@@ -1159,14 +1158,12 @@ class Scheduler:
         self.order = itertools.count(1)
         self.work = queue.SimpleQueue()  # reads to send; None stops a worker
         self.done = queue.SimpleQueue()
-        self.open_reads = dict.fromkeys(self.families, 0)
-        self.finished_reads = dict.fromkeys(self.families, 0)
+        self.open_reads, self.finished_reads = dict.fromkeys(self.families, 0), dict.fromkeys(self.families, 0)
         self.in_flight = self.calls = self.retries = self.throttled = self.succeeded = 0
         self.next_global_send = self.next_progress = 0.0
         self.progress_every = max(1.0, PROGRESS_INTERVAL * clock.scale)
         self.unreachable_since = self.plan = None
-        self.answered = False
-        self.throttled_families = set()
+        self.answered, self.throttled_families = False, set()
         self.stop_sending_at = math.inf  # then the reads not sent go back to the plan
 
     def add(self, read):
@@ -1257,9 +1254,8 @@ class Scheduler:
             return min(1.0, max(0.0, self.next_progress - now)) if self.in_flight else 0.0
         wake = [self.next_progress, self.stop_sending_at] + [due for due, _, _ in self.delayed[:1]]
         if self.in_flight < self.config.max_workers:  # else only an answer can free a worker
-            ready = min((self.lanes[name].ready_at(now) for name, waiting in self.queues.items() if waiting),
-                        default=math.inf)
-            wake.append(max(ready, self.next_global_send))
+            wake += [max(self.lanes[name].ready_at(now), self.next_global_send)
+                     for name, waiting in self.queues.items() if waiting]
         return min(1.0, max(0.0, min(wake) - now))  # a signal or --max-run-time is seen within 1 s
 
     def take_answer(self, read, answer, now):
@@ -1389,7 +1385,6 @@ class Scheduler:
 
 NOT_FOUND = object()  # an entity's own object answered 404
 TOP_ROLE_LISTS = [family for family in FAMILY_LIST if family.role_list and not family.per]
-ROLE_DECISION_WAITS_FOR = {name for f in FAMILY_LIST if f.role_list for name in (f.name, f.parent) if name}
 AFTER_ROLE_DECISION = [family for family in FAMILY_LIST if family.after_role_decision]
 
 
@@ -1403,12 +1398,9 @@ class ReadPlan:
         self.missing = 0  # lists neither read nor kept
         self.audit_from = None  # the audit log, read in full now, goes back to this time
         self.changed = {}  # family -> the newest audit event that may have changed it
-        self.not_found = {}
+        self.not_found, self.archived = {}, set()
         self.asked = {}  # (kind, key) -> its object, NOT_FOUND, or why it is unknown
-        self.archived = set()
-        self.role_decision = None
-        self.held = []
-        self.custom_roles_seen = False
+        self.role_decision, self.held, self.custom_roles_seen = None, [], False
 
     def read(self):
         self.scheduler.start(self)
@@ -1458,8 +1450,7 @@ class ReadPlan:
             self.read_children(family, key, result)
             if family.role_list and any(usable_id(role.get("id")) and not is_predefined_role(role) for role in result):
                 self.custom_roles_seen = True
-        if family.name in ROLE_DECISION_WAITS_FOR:
-            self.decide_role_reads()
+        self.decide_role_reads()
 
     def read_children(self, family, key, items):
         if any(child.empty_when_archived for child in CHILDREN[family.name]):
@@ -1543,7 +1534,7 @@ class ReadPlan:
             decision, why = mode == "all", f"--role-assignments {mode}"
         elif self.custom_roles_seen:
             decision, why = True, "custom roles exist (--role-assignments auto)"
-        elif any(open_reads[name] for name in ROLE_DECISION_WAITS_FOR):
+        elif any(open_reads[name] for f in FAMILY_LIST if f.role_list for name in (f.name, f.parent) if name):
             return
         else:
             decision, why = False, "no custom role exists (--role-assignments auto; use 'all' to read them)"
