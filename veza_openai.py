@@ -1047,7 +1047,6 @@ class Lane:
         return max(self.next_at, now + (hint or 0.0))
 
     def on_grid(self, at):
-        """The first time from `at` on of the form cycle_start + FLOOR x 2 ** (n + phase)."""
         unit = FLOOR * self.scale
         n = math.floor(math.log2(max(at - self.cycle_start, unit) / unit) - self.phase)
         while self.cycle_start + unit * 2 ** (n + self.phase) < at:
@@ -1075,12 +1074,12 @@ class ListRead:
     key: Any  # None, an id, or (id, id)
     path: str
     on_done: Callable
-    params: dict = field(default_factory=dict)
+    params: dict
     items: list = field(default_factory=list)
     pages: int = 0
     size: int = 0  # decompressed bytes
     cursors: set = field(default_factory=set)
-    attempt: int = 0  # retries of this page
+    attempt: int = 0
     throttled_since: float | None = None
     sent_at: float = 0.0
     queued_at: float = field(default_factory=time.time)  # its read time
@@ -1100,15 +1099,14 @@ def classify(answer):
 
 
 def check_page(family, body, path, limit):
-    data = body.get("data")
     if body.get("object", "list") != "list":
         raise DiscoveryError(f"{path}: expected a list, got object {str(body.get('object'))[:40]!r}")
-    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+    if not isinstance(data := body.get("data"), list) or not all(isinstance(item, dict) for item in data):
         raise DiscoveryError(f"{path}: 'data' is not a list of objects")
     odd = [item.get("object") for item in data if item.get("object", family.item_object) != family.item_object]
     if family.item_object and odd:
         raise DiscoveryError(f"{path}: expected {family.item_object} items, got {str(odd[0])[:40]!r}")
-    if isinstance(limit, int) and len(data) > limit:
+    if len(data) > limit:
         raise DiscoveryError(f"{path}: a page of {len(data):,} items for limit={limit}: the server ignores the limit")
     return data
 
@@ -1139,19 +1137,16 @@ class Scheduler:
         self.delayed = []  # heap of (due, order, read)
         self.order = itertools.count(1)
         self.work = queue.SimpleQueue()  # reads to send; None stops a worker
-        self.done = queue.SimpleQueue()  # (read, answer) back
-        self.open_reads = dict.fromkeys(self.families, 0)
-        self.finished_reads = dict.fromkeys(self.families, 0)
+        self.done = queue.SimpleQueue()
+        self.open_reads, self.finished_reads = dict.fromkeys(self.families, 0), dict.fromkeys(self.families, 0)
         self.in_flight = self.calls = self.retries = self.throttled = self.succeeded = 0
         self.next_global_send = self.next_progress = 0.0
         self.progress_every = max(1.0, PROGRESS_INTERVAL * clock.scale)
         self.unreachable_since = self.plan = None
-        self.answered = False
-        self.throttled_families = set()
+        self.answered, self.throttled_families = False, set()
         self.stop_sending_at = math.inf  # then the reads not sent go back to the plan
 
-    def add(self, read, params):
-        read.params = params
+    def add(self, read):
         self.open_reads[read.family.name] += 1
         self.queues[read.family.name].append(read)
 
@@ -1226,9 +1221,8 @@ class Scheduler:
             self.send(self.queues[name].popleft(), now)
 
     def send(self, read, now):
-        if self.config.max_requests_per_second:
-            self.next_global_send = max(now, self.next_global_send) + \
-                self.clock.scale / self.config.max_requests_per_second
+        if rate := self.config.max_requests_per_second:
+            self.next_global_send = max(now, self.next_global_send) + self.clock.scale / rate
         read.sent_at = now
         self.lanes[read.family.name].on_send(now)
         self.in_flight += 1
@@ -1240,9 +1234,8 @@ class Scheduler:
             return min(1.0, max(0.0, self.next_progress - now)) if self.in_flight else 0.0
         wake = [self.next_progress, self.stop_sending_at] + [due for due, _, _ in self.delayed[:1]]
         if self.in_flight < self.config.max_workers:  # else only an answer can free a worker
-            ready = min((self.lanes[name].ready_at(now) for name, waiting in self.queues.items() if waiting),
-                        default=math.inf)
-            wake.append(max(ready, self.next_global_send))
+            wake += [max(self.lanes[name].ready_at(now), self.next_global_send)
+                     for name, waiting in self.queues.items() if waiting]
         return min(1.0, max(0.0, min(wake) - now))  # a signal or --max-run-time is seen within 1 s
 
     def take_answer(self, read, answer, now):
@@ -1250,8 +1243,7 @@ class Scheduler:
         self.answered = self.answered or answer.status != 0
         if self.plan.is_left_out(read.family):
             lane.answered()
-            self.finish(read, None)
-            return
+            return self.finish(read, None)
         verdict = classify(answer)
         if verdict in (Verdict.PAGE, Verdict.REFUSED) and lane.on_success(now, read.sent_at):
             self.wake(now)
@@ -1286,9 +1278,8 @@ class Scheduler:
         hint = f" with retry-after {answer.hint:g}s" if answer.hint is not None else ""
         if due > until and (hint or now >= until):
             why = f"HTTP 429{hint}, which ends" if hint else "still HTTP 429"
-            self.plan.failed(read, f"{read.path}: {why} past --max-throttle-wait {self.config.max_throttle_wait:g}s"
-                             f"{'' if hint else self.slowest_endpoint()}")
-            return
+            return self.plan.failed(read, f"{read.path}: {why} past --max-throttle-wait "
+                                    f"{self.config.max_throttle_wait:g}s{'' if hint else self.slowest_endpoint()}")
         first = read.family.name not in self.throttled_families
         self.throttled_families.add(read.family.name)
         log.log(logging.INFO if first else logging.DEBUG, "%s: HTTP 429, waiting %.1fs%s", read.path,
@@ -1300,11 +1291,10 @@ class Scheduler:
             self.unreachable_since = self.unreachable_since or now
             if now - self.unreachable_since >= UNREACHABLE_AFTER * self.clock.scale:
                 raise DiscoveryError(f"cannot reach OpenAI at {self.http.host} for {UNREACHABLE_AFTER:g}s: "
-                                     f"{answer.problem}. Check DNS, HTTPS_PROXY, NO_PROXY and, behind a TLS-inspecting "
-                                     "proxy or a private CA, REQUESTS_CA_BUNDLE (its CA file, PEM)")
+                                     f"{answer.problem}. Check DNS, HTTPS_PROXY, NO_PROXY and, for a TLS-inspecting "
+                                     "proxy or private CA, REQUESTS_CA_BUNDLE (a PEM file)")
         elif read.attempt >= self.config.max_retries:
-            self.plan.failed(read, f"{read.path}: {answer.problem}, gave up after {read.attempt} retries")
-            return
+            return self.plan.failed(read, f"{read.path}: {answer.problem}, gave up after {read.attempt} retries")
         read.attempt += 1
         self.retries += 1
         wait = backoff(read.attempt, answer.hint)
@@ -1314,24 +1304,20 @@ class Scheduler:
 
     def take_page(self, read, answer):
         family, path, body = read.family, read.path, answer.body
+        if not isinstance(body, dict) and not family.settings:  # the mapping warns of settings of another shape
+            return self.plan.failed(read, f"{path}: answer is JSON but not an object")
         if family.cursor is None or not isinstance(body, dict):
-            if isinstance(body, dict) or family.settings:  # the mapping warns of settings of another shape
-                self.finish(read, body)
-            else:
-                self.plan.failed(read, f"{path}: answer is JSON but not an object")
-            return
-        data = check_page(family, body, path, read.params.get("limit"))
+            return self.finish(read, body)
+        data = check_page(family, body, path, family.page_size)
         read.items.extend(data)
         read.pages += 1
         read.size += answer.size
         if not body.get("has_more"):
-            self.finish(read, read.items)
-            return
+            return self.finish(read, read.items)
         max_pages = MAX_AUDIT_LOG_PAGES if family.activity_window else MAX_PAGES_PER_LIST
         if read.pages >= max_pages or read.size > MAX_LIST_BYTES:
             if family.activity_window:
-                self.plan.cut(read)
-                return
+                return self.plan.cut(read)
             raise DiscoveryError(f"{path}: still has_more after {read.pages:,} pages ({read.size / 2 ** 20:.3g} MB): "
                                  "the server is looping")
         cursor = next_cursor(family, body, data, path)
@@ -1355,10 +1341,9 @@ class Scheduler:
         return min(rates, default=None)
 
     def estimate_seconds_left(self):
-        if (overall := self.slowest_rate_for([])) is None:
-            return None
-        return max([sum(self.open_reads.values()) / overall] + [self.open_reads[name] / rate for name, lane
-                    in self.lanes.lanes.items() if (rate := lane.requests_per_second())])
+        if overall := self.slowest_rate_for([]):
+            return max([sum(self.open_reads.values()) / overall] + [self.open_reads[name] / rate for name, lane
+                        in self.lanes.lanes.items() if (rate := lane.requests_per_second())])
 
     def log_progress(self):
         self.next_progress = time.monotonic() + self.progress_every
@@ -1380,7 +1365,6 @@ class Scheduler:
 
 NOT_FOUND = object()  # an entity's own object answered 404
 TOP_ROLE_LISTS = [family for family in FAMILY_LIST if family.role_list and not family.per]
-ROLE_DECISION_WAITS_FOR = {name for f in FAMILY_LIST if f.role_list for name in (f.name, f.parent) if name}
 AFTER_ROLE_DECISION = [family for family in FAMILY_LIST if family.after_role_decision]
 
 
@@ -1394,15 +1378,11 @@ class ReadPlan:
         self.missing = 0  # lists neither read nor kept
         self.audit_from = None  # the audit log, read in full now, goes back to this time
         self.changed = {}  # family -> the newest audit event that may have changed it
-        self.not_found = {}
+        self.not_found, self.archived = {}, set()
         self.asked = {}  # (kind, key) -> its object, NOT_FOUND, or why it is unknown
-        self.archived = set()
-        self.role_decision = None
-        self.held = []
-        self.custom_roles_seen = False
+        self.role_decision, self.held, self.custom_roles_seen = None, [], False
 
     def read(self):
-        """Raise DiscoveryError (or Stopped) once a complete snapshot is impossible."""
         self.scheduler.start(self)
         s, days, state = self.snapshot, self.config.activity_days, self.state
         if state and self.config.max_run_time:  # stop reading in time to push
@@ -1432,10 +1412,8 @@ class ReadPlan:
             log.warning("%s %s kept, its %s skipped: an id '.' or '..' would read another endpoint", family.per.label,
                         " in ".join(map(repr, [key] if isinstance(key, str) else reversed(key))), family.label)
             return
-        query = {**dict(family.params), **(params or {})}
-        if family.cursor:
-            query["limit"] = family.page_size
-        self.scheduler.add(ListRead(family, key, path, on_done or self.list_done), query)
+        query = {**dict(family.params), **(params or {}), **({"limit": family.page_size} if family.cursor else {})}
+        self.scheduler.add(ListRead(family, key, path, on_done or self.list_done, query))
 
     def list_done(self, read, result):
         family, key, s = read.family, read.key, self.snapshot
@@ -1452,8 +1430,7 @@ class ReadPlan:
             self.read_children(family, key, result)
             if family.role_list and any(usable_id(role.get("id")) and not is_predefined_role(role) for role in result):
                 self.custom_roles_seen = True
-        if family.name in ROLE_DECISION_WAITS_FOR:
-            self.decide_role_reads()
+        self.decide_role_reads()
 
     def read_children(self, family, key, items):
         if any(child.empty_when_archived for child in CHILDREN[family.name]):
@@ -1536,7 +1513,7 @@ class ReadPlan:
             decision, why = mode == "all", f"--role-assignments {mode}"
         elif self.custom_roles_seen:
             decision, why = True, "custom roles exist (--role-assignments auto)"
-        elif any(open_reads[name] for name in ROLE_DECISION_WAITS_FOR):
+        elif any(open_reads[name] for f in FAMILY_LIST if f.role_list for name in (f.name, f.parent) if name):
             return
         else:
             decision, why = False, "no custom role exists (--role-assignments auto; use 'all' to read them)"

@@ -38,10 +38,10 @@ class AnsweringScheduler:
     def close(self) -> None:
         pass
 
-    def add(self, read: vo.ListRead, params: dict) -> None:
+    def add(self, read: vo.ListRead) -> None:
         self.open_reads[read.family.name] += 1
         self.waiting.append(read)
-        self.params[read.path] = params
+        self.params[read.path] = read.params
 
     def finish(self, read: vo.ListRead, result: object) -> None:
         self.open_reads[read.family.name] -= 1
