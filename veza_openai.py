@@ -1781,8 +1781,8 @@ class MappingResult:
     application: CustomApplication
     warnings: list
     counts: dict
-    notes: list = field(default_factory=list)  # (log level, message)
-    people: dict = field(default_factory=dict)
+    notes: list  # (log level, message)
+    people: dict
 
 
 class ApplicationBuilder:
@@ -1790,7 +1790,7 @@ class ApplicationBuilder:
         self.snapshot = s = snapshot
         self.app = CustomApplication(name=s.org_id, application_type=APPLICATION_TYPE)
         self.warnings, self.warned, self.counts, self.notes = [], set(), {}, []
-        self.invitees = set()  # id() of the pending invites' local users
+        self.invitees = set()  # id() of pending invites' local users
         self.deleted = {kind: set() for kind in (*Kind, None)}
         for kind, key, endpoint in s.deleted:
             self.deleted[kind].add(key)
@@ -1804,23 +1804,10 @@ class ApplicationBuilder:
         self.user_records = self.records("organization user", s.users, Kind.USER)
         self.group_records = self.records("group", s.groups or [], Kind.GROUP)
         self.project_records = self.records("project", s.projects or [], Kind.PROJECT)
-        self.projects = {}
-        self.project_keys = set()
+        self.projects, self.project_keys = {}, set()
         families = (s.project_roles, s.group_roles, s.user_roles, s.project_group_roles, s.project_user_roles)
         lists = [s.roles, *(records for family in families for records in (family or {}).values())]
         self.api_role_ids = {role_id.lower() for records in lists for role_id in ids_of(records or [])}
-
-    def build(self):
-        definitions = self.app.property_definitions
-        for entity, properties in (item for mapping_step in STEPS for item in mapping_step.properties.items()):
-            for name, kind in properties.items():
-                if entity in ("project", "certificate"):
-                    definitions.define_resource_property(entity, name, kind)
-                else:
-                    getattr(definitions, f"define_{entity}_property")(name, kind)
-        for mapping_step in STEPS:
-            mapping_step(self)
-        return MappingResult(self.app, self.warnings, self.counts, self.notes)
 
     def warn(self, message, once_key=None):
         if once_key is None or once_key not in self.warned:
@@ -1844,7 +1831,7 @@ class ApplicationBuilder:
             self.warn(f"{what} record {problem}", f"{what} record {problem}")
         return [item for item in unique_by_id(items, key, warn) if item[key] not in self.deleted[kind]]
 
-    def project_list(self, family, pid, kind=Kind.USER):
+    def project_list(self, family, pid, kind=None):
         return self.records(f"project {pid} {FAMILIES[family].label}",
                             (getattr(self.snapshot, family) or {}).get(pid, []), kind)
 
@@ -1917,13 +1904,13 @@ class ApplicationBuilder:
             self.warn(f"Roles API role {role_id!r} has a fixed role's id; kept, with its assignments, as {pushed!r}")
         raw = record.get("permissions")
         if isinstance(raw, str):
-            self.warn(f"role {role_id} lists its permissions as one string, not a list; read as one permission")
+            self.warn(f"role {role_id} has its permissions as one string; read as one permission")
             raw = [raw]
         elif raw is not None and not isinstance(raw, list):
             self.warn(f"role {role_id} has permissions of type {type(raw).__name__}; read as none")
             raw = []
         permissions = list(dict.fromkeys(p for p in raw or [] if isinstance(p, str) and p))
-        for permission in permissions:  # on the application, so that they reach every project
+        for permission in permissions:  # on the application: they reach every project
             if permission not in self.app.custom_permissions:
                 self.app.add_custom_permission(permission, canonical_permissions(permission),
                                                apply_to_sub_resources=True, resource_types=["project"])
@@ -1933,7 +1920,7 @@ class ApplicationBuilder:
         self.api_roles[role_id] = pushed
         return pushed
 
-    def assign(self, identity, assignments, project, member=None):
+    def assign(self, identity, assignments, project=None, member=None):
         """Give `identity` its assignment records' roles, except a member's role its groups give it."""
         count = 0
         for record in self.records("role assignment", assignments):
@@ -1944,7 +1931,7 @@ class ApplicationBuilder:
                 identity.add_role(role_id, resources=[project])
             else:
                 identity.add_role(role_id, apply_to_application=True)
-                if role_id == "owner":  # an owner, by any path, owns every project
+                if role_id == "owner":
                     identity.add_role("project_owner_via_organization", resources=list(self.projects.values()))
             count += 1
         return count
@@ -1975,8 +1962,6 @@ class ApplicationBuilder:
         return through
 
 
-# --- the steps, in payload order
-
 @step()
 def map_permissions_and_fixed_roles(m):
     for name, canonical in ORG_PERMISSIONS.items():
@@ -1990,8 +1975,7 @@ def map_permissions_and_fixed_roles(m):
 @step(application={"organization_id": S, "is_personal": B})
 def map_organization(m):
     m.app.set_property("organization_id", m.snapshot.org_id)
-    personal = dict_of(m.snapshot.organization).get("personal")
-    m.app.set_property("is_personal", personal if isinstance(personal, bool) else None, ignore_none=True)
+    copy_fields(m.app, {"is_personal": dict_of(m.snapshot.organization).get("personal")}, is_personal=B)
 
 
 @step(local_user={"added_at": T, "api_key_last_used_at": T, "is_scim_managed": B})
@@ -2085,7 +2069,7 @@ def map_hosted_tools(m, project, tools):
 def map_project_members(m):
     memberships = 0
     for pid, project in m.projects.items():
-        for member in m.project_list("project_users", pid):
+        for member in m.project_list("project_users", pid, Kind.USER):
             user = m.principal(member["id"], member, f"project {pid}")
             if role := m.role_for_value(member.get("role"), f"project {pid} member {member['id']}", project=True):
                 user.add_role(role, resources=[project])
@@ -2097,7 +2081,7 @@ def map_project_members(m):
 def map_service_accounts(m):
     count = 0
     for pid, project in m.projects.items():
-        for record in m.project_list("project_service_accounts", pid, kind=None):
+        for record in m.project_list("project_service_accounts", pid):
             account = m.app.local_users.get(record["id"]) or m.new_local_user(record["id"], name_of(record))
             account.user_type = "service_account"
             account.created_at = account.created_at or rfc3339(record.get("created_at"))
@@ -2112,7 +2096,7 @@ def key_owner(m, record):
     """(owner id, owner record, whether a service account): nested or flat, on either kind of key."""
     owner = dict_of(record.get("owner"))
     owner_type = text_of(owner.get("type"))
-    if owner_type is not None and owner_type not in KEY_OWNER_TYPES:
+    if owner_type not in (None, *KEY_OWNER_TYPES):
         m.warn_value("API key owner type", owner_type, "the owner is read from the record's shape")
     for kind in dict.fromkeys([owner_type, *KEY_OWNER_TYPES]):
         if kind in KEY_OWNER_TYPES and isinstance(owner.get(kind), dict):
@@ -2126,7 +2110,7 @@ def key_owner(m, record):
 def map_project_api_keys(m):
     for project_record in m.project_records:
         pid = project_record["id"]
-        for record in m.project_list("project_api_keys", pid, kind=None):
+        for record in m.project_list("project_api_keys", pid):
             key = f"project API key {record['id']}"
             if record["id"] in m.app.access_creds:
                 m.warn(f"{key} is also listed in project {pid}; kept once, under the first", f"key twice:{key}")
@@ -2135,7 +2119,7 @@ def map_project_api_keys(m):
             if owner_id in m.deleted[Kind.USER]:
                 continue
             access = record.get("owner_project_access")
-            if access is not None and access not in ("active", "inactive"):
+            if access not in (None, "active", "inactive"):
                 m.warn_value("owner_project_access", access, "read as active unless expired or archived")
             cred = m.key_credential(record, active=access != "inactive" and not project_is_archived(project_record))
             m.project_keys.add(record["id"])
@@ -2193,7 +2177,7 @@ def map_admin_api_keys(m):
             m.warn(f"admin API key {record['id']} has no owner in its record")
         count += 1
     if listed:
-        shown = ", ".join(listed[:5]) + (", ..." if len(listed) > 5 else "")
+        shown = ", ".join(listed[:5]) + ", ..." * (len(listed) > 5)
         m.notes.append((logging.INFO, f"admin API key list: {len(listed)} project API key(s) already read ({shown}); "
                                       "kept once, as project keys"))
     m.counts["admin_api_keys"] = count
@@ -2238,7 +2222,7 @@ def map_custom_roles(m):
     for record in m.records("role", m.snapshot.roles):
         m.role_record(record, project=False)
     for pid in m.projects:
-        for record in m.project_list("project_roles", pid, kind=None):
+        for record in m.project_list("project_roles", pid):
             m.role_record(record, project=True)
     m.counts["roles"] = len(m.app.local_roles) - before
 
@@ -2249,14 +2233,14 @@ def map_role_assignments(m):
     if s.roles is None:
         return
     group_roles = s.group_roles or {}
-    count = sum(m.assign(m.app.local_groups[r["id"]], group_roles.get(r["id"], []), None) for r in m.group_records)
+    count = sum(m.assign(m.app.local_groups[r["id"]], group_roles.get(r["id"], [])) for r in m.group_records)
     user_roles = s.user_roles or {}
-    for user in (m.app.local_users[r["id"]] for r in m.user_records if r["id"] in user_roles):  # most have none read
-        count += m.assign(user, user_roles[user.unique_id], None, member=user)
+    for user in (m.app.local_users[r["id"]] for r in m.user_records if r["id"] in user_roles):
+        count += m.assign(user, user_roles[user.unique_id], member=user)
     for pid, project in m.projects.items():
         if None not in (s.groups, s.project_groups, s.project_group_roles):
             count += assign_project_groups(m, pid, project)
-        for member in m.project_list("project_users", pid) if s.project_user_roles is not None else ():
+        for member in m.project_list("project_users", pid, Kind.USER) if s.project_user_roles is not None else ():
             if (pid, member["id"]) not in m.deleted[Kind.PROJECT_MEMBER]:
                 user = m.app.local_users[member["id"]]
                 count += m.assign(user, s.project_user_roles.get((pid, member["id"]), []), project, member=user)
@@ -2264,7 +2248,7 @@ def map_role_assignments(m):
         missing = sorted(m.groups_not_in_payload)
         why = "groups were left out" if s.groups is None else "not in the group list, or deleted"
         m.warn(f"{sum(m.groups_not_in_payload.values())} role assignments name groups not in the payload ({why}: "
-               f"{', '.join(g or '(no id)' for g in missing[:5])}{', ...' if len(missing) > 5 else ''}); their roles "
+               f"{', '.join(g or '(no id)' for g in missing[:5])}{', ...' * (len(missing) > 5)}); their roles "
                "go to the users directly")
     m.counts["role_assignments"] = count
 
@@ -2275,8 +2259,7 @@ def assign_project_groups(m, pid, project):
         gid = link["group_id"]
         if (pid, gid) in m.deleted[Kind.PROJECT_GROUP]:
             continue
-        group = m.app.local_groups.get(gid)
-        if group is None:
+        if (group := m.app.local_groups.get(gid)) is None:
             group = m.app.add_local_group(text_of(link.get("group_name")) or gid, unique_id=gid)
             copy_fields(group, link, group_type=S)
             m.warn(f"project {pid} names group {gid} which is not in the group list; kept")
@@ -2300,9 +2283,9 @@ def map_key_access(m):
                    "attribute_matchers": L})
 def map_federation_rules(m):
     s = m.snapshot
-    if s.workload_identity_providers is None or s.federation_rules is None:
+    if None in (s.workload_identity_providers, s.federation_rules):
         return
-    accounts_read = s.projects is not None and s.project_service_accounts is not None
+    accounts_read = None not in (s.projects, s.project_service_accounts)
     if not accounts_read:
         m.warn("federation rules kept without holders or project roles: project service accounts were not read")
     count = 0
@@ -2323,8 +2306,7 @@ def map_federation_rules(m):
 def federation_rule_credential(m, provider, rule, where):
     cred = m.app.add_access_cred(rule["id"], name_of(rule))
     cred.created_at = rfc3339(rule.get("created_at")) or ""
-    # unknown (warned) counts as enabled
-    cred.is_active = (m.flag(rule, "enabled", where) is not False and
+    cred.is_active = (m.flag(rule, "enabled", where) is not False and  # unknown (warned) counts as enabled
                       m.flag(provider, "enabled", f"workload identity provider {provider['id']}") is not False)
     copy_fields(cred, provider, issuer=S, audience=S)
     cred.set_property("workload_identity_provider_id", provider["id"])
@@ -2332,8 +2314,7 @@ def federation_rule_credential(m, provider, rule, where):
     matchers = rule.get("attribute_matchers")
     if isinstance(matchers, dict):
         shown = {key: matcher_value(value) for key, value in matchers.items()}
-        deep = [key for key, value in shown.items() if value is None]
-        if deep:
+        if deep := [key for key, value in shown.items() if value is None]:
             m.warn(f"{where} has attribute matcher {deep[0]!r} nested too deep to read; attribute_matchers left unset")
         else:
             cred.set_property("attribute_matchers", sorted(f"{key}={value}" for key, value in shown.items()))
@@ -2348,7 +2329,7 @@ def federation_rule_credential(m, provider, rule, where):
 
 
 def matcher_value(value):
-    """Text as is, anything else as JSON (true, 1, null); None when nested too deep."""
+    """Text as is, else JSON (true, 1, null); None when nested too deep."""
     if isinstance(value, str):
         return value
     try:
@@ -2372,8 +2353,7 @@ def hold_federation_rule(m, rule, cred, where):
         m.warn(f"{where} names project {project_id} which is not listed; kept without a project role")
         return
     roles = m.roles_on(holder, project)
-    if not roles and all(record["id"] != account_id
-                         for record in m.project_list("project_service_accounts", project_id, kind=None)):
+    if not roles and account_id not in ids_of(m.project_list("project_service_accounts", project_id)):
         m.warn(f"{where}: service account {account_id} is not in project {project_id}; kept without a project role")
     for role in roles:
         cred.add_role(role, resources=[project])
@@ -2392,18 +2372,17 @@ def map_activity(m):
             m.app.local_users[user_id].last_login_at = logins[user_id]
         else:
             m.notes.append((logging.DEBUG, f"audit log: login by {user_id}, not an organization user; ignored"))
-    keys = sorted(key_id for key_id in scopes if key_id in m.project_keys)
+    keys = sorted(scopes.keys() & m.project_keys)
     for key_id in keys:  # [] means all permissions (OpenAI's key docs)
         m.app.access_creds[key_id].set_property("scopes_restricted", bool(scopes[key_id]))
         m.app.access_creds[key_id].set_property("scopes", scopes[key_id] or None, ignore_none=True)
-    m.counts.update(logins=len(users & set(logins)), key_scopes=len(keys))
+    m.counts.update(logins=len(users & logins.keys()), key_scopes=len(keys))
 
 
 def audit_activity(events, since):
     """({user id: latest login}, {project key id: scopes of its newest scope-setting event})."""
     since = -math.inf if (start := epoch_seconds(since)) is None else start
-    logins = {}
-    newest = {}  # key id: ((time, event id), scopes)
+    logins, newest = {}, {}  # newest: {key id: ((time, event id), scopes)}
     for event in events:
         kind = dict_of(event).get("type")
         at = epoch_seconds(event.get("effective_at")) if kind else None
@@ -2420,7 +2399,7 @@ def audit_activity(events, since):
             found = (dict_of(details.get(holder)).get("scopes") for holder in holders)
             scopes = next((scopes for scopes in found if isinstance(scopes, list)), None)
             key_id = text_of(details.get("id"))
-            if key_id is None or scopes is None:
+            if None in (key_id, scopes):
                 continue  # e.g. a rename
             rank = (at, str(event.get("id") or ""))
             if key_id not in newest or rank > newest[key_id][0]:
@@ -2431,9 +2410,9 @@ def audit_activity(events, since):
 
 @step(certificate={"active": B, "valid_at": T, "expires_at": T})
 def map_certificates(m):
-    """Organization certificates on the application, project ones under it; never the PEM."""
+    """Never the PEM."""
     s = m.snapshot
-    if s.certificates is None and (s.projects is None or s.project_certificates is None):
+    if s.certificates is None and None in (s.projects, s.project_certificates):
         return
     found = []
     for record in m.records("certificate", s.certificates or []):
@@ -2442,7 +2421,7 @@ def map_certificates(m):
         else:
             found.append((m.app.add_resource, record))
     found += [(project.add_sub_resource, record) for pid, project in m.projects.items()
-              for record in m.project_list("project_certificates", pid, kind=None)]
+              for record in m.project_list("project_certificates", pid)]
     for add, record in found:
         certificate = add(name_of(record), resource_type="certificate", unique_id=record["id"])
         copy_fields(certificate, record, active=B)
@@ -2467,23 +2446,30 @@ def map_read_times(m):
         project.set_property("lists_read_at", rfc3339(oldest.get(pid)), ignore_none=True)
 
 
-# The summary line's counts, in a fixed order (new ones only appended).
+# The summary line's counts, in a fixed order: append new ones.
 COUNTS = ("users", "groups", "group_memberships", "projects", "project_memberships", "service_accounts",
           "project_api_keys_active", "project_api_keys_inactive", "admin_api_keys", "invites_pending", "roles",
           "role_assignments", "logins", "key_scopes", "federation_rules", "certificates")
 
 
 def build_application(snapshot):
-    """Pure: no I/O or logging (the caller logs the warnings and notes)."""
-    builder = ApplicationBuilder(snapshot)
-    result = builder.build()
-    result.counts = {name: result.counts[name] for name in COUNTS if name in result.counts}
-    owner_groups = {group.unique_id for group in builder.app.local_groups.values() if "owner" in group.role_assignments}
-    users = [user for user in builder.app.local_users.values() if id(user) not in builder.invitees]
-    result.people = {"people": sum(user.user_type != "service_account" for user in users),
-                     "owners": sum("owner" in user.role_assignments or not owner_groups.isdisjoint(user.groups or ())
-                                   for user in users)}
-    return result
+    m = ApplicationBuilder(snapshot)
+    definitions = m.app.property_definitions
+    for entity, properties in (item for mapping_step in STEPS for item in mapping_step.properties.items()):
+        for name, kind in properties.items():
+            if entity in ("project", "certificate"):
+                definitions.define_resource_property(entity, name, kind)
+            else:
+                getattr(definitions, f"define_{entity}_property")(name, kind)
+    for mapping_step in STEPS:
+        mapping_step(m)
+    owner_groups = {group.unique_id for group in m.app.local_groups.values() if "owner" in group.role_assignments}
+    users = [user for user in m.app.local_users.values() if id(user) not in m.invitees]
+    people = {"people": sum(user.user_type != "service_account" for user in users),
+              "owners": sum("owner" in user.role_assignments or not owner_groups.isdisjoint(user.groups or ())
+                            for user in users)}
+    counts = {name: m.counts[name] for name in COUNTS if name in m.counts}
+    return MappingResult(m.app, m.warnings, counts, m.notes, people)
 
 
 # ------------------------
@@ -2507,7 +2493,7 @@ def serialize_application(app):
     payload = skeleton.get_payload()
     for holder, key, attribute in [*((payload["applications"][0], key, attribute) for key, attribute in
                                      ENTITY_LISTS.items()), (payload, "identity_to_permissions", "")]:
-        if holder.get(key) != []:  # not the shape this was written for: never push a payload missing entities
+        if holder.get(key) != []:  # another oaaclient's shape: never push a payload missing entities
             raise RuntimeError(f"oaaclient's payload has no empty {key!r} list to fill")
         holder[key] = marker + attribute
     chunks, permissions = [], {}  # {attribute: its entities' identity_to_permissions entries}
@@ -2573,7 +2559,6 @@ class Veza:
                          max_bytes=VEZA_ANSWER_BYTES, verify=not config.veza_unverified)
 
     def check(self):
-        """Is this Veza, and does it take the key?"""
         log.info("connecting to Veza at %s", self.config.veza_url)
         path = f"{PROVIDERS}/templates"
         answer = self.http.call("GET", path, timeout=VEZA_CHECK_TIMEOUT)
@@ -2636,8 +2621,7 @@ class Veza:
 
     def find_or_create(self, what, path, body):
         """(id, created now) of the object named body["name"]."""
-        found = self.list(path, filter=f'name eq "{body["name"]}"')
-        if found:
+        if found := self.list(path, filter=f'name eq "{body["name"]}"'):
             return found[0]["id"], False
         log.info("creating Veza %s", what)
         try:
@@ -2645,8 +2629,8 @@ class Veza:
         except VezaError as exc:
             if exc.status != 403:
                 raise
-            raise PushError(f"Veza refused to create the {what} (HTTP 403): this API key may not create providers or "
-                            "data sources; run once with an admin's key (later runs need only push rights)") from None
+            raise PushError(f"Veza refused to create the {what} (HTTP 403): run once with an admin's key (later "
+                            "runs need only push rights)") from None
         if not isinstance(created.get("id"), str):
             raise VezaError(f"{path}: Veza's answer to creating the {what} has no id")
         return created["id"], True
@@ -2707,7 +2691,6 @@ def push_warnings(result):
 # The Veza report (--create-report)
 # ------------------------
 
-# Veza names a custom property customprop_<name>.
 REPORT_NAME = "OpenAI access review"
 REPORT_DESCRIPTION = ("Who administers the OpenAI organization, its admin keys, inactive users who still hold "
                       "roles, pending invites, projects whose tools reach outside, and federated workloads.")
@@ -2726,7 +2709,7 @@ def report_query(name, description, source, role=None):
             "source_node_types": source, **related}
 
 
-# Only conditions Veza is known to take: equality, relations (docs/mapping.md).
+# Only conditions Veza is known to take: equality, relations (docs/mapping.md). Properties are customprop_<name>.
 REPORT_QUERIES = [report_query(*query) for query in (
     ("organization owners", "Users holding the organization's Owner role (members and billing)",
      nodes(USER_NODE), nodes(ROLE_NODE, name="Owner")),
@@ -2767,8 +2750,7 @@ def create_or_update_report(veza):
                 if q.get("query_type") != "SYSTEM_CREATED"}
     changed, query_ids = False, []
     for definition in REPORT_QUERIES:
-        query = existing.get(definition["name"])
-        if query is None:
+        if not (query := existing.get(definition["name"])):
             query = dict_of(veza.call("POST", queries, definition))
             changed = True
         elif not same_as_sent(query, definition):
@@ -2903,7 +2885,7 @@ class RunSummary:
             active, admin_keys = c["project_api_keys_active"], c["admin_api_keys"]
             log.info("In Veza: %d people, %d service accounts, %d owners (by any path), %d admin key%s, %d active "
                      "project keys of %d, %d projects, %d pending invites.", c["people"], c["service_accounts"],
-                     c["owners"], admin_keys, "" if admin_keys == 1 else "s", active,
+                     c["owners"], admin_keys, "s" * (admin_keys != 1), active,
                      active + c["project_api_keys_inactive"], c["projects"], c["invites_pending"])
         log.info("Left out: %s.", "; ".join(self.reasons.values()) or "none")
         outcome = "not pushed (dry run)" if config.dry_run else {
@@ -2914,7 +2896,7 @@ class RunSummary:
 
 
 def log_memory(stage):
-    """With --debug, to size a pod's memory limit."""
+    """To size a pod's memory limit."""
     if not log.isEnabledFor(logging.DEBUG):
         return
     try:
@@ -2964,7 +2946,7 @@ def discover(config, clock, summary, state):
     gc.collect()  # the finished reader is in reference cycles and holds every record
     log_memory("reading")
     started = time.monotonic()
-    gc.disable()  # mapping makes millions of acyclic objects that full collections would rescan again and again
+    gc.disable()  # mapping makes millions of acyclic objects that full collections would rescan
     try:
         result = build_application(snapshot)
         del snapshot
@@ -2995,18 +2977,18 @@ def run(config, clock, summary):
 
 def read_and_push(config, clock, summary, state):
     veza = None if config.dry_run else Veza(config, clock)
-    if veza is not None:  # before spending OpenAI quota
+    if veza:  # before spending OpenAI quota
         veza.check()
     payload = discover(config, clock, summary, state)
-    if config.save_json_path:
+    if path := config.save_json_path:
         try:
-            save_payload(payload, config.save_json_path)
+            save_payload(payload, path)
         except OSError as exc:
-            raise PushError(f"could not write the payload to {config.save_json_path}: {exc.strerror or exc} "
+            raise PushError(f"could not write the payload to {path}: {exc.strerror or exc} "
                             "(full disk?); not pushed without its --save-json copy") from None
-        log.info("payload saved to %s (%d bytes)", config.save_json_path, len(payload))
-        summary.saved_to = config.save_json_path
-    if veza is None:
+        log.info("payload saved to %s (%d bytes)", path, len(payload))
+        summary.saved_to = path
+    if not veza:
         summary.outcome = "dry-run"
         return
     log.info("pushing to Veza data source %r", config.data_source_name)
@@ -3038,7 +3020,7 @@ def read_and_push(config, clock, summary, state):
 
 
 class SignalState:
-    done = False  # a signal is being handled, or the outcome is decided: a later one changes nothing
+    done = False  # a signal is being handled or the outcome decided: later ones change nothing
 
 
 @contextlib.contextmanager
@@ -3117,8 +3099,7 @@ def main(argv=None):
         signals.done = True
         if config.log_format == "text":
             summary.log_for_people(config)
-        summary.seconds = time.monotonic() - clock.started
-        summary.warnings = handler.warnings
+        summary.seconds, summary.warnings = time.monotonic() - clock.started, handler.warnings
         summary.log(logging.INFO if status == ExitStatus.OK else logging.ERROR)
     return int(status)
 

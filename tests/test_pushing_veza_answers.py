@@ -156,8 +156,8 @@ def test_a_team_key_that_may_not_create_the_provider_says_what_to_do(run_connect
     veza.team_key = True
     result = run_connector(*NO_ROLE_READS)
     assert result.returncode == 1
-    assert "Veza refused to create the provider 'OpenAI' (template application) (HTTP 403): this API key may not " \
-           "create providers or data sources" in result.stderr
+    assert "Veza refused to create the provider 'OpenAI' (template application) (HTTP 403): run once with an " \
+           "admin's key" in result.stderr
     assert "nothing was pushed" in result.stderr and veza.pushes == []
 
 
