@@ -148,7 +148,7 @@ OPTIONS = (
            "run goes on (it holds emails)"),
     Option("max_age", ("--max-age",), "OPENAI_MAX_AGE", "seconds a kept list may be old and be pushed", int, 86_400,
            60, 30 * 86_400),
-    Option("changes_json", ("--changes-json",), None, "write the changes since the last push to this JSON file"),
+    Option("changes_json", ("--changes-json",), None, "write the changes since the last push to this file"),
     Option("previous", ("--previous",), None, "a payload saved by --save-json to compare with"),
     # oaaclient's variables and defaults.
     Option("veza_retries", (), "OAA_API_RETRIES", "retries of a Veza call", int, 10, 0, 100),
@@ -1083,6 +1083,7 @@ class ListRead:
     throttled_since: float | None = None
     sent_at: float = 0.0
     queued_at: float = field(default_factory=time.time)  # its read time
+    rank: tuple = ()  # its place among its endpoint's waiting reads
 
 
 Verdict = enum.Enum("Verdict", "PAGE THROTTLED REFUSED RETRY FAILED")
@@ -1133,7 +1134,7 @@ class Scheduler:
         self.http, self.config, self.clock = http, config, clock
         self.families = {family.name: family for family in families}
         self.lanes = Lanes(self.families, clock.scale, config.max_requests_per_minute_per_endpoint)
-        self.queues = {name: deque() for name in self.families}
+        self.queues = {name: [] for name in self.families}  # heaps of ((first?, rank, order), read)
         self.delayed = []  # heap of (due, order, read)
         self.order = itertools.count(1)
         self.work = queue.SimpleQueue()  # reads to send; None stops a worker
@@ -1148,7 +1149,7 @@ class Scheduler:
 
     def add(self, read):
         self.open_reads[read.family.name] += 1
-        self.queues[read.family.name].append(read)
+        self.wait(read)
 
     def finish(self, read, result):
         name = read.family.name
@@ -1160,7 +1161,12 @@ class Scheduler:
 
     def drop_waiting(self, family):
         while self.queues[family.name]:
-            self.finish(self.queues[family.name].pop(), None)
+            self.finish(heapq.heappop(self.queues[family.name])[1], None)
+
+    def wait(self, read, going_on=False):
+        """A read going on (next page, retry) first, the last first; the others by rank, in turn."""
+        key = (0, (), -next(self.order)) if going_on else (1, read.rank, next(self.order))
+        heapq.heappush(self.queues[read.family.name], (key, read))
 
     def start(self, plan):
         """Daemon workers: never joined, at exit or on a signal."""
@@ -1195,7 +1201,7 @@ class Scheduler:
                 self.log_progress()
 
     def hand_back(self):
-        waiting = [read for reads in self.queues.values() for read in reads] + [read for *_, read in self.delayed]
+        waiting = [read for reads in self.queues.values() for _, read in reads] + [read for *_, read in self.delayed]
         self.delayed = []
         for reads in self.queues.values():
             reads.clear()
@@ -1212,13 +1218,13 @@ class Scheduler:
             if self.plan.is_left_out(read.family):
                 self.finish(read, None)
             else:
-                self.queues[read.family.name].appendleft(read)
+                self.wait(read, going_on=True)
         while self.in_flight < self.config.max_workers and self.next_global_send <= now:
             name = next((name for name, waiting in self.queues.items()  # catalogue order: reproducible
                          if waiting and self.lanes[name].ready_at(now) <= now), None)
             if name is None:
                 return
-            self.send(self.queues[name].popleft(), now)
+            self.send(heapq.heappop(self.queues[name])[1], now)
 
     def send(self, read, now):
         if rate := self.config.max_requests_per_second:
@@ -1325,7 +1331,7 @@ class Scheduler:
             raise DiscoveryError(f"{path}: the cursor {cursor[:40]!r} repeats: the server is looping")
         read.cursors.add(cursor)
         read.params, read.attempt = {**read.params, "after": cursor}, 0
-        self.queues[family.name].appendleft(read)
+        self.wait(read, going_on=True)
 
     def slowest_endpoint(self):
         paced = [(rate, self.families[name].path) for name, lane in self.lanes.lanes.items()
@@ -1376,8 +1382,8 @@ class ReadPlan:
         self.snapshot = Snapshot(org_id=config.org_id, read_times={} if state else None)
         self.kept = {}  # (family, key) -> read time of each kept list that stood in
         self.missing = 0  # lists neither read nor kept
-        self.audit_from = None  # the audit log, read in full now, goes back to this time
-        self.changed = {}  # family -> the newest audit event that may have changed it
+        self.audit_from = None  # the audit log read now goes back to this time
+        self.changed = {}  # family -> its newest audit event
         self.not_found, self.archived = {}, set()
         self.asked = {}  # (kind, key) -> its object, NOT_FOUND, or why it is unknown
         self.role_decision, self.held, self.custom_roles_seen = None, [], False
@@ -1413,7 +1419,8 @@ class ReadPlan:
                         " in ".join(map(repr, [key] if isinstance(key, str) else reversed(key))), family.label)
             return
         query = {**dict(family.params), **(params or {}), **({"limit": family.page_size} if family.cursor else {})}
-        self.scheduler.add(ListRead(family, key, path, on_done or self.list_done, query))
+        rank = self.state.rank(family.name, key, self.changed) if self.state else ()
+        self.scheduler.add(ListRead(family, key, path, on_done or self.list_done, query, rank=rank))
 
     def list_done(self, read, result):
         family, key, s = read.family, read.key, self.snapshot
@@ -1449,9 +1456,8 @@ class ReadPlan:
             log.info("role assignment reads: %d users and %d project members so far, one call each%s", len(ids),
                      members, f"; at least {format_duration((len(ids) + members) / rate)} at the rate so far"
                      if rate else "")
-        keys = [item_id if parent_key is None else (parent_key, item_id) for item_id in ids]
-        for key in sorted(keys, key=lambda key: self.state.rank(child.name, key, self.changed)) if self.state else keys:
-            self.queue(child, key)
+        for item_id in ids:
+            self.queue(child, item_id if parent_key is None else (parent_key, item_id))
 
     def cut(self, read):
         """The audit log's cap: keep the events read, shrink the window to the oldest."""
@@ -1492,8 +1498,7 @@ class ReadPlan:
         self.scheduler.finish(read, kept and kept[1])
 
     def check_complete(self):
-        """Incomplete when a list is missing, or kept and older than --max-age unless the audit log, read back
-        past its read time, names no change to it."""
+        """A list missing, or kept, older than --max-age and changed since (or not vouched for by the audit log)."""
         now, max_age = time.time(), self.config.max_age
         too_old = [name for (name, _), at in self.kept.items() if now - at > max_age and not (
             self.audit_from is not None and self.audit_from <= at and self.changed.get(name, -math.inf) < at)]
@@ -1637,7 +1642,7 @@ def families_changed_by(event_type):
 
 
 class State:
-    """DIR/lists/<family>/<hash>.json per list, DIR/pushed.json, DIR/lock; files 0600, written whole."""
+    """DIR/lists/<family>/<hash>.json per list, DIR/pushed.json, DIR/lock: 0600, written whole."""
 
     def __init__(self, directory, org_id):
         self.directory, self.org_id, self.saving = directory, org_id, True
@@ -1658,7 +1663,7 @@ class State:
         self.pushed = self.load(pushed, any_version=True) if os.path.exists(pushed) else None
         if ignored + (os.path.exists(pushed) and self.pushed is None):
             log.warning("state directory %s: files ignored (unreadable, or of another organization, format or "
-                        "connector version); their lists are read again", directory)
+                        "version); read again", directory)
 
     def close(self):
         os.close(self.lock)

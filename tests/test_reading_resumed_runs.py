@@ -4,6 +4,7 @@ saved is private, locked, checked before it is trusted, and never stands in for 
 from __future__ import annotations
 
 import fcntl
+import heapq
 import json
 import os
 import re
@@ -349,3 +350,20 @@ def test_a_kept_list_older_than_max_age_is_pushed_while_the_audit_log_names_no_c
     assert unix(application(payload)["custom_properties"]["oldest_read_at"]) <= an_hour_ago + 60
     for project_id in ("proj_alpha", "proj_beta"):  # their lists were all read again
         assert unix(project(payload, project_id)["custom_properties"]["lists_read_at"]) > an_hour_ago + 60
+
+
+def test_an_endpoints_waiting_reads_go_on_first_then_by_rank_whatever_their_parent():
+    """A never-read list queued after older ones still goes first: a cut run then always reaches new lists."""
+    family = veza_openai.FAMILIES["project_user_roles"]
+    scheduler = veza_openai.Scheduler(None, veza_openai.Config(), veza_openai.Clock(), [family])
+
+    def queued(*keys):
+        return [heapq.heappop(scheduler.queues[family.name])[1].key for _ in keys]
+
+    for key, rank in (("kept, read at 100", (2, 100.0)), ("kept, read at 300", (2, 300.0)), ("never read", (0, 0))):
+        scheduler.add(veza_openai.ListRead(family, key, "/p", None, {}, rank=rank))
+    scheduler.wait(veza_openai.ListRead(family, "its next page", "/p", None, {}), going_on=True)
+    assert queued(1, 2, 3, 4) == ["its next page", "never read", "kept, read at 100", "kept, read at 300"]
+    for key in ("a", "b", "c"):  # without a state: in turn
+        scheduler.add(veza_openai.ListRead(family, key, "/p", None, {}))
+    assert queued(1, 2, 3) == ["a", "b", "c"]
