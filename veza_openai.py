@@ -62,7 +62,7 @@ class ExitStatus(enum.IntEnum):
     FAILED = 1  # nothing pushed, or the push's outcome unknown
     CONFIG = 2  # configuration error, no request sent (argparse's too)
     INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
-    INCOMPLETE = 3  # --state-dir: lists left to read; nothing pushed, the next run goes on
+    INCOMPLETE = 3  # --state-dir: lists left to read, the next run goes on
     TERMINATED = 143  # 128 + SIGTERM (docker stop)
 
 
@@ -77,7 +77,7 @@ class DiscoveryError(Exception):
 
 
 class Incomplete(Exception):
-    """--state-dir: lists missing, or kept and too old; nothing pushed, the next run goes on."""
+    """--state-dir: lists missing or too old; the next run goes on."""
 
 
 class PushError(Exception):
@@ -144,8 +144,7 @@ OPTIONS = (
     Option("max_retries", ("--max-retries",), "OPENAI_MAX_RETRIES", "retries on 5xx and network errors", int, 6, 0, 20),
     Option("max_throttle_wait", ("--max-throttle-wait",), "OPENAI_MAX_THROTTLE_WAIT", "seconds one request may "
            "get 429s before the run fails", float, 900.0, 0.1, 86_400),
-    Option("state_dir", ("--state-dir",), "OPENAI_STATE_DIR", "keep the lists read and the last push here, so a cut "
-           "run goes on (it holds emails)"),
+    Option("state_dir", ("--state-dir",), "OPENAI_STATE_DIR", "keep the lists read here: a cut run goes on (emails)"),
     Option("max_age", ("--max-age",), "OPENAI_MAX_AGE", "seconds a kept list may be old and be pushed", int, 86_400,
            60, 30 * 86_400),
     Option("changes_json", ("--changes-json",), None, "write the changes since the last push to this file"),
@@ -766,7 +765,7 @@ class Family:
 AUDIT_EVENT_TYPES = ("login.succeeded", "api_key.created", "api_key.updated")
 NEXT = {"cursor": "next", "page_size": 1000}  # the roles and groups endpoints
 
-# In dispatch order. Undocumented page maxima (workload identity, project groups) are 100, as for siblings.
+# In dispatch order; undocumented page maxima are 100, as for siblings.
 FAMILY_LIST = [
     Family("organization", "/organizations/{org_id}", "(dashboard-style keys only)", "organization object",
            optional="is_personal"),
@@ -965,15 +964,15 @@ class Lane:
         # Golden-ratio phases spread the lanes on the doubling grid: together they probe often.
         self.phase = index * 0.618 % 1
         self.hinted = self.woken = False  # the last 429 had a hint; a wake-up sent this retry early
-        self.rate: float | None = None      # requests a second; None: not paced
-        self.measured: float | None = None  # the rate that got through over the last cycle
+        self.rate = None  # requests a second; None: not paced
+        self.measured = None  # the rate that got through over the last cycle
         self.next_at = 0.0
         self.in_flight = self.streak = self.delivered = 0  # streak: successes since the last 429
-        self.cycle_start: float | None = None
+        self.cycle_start = None
         self.cycle = 0.0  # seconds the last measured cycle took
-        self.refused_since: float | None = None  # the first 429 of the current run
+        self.refused_since = None  # the first 429 of the current run
         self.retry_wait = 0.0
-        self.sends: deque[float] = deque()  # for --max-requests-per-minute-per-endpoint
+        self.sends = deque()  # for --max-requests-per-minute-per-endpoint
 
     def ready_at(self, now):
         if self.in_flight > self.streak:
@@ -1380,8 +1379,7 @@ class ReadPlan:
     def __init__(self, config, scheduler, state=None):
         self.config, self.scheduler, self.state = config, scheduler, state
         self.snapshot = Snapshot(org_id=config.org_id, read_times={} if state else None)
-        self.kept = {}  # (family, key) -> read time of each kept list that stood in
-        self.missing = 0  # lists neither read nor kept
+        self.kept, self.missing = {}, 0  # (family, key) -> read time of each kept list used; lists missing
         self.audit_from = None  # the audit log read now goes back to this time
         self.changed = {}  # family -> its newest audit event
         self.not_found, self.archived = {}, set()
@@ -1392,8 +1390,9 @@ class ReadPlan:
         self.scheduler.start(self)
         s, days, state = self.snapshot, self.config.activity_days, self.state
         if state and self.config.max_run_time:  # stop reading in time to push
-            clock = self.scheduler.clock
-            self.scheduler.stop_sending_at = clock.deadline - state.push_estimate(clock.scale) - self.config.timeout
+            clock, push = self.scheduler.clock, dict_of(state.pushed).get("push_seconds")  # its estimate: twice that
+            push = 2 * push if isinstance(push, (int, float)) else 60 * clock.scale
+            self.scheduler.stop_sending_at = clock.deadline - push - self.config.timeout
         try:
             for family in STARTING_FAMILIES:
                 if not family.activity_window:
@@ -1625,20 +1624,19 @@ class Snapshot:
 
 
 # ------------------------
-# The state directory (--state-dir): every list read, with its read time, and the last push
+# The state directory (--state-dir): the lists read, the last push
 # ------------------------
 
 STATE_FORMAT = 1
-# Words of audit event types that name families other than their own
-EVENT_WORDS = {"login": (), "logout": (), "invite": ("invite", "user"), "membership": ("invite", "user"),
-               "workload_identity": ("workload_identity", "federation")}
+EVENT_WORDS = {"login": (), "logout": (), "invite": ("invite", "user")}  # audit event words naming no own family
 
 
 def families_changed_by(event_type):
-    """The families named by the event type's first word; all if it names none."""
+    """The families the type's first word names, with those read for their items; all if it names none."""
     word = event_type.removeprefix("tenant.").split(".")[0]
-    words = EVENT_WORDS.get(word, (word,))
-    return {name for name in FAMILIES for word in words if word in name} or (set(FAMILIES) if words else set())
+    named = {name for name in FAMILIES for part in EVENT_WORDS.get(word, (word,)) if part in name}
+    named |= {child.name for name in named for child in CHILDREN[name]}
+    return named or (set() if word in EVENT_WORDS else set(FAMILIES))
 
 
 class State:
@@ -1659,6 +1657,7 @@ class State:
                 key = record["key"]
                 self.index[record["family"], tuple(key) if isinstance(key, list) else key] = record["read_at"], path
             ignored += record is None
+        self.families = {family for family, _ in self.index}
         pushed = os.path.join(directory, "pushed.json")
         self.pushed = self.load(pushed, any_version=True) if os.path.exists(pushed) else None
         if ignored + (os.path.exists(pushed) and self.pushed is None):
@@ -1683,9 +1682,13 @@ class State:
         return record and (record["read_at"], record["result"])
 
     def rank(self, family, key, changed):
-        """Never read first, then changed since (by the audit log), then the oldest."""
-        at = self.index.get((family, key), (None,))[0]
-        return (0, 0) if at is None else (1 if changed.get(family, -math.inf) >= at else 2, at)
+        """Never read first (it or a list read for its items), then changed since, then the oldest of those."""
+        times = [self.index.get((family, key), (None,))[0]]
+        kept = times[0] and CHILDREN[family] and self.kept(family, key)
+        for child in [child for child in CHILDREN[family] if child.name in self.families] if kept else ():
+            for item_id in ids_of(kept[1] or [], FAMILIES[family].id_field):
+                times.append(self.index.get((child.name, item_id if key is None else (key, item_id)), (None,))[0])
+        return (0, 0) if None in times else (1 if changed.get(family, -math.inf) >= times[0] else 2, min(times))
 
     def write(self, path, record):
         """A full disk costs the saving, never the run."""
@@ -1697,7 +1700,7 @@ class State:
                 return True
         except OSError as exc:
             self.saving = False
-            log.warning("state directory %s: cannot save (%s); lists read from now on are not kept", self.directory,
+            log.warning("state directory %s: cannot save (%s); later lists are not kept", self.directory,
                         exc.strerror or exc)
         return False
 
@@ -1713,11 +1716,6 @@ class State:
             with contextlib.suppress(OSError):
                 os.unlink(path)
             del self.index[entry]
-
-    def push_estimate(self, scale):
-        """Twice the last push's seconds, or a minute before any."""
-        seconds = dict_of(self.pushed).get("push_seconds")
-        return 2 * seconds if isinstance(seconds, (int, float)) else 60 * scale
 
 
 # ------------------------
@@ -2484,7 +2482,7 @@ def build_application(snapshot):
 # {get_payload()'s list of entities: the application's attribute holding them}
 ENTITY_LISTS = {"local_access_creds": "access_creds", **{key: key for key in (
     "local_users", "local_groups", "local_roles", "local_agents", "local_models", "resources")}}
-# identity_to_permissions's identities, in its order (no idp_identities: the mapping adds none)
+# identity_to_permissions's identities, in order (the mapping adds no idp_identities)
 IDENTITIES = ("local_users", "local_groups", "access_creds", "local_agents")
 encode = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -2714,7 +2712,7 @@ def report_query(name, description, source, role=None):
             "source_node_types": source, **related}
 
 
-# Only conditions Veza is known to take: equality, relations (docs/mapping.md). Properties are customprop_<name>.
+# Conditions Veza is known to take only (docs/mapping.md); properties are customprop_<name>.
 REPORT_QUERIES = [report_query(*query) for query in (
     ("organization owners", "Users holding the organization's Owner role (members and billing)",
      nodes(USER_NODE), nodes(ROLE_NODE, name="Owner")),
@@ -2787,7 +2785,7 @@ CHANGES = {"users": ("users_joined", "users_left"), "owners": ("owners_added", "
 
 
 def payload_facts(payload):
-    """Users, owners by any path, keys, active keys, grants [identity, role, where] of a payload."""
+    """A payload's users, owners (any path), keys, active keys, grants [identity, role, where]."""
     app, grants = payload["applications"][0], []
     for entry in payload.get("identity_to_permissions", []):
         for grant in entry.get("role_assignments", []):
@@ -2847,7 +2845,7 @@ def report_changes(config, state, payload, push_seconds):
         if state:
             state.write(os.path.join(state.directory, "pushed.json"),
                         {"pushed_at": time.time(), "push_seconds": push_seconds, "facts": facts})
-    except (OSError, ValueError, LookupError, TypeError, AttributeError) as exc:
+    except Exception as exc:  # the push stands
         log.warning("changes since the last push not reported: %s: %s", type(exc).__name__, exc)
 
 
@@ -2870,7 +2868,7 @@ class RunSummary:
     reasons: dict = field(default_factory=dict)  # family left out -> why, what to grant
     upload_started: bool = False  # from then on Veza may have the payload, whatever it answers
     saved_to: str = ""
-    oldest_read: str = ""  # RFC3339 of the oldest list read; then how many lists were read now and kept
+    oldest_read: str = ""  # the oldest list's read time (RFC3339); lists read now, kept
     lists_read: int = 0
     lists_kept: int = 0
 

@@ -154,6 +154,15 @@ def test_lists_never_read_go_first_then_those_the_audit_log_says_changed_then_th
         order = sorted(["p1", "p2", "p3", "new"], key=lambda key: state.rank("project_users", key, changed))
         assert order == ["new", "p2", "p3", "p1"]
         assert state.rank("project_roles", "p4", changed) < state.rank("project_users", "p2", changed)
+        state.save("project_users", "p1", 300.0, [{"id": "u1"}])
+        state.save("project_user_roles", ("p2", "u2"), 50.0, [])
+        state.save("project_users", "p2", 100.0, [{"id": "u2"}])
+    finally:
+        state.close()
+    state = veza_openai.State(str(tmp_path), "org-small0001")  # a list goes as early as the oldest read for it
+    try:
+        order = sorted(["p1", "p2", "p3"], key=lambda key: state.rank("project_users", key, {}))
+        assert order == ["p1", "p2", "p3"]  # p1's member u1 never read; p2's member read at 50
     finally:
         state.close()
 
