@@ -1374,7 +1374,7 @@ AFTER_ROLE_DECISION = [family for family in FAMILY_LIST if family.after_role_dec
 
 
 class ReadPlan:
-    """Reads the catalogue into a Snapshot, answers in any order."""
+    """The catalogue into a Snapshot, answers in any order."""
 
     def __init__(self, config, scheduler, state=None):
         self.config, self.scheduler, self.state = config, scheduler, state
@@ -1488,7 +1488,6 @@ class ReadPlan:
                         self.changed[changed] = max(at, self.changed.get(changed, at))
 
     def unread(self, read):
-        """Not sent by the deadline: its kept copy stands in, if there is one."""
         kept = None if self.is_left_out(read.family) else self.state.kept(read.family.name, read.key)
         if kept:
             self.kept[(read.family.name, read.key)] = kept[0]
@@ -1632,7 +1631,7 @@ EVENT_WORDS = {"login": (), "logout": (), "invite": ("invite", "user")}  # audit
 
 
 def families_changed_by(event_type):
-    """The families the type's first word names, with those read for their items; all if it names none."""
+    """Those its first word names, and those read for their items; all if it names none."""
     word = event_type.removeprefix("tenant.").split(".")[0]
     named = {name for name in FAMILIES for part in EVENT_WORDS.get(word, (word,)) if part in name}
     named |= {child.name for name in named for child in CHILDREN[name]}
@@ -1649,8 +1648,7 @@ class State:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(self.lock)
-            raise DiscoveryError(f"another run is using the state directory {directory}; stopping before any "
-                                 "request") from None
+            raise DiscoveryError(f"another run is using the state directory {directory}; no request sent") from None
         self.index, ignored = {}, 0  # (family, key) -> (read time, file)
         for path in glob.glob(os.path.join(glob.escape(directory), "lists", "*", "*.json")):
             if record := self.load(path):
@@ -1677,7 +1675,6 @@ class State:
         return None
 
     def kept(self, family, key):
-        """(read time, result) of a list's kept copy, or None."""
         record = (found := self.index.get((family, key))) and self.load(found[1])
         return record and (record["read_at"], record["result"])
 
@@ -1691,7 +1688,7 @@ class State:
         return (0, 0) if None in times else (1 if changed.get(family, -math.inf) >= times[0] else 2, min(times))
 
     def write(self, path, record):
-        """A full disk costs the saving, never the run."""
+        """A full disk costs the saving only."""
         try:
             if self.saving:
                 os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -1711,7 +1708,7 @@ class State:
             self.index[family, key] = read_at, path
 
     def prune(self, used):
-        """Once a snapshot is whole, what it did not use is of entities gone."""
+        """What a whole snapshot did not use is of entities gone."""
         for entry, (_, path) in [item for item in self.index.items() if item[0] not in used]:
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -2784,22 +2781,24 @@ CHANGES = {"users": ("users_joined", "users_left"), "owners": ("owners_added", "
            "active_keys": ("keys_activated", "keys_deactivated"), "grants": ("roles_granted", "roles_revoked")}
 
 
-def payload_facts(payload):
-    """A payload's users, owners (any path), keys, active keys, grants [identity, role, where]."""
-    app, grants = payload["applications"][0], []
-    for entry in payload.get("identity_to_permissions", []):
+def payload_facts(users, creds, entries):
+    """Users, owners (any path), keys, active keys, grants [identity, role, where]: from each entity's dict."""
+    grants = []
+    for entry in entries:
         for grant in entry.get("role_assignments", []):
             for where in ["application"] * bool(grant.get("apply_to_application")) + grant.get("resources", []):
                 grants.append([entry["identity"], grant["role"], where])
     holders = {role: {who for who, held, where in grants if held == role and where == "application"}
                for role in ("owner", "admin_api_key")}
-    users = [user for user in app["local_users"] if "invite_status" not in user.get("custom_properties", {})]
-    project_keys = [cred["id"] for cred in app["local_access_creds"] if cred["id"] not in holders["admin_api_key"]
-                    and {"project_id"} == cred.get("custom_properties", {}).keys() & {"project_id", "issuer"}]
-    return {"users": [user["id"] for user in users], "admin_keys": sorted(holders["admin_api_key"]),
-            "owners": [user["id"] for user in users if holders["owner"] & {user["id"], *user.get("groups", [])}],
-            "project_keys": project_keys, "grants": grants,
-            "active_keys": [cred["id"] for cred in app["local_access_creds"] if cred.get("is_active")]}
+    users = [(user["id"], user.get("groups", [])) for user in users if "invite_status" not in user.get(
+        "custom_properties", {})]
+    creds = [(cred["id"], cred.get("is_active"), cred.get("custom_properties", {}).keys() & {"project_id", "issuer"})
+             for cred in creds]
+    return {"users": [user for user, _ in users], "admin_keys": sorted(holders["admin_api_key"]),
+            "owners": [user for user, groups in users if holders["owner"] & {user, *groups}],
+            "project_keys": [cred for cred, _, where in creds if where == {"project_id"}
+                             and cred not in holders["admin_api_key"]],
+            "grants": grants, "active_keys": [cred for cred, active, _ in creds if active]}
 
 
 def compare_facts(before, after):
@@ -2817,7 +2816,7 @@ def compare_facts(before, after):
 
 def log_changes(changes, compared, from_version):
     if from_version not in (None, __version__):
-        log.info("changes include the upgrade from %s to %s (its mapping may differ)", from_version, __version__)
+        log.info("changes include the upgrade from %s to %s", from_version, __version__)
     if not compared or not any(changes.values()):
         log.info("changes: %s", "none since the last push" if compared else "no earlier push to compare with")
     for name, items in changes.items():
@@ -2826,17 +2825,18 @@ def log_changes(changes, compared, from_version):
             log.info("changes: %d %s (%s%s)", len(items), name.replace("_", " "), shown, ", ..." * (len(items) > 5))
 
 
-def report_changes(config, state, payload, push_seconds):
-    """After a push: what changed since the last; a failure here costs the report only."""
-    if not (state or config.previous or config.changes_json):
+def report_changes(config, state, facts, push_seconds):
+    if not facts:
         return
     try:
-        facts, before, since, from_version = payload_facts(json.loads(payload)), None, None, None
+        before, since, from_version = None, None, None
         if state and state.pushed:
             before, since, from_version = state.pushed["facts"], state.pushed["pushed_at"], state.pushed["connector"]
         elif config.previous:
             with open(config.previous, "rb") as handle:
-                before, since = payload_facts(json.load(handle)), os.path.getmtime(config.previous)
+                previous = json.load(handle)
+            app, since = previous["applications"][0], os.path.getmtime(config.previous)
+            before = payload_facts(app["local_users"], app["local_access_creds"], previous["identity_to_permissions"])
         changes = compare_facts(before, facts)
         log_changes(changes, before is not None, from_version)
         if config.changes_json:
@@ -2957,15 +2957,19 @@ def discover(config, clock, summary, state):
         summary.counts, summary.people = result.counts, result.people
         for level, message in [*result.notes, *((logging.WARNING, message) for message in result.warnings)]:
             log.log(level, "%s", message)
-        payload = serialize_application(result.application)
-        del result
+        app = result.application
+        facts = (config.state_dir or config.previous or config.changes_json) and payload_facts(
+            (user.to_dict() for user in app.local_users.values()), (key.to_dict() for key in app.access_creds.values()),
+            (who.get_identity_to_permissions(app.name) for name in IDENTITIES for who in getattr(app, name).values()))
+        payload = serialize_application(app)
+        del result, app
     finally:
         gc.enable()
     seconds = time.monotonic() - started
     log_memory("serialising")
     log_with_fields(logging.INFO, {"stage": "mapped", **summary.counts, "seconds": round(seconds, 2)},
                     "mapped %s in %.2fs", " ".join(f"{k}={v}" for k, v in summary.counts.items()), seconds)
-    return payload
+    return payload, facts
 
 
 def run(config, clock, summary):
@@ -2982,7 +2986,7 @@ def read_and_push(config, clock, summary, state):
     veza = None if config.dry_run else Veza(config, clock)
     if veza:  # before spending OpenAI quota
         veza.check()
-    payload = discover(config, clock, summary, state)
+    payload, facts = discover(config, clock, summary, state)
     if path := config.save_json_path:
         try:
             save_payload(payload, path)
@@ -3010,7 +3014,7 @@ def read_and_push(config, clock, summary, state):
     summary.veza_warnings = len(veza_warnings)
     for warning in veza_warnings:
         log.warning("Veza: %s", warning)
-    report_changes(config, state, payload, time.monotonic() - started)
+    report_changes(config, state, facts, time.monotonic() - started)
     if config.create_report:
         try:
             summary.report = create_or_update_report(veza)
