@@ -62,7 +62,7 @@ class ExitStatus(enum.IntEnum):
     FAILED = 1  # nothing pushed, or the push's outcome unknown
     CONFIG = 2  # configuration error, no request sent (argparse's too)
     INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
-    INCOMPLETE = 3  # --state-dir: lists left to read, the next run goes on
+    INCOMPLETE = 3  # --state-dir: lists left; the next run goes on
     TERMINATED = 143  # 128 + SIGTERM (docker stop)
 
 
@@ -392,7 +392,7 @@ class ConfigReader:
         return path
 
     def state_directory(self, path):
-        """Made 0700; refused when others may write it: they could plant lists for the next push."""
+        """Made 0700; refused when others may write it (they could plant lists to push)."""
         name = f"{OPTION['state_dir'].label} {path!r}"
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
@@ -1082,7 +1082,7 @@ class ListRead:
     throttled_since: float | None = None
     sent_at: float = 0.0
     queued_at: float = field(default_factory=time.time)  # its read time
-    rank: tuple = ()  # its place among its endpoint's waiting reads
+    rank: tuple = ()  # its order among its endpoint's waiting reads
 
 
 Verdict = enum.Enum("Verdict", "PAGE THROTTLED REFUSED RETRY FAILED")
@@ -1163,7 +1163,7 @@ class Scheduler:
             self.finish(heapq.heappop(self.queues[family.name])[1], None)
 
     def wait(self, read, going_on=False):
-        """A read going on (next page, retry) first, the last first; the others by rank, in turn."""
+        """Going on (next page, retry) first, the last first; others by rank, in turn."""
         key = (0, (), -next(self.order)) if going_on else (1, read.rank, next(self.order))
         heapq.heappush(self.queues[read.family.name], (key, read))
 
@@ -1380,8 +1380,8 @@ class ReadPlan:
         self.config, self.scheduler, self.state = config, scheduler, state
         self.snapshot = Snapshot(org_id=config.org_id, read_times={} if state else None)
         self.kept, self.missing = {}, 0  # (family, key) -> read time of each kept list used; lists missing
-        self.audit_from = None  # the audit log read now goes back to this time
-        self.changed = {}  # family -> its newest audit event
+        self.audit_from = None  # how far back the audit log read now goes
+        self.changed = {}  # family -> newest audit event
         self.not_found, self.archived = {}, set()
         self.asked = {}  # (kind, key) -> its object, NOT_FOUND, or why it is unknown
         self.role_decision, self.held, self.custom_roles_seen = None, [], False
@@ -1390,7 +1390,7 @@ class ReadPlan:
         self.scheduler.start(self)
         s, days, state = self.snapshot, self.config.activity_days, self.state
         if state and self.config.max_run_time:  # stop reading in time to push
-            clock, push = self.scheduler.clock, dict_of(state.pushed).get("push_seconds")  # its estimate: twice that
+            clock, push = self.scheduler.clock, dict_of(state.pushed).get("push_seconds")  # estimate: twice
             push = 2 * push if isinstance(push, (int, float)) else 60 * clock.scale
             self.scheduler.stop_sending_at = clock.deadline - push - self.config.timeout
         try:
@@ -1488,21 +1488,21 @@ class ReadPlan:
                         self.changed[changed] = max(at, self.changed.get(changed, at))
 
     def unread(self, read):
-        kept = None if self.is_left_out(read.family) else self.state.kept(read.family.name, read.key)
-        if kept:
+        out = self.is_left_out(read.family)
+        if kept := not out and self.state.kept(read.family.name, read.key):
             self.kept[(read.family.name, read.key)] = kept[0]
         else:
-            self.missing += not self.is_left_out(read.family)
-        self.scheduler.finish(read, kept and kept[1])
+            self.missing += not out
+        self.scheduler.finish(read, kept[1] if kept else None)
 
     def check_complete(self):
-        """A list missing, or kept, older than --max-age and changed since (or not vouched for by the audit log)."""
+        """Missing lists, or kept ones older than --max-age the audit log does not vouch for."""
         now, max_age = time.time(), self.config.max_age
         too_old = [name for (name, _), at in self.kept.items() if now - at > max_age and not (
             self.audit_from is not None and self.audit_from <= at and self.changed.get(name, -math.inf) < at)]
         if self.missing or too_old:
             raise Incomplete(f"incomplete: {self.missing} lists unread and not kept, {len(too_old)} kept lists older "
-                             f"than --max-age {max_age}s; nothing pushed, the next run goes on from here")
+                             f"than --max-age {max_age}s; nothing pushed, the next run goes on")
         self.state.prune(self.snapshot.read_times)
 
     def decide_role_reads(self):
@@ -1614,8 +1614,8 @@ class Snapshot:
         self.unavailable = {}  # family name -> why it was left out
         self.read_at = time.time()  # "expired" is judged at this time
         self.deleted = []  # (entity kind, key, endpoint)
-        self.read_times = read_times  # with --state-dir: (family, key) -> when that list was read
-        self.lists_read, self.oldest_read = 0, None  # lists read now (not kept); the oldest read time
+        self.read_times = read_times  # --state-dir: (family, key) -> read time
+        self.lists_read, self.oldest_read = 0, None  # not kept
         for family in FAMILY_LIST:
             if family.not_found is not On404.EXISTENCE:
                 empty = [] if family.required else {} if family.per and not family.after_role_decision else None
@@ -1631,7 +1631,7 @@ EVENT_WORDS = {"login": (), "logout": (), "invite": ("invite", "user")}  # audit
 
 
 def families_changed_by(event_type):
-    """Those its first word names, and those read for their items; all if it names none."""
+    """Named by its first word, with those read for their items; else all."""
     word = event_type.removeprefix("tenant.").split(".")[0]
     named = {name for name in FAMILIES for part in EVENT_WORDS.get(word, (word,)) if part in name}
     named |= {child.name for name in named for child in CHILDREN[name]}
@@ -1648,7 +1648,7 @@ class State:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(self.lock)
-            raise DiscoveryError(f"another run is using the state directory {directory}; no request sent") from None
+            raise DiscoveryError(f"another run is using the state directory {directory}") from None
         self.index, ignored = {}, 0  # (family, key) -> (read time, file)
         for path in glob.glob(os.path.join(glob.escape(directory), "lists", "*", "*.json")):
             if record := self.load(path):
@@ -1658,6 +1658,8 @@ class State:
         self.families = {family for family, _ in self.index}
         pushed = os.path.join(directory, "pushed.json")
         self.pushed = self.load(pushed, any_version=True) if os.path.exists(pushed) else None
+        if self.pushed:
+            self.pushed["facts"] = None  # reread after the push
         if ignored + (os.path.exists(pushed) and self.pushed is None):
             log.warning("state directory %s: files ignored (unreadable, or of another organization, format or "
                         "version); read again", directory)
@@ -1679,10 +1681,11 @@ class State:
         return record and (record["read_at"], record["result"])
 
     def rank(self, family, key, changed):
-        """Never read first (it or a list read for its items), then changed since, then the oldest of those."""
+        """Never read (it or a list for its items) first, then changed since, then the oldest."""
         times = [self.index.get((family, key), (None,))[0]]
-        kept = times[0] and CHILDREN[family] and self.kept(family, key)
-        for child in [child for child in CHILDREN[family] if child.name in self.families] if kept else ():
+        children = [child for child in CHILDREN[family] if child.name in self.families]
+        kept = times[0] and children and self.kept(family, key)
+        for child in children if kept else ():
             for item_id in ids_of(kept[1] or [], FAMILIES[family].id_field):
                 times.append(self.index.get((child.name, item_id if key is None else (key, item_id)), (None,))[0])
         return (0, 0) if None in times else (1 if changed.get(family, -math.inf) >= times[0] else 2, min(times))
@@ -1692,8 +1695,8 @@ class State:
         try:
             if self.saving:
                 os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-                save_payload(json.dumps({"format": STATE_FORMAT, "organization": self.org_id,
-                                         "connector": __version__, **record}).encode(), path)
+                save_payload({"format": STATE_FORMAT, "organization": self.org_id, "connector": __version__, **record},
+                             path)
                 return True
         except OSError as exc:
             self.saving = False
@@ -2515,11 +2518,11 @@ def serialize_application(app):
 
 
 def save_payload(payload, path):
-    """Atomically, so a half-written file never looks like a snapshot."""
+    """Atomically: a half-written file never looks whole; JSON piece by piece unless bytes."""
     fd, tmp = tempfile.mkstemp(prefix=".veza_openai-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+        with os.fdopen(fd, "wb" if isinstance(payload, bytes) else "w") as handle:
+            handle.write(payload) if isinstance(payload, bytes) else json.dump(payload, handle)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -2772,7 +2775,7 @@ def create_or_update_report(veza):
 
 
 # ------------------------
-# What changed since the last push (DIR/pushed.json, or --previous)
+# What changed since the last push
 # ------------------------
 
 CHANGES = {"users": ("users_joined", "users_left"), "owners": ("owners_added", "owners_removed"),
@@ -2782,7 +2785,7 @@ CHANGES = {"users": ("users_joined", "users_left"), "owners": ("owners_added", "
 
 
 def payload_facts(users, creds, entries):
-    """Users, owners (any path), keys, active keys, grants [identity, role, where]: from each entity's dict."""
+    """Users, owners (any path), keys, active keys, grants [identity, role, where] from entity dicts."""
     grants = []
     for entry in entries:
         for grant in entry.get("role_assignments", []):
@@ -2831,7 +2834,8 @@ def report_changes(config, state, facts, push_seconds):
     try:
         before, since, from_version = None, None, None
         if state and state.pushed:
-            before, since, from_version = state.pushed["facts"], state.pushed["pushed_at"], state.pushed["connector"]
+            before = state.load(os.path.join(state.directory, "pushed.json"), any_version=True)["facts"]
+            since, from_version = state.pushed["pushed_at"], state.pushed["connector"]
         elif config.previous:
             with open(config.previous, "rb") as handle:
                 previous = json.load(handle)
@@ -2840,8 +2844,8 @@ def report_changes(config, state, facts, push_seconds):
         changes = compare_facts(before, facts)
         log_changes(changes, before is not None, from_version)
         if config.changes_json:
-            save_payload(json.dumps({"since": rfc3339(since), "from_version": from_version, "to_version": __version__,
-                                     **changes}).encode(), config.changes_json)
+            save_payload({"since": rfc3339(since), "from_version": from_version, "to_version": __version__, **changes},
+                         config.changes_json)
         if state:
             state.write(os.path.join(state.directory, "pushed.json"),
                         {"pushed_at": time.time(), "push_seconds": push_seconds, "facts": facts})
@@ -3010,6 +3014,7 @@ def read_and_push(config, clock, summary, state):
                         if clock.passed() or exc.late else f"push to Veza failed: {exc}",
                         reached_veza=summary.upload_started and not refused) from None
     log_memory("pushing")
+    del payload  # memory for the change report
     summary.outcome = "pushed"  # settled: a later signal or failure changes only report=
     summary.veza_warnings = len(veza_warnings)
     for warning in veza_warnings:
