@@ -33,6 +33,7 @@ import threading
 import time
 import urllib.parse
 import warnings
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -73,7 +74,7 @@ class ConfigError(Exception):
 
 
 class DiscoveryError(Exception):
-    """OpenAI could not be read completely; nothing may be pushed."""
+    """OpenAI was not read completely: nothing may be pushed."""
 
 
 class Incomplete(Exception):
@@ -178,9 +179,6 @@ class Config:
     def data_source_name(self):
         return f"{PROVIDER_NAME} - {self.org_id}"
 
-    def secrets(self):
-        return [s for s in (self.openai_api_key, self.veza_api_key) if s]
-
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
@@ -208,11 +206,6 @@ def is_loopback(host):
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def shown_path(path):
-    """Only an absolute path is shown: it cannot be a key pasted by mistake."""
-    return repr(path) if path.startswith("/") and not SPACE_OR_CONTROL.search(path) else "the file it names"
 
 
 def mask_key(key):
@@ -265,8 +258,8 @@ class ConfigReader:
         save_json = settings.pop("save_json") or ("." if dry_run else None)
         settings["save_json_path"] = save_json and self.save_path(save_json, settings["org_id"])
         settings["state_dir"] = settings["state_dir"] and self.state_directory(settings["state_dir"])
-        if settings["previous"] and not os.path.isfile(settings["previous"]):
-            self.problem(f"--previous {settings['previous']!r} is not a file")
+        if (previous := settings["previous"]) and not os.path.isfile(previous):
+            self.problem(f"--previous {previous!r} is not a file")
         if self.problems:
             raise ConfigError(self.problems)
         settings.update(dry_run=dry_run, debug=bool(settings["debug"]), notes=tuple(self.notes),
@@ -291,8 +284,7 @@ class ConfigReader:
             self.problem(f"{option.env} must be true or false")
         elif option.kind in (int, float):
             try:
-                value = option.kind(raw)
-                if option.low <= value <= option.high:
+                if option.low <= (value := option.kind(raw)) <= option.high:
                     return value
                 self.problem(f"{option.label} must be between {option.low:g} and {option.high:g}")
             except ValueError:
@@ -332,13 +324,13 @@ class ConfigReader:
         if path.startswith("sk-"):
             return self.problem(f"{variable} holds what looks like an API key, not a file path: put the key in "
                                 f"{variable.removesuffix('_FILE')}")
-        where = f"{variable}: {shown_path(path)}"
+        shown = repr(path) if path.startswith("/") and not SPACE_OR_CONTROL.search(path) else "the file it names"
+        where = f"{variable}: {shown}"  # only an absolute path: it cannot be a key pasted by mistake
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         except (OSError, ValueError) as exc:
             return self.problem(f"{where} cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})")
-        mode = os.fstat(descriptor).st_mode
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(mode := os.fstat(descriptor).st_mode):
             os.close(descriptor)
             return self.problem(f"{where} is not a regular file")
         if mode & stat.S_IROTH and not os.fstatvfs(descriptor).f_flag & os.ST_RDONLY:
@@ -377,8 +369,7 @@ class ConfigReader:
         path = value
         if os.path.isdir(value) or not value.lower().endswith(".json"):
             path = os.path.join(value, f"openai-{org_id or 'org'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.json")
-        directory = os.path.dirname(path) or "."
-        if not os.path.isdir(directory):
+        if not os.path.isdir(directory := os.path.dirname(path) or "."):
             return self.problem(f"--save-json directory {directory!r} does not exist")
         name_max = 255
         with contextlib.suppress(OSError, ValueError):
@@ -396,8 +387,7 @@ class ConfigReader:
         name = f"{OPTION['state_dir'].label} {path!r}"
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
-            mode = os.stat(path).st_mode
-            if stat.S_ISDIR(mode) and not mode & 0o022:
+            if stat.S_ISDIR(mode := os.stat(path).st_mode) and not mode & 0o022:
                 with tempfile.TemporaryFile(dir=path):
                     return path
         except OSError as exc:
@@ -464,7 +454,7 @@ def escape_for_log(text):
 class RedactingFormatter(logging.Formatter):
     def __init__(self, secrets, fmt=None):
         super().__init__(fmt)
-        self.secrets = [s for s in secrets if len(s.strip()) >= 8]  # masking a shorter one would shred every line
+        self.secrets = [s for s in secrets if s and len(s.strip()) >= 8]  # masking a shorter one would shred every line
 
     def formatMessage(self, record):
         record.message = escape_for_log(record.message)
@@ -533,7 +523,7 @@ MAX_WAIT = 60.0  # the longest retry wait after a 5xx or from Veza
 
 
 class Clock:
-    """The --max-run-time deadline (reading, push and report) and the tests' time scale."""
+    """The --max-run-time deadline (reading, push, report) and the tests' time scale."""
 
     def __init__(self, scale=1.0, max_run_time=None):
         self.scale, self.max_run_time, self.started = scale, max_run_time, time.monotonic()
@@ -641,13 +631,11 @@ class Http:
                     "the TLS handshake failed") if ssl else "timed out" if timed_out else "connection failed"
             return Answer(0, problem=f"{type(exc).__name__} ({what})", ssl=ssl)
         if raw is None:
-            return Answer(0, problem=f"answer larger than {self.max_bytes / 2 ** 20:g} MB decompressed; stopped "
-                                     "reading", fatal=True)
+            return Answer(0, problem=f"answer over {self.max_bytes / 2 ** 20:g} MB decompressed; cut off", fatal=True)
         return self.answer(response, raw)
 
     def answer(self, response, raw):
-        status = response.status_code
-        if 300 <= status < 400:
+        if 300 <= (status := response.status_code) < 400:
             target = urllib.parse.urljoin(response.url, response.headers.get("location", ""))
             host = urllib.parse.urlsplit(target).netloc or "nowhere"
             return Answer(status, fatal=True, problem=f"HTTP {status} redirect to {host} (not followed)")
@@ -724,7 +712,7 @@ class On404(enum.Enum):
 class Family:
     name: str  # also its Snapshot attribute
     path: str  # placeholders: the key's ids in order, or the organization id
-    grant: str  # the admin key's permission, named when refused
+    grant: str  # the admin key's permission "<grant>: Read", named when refused
     label: str = ""
     cursor: str | None = None  # "last_id", "next": that answer field; "item_id": the last item's id
     page_size: int = 100  # the largest the endpoint serves
@@ -764,63 +752,57 @@ class Family:
 # logins for last_login_at, key creations and updates for scopes
 AUDIT_EVENT_TYPES = ("login.succeeded", "api_key.created", "api_key.updated")
 NEXT = {"cursor": "next", "page_size": 1000}  # the roles and groups endpoints
+PROJECT_PATH, GROUP_PATH = "/organization/projects/{project_id}", "/organization/groups/{group_id}"
+USER_PATH, PROVIDER_PATH = "/organization/users/{user_id}", "/organization/workload_identity_providers/{provider_id}"
 
 # In dispatch order; undocumented page maxima are 100, as for siblings.
 FAMILY_LIST = [
     Family("organization", "/organizations/{org_id}", "(dashboard-style keys only)", "organization object",
            optional="is_personal"),
-    Family("users", "/organization/users", "Users: Read", cursor="last_id", item_object="organization.user",
-           required=True),
+    Family("users", "/organization/users", "Users", cursor="last_id", item_object="organization.user", required=True),
     # One sequential chain: listed early, its next page goes first.
-    Family("audit_logs", "/organization/audit_logs", "Audit logs: Read", cursor="last_id",
+    Family("audit_logs", "/organization/audit_logs", "Audit logs", cursor="last_id",
            params=(("event_types[]", AUDIT_EVENT_TYPES),), activity_window=True),
-    Family("invites", "/organization/invites", "Invites: Read", cursor="last_id", item_object="organization.invite"),
-    Family("admin_api_keys", "/organization/admin_api_keys", "Admin keys: Read", "admin API keys", cursor="item_id",
+    Family("invites", "/organization/invites", "Invites", cursor="last_id", item_object="organization.invite"),
+    Family("admin_api_keys", "/organization/admin_api_keys", "Admin keys", "admin API keys", cursor="item_id",
            item_object="organization.admin_api_key"),
-    Family("groups", "/organization/groups", "Groups: Read", **NEXT, next_falls_back_to_item_id=True),
-    Family("roles", "/organization/roles", "Roles: Read", **NEXT, item_object="role", role_list=True),
-    Family("projects", "/organization/projects", "Projects: Read", cursor="last_id",
+    Family("groups", "/organization/groups", "Groups", **NEXT, next_falls_back_to_item_id=True),
+    Family("roles", "/organization/roles", "Roles", **NEXT, item_object="role", role_list=True),
+    Family("projects", "/organization/projects", "Projects", cursor="last_id",
            item_object="organization.project", params=(("include_archived", "true"),)),
-    Family("workload_identity_providers", "/organization/workload_identity_providers", "Workload identity: Read",
+    Family("workload_identity_providers", "/organization/workload_identity_providers", "Workload identity",
            cursor="item_id", item_object="organization.workload_identity_provider"),
-    Family("certificates", "/organization/certificates", "Certificates: Read", cursor="last_id",
+    Family("certificates", "/organization/certificates", "Certificates", cursor="last_id",
            item_object="organization.certificate"),
-    Family("project_users", "/organization/projects/{project_id}/users", "Projects: Read", cursor="last_id",
+    Family("project_users", f"{PROJECT_PATH}/users", "Projects", cursor="last_id",
            item_object="organization.project.user", parent="projects", empty_when_archived=True),
-    Family("project_service_accounts", "/organization/projects/{project_id}/service_accounts", "Projects: Read",
-           cursor="last_id", item_object="organization.project.service_account", parent="projects",
-           empty_when_archived=True),
-    Family("project_api_keys", "/organization/projects/{project_id}/api_keys", "API keys: Read", "project API keys",
-           cursor="last_id", item_object="organization.project.api_key", params=(("owner_project_access", "any"),),
-           parent="projects"),
-    Family("project_roles", "/projects/{project_id}/roles", "Roles: Read", **NEXT, item_object="role",
+    Family("project_service_accounts", f"{PROJECT_PATH}/service_accounts", "Projects", cursor="last_id",
+           item_object="organization.project.service_account", parent="projects", empty_when_archived=True),
+    Family("project_api_keys", f"{PROJECT_PATH}/api_keys", "API keys", "project API keys", cursor="last_id",
+           item_object="organization.project.api_key", params=(("owner_project_access", "any"),), parent="projects"),
+    Family("project_roles", "/projects/{project_id}/roles", "Roles", **NEXT, item_object="role",
            parent="projects", role_list=True),
-    Family("project_groups", "/organization/projects/{project_id}/groups", "Groups: Read", cursor="next",
+    Family("project_groups", f"{PROJECT_PATH}/groups", "Groups", cursor="next",
            item_object="project.group", parent="projects", id_field="group_id", next_falls_back_to_item_id=True),
-    Family("model_permissions", "/organization/projects/{project_id}/model_permissions", "Projects: Read",
-           parent="projects", settings=True),
-    Family("project_certificates", "/organization/projects/{project_id}/certificates", "Certificates: Read",
-           cursor="last_id", item_object="organization.project.certificate", parent="projects"),
-    Family("hosted_tool_permissions", "/organization/projects/{project_id}/hosted_tool_permissions", "Projects: Read",
-           parent="projects", settings=True),
-    Family("group_users", "/organization/groups/{group_id}/users", "Groups: Read", **NEXT, parent="groups",
-           next_falls_back_to_item_id=True),
-    Family("group_roles", "/organization/groups/{group_id}/roles", "Roles: Read", **NEXT, parent="groups"),
-    Family("project_group_roles", "/projects/{project_id}/groups/{group_id}/roles", "Roles: Read", **NEXT,
+    Family("model_permissions", f"{PROJECT_PATH}/model_permissions", "Projects", parent="projects", settings=True),
+    Family("project_certificates", f"{PROJECT_PATH}/certificates", "Certificates", cursor="last_id",
+           item_object="organization.project.certificate", parent="projects"),
+    Family("hosted_tool_permissions", f"{PROJECT_PATH}/hosted_tool_permissions", "Projects", parent="projects",
+           settings=True),
+    Family("group_users", f"{GROUP_PATH}/users", "Groups", **NEXT, parent="groups", next_falls_back_to_item_id=True),
+    Family("group_roles", f"{GROUP_PATH}/roles", "Roles", **NEXT, parent="groups"),
+    Family("project_group_roles", "/projects/{project_id}/groups/{group_id}/roles", "Roles", **NEXT,
            parent="project_groups"),
-    Family("federation_rules", "/organization/workload_identity_providers/{provider_id}/federation_rules",
-           "Workload identity: Read", cursor="item_id", item_object="organization.workload_identity_federation_rule",
-           parent="workload_identity_providers"),
-    Family("user_roles", "/organization/users/{user_id}/roles", "Roles: Read", **NEXT, parent="users",
-           after_role_decision=True),
-    Family("project_user_roles", "/projects/{project_id}/users/{user_id}/roles", "Roles: Read", **NEXT,
+    Family("federation_rules", f"{PROVIDER_PATH}/federation_rules", "Workload identity", cursor="item_id",
+           item_object="organization.workload_identity_federation_rule", parent="workload_identity_providers"),
+    Family("user_roles", f"{USER_PATH}/roles", "Roles", **NEXT, parent="users", after_role_decision=True),
+    Family("project_user_roles", "/projects/{project_id}/users/{user_id}/roles", "Roles", **NEXT,
            parent="project_users", after_role_decision=True),
     # Read by id only to tell a deleted entity from a list the organization lacks.
-    Family("project_object", "/organization/projects/{project_id}", "Projects: Read", "project"),
-    Family("group_object", "/organization/groups/{group_id}", "Groups: Read", "group"),
-    Family("user_object", "/organization/users/{user_id}", "Users: Read", "user"),
-    Family("provider_object", "/organization/workload_identity_providers/{provider_id}", "Workload identity: Read",
-           "workload identity provider"),
+    Family("project_object", PROJECT_PATH, "Projects", "project"),
+    Family("group_object", GROUP_PATH, "Groups", "group"),
+    Family("user_object", USER_PATH, "Users", "user"),
+    Family("provider_object", PROVIDER_PATH, "Workload identity", "workload identity provider"),
 ]
 FAMILIES = {family.name: family for family in FAMILY_LIST}
 CHILDREN = {name: [family for family in FAMILY_LIST if family.parent == name] for name in FAMILIES}
@@ -886,7 +868,7 @@ def usable_id(value):
 def unique_by_id(items, key="id", problem=None):
     """The first item of each usable id, lower-cased as oaaclient compares; `problem` hears of the others."""
     seen = {}
-    for item in items:
+    for item in items or ():
         item_id = item.get(key) if isinstance(item, dict) else None
         if not usable_id(item_id):
             if problem:
@@ -1378,7 +1360,7 @@ class ReadPlan:
 
     def __init__(self, config, scheduler, state=None):
         self.config, self.scheduler, self.state = config, scheduler, state
-        self.snapshot = Snapshot(org_id=config.org_id, read_times={} if state else None)
+        self.snapshot = Snapshot(config.org_id, read_times={} if state else None)
         self.kept, self.missing = {}, 0  # (family, key) -> read time of each kept list used; lists missing
         self.audit_from = None  # how far back the audit log read now goes
         self.changed = {}  # family -> newest audit event
@@ -1389,8 +1371,8 @@ class ReadPlan:
     def read(self):
         self.scheduler.start(self)
         s, days, state = self.snapshot, self.config.activity_days, self.state
-        if state and self.config.max_run_time:  # stop reading in time to push
-            clock, push = self.scheduler.clock, dict_of(state.pushed).get("push_seconds")  # estimate: twice
+        if state:  # stop reading in time to push
+            clock, push = self.scheduler.clock, state.push_seconds  # estimate: twice the last
             push = 2 * push if isinstance(push, (int, float)) else 60 * clock.scale
             self.scheduler.stop_sending_at = clock.deadline - push - self.config.timeout
         try:
@@ -1412,8 +1394,7 @@ class ReadPlan:
     def queue(self, family, key, params=None, on_done=None):
         if self.is_left_out(family):
             return
-        path = family.path_for(key, self.config.org_id)
-        if path is None:
+        if (path := family.path_for(key, self.config.org_id)) is None:
             log.warning("%s %s kept, its %s skipped: an id '.' or '..' would read another endpoint", family.per.label,
                         " in ".join(map(repr, [key] if isinstance(key, str) else reversed(key))), family.label)
             return
@@ -1432,7 +1413,7 @@ class ReadPlan:
         if result is not None:
             if family.activity_window:
                 log.info("read %d audit log events (last %d days) in %d call%s", len(result), s.activity_window_days,
-                         read.pages, "" if read.pages == 1 else "s")
+                         read.pages, "s" * (read.pages != 1))
             self.read_children(family, key, result)
             if family.role_list and any(usable_id(role.get("id")) and not is_predefined_role(role) for role in result):
                 self.custom_roles_seen = True
@@ -1474,10 +1455,10 @@ class ReadPlan:
     def note_read(self, read, result):
         name, key, s = read.family.name, read.key, self.snapshot
         kept = (name, key) in self.kept
-        read_at = self.kept[(name, key)] if kept else read.queued_at
+        read_at = self.kept.get((name, key), read.queued_at)
         s.oldest_read, s.lists_read = min(s.oldest_read or read_at, read_at), s.lists_read + (not kept)
-        if s.read_times is not None:
-            s.read_times[(name, key)] = read_at
+        if self.state:
+            s.read_times[name, key] = read_at
         if self.state and not kept:
             self.state.save(name, key, read_at, result)
             if read.family.activity_window:  # read now: it names the kept lists that may have changed
@@ -1488,9 +1469,9 @@ class ReadPlan:
                         self.changed[changed] = max(at, self.changed.get(changed, at))
 
     def unread(self, read):
-        out = self.is_left_out(read.family)
-        if kept := not out and self.state.kept(read.family.name, read.key):
-            self.kept[(read.family.name, read.key)] = kept[0]
+        out, entry = self.is_left_out(read.family), (read.family.name, read.key)
+        if kept := not out and self.state.kept(*entry):
+            self.kept[entry] = kept[0]
         else:
             self.missing += not out
         self.scheduler.finish(read, kept[1] if kept else None)
@@ -1498,11 +1479,15 @@ class ReadPlan:
     def check_complete(self):
         """Missing lists, or kept ones older than --max-age the audit log does not vouch for."""
         now, max_age = time.time(), self.config.max_age
-        too_old = [name for (name, _), at in self.kept.items() if now - at > max_age and not (
+        old = [(name, at) for (name, _), at in self.kept.items() if now - at > max_age]
+        too_old = [name for name, at in old if not (
             self.audit_from is not None and self.audit_from <= at and self.changed.get(name, -math.inf) < at)]
         if self.missing or too_old:
             raise Incomplete(f"incomplete: {self.missing} lists unread and not kept, {len(too_old)} kept lists older "
                              f"than --max-age {max_age}s; nothing pushed, the next run goes on")
+        if old:
+            log.info("%d kept lists older than --max-age %ds pushed: the audit log names no change since they were "
+                     "read", len(old), max_age)
         self.state.prune(self.snapshot.read_times)
 
     def decide_role_reads(self):
@@ -1657,14 +1642,22 @@ class State:
             ignored += record is None
         self.families = {family for family, _ in self.index}
         pushed = os.path.join(directory, "pushed.json")
-        self.pushed = self.load(pushed, any_version=True) if os.path.exists(pushed) else None
+        self.pushed = self.load(pushed, any_version=True)
         if self.pushed:
             self.pushed["facts"] = None  # reread after the push
+        self.push_seconds = dict_of(self.load(os.path.join(directory, "push.json"), any_version=True)).get(
+            "push_seconds")
+        self.push_started = None
         if ignored + (os.path.exists(pushed) and self.pushed is None):
             log.warning("state directory %s: files ignored (unreadable, or of another organization, format or "
                         "version); read again", directory)
 
-    def close(self):
+    def close(self, pushed=False):
+        """Keeps the time from mapping to the push's end: at least that long when the push did not finish."""
+        if self.push_started is not None:
+            seconds = time.monotonic() - self.push_started
+            self.write(os.path.join(self.directory, "push.json"), {"push_seconds": seconds if pushed else max(
+                seconds, self.push_seconds if isinstance(self.push_seconds, (int, float)) else 0)})
         os.close(self.lock)
 
     def load(self, path, any_version=False):
@@ -1686,7 +1679,7 @@ class State:
         children = [child for child in CHILDREN[family] if child.name in self.families]
         kept = times[0] and children and self.kept(family, key)
         for child in children if kept else ():
-            for item_id in ids_of(kept[1] or [], FAMILIES[family].id_field):
+            for item_id in ids_of(kept[1], FAMILIES[family].id_field):
                 times.append(self.index.get((child.name, item_id if key is None else (key, item_id)), (None,))[0])
         return (0, 0) if None in times else (1 if changed.get(family, -math.inf) >= times[0] else 2, min(times))
 
@@ -1697,36 +1690,32 @@ class State:
                 os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
                 save_payload({"format": STATE_FORMAT, "organization": self.org_id, "connector": __version__, **record},
                              path)
-                return True
         except OSError as exc:
             self.saving = False
             log.warning("state directory %s: cannot save (%s); later lists are not kept", self.directory,
                         exc.strerror or exc)
-        return False
 
-    def save(self, family, key, read_at, result):
+    def save(self, family, key, read_at, result):  # not indexed: small objects kept would pin the records' memory
         path = os.path.join(self.directory, "lists", family,
                             hashlib.sha256(json.dumps([family, key]).encode()).hexdigest()[:32] + ".json")
-        if self.write(path, {"family": family, "key": key, "read_at": read_at, "result": result}):
-            self.index[family, key] = read_at, path
+        self.write(path, {"family": family, "key": key, "read_at": read_at, "result": result})
 
     def prune(self, used):
         """What a whole snapshot did not use is of entities gone."""
-        for entry, (_, path) in [item for item in self.index.items() if item[0] not in used]:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            del self.index[entry]
+        for entry, (_, path) in self.index.items():
+            if entry not in used:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 # ------------------------
 # Mapping (pure: a snapshot in, OAA objects out): a context, then steps in payload order
 # ------------------------
 
-ORG_PERMISSIONS = {"Standard API Requests": OAAPermission.DataRead, "Read Organization": OAAPermission.MetadataRead,
-                   "Modify Billing": OAAPermission.MetadataWrite, "Manage Members": OAAPermission.MetadataWrite}
-PROJECT_PERMISSIONS = {"Read Project": OAAPermission.MetadataRead,
-                       "Manage Project Members": OAAPermission.MetadataWrite,
-                       "Manage Project API Keys": OAAPermission.MetadataWrite}
+ORG_PERMISSIONS = {"Standard API Requests": "DataRead", "Read Organization": "MetadataRead",
+                   "Modify Billing": "MetadataWrite", "Manage Members": "MetadataWrite"}
+PROJECT_PERMISSIONS = {"Read Project": "MetadataRead", "Manage Project Members": "MetadataWrite",
+                       "Manage Project API Keys": "MetadataWrite"}
 PROJECT_OWNER_PERMISSIONS = ["Standard API Requests", *PROJECT_PERMISSIONS]
 FIXED_ROLES = {
     "owner": ("Owner", [*ORG_PERMISSIONS]),
@@ -1805,12 +1794,12 @@ class ApplicationBuilder:
         self.key_holders = []  # (credential, holder, project, the role in the key record)
         self.groups_not_in_payload = {}  # group id -> assignments given directly
         self.user_records = self.records("organization user", s.users, Kind.USER)
-        self.group_records = self.records("group", s.groups or [], Kind.GROUP)
-        self.project_records = self.records("project", s.projects or [], Kind.PROJECT)
+        self.group_records = self.records("group", s.groups, Kind.GROUP)
+        self.project_records = self.records("project", s.projects, Kind.PROJECT)
         self.projects, self.project_keys = {}, set()
         families = (s.project_roles, s.group_roles, s.user_roles, s.project_group_roles, s.project_user_roles)
         lists = [s.roles, *(records for family in families for records in (family or {}).values())]
-        self.api_role_ids = {role_id.lower() for records in lists for role_id in ids_of(records or [])}
+        self.api_role_ids = {role_id.lower() for records in lists for role_id in ids_of(records)}
 
     def warn(self, message, once_key=None):
         if once_key is None or once_key not in self.warned:
@@ -1823,8 +1812,7 @@ class ApplicationBuilder:
         self.warn(f"{problem}: {what_then}", f"value:{field_name}:{shown}")
 
     def flag(self, record, name, subject):
-        value = record.get(name)
-        if value is None or isinstance(value, bool):
+        if (value := record.get(name)) is None or isinstance(value, bool):
             return value
         self.warn(f"{subject} has non-boolean {name} {shape(value)}; treated as unknown", f"flag:{subject}:{name}")
         return None
@@ -1836,7 +1824,7 @@ class ApplicationBuilder:
 
     def project_list(self, family, pid, kind=None):
         return self.records(f"project {pid} {FAMILIES[family].label}",
-                            (getattr(self.snapshot, family) or {}).get(pid, []), kind)
+                            (getattr(self.snapshot, family) or {}).get(pid), kind)
 
     def new_local_user(self, unique_id, name, identity=None, *, email=None, is_active=True, user_type=None):
         user = self.app.add_local_user(name, [identity] if identity else None, unique_id=unique_id)
@@ -1874,7 +1862,7 @@ class ApplicationBuilder:
             wanted = f"project_{role}" if project else role
             role_id = values[role] = self.free_role_id(wanted, f"project_role_{role}" if project else f"{scope}_{role}")
             floor, permissions = FIXED_ROLES["project_viewer" if project else "reader"]
-            name = f"Project {role.capitalize()}" if project else role.capitalize()
+            name = "Project " * project + role.capitalize()
             self.app.add_local_role(name, list(permissions), unique_id=role_id)
             taken = "" if role_id == wanted else f" ({wanted!r} is the id of another role)"
             self.warn(f"unknown {scope} role {role!r}: mapped to {role_id!r}{taken} with {floor}'s permissions")
@@ -1905,8 +1893,7 @@ class ApplicationBuilder:
         if role_id in self.app.local_roles:  # case-insensitive, as Veza compares ids
             pushed = self.free_role_id(f"roles_api_{role_id}", f"roles_api_{role_id}")
             self.warn(f"Roles API role {role_id!r} has a fixed role's id; kept, with its assignments, as {pushed!r}")
-        raw = record.get("permissions")
-        if isinstance(raw, str):
+        if isinstance(raw := record.get("permissions"), str):
             self.warn(f"role {role_id} has its permissions as one string; read as one permission")
             raw = [raw]
         elif raw is not None and not isinstance(raw, list):
@@ -1952,8 +1939,7 @@ class ApplicationBuilder:
         through = isinstance(sources, list) and bool(sources)
         for source in map(dict_of, sources if through else ()):
             principal_type = text_of(source.get("principal_type"))
-            kind = (principal_type or "").lower()
-            if kind not in ("user", "group", ""):
+            if (kind := (principal_type or "").lower()) not in ("user", "group", ""):
                 self.warn_value("assignment source principal_type", principal_type, "read as a direct assignment")
             group_id = text_of(source.get("principal_id")) or ""
             group = self.app.local_groups.get(group_id) if kind == "group" else None
@@ -1968,9 +1954,10 @@ class ApplicationBuilder:
 @step()
 def map_permissions_and_fixed_roles(m):
     for name, canonical in ORG_PERMISSIONS.items():
-        m.app.add_custom_permission(name, [canonical])
+        m.app.add_custom_permission(name, [OAAPermission[canonical]])
     for name, canonical in PROJECT_PERMISSIONS.items():  # on the application (an admin key's): every project
-        m.app.add_custom_permission(name, [canonical], apply_to_sub_resources=True, resource_types=["project"])
+        m.app.add_custom_permission(name, [OAAPermission[canonical]], apply_to_sub_resources=True,
+                                    resource_types=["project"])
     for role_id, (name, permissions) in FIXED_ROLES.items():
         m.app.add_local_role(name, list(permissions), unique_id=role_id)
 
@@ -2013,7 +2000,7 @@ def map_groups(m):
         group = m.app.add_local_group(name_of(record), unique_id=gid)
         group.created_at = rfc3339(record.get("created_at"))
         copy_fields(group, record, group_type=S, is_scim_managed=B)
-        for member in m.records(f"group {gid} member", (m.snapshot.group_users or {}).get(gid, []), Kind.USER):
+        for member in m.records(f"group {gid} member", (m.snapshot.group_users or {}).get(gid), Kind.USER):
             m.principal(member["id"], member, f"group {gid}").add_group(gid)
             memberships += 1
     m.counts.update(groups=len(m.app.local_groups), group_memberships=memberships)
@@ -2028,8 +2015,7 @@ def map_projects(m):
     for record in m.project_records:
         pid = record["id"]
         project = m.projects[pid] = m.app.add_resource(name_of(record), resource_type="project", unique_id=pid)
-        status = text_of(record.get("status"))
-        if status is not None and status.lower() not in ("active", "archived"):
+        if (status := text_of(record.get("status"))) is not None and status.lower() not in ("active", "archived"):
             m.warn_value("project status", status, "read as not archived (its keys stay active)")
         copy_fields(project, record, status=S, created_at=T, archived_at=T)
         map_model_permissions(m, project, (s.model_permissions or {}).get(pid))
@@ -2061,8 +2047,7 @@ def map_hosted_tools(m, project, tools):
         m.warn(f"{where} permissions {problem}; *_enabled left unset")
     for tool in HOSTED_TOOLS if isinstance(tools, dict) else ():
         setting = tools.get(tool)
-        enabled = dict_of(setting).get("enabled")
-        if isinstance(enabled, bool):
+        if isinstance(enabled := dict_of(setting).get("enabled"), bool):
             project.set_property(f"{tool}_enabled", enabled)
         elif setting is not None:
             m.warn(f'{where} {tool} is {shape(setting)}, not {{"enabled": true or false}}; {tool}_enabled left unset')
@@ -2098,8 +2083,7 @@ def map_service_accounts(m):
 def key_owner(m, record):
     """(owner id, owner record, whether a service account): nested or flat, on either kind of key."""
     owner = dict_of(record.get("owner"))
-    owner_type = text_of(owner.get("type"))
-    if owner_type not in (None, *KEY_OWNER_TYPES):
+    if (owner_type := text_of(owner.get("type"))) not in (None, *KEY_OWNER_TYPES):
         m.warn_value("API key owner type", owner_type, "the owner is read from the record's shape")
     for kind in dict.fromkeys([owner_type, *KEY_OWNER_TYPES]):
         if kind in KEY_OWNER_TYPES and isinstance(owner.get(kind), dict):
@@ -2121,8 +2105,7 @@ def map_project_api_keys(m):
             owner_id, owner, service_account = key_owner(m, record)
             if owner_id in m.deleted[Kind.USER]:
                 continue
-            access = record.get("owner_project_access")
-            if access not in (None, "active", "inactive"):
+            if (access := record.get("owner_project_access")) not in (None, "active", "inactive"):
                 m.warn_value("owner_project_access", access, "read as active unless expired or archived")
             cred = m.key_credential(record, active=access != "inactive" and not project_is_archived(project_record))
             m.project_keys.add(record["id"])
@@ -2164,20 +2147,19 @@ def admin_key_id(m, record, redacted):
 def map_admin_api_keys(m):
     count = 0
     listed = []  # project keys the admin list returned too
-    for record in m.records("admin API key", m.snapshot.admin_api_keys or []):
-        unique_id = admin_key_id(m, record, text_of(record.get("redacted_value")) or "")
-        if unique_id is None:
+    for record in m.records("admin API key", m.snapshot.admin_api_keys):
+        if (unique_id := admin_key_id(m, record, text_of(record.get("redacted_value")) or "")) is None:
             listed += [record["id"]] if record["id"] in m.app.access_creds else []
             continue
         owner_id, owner, service_account = key_owner(m, record)
         if owner_id in m.deleted[Kind.USER]:
             continue  # said by the deletion warning
         m.key_credential(record, unique_id=unique_id).add_role("admin_api_key", apply_to_application=True)
+        key = f"admin API key {record['id']}"
         if owner_id:
-            m.principal(owner_id, owner, f"admin API key {record['id']}",
-                        service_account=service_account).add_access_cred(unique_id)
+            m.principal(owner_id, owner, key, service_account=service_account).add_access_cred(unique_id)
         else:
-            m.warn(f"admin API key {record['id']} has no owner in its record")
+            m.warn(f"{key} has no owner in its record")
         count += 1
     if listed:
         shown = ", ".join(listed[:5]) + ", ..." * (len(listed) > 5)
@@ -2189,7 +2171,7 @@ def map_admin_api_keys(m):
 @step(local_user={"invite_status": S, "invite_expires_at": T})
 def map_invites(m):
     pending = 0
-    for record in m.records("invite", m.snapshot.invites or []):
+    for record in m.records("invite", m.snapshot.invites):
         status, invite = text_of(record.get("status")), f"invite {record['id']}"
         if status in ("accepted", "expired"):
             continue  # accepted ones are users already; expired ones grant nothing
@@ -2235,8 +2217,7 @@ def map_role_assignments(m):
     s = m.snapshot
     if s.roles is None:
         return
-    group_roles = s.group_roles or {}
-    count = sum(m.assign(m.app.local_groups[r["id"]], group_roles.get(r["id"], [])) for r in m.group_records)
+    count = sum(m.assign(m.app.local_groups[r["id"]], (s.group_roles or {}).get(r["id"])) for r in m.group_records)
     user_roles = s.user_roles or {}
     for user in (m.app.local_users[r["id"]] for r in m.user_records if r["id"] in user_roles):
         count += m.assign(user, user_roles[user.unique_id], member=user)
@@ -2246,9 +2227,8 @@ def map_role_assignments(m):
         for member in m.project_list("project_users", pid, Kind.USER) if s.project_user_roles is not None else ():
             if (pid, member["id"]) not in m.deleted[Kind.PROJECT_MEMBER]:
                 user = m.app.local_users[member["id"]]
-                count += m.assign(user, s.project_user_roles.get((pid, member["id"]), []), project, member=user)
-    if m.groups_not_in_payload:
-        missing = sorted(m.groups_not_in_payload)
+                count += m.assign(user, s.project_user_roles.get((pid, member["id"])), project, member=user)
+    if missing := sorted(m.groups_not_in_payload):
         why = "groups were left out" if s.groups is None else "not in the group list, or deleted"
         m.warn(f"{sum(m.groups_not_in_payload.values())} role assignments name groups not in the payload ({why}: "
                f"{', '.join(g or '(no id)' for g in missing[:5])}{', ...' * (len(missing) > 5)}); their roles "
@@ -2258,7 +2238,7 @@ def map_role_assignments(m):
 
 def assign_project_groups(m, pid, project):
     count = 0
-    for link in m.records(f"project {pid} group", m.snapshot.project_groups.get(pid, []), Kind.GROUP, key="group_id"):
+    for link in m.records(f"project {pid} group", m.snapshot.project_groups.get(pid), Kind.GROUP, key="group_id"):
         gid = link["group_id"]
         if (pid, gid) in m.deleted[Kind.PROJECT_GROUP]:
             continue
@@ -2266,7 +2246,7 @@ def assign_project_groups(m, pid, project):
             group = m.app.add_local_group(text_of(link.get("group_name")) or gid, unique_id=gid)
             copy_fields(group, link, group_type=S)
             m.warn(f"project {pid} names group {gid} which is not in the group list; kept")
-        count += m.assign(group, m.snapshot.project_group_roles.get((pid, gid), []), project)
+        count += m.assign(group, m.snapshot.project_group_roles.get((pid, gid)), project)
     return count
 
 
@@ -2294,7 +2274,7 @@ def map_federation_rules(m):
     count = 0
     for provider in m.records("workload identity provider", s.workload_identity_providers, Kind.PROVIDER):
         for rule in m.records(f"workload identity provider {provider['id']} federation rule",
-                              s.federation_rules.get(provider["id"], [])):
+                              s.federation_rules.get(provider["id"])):
             where = f"federation rule {rule['id']}"
             if rule["id"] in m.app.access_creds:
                 m.warn(f"{where} has the id of another credential; left out")
@@ -2314,8 +2294,7 @@ def federation_rule_credential(m, provider, rule, where):
     copy_fields(cred, provider, issuer=S, audience=S)
     cred.set_property("workload_identity_provider_id", provider["id"])
     copy_fields(cred, rule, project_id=S)
-    matchers = rule.get("attribute_matchers")
-    if isinstance(matchers, dict):
+    if isinstance(matchers := rule.get("attribute_matchers"), dict):
         shown = {key: matcher_value(value) for key, value in matchers.items()}
         if deep := [key for key, value in shown.items() if value is None]:
             m.warn(f"{where} has attribute matcher {deep[0]!r} nested too deep to read; attribute_matchers left unset")
@@ -2324,8 +2303,7 @@ def federation_rule_credential(m, provider, rule, where):
     elif matchers is not None:
         m.warn(f"{where} has attribute_matchers of type {type(matchers).__name__}, not an object; left unset")
     permissions = dict_of(rule.get("permissions"))
-    permission_type = text_of(permissions.get("type"))
-    cred.set_property("permission_type", permission_type, ignore_none=True)
+    cred.set_property("permission_type", permission_type := text_of(permissions.get("type")), ignore_none=True)
     if permission_type == "restricted" and isinstance(permissions.get("scopes"), list):
         cred.set_property("scopes", [scope for scope in permissions["scopes"] if isinstance(scope, str)])
     return cred
@@ -2344,8 +2322,7 @@ def matcher_value(value):
 def hold_federation_rule(m, rule, cred, where):
     """The rule's service account holds it, acting with that account's roles on the rule's project."""
     account_id = text_of(rule.get("service_account_id"))
-    holder = m.app.local_users.get(account_id)
-    if holder is None or holder.user_type != "service_account":
+    if (holder := m.app.local_users.get(account_id)) is None or holder.user_type != "service_account":
         problem = f"service account {account_id} which is not listed" if holder is None else \
             f"{account_id}, a human user, as its service account"
         m.warn(f"{where} names {problem}; kept without a holder or project role")
@@ -2392,8 +2369,7 @@ def audit_activity(events, since):
         if at is None or at < since:  # the server may not filter by type and time
             continue
         if kind == "login.succeeded":
-            user_id = text_of(dict_of(dict_of(dict_of(event.get("actor")).get("session")).get("user")).get("id"))
-            if user_id:
+            if user_id := text_of(dict_of(dict_of(dict_of(event.get("actor")).get("session")).get("user")).get("id")):
                 logins[user_id] = max(at, logins.get(user_id, at))
         elif kind in ("api_key.created", "api_key.updated"):
             details = dict_of(event.get(kind))  # under a key named like the type
@@ -2418,7 +2394,7 @@ def map_certificates(m):
     if s.certificates is None and None in (s.projects, s.project_certificates):
         return
     found = []
-    for record in m.records("certificate", s.certificates or []):
+    for record in m.records("certificate", s.certificates):
         if record["id"] in m.app.resources:
             m.warn(f"certificate {record['id']} has the id of a project; left out")
         else:
@@ -2468,9 +2444,8 @@ def build_application(snapshot):
         mapping_step(m)
     owner_groups = {group.unique_id for group in m.app.local_groups.values() if "owner" in group.role_assignments}
     users = [user for user in m.app.local_users.values() if id(user) not in m.invitees]
-    people = {"people": sum(user.user_type != "service_account" for user in users),
-              "owners": sum("owner" in user.role_assignments or not owner_groups.isdisjoint(user.groups or ())
-                            for user in users)}
+    people = {"people": sum(user.user_type != "service_account" for user in users), "owners": sum(
+        "owner" in user.role_assignments or not owner_groups.isdisjoint(user.groups or ()) for user in users)}
     counts = {name: m.counts[name] for name in COUNTS if name in m.counts}
     return MappingResult(m.app, m.warnings, counts, m.notes, people)
 
@@ -2487,7 +2462,7 @@ IDENTITIES = ("local_users", "local_groups", "access_creds", "local_agents")
 encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def serialize_application(app):
+def serialize_application(app, facts=None):
     """json.dumps(app.get_payload(), separators=(",", ":")), freeing each entity once written (spends `app`)."""
     marker = f"entities-{os.urandom(16).hex()}-"  # in no string of the payload
     skeleton = copy.copy(app)  # shallow: the entities are neither copied nor changed
@@ -2509,11 +2484,13 @@ def serialize_application(app):
         entries = [] if attribute else [entry for identities in IDENTITIES for entry in permissions.get(identities, [])]
         for key in list(entities):
             entity = entities.pop(key)
-            entries.append(encode(entity.to_dict()).encode())
+            entries.append(encode(data := entity.to_dict()).encode())
             grants = entity.get_identity_to_permissions(application_name=app.name) if attribute in IDENTITIES else {}
+            if facts:
+                facts.add(attribute, data, grants)
             if "application_permissions" in grants or "role_assignments" in grants:  # as get_payload() lists them
                 permissions.setdefault(attribute, []).append(encode(grants).encode())
-        chunks.append(b"[" + b",".join(entries) + b"]")
+        chunks += [b"[", b",".join(entries), b"]"]  # never a copy of the joined list
     return b"".join(chunks)
 
 
@@ -2585,18 +2562,15 @@ class Veza:
         retries = self.config.veza_retries
         for attempt in range(1, retries + 2):
             if self.clock.passed():
-                raise VezaError(f"--max-run-time {self.clock.max_run_time:g}s reached before {method} {path}",
-                                late=True)
+                raise VezaError(f"--max-run-time {self.clock.max_run_time:g}s passed before {method} {path}", late=True)
             answer = self.http.call(method, path, params, data,
                                     timeout=min(self.config.veza_timeout, max(0.001, self.clock.left())))
             if 200 <= answer.status < 300 and not answer.fatal:
                 return answer.body.get("value", answer.body) if isinstance(answer.body, dict) else answer.body
             if attempt > retries or not retry_when(answer):
                 break
-            wait = backoff(attempt, answer.hint) * self.clock.scale
-            if wait >= self.clock.left():
-                raise VezaError(f"{answer.problem}, and its retry would end past --max-run-time", answer.status,
-                                late=True)
+            if (wait := backoff(attempt, answer.hint) * self.clock.scale) >= self.clock.left():
+                raise VezaError(f"{answer.problem}; a retry would end past --max-run-time", answer.status, late=True)
             log.info("Veza %s %s: %s, retry %d/%d in %.1fs", method, path, answer.problem, attempt, retries,
                      wait / self.clock.scale)
             time.sleep(wait)
@@ -2617,7 +2591,7 @@ class Veza:
             if not page.get("has_more"):
                 return values
             token = page.get("next_page_token")
-            if not isinstance(token, str) or not token or token == params.get("page_token"):
+            if not (token and isinstance(token, str)) or token == params.get("page_token"):
                 raise VezaError(f"{path}: has_more without a new next_page_token; stopped instead of looping")
             params["page_token"] = token
         raise VezaError(f"{path}: still has_more after {MAX_VEZA_PAGES} pages; stopped instead of looping")
@@ -2658,15 +2632,14 @@ class Veza:
                 gzip.compress(payload, 9))))
         log.info("payload is %d MB: pushing it in parts", len(payload) // 1_000_000)
         path += ":parts"
-        upload_id = dict_of(post(path, {"operation": "start"})).get("upload_id")
-        if not isinstance(upload_id, str) or not upload_id:
+        upload = dict_of(post(path, {"operation": "start"})).get("upload_id")
+        if not (upload and isinstance(upload, str)):
             raise VezaError("Veza's answer to starting a push in parts has no upload_id")
         parts = range(0, len(payload), PUSH_IN_PARTS_OVER)
         for number, start in enumerate(parts, 1):
-            post(path, json_with_base64({"operation": "upload", "upload_id": upload_id, "sequence_number": number,
+            post(path, json_with_base64({"operation": "upload", "upload_id": upload, "sequence_number": number,
                                          "data": BASE64}, payload[start:start + PUSH_IN_PARTS_OVER]))
-        return push_warnings(post(path, {"operation": "complete", "upload_id": upload_id,
-                                         "sequence_count": len(parts)}))
+        return push_warnings(post(path, {"operation": "complete", "upload_id": upload, "sequence_count": len(parts)}))
 
 
 BASE64 = f"base64-{os.urandom(16).hex()}"
@@ -2684,8 +2657,8 @@ def push_retryable(answer):
 
 
 def push_warnings(result):
-    if isinstance(result, dict) and "code" not in result and isinstance(result.get("warnings", []), list):
-        return result.get("warnings", [])
+    if isinstance(result, dict) and "code" not in result and isinstance(found := result.get("warnings", []), list):
+        return found
     raise PushError(f"Veza answered the push with {shape(result)}, not a push result: whether it stored the "
                     "payload is unknown", reached_veza=True)
 
@@ -2784,24 +2757,39 @@ CHANGES = {"users": ("users_joined", "users_left"), "owners": ("owners_added", "
            "active_keys": ("keys_activated", "keys_deactivated"), "grants": ("roles_granted", "roles_revoked")}
 
 
-def payload_facts(users, creds, entries):
-    """Users, owners (any path), keys, active keys, grants [identity, role, where] from entity dicts."""
-    grants = []
-    for entry in entries:
-        for grant in entry.get("role_assignments", []):
-            for where in ["application"] * bool(grant.get("apply_to_application")) + grant.get("resources", []):
-                grants.append([entry["identity"], grant["role"], where])
-    holders = {role: {who for who, held, where in grants if held == role and where == "application"}
-               for role in ("owner", "admin_api_key")}
-    users = [(user["id"], user.get("groups", [])) for user in users if "invite_status" not in user.get(
-        "custom_properties", {})]
-    creds = [(cred["id"], cred.get("is_active"), cred.get("custom_properties", {}).keys() & {"project_id", "issuer"})
-             for cred in creds]
-    return {"users": [user for user, _ in users], "admin_keys": sorted(holders["admin_api_key"]),
-            "owners": [user for user, groups in users if holders["owner"] & {user, *groups}],
-            "project_keys": [cred for cred, _, where in creds if where == {"project_id"}
-                             and cred not in holders["admin_api_key"]],
-            "grants": grants, "active_keys": [cred for cred, active, _ in creds if active]}
+class Facts:
+    """What the change report compares: JSON lines, compressed as each entity is written (memory)."""
+
+    def __init__(self):
+        self.compressor, self.chunks = zlib.compressobj(1), []
+
+    def add(self, attribute, entity, permissions):
+        """An entity's payload dict and identity_to_permissions entry."""
+        properties, found = entity.get("custom_properties", {}), []
+        if attribute == "local_users" and "invite_status" not in properties:
+            found.append(["users", entity["id"], entity.get("groups", [])])
+        if attribute == "access_creds":
+            found.append(["creds", entity["id"], entity.get("is_active"),
+                          properties.keys() & {"project_id", "issuer"} == {"project_id"}])
+        for grant in permissions.get("role_assignments", []):  # every project of an owner's is said as the owner
+            for where in ["application"] * bool(grant.get("apply_to_application")) + grant.get("resources", []) * (
+                    grant["role"] != "project_owner_via_organization"):
+                found.append(["grants", permissions["identity"], grant["role"], where])
+        self.chunks.append(self.compressor.compress(encode(found).encode() + b"\n"))
+
+    def result(self):
+        """Users, owners (any path), keys, active keys, grants [identity, role, where]."""
+        kinds = {"users": [], "creds": [], "grants": []}
+        for line in zlib.decompress(b"".join([*self.chunks, self.compressor.flush()])).splitlines():
+            for kind, *fact in json.loads(line):
+                kinds[kind].append(fact)
+        users, creds, grants = kinds.values()
+        holders = {role: {who for who, held, where in grants if held == role and where == "application"}
+                   for role in ("owner", "admin_api_key")}
+        return {"users": [user for user, _ in users], "admin_keys": sorted(holders["admin_api_key"]),
+                "owners": [user for user, groups in users if holders["owner"] & {user, *groups}],
+                "project_keys": [key for key, _, project in creds if project and key not in holders["admin_api_key"]],
+                "grants": grants, "active_keys": [cred for cred, active, _ in creds if active]}
 
 
 def compare_facts(before, after):
@@ -2812,43 +2800,47 @@ def compare_facts(before, after):
         if fact == "active_keys":  # only keys in both: a new or removed key is said as such
             new, old = ({*facts["admin_keys"], *facts["project_keys"]} & items for facts, items in
                         ((before, new), (after, old)))
-        changes[added], changes[removed] = (sorted(map(list, x) if fact == "grants" else x) for x in (new - old,
-                                                                                                     old - new))
+        changes[added], changes[removed] = sorted(new - old), sorted(old - new)
     return changes
 
 
 def log_changes(changes, compared, from_version):
     if from_version not in (None, __version__):
         log.info("changes include the upgrade from %s to %s", from_version, __version__)
-    if not compared or not any(changes.values()):
+    if not any(changes.values()):
         log.info("changes: %s", "none since the last push" if compared else "no earlier push to compare with")
     for name, items in changes.items():
         if items:
-            shown = ", ".join(" ".join(item) if isinstance(item, list) else item for item in items[:5])
+            shown = ", ".join(" ".join(item) if isinstance(item, tuple) else item for item in items[:5])
             log.info("changes: %d %s (%s%s)", len(items), name.replace("_", " "), shown, ", ..." * (len(items) > 5))
 
 
-def report_changes(config, state, facts, push_seconds):
+def report_changes(config, state, facts):
     if not facts:
         return
     try:
-        before, since, from_version = None, None, None
+        facts = facts.result()
+        before = since = from_version = None
         if state and state.pushed:
             before = state.load(os.path.join(state.directory, "pushed.json"), any_version=True)["facts"]
             since, from_version = state.pushed["pushed_at"], state.pushed["connector"]
         elif config.previous:
             with open(config.previous, "rb") as handle:
                 previous = json.load(handle)
-            app, since = previous["applications"][0], os.path.getmtime(config.previous)
-            before = payload_facts(app["local_users"], app["local_access_creds"], previous["identity_to_permissions"])
+            app, since, before = previous["applications"][0], os.path.getmtime(config.previous), Facts()
+            for key, attribute in ENTITY_LISTS.items():
+                for entity in app[key]:
+                    before.add(attribute, entity, {})
+            for entry in previous["identity_to_permissions"]:
+                before.add("", {}, entry)
+            before = before.result()
         changes = compare_facts(before, facts)
         log_changes(changes, before is not None, from_version)
         if config.changes_json:
             save_payload({"since": rfc3339(since), "from_version": from_version, "to_version": __version__, **changes},
                          config.changes_json)
         if state:
-            state.write(os.path.join(state.directory, "pushed.json"),
-                        {"pushed_at": time.time(), "push_seconds": push_seconds, "facts": facts})
+            state.write(os.path.join(state.directory, "pushed.json"), {"pushed_at": time.time(), "facts": facts})
     except Exception as exc:  # the push stands
         log.warning("changes since the last push not reported: %s: %s", type(exc).__name__, exc)
 
@@ -2903,19 +2895,13 @@ class RunSummary:
 
 
 def log_memory(stage):
-    """To size a pod's memory limit."""
-    if not log.isEnabledFor(logging.DEBUG):
-        return
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            mib = {line[:5]: int(line.split()[1]) / 1024 for line in status if line.startswith(("VmRSS:", "VmHWM:"))}
-        now, peak = mib["VmRSS"], mib["VmHWM"]
-    except (OSError, KeyError, ValueError):
-        import resource  # Unix; ru_maxrss is KB on Linux
-        now, peak = None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    fields = {"stage": "memory", "after": stage, "resident_mib": now and round(now), "peak_mib": round(peak)}
-    log_with_fields(logging.DEBUG, fields, "memory after %s: %s MiB resident, peak %d MiB", stage,
-                    "?" if now is None else round(now), peak)
+    """To size a pod's memory limit (Linux's /proc)."""
+    if log.isEnabledFor(logging.DEBUG):
+        with contextlib.suppress(OSError, KeyError, ValueError), open("/proc/self/status", encoding="ascii") as status:
+            mib = {line[:5]: round(int(line.split()[1]) / 1024) for line in status if line[:5] in ("VmRSS", "VmHWM")}
+            now, peak = mib["VmRSS"], mib["VmHWM"]
+            log_with_fields(logging.DEBUG, {"stage": "memory", "after": stage, "resident_mib": now, "peak_mib": peak},
+                            "memory after %s: %d MiB resident, peak %d MiB", stage, now, peak)
 
 
 def read_organization(config, clock, summary, state):
@@ -2934,7 +2920,8 @@ def read_organization(config, clock, summary, state):
         summary.oldest_read = rfc3339(plan.snapshot.oldest_read) or ""
         http.close()
     for name, reason in snapshot.unavailable.items():
-        summary.reasons[name] = f"{FAMILIES[name].label} ({reason}): grant the admin key '{FAMILIES[name].grant}'"
+        family = FAMILIES[name]
+        summary.reasons[name] = f"{family.label} ({reason}): grant the admin key '{family.grant}: Read'"
         log.warning("left out %s, or the organization does not have it", summary.reasons[name])
     if snapshot.organization is None:
         log.info("is_personal left unset: the organization object is not readable with this key")
@@ -2953,6 +2940,8 @@ def discover(config, clock, summary, state):
     gc.collect()  # the finished reader is in reference cycles and holds every record
     log_memory("reading")
     started = time.monotonic()
+    if state:
+        state.push_started = started
     gc.disable()  # mapping makes millions of acyclic objects that full collections would rescan
     try:
         result = build_application(snapshot)
@@ -2962,10 +2951,8 @@ def discover(config, clock, summary, state):
         for level, message in [*result.notes, *((logging.WARNING, message) for message in result.warnings)]:
             log.log(level, "%s", message)
         app = result.application
-        facts = (config.state_dir or config.previous or config.changes_json) and payload_facts(
-            (user.to_dict() for user in app.local_users.values()), (key.to_dict() for key in app.access_creds.values()),
-            (who.get_identity_to_permissions(app.name) for name in IDENTITIES for who in getattr(app, name).values()))
-        payload = serialize_application(app)
+        facts = Facts() if config.state_dir or config.previous or config.changes_json else None
+        payload = serialize_application(app, facts)
         del result, app
     finally:
         gc.enable()
@@ -2983,7 +2970,7 @@ def run(config, clock, summary):
         read_and_push(config, clock, summary, state)
     finally:
         if state:
-            state.close()
+            state.close(summary.outcome == "pushed")
 
 
 def read_and_push(config, clock, summary, state):
@@ -3003,7 +2990,6 @@ def read_and_push(config, clock, summary, state):
         summary.outcome = "dry-run"
         return
     log.info("pushing to Veza data source %r", config.data_source_name)
-    started = time.monotonic()
     try:
         veza_warnings = veza.push(payload, summary)
     except VezaError as exc:
@@ -3019,7 +3005,7 @@ def read_and_push(config, clock, summary, state):
     summary.veza_warnings = len(veza_warnings)
     for warning in veza_warnings:
         log.warning("Veza: %s", warning)
-    report_changes(config, state, facts, time.monotonic() - started)
+    report_changes(config, state, facts)
     if config.create_report:
         try:
             summary.report = create_or_update_report(veza)
@@ -3070,14 +3056,13 @@ def main(argv=None):
     try:
         config = load_config(argv)
     except ConfigError as exc:
-        configure_logging(False, [os.environ.get(name, "") for name in SECRET_VARIABLES],
-                          log_format_asked(argv, os.environ))
+        configure_logging(False, map(os.environ.get, SECRET_VARIABLES), log_format_asked(argv, os.environ))
         for problem in exc.problems:
             log.error("configuration error: %s", problem)
         RunSummary(outcome="config-error", seconds=time.monotonic() - clock.started).log(logging.ERROR)
         return ExitStatus.CONFIG
     clock = Clock(config.time_scale, config.max_run_time)
-    handler = configure_logging(config.debug, config.secrets(), config.log_format)
+    handler = configure_logging(config.debug, (config.openai_api_key, config.veza_api_key), config.log_format)
     log.info("veza_openai %s; OpenAI key from %s (%s)", __version__, config.openai_key_source,
              mask_key(config.openai_api_key))
     for note in config.notes:

@@ -19,11 +19,24 @@ max(longest cursor chain, total calls / workers) x latency + mapping time, the c
     python tests/benchmark.py --models-table                   # each rate-limit model once, small org: a table
     python tests/benchmark.py --pacing-table                   # issue 25's pacing models, per minute and per
                                                                # second in real time: a table and a JSON line a row
+    python tests/benchmark.py --users 100000 --projects 5000 --latency 0 --workers 8 --push --role-assignments none \
+        --state-dir [DIR]                                      # with a state directory (DIR kept: run twice to resume)
+    python tests/benchmark.py --resumable --time-scale 0.05 --table-latency 0.025
+                                                               # issue 29: hourly runs, --max-run-time 50 min, one
+                                                               # state directory, the known limits scaled in time;
+                                                               # 0.05 (an hour is 3 min): at 0.01 the scaled limits
+                                                               # ask about 1,000 requests a second at first, more
+                                                               # than 2 cores serve, and the CPU, not the limits,
+                                                               # sets the pace
+    python tests/benchmark.py --resumable --full-read --time-scale 0.05 --table-latency 0.025
+                                                               # the same, one uninterrupted run: the full read's
+                                                               # time, for the first push's bound
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -32,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import trustme
@@ -508,6 +522,196 @@ def pacing_table(args: argparse.Namespace) -> None:
         print(json.dumps({key: value for key, value in row.items() if not key.startswith("_")}, sort_keys=True))
 
 
+# --- resumable runs (issue 29): an hourly schedule on one state directory, the known limits scaled in time ----------
+
+# The issue's schedule, in unscaled units: a run every hour, --max-run-time 50 minutes, --timeout 30 s; the known
+# limits: 7 requests a minute on project roles, 60 on every other endpoint, no retry-after header.
+RUN_EVERY_S, MAX_RUN_S, TIMEOUT_S = 3600, 50 * 60, 30
+PER_MINUTE_ROLES, PER_MINUTE_OTHERS = 7, 60
+SUMMARY_FIELD = re.compile(r"(\w+)=(\S*)")
+INCOMPLETE_LINE = re.compile(r"incomplete: (\d+) lists unread and not kept, (\d+) kept lists older")
+VOUCHED_LINE = re.compile(r"(\d+) kept lists older than --max-age \S+ pushed")
+
+
+def full_read_calls(org: Organization) -> dict[str, int]:
+    """The calls a full read makes on each per-entity endpoint (fake family names); the top-level lists are a few."""
+    projects = len(org.projects)
+    calls = {family: projects for family in ("project users", "project service accounts", "project API keys",
+                                             "project groups", "model permissions", "project certificates",
+                                             "hosted tool permissions", "project roles")}
+    calls["user roles"] = len(org.users)
+    calls["project user roles"] = sum(len(members) for members in org.project_users.values())
+    return calls
+
+
+def full_read_bound(org: Organization) -> tuple[str, int, float]:
+    """(slowest endpoint, its calls, minutes): the full read's bound, unscaled, at the known limits."""
+    rates = {family: PER_MINUTE_ROLES if family == "project roles" else PER_MINUTE_OTHERS
+             for family in full_read_calls(org)}
+    family, calls = max(full_read_calls(org).items(), key=lambda item: item[1] / rates[item[0]])
+    return family, calls, calls / rates[family]
+
+
+def state_files(state: Path) -> tuple[int, float | None]:
+    """(list files in the state, the oldest one's modification time): a list's file is rewritten when it is read."""
+    times = [entry.stat().st_mtime for entry in state.glob("lists/*/*.json")]
+    return len(times), min(times, default=None)
+
+
+def resumable_run(fake: FakeOpenAI, veza: FakeVeza, ca_file: str, state: Path | None, args: argparse.Namespace,
+                  max_age: int) -> dict:
+    """One scheduled run, pushed to the fake Veza: its exit status, summary fields, calls, 429s and wall time;
+    without a state directory, one uninterrupted run (no --max-run-time)."""
+    scale = args.time_scale
+    env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+           "OPENAI_ORG_ID": fake.org.org_id, "OPENAI_API_KEY": ADMIN_KEY, "OPENAI_BASE_URL": fake.base_url,
+           "VEZA_OPENAI_TIME_SCALE": str(scale), "VEZA_URL": veza.url, "VEZA_API_KEY": VEZA_KEY,
+           "REQUESTS_CA_BUNDLE": ca_file}
+    argv = [str(HERE.parent / "veza_openai.py"), "--timeout", f"{TIMEOUT_S * scale:g}", "--max-workers",
+            str(args.table_workers)]
+    if state is not None:
+        argv += ["--state-dir", str(state), "--max-run-time", f"{MAX_RUN_S * scale:g}", "--max-age", str(max_age)]
+    if args.role_assignments:
+        argv += ["--role-assignments", args.role_assignments]
+    with fake.lock:
+        requests_before = len(fake.requests)
+    throttled_before = fake.limiter.total_throttled
+    started = time.monotonic()
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=(MAX_RUN_S + RUN_EVERY_S) * scale + 60 if state else 24 * RUN_EVERY_S * scale)
+        exit_code, stderr = done.returncode, done.stderr
+    except subprocess.TimeoutExpired as stopped:
+        exit_code = None
+        stderr = stopped.stderr.decode(errors="replace") if isinstance(stopped.stderr, bytes) else stopped.stderr or ""
+    ended = time.time()
+    wall = time.monotonic() - started
+    with fake.lock:  # the fake's request logs grow with every run: keep only what the next row needs
+        calls = len(fake.requests) - requests_before
+        for log in (fake.requests, fake.timeline, fake.user_agents, fake.authorizations):
+            log.clear()
+    with veza.lock:
+        pushed = len(veza.pushes)
+        veza.pushes.clear()
+    lines = stderr.strip().splitlines()
+    summary = next((dict(SUMMARY_FIELD.findall(line.split("summary: ", 1)[1])) for line in reversed(lines)
+                    if "summary: " in line), {})
+    oldest = vo.epoch_seconds(summary.get("oldest_read") or None)
+    incomplete = next((INCOMPLETE_LINE.search(line) for line in lines if INCOMPLETE_LINE.search(line)), None)
+    note = f"{incomplete.group(1)} missing, {incomplete.group(2)} too old" if incomplete else ""
+    if exit_code not in (0, 3):
+        errors = [line.split(" ERROR ", 1)[1] for line in lines if " ERROR " in line]
+        note = (errors or lines[-1:] or ["no output"])[0][:160] if exit_code is not None else "timed out"
+    files, oldest_file = state_files(state) if state else (0, None)
+    return {"exit": exit_code, "outcome": summary.get("outcome", "-"), "read": summary.get("lists_read", "-"),
+            "kept": summary.get("lists_kept", "-"),
+            "vouched": int(next((match.group(1) for match in map(VOUCHED_LINE.search, lines) if match), 0)),
+            "oldest_h": None if oldest is None else (ended - oldest) / scale / 3600, "calls": calls,
+            "throttled": fake.limiter.total_throttled - throttled_before,
+            "wall": wall, "pushed": pushed, "note": note, "stderr": stderr, "files": files,
+            "state_oldest_h": None if oldest_file is None else (ended - oldest_file) / scale / 3600}
+
+
+def resumable(args: argparse.Namespace) -> None:
+    """Issue 29's benchmark: hourly runs with --max-run-time 50 min on one state directory, pushed to a fake Veza."""
+    scale = args.time_scale
+    org = generate_organization(users=args.users, projects=args.projects, members=args.members,
+                                service_accounts=args.service_accounts, keys=args.keys, groups=args.groups,
+                                custom_roles=True, **ACCESS_REVIEW)
+    slowest, slowest_calls, full_minutes = full_read_bound(org)
+    max_age = math.ceil((full_minutes * 60 + RUN_EVERY_S) * scale)
+    if max_age < vo.OPTION["max_age"].low:
+        sys.exit(f"--max-age would be {max_age} s, below its minimum {vo.OPTION['max_age'].low:g} s: use a larger "
+                 "--time-scale")
+    first_push_bound = math.ceil(full_minutes * 60 / MAX_RUN_S) + 1
+    minute = 60 * scale
+    print(f"organization: {args.users} users, {args.projects} projects ({args.members} members each), "
+          f"{args.groups} groups, a custom role (--role-assignments {args.role_assignments or 'auto'}: every user's "
+          f"and every project member's roles are read); access review {ACCESS_REVIEW}; latency "
+          f"{args.table_latency * 1000:g} ms")
+    print(f"limits: fixed windows per endpoint, {PER_MINUTE_ROLES} a minute on project roles, {PER_MINUTE_OTHERS} "
+          f"elsewhere, no header; time scale {scale:g} (a minute is {minute:g} s, an hour {RUN_EVERY_S * scale:g} s)")
+    print(f"schedule: {args.runs} runs, one every hour (scaled: {RUN_EVERY_S * scale:g} s), --max-run-time "
+          f"{MAX_RUN_S * scale:g} (50 min), --timeout {TIMEOUT_S * scale:g} ({TIMEOUT_S} s), --max-age {max_age} "
+          f"(the full read's bound + 1 h = {max_age / scale / 3600:.2f} h), --max-workers {args.table_workers}; one "
+          f"state directory; pushed to a fake Veza; machine: {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}")
+    fake = FakeOpenAI(org, admin_key=ADMIN_KEY, latency=args.table_latency).start()
+    fake.limiter = FixedWindows(default=(PER_MINUTE_OTHERS, minute),
+                                per_endpoint={"project roles": (PER_MINUTE_ROLES, minute)})
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        ca = trustme.CA()
+        ca_file = str(Path(workdir) / "ca.pem")
+        ca.cert_pem.write_to_path(ca_file)
+        veza = FakeVeza(ca, api_key=VEZA_KEY).start()
+        state = Path(workdir) / "state"
+        origin = time.monotonic()
+        try:
+            if args.full_read:  # the time an uninterrupted read takes here, for the first push's bound
+                row = resumable_run(fake, veza, ca_file, None, args, max_age)
+                minutes = row["wall"] / scale / 60
+                print(f"uninterrupted full read: exit {row['exit']}, {row['outcome']}, {row['wall']:.1f} s = "
+                      f"{minutes:.0f} min unscaled ({row['calls']} calls, {row['throttled']} answered 429); "
+                      f"⌈{minutes:.0f} / 50⌉ + 1 = run {math.ceil(minutes / 50) + 1}")
+                return
+            for number in range(1, args.runs + 1):
+                time.sleep(max(0.0, origin + (number - 1) * RUN_EVERY_S * scale - time.monotonic()))
+                row = resumable_run(fake, veza, ca_file, state, args, max_age)
+                row["number"], row["at_h"] = number, (time.monotonic() - origin - row["wall"]) / scale / 3600
+                rows.append(row)
+                if args.resumable_logs:
+                    Path(args.resumable_logs).mkdir(parents=True, exist_ok=True)
+                    (Path(args.resumable_logs) / f"run-{number:02d}.log").write_text(row["stderr"])
+                print(f"  run {number}: exit {row['exit']}, {row['outcome']}, {row['wall']:.1f} s", file=sys.stderr,
+                      flush=True)
+            du = subprocess.run(["du", "-sk", str(state)], capture_output=True, text=True).stdout.split()[0]
+            apparent = subprocess.run(["du", "-sk", "--apparent-size", str(state)], capture_output=True,
+                                      text=True).stdout.split()[0]
+            files, _ = state_files(state)
+            per_family = Counter(path.parent.name for path in state.glob("lists/*/*.json"))
+        finally:
+            veza.stop()
+            fake.stop()
+    print()
+    print("| run | starts at (h) | exit | outcome | lists read | lists kept | kept, older than --max-age, vouched for "
+          "| oldest list pushed (h) | oldest state file (h) | calls | 429s | wall (s) | note |")
+    print("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for row in rows:
+        oldest = f"{row['oldest_h']:.2f}" if row["oldest_h"] is not None and row["outcome"] == "pushed" else "-"
+        state_oldest = f"{row['state_oldest_h']:.2f}" if row["state_oldest_h"] is not None else "-"
+        print(f"| {row['number']} | {row['at_h']:.2f} | {row['exit']} | {row['outcome']} | {row['read']} | "
+              f"{row['kept']} | {row['vouched']} | {oldest} | {state_oldest} | {row['calls']} | {row['throttled']} | "
+              f"{row['wall']:.1f} | "
+              f"{row['note']} |")
+    pushes = [row for row in rows if row["outcome"] == "pushed"]
+    first = pushes[0]["number"] if pushes else None
+    later = [row for row in rows if first is not None and row["number"] > first]
+    limit_h = full_minutes / 60 + 1
+    fresh = [row for row in later if row["outcome"] == "pushed" and row["oldest_h"] is not None
+             and row["oldest_h"] < limit_h]
+    vouched = [row for row in later if row["outcome"] == "pushed" and row not in fresh and row["vouched"]]
+    print()
+    rate = PER_MINUTE_ROLES if slowest == "project roles" else PER_MINUTE_OTHERS
+    print(f"full read's bound: {slowest} {slowest_calls} calls / {rate} a minute = {full_minutes:.0f} min "
+          f"({full_minutes / 60:.2f} h, unscaled)")
+    met = first is not None and first <= first_push_bound
+    print(f"first push: run {first if first is not None else 'none'}; the issue's bound ⌈{full_minutes:.0f} min / 50 "
+          f"min⌉ + 1 = run {first_push_bound}: {'met' if met else 'NOT met'}")
+    print(f"later runs: {len(later)}, pushed {sum(row['outcome'] == 'pushed' for row in later)}, every list younger "
+          f"than the full read + 1 h ({limit_h:.2f} h) in {len(fresh)}, the older ones vouched for by the audit log "
+          f"(--max-age {max_age} s is that bound) in {len(vouched)}: "
+          f"{'met' if later and len(fresh) + len(vouched) == len(later) else 'NOT met' if later else 'no later runs'}")
+    print("list files per endpoint at the end, of a full read's: " + ", ".join(
+        f"{family} {per_family[family.replace(' ', '_').lower()]}/{calls}"
+        for family, calls in full_read_calls(org).items()))
+    print(f"state directory: {du} KiB on disk (du -sk; {apparent} KiB apparent), {files} list files; "
+          f"{int(du) / max(args.users, 1):.2f} KiB per user")
+    print("ages: at the run's end, unscaled; 'oldest list pushed' from the summary's oldest_read (whole seconds: "
+          f"±{1 / scale / 3600:.2f} h), 'oldest state file' from the list files' modification times")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 minute), {os.getloadavg()[1]:.1f} (5 minutes)")
+
+
 def snapshot_of(org: Organization) -> vo.Snapshot:
     return vo.Snapshot(
         org_id=org.org_id, users=org.users, invites=org.invites, projects=org.projects,
@@ -520,8 +724,11 @@ def snapshot_of(org: Organization) -> vo.Snapshot:
 def mapping_seconds(users: int, projects: int) -> float:
     snapshot = snapshot_of(generate_organization(users=users, projects=projects))
     started = time.perf_counter()
-    with vo.cyclic_gc_paused():  # as discover() does
+    gc.disable()  # as discover() does
+    try:
         vo.serialize_application(vo.build_application(snapshot).application)
+    finally:
+        gc.enable()
     return time.perf_counter() - started
 
 
@@ -552,6 +759,9 @@ def main() -> None:
                         help="comma-separated worker counts")
     parser.add_argument("--scaling", action="store_true", help="only measure mapping time at N and 10N")
     parser.add_argument("--push", action="store_true", help="also push to a fake Veza (memory includes the push)")
+    parser.add_argument("--state-dir", nargs="?", const="",
+                        help="pass --state-dir to the connector: DIR (kept; run again for a resumed run), or with no "
+                        "DIR a fresh temporary one; every worker count's run uses it in turn; prints its size")
     parser.add_argument("--memory", action="store_true",
                         help="print the connector's memory after each stage (runs it with --debug; implies --push)")
     limits = parser.add_argument_group("rate limits (tests/fake_limits.py)")
@@ -595,6 +805,14 @@ def main() -> None:
     limits.add_argument("--table-latency", type=float, default=0.005,
                         help="seconds added to every answer in --models-table (default 5 ms: 500 ms at time scale "
                         "0.01, so latency, windows and waits keep the real API's proportions)")
+    limits.add_argument("--resumable", action="store_true",
+                        help="issue 29: a run every (scaled) hour with --max-run-time 50 min on one state "
+                        "directory, behind 7 a minute on project roles and 60 elsewhere (scaled by --time-scale), "
+                        "pushed to a fake Veza; custom roles, so every user's roles are read: a table of the runs")
+    limits.add_argument("--runs", type=int, default=11, help="--resumable: how many runs (default 11)")
+    limits.add_argument("--full-read", action="store_true",
+                        help="--resumable: instead, time one uninterrupted run (no state, no --max-run-time)")
+    limits.add_argument("--resumable-logs", help="--resumable: write each run's log (stderr) in this directory")
     limits.add_argument("--model-timeout", type=float,
                         help="seconds a run may take in --models-table (default 300) or --pacing-table (default 180)")
     args = parser.parse_args()
@@ -603,6 +821,9 @@ def main() -> None:
         return
     if args.pacing_table:
         pacing_table(args)
+        return
+    if args.resumable:
+        resumable(args)
         return
     if args.models_table:
         args.model_timeout = args.model_timeout or 300.0
@@ -634,6 +855,9 @@ def main() -> None:
         ca_file = str(Path(workdir) / "ca.pem")
         ca.cert_pem.write_to_path(ca_file)
         veza = FakeVeza(ca, api_key=VEZA_KEY).start() if args.push else None
+        state = None if args.state_dir is None else Path(args.state_dir or Path(workdir) / "state")
+        if state is not None:
+            extra_args += ("--state-dir", str(state))
         for workers in [int(w) for w in args.workers.split(",")]:
             fake.limiter = limit_model(args.limit_model, args)
             since = len(fake.timeline)
@@ -650,6 +874,10 @@ def main() -> None:
                   f"{result['cpu']:.1f}s, peak server concurrency {fake.peak_in_flight}")
             if args.memory:
                 print_memory(result["memory"], result["peak_mb"])
+            if state is not None:
+                size = subprocess.run(["du", "-sk", str(state)], capture_output=True, text=True).stdout.split()[0]
+                print(f"state directory {'(kept) ' * bool(args.state_dir)}{state}: {size} KiB on disk (du -sk), "
+                      f"{state_files(state)[0]} list files")
             payloads.append(result["payload"].read_bytes())
             fake.peak_in_flight = 0
         if veza is not None:

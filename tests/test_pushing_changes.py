@@ -112,6 +112,7 @@ def test_changes_between_two_runs_are_in_the_next_push_of_a_resumed_run_and_in_i
     assert changes["project_keys_created"] == ["key_new1"] and changes["project_keys_removed"] == []
     assert changes["admin_keys_created"] == [] and changes["admin_keys_removed"] == []
     assert ["user-0000", "owner", "application"] in changes["roles_revoked"]
+    assert not [grant for grant in changes["roles_revoked"] if "via_organization" in grant[1]]  # said as the owner
     assert ["user-0012", "project_viewer", "proj_beta"] in changes["roles_revoked"]
     assert ["user-0000", "reader", "application"] in changes["roles_granted"]
     assert unix(changes["since"]) <= time.time()

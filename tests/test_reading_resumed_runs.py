@@ -144,12 +144,16 @@ def test_a_deleted_projects_saved_lists_and_a_removed_user_never_come_back_from_
 
 
 def test_lists_never_read_go_first_then_those_the_audit_log_says_changed_then_the_oldest(tmp_path):
-    """The order a run reads an endpoint's lists in, from what the state holds and the audit log names."""
+    """The order a run reads an endpoint's lists in, from what the state held at its start and the audit log names."""
     state = veza_openai.State(str(tmp_path), "org-small0001")
     try:
         for key, read_at in (("p1", 300.0), ("p2", 100.0), ("p3", 200.0)):
             state.save("project_users", key, read_at, [])
         state.save("project_roles", "p4", 50.0, [])
+    finally:
+        state.close()
+    state = veza_openai.State(str(tmp_path), "org-small0001")
+    try:
         changed = {"project_roles": 60.0}  # an event after p4's list was read
         order = sorted(["p1", "p2", "p3", "new"], key=lambda key: state.rank("project_users", key, changed))
         assert order == ["new", "p2", "p3", "p1"]
@@ -345,7 +349,7 @@ def test_a_kept_list_older_than_max_age_is_not_pushed_when_no_audit_log_vouches_
 def test_a_kept_list_older_than_max_age_is_pushed_while_the_audit_log_names_no_change_to_it(
         run_connector, openai_fake, veza, fault_free_payload, tmp_path):
     """The audit log, read back past the list's read time, names no change to the user list: the hour-old list
-    counts as fresh under --max-age 60 and is pushed, its real read time shown."""
+    counts as fresh under --max-age 60 and is pushed, its real read time shown, and the log counts it."""
     state = tmp_path / "state"
     first = run_connector(*NO_ROLE_READS, "--state-dir", str(state))
     assert first.returncode == 0, first.output
@@ -353,6 +357,8 @@ def test_a_kept_list_older_than_max_age_is_pushed_while_the_audit_log_names_no_c
     throttle(openai_fake, USERS_LIST)
     result = run_connector(*NO_ROLE_READS, "--state-dir", str(state), "--max-age", "60", *CUT)
     assert result.returncode == 0, result.output
+    assert re.search(r"INFO [1-9]\d* kept lists older than --max-age 60s pushed: the audit log names no change",
+                     result.stderr), result.stderr
     payload = veza.payloads[1]
     assert without_read_times(payload) == without_read_times(fault_free_payload(*NO_ROLE_READS))
     an_hour_ago = time.time() - 3600
@@ -376,3 +382,20 @@ def test_an_endpoints_waiting_reads_go_on_first_then_by_rank_whatever_their_pare
     for key in ("a", "b", "c"):  # without a state: in turn
         scheduler.add(veza_openai.ListRead(family, key, "/p", None, {}))
     assert queued(1, 2, 3) == ["a", "b", "c"]
+
+
+def test_the_push_time_a_run_reserves_is_remembered_and_never_shrinks_after_a_push_that_did_not_finish(tmp_path):
+    """The time from mapping to the push's end, kept in push.json; a push cut short counts as at least as long as
+    the longest before it, so a run cut in its push reserves more the next time, never less."""
+    def run_with_push(seconds, pushed):
+        state = veza_openai.State(str(tmp_path), "org-small0001")
+        remembered = state.push_seconds
+        state.push_started = time.monotonic() - seconds
+        state.close(pushed)
+        return remembered
+
+    assert run_with_push(5, pushed=False) is None  # no push yet: the reserve is 60 s, scaled
+    assert run_with_push(1, pushed=False) >= 5
+    assert run_with_push(1, pushed=True) >= 5
+    assert 1 <= run_with_push(0, pushed=False) < 5  # a finished push's own time, shorter or not
+    assert oct(os.stat(tmp_path / "push.json").st_mode & 0o777) == "0o600"
