@@ -1372,8 +1372,8 @@ class ReadPlan:
         self.scheduler.start(self)
         s, days, state = self.snapshot, self.config.activity_days, self.state
         if state:  # stop reading in time to push
-            clock, push = self.scheduler.clock, state.push_seconds  # estimate: twice the last
-            push = 2 * push if isinstance(push, (int, float)) else 60 * clock.scale
+            clock = self.scheduler.clock  # the push's estimate: twice the last, or 60 s
+            push = 2 * state.push_seconds or 60 * clock.scale
             self.scheduler.stop_sending_at = clock.deadline - push - self.config.timeout
         try:
             for family in STARTING_FAMILIES:
@@ -1645,8 +1645,8 @@ class State:
         self.pushed = self.load(pushed, any_version=True)
         if self.pushed:
             self.pushed["facts"] = None  # reread after the push
-        self.push_seconds = dict_of(self.load(os.path.join(directory, "push.json"), any_version=True)).get(
-            "push_seconds")
+        seconds = dict_of(self.load(os.path.join(directory, "push.json"), any_version=True)).get("push_seconds")
+        self.push_seconds = seconds if isinstance(seconds, (int, float)) else 0  # 0: none yet
         self.push_started = None
         if ignored + (os.path.exists(pushed) and self.pushed is None):
             log.warning("state directory %s: files ignored (unreadable, or of another organization, format or "
@@ -1656,8 +1656,8 @@ class State:
         """Keeps the time from mapping to the push's end: at least that long when the push did not finish."""
         if self.push_started is not None:
             seconds = time.monotonic() - self.push_started
-            self.write(os.path.join(self.directory, "push.json"), {"push_seconds": seconds if pushed else max(
-                seconds, self.push_seconds if isinstance(self.push_seconds, (int, float)) else 0)})
+            self.write(os.path.join(self.directory, "push.json"),
+                       {"push_seconds": seconds if pushed else max(seconds, self.push_seconds)})
         os.close(self.lock)
 
     def load(self, path, any_version=False):

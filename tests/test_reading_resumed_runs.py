@@ -394,7 +394,7 @@ def test_the_push_time_a_run_reserves_is_remembered_and_never_shrinks_after_a_pu
         state.close(pushed)
         return remembered
 
-    assert run_with_push(5, pushed=False) is None  # no push yet: the reserve is 60 s, scaled
+    assert run_with_push(5, pushed=False) == 0  # no push yet: the reserve is 60 s, scaled
     assert run_with_push(1, pushed=False) >= 5
     assert run_with_push(1, pushed=True) >= 5
     assert 1 <= run_with_push(0, pushed=False) < 5  # a finished push's own time, shorter or not
