@@ -2474,32 +2474,34 @@ def serialize_application(app, facts=None):
         if holder.get(key) != []:  # another oaaclient's shape: never push a payload missing entities
             raise RuntimeError(f"oaaclient's payload has no empty {key!r} list to fill")
         holder[key] = marker + attribute
-    chunks, permissions = [], {}  # {attribute: its entities' identity_to_permissions entries}
+    out, permissions = bytearray(), {}  # grown in place, never copied; {attribute: grants' JSON}
     # literal JSON, an attribute ("" for identity_to_permissions), literal JSON, ...
     for index, attribute in enumerate(re.split(f'"{re.escape(marker)}(\\w*)"', encode(payload))):
         if index % 2 == 0:
-            chunks.append(attribute.encode())
+            out += attribute.encode()
             continue
+        out += b"["
+        for entry in () if attribute else (entry for kind in IDENTITIES for entry in permissions.pop(kind, ())):
+            out += entry + b","
         entities = getattr(app, attribute) if attribute else {}
-        entries = [] if attribute else [entry for identities in IDENTITIES for entry in permissions.get(identities, [])]
         for key in list(entities):
             entity = entities.pop(key)
-            entries.append(encode(data := entity.to_dict()).encode())
+            out += encode(data := entity.to_dict()).encode() + b","
             grants = entity.get_identity_to_permissions(application_name=app.name) if attribute in IDENTITIES else {}
             if facts:
                 facts.add(attribute, data, grants)
             if "application_permissions" in grants or "role_assignments" in grants:  # as get_payload() lists them
                 permissions.setdefault(attribute, []).append(encode(grants).encode())
-        chunks += [b"[", b",".join(entries), b"]"]  # never a copy of the joined list
-    return b"".join(chunks)
+        out[len(out) - out.endswith(b","):] = b"]"  # over a last comma
+    return out
 
 
 def save_payload(payload, path):
     """Atomically: a half-written file never looks whole; JSON piece by piece unless bytes."""
     fd, tmp = tempfile.mkstemp(prefix=".veza_openai-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
     try:
-        with os.fdopen(fd, "wb" if isinstance(payload, bytes) else "w") as handle:
-            handle.write(payload) if isinstance(payload, bytes) else json.dump(payload, handle)
+        with os.fdopen(fd, "w" if isinstance(payload, dict) else "wb") as handle:
+            json.dump(payload, handle) if isinstance(payload, dict) else handle.write(payload)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
