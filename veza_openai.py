@@ -60,8 +60,8 @@ class ExitStatus(enum.IntEnum):
     """README: Exit status."""
 
     OK = 0  # pushed; with --dry-run: saved
-    FAILED = 1  # nothing pushed, or the push's outcome unknown
-    CONFIG = 2  # configuration error, no request sent (argparse's too)
+    FAILED = 1  # nothing pushed, or the outcome unknown
+    CONFIG = 2  # configuration error, nothing sent (argparse's too)
     INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
     INCOMPLETE = 3  # --state-dir: lists left; the next run goes on
     TERMINATED = 143  # 128 + SIGTERM (docker stop)
@@ -78,7 +78,7 @@ class DiscoveryError(Exception):
 
 
 class Incomplete(Exception):
-    """--state-dir: lists missing or too old; the next run goes on."""
+    """--state-dir: lists missing or too old."""
 
 
 class PushError(Exception):
@@ -105,14 +105,17 @@ class Stopped(BaseException):
 class Option:
     """One setting; messages name its first flag."""
 
-    dest: str
     flags: tuple  # () for a variable only
-    env: str | None  # None: command line only
+    env: str  # None: command line only
     help: str
     kind: Any = None  # int, float: a number in low..high; bool: a switch; a tuple: one of its words; None: text
     default: Any = None
     low: float = 0
     high: float = 0
+    dest: str = ""  # by default from the first flag
+
+    def __post_init__(self):
+        object.__setattr__(self, "dest", self.dest or self.flags[0][2:].replace("-", "_"))
 
     @property
     def label(self):  # every option checked has a variable
@@ -120,47 +123,45 @@ class Option:
 
 
 OPTIONS = (
-    Option("veza_url", ("--veza-url", "--veza_url"), "VEZA_URL", "Veza instance URL"),
-    Option("org_id", ("--openai-org", "--openai_org"), "OPENAI_ORG_ID", "OpenAI organization ID, org-..."),
-    Option("openai_base_url", ("--openai-base-url",), "OPENAI_BASE_URL", "base URL", None, "https://api.openai.com/v1"),
-    Option("save_json", ("--save-json", "--save_json"), None, "also save the payload JSON in PATH: a directory "
+    Option(("--veza-url", "--veza_url"), "VEZA_URL", "Veza instance URL"),
+    Option(("--openai-org", "--openai_org"), "OPENAI_ORG_ID", "OpenAI organization ID, org-...", dest="org_id"),
+    Option(("--openai-base-url",), "OPENAI_BASE_URL", "base URL", None, "https://api.openai.com/v1"),
+    Option(("--save-json", "--save_json"), None, "also save the payload JSON in PATH: a directory "
            "(default .) or .json file"),
-    Option("dry_run", ("--dry-run",), None, "save the payload JSON, push nothing; needs no Veza settings", bool),
-    Option("create_report", ("--create-report",), "VEZA_CREATE_REPORT", "then create or update the Veza report "
-           "'OpenAI access review'", bool),
-    Option("debug", ("--debug",), None, "debug logging", bool),
-    Option("log_format", ("--log-format",), "LOG_FORMAT", "text or JSON lines", ("text", "json"), "text"),
-    Option("max_run_time", ("--max-run-time",), "OPENAI_MAX_RUN_TIME", "seconds the whole run may take; no limit by "
-           "default", float, None, 1, 7 * 86_400),
-    Option("role_assignments", ("--role-assignments",), "OPENAI_ROLE_ASSIGNMENTS", "per-user role assignment "
-           "reads: auto, all or none", ("auto", "all", "none"), "auto"),
-    Option("activity_days", ("--activity-days",), "OPENAI_ACTIVITY_DAYS", "days of audit log read for last "
-           "logins and key scopes; 0: none", int, 90, 0, 3650),
-    Option("max_workers", ("--max-workers",), "OPENAI_MAX_WORKERS", "concurrent OpenAI requests", int, 8, 1, 64),
-    Option("max_requests_per_second", ("--max-requests-per-second",), "OPENAI_MAX_REQUESTS_PER_SECOND",
-           "cap on all OpenAI requests per second; none by default", float, None, 0.01, 10_000),
-    Option("max_requests_per_minute_per_endpoint", ("--max-requests-per-minute-per-endpoint",),
-           "OPENAI_MAX_RPM_PER_ENDPOINT", "cap on each endpoint's requests per minute", int, None, 1, 100_000),
-    Option("timeout", ("--timeout",), "OPENAI_TIMEOUT", "seconds for one whole OpenAI answer", float, 30.0, 0.05, 600),
-    Option("max_retries", ("--max-retries",), "OPENAI_MAX_RETRIES", "retries on 5xx and network errors", int, 6, 0, 20),
-    Option("max_throttle_wait", ("--max-throttle-wait",), "OPENAI_MAX_THROTTLE_WAIT", "seconds one request may "
-           "get 429s before the run fails", float, 900.0, 0.1, 86_400),
-    Option("state_dir", ("--state-dir",), "OPENAI_STATE_DIR", "keep the lists read here: a cut run goes on (emails)"),
-    Option("max_age", ("--max-age",), "OPENAI_MAX_AGE", "seconds a kept list may be old and be pushed", int, 86_400,
-           60, 30 * 86_400),
-    Option("changes_json", ("--changes-json",), None, "write the changes since the last push to this file"),
-    Option("previous", ("--previous",), None, "a payload saved by --save-json to compare with"),
+    Option(("--dry-run",), None, "save the payload JSON, push nothing; needs no Veza settings", bool),
+    Option(("--create-report",), "VEZA_CREATE_REPORT", "then create or update the Veza report 'OpenAI access review'",
+           bool),
+    Option(("--debug",), None, "debug logging", bool),
+    Option(("--log-format",), "LOG_FORMAT", "text or JSON lines", ("text", "json"), "text"),
+    Option(("--max-run-time",), "OPENAI_MAX_RUN_TIME", "seconds the whole run may take; no limit by default", float,
+           None, 1, 7 * 86_400),
+    Option(("--role-assignments",), "OPENAI_ROLE_ASSIGNMENTS", "per-user role assignment reads: auto, all or none",
+           ("auto", "all", "none"), "auto"),
+    Option(("--activity-days",), "OPENAI_ACTIVITY_DAYS", "days of audit log read for last logins and key "
+           "scopes; 0: none", int, 90, 0, 3650),
+    Option(("--max-workers",), "OPENAI_MAX_WORKERS", "concurrent OpenAI requests", int, 8, 1, 64),
+    Option(("--max-requests-per-second",), "OPENAI_MAX_REQUESTS_PER_SECOND", "cap on all OpenAI requests per second; "
+           "none by default", float, None, 0.01, 10_000),
+    Option(("--max-requests-per-minute-per-endpoint",), "OPENAI_MAX_RPM_PER_ENDPOINT", "cap on each endpoint's "
+           "requests per minute", int, None, 1, 100_000),
+    Option(("--timeout",), "OPENAI_TIMEOUT", "seconds for one whole OpenAI answer", float, 30.0, 0.05, 600),
+    Option(("--max-retries",), "OPENAI_MAX_RETRIES", "retries on 5xx and network errors", int, 6, 0, 20),
+    Option(("--max-throttle-wait",), "OPENAI_MAX_THROTTLE_WAIT", "seconds one request may get 429s "
+           "before the run fails", float, 900.0, 0.1, 86_400),
+    Option(("--state-dir",), "OPENAI_STATE_DIR", "keep the lists read here: a cut run goes on (emails)"),
+    Option(("--max-age",), "OPENAI_MAX_AGE", "seconds a kept list may be old and be pushed", int, 86_400, 60,
+           30 * 86_400),
+    Option(("--changes-json",), None, "write the changes since the last push to this file"),
+    Option(("--previous",), None, "a payload saved by --save-json to compare with"),
     # oaaclient's variables and defaults.
-    Option("veza_retries", (), "OAA_API_RETRIES", "retries of a Veza call", int, 10, 0, 100),
-    Option("veza_timeout", (), "OAA_API_TIMEOUT", "seconds for one whole Veza answer", float, 300.0, 1, 3600),
-    # Tests shrink every wait with it.
-    Option("time_scale", (), "VEZA_OPENAI_TIME_SCALE", "time scale", float, 1.0, 0.001, 1.0),
+    Option((), "OAA_API_RETRIES", "retries of a Veza call", int, 10, 0, 100, dest="veza_retries"),
+    Option((), "OAA_API_TIMEOUT", "seconds for one whole Veza answer", float, 300.0, 1, 3600, dest="veza_timeout"),
+    Option((), "VEZA_OPENAI_TIME_SCALE", "time scale", float, 1.0, 0.001, 1.0, dest="time_scale"),
 )
 OPTION = {option.dest: option for option in OPTIONS}
 SECRET_VARIABLES = ("OPENAI_ADMIN_KEY", "OPENAI_API_KEY", "VEZA_API_KEY")
 SECRETS_FROM = ("secrets are read from the environment only: OPENAI_ADMIN_KEY (wins) or OPENAI_API_KEY, VEZA_API_KEY, "
                 "or their _FILE variants")
-# Every variable read: never taken for a misspelling.
 KNOWN_VARIABLES = {*(option.env for option in OPTIONS if option.env), "VEZA_UNSAFE_HTTPS", *SECRET_VARIABLES,
                    *(f"{name}_FILE" for name in SECRET_VARIABLES)}
 SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
@@ -213,6 +214,10 @@ def mask_key(key):
     return f"{kind}...{key[-4:]}" if len(key) - len(kind) >= 16 else f"{kind}..."
 
 
+def mine(found):
+    return found.st_uid == os.geteuid()
+
+
 def unknown_arguments_problem(extras):
     """Names unknown flags, never the values beside them (a pasted key)."""
     flags = [arg.partition("=")[0][:60] for arg in extras if arg.startswith("-")]
@@ -246,7 +251,7 @@ class ConfigReader:
         settings = {option.dest: self.checked_value(option, getattr(args, option.dest, None)) for option in OPTIONS}
         dry_run = bool(settings["dry_run"])
         named = "OPENAI_ORG_ID (or --openai-org)"
-        if settings["org_id"] is None:
+        if not settings["org_id"]:
             self.not_set(named)
         elif not re.fullmatch(r"org-[A-Za-z0-9_-]{1,128}", settings["org_id"]):
             settings["org_id"] = self.problem(f"{named} must look like org-XXXX (letters, digits, - or _)")
@@ -260,6 +265,11 @@ class ConfigReader:
         settings["state_dir"] = settings["state_dir"] and self.state_directory(settings["state_dir"])
         if (previous := settings["previous"]) and not os.path.isfile(previous):
             self.problem(f"--previous {previous!r} is not a file")
+        files = [*map(os.path.realpath, filter(None, (settings["save_json_path"], previous, settings["changes_json"])))]
+        if len(set(files)) < len(files):  # else a push is compared with itself
+            self.problem("--save-json, --previous and --changes-json must name different files")
+        if (changes := settings["changes_json"]) and not os.path.isdir(os.path.dirname(os.path.abspath(changes))):
+            self.problem(f"--changes-json directory {os.path.dirname(changes)!r} does not exist")
         if self.problems:
             raise ConfigError(self.problems)
         settings.update(dry_run=dry_run, debug=bool(settings["debug"]), notes=tuple(self.notes),
@@ -325,7 +335,7 @@ class ConfigReader:
             return self.problem(f"{variable} holds what looks like an API key, not a file path: put the key in "
                                 f"{variable.removesuffix('_FILE')}")
         shown = repr(path) if path.startswith("/") and not SPACE_OR_CONTROL.search(path) else "the file it names"
-        where = f"{variable}: {shown}"  # only an absolute path: it cannot be a key pasted by mistake
+        where = f"{variable}: {shown}"  # an absolute path only: never a pasted key
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         except (OSError, ValueError) as exc:
@@ -337,12 +347,10 @@ class ConfigReader:
             self.notes.append(f"{where} is readable by other users (mode {stat.S_IMODE(mode):04o}): chmod 600 it")
         with open(descriptor, "rb") as handle:  # not UTF-8: non-ASCII, which secret() refuses
             value = handle.read(MAX_SECRET_LENGTH + 2).decode("utf-8", "replace").rstrip("\r\n")
-        if not value:
-            self.problem(f"{where} is empty")
-        return value or None
+        return value or self.problem(f"{where} is empty")
 
     def secret(self, name):
-        """(checked value, the variable it came from): `name`, or the file `name`_FILE names."""
+        """(checked value, its variable): `name`, or the file `name`_FILE names."""
         file_name = f"{name}_FILE"
         direct, path = self.env.get(name), self.env.get(file_name)
         if direct and path:
@@ -387,13 +395,14 @@ class ConfigReader:
         name = f"{OPTION['state_dir'].label} {path!r}"
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
-            if stat.S_ISDIR(mode := os.stat(path).st_mode) and not mode & 0o022:
+            if stat.S_ISDIR((found := os.stat(path)).st_mode) and not found.st_mode & 0o022 and mine(found):
                 with tempfile.TemporaryFile(dir=path):
                     return path
         except OSError as exc:
             return self.problem(f"{name} cannot be used: {exc.strerror or exc}")
-        return self.problem(f"{name} can be written by others: chmod 700 {path}" if stat.S_ISDIR(mode) else
-                            f"{name} is not a directory")
+        return self.problem(f"{name} is not a directory" if not stat.S_ISDIR(found.st_mode) else
+                            f"{name} can be written by others: chmod 700 {path}" if mine(found) else
+                            f"{name} belongs to uid {found.st_uid}, not {os.geteuid()}: others could plant lists")
 
     def not_set(self, named):
         """`named`: "VARIABLE (or ...)"; unknown variables of its prefix are likely misspellings."""
@@ -489,8 +498,7 @@ class LogHandler(logging.StreamHandler):
     warnings = 0
 
     def emit(self, record):
-        if record.levelno == logging.WARNING:
-            self.warnings += 1
+        self.warnings += record.levelno == logging.WARNING
         super().emit(record)
 
 
@@ -537,7 +545,7 @@ class Clock:
 
 
 def retry_hint(headers):
-    """(seconds, whether whole) from retry-after-ms or retry-after (seconds or a date), as the SDK reads them."""
+    """(seconds, whether whole) from retry-after-ms or retry-after, as the SDK reads them."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         raw = (headers.get(name) or "").strip()
         seconds = math.nan
@@ -551,9 +559,7 @@ def retry_hint(headers):
 
 
 def backoff(attempt, hint):
-    if hint is not None:
-        return min(hint, MAX_WAIT)
-    return min(MAX_WAIT, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
+    return min(hint, MAX_WAIT) if hint else min(MAX_WAIT, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
 
 
 @dataclass
@@ -562,9 +568,9 @@ class Answer:
     body: Any = None
     problem: str = ""  # "HTTP 503", "Timeout (...)"
     detail: str = ""  # the server's message
-    hint: float | None = None  # retry-after(-ms), unscaled seconds
+    hint: float = None  # retry-after(-ms), unscaled seconds
     whole_seconds: bool = False
-    should_retry: bool | None = None  # x-should-retry
+    should_retry: bool = None  # x-should-retry
     fatal: bool = False  # retrying cannot help
     size: int = 0
     ssl: bool = False  # TLS failed
@@ -611,18 +617,16 @@ class Http:
         self.proxies = {"http": None, "https": None, "all": None} if is_loopback(parts.hostname) else None
         self.hook = SharedStrings() if shared_strings else None
 
-    def close(self):
-        self.session.close()
-
     def call(self, method, path, params=None, body=None, timeout=None):
         """Network and server faults are in the Answer, never raised."""
         limit = timeout or self.timeout
         whole_by = time.monotonic() + limit
-        headers = {"Content-Type": "application/json"} if body is not None else None
+        headers = {"Content-Type": "application/json"} if body else None
         try:
-            with self.session.request(method, self.base_url + path, params=params, data=body, headers=headers,
-                                      stream=True, allow_redirects=False, proxies=self.proxies, verify=self.verify,
-                                      timeout=(min(CONNECT_TIMEOUT_CAP, limit), limit)) as response:
+            with self.session.request(
+                    method, self.base_url + path, params=params, data=body, headers=headers, stream=True,
+                    allow_redirects=False, proxies=self.proxies, verify=self.verify,
+                    timeout=(min(CONNECT_TIMEOUT_CAP, limit), limit)) as response:
                 raw = read_whole(response, whole_by, self.max_bytes)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             ssl = isinstance(exc, requests.exceptions.SSLError)
@@ -665,7 +669,7 @@ def read_whole(response, whole_by, limit):
         try:
             if left <= 0:
                 raise urllib3.exceptions.TimeoutError
-            if (sock := getattr(response.raw.connection, "sock", None)) is not None:
+            if sock := getattr(response.raw.connection, "sock", None):
                 sock.settimeout(left)
             chunk = response.raw.read1(64 * 1024, decode_content=True)
         except urllib3.exceptions.TimeoutError:
@@ -673,7 +677,6 @@ def read_whole(response, whole_by, limit):
         if not chunk:
             return body
         body += chunk
-    return None
 
 
 # ------------------------
@@ -714,21 +717,21 @@ class Family:
     path: str  # placeholders: the key's ids in order, or the organization id
     grant: str  # the admin key's permission "<grant>: Read", named when refused
     label: str = ""
-    cursor: str | None = None  # "last_id", "next": that answer field; "item_id": the last item's id
+    cursor: str = None  # "last_id", "next": that answer field; "item_id": the last item's id
     page_size: int = 100  # the largest the endpoint serves
-    item_object: str | None = None
+    item_object: str = None
     params: tuple = ()  # (name, value) pairs; a tuple value is sent as repeated keys
-    parent: str | None = None  # read once per item of this family
+    parent: str = None  # read once per item of this family
     id_field: str = "id"
     next_falls_back_to_item_id: bool = False  # the SDK documents `after` as an item id here
     required: bool = False
-    optional: str | None = None  # what is left unset when it is unreadable
+    optional: str = None  # what is left unset when it is unreadable
     settings: bool = False  # a 404 is none
     empty_when_archived: bool = False  # a documented 400 "when project is archived" is an empty list
     role_list: bool = False  # `--role-assignments auto` decides on these
     after_role_decision: bool = False
     activity_window: bool = False  # newest first, back to the window's start; cut at the cap, not failed
-    per: Kind | None = field(init=False)  # the entity its parent lists
+    per: Kind = field(init=False)  # the entity its parent lists
 
     def __post_init__(self):
         object.__setattr__(self, "label", self.label or self.name.replace("_", " "))
@@ -834,12 +837,12 @@ def moment(value):
 
 def rfc3339(value):
     """RFC3339 UTC with a Z; the year padded to four digits, as strftime does not."""
-    return None if (when := moment(value)) is None else f"{when.year:04d}-{when:%m-%dT%H:%M:%S}Z"
+    return (when := moment(value)) and f"{when.year:04d}-{when:%m-%dT%H:%M:%S}Z"
 
 
 def epoch_seconds(value):
     """Unix seconds: as text, "892-..." would sort after "2026-..."."""
-    return None if (when := moment(value)) is None else when.timestamp()
+    return (when := moment(value)) and when.timestamp()
 
 
 def text_of(value):
@@ -861,8 +864,7 @@ def shape(value):
 
 def usable_id(value):
     """Non-blank, without lone surrogates ("\\ud800" in JSON), which fit no URL or payload."""
-    return (isinstance(value, str) and bool(value.strip())
-            and (value.isascii() or not re.search("[\ud800-\udfff]", value)))
+    return isinstance(value, str) and value.strip() and (value.isascii() or not re.search("[\ud800-\udfff]", value))
 
 
 def unique_by_id(items, key="id", problem=None):
@@ -889,7 +891,6 @@ PREDEFINED_ROLE_ID = re.compile(r"role-api-(organization|project)-([a-z_]+?)(?:_
 
 
 def is_predefined_role(record):
-    """Flagged predefined or with a predefined id; any other is custom."""
     return record.get("predefined_role") is True or bool(PREDEFINED_ROLE_ID.fullmatch(str(record.get("id"))))
 
 
@@ -914,7 +915,7 @@ class Lanes:
     def __init__(self, names, scale, per_minute):
         self.lanes = {name: Lane(self, scale, per_minute, index) for index, name in enumerate(names)}
         self.scale = scale
-        self.retry_out: Lane | None = None
+        self.retry_out = None
         self.cycle = 0.0  # the longest measured: a guess for lanes yet without one
 
     def __getitem__(self, name):
@@ -939,7 +940,7 @@ class Lanes:
 
 
 class Lane:
-    """One endpoint's pace (rules: docs/rate-limits.md); `scale` shrinks waits for tests."""
+    """One endpoint's pace (rules: docs/rate-limits.md)."""
 
     def __init__(self, lanes, scale=1.0, per_minute=None, index=0):
         self.lanes, self.scale, self.per_minute = lanes, scale, per_minute
@@ -948,18 +949,15 @@ class Lane:
         self.hinted = self.woken = False  # the last 429 had a hint; a wake-up sent this retry early
         self.rate = None  # requests a second; None: not paced
         self.measured = None  # the rate that got through over the last cycle
-        self.next_at = 0.0
+        self.next_at = self.retry_wait = 0.0
         self.in_flight = self.streak = self.delivered = 0  # streak: successes since the last 429
         self.cycle_start = None
         self.cycle = 0.0  # seconds the last measured cycle took
         self.refused_since = None  # the first 429 of the current run
-        self.retry_wait = 0.0
         self.sends = deque()  # for --max-requests-per-minute-per-endpoint
 
     def ready_at(self, now):
-        if self.in_flight > self.streak:
-            return math.inf
-        if self.refused_since is not None and self.lanes.retry_out not in (None, self):
+        if self.in_flight > self.streak or self.refused_since is not None and self.lanes.retry_out not in (None, self):
             return math.inf
         at = max(now, self.next_at)
         if self.per_minute:
@@ -1021,7 +1019,7 @@ class Lane:
         if self.refused_since is None:
             self.refused_since = now
         self.hinted, self.woken = hint is not None, False
-        hint = None if hint is None else hint * self.scale
+        hint = hint and hint * self.scale
         # A whole-second hint may be rounded up: hold only for the certain part.
         hold = 0.0 if hint is None else max(0.0, hint - self.scale) if whole_seconds else hint
         self.next_at = max(self.next_at, now + max(hold, self.retry_wait))
@@ -1038,7 +1036,7 @@ class Lane:
         """Its last cycle's measured rate, or its cap; None if neither is known."""
         rates = (self.measured and min(self.measured, self.rate or self.measured),
                  self.per_minute and self.per_minute / (60 * self.scale))
-        return min((rate for rate in rates if rate), default=None)
+        return min(filter(None, rates), default=None)
 
 
 # ------------------------
@@ -1046,7 +1044,7 @@ class Lane:
 # ------------------------
 
 UNREACHABLE_AFTER = 10.0  # seconds of connection faults before any answer that end the run
-PROGRESS_INTERVAL = 30.0  # seconds
+PROGRESS_INTERVAL = 30.0
 
 
 @dataclass
@@ -1061,7 +1059,7 @@ class ListRead:
     size: int = 0  # decompressed bytes
     cursors: set = field(default_factory=set)
     attempt: int = 0
-    throttled_since: float | None = None
+    throttled_since: float = None
     sent_at: float = 0.0
     queued_at: float = field(default_factory=time.time)  # its read time
     rank: tuple = ()  # its order among its endpoint's waiting reads
@@ -1109,7 +1107,7 @@ def format_duration(seconds):
 
 
 class Scheduler:
-    """Sends each GET when its lane allows; a waiting read holds no worker."""
+    """A waiting read holds no worker."""
 
     def __init__(self, http, config, clock, families):
         self.http, self.config, self.clock = http, config, clock
@@ -1157,7 +1155,7 @@ class Scheduler:
         self.next_progress = time.monotonic() + self.progress_every
 
     def work_loop(self):
-        while (read := self.work.get()) is not None:
+        while read := self.work.get():
             try:
                 answer = self.http.call("GET", read.path, read.params)
             except Exception as exc:  # a bug must not leave the reader waiting
@@ -1183,9 +1181,7 @@ class Scheduler:
 
     def hand_back(self):
         waiting = [read for reads in self.queues.values() for _, read in reads] + [read for *_, read in self.delayed]
-        self.delayed = []
-        for reads in self.queues.values():
-            reads.clear()
+        self.delayed, self.queues = [], {name: [] for name in self.queues}
         for read in waiting:
             self.plan.unread(read)
 
@@ -1196,25 +1192,20 @@ class Scheduler:
             return
         while self.delayed and self.delayed[0][0] <= now:
             read = heapq.heappop(self.delayed)[2]
-            if self.plan.is_left_out(read.family):
-                self.finish(read, None)
-            else:
-                self.wait(read, going_on=True)
+            self.finish(read, None) if self.plan.is_left_out(read.family) else self.wait(read, going_on=True)
         while self.in_flight < self.config.max_workers and self.next_global_send <= now:
             name = next((name for name, waiting in self.queues.items()  # catalogue order: reproducible
                          if waiting and self.lanes[name].ready_at(now) <= now), None)
-            if name is None:
+            if not name:
                 return
-            self.send(heapq.heappop(self.queues[name])[1], now)
-
-    def send(self, read, now):
-        if rate := self.config.max_requests_per_second:
-            self.next_global_send = max(now, self.next_global_send) + self.clock.scale / rate
-        read.sent_at = now
-        self.lanes[read.family.name].on_send(now)
-        self.in_flight += 1
-        self.calls += 1
-        self.work.put(read)
+            read = heapq.heappop(self.queues[name])[1]
+            if rate := self.config.max_requests_per_second:
+                self.next_global_send = max(now, self.next_global_send) + self.clock.scale / rate
+            read.sent_at = now
+            self.lanes[name].on_send(now)
+            self.in_flight += 1
+            self.calls += 1
+            self.work.put(read)
 
     def seconds_to_next_event(self, now):
         if now >= self.stop_sending_at:  # only answers in flight matter
@@ -1227,7 +1218,7 @@ class Scheduler:
 
     def take_answer(self, read, answer, now):
         lane = self.lanes[read.family.name]
-        self.answered = self.answered or answer.status != 0
+        self.answered |= answer.status != 0
         if self.plan.is_left_out(read.family):
             lane.answered()
             return self.finish(read, None)
@@ -1252,7 +1243,7 @@ class Scheduler:
     def wake(self, now):
         """Bring forward the woken lanes' 429-refused reads (not 5xx backoffs)."""
         if woken := self.lanes.wake(now):
-            self.delayed = [(min(due, woken.get(waiting.family.name, due)) if waiting.throttled_since is not None
+            self.delayed = [(min(due, woken.get(waiting.family.name, due)) if waiting.throttled_since
                              else due, order, waiting) for due, order, waiting in self.delayed]
             heapq.heapify(self.delayed)
 
@@ -1262,7 +1253,7 @@ class Scheduler:
         read.throttled_since = read.throttled_since or now
         until = read.throttled_since + self.config.max_throttle_wait
         due = self.lanes[read.family.name].on_throttled(now, read.sent_at, answer.hint, answer.whole_seconds)
-        hint = f" with retry-after {answer.hint:g}s" if answer.hint is not None else ""
+        hint = f" with retry-after {answer.hint:g}s" if answer.hint else ""
         if due > until and (hint or now >= until):
             why = f"HTTP 429{hint}, which ends" if hint else "still HTTP 429"
             return self.plan.failed(read, f"{read.path}: {why} past --max-throttle-wait "
@@ -1293,10 +1284,10 @@ class Scheduler:
         family, path, body = read.family, read.path, answer.body
         if not isinstance(body, dict) and not family.settings:  # the mapping warns of settings of another shape
             return self.plan.failed(read, f"{path}: answer is JSON but not an object")
-        if family.cursor is None or not isinstance(body, dict):
+        if not family.cursor:
             return self.finish(read, body)
         data = check_page(family, body, path, family.page_size)
-        read.items.extend(data)
+        read.items += data
         read.pages += 1
         read.size += answer.size
         if not body.get("has_more"):
@@ -1321,7 +1312,7 @@ class Scheduler:
         return path and f"; slowest endpoint {path} at about {rate * 60 * self.clock.scale:.1f} requests a minute"
 
     def slowest_rate_for(self, names):
-        rates = [rate for rate in (self.lanes[name].requests_per_second() for name in names) if rate]
+        rates = [*filter(None, (self.lanes[name].requests_per_second() for name in names))]
         elapsed = time.monotonic() - self.clock.started
         if self.succeeded >= 20 and elapsed > 0:
             rates.append(self.succeeded / elapsed)
@@ -1337,13 +1328,12 @@ class Scheduler:
         pending = ", ".join(f"{self.families[n].label} {self.finished_reads[n]}/{self.finished_reads[n] + c}"
                             for n, c in self.open_reads.items() if c)
         left = self.estimate_seconds_left()
+        eta = "no estimate yet" if left is None else f"about {format_duration(left)} left for the reads known so far"
         done, still_open = sum(self.finished_reads.values()), sum(self.open_reads.values())
         fields = {"stage": "progress", "reads_done": done, "reads_open": still_open, "calls": self.calls,
                   "throttled": self.throttled, "seconds_left_estimate": None if left is None else round(left)}
         log_with_fields(logging.INFO, fields, "progress: %d reads done, %d open (%s); %d calls, %d answered 429%s; %s",
-                        done, still_open, pending, self.calls, self.throttled, self.slowest_endpoint(),
-                        "no estimate yet" if left is None else
-                        f"about {format_duration(left)} left for the reads known so far")
+                        done, still_open, pending, self.calls, self.throttled, self.slowest_endpoint(), eta)
 
 
 # ------------------------
@@ -1372,9 +1362,10 @@ class ReadPlan:
         self.scheduler.start(self)
         s, days, state = self.snapshot, self.config.activity_days, self.state
         if state:  # stop reading in time to push
-            clock = self.scheduler.clock  # the push's estimate: twice the last, or 60 s
+            clock = self.scheduler.clock  # the push's estimate: twice the last, or 60 s; half the run for reading
             push = 2 * state.push_seconds or 60 * clock.scale
-            self.scheduler.stop_sending_at = clock.deadline - push - self.config.timeout
+            self.scheduler.stop_sending_at = clock.deadline - min(
+                push + self.config.timeout, (clock.deadline - clock.started) / 2)
         try:
             for family in STARTING_FAMILIES:
                 if not family.activity_window:
@@ -1394,7 +1385,7 @@ class ReadPlan:
     def queue(self, family, key, params=None, on_done=None):
         if self.is_left_out(family):
             return
-        if (path := family.path_for(key, self.config.org_id)) is None:
+        if not (path := family.path_for(key, self.config.org_id)):
             log.warning("%s %s kept, its %s skipped: an id '.' or '..' would read another endpoint", family.per.label,
                         " in ".join(map(repr, [key] if isinstance(key, str) else reversed(key))), family.label)
             return
@@ -1406,7 +1397,7 @@ class ReadPlan:
         family, key, s = read.family, read.key, self.snapshot
         if family.not_found is not On404.EXISTENCE and (result is not None or family.settings):
             self.note_read(read, result)
-        if family.per is None:
+        if not family.per:
             setattr(s, family.name, result)
         elif result is not None and getattr(s, family.name) is not None:  # None: left out, or no role reads
             getattr(s, family.name)[key] = result
@@ -1480,8 +1471,8 @@ class ReadPlan:
         """Missing lists, or kept ones older than --max-age the audit log does not vouch for."""
         now, max_age = time.time(), self.config.max_age
         old = [(name, at) for (name, _), at in self.kept.items() if now - at > max_age]
-        too_old = [name for name, at in old if not (
-            self.audit_from is not None and self.audit_from <= at and self.changed.get(name, -math.inf) < at)]
+        too_old = [name for name, at in old if not (  # events are in whole seconds
+            (self.audit_from or math.inf) <= at and self.changed.get(name, -math.inf) < at - 1)]
         if self.missing or too_old:
             raise Incomplete(f"incomplete: {self.missing} lists unread and not kept, {len(too_old)} kept lists older "
                              f"than --max-age {max_age}s; nothing pushed, the next run goes on")
@@ -1553,7 +1544,7 @@ class ReadPlan:
             self.scheduler.drop_waiting(family)
 
     def misses(self):
-        """(family, kind, its 404s sorted: a stable log) of each family not left out."""
+        """404s sorted: a stable log."""
         return [(family, family.per, sorted(self.not_found[family.name], key=lambda miss: str(miss[0])))
                 for family in FAMILY_LIST if family.name in self.not_found and not self.is_left_out(family)]
 
@@ -1573,7 +1564,7 @@ class ReadPlan:
                     self.leave_out(family, f"HTTP 404 on {misses[0][1]}, while {kind.label} {there[0]} exists")
         for family, kind, misses in self.misses():
             # no object to ask: 404s on all of several reads leave the family out
-            if kind.object_family is None and 1 < len(misses) == self.scheduler.finished_reads[family.name]:
+            if not kind.object_family and 1 < len(misses) == self.scheduler.finished_reads[family.name]:
                 self.leave_out(family, f"HTTP 404 on every {kind.label} ({misses[0][1]}, ...)")
                 continue
             for key, endpoint in misses:
@@ -1612,7 +1603,9 @@ class Snapshot:
 # ------------------------
 
 STATE_FORMAT = 1
-EVENT_WORDS = {"login": (), "logout": (), "invite": ("invite", "user")}  # audit event words naming no own family
+# audit event words not naming the families they change (a service account comes with its key)
+EVENT_WORDS = {"login": (), "logout": (), "invite": ("invite", "user"),
+               "service_account": ("service_account", "api_key")}
 
 
 def families_changed_by(event_type):
@@ -1635,25 +1628,24 @@ class State:
             os.close(self.lock)
             raise DiscoveryError(f"another run is using the state directory {directory}") from None
         self.index, ignored = {}, 0  # (family, key) -> (read time, file)
-        for path in glob.glob(os.path.join(glob.escape(directory), "lists", "*", "*.json")):
+        for path in self.files():
             if record := self.load(path):
-                key = record["key"]
-                self.index[record["family"], tuple(key) if isinstance(key, list) else key] = record["read_at"], path
-            ignored += record is None
+                self.index[record["family"], record["key"]] = record["read_at"], path
+            ignored += not record
         self.families = {family for family, _ in self.index}
-        pushed = os.path.join(directory, "pushed.json")
-        self.pushed = self.load(pushed, any_version=True)
+        self.pushed_path = os.path.join(directory, "pushed.json")
+        self.pushed = self.load(self.pushed_path, any_version=True)
         if self.pushed:
             self.pushed["facts"] = None  # reread after the push
         seconds = dict_of(self.load(os.path.join(directory, "push.json"), any_version=True)).get("push_seconds")
-        self.push_seconds = seconds if isinstance(seconds, (int, float)) else 0  # 0: none yet
+        self.push_seconds = seconds if isinstance(seconds, (int, float)) and 0 < seconds < math.inf else 0  # 0: none
         self.push_started = None
-        if ignored + (os.path.exists(pushed) and self.pushed is None):
+        if ignored or os.path.exists(self.pushed_path) and not self.pushed:
             log.warning("state directory %s: files ignored (unreadable, or of another organization, format or "
                         "version); read again", directory)
 
     def close(self, pushed=False):
-        """Keeps the time from mapping to the push's end: at least that long when the push did not finish."""
+        """Keeps the time from mapping to the push's end (an unfinished push never lowers it)."""
         if self.push_started is not None:
             seconds = time.monotonic() - self.push_started
             self.write(os.path.join(self.directory, "push.json"),
@@ -1661,13 +1653,19 @@ class State:
         os.close(self.lock)
 
     def load(self, path, any_version=False):
-        with contextlib.suppress(OSError, ValueError, RecursionError), open(path, "rb") as handle:
-            record = dict_of(json.load(handle))
-            if record.get("format") == STATE_FORMAT and record.get("organization") == self.org_id and (
-                    any_version or record.get("connector") == __version__ and record.get("family") in FAMILIES
-                    and isinstance(record.get("read_at"), (int, float)) and {"key", "result"} <= record.keys()):
+        """Of this organization and format; a list also of this version and shape, read in the past."""
+        with contextlib.suppress(OSError, ValueError, LookupError, TypeError, RecursionError), open(path, "rb") as f:
+            record = dict_of(json.load(f))
+            if record.get("format") != STATE_FORMAT or record.get("organization") != self.org_id:
+                return None
+            if any_version:
                 return record
-        return None
+            family, key = FAMILIES[record["family"]], record["key"]
+            record["key"] = key = tuple(key) if isinstance(key, list) else key
+            hash(key)
+            if record["connector"] == __version__ and 0 < record["read_at"] <= time.time() and (
+                    family.settings or isinstance(record["result"], list if family.cursor else dict)):
+                return record
 
     def kept(self, family, key):
         record = (found := self.index.get((family, key))) and self.load(found[1])
@@ -1678,9 +1676,8 @@ class State:
         times = [self.index.get((family, key), (None,))[0]]
         children = [child for child in CHILDREN[family] if child.name in self.families]
         kept = times[0] and children and self.kept(family, key)
-        for child in children if kept else ():
-            for item_id in ids_of(kept[1], FAMILIES[family].id_field):
-                times.append(self.index.get((child.name, item_id if key is None else (key, item_id)), (None,))[0])
+        times += [self.index.get((child.name, item_id if key is None else (key, item_id)), (None,))[0]
+                  for child in children if kept for item_id in ids_of(kept[1], FAMILIES[family].id_field)]
         return (0, 0) if None in times else (1 if changed.get(family, -math.inf) >= times[0] else 2, min(times))
 
     def write(self, path, record):
@@ -1695,15 +1692,21 @@ class State:
             log.warning("state directory %s: cannot save (%s); later lists are not kept", self.directory,
                         exc.strerror or exc)
 
+    def files(self):
+        return glob.glob(os.path.join(glob.escape(self.directory), "lists", "*", "*.json"))
+
+    def path(self, family, key):
+        name = hashlib.sha256(json.dumps([family, key]).encode()).hexdigest()[:32]
+        return os.path.join(self.directory, "lists", family, f"{name}.json")
+
     def save(self, family, key, read_at, result):  # not indexed: small objects kept would pin the records' memory
-        path = os.path.join(self.directory, "lists", family,
-                            hashlib.sha256(json.dumps([family, key]).encode()).hexdigest()[:32] + ".json")
-        self.write(path, {"family": family, "key": key, "read_at": read_at, "result": result})
+        self.write(self.path(family, key), {"family": family, "key": key, "read_at": read_at, "result": result})
 
     def prune(self, used):
-        """What a whole snapshot did not use is of entities gone."""
-        for entry, (_, path) in self.index.items():
-            if entry not in used:
+        """What a whole snapshot did not use is of entities gone, or not trusted."""
+        used = {self.path(*entry) for entry in used}
+        for path in self.files():
+            if path not in used:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
 
@@ -1815,11 +1818,10 @@ class ApplicationBuilder:
         if (value := record.get(name)) is None or isinstance(value, bool):
             return value
         self.warn(f"{subject} has non-boolean {name} {shape(value)}; treated as unknown", f"flag:{subject}:{name}")
-        return None
 
     def records(self, what, items, kind=None, key="id"):
         def warn(problem):
-            self.warn(f"{what} record {problem}", f"{what} record {problem}")
+            self.warn(message := f"{what} record {problem}", message)
         return [item for item in unique_by_id(items, key, warn) if item[key] not in self.deleted[kind]]
 
     def project_list(self, family, pid, kind=None):
@@ -1835,8 +1837,9 @@ class ApplicationBuilder:
         if user := self.app.local_users.get(principal_id):
             return user
         email = text_of(record.get("email"))
-        user = self.new_local_user(principal_id, text_of(record.get("name")) or email or principal_id, email,
-                                   email=email, user_type="service_account" if service_account else "human")
+        user = self.new_local_user(
+            principal_id, text_of(record.get("name")) or email or principal_id, email, email=email,
+            user_type="service_account" if service_account else "human")
         self.warn(f"{where} names {'service account' if service_account else 'user'} {principal_id}, not in the "
                   "organization user list; built from that record")
         return user
@@ -1854,7 +1857,7 @@ class ApplicationBuilder:
     def role_for_value(self, value, subject, *, project):
         """The role id for a role value ("" for none); an unknown value gets a role of its own."""
         scope = "project" if project else "organization"
-        if (role := text_of(value)) is None:
+        if not (role := text_of(value)):
             self.warn(f"{subject} has no {scope} role; kept without one")
             return ""
         role, values = role.lower(), self.role_values[project]
@@ -1862,8 +1865,7 @@ class ApplicationBuilder:
             wanted = f"project_{role}" if project else role
             role_id = values[role] = self.free_role_id(wanted, f"project_role_{role}" if project else f"{scope}_{role}")
             floor, permissions = FIXED_ROLES["project_viewer" if project else "reader"]
-            name = "Project " * project + role.capitalize()
-            self.app.add_local_role(name, list(permissions), unique_id=role_id)
+            self.app.add_local_role("Project " * project + role.capitalize(), list(permissions), unique_id=role_id)
             taken = "" if role_id == wanted else f" ({wanted!r} is the id of another role)"
             self.warn(f"unknown {scope} role {role!r}: mapped to {role_id!r}{taken} with {floor}'s permissions")
         return values[role]
@@ -1915,9 +1917,9 @@ class ApplicationBuilder:
         count = 0
         for record in self.records("role assignment", assignments):
             role_id = self.role_record(record, project is not None)
-            if not role_id or (member is not None and self.through_groups(record, role_id, member, project)):
+            if not role_id or (member and self.through_groups(record, role_id, member, project)):
                 continue
-            if project is not None:
+            if project:
                 identity.add_role(role_id, resources=[project])
             else:
                 identity.add_role(role_id, apply_to_application=True)
@@ -1929,9 +1931,8 @@ class ApplicationBuilder:
     def roles_on(self, holder, project):
         """Every role `holder` and its groups have on `project` (custom roles on the application reach it)."""
         holders = [holder, *filter(None, map(self.app.local_groups.get, holder.groups or ()))]
-        return list(dict.fromkeys(role for who in holders for role, held in who.role_assignments.items()
-                                  if project.resource_key in held["resources"]
-                                  or held["apply_to_application"] and role in self.custom_roles))
+        return list(dict.fromkeys(role for who in holders for role, held in who.role_assignments.items() if (
+            project.resource_key in held["resources"] or held["apply_to_application"] and role in self.custom_roles)))
 
     def through_groups(self, record, role_id, member, project):
         """Whether every source is a payload group holding this role and listing this member (else: direct)."""
@@ -1943,11 +1944,11 @@ class ApplicationBuilder:
                 self.warn_value("assignment source principal_type", principal_type, "read as a direct assignment")
             group_id = text_of(source.get("principal_id")) or ""
             group = self.app.local_groups.get(group_id) if kind == "group" else None
-            if kind == "group" and group is None:
+            if kind == "group" and not group:
                 self.groups_not_in_payload[group_id] = self.groups_not_in_payload.get(group_id, 0) + 1
             held = group and group.role_assignments.get(role_id)
             through = through and bool(held) and group_id in (member.groups or ()) and (
-                held["apply_to_application"] if project is None else project.resource_key in held["resources"])
+                project.resource_key in held["resources"] if project else held["apply_to_application"])
         return through
 
 
@@ -1956,8 +1957,8 @@ def map_permissions_and_fixed_roles(m):
     for name, canonical in ORG_PERMISSIONS.items():
         m.app.add_custom_permission(name, [OAAPermission[canonical]])
     for name, canonical in PROJECT_PERMISSIONS.items():  # on the application (an admin key's): every project
-        m.app.add_custom_permission(name, [OAAPermission[canonical]], apply_to_sub_resources=True,
-                                    resource_types=["project"])
+        m.app.add_custom_permission(
+            name, [OAAPermission[canonical]], apply_to_sub_resources=True, resource_types=["project"])
     for role_id, (name, permissions) in FIXED_ROLES.items():
         m.app.add_local_role(name, list(permissions), unique_id=role_id)
 
@@ -1974,9 +1975,10 @@ def map_users(m):
         nested, subject = dict_of(record.get("user")), f"user {record['id']}"
         email, name = (text_of(record.get(key)) or text_of(nested.get(key)) for key in ("email", "name"))
         banned = m.flag(nested, "banned", subject)  # unknown (warned) counts as active
-        user = m.new_local_user(record["id"], name or email or record["id"], email, email=email,
-                                is_active=not (banned is True or m.flag(nested, "enabled", subject) is False),
-                                user_type="service_account" if record.get("is_service_account") is True else "human")
+        user = m.new_local_user(
+            record["id"], name or email or record["id"], email, email=email,
+            is_active=not (banned is True or m.flag(nested, "enabled", subject) is False),
+            user_type="service_account" if record.get("is_service_account") is True else "human")
         user.created_at = rfc3339(record.get("created")) or rfc3339(record.get("added_at"))
         # an unbanned user may keep an old banned_at
         user.deactivated_at = rfc3339(nested.get("banned_at")) if banned is True else None
@@ -2015,7 +2017,7 @@ def map_projects(m):
     for record in m.project_records:
         pid = record["id"]
         project = m.projects[pid] = m.app.add_resource(name_of(record), resource_type="project", unique_id=pid)
-        if (status := text_of(record.get("status"))) is not None and status.lower() not in ("active", "archived"):
+        if (status := text_of(record.get("status"))) and status.lower() not in ("active", "archived"):
             m.warn_value("project status", status, "read as not archived (its keys stay active)")
         copy_fields(project, record, status=S, created_at=T, archived_at=T)
         map_model_permissions(m, project, (s.model_permissions or {}).get(pid))
@@ -2111,7 +2113,7 @@ def map_project_api_keys(m):
             m.project_keys.add(record["id"])
             cred.set_property("project_id", pid)
             cred.set_property("owner_type", text_of(dict_of(record.get("owner")).get("type")), ignore_none=True)
-            if owner_id is None:
+            if not owner_id:
                 m.warn(f"{key} has no owner in its record")
                 continue
             holder = m.principal(owner_id, owner, key, service_account=service_account)
@@ -2148,7 +2150,7 @@ def map_admin_api_keys(m):
     count = 0
     listed = []  # project keys the admin list returned too
     for record in m.records("admin API key", m.snapshot.admin_api_keys):
-        if (unique_id := admin_key_id(m, record, text_of(record.get("redacted_value")) or "")) is None:
+        if not (unique_id := admin_key_id(m, record, text_of(record.get("redacted_value")) or "")):
             listed += [record["id"]] if record["id"] in m.app.access_creds else []
             continue
         owner_id, owner, service_account = key_owner(m, record)
@@ -2191,9 +2193,9 @@ def map_invites(m):
         for grant in [g for g in grants if isinstance(g, dict)] if isinstance(grants, list) else []:
             project = m.projects.get(grant["id"]) if isinstance(grant.get("id"), str) else None
             project_role = m.role_for_value(grant.get("role"), invite, project=True)
-            if project is not None and project_role:
+            if project and project_role:
                 invitee.add_role(project_role, resources=[project])
-            elif project is None and m.snapshot.projects is not None:
+            elif not project and m.snapshot.projects is not None:
                 m.warn(f"{invite} names project {grant.get('id')} which is not listed")
         pending += 1
     m.counts["invites_pending"] = pending
@@ -2242,7 +2244,7 @@ def assign_project_groups(m, pid, project):
         gid = link["group_id"]
         if (pid, gid) in m.deleted[Kind.PROJECT_GROUP]:
             continue
-        if (group := m.app.local_groups.get(gid)) is None:
+        if not (group := m.app.local_groups.get(gid)):
             group = m.app.add_local_group(text_of(link.get("group_name")) or gid, unique_id=gid)
             copy_fields(group, link, group_type=S)
             m.warn(f"project {pid} names group {gid} which is not in the group list; kept")
@@ -2320,16 +2322,16 @@ def matcher_value(value):
 
 
 def hold_federation_rule(m, rule, cred, where):
-    """The rule's service account holds it, acting with that account's roles on the rule's project."""
+    """Its service account holds it, with that account's roles on its project."""
     account_id = text_of(rule.get("service_account_id"))
-    if (holder := m.app.local_users.get(account_id)) is None or holder.user_type != "service_account":
-        problem = f"service account {account_id} which is not listed" if holder is None else \
+    if not (holder := m.app.local_users.get(account_id)) or holder.user_type != "service_account":
+        problem = f"service account {account_id} which is not listed" if not holder else \
             f"{account_id}, a human user, as its service account"
         m.warn(f"{where} names {problem}; kept without a holder or project role")
         return
     holder.add_access_cred(rule["id"])
     project_id = text_of(rule.get("project_id"))
-    if (project := m.projects.get(project_id)) is None:
+    if not (project := m.projects.get(project_id)):
         m.warn(f"{where} names project {project_id} which is not listed; kept without a project role")
         return
     roles = m.roles_on(holder, project)
@@ -2410,7 +2412,7 @@ def map_certificates(m):
 
 @step()
 def map_read_times(m):
-    """With --state-dir: the oldest read time of the lists pushed, overall and per project."""
+    """With --state-dir: when the lists pushed were read, at the oldest."""
     if not (times := m.snapshot.read_times):
         return
     m.app.property_definitions.define_application_property("oldest_read_at", T)
@@ -2463,14 +2465,14 @@ encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def serialize_application(app, facts=None):
-    """json.dumps(app.get_payload(), separators=(",", ":")), freeing each entity once written (spends `app`)."""
+    """Spends `app`: each entity is freed once written."""
     marker = f"entities-{os.urandom(16).hex()}-"  # in no string of the payload
     skeleton = copy.copy(app)  # shallow: the entities are neither copied nor changed
     for attribute in ENTITY_LISTS.values():
         setattr(skeleton, attribute, {})
     payload = skeleton.get_payload()
-    for holder, key, attribute in [*((payload["applications"][0], key, attribute) for key, attribute in
-                                     ENTITY_LISTS.items()), (payload, "identity_to_permissions", "")]:
+    targets = [(payload["applications"][0], key, attribute) for key, attribute in ENTITY_LISTS.items()]
+    for holder, key, attribute in [*targets, (payload, "identity_to_permissions", "")]:
         if holder.get(key) != []:  # another oaaclient's shape: never push a payload missing entities
             raise RuntimeError(f"oaaclient's payload has no empty {key!r} list to fill")
         holder[key] = marker + attribute
@@ -2616,8 +2618,9 @@ class Veza:
 
     def push(self, payload, summary):
         """Replace the snapshot as oaaclient does; returns Veza's warnings."""
-        provider, created = self.find_or_create(f"provider {PROVIDER_NAME!r} (template application)", PROVIDERS,
-                                                {"name": PROVIDER_NAME, "custom_template": "application"})
+        provider, created = self.find_or_create(
+            f"provider {PROVIDER_NAME!r} (template application)", PROVIDERS,
+            {"name": PROVIDER_NAME, "custom_template": "application"})
         if created:
             self.call("POST", f"{PROVIDERS}/{provider}:icon", {"icon_base64": PROVIDER_ICON_SVG})
         name, path = self.config.data_source_name, f"{PROVIDERS}/{provider}/datasources"
@@ -2682,9 +2685,8 @@ def nodes(node_type, **equals):
 
 
 def report_query(name, description, source, role=None):
-    related = {"relates_to_exp": {"specs": [{"node_types": role}]}} if role else {}
     return {"name": f"OpenAI {name}", "description": description, "query_type": "SOURCE_TO_DESTINATION",
-            "source_node_types": source, **related}
+            "source_node_types": source, **({"relates_to_exp": {"specs": [{"node_types": role}]}} if role else {})}
 
 
 # Conditions Veza is known to take only (docs/mapping.md); properties are customprop_<name>.
@@ -2722,7 +2724,7 @@ def same_as_sent(stored, sent):
 
 
 def create_or_update_report(veza):
-    """Report and queries found by name; returns created, updated or unchanged."""
+    """Report and queries found by name."""
     queries, reports = "/api/v1/assessments/queries", "/api/preview/assessments/reports"
     existing = {q.get("name"): q for q in veza.list(queries, include_inactive_queries=True)
                 if q.get("query_type") != "SYSTEM_CREATED"}
@@ -2737,7 +2739,7 @@ def create_or_update_report(veza):
         query_ids.append(query["id"])
     report = next((r for r in veza.list(reports, include_inactive_reports=True, include_inactive_queries=True)
                    if r.get("name") == REPORT_NAME), None)
-    if report is None:
+    if not report:
         veza.call("POST", reports, {"name": REPORT_NAME, "description": REPORT_DESCRIPTION,
                                     "queries": [{"query": query_id} for query_id in query_ids]})
         return "created"
@@ -2772,7 +2774,7 @@ class Facts:
             found.append(["users", entity["id"], entity.get("groups", [])])
         if attribute == "access_creds":
             found.append(["creds", entity["id"], entity.get("is_active"),
-                          properties.keys() & {"project_id", "issuer"} == {"project_id"}])
+                          properties.keys() & {"project_id", "workload_identity_provider_id"} == {"project_id"}])
         for grant in permissions.get("role_assignments", []):  # every project of an owner's is said as the owner
             for where in ["application"] * bool(grant.get("apply_to_application")) + grant.get("resources", []) * (
                     grant["role"] != "project_owner_via_organization"):
@@ -2824,7 +2826,7 @@ def report_changes(config, state, facts):
         facts = facts.result()
         before = since = from_version = None
         if state and state.pushed:
-            before = state.load(os.path.join(state.directory, "pushed.json"), any_version=True)["facts"]
+            before = state.load(state.pushed_path, any_version=True)["facts"]
             since, from_version = state.pushed["pushed_at"], state.pushed["connector"]
         elif config.previous:
             with open(config.previous, "rb") as handle:
@@ -2841,10 +2843,11 @@ def report_changes(config, state, facts):
         if config.changes_json:
             save_payload({"since": rfc3339(since), "from_version": from_version, "to_version": __version__, **changes},
                          config.changes_json)
-        if state:
-            state.write(os.path.join(state.directory, "pushed.json"), {"pushed_at": time.time(), "facts": facts})
     except Exception as exc:  # the push stands
         log.warning("changes since the last push not reported: %s: %s", type(exc).__name__, exc)
+    finally:  # the next push compares with this one, whatever happened
+        if state and isinstance(facts, dict):
+            state.write(state.pushed_path, {"pushed_at": time.time(), "facts": facts})
 
 
 # ------------------------
@@ -2920,7 +2923,7 @@ def read_organization(config, clock, summary, state):
         summary.calls, summary.retries, summary.throttled = reader.calls, reader.retries, reader.throttled
         summary.lists_read, summary.lists_kept = plan.snapshot.lists_read, len(plan.kept)
         summary.oldest_read = rfc3339(plan.snapshot.oldest_read) or ""
-        http.close()
+        http.session.close()
     for name, reason in snapshot.unavailable.items():
         family = FAMILIES[name]
         summary.reasons[name] = f"{family.label} ({reason}): grant the admin key '{family.grant}: Read'"
@@ -3019,26 +3022,23 @@ def read_and_push(config, clock, summary, state):
                       f"--max-run-time {config.max_run_time:g}s reached" if late else exc)
 
 
-class SignalState:
-    done = False  # a signal is being handled or the outcome decided: later ones change nothing
-
-
 @contextlib.contextmanager
 def stop_on_signals():
     """SIGTERM and SIGINT raise Stopped, once (as PID 1 in a container, unhandled signals are ignored)."""
-    state = SignalState()
     names = {signal.SIGTERM: ("SIGTERM", ExitStatus.TERMINATED),
              signal.SIGINT: ("Ctrl-C (SIGINT)", ExitStatus.INTERRUPTED)}
 
     def stop(signum, frame):
-        if not state.done:
-            state.done = True
+        if not stop.done:
+            stop.done = True
             raise Stopped(*names[signum])
+
+    stop.done = False  # True: a signal is being handled or the outcome decided; later ones change nothing
 
     in_main_thread = threading.current_thread() is threading.main_thread()  # only there may handlers be set
     previous = {signum: signal.signal(signum, stop) for signum in names} if in_main_thread else {}
     try:
-        yield state
+        yield stop
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -3082,8 +3082,8 @@ def main(argv=None):
             name = getattr(exc, "signal_name", "Ctrl-C (SIGINT)")
             status = getattr(exc, "status", ExitStatus.INTERRUPTED)
             if summary.outcome == "pushed":
-                summary.report = "interrupted"
-                log.error("stopped by %s while creating the Veza report; the push had completed", name)
+                summary.report = "interrupted" * config.create_report
+                log.error("stopped by %s after the push had completed", name)
             else:
                 summary.outcome = "interrupted"
                 log.error("stopped by %s", name)

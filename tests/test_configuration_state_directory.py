@@ -77,6 +77,17 @@ def test_a_state_directory_others_can_write_is_a_configuration_error(run_connect
     assert any("chmod 700" in line for line in errors), errors
 
 
+def test_a_state_directory_of_another_owner_is_a_configuration_error(tmp_path, monkeypatch):
+    """Run as root, a directory owned by another user is writable by both: its owner could plant lists. The run's
+    user must own it (the run is made to look like another user's here)."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    assert problems(["--state-dir", str(state)]) == []
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(state).st_uid + 1)
+    [problem] = problems(["--state-dir", str(state)])
+    assert str(state) in problem and f"belongs to uid {os.stat(state).st_uid}" in problem, problem
+
+
 def test_a_state_directory_path_that_is_a_file_is_a_configuration_error(run_connector, openai_fake, veza, tmp_path):
     """A path that exists and is not a directory: exit 2 naming it, no request."""
     state = tmp_path / "state"
@@ -106,3 +117,26 @@ def test_a_state_directory_that_cannot_be_written_is_a_configuration_error(run_c
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert_refused_before_any_request(Run(done.returncode, done.stdout, done.stderr, tmp_path), openai_fake, veza,
                                       state)
+
+
+def test_the_saved_payload_the_previous_payload_and_the_changes_file_must_be_three_files(tmp_path):
+    """--save-json is written before the change report reads --previous: one file for both would compare a push
+    with itself and report nothing. The same file twice, by any path, is a configuration error naming the three."""
+    saved = tmp_path / "payload.json"
+    saved.write_text("{}")
+    (tmp_path / "link.json").symlink_to(saved)
+    for argv in (["--save-json", str(saved), "--previous", str(saved)],
+                 ["--save-json", str(saved), "--previous", str(tmp_path / "link.json")],
+                 ["--previous", str(saved), "--changes-json", str(saved)],
+                 ["--save-json", str(saved), "--changes-json", str(saved)]):
+        assert problems(argv) == ["--save-json, --previous and --changes-json must name different files"], argv
+    assert problems(["--save-json", str(tmp_path / "new.json"), "--previous", str(saved),
+                     "--changes-json", str(tmp_path / "changes.json")]) == []
+
+
+def test_a_changes_file_in_a_missing_directory_is_a_configuration_error(tmp_path):
+    """Found before any request, not after the push."""
+    missing = tmp_path / "no" / "changes.json"
+    assert problems(["--changes-json", str(missing)]) == [f"--changes-json directory {str(missing.parent)!r} does "
+                                                          "not exist"]
+    assert problems(["--changes-json", str(tmp_path / "changes.json")]) == []

@@ -135,6 +135,64 @@ def test_an_unchanged_organization_logs_one_line_of_no_change(run_connector, sma
     assert changes["from_version"] == changes["to_version"] == veza_openai.__version__
 
 
+def test_a_report_that_fails_after_the_push_still_records_it_so_the_next_reports_only_later_changes(
+        run_connector, openai_fake, tmp_path):
+    """--changes-json cannot be written (here: it names a directory): a warning, the push stands, and
+    DIR/pushed.json is this push, so the next run compares with it (one failure never makes the next report span
+    two pushes)."""
+    state, directory = tmp_path / "state", tmp_path / "a-directory"
+    directory.mkdir()
+    first = run_connector(*NO_ROLE_READS, "--state-dir", str(state))
+    assert first.returncode == 0, first.output
+    find(openai_fake.org.users, "user-0013")["role"] = "owner"
+    failing = run_connector(*NO_ROLE_READS, "--state-dir", str(state), "--changes-json", str(directory))
+    assert failing.returncode == 0 and "outcome=pushed" in summary_line(failing.stderr), failing.output
+    assert "changes since the last push not reported" in failing.stderr
+    assert any("1 owners added (user-0013)" in line for line in changes_logged(failing.stderr)), failing.stderr
+    after = run_connector(*NO_ROLE_READS, "--state-dir", str(state))
+    assert after.returncode == 0, after.output
+    assert [line.split(" INFO ", 1)[1] for line in changes_logged(after.stderr)] == [
+        "changes: none since the last push"]
+
+
+def test_a_federation_rule_is_never_reported_as_a_project_key(run_connector, openai_fake, tmp_path):
+    """A federation rule's provider without an issuer still makes a federation rule, not a project key: disabling
+    the provider deactivates no key in the report."""
+    state, report = tmp_path / "state", tmp_path / "changes.json"
+    for provider in openai_fake.org.workload_identity_providers:
+        provider.pop("issuer", None)
+    first = run_connector(*NO_ROLE_READS, "--state-dir", str(state))
+    assert first.returncode == 0, first.output
+    for provider in openai_fake.org.workload_identity_providers:
+        provider["enabled"] = False
+    result = run_connector(*NO_ROLE_READS, "--state-dir", str(state), "--changes-json", str(report))
+    assert result.returncode == 0, result.output
+    rules = {rule["id"] for rules in openai_fake.org.federation_rules.values() for rule in rules}
+    assert rules and not rules & {*load(report)["keys_deactivated"], *load(report)["project_keys_created"]}
+
+
+def test_a_signal_during_the_change_report_keeps_the_push_and_names_no_veza_report(run_connector, small_openai,
+                                                                                   tmp_path, monkeypatch):
+    """SIGTERM while comparing (raised as the run's handler raises it; the in-process run sets no handler): exit 143,
+    outcome=pushed, no report= (no --create-report), the ERROR says the push had completed, and DIR/pushed.json
+    already holds this push."""
+    state = tmp_path / "state"
+    first = run_connector(*NO_ROLE_READS, "--state-dir", str(state))
+    assert first.returncode == 0, first.output
+    pushed_at = load(state / "pushed.json")["pushed_at"]
+
+    def stopped_while_comparing(before, after):
+        raise veza_openai.Stopped("SIGTERM", veza_openai.ExitStatus.TERMINATED)
+
+    monkeypatch.setattr(veza_openai, "compare_facts", stopped_while_comparing)
+    result = run_connector(*NO_ROLE_READS, "--state-dir", str(state))
+    assert result.returncode == 143, result.output
+    assert "stopped by SIGTERM after the push had completed" in result.stderr
+    summary = summary_line(result.stderr)
+    assert "outcome=pushed" in summary and "report=" not in summary, summary
+    assert load(state / "pushed.json")["pushed_at"] > pushed_at
+
+
 def test_a_dry_run_saves_lists_but_the_first_push_after_it_has_nothing_to_compare_with(
         run_connector, small_openai, veza, tmp_path):
     """A dry run is never a push: it writes no pushed.json, so the next push's report says since null with every

@@ -188,7 +188,9 @@ def edited(**fields):
 
 UNUSABLE = {"not JSON": not_json, "truncated": truncated,
             "of another organization": edited(organization="org-other0001"), "of a future format": edited(format=2),
-            "of an older connector": edited(connector="0.9.0")}
+            "of an older connector": edited(connector="0.9.0"), "of another shape": edited(result={"data": []}),
+            "read in the future": edited(read_at=time.time() + 3600), "read at NaN": edited(read_at=float("nan")),
+            "of an unhashable key": edited(key=[["user-0119"]]), "of no family": edited(family=["users"])}
 
 
 def corrupt_two_lists(state, corrupt) -> None:
@@ -234,7 +236,8 @@ def test_an_unreadable_record_of_the_last_push_is_ignored_with_one_warning_and_t
     assert without_read_times(veza.payloads[1]) == without_read_times(fault_free_payload(*NO_ROLE_READS))
 
 
-FOREIGN = {key: UNUSABLE[key] for key in ("of another organization", "of a future format", "of an older connector")}
+FOREIGN = {key: UNUSABLE[key] for key in ("of another organization", "of a future format", "of an older connector",
+                                         "read in the future", "of another shape")}
 
 
 @pytest.mark.slow
@@ -365,6 +368,56 @@ def test_a_kept_list_older_than_max_age_is_pushed_while_the_audit_log_names_no_c
     assert unix(application(payload)["custom_properties"]["oldest_read_at"]) <= an_hour_ago + 60
     for project_id in ("proj_alpha", "proj_beta"):  # their lists were all read again
         assert unix(project(payload, project_id)["custom_properties"]["lists_read_at"]) > an_hour_ago + 60
+
+
+def test_an_audit_event_in_the_second_a_list_was_read_may_be_after_it(run_connector, openai_fake, veza, tmp_path):
+    """The audit log gives whole seconds: an event stamped with the second the user list was read in (floored) may
+    have happened after the read, so it does not vouch for the hour-old list under --max-age 60: exit 3."""
+    state = tmp_path / "state"
+    first = run_connector(*NO_ROLE_READS, "--state-dir", str(state))
+    assert first.returncode == 0, first.output
+    age_lists(state, 3600)
+    read_at = load(list_file_holding(state, IN_USERS_LIST))["read_at"]
+    actor = {"type": "session", "session": {"user": {"id": "user-0000"}}}
+    openai_fake.org.audit_logs.append({"id": "audit_log-same-second", "type": "user.updated",
+                                       "effective_at": int(read_at), "actor": actor, "user.updated": {}})
+    throttle(openai_fake, USERS_LIST)
+    result = run_connector(*NO_ROLE_READS, "--state-dir", str(state), "--max-age", "60", *CUT)
+    assert_incomplete(result, veza, 1)
+
+
+def test_an_audit_event_names_every_family_it_may_change():
+    """A kept list is vouched for only while no event names its family: a new service account comes with an API
+    key, an invite with a user; logins change nothing; an unknown word, everything."""
+    changed = veza_openai.families_changed_by
+    assert {"project_service_accounts", "project_api_keys"} <= changed("service_account.created")
+    assert {"invites", "users", "project_users"} <= changed("invite.accepted")
+    assert changed("login.succeeded") == set() and changed("tenant.unknown.thing") == set(veza_openai.FAMILIES)
+    assert {"projects", "project_users", "project_user_roles"} <= changed("project.archived")
+
+
+def test_files_the_state_does_not_trust_are_deleted_once_a_whole_snapshot_is_pushed(run_connector, small_openai,
+                                                                                     tmp_path):
+    """An older connector's list of an entity gone since (emails in it) is neither trusted nor kept for ever."""
+    state = tmp_path / "state"
+    first = run_connector(*NO_ROLE_READS, "--state-dir", str(state))
+    assert first.returncode == 0, first.output
+    planted = state / "lists" / "users" / "0123456789abcdef0123456789abcdef.json"
+    planted.write_text(json.dumps({**load(list_files(state)[0]), "connector": "0.9.0", "key": "gone@example.com"}))
+    result = run_connector(*NO_ROLE_READS, "--state-dir", str(state))
+    assert result.returncode == 0, result.output
+    assert not planted.exists() and list_files(state)
+
+
+def test_the_push_reserve_never_takes_more_than_half_the_run(run_connector, small_openai, tmp_path):
+    """A remembered push time longer than the run (a push that hung, an edited push.json) still leaves half of
+    --max-run-time to read: every run reads, and the state fills."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "push.json").write_text(json.dumps({"format": 1, "organization": small_openai.org.org_id,
+                                                 "connector": veza_openai.__version__, "push_seconds": 1e9}))
+    result = run_connector(*NO_ROLE_READS, "--state-dir", str(state), *CUT)
+    assert int(read_counts(result.stderr)["read"]) > 0, result.output
 
 
 def test_an_endpoints_waiting_reads_go_on_first_then_by_rank_whatever_their_parent():
