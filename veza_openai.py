@@ -1603,7 +1603,7 @@ class Snapshot:
 # ------------------------
 
 STATE_FORMAT = 1
-# audit event words not naming the families they change (a service account comes with its key)
+# audit event words not naming all families they change (a service account comes with a key)
 EVENT_WORDS = {"login": (), "logout": (), "invite": ("invite", "user"),
                "service_account": ("service_account", "api_key")}
 
@@ -2819,6 +2819,21 @@ def log_changes(changes, compared, from_version):
             log.info("changes: %d %s (%s%s)", len(items), name.replace("_", " "), shown, ", ..." * (len(items) > 5))
 
 
+def payload_facts(path, org_id):
+    """The facts of a payload saved by --save-json."""
+    with open(path, "rb") as handle:
+        payload = json.load(handle)
+    app, facts = payload["applications"][0], Facts()
+    if (org := app["custom_properties"].get("organization_id")) != org_id:
+        raise ValueError(f"--previous holds organization {org}, not {org_id}")
+    for key, attribute in ENTITY_LISTS.items():
+        for entity in app[key]:
+            facts.add(attribute, entity, {})
+    for entry in payload["identity_to_permissions"]:
+        facts.add("", {}, entry)
+    return facts.result()
+
+
 def report_changes(config, state, facts):
     if not facts:
         return
@@ -2829,15 +2844,7 @@ def report_changes(config, state, facts):
             before = state.load(state.pushed_path, any_version=True)["facts"]
             since, from_version = state.pushed["pushed_at"], state.pushed["connector"]
         elif config.previous:
-            with open(config.previous, "rb") as handle:
-                previous = json.load(handle)
-            app, since, before = previous["applications"][0], os.path.getmtime(config.previous), Facts()
-            for key, attribute in ENTITY_LISTS.items():
-                for entity in app[key]:
-                    before.add(attribute, entity, {})
-            for entry in previous["identity_to_permissions"]:
-                before.add("", {}, entry)
-            before = before.result()
+            before, since = payload_facts(config.previous, config.org_id), os.path.getmtime(config.previous)
         changes = compare_facts(before, facts)
         log_changes(changes, before is not None, from_version)
         if config.changes_json:
@@ -2845,7 +2852,7 @@ def report_changes(config, state, facts):
                          config.changes_json)
     except Exception as exc:  # the push stands
         log.warning("changes since the last push not reported: %s: %s", type(exc).__name__, exc)
-    finally:  # the next push compares with this one, whatever happened
+    finally:  # the next push compares with this one
         if state and isinstance(facts, dict):
             state.write(state.pushed_path, {"pushed_at": time.time(), "facts": facts})
 

@@ -248,6 +248,22 @@ def test_previous_gives_the_same_comparison_without_a_state_directory(run_connec
     assert re.search(r"changes: 1 admin keys? created \(key_admin2\)", logged), logged
 
 
+def test_a_previous_payload_of_another_organization_is_not_compared(run_connector, small_openai, tmp_path):
+    """Comparing two organizations would report every user as joined and left: a warning instead, and the push
+    stands."""
+    saved = tmp_path / "other.json"
+    first = run_connector(*NO_ROLE_READS, "--save-json", str(saved))
+    assert first.returncode == 0, first.output
+    payload = load(saved)
+    payload["applications"][0]["custom_properties"]["organization_id"] = "org-other0001"
+    saved.write_text(json.dumps(payload))
+    result = run_connector(*NO_ROLE_READS, "--previous", str(saved))
+    assert result.returncode == 0 and "outcome=pushed" in summary_line(result.stderr), result.output
+    assert "changes since the last push not reported: ValueError: --previous holds organization org-other0001, " \
+           "not org-" in result.stderr
+    assert not [line for line in changes_logged(result.stderr) if "joined" in line or "left" in line]
+
+
 def test_the_report_after_a_connector_upgrade_says_the_changes_include_it(run_connector, small_openai, tmp_path):
     """The last push was made by another version (pushed.json edited): the first change line says the changes
     include the upgrade, and the JSON names both versions."""
