@@ -452,7 +452,8 @@ def log_format_asked(argv, env):
 # Logging: one line per record, server text escaped, secrets masked
 # ------------------------
 
-UNSAFE_IN_LOGS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")  # could forge lines
+UNSAFE_IN_LOGS = re.compile(  # could forge lines, or hide or reorder text
+    "[\x00-\x1f\x7f-\x9f\xad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\U000e0000-\U000e007f]")
 KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_-]{12,}")
 
 
@@ -801,7 +802,7 @@ FAMILY_LIST = [
     Family("user_roles", f"{USER_PATH}/roles", "Roles", **NEXT, parent="users", after_role_decision=True),
     Family("project_user_roles", "/projects/{project_id}/users/{user_id}/roles", "Roles", **NEXT,
            parent="project_users", after_role_decision=True),
-    # Read by id only to tell a deleted entity from a list the organization lacks.
+    # Read by id only: a deleted entity, or a list the organization lacks?
     Family("project_object", PROJECT_PATH, "Projects", "project"),
     Family("group_object", GROUP_PATH, "Groups", "group"),
     Family("user_object", USER_PATH, "Users", "user"),
@@ -3040,7 +3041,7 @@ def stop_on_signals():
             stop.done = True
             raise Stopped(*names[signum])
 
-    stop.done = False  # True: a signal is being handled or the outcome decided; later ones change nothing
+    stop.done = False  # True: later signals change nothing
 
     in_main_thread = threading.current_thread() is threading.main_thread()  # only there may handlers be set
     previous = {signum: signal.signal(signum, stop) for signum in names} if in_main_thread else {}

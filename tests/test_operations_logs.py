@@ -61,6 +61,14 @@ def test_hostile_ids_and_role_values_are_escaped_on_one_log_line(run_connector, 
     assert EVIL_ID in by_id(application(veza.payloads[0])["local_users"])  # the payload keeps the real id
 
 
+def test_invisible_characters_from_a_server_are_shown_escaped():
+    """An id ending in a zero-width space (or a direction mark, a BOM, a tag) must not read as another id."""
+    for hidden in "\u200b\u200e\u061c\ufeff\xad\u2060\U000e0041\u202e\u2066":
+        escaped = vo.escape_for_log(f"user-0000{hidden}")
+        assert escaped == "user-0000" + repr(hidden)[1:-1] and hidden not in escaped, escaped
+    assert vo.escape_for_log("Zoë, 東京 🙂") == "Zoë, 東京 🙂"  # what people write stays as it is
+
+
 def test_an_openai_error_message_with_a_newline_is_escaped_in_the_log(run_connector, veza, openai_fake):
     body = {"error": {"message": f"bad request{FORGED}\x1b[2J", "type": "invalid_request_error", "param": None,
                       "code": None}}
