@@ -136,7 +136,7 @@ def test_an_unchanged_organization_logs_one_line_of_no_change(run_connector, sma
 
 
 def test_a_report_that_fails_after_the_push_still_records_it_so_the_next_reports_only_later_changes(
-        run_connector, openai_fake, tmp_path):
+        run_connector, small_openai, tmp_path):
     """--changes-json cannot be written (here: it names a directory): a warning, the push stands, and
     DIR/pushed.json is this push, so the next run compares with it (one failure never makes the next report span
     two pushes)."""
@@ -144,11 +144,12 @@ def test_a_report_that_fails_after_the_push_still_records_it_so_the_next_reports
     directory.mkdir()
     first = run_connector(*NO_ROLE_READS, "--state-dir", str(state))
     assert first.returncode == 0, first.output
-    find(openai_fake.org.users, "user-0013")["role"] = "owner"
+    promoted = small_openai.org.users[1]
+    promoted["role"] = "owner"
     failing = run_connector(*NO_ROLE_READS, "--state-dir", str(state), "--changes-json", str(directory))
     assert failing.returncode == 0 and "outcome=pushed" in summary_line(failing.stderr), failing.output
     assert "changes since the last push not reported" in failing.stderr
-    assert any("1 owners added (user-0013)" in line for line in changes_logged(failing.stderr)), failing.stderr
+    assert any(f"1 owners added ({promoted['id']})" in line for line in changes_logged(failing.stderr)), failing.stderr
     after = run_connector(*NO_ROLE_READS, "--state-dir", str(state))
     assert after.returncode == 0, after.output
     assert [line.split(" INFO ", 1)[1] for line in changes_logged(after.stderr)] == [

@@ -188,9 +188,11 @@ def edited(**fields):
 
 UNUSABLE = {"not JSON": not_json, "truncated": truncated,
             "of another organization": edited(organization="org-other0001"), "of a future format": edited(format=2),
-            "of an older connector": edited(connector="0.9.0"), "of another shape": edited(result={"data": []}),
-            "read in the future": edited(read_at=time.time() + 3600), "read at NaN": edited(read_at=float("nan")),
-            "of an unhashable key": edited(key=[["user-0119"]]), "of no family": edited(family=["users"])}
+            "of an older connector": edited(connector="0.9.0")}
+# Refused by the same gate (State.load), shown without a connector run.
+DAMAGED = {"of another shape": edited(result={"data": []}), "read in the future": edited(read_at=time.time() + 3600),
+           "read at NaN": edited(read_at=float("nan")), "of an unhashable key": edited(key=[["user-0119"]]),
+           "of no family": edited(family=["users"])}
 
 
 def corrupt_two_lists(state, corrupt) -> None:
@@ -221,6 +223,22 @@ def test_an_unusable_state_file_is_ignored_with_one_warning_and_a_full_read_is_p
     one_state_warning(result.stderr)
     assert "Traceback" not in result.output
     assert without_read_times(veza.payloads[1]) == without_read_times(fault_free_payload(*NO_ROLE_READS))
+
+
+@pytest.mark.parametrize("corrupt", DAMAGED.values(), ids=DAMAGED.keys())
+def test_a_list_file_read_in_the_future_or_of_another_shape_is_never_trusted(tmp_path, caplog, corrupt):
+    """A read time ahead of the clock (or not a number) would never grow old; a result of the wrong shape would
+    stand in as an empty list; an unhashable key would crash the index. Each: not indexed, not kept, one warning."""
+    state = veza_openai.State(str(tmp_path), "org-small0001")
+    state.save("users", None, time.time() - 10, [{"id": "user-0119"}])
+    state.close()
+    corrupt(list_files(tmp_path)[0])
+    state = veza_openai.State(str(tmp_path), "org-small0001")
+    try:
+        assert state.index == {} and not state.kept("users", None)
+    finally:
+        state.close()
+    assert [r.message for r in caplog.records if "files ignored" in r.getMessage()], caplog.text
 
 
 def test_an_unreadable_record_of_the_last_push_is_ignored_with_one_warning_and_the_push_stands(
