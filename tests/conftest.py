@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -120,6 +121,11 @@ def clean_environment(tmp_path: Path, ca: tuple[trustme.CA, str], openai_fake: F
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes a second or more; -m 'not slow' skips it")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Every in-process run collects garbage once (veza_openai.discover): spare it the modules and tests loaded."""
+    gc.freeze()
 
 
 _fake_server_thread = threading.local()
